@@ -1,0 +1,77 @@
+"""Database connections for the CRM bridge: engine set-up, migrations, reconciliation."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from crm_bridge.models import Call, CallEvent
+
+log = structlog.get_logger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite files get WAL, a busy timeout and enforced foreign keys."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 5})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            # WAL: readers (ops reports) never block the writer, and vice versa.
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def alembic_config(engine: Engine) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def reconcile_interrupted(engine: Engine, now: datetime | None = None) -> int:
+    """Close calls left open by a crash: outcome `failed`, ended at their last event.
+
+    Run at start-up, before any new call: a row still open then belongs to a
+    process that died mid-call. Returns how many calls were closed.
+    """
+    now = now or datetime.now(UTC)
+    with Session(engine) as s, s.begin():
+        open_calls = s.scalars(select(Call).where(Call.ended_at.is_(None))).all()
+        for call in open_calls:
+            last = s.scalar(select(func.max(CallEvent.at)).where(CallEvent.call_id == call.id))
+            ended = last or call.started_at
+            s.execute(
+                update(Call)
+                .where(Call.id == call.id)
+                .values(ended_at=ended, outcome="failed", hangup_by=call.hangup_by or "ivr")
+            )
+            s.add(CallEvent(call_id=call.id, at=now, kind="reconciled", detail="call was open when the IVR stopped"))
+    if open_calls:
+        log.warning("calls_reconciled", count=len(open_calls))
+    return len(open_calls)

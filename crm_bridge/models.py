@@ -1,0 +1,63 @@
+"""CRM tables, as typed SQLAlchemy 2 models.
+
+`calls` and `call_events` are a contract read by ops reports and acceptance
+tests: column names and outcome values are not renamed lightly. Schema
+changes go through an Alembic revision in `crm_bridge/migrations/versions`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import DateTime, ForeignKey, Index, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+OUTCOMES = ("abandoned_ringing", "silent", "caller_hangup", "completed", "abandoned_queue", "failed")
+HANGUP_BY = ("caller", "ivr", "agent")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True)}
+
+
+class Call(Base):
+    """One call to the hotline, from INVITE to its end."""
+
+    __tablename__ = "calls"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sip_call_id: Mapped[str] = mapped_column(String(255), unique=True)
+    caller: Mapped[str] = mapped_column(String(128))  # From user part
+    callee: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime]
+    answered_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    greeting: Mapped[str | None] = mapped_column(String(64))  # morning, normal, holiday:national_day
+    silent_attempts: Mapped[int] = mapped_column(default=0)
+    outcome: Mapped[str | None] = mapped_column(String(32))  # one of OUTCOMES; NULL while in progress
+    hangup_by: Mapped[str | None] = mapped_column(String(16))  # one of HANGUP_BY
+    tier: Mapped[str | None] = mapped_column(String(16))
+    service: Mapped[str | None] = mapped_column(String(64))
+    seat_group: Mapped[str | None] = mapped_column(String(64))
+    agent_number: Mapped[str | None] = mapped_column(String(32))
+    queue_wait_s: Mapped[float | None]
+    talk_s: Mapped[float | None]
+    survey_score: Mapped[int | None]
+
+    events: Mapped[list[CallEvent]] = relationship(back_populates="call", order_by="CallEvent.id")
+
+    __table_args__ = (Index("ix_calls_started_at", "started_at"), Index("ix_calls_caller", "caller"))
+
+
+class CallEvent(Base):
+    """One step of a call: invited, answered, prompt, silence, digit, ended …"""
+
+    __tablename__ = "call_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    call: Mapped[Call] = relationship(back_populates="events")

@@ -1,0 +1,167 @@
+"""The CRM write path: records go on a queue and a writer thread applies them.
+
+The call flow's `RecordCall` / `RecordEvent` actions are handed to
+`CrmWriter.submit`, which only appends to an in-memory queue — the event
+loop (and so the RTP path) never waits on the database. A writer thread
+takes everything queued, collapses the row updates of one call to the latest,
+and applies the batch in one transaction: rows by upsert on `sip_call_id`,
+events by insert. If the database fails, the batch is kept and retried with
+exponential backoff while new records keep queueing behind it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+import structlog
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
+
+from crm_bridge.models import Call, CallEvent
+from ivr.events import RecordCall, RecordEvent
+
+log = structlog.get_logger(__name__)
+Record = RecordCall | RecordEvent
+_STOP = object()
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return moment.astimezone(UTC) if moment is not None else None
+
+
+class CrmWriter:
+    """Applies call records to the CRM database off the event loop, in batches."""
+
+    def __init__(self, engine: Engine, *, batch_max: int = 1000) -> None:
+        self.engine = engine
+        self.batch_max = batch_max
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._give_up = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="crm-writer", daemon=True)
+        self._pending = 0  # records taken off the queue but not yet committed
+        self.written = 0
+        self.failures = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, record: Record) -> None:
+        """Queue a record; never blocks."""
+        self._queue.put(record)
+
+    @property
+    def depth(self) -> int:
+        """Records not yet in the database (queued plus in the current batch)."""
+        return self._queue.qsize() + self._pending
+
+    def close(self, timeout: float = 30.0) -> int:
+        """Write everything queued, then stop. Returns the count left unwritten."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._give_up.set()
+            self._thread.join(5)
+        left = self.depth
+        if left:
+            log.error("crm_records_unwritten", count=left, reason="database unavailable at shutdown")
+        return left
+
+    # --- writer thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            batch: list[Record] = []
+            while True:
+                if item is _STOP:
+                    stopping = True
+                else:
+                    batch.append(item)  # type: ignore[arg-type]
+                if len(batch) >= self.batch_max:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._pending = len(batch)
+                self._apply_with_retry(batch)
+                self._pending = 0
+
+    def _apply_with_retry(self, batch: list[Record]) -> None:
+        retrying = Retrying(
+            retry=retry_if_exception_type(SQLAlchemyError),
+            wait=wait_exponential(multiplier=0.2, max=10),
+            stop=stop_when_event_set(self._give_up),
+            before_sleep=self._log_retry,
+            reraise=False,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    self._apply(batch)
+        except Exception:  # tenacity.RetryError after give-up; the records stay counted as pending
+            return
+        self.written += len(batch)
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        self.failures += 1
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "crm_write_retry",
+            attempt=state.attempt_number,
+            queued=self._queue.qsize(),
+            wait_s=round(state.next_action.sleep, 2) if state.next_action else None,
+            error=str(exc).splitlines()[0] if exc else "",
+        )
+
+    def _upsert(self):  # type: ignore[no-untyped-def]
+        name = self.engine.dialect.name
+        if name == "postgresql":
+            return postgresql.insert(Call)
+        if name == "sqlite":
+            return sqlite.insert(Call)
+        raise RuntimeError(f"unsupported CRM database dialect {name!r}; use SQLite or PostgreSQL")
+
+    def _apply(self, batch: list[Record]) -> None:
+        started = time.perf_counter()
+        rows: dict[str, dict[str, object]] = {}
+        events: list[RecordEvent] = []
+        for record in batch:
+            if isinstance(record, RecordCall):
+                row = asdict(record.record)
+                for key in ("started_at", "answered_at", "ended_at"):
+                    row[key] = _utc(row[key])  # type: ignore[arg-type]
+                rows[record.record.sip_call_id] = row
+            else:
+                events.append(record)
+        with Session(self.engine) as s, s.begin():
+            if rows:
+                stmt = self._upsert()
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[Call.sip_call_id],
+                    set_={c: getattr(stmt.excluded, c) for c in next(iter(rows.values())) if c != "sip_call_id"},
+                )
+                s.execute(stmt, list(rows.values()))
+            if events:
+                wanted = {e.sip_call_id for e in events}
+                ids = dict(s.execute(select(Call.sip_call_id, Call.id).where(Call.sip_call_id.in_(wanted))).tuples())
+                missing = wanted - ids.keys()
+                if missing:  # cannot happen: a call's row is always submitted before its events
+                    log.error("crm_events_without_call", sip_call_ids=sorted(missing))
+                payload = [
+                    {"call_id": ids[e.sip_call_id], "at": _utc(e.at), "kind": e.kind, "detail": e.detail}
+                    for e in events
+                    if e.sip_call_id in ids
+                ]
+                if payload:
+                    s.execute(insert(CallEvent), payload)
+        log.debug("crm_batch_written", rows=len(rows), events=len(events), ms=round(1000 * (time.perf_counter() - started), 1))

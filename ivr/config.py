@@ -1,0 +1,311 @@
+"""sip.conf: read once at start-up into frozen, validated objects.
+
+The file is Asterisk-style INI (`[section]`, `key = value`, `;` comments).
+Anything wrong is reported as `ConfigError`, which names the file, the line,
+the key and the reason, and the IVR refuses to start. After loading, the
+rest of the code only sees `Config`, never the parser.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import time as clock_time
+from pathlib import Path
+from types import MappingProxyType
+from typing import TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from ivr.callflow import GREETING, FlowSettings, SilentRoutine
+from ivr.greeting import DEFAULT_DAYPARTS, FIVE_PART_DAYPARTS, Daypart, HolidayFileError, load_holiday_file
+
+CODECS = {"pcmu": 0, "pcma": 8}  # name -> RTP static payload type (RFC 3551)
+DAYPART_PRESETS = {"hotline": DEFAULT_DAYPARTS, "five_part": FIVE_PART_DAYPARTS}
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; says where (file:line), which key, and why."""
+
+    def __init__(self, file: Path, line: int | None, key: str, reason: str) -> None:
+        where = f"{file}:{line}" if line else str(file)
+        super().__init__(f"{where}: {key}: {reason}")
+        self.file, self.line, self.key, self.reason = file, line, key, reason
+
+
+@dataclass(frozen=True, slots=True)
+class GeneralConfig:
+    bind: str = "127.0.0.1"
+    port: int = 5060
+    advertised_ip: str | None = None
+    rtp_ports: tuple[int, int] = (20000, 30000)
+    codecs: tuple[str, ...] = ("pcmu", "pcma")
+    ring_seconds: float = 6.0
+    company: str = "XX"
+    timezone: str = "Asia/Shanghai"
+    numbers: frozenset[str] = frozenset({"95000"})
+    user_agent: str = "hotline-ivr"
+
+    @property
+    def payload_types(self) -> list[int]:
+        return [CODECS[c] for c in self.codecs]
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True, slots=True)
+class SilenceConfig:
+    wait_seconds: float = 5.0
+    attempts: int = 3
+    last_prompt: str = "silent_3"
+    vad_aggressiveness: int = 2
+    speech_ms: int = 200
+
+    @property
+    def routine(self) -> SilentRoutine:
+        middle = ("silent_2",) * (self.attempts - 2)
+        return SilentRoutine((GREETING, *middle, self.last_prompt), self.wait_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptConfig:
+    voice: str = "sit/cmn"
+    rate: int = 240
+    cache_dir: Path = Path("var/prompts")
+    recorded_dir: Path = Path("prompts/recorded")
+    texts: MappingProxyType[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    general: GeneralConfig = GeneralConfig()
+    dayparts: tuple[Daypart, ...] = DEFAULT_DAYPARTS
+    silence: SilenceConfig = SilenceConfig()
+    hold_repeat_seconds: float = 20.0
+    holidays_file: Path | None = None
+    prompts: PromptConfig = PromptConfig()
+    database_url: str = "sqlite:///var/hotline.db"
+    log_level: str = "info"
+    log_format: str = "console"
+
+    @property
+    def flow(self) -> FlowSettings:
+        return FlowSettings(
+            ring_seconds=self.general.ring_seconds,
+            silent_routine=self.silence.routine,
+            hold_repeat_seconds=self.hold_repeat_seconds,
+        )
+
+
+# --- loading -------------------------------------------------------------------
+
+_KNOWN: dict[str, set[str]] = {
+    "general": {
+        "bind", "port", "advertised_ip", "rtp_port_min", "rtp_port_max", "codecs",
+        "ring_seconds", "company", "timezone", "numbers", "user_agent",
+    },
+    "greeting": {"dayparts"},
+    "silence": {"wait_seconds", "attempts", "last_prompt", "vad_aggressiveness", "speech_ms"},
+    "hold": {"repeat_seconds"},
+    "holidays": {"file"},
+    "prompts": {"voice", "rate", "cache_dir", "recorded_dir"},  # plus text.<prompt id>
+    "database": {"url"},
+    "log": {"level", "format"},
+}
+_SECTION_RE = re.compile(r"^\s*\[([^\]]+)\]")
+_KEY_RE = re.compile(r"^\s*([^\s;#=:\[][^=:]*?)\s*[=:]")
+T = TypeVar("T")
+
+
+def _line_index(text: str) -> dict[tuple[str, str], int]:
+    """(section, key) -> line number, for error messages (configparser keeps none)."""
+    index: dict[tuple[str, str], int] = {}
+    section = ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if m := _SECTION_RE.match(line):
+            section = m.group(1).strip()
+            index.setdefault((section, ""), number)
+        elif m := _KEY_RE.match(line):
+            index.setdefault((section, m.group(1).strip().lower()), number)
+    return index
+
+
+class _Reader:
+    def __init__(self, path: Path, parser: configparser.ConfigParser, lines: dict[tuple[str, str], int]) -> None:
+        self.path, self.parser, self.lines = path, parser, lines
+
+    def error(self, section: str, key: str, reason: str) -> ConfigError:
+        line = self.lines.get((section, key)) or self.lines.get((section, ""))
+        return ConfigError(self.path, line, f"[{section}] {key}" if key else f"[{section}]", reason)
+
+    def get(self, section: str, key: str, default: T, convert: Callable[[str], T], what: str) -> T:
+        if not self.parser.has_option(section, key):
+            return default
+        raw = self.parser.get(section, key).strip()
+        try:
+            return convert(raw)
+        except (ValueError, KeyError) as exc:
+            detail = f" ({exc})" if str(exc) else ""
+            raise self.error(section, key, f"{raw!r} is not {what}{detail}") from None
+
+    def number(self, section: str, key: str, default: float, lo: float, hi: float, kind: type = float) -> float:
+        def convert(raw: str) -> float:
+            value = kind(raw)
+            if not lo <= value <= hi:
+                raise ValueError(f"must be between {lo} and {hi}")
+            return value
+
+        return self.get(section, key, default, convert, f"a {'whole ' if kind is int else ''}number from {lo} to {hi}")
+
+    def file_path(self, section: str, key: str, default: Path | None) -> Path | None:
+        return self.get(section, key, default, lambda raw: (self.path.parent / raw) if raw else None, "a path")
+
+
+def _parse_dayparts(raw: str) -> tuple[Daypart, ...]:
+    if raw in DAYPART_PRESETS:
+        return DAYPART_PRESETS[raw]
+    parts = []
+    for item in raw.split(","):
+        fields = item.split()
+        if len(fields) != 3:
+            raise ValueError(f"each day-part is 'HH:MM name word', got {item.strip()!r}")
+        parts.append(Daypart(clock_time.fromisoformat(fields[0]), fields[1], fields[2]))
+    parts.sort(key=lambda p: p.start)
+    if not parts or parts[0].start != clock_time(0, 0):
+        raise ValueError("the first day-part must start at 00:00")
+    return tuple(parts)
+
+
+def _parse_codecs(raw: str) -> tuple[str, ...]:
+    names = tuple(c.strip().lower() for c in raw.split(",") if c.strip())
+    unknown = [n for n in names if n not in CODECS]
+    if unknown or not names:
+        raise ValueError(f"supported codecs are {', '.join(CODECS)}")
+    return names
+
+
+def _zone(raw: str) -> str:
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("unknown IANA time zone") from None
+    return raw
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a sip.conf; raise ConfigError on the first problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(path, None, "file", f"cannot read: {exc.strerror}") from None
+    parser = configparser.ConfigParser(
+        comment_prefixes=(";", "#"), inline_comment_prefixes=(";",), interpolation=None, strict=True
+    )
+    try:
+        parser.read_string(text, source=str(path))
+    except configparser.DuplicateOptionError as exc:
+        raise ConfigError(path, exc.lineno, f"[{exc.section}] {exc.option}", "set twice in this section") from None
+    except configparser.DuplicateSectionError as exc:
+        raise ConfigError(path, exc.lineno, f"[{exc.section}]", "section appears twice") from None
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError(path, exc.lineno, "file", "settings must follow a [section] header") from None
+    except configparser.ParsingError as exc:
+        line = exc.errors[0][0] if exc.errors else None
+        raise ConfigError(path, line, "syntax", "expected 'key = value', '[section]' or a ; comment") from None
+
+    r = _Reader(path, parser, _line_index(text))
+    for section in parser.sections():
+        if section not in _KNOWN:
+            raise r.error(section, "", f"unknown section; known sections are {', '.join(_KNOWN)}")
+        for key in parser.options(section):
+            if key not in _KNOWN[section] and not (section == "prompts" and key.startswith("text.")):
+                raise r.error(section, key, f"unknown key; known keys are {', '.join(sorted(_KNOWN[section]))}")
+
+    g = GeneralConfig()
+    rtp_min = int(r.number("general", "rtp_port_min", g.rtp_ports[0], 1024, 65534, int))
+    rtp_max = int(r.number("general", "rtp_port_max", g.rtp_ports[1], 1025, 65535, int))
+    if rtp_max - rtp_min < 2:
+        raise r.error("general", "rtp_port_max", f"{rtp_max} must be above rtp_port_min ({rtp_min}) by 2 or more")
+    numbers = r.get(
+        "general", "numbers", g.numbers,
+        lambda raw: frozenset(n.strip() for n in raw.split(",") if n.strip()) or _raise("empty"),
+        "a comma-separated list of numbers",
+    )
+    general = GeneralConfig(
+        bind=r.get("general", "bind", g.bind, str, "an address"),
+        port=int(r.number("general", "port", g.port, 1, 65535, int)),
+        advertised_ip=r.get("general", "advertised_ip", None, lambda s: s or None, "an address"),
+        rtp_ports=(rtp_min, rtp_max),
+        codecs=r.get("general", "codecs", g.codecs, _parse_codecs, "a codec list"),
+        ring_seconds=r.number("general", "ring_seconds", g.ring_seconds, 0, 15),
+        company=r.get("general", "company", g.company, lambda s: s or _raise("empty"), "a company name"),
+        timezone=r.get("general", "timezone", g.timezone, _zone, "a time zone such as Asia/Shanghai"),
+        numbers=numbers,
+        user_agent=r.get("general", "user_agent", g.user_agent, str, "a string"),
+    )
+
+    s = SilenceConfig()
+    silence = SilenceConfig(
+        wait_seconds=r.number("silence", "wait_seconds", s.wait_seconds, 1, 60),
+        # [004] "严禁未做到重复三次就挂线": never fewer than three attempts.
+        attempts=int(r.number("silence", "attempts", s.attempts, 3, 10, int)),
+        last_prompt=r.get(
+            "silence", "last_prompt", s.last_prompt,
+            lambda raw: raw if raw in ("silent_3", "silent_3_alt") else _raise("choose silent_3 or silent_3_alt"),
+            "a prompt id",
+        ),
+        vad_aggressiveness=int(r.number("silence", "vad_aggressiveness", s.vad_aggressiveness, 0, 3, int)),
+        speech_ms=int(r.number("silence", "speech_ms", s.speech_ms, 20, 2000, int)),
+    )
+
+    holidays_file = r.file_path("holidays", "file", None)
+    if holidays_file is not None:
+        try:
+            load_holiday_file(holidays_file)
+        except HolidayFileError as exc:
+            raise r.error("holidays", "file", str(exc)) from None
+
+    p = PromptConfig()
+    texts = {k.removeprefix("text."): v.strip() for k, v in parser.items("prompts")} if parser.has_section("prompts") else {}
+    texts = {k: v for k, v in texts.items() if k not in _KNOWN["prompts"]}
+    prompts = PromptConfig(
+        voice=r.get("prompts", "voice", p.voice, str, "a voice id"),
+        rate=int(r.number("prompts", "rate", p.rate, 60, 400, int)),
+        cache_dir=r.file_path("prompts", "cache_dir", path.parent / p.cache_dir) or p.cache_dir,
+        recorded_dir=r.file_path("prompts", "recorded_dir", path.parent / p.recorded_dir) or p.recorded_dir,
+        texts=MappingProxyType(texts),
+    )
+
+    url = r.get("database", "url", Config.database_url, lambda raw: raw or _raise("empty"), "a database URL")
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
+        url = "sqlite:///" + str((path.parent / url.removeprefix("sqlite:///")).resolve())
+
+    return Config(
+        path=path,
+        general=general,
+        dayparts=r.get("greeting", "dayparts", DEFAULT_DAYPARTS, _parse_dayparts, "a day-part list"),
+        silence=silence,
+        hold_repeat_seconds=r.number("hold", "repeat_seconds", 20.0, 3, 600),
+        holidays_file=holidays_file,
+        prompts=prompts,
+        database_url=url,
+        log_level=r.get(
+            "log", "level", "info",
+            lambda raw: raw.lower() if raw.lower() in ("debug", "info", "warning", "error") else _raise("choose debug, info, warning or error"),
+            "a log level",
+        ),
+        log_format=r.get(
+            "log", "format", "console",
+            lambda raw: raw if raw in ("console", "json") else _raise("choose console or json"),
+            "a log format",
+        ),
+    )
+
+
+def _raise(reason: str) -> object:
+    raise ValueError(reason)

@@ -1,0 +1,193 @@
+"""Events into the call flow and actions out of it.
+
+Every event carries `at`, the moment it happened (an aware datetime supplied
+by whoever drives the flow: the engine adapter in production, a fake clock in
+tests). Actions are instructions for the adapter; the flow never performs I/O
+itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+# --- events: what happened on the call ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Invited:
+    """A new INVITE for one of our numbers, with an acceptable offer."""
+
+    at: datetime
+    caller: str
+    callee: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The caller sent CANCEL while we were ringing."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """A timer the flow asked for with `StartTimer` has elapsed."""
+
+    at: datetime
+    timer: str
+
+
+@dataclass(frozen=True, slots=True)
+class PromptFinished:
+    """The last frame of a prompt started with `Play` has been sent."""
+
+    at: datetime
+    prompt: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """Voice activity was detected on the caller's audio."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Digit:
+    """The caller pressed a key (RFC 4733 telephone-event or SIP INFO)."""
+
+    at: datetime
+    digit: str
+    via: Literal["rfc4733", "info"] = "rfc4733"
+
+
+@dataclass(frozen=True, slots=True)
+class HungUp:
+    """The caller sent BYE."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Aborted:
+    """The call cannot go on: engine error, missing ACK, or IVR shutdown."""
+
+    at: datetime
+    reason: str
+
+
+Event = Invited | Cancelled | TimerFired | PromptFinished | SpeechStarted | Digit | HungUp | Aborted
+
+# --- actions: what the adapter must do --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    """Send 180 Ringing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Send 200 OK with our SDP answer; media may flow from now on."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Answer the (unanswered) INVITE with a final error status."""
+
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Play:
+    """Send a prompt's audio to the caller, then report `PromptFinished`."""
+
+    prompt: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopPlayback:
+    """Stop the prompt being played; no `PromptFinished` follows for it."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    """Fire `TimerFired(timer)` after `seconds`; restarting a name replaces it."""
+
+    timer: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    timer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Run voice activity detection on the caller's audio (or stop it)."""
+
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HangUp:
+    """Send BYE to the caller."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """The CRM row of one call (table `calls`), as it stands now."""
+
+    sip_call_id: str
+    caller: str
+    callee: str
+    started_at: datetime
+    answered_at: datetime | None = None
+    ended_at: datetime | None = None
+    greeting: str | None = None
+    silent_attempts: int = 0
+    outcome: str | None = None
+    hangup_by: str | None = None
+    tier: str | None = None
+    service: str | None = None
+    seat_group: str | None = None
+    agent_number: str | None = None
+    queue_wait_s: float | None = None
+    talk_s: float | None = None
+    survey_score: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCall:
+    """Write the call's row (insert or update) to the CRM."""
+
+    record: CallRecord
+
+
+@dataclass(frozen=True, slots=True)
+class RecordEvent:
+    """Append one step to the call's history (table `call_events`)."""
+
+    sip_call_id: str
+    at: datetime
+    kind: str
+    detail: str = ""
+
+
+Action = (
+    Ring
+    | Answer
+    | Reject
+    | Play
+    | StopPlayback
+    | StartTimer
+    | CancelTimer
+    | Listen
+    | HangUp
+    | RecordCall
+    | RecordEvent
+)

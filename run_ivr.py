@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Start the hotline IVR: `python run_ivr.py --config sip.conf`.
+
+Loads and validates the config, migrates the CRM database, closes calls a
+previous crash left open, renders and encodes the prompts, then answers SIP
+on the configured address until SIGINT/SIGTERM, when it ends calls politely
+and flushes every record before exiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+import uvloop
+
+from crm_bridge.db import make_engine, migrate, reconcile_interrupted
+from crm_bridge.writer import CrmWriter
+from ivr.config import Config, ConfigError, load_config
+from ivr.engine import Engine, g711_encoders
+from ivr.greeting import Greeter, HolidayCalendar
+from ivr.logs import configure_logging
+from prompts.catalogue import build_catalogue
+from prompts.library import PromptError, PromptLibrary, load_prompts
+
+log = structlog.get_logger("run_ivr")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Hotline IVR: answers SIP calls per the service scripts.")
+    p.add_argument("--config", type=Path, default=Path("sip.conf.example"), help="sip.conf to load (default: %(default)s)")
+    p.add_argument("--bind", help="SIP/RTP bind address (overrides [general] bind)")
+    p.add_argument("--port", type=int, help="SIP UDP port (overrides [general] port)")
+    p.add_argument("--db-url", help="CRM database URL, e.g. sqlite:///var/hotline.db or postgresql+psycopg://… ")
+    p.add_argument("--ring-seconds", type=float, help="ring time before answering (overrides [general] ring_seconds)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="overrides [log] level")
+    return p.parse_args(argv)
+
+
+def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
+    general = config.general
+    if args.bind:
+        general = replace(general, bind=args.bind)
+    if args.port is not None:
+        general = replace(general, port=args.port)
+    if args.ring_seconds is not None:
+        general = replace(general, ring_seconds=args.ring_seconds)
+    config = replace(config, general=general)
+    if args.db_url:
+        config = replace(config, database_url=args.db_url)
+    if args.log_level:
+        config = replace(config, log_level=args.log_level)
+    return config
+
+
+def prepare_prompts(config: Config) -> PromptLibrary:
+    """Render (or load) and encode every prompt; runs before the event loop starts."""
+    texts = build_catalogue(config.general.company, config.dayparts, config.prompts.texts)
+    p = config.prompts
+    prompts = PromptLibrary(
+        load_prompts(texts, voice=p.voice, rate=p.rate, cache_dir=p.cache_dir, recorded_dir=p.recorded_dir),
+        g711_encoders(config.general.payload_types),
+    )
+    log.info("prompts_ready", count=len(prompts.prompts), seconds=round(sum(x.seconds for x in prompts.prompts.values()), 1))
+    return prompts
+
+
+async def serve(config: Config, prompts: PromptLibrary) -> int:
+    db = make_engine(config.database_url)
+    migrate(db)
+    reconcile_interrupted(db)
+    writer = CrmWriter(db)
+    writer.start()
+
+    greeter = Greeter(config.dayparts, config.general.zone, HolidayCalendar(config.holidays_file))
+    engine = Engine(config, prompts, writer, greeter)
+    await engine.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"hotline IVR ready on udp:{config.general.bind}:{config.general.port}", flush=True)
+    await stop.wait()
+
+    log.info("stopping", active_calls=len(engine.legs))
+    await engine.stop()
+    left = await asyncio.to_thread(writer.close)
+    log.info("stopped", crm_records_written=writer.written, unwritten=left)
+    return 0 if left == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = apply_overrides(load_config(args.config), args)
+    except ConfigError as exc:
+        print(f"error: {exc}\nFix the setting and start again; sip.conf.example documents every key.", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level, config.log_format)
+    try:
+        prompts = prepare_prompts(config)
+        return uvloop.run(serve(config, prompts))
+    except PromptError as exc:
+        log.error("prompts_failed", reason=str(exc))
+        return 3
+    except OSError as exc:
+        log.error("startup_failed", reason=str(exc))
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
