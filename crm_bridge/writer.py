@@ -97,8 +97,11 @@ class CrmWriter:
                 self._pending = 0
 
     def _apply_with_retry(self, batch: list[Record]) -> None:
+        # Database errors are the expected case (server down, SQLite locked); any
+        # other error is a bug, logged loudly, but the batch is still kept and
+        # retried: a record is never dropped.
         retrying = Retrying(
-            retry=retry_if_exception_type(SQLAlchemyError),
+            retry=retry_if_exception_type(Exception),
             wait=wait_exponential(multiplier=0.2, max=10),
             stop=stop_when_event_set(self._give_up),
             before_sleep=self._log_retry,
@@ -115,12 +118,13 @@ class CrmWriter:
     def _log_retry(self, state: RetryCallState) -> None:
         self.failures += 1
         exc = state.outcome.exception() if state.outcome else None
-        log.warning(
+        level = log.warning if isinstance(exc, SQLAlchemyError) else log.error
+        level(
             "crm_write_retry",
             attempt=state.attempt_number,
             queued=self._queue.qsize(),
             wait_s=round(state.next_action.sleep, 2) if state.next_action else None,
-            error=str(exc).splitlines()[0] if exc else "",
+            error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}" if exc else "",
         )
 
     def _upsert(self):  # type: ignore[no-untyped-def]
@@ -153,7 +157,7 @@ class CrmWriter:
                 s.execute(stmt, list(rows.values()))
             if events:
                 wanted = {e.sip_call_id for e in events}
-                ids = dict(s.execute(select(Call.sip_call_id, Call.id).where(Call.sip_call_id.in_(wanted))).tuples())
+                ids: dict[str, int] = {sid: cid for sid, cid in s.execute(select(Call.sip_call_id, Call.id).where(Call.sip_call_id.in_(wanted)))}
                 missing = wanted - ids.keys()
                 if missing:  # cannot happen: a call's row is always submitted before its events
                     log.error("crm_events_without_call", sip_call_ids=sorted(missing))

@@ -22,6 +22,7 @@ from ivr.callflow import GREETING, FlowSettings, SilentRoutine
 from ivr.greeting import DEFAULT_DAYPARTS, FIVE_PART_DAYPARTS, Daypart, HolidayFileError, load_holiday_file
 
 CODECS = {"pcmu": 0, "pcma": 8}  # name -> RTP static payload type (RFC 3551)
+DEFAULT_DATABASE_URL = "sqlite:///var/hotline.db"
 DAYPART_PRESETS = {"hotline": DEFAULT_DAYPARTS, "five_part": FIVE_PART_DAYPARTS}
 
 
@@ -88,7 +89,7 @@ class Config:
     hold_repeat_seconds: float = 20.0
     holidays_file: Path | None = None
     prompts: PromptConfig = PromptConfig()
-    database_url: str = "sqlite:///var/hotline.db"
+    database_url: str = DEFAULT_DATABASE_URL
     log_level: str = "info"
     log_format: str = "console"
 
@@ -281,7 +282,7 @@ def load_config(path: Path) -> Config:
         texts=MappingProxyType(texts),
     )
 
-    url = r.get("database", "url", Config.database_url, lambda raw: raw or _raise("empty"), "a database URL")
+    url = r.get("database", "url", DEFAULT_DATABASE_URL, lambda raw: raw or _raise("empty"), "a database URL")
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
         url = "sqlite:///" + str((path.parent / url.removeprefix("sqlite:///")).resolve())
 
