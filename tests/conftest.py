@@ -1,0 +1,239 @@
+"""Shared fixtures: free loopback ports, a real PostgreSQL server, the IVR as a real process."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ROOT / "tests" / "scenarios"
+
+
+def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:
+    """A port on 127.0.0.1 that is free right now (UDP by default)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not even or port % 2 == 0:
+            return port
+    raise RuntimeError("no free port found")
+
+
+# --- PostgreSQL ------------------------------------------------------------------
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+@dataclass
+class PgServer:
+    """A throw-away PostgreSQL cluster on 127.0.0.1, owned by the test session."""
+
+    bindir: Path
+    datadir: Path
+    port: int
+    log: Path
+    as_user: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(
+            [*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.log), "-w", *args],
+            check=True, capture_output=True, timeout=60,
+        )
+
+    def start(self) -> None:
+        opts = f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.datadir} -c fsync=off"
+        self._ctl("-o", opts, "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "fast", "stop")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    bindir = _pg_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL binaries not found: scripts/bootstrap.sh installs Debian's postgresql")
+        pytest.skip("PostgreSQL not installed (scripts/bootstrap.sh installs it)")
+    base = Path(tempfile.mkdtemp(prefix="ivr-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(base, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    datadir = base / "data"
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "-A", "trust"],
+                   check=True, capture_output=True, timeout=120)
+    server = PgServer(bindir, datadir, free_port(socket.SOCK_STREAM), base / "server.log", as_user)
+    server.start()
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(Exception):
+            server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(postgres: PgServer) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    name = f"t{os.getpid()}_{time.monotonic_ns()}"
+    admin = create_engine(postgres.url, isolation_level="AUTOCOMMIT", poolclass=NullPool)  # survives server restarts
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield postgres.url.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+# --- the IVR as a process -----------------------------------------------------------
+
+
+@dataclass
+class IvrProcess:
+    proc: subprocess.Popen[str]
+    port: int
+    db_url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return -9
+        return self.proc.returncode
+
+
+def write_ivr_config(tmp: Path, *, sip_port: int, db_url: str, ring_seconds: float = 1, extra: str = "") -> Path:
+    rtp = free_port(even=True)
+    rtp_min = 20000 + (rtp % 20000) // 2 * 2
+    conf = tmp / "sip.conf"
+    conf.write_text(
+        f"""[general]
+bind = 127.0.0.1
+port = {sip_port}
+rtp_port_min = {rtp_min}
+rtp_port_max = {rtp_min + 400}
+ring_seconds = {ring_seconds}
+numbers = 95000
+[prompts]
+cache_dir = {ROOT / "var" / "prompts"}
+recorded_dir = {tmp / "recorded"}
+[database]
+url = {db_url}
+[log]
+level = info
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return conf
+
+
+def start_ivr(tmp: Path, conf: Path, sip_port: int, db_url: str) -> IvrProcess:
+    log_path = tmp / "ivr.log"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_ivr.py"), "--config", str(conf)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True,  # noqa: SIM115
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if "ready on" in line:
+            return IvrProcess(proc, sip_port, db_url, log_path)
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError(f"IVR did not start:\n{log_path.read_text()}")
+
+
+@pytest.fixture
+def ivr_factory(tmp_path: Path) -> Iterator:
+    started: list[IvrProcess] = []
+
+    def make(*, ring_seconds: float = 1, db_url: str | None = None, extra: str = "") -> IvrProcess:
+        sip_port = free_port()
+        db_url = db_url or f"sqlite:///{tmp_path / 'crm.db'}"
+        conf = write_ivr_config(tmp_path, sip_port=sip_port, db_url=db_url, ring_seconds=ring_seconds, extra=extra)
+        ivr = start_ivr(tmp_path, conf, sip_port, db_url)
+        started.append(ivr)
+        return ivr
+
+    yield make
+    for ivr in started:
+        ivr.stop()
+
+
+# --- SIPp --------------------------------------------------------------------------
+
+
+@dataclass
+class SippRun:
+    proc: subprocess.Popen[str]
+    scenario: str
+    log_file: Path
+    err_file: Path
+    started: float
+
+    def wait(self, timeout: float = 120) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def logged(self) -> str:
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+    def errors(self) -> str:
+        return self.err_file.read_text() if self.err_file.exists() else ""
+
+
+def sipp(tmp: Path, scenario: str, ivr_port: int, *, service: str = "95000", calls: int = 1,
+         extra: tuple[str, ...] = (), timeout_s: int = 90) -> SippRun:
+    """Start SIPp with one of tests/scenarios against the IVR on loopback."""
+    if shutil.which("sipp") is None:
+        pytest.fail("sipp not installed: scripts/bootstrap.sh installs Debian's sip-tester")
+    name = f"{scenario}-{time.monotonic_ns()}"
+    log_file, err_file = tmp / f"{name}.log", tmp / f"{name}.err"
+    cmd = [
+        "sipp", f"127.0.0.1:{ivr_port}", "-sf", str(SCENARIOS / f"{scenario}.xml"),
+        "-inf", str(SCENARIOS / "callers.csv"), "-s", service, "-m", str(calls),
+        "-i", "127.0.0.1", "-p", str(free_port()), "-mi", "127.0.0.1", "-mp", str(free_port(even=True)),
+        "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error",
+        "-trace_logs", "-log_file", str(log_file), "-trace_err", "-error_file", str(err_file), *extra,
+    ]
+    proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    return SippRun(proc, scenario, log_file, err_file, time.monotonic())

@@ -1,0 +1,177 @@
+"""The CRM write path on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from crm_bridge.db import make_engine, migrate, reconcile_interrupted
+from crm_bridge.models import Base, Call, CallEvent
+from crm_bridge.writer import CrmWriter
+from ivr.events import CallRecord, RecordCall, RecordEvent
+
+T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+    url = f"sqlite:///{tmp_path / 'crm.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    engine = make_engine(url)
+    migrate(engine)
+    return engine
+
+
+def call_records(sip_call_id: str, start: datetime = T0) -> list:
+    rec = CallRecord(sip_call_id, "13800000001", "95000", started_at=start)
+    answered = CallRecord(sip_call_id, "13800000001", "95000", started_at=start,
+                          answered_at=start + timedelta(seconds=6), greeting="morning")
+    ended = CallRecord(sip_call_id, "13800000001", "95000", started_at=start,
+                       answered_at=start + timedelta(seconds=6), greeting="morning",
+                       ended_at=start + timedelta(seconds=40), outcome="silent", hangup_by="ivr", silent_attempts=3)
+    return [
+        RecordCall(rec), RecordEvent(sip_call_id, start, "invited"),
+        RecordCall(answered), RecordEvent(sip_call_id, start + timedelta(seconds=6), "answered", "greeting=morning"),
+        RecordCall(ended), RecordEvent(sip_call_id, start + timedelta(seconds=40), "ended", "outcome=silent"),
+    ]
+
+
+def wait_until(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def counts(engine: Engine) -> tuple[int, int]:
+    with Session(engine) as s:
+        return s.scalar(select(func.count(Call.id))) or 0, s.scalar(select(func.count(CallEvent.id))) or 0
+
+
+def test_migrations_match_the_models(db: Engine) -> None:
+    with db.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_writer_records_rows_and_events_with_the_latest_state(db: Engine) -> None:
+    writer = CrmWriter(db)
+    writer.start()
+    for record in call_records("call-a") + call_records("call-b", T0 + timedelta(minutes=1)):
+        writer.submit(record)
+    assert writer.close() == 0
+    with Session(db) as s:
+        calls = s.scalars(select(Call).order_by(Call.sip_call_id)).all()
+        assert [(c.sip_call_id, c.outcome, c.hangup_by, c.silent_attempts, c.greeting) for c in calls] == [
+            ("call-a", "silent", "ivr", 3, "morning"),
+            ("call-b", "silent", "ivr", 3, "morning"),
+        ]
+        ended = calls[0].ended_at
+        assert ended.replace(tzinfo=ended.tzinfo or UTC) == T0 + timedelta(seconds=40)
+        assert [e.kind for e in calls[0].events] == ["invited", "answered", "ended"]
+    assert writer.written == 12
+
+
+def test_sqlite_lock_outage_queues_records_and_retries(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    migrate(engine)
+    locker = sqlite3.connect(tmp_path / "crm.db", timeout=0)
+    locker.execute("BEGIN EXCLUSIVE")  # the database is unavailable for writing
+    writer = CrmWriter(engine)
+    writer.start()
+    for i in range(20):
+        for record in call_records(f"call-{i}", T0 + timedelta(seconds=i)):
+            writer.submit(record)
+    wait_until(lambda: writer.failures >= 1)  # after SQLite's 5 s busy timeout
+    assert writer.depth == 120, "records wait in the queue while the database is locked"
+    locker.rollback()
+    locker.close()
+    wait_until(lambda: writer.depth == 0)
+    assert writer.close() == 0
+    assert counts(engine) == (20, 60)
+
+
+@pytest.mark.postgres
+def test_postgres_stopped_and_restarted_loses_no_record(postgres, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(pg_url)
+    migrate(engine)
+    writer = CrmWriter(engine)
+    writer.start()
+    for record in call_records("before"):
+        writer.submit(record)
+    wait_until(lambda: writer.depth == 0)
+    postgres.stop()
+    try:
+        for i in range(10):
+            for record in call_records(f"during-{i}"):
+                writer.submit(record)
+        time.sleep(1.0)
+        assert writer.depth == 60 and writer.failures >= 1
+    finally:
+        postgres.start()
+    wait_until(lambda: writer.depth == 0, timeout=60)
+    assert writer.close() == 0
+    assert counts(engine) == (11, 33)
+
+
+def test_submit_never_blocks_while_the_database_is_down(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    migrate(engine)
+    locker = sqlite3.connect(tmp_path / "crm.db", timeout=0)
+    locker.execute("BEGIN EXCLUSIVE")
+    writer = CrmWriter(engine)
+    writer.start()
+    started = time.perf_counter()
+    for i in range(2000):
+        writer.submit(RecordCall(CallRecord(f"c{i}", "1", "95000", started_at=T0)))
+    assert time.perf_counter() - started < 0.5
+    locker.rollback()
+    locker.close()
+    assert writer.close() == 0
+
+
+def test_reconcile_closes_calls_left_open_by_a_crash(db: Engine) -> None:
+    writer = CrmWriter(db)
+    writer.start()
+    for record in call_records("done")[:4] + call_records("done")[4:]:
+        writer.submit(record)
+    for record in call_records("crashed")[:4]:  # answered, never ended
+        writer.submit(record)
+    writer.close()
+    assert reconcile_interrupted(db) == 1
+    with Session(db) as s:
+        crashed = s.scalars(select(Call).where(Call.sip_call_id == "crashed")).one()
+        ended = crashed.ended_at
+        assert (crashed.outcome, crashed.hangup_by) == ("failed", "ivr")
+        assert ended.replace(tzinfo=ended.tzinfo or UTC) == T0 + timedelta(seconds=6)  # its last event
+        assert crashed.events[-1].kind == "reconciled"
+        assert s.scalars(select(Call.outcome).where(Call.sip_call_id == "done")).one() == "silent"
+    assert reconcile_interrupted(db) == 0
+
+
+def test_writer_survives_concurrent_submitters(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    migrate(engine)
+    writer = CrmWriter(engine)
+    writer.start()
+
+    def submit(prefix: str) -> None:
+        for i in range(50):
+            for record in call_records(f"{prefix}-{i}"):
+                writer.submit(record)
+
+    threads = [threading.Thread(target=submit, args=(f"t{n}",)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert writer.close() == 0
+    assert counts(engine) == (200, 600)
