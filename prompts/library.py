@@ -132,6 +132,10 @@ def load_prompts(
     if jobs:
         log.info("prompts_rendering", count=len(jobs), voice=voice)
     render_tts(jobs, voice, rate)
+    for pid, current in cached.items():  # renders of texts, voices or rates no longer in use
+        for stale in cache_dir.glob(f"{pid}-*.wav"):
+            if stale != current:
+                stale.unlink(missing_ok=True)
 
     prompts: dict[str, Prompt] = {}
     for pid, text in texts.items():

@@ -18,7 +18,7 @@ import pytest
 from ivr.config import load_config
 from ivr.greeting import greeting_prompt_id
 from prompts.catalogue import build_catalogue
-from prompts.library import load_prompts
+from prompts.library import Prompt, load_prompts
 
 from .conftest import IvrProcess, SippRun, free_port, sipp, start_ivr, write_ivr_config
 
@@ -118,12 +118,16 @@ def test_cancel_while_ringing_gets_487_and_an_abandoned_ringing_row(hotline: Ivr
 # --- the silent-call routine and callers who are not silent ---------------------------
 
 
-def prompt_seconds(ivr: IvrProcess, workdir: Path) -> dict[str, float]:
+def ivr_prompts(workdir: Path) -> dict[str, Prompt]:
+    """The prompts exactly as the IVR started from workdir/sip.conf loaded them (from the cache)."""
     config = load_config(workdir / "sip.conf")
     texts = build_catalogue(config.general.company, config.dayparts, config.prompts.texts)
     p = config.prompts
-    prompts = load_prompts(texts, voice=p.voice, rate=p.rate, cache_dir=p.cache_dir, recorded_dir=p.recorded_dir)
-    return {pid: prompt.seconds for pid, prompt in prompts.items()}
+    return load_prompts(texts, voice=p.voice, rate=p.rate, cache_dir=p.cache_dir, recorded_dir=p.recorded_dir)
+
+
+def prompt_seconds(ivr: IvrProcess, workdir: Path) -> dict[str, float]:
+    return {pid: prompt.seconds for pid, prompt in ivr_prompts(workdir).items()}
 
 
 def test_silent_caller_is_hung_up_only_after_three_prompts_and_three_waits(

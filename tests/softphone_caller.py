@@ -1,0 +1,88 @@
+"""A real softphone caller (PJSIP's pjsua2): dials the IVR and records what it hears.
+
+Run as a separate process — pjsua2 keeps global C state — by
+tests/test_e2e_softphone.py:
+
+    python tests/softphone_caller.py --port 5060 --number 95000 --seconds 14 --wav out.wav
+
+Prints one line per call state and exits 0 once the WAV is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import pjsua2 as pj
+
+
+class Caller(pj.Call):
+    def __init__(self, account: pj.Account, wav: str) -> None:
+        super().__init__(account)
+        self.wav = wav
+        self.recorder: pj.AudioMediaRecorder | None = None
+        self.state = pj.PJSIP_INV_STATE_NULL
+
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802 (pjsua2 API)
+        info = self.getInfo()
+        self.state = info.state
+        print(f"state {info.stateText} {info.lastStatusCode}", flush=True)
+
+    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:  # noqa: N802
+        info = self.getInfo()  # keep it referenced: iterating a temporary's .media reads freed memory
+        for index, media in enumerate(info.media):
+            if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE and self.recorder is None:
+                self.recorder = pj.AudioMediaRecorder()
+                self.recorder.createRecorder(self.wav)
+                self.getAudioMedia(index).startTransmit(self.recorder)
+                print("media active: recording", flush=True)
+
+
+def main() -> int:
+    args = argparse.ArgumentParser()
+    args.add_argument("--port", type=int, required=True)
+    args.add_argument("--number", default="95000")
+    args.add_argument("--caller", default="13800000002")
+    args.add_argument("--seconds", type=float, default=14)
+    args.add_argument("--wav", required=True)
+    opts = args.parse_args()
+
+    ep = pj.Endpoint()
+    ep.libCreate()
+    cfg = pj.EpConfig()
+    cfg.logConfig.level = 1
+    cfg.logConfig.consoleLevel = 1
+    cfg.uaConfig.threadCnt = 0  # drive everything from this thread with libHandleEvents
+    cfg.uaConfig.mainThreadOnly = True
+    ep.libInit(cfg)
+    transport = pj.TransportConfig()
+    transport.port = 0
+    transport.boundAddress = "127.0.0.1"
+    ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, transport)
+    ep.libStart()
+    ep.audDevManager().setNullDev()  # no sound card: the conference bridge runs on a null clock
+
+    account = pj.Account()
+    acfg = pj.AccountConfig()
+    acfg.idUri = f"sip:{opts.caller}@127.0.0.1"
+    acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+    account.create(acfg)
+
+    call = Caller(account, opts.wav)
+    call.makeCall(f"sip:{opts.number}@127.0.0.1:{opts.port}", pj.CallOpParam(True))
+    deadline = time.monotonic() + opts.seconds
+    while time.monotonic() < deadline and call.state != pj.PJSIP_INV_STATE_DISCONNECTED:
+        ep.libHandleEvents(10)
+    if call.state != pj.PJSIP_INV_STATE_DISCONNECTED:
+        call.hangup(pj.CallOpParam(True))
+    for _ in range(50):
+        ep.libHandleEvents(10)
+    call.recorder = None
+    ep.libDestroy()  # destroys every media port: pjmedia writes the WAV header then
+    # pjsua2 2.15's Call destructor asserts once libDestroy has freed the call slot; skip destructors.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
