@@ -243,7 +243,8 @@ def load_config(path: Path) -> Config:
         advertised_ip=r.get("general", "advertised_ip", None, lambda s: s or None, "an address"),
         rtp_ports=(rtp_min, rtp_max),
         codecs=r.get("general", "codecs", g.codecs, _parse_codecs, "a codec list"),
-        ring_seconds=r.number("general", "ring_seconds", g.ring_seconds, 0, 15),
+        # [002] "在铃响三声之内": the third ring of the 1 s on / 4 s off cadence ends at 11 s.
+        ring_seconds=r.number("general", "ring_seconds", g.ring_seconds, 0, 11),
         company=r.get("general", "company", g.company, lambda s: s or _raise("empty"), "a company name"),
         timezone=r.get("general", "timezone", g.timezone, _zone, "a time zone such as Asia/Shanghai"),
         numbers=numbers,

@@ -42,7 +42,7 @@ def config_with(tmp_path: Path, text: str) -> Path:
     ("text", "line", "key", "reason"),
     [
         ("[general]\nbind = 127.0.0.1\nport = 50x0\n", 3, "[general] port", "is not a whole number from 1 to 65535"),
-        ("[general]\nring_seconds = 30\n", 2, "[general] ring_seconds", "from 0 to 15"),
+        ("[general]\nring_seconds = 12\n", 2, "[general] ring_seconds", "from 0 to 11"),
         ("[general]\ncodecs = g729\n", 2, "[general] codecs", "supported codecs are pcmu, pcma"),
         ("[general]\ntimezone = Mars/Olympus\n", 2, "[general] timezone", "unknown IANA time zone"),
         ("[general]\nrtp_port_min = 30000\nrtp_port_max = 20000\n", 3, "[general] rtp_port_max", "must be above rtp_port_min"),
