@@ -19,7 +19,8 @@ from pathlib import Path
 import structlog
 import uvloop
 
-from crm_bridge.db import make_engine, migrate, reconcile_interrupted
+from crm_bridge.customers import lookup_caller
+from crm_bridge.db import make_engine, migrate, reconcile_interrupted, sync_seat_groups
 from crm_bridge.writer import CrmWriter
 from ivr.config import Config, ConfigError, load_config
 from ivr.engine import Engine, g711_encoders
@@ -60,7 +61,10 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
 
 def prepare_prompts(config: Config) -> PromptLibrary:
     """Render (or load) and encode every prompt; runs before the event loop starts."""
-    texts = build_catalogue(config.general.company, config.dayparts, config.prompts.texts)
+    texts = build_catalogue(
+        config.general.company, config.dayparts, config.prompts.texts,
+        menu=config.menu, agents=[a.number for a in config.agents],
+    )
     p = config.prompts
     prompts = PromptLibrary(
         load_prompts(texts, voice=p.voice, rate=p.rate, cache_dir=p.cache_dir, recorded_dir=p.recorded_dir),
@@ -77,8 +81,9 @@ async def serve(config: Config, prompts: PromptLibrary) -> int:
     writer = CrmWriter(db)
     writer.start()
 
+    sync_seat_groups(db, config.agents)
     greeter = Greeter(config.dayparts, config.general.zone, HolidayCalendar(config.holidays_file))
-    engine = Engine(config, prompts, writer, greeter)
+    engine = Engine(config, prompts, writer, greeter, directory=lambda phone: lookup_caller(db, phone, config.tiers))
     await engine.start()
 
     stop = asyncio.Event()

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine, event, func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from crm_bridge.models import Call, CallEvent
+from crm_bridge.models import Agent, Call, CallEvent, SeatGroup
 
 log = structlog.get_logger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -75,3 +75,15 @@ def reconcile_interrupted(engine: Engine, now: datetime | None = None) -> int:
     if open_calls:
         log.warning("calls_reconciled", count=len(open_calls))
     return len(open_calls)
+
+
+def sync_seat_groups(engine: Engine, agents) -> None:  # type: ignore[no-untyped-def]
+    """Mirror the configured seat groups and agents into the CRM (sip.conf is the source)."""
+    from ivr.service import SEAT_GROUPS
+
+    with Session(engine) as s, s.begin():
+        for name, label in SEAT_GROUPS.items():
+            s.merge(SeatGroup(name=name, label=label))
+        s.flush()
+        for agent in agents:
+            s.merge(Agent(number=agent.number, name=agent.name, seat_group=agent.seat_group))

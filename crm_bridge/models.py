@@ -61,3 +61,66 @@ class CallEvent(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
     call: Mapped[Call] = relationship(back_populates="events")
+
+
+# --- tiered service (spec §4-7) --------------------------------------------------
+
+TIERS = ("senior", "middle", "junior")  # 高端 / 中端 / 低端 customers, served by the group of the same name
+
+
+class Customer(Base):
+    """A customer known to the CRM; `tier` set here overrides the thresholds."""
+
+    __tablename__ = "customers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    phone: Mapped[str] = mapped_column(String(32), unique=True)  # looked up by caller number: one indexed query
+    name: Mapped[str] = mapped_column(String(128), default="")
+    assets: Mapped[float] = mapped_column(default=0.0)
+    volume: Mapped[float] = mapped_column(default=0.0)
+    tier: Mapped[str | None] = mapped_column(String(16))  # explicit tier, or NULL to derive from assets/volume
+
+
+class SeatGroup(Base):
+    __tablename__ = "seat_groups"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)  # senior, middle, junior
+    label: Mapped[str] = mapped_column(String(64))  # 高级坐席组 …
+
+
+class Agent(Base):
+    __tablename__ = "agents"
+
+    number: Mapped[str] = mapped_column(String(32), primary_key=True)  # the seat number announced to callers
+    name: Mapped[str] = mapped_column(String(128), default="")
+    seat_group: Mapped[str] = mapped_column(ForeignKey("seat_groups.name"))
+
+
+class Survey(Base):
+    """A post-call rating: the caller's keypad score against the call, agent and seat group."""
+
+    __tablename__ = "surveys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime]
+    agent_number: Mapped[str | None] = mapped_column(String(32))
+    seat_group: Mapped[str | None] = mapped_column(String(32))
+    score: Mapped[int]
+    label: Mapped[str] = mapped_column(String(32))
+
+
+class Ticket(Base):
+    """A complaint followed up by a specialist; feedback to the customer at least daily ([002])."""
+
+    __tablename__ = "tickets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    customer_phone: Mapped[str] = mapped_column(String(32))
+    agent_number: Mapped[str | None] = mapped_column(String(32))
+    seat_group: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open, closed
+    opened_at: Mapped[datetime]
+    next_feedback_due: Mapped[datetime] = mapped_column(index=True)
+    last_feedback_at: Mapped[datetime | None]

@@ -24,11 +24,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
 
-from crm_bridge.models import Call, CallEvent
-from ivr.events import RecordCall, RecordEvent
+from crm_bridge.models import Call, CallEvent, Survey, Ticket
+from ivr.events import OpenTicket, RecordCall, RecordEvent, RecordSurvey
 
 log = structlog.get_logger(__name__)
-Record = RecordCall | RecordEvent
+Record = RecordCall | RecordEvent | RecordSurvey | OpenTicket
 _STOP = object()
 
 
@@ -138,7 +138,7 @@ class CrmWriter:
     def _apply(self, batch: list[Record]) -> None:
         started = time.perf_counter()
         rows: dict[str, dict[str, object]] = {}
-        events: list[RecordEvent] = []
+        events: list[RecordEvent | RecordSurvey | OpenTicket] = []
         for record in batch:
             if isinstance(record, RecordCall):
                 row = asdict(record.record)
@@ -161,11 +161,19 @@ class CrmWriter:
                 missing = wanted - ids.keys()
                 if missing:  # cannot happen: a call's row is always submitted before its events
                     log.error("crm_events_without_call", sip_call_ids=sorted(missing))
-                payload = [
+                steps = [
                     {"call_id": ids[e.sip_call_id], "at": _utc(e.at), "kind": e.kind, "detail": e.detail}
                     for e in events
-                    if e.sip_call_id in ids
+                    if isinstance(e, RecordEvent) and e.sip_call_id in ids
                 ]
-                if payload:
-                    s.execute(insert(CallEvent), payload)
+                if steps:
+                    s.execute(insert(CallEvent), steps)
+                for e in events:
+                    if isinstance(e, RecordSurvey) and e.sip_call_id in ids:
+                        s.add(Survey(call_id=ids[e.sip_call_id], at=_utc(e.at), agent_number=e.agent_number,
+                                     seat_group=e.seat_group, score=e.score, label=e.label))
+                    elif isinstance(e, OpenTicket) and e.sip_call_id in ids:
+                        s.add(Ticket(call_id=ids[e.sip_call_id], customer_phone=e.customer_phone,
+                                     agent_number=e.agent_number, seat_group=e.seat_group, status="open",
+                                     opened_at=_utc(e.at), next_feedback_due=_utc(e.next_feedback_due)))
         log.debug("crm_batch_written", rows=len(rows), events=len(events), ms=round(1000 * (time.perf_counter() - started), 1))

@@ -18,7 +18,9 @@ from types import MappingProxyType
 from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from crm_bridge.customers import TierThresholds
 from ivr.callflow import GREETING, FlowSettings, SilentRoutine
+from ivr.service import SEAT_GROUPS, SERVICES, MenuConfig
 from ivr.greeting import DEFAULT_DAYPARTS, FIVE_PART_DAYPARTS, Daypart, HolidayFileError, load_holiday_file
 
 CODECS = {"pcmu": 0, "pcma": 8}  # name -> RTP static payload type (RFC 3551)
@@ -81,24 +83,62 @@ class PromptConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """An agent peer: `[801]` with `type = agent`."""
+
+    number: str
+    seat_group: str
+    secret: str
+    host: tuple[str, int] | None  # None: `host = dynamic`, the softphone REGISTERs
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    ring_agent_seconds: float = 15.0
+    wrap_up_seconds: float = 10.0
+    position_every_seconds: float = 30.0
+    overflow_after_seconds: float = 60.0  # 0: never
+    overflow: MappingProxyType[str, str] = field(
+        default_factory=lambda: MappingProxyType({"senior": "middle", "middle": "junior"})
+    )
+    complaints_overflow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SurveyConfig:
+    timeout_seconds: float = 8.0
+    labels: MappingProxyType[str, str] = field(
+        default_factory=lambda: MappingProxyType({"1": "satisfied", "2": "average", "3": "dissatisfied"})
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     general: GeneralConfig = GeneralConfig()
     dayparts: tuple[Daypart, ...] = DEFAULT_DAYPARTS
     silence: SilenceConfig = SilenceConfig()
-    hold_repeat_seconds: float = 20.0
     holidays_file: Path | None = None
     prompts: PromptConfig = PromptConfig()
     database_url: str = DEFAULT_DATABASE_URL
     log_level: str = "info"
     log_format: str = "console"
+    tiers: TierThresholds = TierThresholds()
+    menu: MenuConfig = MenuConfig()
+    queues: QueueConfig = QueueConfig()
+    survey: SurveyConfig = SurveyConfig()
+    agents: tuple[AgentConfig, ...] = ()
 
     @property
     def flow(self) -> FlowSettings:
         return FlowSettings(
             ring_seconds=self.general.ring_seconds,
             silent_routine=self.silence.routine,
-            hold_repeat_seconds=self.hold_repeat_seconds,
+            menu=self.menu,
+            survey_timeout_seconds=self.survey.timeout_seconds,
+            survey_labels=self.survey.labels,
+            position_every_seconds=self.queues.position_every_seconds,
         )
 
 
@@ -111,12 +151,19 @@ _KNOWN: dict[str, set[str]] = {
     },
     "greeting": {"dayparts"},
     "silence": {"wait_seconds", "attempts", "last_prompt", "vad_aggressiveness", "speech_ms"},
-    "hold": {"repeat_seconds"},
     "holidays": {"file"},
     "prompts": {"voice", "rate", "cache_dir", "recorded_dir"},  # plus text.<prompt id>
     "database": {"url"},
     "log": {"level", "format"},
+    "tiers": {"senior_assets", "senior_volume", "middle_assets", "middle_volume"},
+    "menu": {"enabled", "timeout_seconds", "default", "senior_only", *"0123456789"},
+    "queues": {
+        "ring_agent_seconds", "wrap_up_seconds", "position_every_seconds",
+        "overflow_after_seconds", "overflow", "complaints_overflow",
+    },
+    "survey": {"timeout_seconds", *"0123456789"},
 }
+_AGENT_KEYS = {"type", "seat_group", "secret", "host", "name"}
 _SECTION_RE = re.compile(r"^\s*\[([^\]]+)\]")
 _KEY_RE = re.compile(r"^\s*([^\s;#=:\[][^=:]*?)\s*[=:]")
 T = TypeVar("T")
@@ -220,9 +267,13 @@ def load_config(path: Path) -> Config:
         raise ConfigError(path, line, "syntax", "expected 'key = value', '[section]' or a ; comment") from None
 
     r = _Reader(path, parser, _line_index(text))
+    agents: list[AgentConfig] = []
     for section in parser.sections():
+        if section not in _KNOWN and parser.get(section, "type", fallback="") == "agent":
+            agents.append(_agent(r, section))
+            continue
         if section not in _KNOWN:
-            raise r.error(section, "", f"unknown section; known sections are {', '.join(_KNOWN)}")
+            raise r.error(section, "", f"unknown section; known sections are {', '.join(_KNOWN)}, or an agent peer with type = agent")
         for key in parser.options(section):
             if key not in _KNOWN[section] and not (section == "prompts" and key.startswith("text.")):
                 raise r.error(section, key, f"unknown key; known keys are {', '.join(sorted(_KNOWN[section]))}")
@@ -287,12 +338,20 @@ def load_config(path: Path) -> Config:
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
         url = "sqlite:///" + str((path.parent / url.removeprefix("sqlite:///")).resolve())
 
+    tiers = TierThresholds(**{
+        key: r.number("tiers", key, getattr(TierThresholds(), key), 0, 1e15)
+        for key in ("senior_assets", "senior_volume", "middle_assets", "middle_volume")
+    })
     return Config(
+        tiers=tiers,
+        menu=_menu(r),
+        queues=_queues(r),
+        survey=_survey(r),
+        agents=tuple(agents),
         path=path,
         general=general,
         dayparts=r.get("greeting", "dayparts", DEFAULT_DAYPARTS, _parse_dayparts, "a day-part list"),
         silence=silence,
-        hold_repeat_seconds=r.number("hold", "repeat_seconds", 20.0, 3, 600),
         holidays_file=holidays_file,
         prompts=prompts,
         database_url=url,
@@ -306,6 +365,97 @@ def load_config(path: Path) -> Config:
             lambda raw: raw if raw in ("console", "json") else _raise("choose console or json"),
             "a log format",
         ),
+    )
+
+
+def _bool(raw: str) -> bool:
+    if raw.lower() in ("yes", "true", "on", "1"):
+        return True
+    if raw.lower() in ("no", "false", "off", "0"):
+        return False
+    raise ValueError("write yes or no")
+
+
+def _host(raw: str) -> tuple[str, int] | None:
+    if raw == "dynamic":
+        return None
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("write dynamic, or IP:port of the softphone")
+    return host, int(port)
+
+
+def _agent(r: _Reader, section: str) -> AgentConfig:
+    for key in r.parser.options(section):
+        if key not in _AGENT_KEYS:
+            raise r.error(section, key, f"unknown key for an agent; known keys are {', '.join(sorted(_AGENT_KEYS))}")
+    if not section.isdigit():
+        raise r.error(section, "", "an agent section is named by the agent's number, e.g. [801]")
+    group = r.get(section, "seat_group", "", lambda s: s if s in SEAT_GROUPS else _raise(f"choose {', '.join(SEAT_GROUPS)}"), "a seat group")
+    if not group:
+        raise r.error(section, "seat_group", f"missing; every agent belongs to one of {', '.join(SEAT_GROUPS)}")
+    secret = r.get(section, "secret", "", str, "a password")
+    host = r.get(section, "host", None, _host, "a host")
+    if host is None and not secret:
+        raise r.error(section, "secret", "missing; a softphone that registers (host = dynamic) must authenticate")
+    return AgentConfig(section, group, secret, host, r.get(section, "name", "", str, "a name"))
+
+
+def _menu(r: _Reader) -> MenuConfig:
+    m = MenuConfig()
+    choices = dict(m.choices)
+    for digit in "0123456789":
+        value = r.get("menu", digit, None, lambda s: s if s in SERVICES or s == "none" else _raise(f"choose {', '.join(SERVICES)} or none"), "a service")
+        if value == "none":
+            choices.pop(digit, None)
+        elif value is not None:
+            choices[digit] = value
+    senior_only = r.get("menu", "senior_only", None, lambda s: frozenset(x.strip() for x in s.split(",") if x.strip()), "a list of services")
+    allowed = dict(m.allowed) if senior_only is None else {svc: frozenset({"senior"}) for svc in senior_only}
+    return MenuConfig(
+        enabled=r.get("menu", "enabled", m.enabled, _bool, "yes or no"),
+        timeout_seconds=r.number("menu", "timeout_seconds", m.timeout_seconds, 1, 60),
+        choices=MappingProxyType(choices),
+        default_service=r.get("menu", "default", m.default_service, lambda s: s if s in SERVICES else _raise(f"choose {', '.join(SERVICES)}"), "a service"),
+        allowed=MappingProxyType(allowed),
+    )
+
+
+def _queues(r: _Reader) -> QueueConfig:
+    q = QueueConfig()
+
+    def overflow(raw: str) -> MappingProxyType[str, str]:
+        pairs = {}
+        for item in raw.split(","):
+            if not item.strip():
+                continue
+            src, _, dst = item.partition(">")
+            src, dst = src.strip(), dst.strip()
+            if src not in SEAT_GROUPS or dst not in SEAT_GROUPS or src == dst:
+                raise ValueError(f"each item is group>group with groups {', '.join(SEAT_GROUPS)}")
+            pairs[src] = dst
+        return MappingProxyType(pairs)
+
+    return QueueConfig(
+        ring_agent_seconds=r.number("queues", "ring_agent_seconds", q.ring_agent_seconds, 3, 120),
+        wrap_up_seconds=r.number("queues", "wrap_up_seconds", q.wrap_up_seconds, 0, 600),
+        position_every_seconds=r.number("queues", "position_every_seconds", q.position_every_seconds, 5, 600),
+        overflow_after_seconds=r.number("queues", "overflow_after_seconds", q.overflow_after_seconds, 0, 3600),
+        overflow=r.get("queues", "overflow", q.overflow, overflow, "an overflow list like senior>middle"),
+        complaints_overflow=r.get("queues", "complaints_overflow", q.complaints_overflow, _bool, "yes or no"),
+    )
+
+
+def _survey(r: _Reader) -> SurveyConfig:
+    s = SurveyConfig()
+    labels = dict(s.labels)
+    for digit in "0123456789":
+        label = r.get("survey", digit, None, lambda v: v or _raise("empty"), "a label")
+        if label is not None:
+            labels[digit] = label
+    return SurveyConfig(
+        timeout_seconds=r.number("survey", "timeout_seconds", s.timeout_seconds, 2, 60),
+        labels=MappingProxyType(labels),
     )
 
 

@@ -26,21 +26,44 @@ import structlog
 from aiortp.codecs import get_codec
 from aiosipua import (
     IncomingCall,
+    OutgoingCall,
     SdpNegotiationError,
     SipRequest,
+    SipUAC,
     SipUAS,
     UdpSipTransport,
+    build_sdp,
     negotiate_sdp,
+    parse_address,
+    parse_auth,
+    parse_sdp,
     parse_uri,
 )
 
+from crm_bridge.customers import CallerProfile
 from crm_bridge.writer import CrmWriter
+from ivr.acd import Acd, Offer
 from ivr.callflow import CallFlow, CallFlowError
 from ivr.config import Config
 from ivr.events import (
     Aborted,
     Action,
+    AgentAnswered,
+    AgentHungUp,
+    AgentNoAnswer,
+    AgentRinging,
+    AnnouncePosition,
     Answer,
+    Bridge,
+    CallerIdentified,
+    HangUpAgent,
+    JoinQueue,
+    LeaveQueue,
+    OpenTicket,
+    QueuePosition,
+    RecordSurvey,
+    RelayDigit,
+    Unbridge,
     Cancelled,
     CancelTimer,
     Digit,
@@ -61,6 +84,8 @@ from ivr.events import (
     TimerFired,
 )
 from ivr.greeting import Greeter
+from ivr.registrar import Challenge, Refused, Registered, Registrar
+from ivr.service import SEAT_GROUPS
 from ivr.vad import SpeechDetector
 from prompts.library import PromptLibrary
 
@@ -68,6 +93,7 @@ log = structlog.get_logger("ivr.engine")
 
 PTIME = 0.020
 SAMPLES_PER_FRAME = 160
+CODEC_NAMES = {0: "PCMU", 8: "PCMA"}
 # aiosipua 0.7.1 leaves rejected INVITEs in SipUAS._calls until an ACK that a
 # scanner never sends; forget them after Timer H (64 x T1 = 32 s).
 REJECTED_FORGET_S = 32.0
@@ -200,6 +226,15 @@ class Leg:
         self.media_starting = False
         self.deferred_timer: str | None = None
         self.closed = False
+        self.agent: AgentLeg | None = None
+        self._last_ts = self.ts_offset
+
+    def next_timestamp(self) -> int:
+        """RTP timestamp for a relayed frame: follows the media clock, never repeats."""
+        clock = (self.ts_offset + self.engine.pacer.tick * SAMPLES_PER_FRAME) & 0xFFFFFFFF
+        ahead = (clock - self._last_ts) & 0xFFFFFFFF
+        self._last_ts = clock if 0 < ahead < 0x80000000 else (self._last_ts + SAMPLES_PER_FRAME) & 0xFFFFFFFF
+        return self._last_ts
 
     # --- events in ----------------------------------------------------------------
 
@@ -242,6 +277,15 @@ class Leg:
     def on_dtmf(self, digit: str, _duration: int) -> None:
         self.dispatch(Digit(utc_now(), digit, "rfc4733"))
 
+    def relay_to_agent(self, pcm: bytes, _timestamp: int) -> None:
+        agent = self.agent
+        if agent is not None and agent.rtp is not None:
+            agent.rtp.send_audio_pcm(pcm, agent.next_timestamp())
+
+    def relay_to_caller(self, pcm: bytes, _timestamp: int) -> None:
+        if self.rtp is not None:
+            self.rtp.send_audio_pcm(pcm, self.next_timestamp())
+
     # --- actions out ----------------------------------------------------------------
 
     def execute(self, action: Action) -> None:
@@ -252,7 +296,8 @@ class Leg:
             case RecordCall():
                 self.engine.writer.submit(action)
             case Ring():
-                self.call.ringing()
+                if self.call.dialog.state.name != "TERMINATED":  # not after a CANCEL's 487
+                    self.call.ringing()
             case Answer():
                 self.call.accept(self.sdp_answer)
             case Reject(status=status, reason=reason):
@@ -274,6 +319,31 @@ class Leg:
                 self.listen(on)
             case HangUp():
                 self.call.hangup()
+            case JoinQueue(seat_group=group, service=service):
+                self.engine.acd.join(self.call_id, group, service, utc_now())
+                self.engine.assign()
+            case LeaveQueue():
+                self.engine.leave_queue(self)
+            case AnnouncePosition():
+                position = self.engine.acd.position(self.call_id) or 1
+                asyncio.get_running_loop().call_soon(self.dispatch, QueuePosition(utc_now(), position))
+            case Bridge():
+                if self.agent is not None and self.agent.rtp is not None and self.rtp is not None:
+                    self.rtp.on_audio = self.relay_to_agent
+                    self.agent.rtp.on_audio = self.relay_to_caller
+            case Unbridge():
+                if self.rtp is not None:
+                    self.rtp.on_audio = None
+                if self.agent is not None and self.agent.rtp is not None:
+                    self.agent.rtp.on_audio = None
+            case RelayDigit(digit=digit):
+                if self.agent is not None and self.agent.rtp is not None:
+                    self.agent.rtp.send_dtmf(digit)
+            case HangUpAgent():
+                if self.agent is not None:
+                    self.engine.end_agent_leg(self.agent, hang_up=True)
+            case RecordSurvey() | OpenTicket():
+                self.engine.writer.submit(action)
             case _:
                 raise TypeError(f"unknown action {action!r}")
 
@@ -306,22 +376,58 @@ class Leg:
         self.engine._release_port(self)
 
 
+class AgentLeg:
+    """The IVR's call to an agent (UAC side of the B2BUA) for one caller."""
+
+    def __init__(self, caller: Leg, offer: Offer) -> None:
+        self.caller = caller
+        self.offer = offer
+        self.agent = offer.agent
+        self.rtp: aiortp.RTPSession | None = None
+        self.rtp_port: int | None = None
+        self.out: OutgoingCall | None = None
+        self.ring_timer: asyncio.TimerHandle | None = None
+        self.answered = False
+        self.ended = False
+        self.ts_offset = random.getrandbits(32)
+        self._ts = self.ts_offset
+
+    def next_timestamp(self) -> int:
+        self._ts = (self._ts + SAMPLES_PER_FRAME) & 0xFFFFFFFF
+        return self._ts
+
+
 class Engine:
     """The hotline's SIP endpoint: answers INVITEs and runs a CallFlow per call."""
 
-    def __init__(self, config: Config, prompts: PromptLibrary, writer: CrmWriter, greeter: Greeter) -> None:
+    def __init__(
+        self,
+        config: Config,
+        prompts: PromptLibrary,
+        writer: CrmWriter,
+        greeter: Greeter,
+        directory: Callable[[str], CallerProfile] | None = None,
+    ) -> None:
         self.config = config
         self.prompts = prompts
         self.writer = writer
         self.greeter = greeter
+        self.directory = directory
         self.legs: dict[str, Leg] = {}
+        self.agent_legs: dict[str, AgentLeg] = {}  # by the agent call's Call-ID
+        self.acd = Acd.from_agents(config.agents, config.queues, tuple(SEAT_GROUPS))
+        self.registrar = Registrar({a.number: a.secret for a in config.agents if a.secret})
+        self.registrations: dict[str, asyncio.TimerHandle] = {}
+        self._wrap_up: dict[str, asyncio.TimerHandle] = {}
+        self._assign_task: asyncio.Task[None] | None = None
         self.pacer = Pacer()
         self.ports = RtpPortPool(*config.general.rtp_ports)
         self.accepting = True
         self._tasks: set[asyncio.Task[None]] = set()
         g = config.general
         self.transport = UvloopUdpTransport(local_addr=(g.bind, g.port))
-        self.uas = SipUAS(self.transport, user_agent=g.user_agent)
+        self.uac = SipUAC(self.transport)
+        self.uas = SipUAS(self.transport, user_agent=g.user_agent, uac=self.uac)
         self.uas.on_invite = self._on_invite
         self.uas.on_bye = self._on_bye
         self.uas.on_cancel = self._on_cancel
@@ -329,6 +435,8 @@ class Engine:
         # aiosipua 0.7.1 SipUAS dispatches no INFO (answers 405): DTMF by SIP INFO
         # (application/dtmf-relay, application/dtmf) is handled here instead.
         self.uas._handlers["INFO"] = self._on_info  # noqa: SLF001
+        # aiosipua 0.7.1 has a REGISTER client but no registrar: agents register here.
+        self.uas._handlers["REGISTER"] = self._on_register  # noqa: SLF001
 
     @property
     def media_ip(self) -> str:
@@ -339,10 +447,18 @@ class Engine:
         await self.uas.start()
         g = self.config.general
         log.info("listening", bind=g.bind, port=g.port, numbers=sorted(g.numbers), rtp_ports=list(g.rtp_ports))
+        for agent in self.config.agents:
+            if agent.host is not None:  # a static contact is always logged in
+                self.acd.login(agent.number, agent.host, utc_now())
+        log.info("seat_groups", agents=self.acd.describe())
+        # overflow eligibility grows with waiting time: re-run the ACD every second
+        self._assign_task = asyncio.get_running_loop().create_task(self._assign_every_second())
 
     async def stop(self) -> None:
         """End every call politely (BYE or 503), close media, stop listening."""
         self.accepting = False
+        if self._assign_task is not None:
+            self._assign_task.cancel()
         for leg in list(self.legs.values()):
             leg.dispatch(Aborted(utc_now(), "shutdown"))
         if self._tasks:
@@ -399,8 +515,21 @@ class Engine:
             return
         self.legs[call.call_id] = leg
         leg.media_starting = True
-        leg.dispatch(Invited(utc_now(), _user(call.caller), callee))
+        caller = _user(call.caller)
+        leg.dispatch(Invited(utc_now(), caller, callee))
         self._spawn(self._start_leg(leg, remote, dtmf_pt))
+        if self.directory is not None:
+            self._spawn(self._identify(leg, caller))
+
+    async def _identify(self, leg: Leg, caller: str) -> None:
+        """Look the caller up in the CRM while it rings (off the event loop)."""
+        assert self.directory is not None
+        try:
+            profile = await asyncio.to_thread(self.directory, caller)
+        except Exception as exc:  # the CRM being down must not stop the call: unknown = junior
+            leg.log.warning("caller_lookup_failed", error=str(exc))
+            return
+        leg.dispatch(CallerIdentified(utc_now(), profile.tier, profile.known))
 
     async def _start_leg(self, leg: Leg, remote: tuple[str, int], dtmf_pt: int) -> None:
         try:
@@ -430,6 +559,11 @@ class Engine:
         leg = self.legs.get(call.call_id)
         if leg is not None:
             leg.dispatch(HungUp(utc_now()))
+            return
+        agent_leg = self.agent_legs.get(call.call_id)
+        if agent_leg is not None:  # the agent hung up
+            self.end_agent_leg(agent_leg, hang_up=False)
+            agent_leg.caller.dispatch(AgentHungUp(utc_now()))
 
     def _on_cancel(self, request: SipRequest, _addr: tuple[str, int]) -> None:
         leg = self.legs.get(request.call_id or "")
@@ -453,6 +587,173 @@ class Engine:
         leg = self.legs.get(call.call_id)
         if digit is not None and leg is not None:
             leg.dispatch(Digit(utc_now(), digit, "info"))
+
+    # --- registrar (agents' softphones) ------------------------------------------------
+
+    def _on_register(self, request: SipRequest, addr: tuple[str, int]) -> None:
+        raw_auth = request.get_header("authorization")
+        params = parse_auth(raw_auth).params if raw_auth else None
+        expires_raw = request.get_header("expires")
+        contact: tuple[str, int] | None = None
+        contact_raw = request.get_header("contact") or ""
+        if contact_raw.strip() == "*":
+            expires: int | None = 0
+        else:
+            try:
+                address = parse_address(contact_raw)
+                raw = address.params.get("expires") or expires_raw
+                expires = int(raw) if raw else None
+                # reach the phone where its REGISTER came from (works through NAT, RFC 3581's spirit)
+                contact = addr
+            except Exception:
+                self.uas._send_error(request, 400, "Bad Contact")  # noqa: SLF001
+                return
+        decision = self.registrar.register(request.method, params, contact, expires)
+        match decision:
+            case Challenge(header=header):
+                self.uas._send_error(request, 401, "Unauthorized", extra_headers={"WWW-Authenticate": header})  # noqa: SLF001
+            case Refused(user=user, reason=reason):
+                # one line per failure, fail2ban-friendly: source address first
+                log.warning("auth_failed", source=addr[0], port=addr[1], user=user, reason=reason)
+                self.uas._send_error(request, 403, "Forbidden")  # noqa: SLF001
+            case Registered(agent=agent, contact=where, expires=granted):
+                headers = {"Contact": f"{contact_raw.split(';')[0]};expires={granted}"} if where else {}
+                self.uas._send_error(request, 200, "OK", extra_headers=headers)  # noqa: SLF001
+                self._bind_agent(agent, where, granted)
+
+    def _bind_agent(self, agent: str, contact: tuple[str, int] | None, expires: int) -> None:
+        old = self.registrations.pop(agent, None)
+        if old is not None:
+            old.cancel()
+        if contact is None:
+            self.acd.logout(agent)
+            log.info("agent_unregistered", agent=agent)
+            return
+        self.acd.login(agent, contact, utc_now())
+        self.registrations[agent] = asyncio.get_running_loop().call_later(expires, self._expire_agent, agent)
+        log.info("agent_registered", agent=agent, contact=f"{contact[0]}:{contact[1]}", expires=expires)
+        self.assign()
+
+    def _expire_agent(self, agent: str) -> None:
+        self.registrations.pop(agent, None)
+        self.acd.logout(agent)
+        log.info("agent_registration_expired", agent=agent)
+
+    # --- ACD and agent legs ------------------------------------------------------------
+
+    async def _assign_every_second(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.acd.waiting():
+                self.assign()
+
+    def assign(self) -> None:
+        for offer in self.acd.assign(utc_now()):
+            leg = self.legs.get(offer.call_id)
+            if leg is None or leg.closed:
+                self.acd.no_answer(offer.agent, utc_now())
+                continue
+            agent_leg = AgentLeg(leg, offer)
+            leg.agent = agent_leg
+            self._spawn(self._ring_agent(agent_leg))
+
+    async def _ring_agent(self, agent_leg: AgentLeg) -> None:
+        caller, offer = agent_leg.caller, agent_leg.offer
+        g = self.config.general
+        try:
+            agent_leg.rtp_port = self.ports.acquire()
+            agent_leg.rtp = await aiortp.RTPSession.create(
+                local_addr=(g.bind, agent_leg.rtp_port), remote_addr=offer.contact, payload_type=caller.payload_type,
+            )
+        except (OSError, RuntimeError) as exc:
+            caller.log.error("agent_leg_failed", agent=offer.agent, error=str(exc))
+            self._agent_no_answer(agent_leg, f"media: {exc}")
+            return
+        if agent_leg.ended or caller.closed:
+            self.end_agent_leg(agent_leg, hang_up=False)
+            return
+        sdp = build_sdp(self.media_ip, agent_leg.rtp_port, caller.payload_type, CODEC_NAMES[caller.payload_type])
+        record = caller.flow.record
+        caller_number = record.caller if record else "ivr"
+        out = self.uac.send_invite(
+            f"sip:{caller_number}@{g.bind}:{g.port}",
+            f"sip:{offer.agent}@{offer.contact[0]}:{offer.contact[1]}",
+            offer.contact, sdp, user_agent=g.user_agent,
+        )
+        agent_leg.out = out
+        self.agent_legs[out.call_id] = agent_leg
+        out.on_answer = lambda _out: self._agent_answered(agent_leg)
+        out.on_rejected = lambda _out, code, reason: self._agent_no_answer(agent_leg, f"{code} {reason}")
+        agent_leg.ring_timer = asyncio.get_running_loop().call_later(
+            self.config.queues.ring_agent_seconds, self._agent_no_answer, agent_leg, "no answer"
+        )
+        caller.dispatch(AgentRinging(utc_now(), offer.agent))
+
+    def _agent_answered(self, agent_leg: AgentLeg) -> None:
+        if agent_leg.ended:
+            return
+        if agent_leg.ring_timer is not None:
+            agent_leg.ring_timer.cancel()
+        out = agent_leg.out
+        assert out is not None
+        answer = out.sdp_answer
+        remote = answer.rtp_address if answer is not None else None
+        if remote is not None and agent_leg.rtp is not None:
+            agent_leg.rtp.update_remote(remote)
+        agent_leg.answered = True
+        self.acd.answered(agent_leg.agent)
+        agent_leg.caller.dispatch(AgentAnswered(utc_now(), agent_leg.agent, agent_leg.offer.seat_group))
+
+    def _agent_no_answer(self, agent_leg: AgentLeg, why: str) -> None:
+        if agent_leg.ended or agent_leg.answered:
+            return
+        agent_leg.caller.log.info("agent_not_answering", agent=agent_leg.agent, reason=why)
+        self.end_agent_leg(agent_leg, hang_up=True, release=False)
+        self.acd.no_answer(agent_leg.agent, utc_now())
+        agent_leg.caller.dispatch(AgentNoAnswer(utc_now(), agent_leg.agent))
+        self.assign()
+
+    def end_agent_leg(self, agent_leg: AgentLeg, *, hang_up: bool, release: bool = True) -> None:
+        """Tear down the agent's leg; BYE (or CANCEL while ringing) when `hang_up`."""
+        if agent_leg.ended:
+            return
+        agent_leg.ended = True
+        if agent_leg.ring_timer is not None:
+            agent_leg.ring_timer.cancel()
+        out = agent_leg.out
+        if out is not None:
+            if hang_up:
+                if agent_leg.answered:
+                    out.hangup(self.uac)
+                else:
+                    out.cancel(self.uac)
+            self.agent_legs.pop(out.call_id, None)
+            self.uac.remove_call(out.call_id)
+        if agent_leg.caller.agent is agent_leg:
+            agent_leg.caller.agent = None
+        if release and agent_leg.answered:
+            wrap_up = self.acd.released(agent_leg.agent, utc_now())
+            self._wrap_up[agent_leg.agent] = asyncio.get_running_loop().call_later(wrap_up, self._wrap_up_done, agent_leg.agent)
+        self._spawn(self._close_agent_media(agent_leg))
+
+    async def _close_agent_media(self, agent_leg: AgentLeg) -> None:
+        if agent_leg.rtp is not None:
+            rtp, agent_leg.rtp = agent_leg.rtp, None
+            await rtp.close()
+        if agent_leg.rtp_port is not None:
+            self.ports.release(agent_leg.rtp_port)
+            agent_leg.rtp_port = None
+
+    def _wrap_up_done(self, agent: str) -> None:
+        self._wrap_up.pop(agent, None)
+        self.acd.wrap_up_done(agent, utc_now())
+        self.assign()
+
+    def leave_queue(self, leg: Leg) -> None:
+        self.acd.leave(leg.call_id)
+        if leg.agent is not None:  # an agent was being rung for this caller
+            agent_leg = leg.agent
+            self.end_agent_leg(agent_leg, hang_up=True, release=False)
 
     # --- teardown ---------------------------------------------------------------------
 

@@ -25,6 +25,15 @@ class Invited:
 
 
 @dataclass(frozen=True, slots=True)
+class CallerIdentified:
+    """The CRM look-up of the caller's number finished (while it rang)."""
+
+    at: datetime
+    tier: str  # senior, middle or junior; unknown callers are junior ([001])
+    known: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Cancelled:
     """The caller sent CANCEL while we were ringing."""
 
@@ -78,7 +87,48 @@ class Aborted:
     reason: str
 
 
-Event = Invited | Cancelled | TimerFired | PromptFinished | SpeechStarted | Digit | HungUp | Aborted
+@dataclass(frozen=True, slots=True)
+class QueuePosition:
+    """Where the caller stands in the seat group's queue (1 = next), asked for by `AnnouncePosition`."""
+
+    at: datetime
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRinging:
+    """The ACD chose an agent for this caller and the IVR is ringing them."""
+
+    at: datetime
+    agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentNoAnswer:
+    """The agent did not answer in time (or refused); the caller is back at the head of the queue."""
+
+    at: datetime
+    agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAnswered:
+    at: datetime
+    agent: str
+    seat_group: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentHungUp:
+    """The agent's leg ended (BYE from the agent, or its media failed)."""
+
+    at: datetime
+
+
+Event = (
+    Invited | CallerIdentified | Cancelled | TimerFired | PromptFinished | SpeechStarted | Digit | HungUp | Aborted
+    | QueuePosition | AgentRinging | AgentNoAnswer | AgentAnswered | AgentHungUp
+)
 
 # --- actions: what the adapter must do --------------------------------------
 
@@ -139,6 +189,46 @@ class HangUp:
 
 
 @dataclass(frozen=True, slots=True)
+class JoinQueue:
+    """Put the caller in the seat group's queue for the ACD."""
+
+    seat_group: str
+    service: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveQueue:
+    """The caller is gone: take them out of the queue (and stop ringing an agent for them)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AnnouncePosition:
+    """Report the caller's queue position back as a `QueuePosition` event."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bridge:
+    """Relay audio and DTMF between the caller and the agent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unbridge:
+    """Stop relaying; the caller stays with the IVR."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayDigit:
+    """Send the caller's key to the agent (RFC 4733)."""
+
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class HangUpAgent:
+    """End the agent's leg (BYE, or CANCEL while it rings)."""
+
+
+@dataclass(frozen=True, slots=True)
 class CallRecord:
     """The CRM row of one call (table `calls`), as it stands now."""
 
@@ -178,6 +268,30 @@ class RecordEvent:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class RecordSurvey:
+    """The caller's post-call rating (table `surveys`)."""
+
+    sip_call_id: str
+    at: datetime
+    agent_number: str | None
+    seat_group: str | None
+    score: int
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenTicket:
+    """A complaint to follow up (table `tickets`), feedback due within a day ([002])."""
+
+    sip_call_id: str
+    at: datetime
+    customer_phone: str
+    agent_number: str | None
+    seat_group: str | None
+    next_feedback_due: datetime
+
+
 Action = (
     Ring
     | Answer
@@ -190,4 +304,13 @@ Action = (
     | HangUp
     | RecordCall
     | RecordEvent
+    | JoinQueue
+    | LeaveQueue
+    | AnnouncePosition
+    | Bridge
+    | Unbridge
+    | RelayDigit
+    | HangUpAgent
+    | RecordSurvey
+    | OpenTicket
 )

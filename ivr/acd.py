@@ -1,0 +1,209 @@
+"""Automatic call distribution: one queue per seat group, agents and their states.
+
+Sans-IO like the call flow: methods take the current time and return
+decisions; the engine adapter dials agents and reports back. Rules:
+
+- Each seat group has one FIFO queue; a caller joins the queue of the group
+  that serves their tier ([001]: senior -> 高级坐席组 …).
+- An offered call goes to the longest-idle available agent of its group.
+- A ringing agent who does not answer within the ring time is skipped: the
+  call goes back to the head of its queue and the agent to the back of the
+  idle order, so the next agent is tried.
+- Overflow: a caller who has waited `overflow_after_seconds` may also be
+  offered to the configured next group (senior > middle > junior, never
+  upward), except complaints unless `complaints_overflow` allows it.
+- After a call an agent is in wrap-up for `wrap_up_seconds`, then available.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from ivr.config import AgentConfig, QueueConfig
+
+
+class AgentState(enum.Enum):
+    LOGGED_OUT = "logged_out"
+    AVAILABLE = "available"
+    RINGING = "ringing"
+    TALKING = "talking"
+    WRAP_UP = "wrap_up"
+    PAUSED = "paused"
+
+
+class AcdError(Exception):
+    """An agent state change that is not allowed (e.g. answering while logged out)."""
+
+
+@dataclass
+class Seat:
+    number: str
+    seat_group: str
+    state: AgentState = AgentState.LOGGED_OUT
+    idle_since: datetime | None = None
+    contact: tuple[str, int] | None = None
+    call_id: str | None = None
+    wrap_up_until: datetime | None = None
+
+
+@dataclass
+class Waiting:
+    call_id: str
+    seat_group: str
+    service: str
+    joined_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """Ring `agent` for `call_id` (the agent is now RINGING)."""
+
+    call_id: str
+    agent: str
+    seat_group: str
+    contact: tuple[str, int]
+
+
+@dataclass
+class Acd:
+    settings: QueueConfig
+    seats: dict[str, Seat] = field(default_factory=dict)
+    queues: dict[str, list[Waiting]] = field(default_factory=dict)
+
+    @classmethod
+    def from_agents(cls, agents: tuple[AgentConfig, ...], settings: QueueConfig, groups: tuple[str, ...]) -> Acd:
+        acd = cls(settings, {a.number: Seat(a.number, a.seat_group) for a in agents}, {g: [] for g in groups})
+        return acd
+
+    # --- agents -------------------------------------------------------------------
+
+    def login(self, number: str, contact: tuple[str, int], at: datetime) -> None:
+        seat = self.seats[number]
+        seat.contact = contact
+        if seat.state is AgentState.LOGGED_OUT:
+            seat.state, seat.idle_since = AgentState.AVAILABLE, at
+
+    def logout(self, number: str) -> None:
+        seat = self.seats[number]
+        seat.contact = None
+        if seat.state in (AgentState.AVAILABLE, AgentState.PAUSED, AgentState.WRAP_UP):
+            seat.state = AgentState.LOGGED_OUT
+        # a ringing or talking agent finishes that call; released() logs them out then
+
+    def pause(self, number: str, paused: bool, at: datetime) -> None:
+        seat = self.seats[number]
+        if paused and seat.state is AgentState.AVAILABLE:
+            seat.state = AgentState.PAUSED
+        elif not paused and seat.state is AgentState.PAUSED:
+            seat.state, seat.idle_since = AgentState.AVAILABLE, at
+
+    def answered(self, number: str) -> None:
+        seat = self.seats[number]
+        if seat.state is not AgentState.RINGING:
+            raise AcdError(f"agent {number} answered while {seat.state.value}")
+        seat.state = AgentState.TALKING
+
+    def no_answer(self, number: str, at: datetime) -> Waiting | None:
+        """The agent did not answer: back of the idle order; the call back to the head of its queue."""
+        seat = self.seats[number]
+        waiting = self._ringing.pop(seat.call_id or "", None)
+        seat.call_id = None
+        if seat.state is AgentState.RINGING:
+            seat.state = AgentState.AVAILABLE if seat.contact else AgentState.LOGGED_OUT
+            seat.idle_since = at
+        if waiting is not None:
+            self.queues[waiting.seat_group].insert(0, waiting)
+        return waiting
+
+    def released(self, number: str, at: datetime) -> float:
+        """The agent's call ended: wrap-up begins. Returns the wrap-up seconds."""
+        seat = self.seats[number]
+        self._ringing.pop(seat.call_id or "", None)
+        seat.call_id = None
+        if seat.contact is None:
+            seat.state = AgentState.LOGGED_OUT
+            return 0.0
+        seat.state = AgentState.WRAP_UP
+        seat.wrap_up_until = at + timedelta(seconds=self.settings.wrap_up_seconds)
+        return self.settings.wrap_up_seconds
+
+    def wrap_up_done(self, number: str, at: datetime) -> None:
+        seat = self.seats[number]
+        if seat.state is AgentState.WRAP_UP:
+            seat.state, seat.idle_since, seat.wrap_up_until = AgentState.AVAILABLE, at, None
+
+    # --- callers --------------------------------------------------------------------
+
+    def join(self, call_id: str, seat_group: str, service: str, at: datetime) -> None:
+        self.queues[seat_group].append(Waiting(call_id, seat_group, service, at))
+
+    def leave(self, call_id: str) -> str | None:
+        """Remove a caller who hung up; returns the agent being rung for them, if any."""
+        for queue in self.queues.values():
+            for index, waiting in enumerate(queue):
+                if waiting.call_id == call_id:
+                    del queue[index]
+                    return None
+        if call_id in self._ringing:
+            self._ringing.pop(call_id)
+            for seat in self.seats.values():
+                if seat.call_id == call_id:
+                    seat.call_id = None
+                    seat.state = AgentState.AVAILABLE if seat.contact else AgentState.LOGGED_OUT
+                    return seat.number
+        return None
+
+    def position(self, call_id: str) -> int | None:
+        """1 for the caller at the head of their queue; None if not waiting."""
+        for queue in self.queues.values():
+            for index, waiting in enumerate(queue):
+                if waiting.call_id == call_id:
+                    return index + 1
+        return None
+
+    def waiting(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def assign(self, at: datetime) -> list[Offer]:
+        """Match waiting callers, oldest first, to the longest-idle available agents."""
+        offers: list[Offer] = []
+        everyone = sorted((w for q in self.queues.values() for w in q), key=lambda w: w.joined_at)
+        for waiting in everyone:
+            seat = self._pick(waiting, at)
+            if seat is None or seat.contact is None:
+                continue
+            self.queues[waiting.seat_group].remove(waiting)
+            seat.state, seat.call_id = AgentState.RINGING, waiting.call_id
+            self._ringing[waiting.call_id] = waiting
+            offers.append(Offer(waiting.call_id, seat.number, seat.seat_group, seat.contact))
+        return offers
+
+    def _groups_for(self, waiting: Waiting, at: datetime) -> list[str]:
+        groups = [waiting.seat_group]
+        s = self.settings
+        may_overflow = s.overflow_after_seconds > 0 and (waiting.service != "complaint" or s.complaints_overflow)
+        if may_overflow and at - waiting.joined_at >= timedelta(seconds=s.overflow_after_seconds):
+            group = waiting.seat_group
+            while group in s.overflow and s.overflow[group] not in groups:
+                group = s.overflow[group]
+                groups.append(group)
+        return groups
+
+    def _pick(self, waiting: Waiting, at: datetime) -> Seat | None:
+        for group in self._groups_for(waiting, at):
+            idle = [s for s in self.seats.values() if s.seat_group == group and s.state is AgentState.AVAILABLE]
+            if idle:
+                return min(idle, key=lambda s: (s.idle_since or at, s.number))
+        return None
+
+    def __post_init__(self) -> None:
+        self._ringing: dict[str, Waiting] = {}
+
+    def describe(self) -> list[str]:
+        """One line per agent, for the CLI and the log."""
+        return [
+            f"{s.number} {s.seat_group} {s.state.value}" + (f" call={s.call_id}" if s.call_id else "")
+            for s in sorted(self.seats.values(), key=lambda s: (s.seat_group, s.number))
+        ]
