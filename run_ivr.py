@@ -26,7 +26,7 @@ from ivr.config import Config, ConfigError, load_config
 from ivr.engine import Engine, g711_encoders
 from ivr.greeting import Greeter, HolidayCalendar
 from ivr.logs import configure_logging
-from prompts.catalogue import build_catalogue
+from prompts.catalogue import catalogue_for
 from prompts.library import PromptError, PromptLibrary, load_prompts
 
 log = structlog.get_logger("run_ivr")
@@ -61,10 +61,7 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
 
 def prepare_prompts(config: Config) -> PromptLibrary:
     """Render (or load) and encode every prompt; runs before the event loop starts."""
-    texts = build_catalogue(
-        config.general.company, config.dayparts, config.prompts.texts,
-        menu=config.menu, agents=[a.number for a in config.agents],
-    )
+    texts = catalogue_for(config)
     p = config.prompts
     prompts = PromptLibrary(
         load_prompts(texts, voice=p.voice, rate=p.rate, cache_dir=p.cache_dir, recorded_dir=p.recorded_dir),

@@ -97,6 +97,7 @@ CODEC_NAMES = {0: "PCMU", 8: "PCMA"}
 # aiosipua 0.7.1 leaves rejected INVITEs in SipUAS._calls until an ACK that a
 # scanner never sends; forget them after Timer H (64 x T1 = 32 s).
 REJECTED_FORGET_S = 32.0
+REGISTER_REPLY_TTL_S = 32.0  # Timer J: how long a REGISTER retransmission is answered from memory
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -418,6 +419,7 @@ class Engine:
         self.acd = Acd.from_agents(config.agents, config.queues, tuple(SEAT_GROUPS))
         self.registrar = Registrar({a.number: a.secret for a in config.agents if a.secret})
         self.registrations: dict[str, asyncio.TimerHandle] = {}
+        self._register_replies: dict[str, tuple[float, int, str, dict[str, str]]] = {}
         self._wrap_up: dict[str, asyncio.TimerHandle] = {}
         self._assign_task: asyncio.Task[None] | None = None
         self.pacer = Pacer()
@@ -591,35 +593,52 @@ class Engine:
     # --- registrar (agents' softphones) ------------------------------------------------
 
     def _on_register(self, request: SipRequest, addr: tuple[str, int]) -> None:
+        # A retransmission (same Via branch) gets the response already sent
+        # (RFC 3261 17.2.2); its credentials must not count as a replay.
+        branch = request.via[0].branch if request.via else None
+        now = asyncio.get_running_loop().time()
+        self._register_replies = {b: r for b, r in self._register_replies.items() if now - r[0] < REGISTER_REPLY_TTL_S}
+        if branch and branch in self._register_replies:
+            _, status, reason, headers = self._register_replies[branch]
+            self.uas._send_error(request, status, reason, extra_headers=headers)  # noqa: SLF001
+            return
+        status, reason, headers = self._register_decision(request, addr)
+        if branch:
+            self._register_replies[branch] = (now, status, reason, headers)
+        self.uas._send_error(request, status, reason, extra_headers=headers)  # noqa: SLF001
+
+    def _register_decision(self, request: SipRequest, addr: tuple[str, int]) -> tuple[int, str, dict[str, str]]:
         raw_auth = request.get_header("authorization")
         params = parse_auth(raw_auth).params if raw_auth else None
         expires_raw = request.get_header("expires")
         contact: tuple[str, int] | None = None
-        contact_raw = request.get_header("contact") or ""
-        if contact_raw.strip() == "*":
+        contact_raw = (request.get_header("contact") or "").strip()
+        if contact_raw == "*":
             expires: int | None = 0
         else:
             try:
                 address = parse_address(contact_raw)
                 raw = address.params.get("expires") or expires_raw
                 expires = int(raw) if raw else None
-                # reach the phone where its REGISTER came from (works through NAT, RFC 3581's spirit)
-                contact = addr
             except Exception:
-                self.uas._send_error(request, 400, "Bad Contact")  # noqa: SLF001
-                return
+                return 400, "Bad Contact", {}
+            # reach the phone where its REGISTER came from (works through NAT, RFC 3581's spirit)
+            contact = addr
         decision = self.registrar.register(request.method, params, contact, expires)
         match decision:
             case Challenge(header=header):
-                self.uas._send_error(request, 401, "Unauthorized", extra_headers={"WWW-Authenticate": header})  # noqa: SLF001
+                return 401, "Unauthorized", {"WWW-Authenticate": header}
             case Refused(user=user, reason=reason):
                 # one line per failure, fail2ban-friendly: source address first
                 log.warning("auth_failed", source=addr[0], port=addr[1], user=user, reason=reason)
-                self.uas._send_error(request, 403, "Forbidden")  # noqa: SLF001
+                return 403, "Forbidden", {}
             case Registered(agent=agent, contact=where, expires=granted):
-                headers = {"Contact": f"{contact_raw.split(';')[0]};expires={granted}"} if where else {}
-                self.uas._send_error(request, 200, "OK", extra_headers=headers)  # noqa: SLF001
                 self._bind_agent(agent, where, granted)
+                if where is None:
+                    return 200, "OK", {}
+                uri = contact_raw[: contact_raw.index(">") + 1] if ">" in contact_raw else contact_raw.split(";")[0]
+                return 200, "OK", {"Contact": f"{uri};expires={granted}"}
+        raise AssertionError(decision)
 
     def _bind_agent(self, agent: str, contact: tuple[str, int] | None, expires: int) -> None:
         old = self.registrations.pop(agent, None)

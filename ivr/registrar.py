@@ -2,8 +2,8 @@
 
 Sans-IO: the engine adapter hands in the REGISTER's fields and sends what
 comes back. Digest per RFC 7616 / RFC 2617 (MD5, qop=auth or none). Nonces
-are stateless — `timestamp:HMAC(key, timestamp)` — and expire after
-`NONCE_TTL_S`; a (nonce, nc) pair is accepted once, so a captured REGISTER
+are stateless — `timestamp.random:HMAC(key, timestamp.random)` — and expire after
+`NONCE_TTL_S`; a (nonce, nc, cnonce) triple is accepted once, so a captured REGISTER
 cannot be replayed.
 """
 
@@ -56,15 +56,16 @@ class Registrar:
         self.secrets = secrets
         self._key = key or os.urandom(32)
         self._clock = clock
-        self._seen: dict[tuple[str, str], float] = {}  # (nonce, nc) -> when used
+        self._seen: dict[tuple[str, str], float] = {}  # (nonce, nc:cnonce) -> when used
 
     def _nonce(self) -> str:
-        stamp = str(int(self._clock()))
-        return f"{stamp}:{hmac.new(self._key, stamp.encode(), 'sha256').hexdigest()[:32]}"
+        issued = f"{int(self._clock())}.{os.urandom(6).hex()}"
+        return f"{issued}:{hmac.new(self._key, issued.encode(), 'sha256').hexdigest()[:32]}"
 
     def _nonce_state(self, nonce: str) -> str:
-        stamp, _, mac = nonce.partition(":")
-        expected = hmac.new(self._key, stamp.encode(), "sha256").hexdigest()[:32]
+        issued, _, mac = nonce.partition(":")
+        expected = hmac.new(self._key, issued.encode(), "sha256").hexdigest()[:32]
+        stamp = issued.partition(".")[0]
         if not stamp.isdigit() or not hmac.compare_digest(mac, expected):
             return "bad"
         return "stale" if self._clock() - int(stamp) > NONCE_TTL_S else "ok"
@@ -99,7 +100,7 @@ class Registrar:
         if qop == "auth":
             nc, cnonce = auth.get("nc", ""), auth.get("cnonce", "")
             expected = _md5(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
-            replay_key = (nonce, nc)
+            replay_key = (nonce, f"{nc}:{cnonce}")
         else:
             expected = _md5(f"{ha1}:{nonce}:{ha2}")
             replay_key = (nonce, "")

@@ -9,10 +9,14 @@ Prompt texts are polite: never "喂,说话呀!再不说话我就挂机了啊!" [
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from ivr.callflow import MAX_POSITION_PROMPT, agent_prompt
 from ivr.greeting import HOLIDAY_KINDS, Daypart, greeting_prompt_id
 from ivr.service import SERVICES, MenuConfig
+
+if TYPE_CHECKING:
+    from ivr.config import Config
 
 # [004] §3 step 1 / spec §2: the day-part word opens the normal greeting.
 DAYPART_GREETING = "{word}!{company}客服中心,欢迎您的来电。请问有什么可以帮您?"
@@ -88,3 +92,11 @@ def build_catalogue(
         raise KeyError(f"[prompts] text overrides name unknown prompts: {', '.join(sorted(unknown))}")
     texts.update(overrides)
     return {pid: text.replace("{company}", company) for pid, text in texts.items()}
+
+
+def catalogue_for(config: Config) -> dict[str, str]:
+    """The catalogue for a loaded sip.conf: company, day-parts, overrides, menu and agents."""
+    return build_catalogue(
+        config.general.company, config.dayparts, config.prompts.texts,
+        menu=config.menu, agents=[a.number for a in config.agents],
+    )

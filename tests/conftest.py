@@ -222,7 +222,7 @@ class SippRun:
 
 
 def sipp(tmp: Path, scenario: str, ivr_port: int, *, service: str = "95000", calls: int = 1,
-         extra: tuple[str, ...] = (), timeout_s: int = 90) -> SippRun:
+         callers: str = "callers.csv", extra: tuple[str, ...] = (), timeout_s: int = 90) -> SippRun:
     """Start SIPp with one of tests/scenarios against the IVR on loopback."""
     if shutil.which("sipp") is None:
         pytest.fail("sipp not installed: scripts/bootstrap.sh installs Debian's sip-tester")
@@ -230,7 +230,7 @@ def sipp(tmp: Path, scenario: str, ivr_port: int, *, service: str = "95000", cal
     log_file, err_file = tmp / f"{name}.log", tmp / f"{name}.err"
     cmd = [
         "sipp", f"127.0.0.1:{ivr_port}", "-sf", str(SCENARIOS / f"{scenario}.xml"),
-        "-inf", str(SCENARIOS / "callers.csv"), "-s", service, "-m", str(calls),
+        "-inf", str(SCENARIOS / callers), "-s", service, "-m", str(calls),
         "-i", "127.0.0.1", "-p", str(free_port()), "-mi", "127.0.0.1", "-mp", str(free_port(even=True)),
         "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error",
         "-trace_logs", "-log_file", str(log_file), "-trace_err", "-error_file", str(err_file), *extra,

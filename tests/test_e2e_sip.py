@@ -17,7 +17,7 @@ import pytest
 
 from ivr.config import load_config
 from ivr.greeting import greeting_prompt_id
-from prompts.catalogue import build_catalogue
+from prompts.catalogue import catalogue_for
 from prompts.library import Prompt, load_prompts
 
 from .conftest import IvrProcess, SippRun, free_port, sipp, start_ivr, write_ivr_config
@@ -121,9 +121,8 @@ def test_cancel_while_ringing_gets_487_and_an_abandoned_ringing_row(hotline: Ivr
 def ivr_prompts(workdir: Path) -> dict[str, Prompt]:
     """The prompts exactly as the IVR started from workdir/sip.conf loaded them (from the cache)."""
     config = load_config(workdir / "sip.conf")
-    texts = build_catalogue(config.general.company, config.dayparts, config.prompts.texts)
     p = config.prompts
-    return load_prompts(texts, voice=p.voice, rate=p.rate, cache_dir=p.cache_dir, recorded_dir=p.recorded_dir)
+    return load_prompts(catalogue_for(config), voice=p.voice, rate=p.rate, cache_dir=p.cache_dir, recorded_dir=p.recorded_dir)
 
 
 def prompt_seconds(ivr: IvrProcess, workdir: Path) -> dict[str, float]:

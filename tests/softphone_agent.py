@@ -1,0 +1,107 @@
+"""An agent's softphone (PJSIP's pjsua2): registers to the IVR with digest auth and answers calls.
+
+Run as a separate process by tests/test_e2e_routing.py:
+
+    python tests/softphone_agent.py --ivr-port 5060 --agent 801 --password s3cret --talk 3 --calls 1
+
+Prints `registered <status>` once the registrar has answered, `answered` and
+`hung up` per call, and exits after `--calls` calls (or at once if the
+registration is refused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import pjsua2 as pj
+
+
+class AgentAccount(pj.Account):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reg_status: int | None = None
+        self.incoming: list[AgentCall] = []
+
+    def onRegState(self, prm: pj.OnRegStateParam) -> None:  # noqa: N802 (pjsua2 API)
+        self.reg_status = prm.code
+        print(f"registered {prm.code}", flush=True)
+
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
+        call = AgentCall(self, prm.callId)
+        self.incoming.append(call)
+        answer = pj.CallOpParam()
+        answer.statusCode = 200
+        call.answer(answer)
+
+
+class AgentCall(pj.Call):
+    def __init__(self, account: pj.Account, call_id: int) -> None:
+        super().__init__(account, call_id)
+        self.confirmed_at: float | None = None
+        self.disconnected = False
+
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802
+        info = self.getInfo()
+        if info.state == pj.PJSIP_INV_STATE_CONFIRMED and self.confirmed_at is None:
+            self.confirmed_at = time.monotonic()
+            print("answered", flush=True)
+        elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED and not self.disconnected:
+            self.disconnected = True
+            print("hung up", flush=True)
+
+
+def main() -> int:
+    args = argparse.ArgumentParser()
+    args.add_argument("--ivr-port", type=int, required=True)
+    args.add_argument("--agent", required=True)
+    args.add_argument("--password", required=True)
+    args.add_argument("--talk", type=float, default=3.0, help="seconds before the agent hangs up")
+    args.add_argument("--calls", type=int, default=1)
+    args.add_argument("--timeout", type=float, default=120)
+    opts = args.parse_args()
+
+    ep = pj.Endpoint()
+    ep.libCreate()
+    cfg = pj.EpConfig()
+    cfg.logConfig.level = 1
+    cfg.logConfig.consoleLevel = 1
+    cfg.uaConfig.threadCnt = 0
+    cfg.uaConfig.mainThreadOnly = True
+    ep.libInit(cfg)
+    transport = pj.TransportConfig()
+    transport.port = 0
+    transport.boundAddress = "127.0.0.1"
+    ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, transport)
+    ep.libStart()
+    ep.audDevManager().setNullDev()
+
+    acfg = pj.AccountConfig()
+    acfg.idUri = f"sip:{opts.agent}@127.0.0.1"
+    acfg.regConfig.registrarUri = f"sip:127.0.0.1:{opts.ivr_port}"
+    acfg.regConfig.timeoutSec = 300
+    acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", opts.agent, 0, opts.password))
+    acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+    account = AgentAccount()
+    account.create(acfg)
+
+    deadline = time.monotonic() + opts.timeout
+    done = 0
+    while time.monotonic() < deadline:
+        ep.libHandleEvents(10)
+        if account.reg_status is not None and account.reg_status != 200:
+            break  # refused: nothing more to do
+        for call in account.incoming:
+            if call.confirmed_at and not call.disconnected and time.monotonic() - call.confirmed_at > opts.talk:
+                call.hangup(pj.CallOpParam(True))
+        done = sum(1 for c in account.incoming if c.disconnected)
+        if done >= opts.calls:
+            break
+    for _ in range(30):
+        ep.libHandleEvents(10)
+    os._exit(0)  # pjsua2 2.15 asserts in destructors of freed call slots; nothing left to clean
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

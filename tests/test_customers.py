@@ -1,0 +1,100 @@
+"""Customers, tiers and the CRM command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from crm_bridge.__main__ import main as crm_cli
+from crm_bridge.customers import ImportError_, TierThresholds, import_customers, lookup_caller, tier_of
+from crm_bridge.db import make_engine, migrate
+
+T = TierThresholds(senior_assets=1000, senior_volume=5000, middle_assets=100, middle_volume=500)
+
+
+@pytest.mark.parametrize(
+    ("assets", "volume", "explicit", "tier"),
+    [(1000, 0, None, "senior"), (0, 5000, None, "senior"), (999, 4999, None, "middle"), (100, 0, None, "middle"),
+     (0, 500, None, "middle"), (99, 499, None, "junior"), (0, 0, "senior", "senior"), (10**9, 0, "junior", "junior")],
+)
+def test_tier_from_assets_or_volume_unless_set(assets: float, volume: float, explicit: str | None, tier: str) -> None:
+    assert tier_of(assets, volume, explicit, T) == tier
+
+
+@pytest.fixture
+def db(tmp_path: Path):  # type: ignore[no-untyped-def]
+    engine = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    migrate(engine)
+    return engine
+
+
+def csv(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "customers.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_import_then_lookup_by_caller_number(db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = csv(tmp_path, "phone,name,assets,volume,tier\n13800000001,王总,2000,0,\n13700000001,李,0,600,\n13600000001,赵,0,0,senior\n")
+    assert import_customers(db, path) == 3
+    assert lookup_caller(db, "13800000001", T).tier == "senior"
+    assert lookup_caller(db, "13700000001", T).tier == "middle"
+    assert lookup_caller(db, "13600000001", T).tier == "senior"
+    unknown = lookup_caller(db, "13900000000", T)
+    assert (unknown.tier, unknown.known) == ("junior", False)
+    # importing again updates, never duplicates
+    assert import_customers(db, csv(tmp_path, "phone,name,assets,volume\n13800000001,王总,0,0\n")) == 1
+    assert lookup_caller(db, "13800000001", T).tier == "junior"
+
+
+def test_bad_rows_are_all_reported_and_nothing_is_imported(db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = csv(tmp_path, "phone,name,assets,volume,tier\n13800000001,ok,1,1,\nabc,bad,1,1,\n13700000001,x,lots,1,\n13600000001,y,1,1,vip\n")
+    with pytest.raises(ImportError_) as err:
+        import_customers(db, path)
+    assert [p.split(":")[0] for p in err.value.problems] == ["line 3", "line 4", "line 5"]
+    assert lookup_caller(db, "13800000001", T).known is False, "nothing half-imported"
+
+
+def test_cli_import_list_and_set_tier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    path = csv(tmp_path, "phone,name,assets,volume\n13800000001,王总,9000000,0\n13700000001,李,0,0\n")
+    cli = ["--db-url", url, "--config", str(tmp_path / "none.conf")]
+    assert crm_cli([*cli, "import-customers", str(path)]) == 0
+    assert "imported 2" in capsys.readouterr().out
+    assert crm_cli([*cli, "set-tier", "13700000001", "middle"]) == 0
+    capsys.readouterr()
+    assert crm_cli([*cli, "list-customers"]) == 0
+    out = capsys.readouterr().out
+    assert "13800000001\t王总" in out and "senior (derived)" in out and "middle (set)" in out
+    assert crm_cli([*cli, "import-customers", str(csv(tmp_path, "phone,name\n1,x\n"))]) == 1
+    assert "missing column(s) assets, volume" in capsys.readouterr().err
+
+
+def test_overdue_tickets_and_yesterdays_low_scores(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from crm_bridge.writer import CrmWriter
+    from ivr.events import CallRecord, OpenTicket, RecordCall, RecordSurvey
+
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    engine = make_engine(url)
+    migrate(engine)
+    now = datetime.now(UTC)
+    yesterday = now - timedelta(days=1)
+    writer = CrmWriter(engine)
+    writer.start()
+    for n, (score, opened) in enumerate([(1, now - timedelta(hours=30)), (3, now - timedelta(hours=2))]):
+        call = f"call-{n}"
+        writer.submit(RecordCall(CallRecord(call, f"1380000000{n}", "95000", started_at=yesterday)))
+        writer.submit(RecordSurvey(call, yesterday, "801", "senior", score, {1: "satisfied", 3: "dissatisfied"}[score]))
+        writer.submit(OpenTicket(call, opened, f"1380000000{n}", "801", "senior", opened + timedelta(hours=24)))
+    assert writer.close() == 0
+
+    cli = ["--db-url", url, "--config", str(tmp_path / "none.conf")]
+    assert crm_cli([*cli, "overdue-tickets"]) == 0
+    out = capsys.readouterr().out
+    assert "13800000000" in out and "13800000001" not in out and "1 overdue" in out
+    assert crm_cli([*cli, "low-scores", "--day", yesterday.date().isoformat()]) == 0
+    out = capsys.readouterr().out
+    assert "score 3 (dissatisfied)" in out and "score 1" not in out and "1 low score(s)" in out
