@@ -124,6 +124,7 @@ class Config:
     database_url: str = DEFAULT_DATABASE_URL
     log_level: str = "info"
     log_format: str = "console"
+    status_file: Path | None = None
     tiers: TierThresholds = TierThresholds()
     menu: MenuConfig = MenuConfig()
     queues: QueueConfig = QueueConfig()
@@ -147,7 +148,7 @@ class Config:
 _KNOWN: dict[str, set[str]] = {
     "general": {
         "bind", "port", "advertised_ip", "rtp_port_min", "rtp_port_max", "codecs",
-        "ring_seconds", "company", "timezone", "numbers", "user_agent",
+        "ring_seconds", "company", "timezone", "numbers", "user_agent", "status_file",
     },
     "greeting": {"dayparts"},
     "silence": {"wait_seconds", "attempts", "last_prompt", "vad_aggressiveness", "speech_ms"},
@@ -348,6 +349,7 @@ def load_config(path: Path) -> Config:
         queues=_queues(r),
         survey=_survey(r),
         agents=tuple(agents),
+        status_file=r.file_path("general", "status_file", path.parent / "var" / "ivr-status.json"),
         path=path,
         general=general,
         dayparts=r.get("greeting", "dayparts", DEFAULT_DAYPARTS, _parse_dayparts, "a day-part list"),

@@ -15,10 +15,12 @@ through VAD only while the flow listens (`Listen(True)`).
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiortp
@@ -283,6 +285,10 @@ class Leg:
         if agent is not None and agent.rtp is not None:
             agent.rtp.send_audio_pcm(pcm, agent.next_timestamp())
 
+    def relay_digit_to_caller(self, digit: str, _duration: int) -> None:
+        if self.rtp is not None:
+            self.rtp.send_dtmf(digit)
+
     def relay_to_caller(self, pcm: bytes, _timestamp: int) -> None:
         if self.rtp is not None:
             self.rtp.send_audio_pcm(pcm, self.next_timestamp())
@@ -332,11 +338,13 @@ class Leg:
                 if self.agent is not None and self.agent.rtp is not None and self.rtp is not None:
                     self.rtp.on_audio = self.relay_to_agent
                     self.agent.rtp.on_audio = self.relay_to_caller
+                    self.agent.rtp.on_dtmf = self.relay_digit_to_caller
             case Unbridge():
                 if self.rtp is not None:
                     self.rtp.on_audio = None
                 if self.agent is not None and self.agent.rtp is not None:
                     self.agent.rtp.on_audio = None
+                    self.agent.rtp.on_dtmf = None
             case RelayDigit(digit=digit):
                 if self.agent is not None and self.agent.rtp is not None:
                     self.agent.rtp.send_dtmf(digit)
@@ -422,6 +430,9 @@ class Engine:
         self._register_replies: dict[str, tuple[float, int, str, dict[str, str]]] = {}
         self._wrap_up: dict[str, asyncio.TimerHandle] = {}
         self._assign_task: asyncio.Task[None] | None = None
+        self._states: dict[str, str] = {}
+        self._status_dirty = True
+        self.status_file = config.status_file
         self.pacer = Pacer()
         self.ports = RtpPortPool(*config.general.rtp_ports)
         self.accepting = True
@@ -453,6 +464,7 @@ class Engine:
             if agent.host is not None:  # a static contact is always logged in
                 self.acd.login(agent.number, agent.host, utc_now())
         log.info("seat_groups", agents=self.acd.describe())
+        self.publish_states()
         # overflow eligibility grows with waiting time: re-run the ACD every second
         self._assign_task = asyncio.get_running_loop().create_task(self._assign_every_second())
 
@@ -647,6 +659,7 @@ class Engine:
         if contact is None:
             self.acd.logout(agent)
             log.info("agent_unregistered", agent=agent)
+            self.publish_states()
             return
         self.acd.login(agent, contact, utc_now())
         self.registrations[agent] = asyncio.get_running_loop().call_later(expires, self._expire_agent, agent)
@@ -656,6 +669,7 @@ class Engine:
     def _expire_agent(self, agent: str) -> None:
         self.registrations.pop(agent, None)
         self.acd.logout(agent)
+        self.publish_states()
         log.info("agent_registration_expired", agent=agent)
 
     # --- ACD and agent legs ------------------------------------------------------------
@@ -665,8 +679,26 @@ class Engine:
             await asyncio.sleep(1.0)
             if self.acd.waiting():
                 self.assign()
+            if self._status_dirty and self.status_file is not None:
+                self._status_dirty = False
+                write_status(self.status_file, self.acd)
+
+    def publish_states(self) -> None:
+        """Log each agent whose state changed since the last call; mark the status file stale."""
+        for seat in self.acd.seats.values():
+            state = seat.state.value
+            if self._states.get(seat.number) != state:
+                self._states[seat.number] = state
+                log.info("agent_state", agent=seat.number, seat_group=seat.seat_group, state=state, call_id=seat.call_id)
+        self._status_dirty = True
 
     def assign(self) -> None:
+        try:
+            self._assign()
+        finally:
+            self.publish_states()
+
+    def _assign(self) -> None:
         for offer in self.acd.assign(utc_now()):
             leg = self.legs.get(offer.call_id)
             if leg is None or leg.closed:
@@ -721,6 +753,7 @@ class Engine:
             agent_leg.rtp.update_remote(remote)
         agent_leg.answered = True
         self.acd.answered(agent_leg.agent)
+        self.publish_states()
         agent_leg.caller.dispatch(AgentAnswered(utc_now(), agent_leg.agent, agent_leg.offer.seat_group))
 
     def _agent_no_answer(self, agent_leg: AgentLeg, why: str) -> None:
@@ -753,6 +786,7 @@ class Engine:
         if release and agent_leg.answered:
             wrap_up = self.acd.released(agent_leg.agent, utc_now())
             self._wrap_up[agent_leg.agent] = asyncio.get_running_loop().call_later(wrap_up, self._wrap_up_done, agent_leg.agent)
+            self.publish_states()
         self._spawn(self._close_agent_media(agent_leg))
 
     async def _close_agent_media(self, agent_leg: AgentLeg) -> None:
@@ -794,6 +828,26 @@ class Engine:
         # SipUAS._calls for ever; drop it once our flow is done with it.
         self.uas._calls.pop(leg.call_id, None)  # noqa: SLF001
         self._spawn(leg.close_media())
+
+
+def write_status(path: Path, acd: Acd) -> None:
+    """Agents and queues as JSON for `python -m ivr status`; replaced atomically."""
+    status = {
+        "written_at": utc_now().isoformat(),
+        "agents": [
+            {"agent": s.number, "seat_group": s.seat_group, "state": s.state.value, "call_id": s.call_id,
+             "idle_since": s.idle_since.isoformat() if s.idle_since else None}
+            for s in sorted(acd.seats.values(), key=lambda s: (s.seat_group, s.number))
+        ],
+        "queues": {group: [w.call_id for w in waiting] for group, waiting in acd.queues.items()},
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status, ensure_ascii=False, indent=1), encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("status_file_failed", path=str(path), error=str(exc))
 
 
 def _user(uri: str) -> str:

@@ -53,7 +53,7 @@ def test_senior_customer_reaches_senior_agent_hears_number_and_rates(ivr_factory
     finished(agent)
 
     row = wait_for_row(ivr, f"1-{caller.proc.pid}@127.0.0.1")
-    assert (row["tier"], row["service"], row["seat_group"], row["agent_number"]) == ("senior", "consulting", "senior", "801")
+    assert (row["tier"], row["service"], row["seat_group"], row["agent_number"]) == ("senior", "recommendation", "senior", "801")
     assert (row["outcome"], row["hangup_by"], row["survey_score"]) == ("completed", "agent", 1)
     assert 0 < row["queue_wait_s"] < 2 and row["talk_s"] > 0
     events = crm_events(ivr, row["sip_call_id"])
@@ -77,6 +77,10 @@ def test_senior_customer_reaches_senior_agent_hears_number_and_rates(ivr_factory
     conn = sqlite3.connect(db_url.removeprefix("sqlite:///"))
     surveys = conn.execute("SELECT agent_number, seat_group, score, label FROM surveys").fetchall()
     assert surveys == [("801", "senior", 1, "satisfied")]
+
+    # the agent's states are in the log, one line per change
+    states = re.findall(r"event='agent_state'[^\n]* agent='801' seat_group='senior' state='(\w+)'", ivr.log())
+    assert states == ["available", "ringing", "talking", "wrap_up", "available"]
 
 
 def test_unknown_caller_goes_to_the_junior_group(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -167,6 +171,11 @@ def test_pjsua2_agent_registers_with_digest_and_serves_a_senior_caller(ivr_facto
     phone = softphone_agent(ivr, "801", "pw801", talk=4)
     assert wait_line(phone, "registered") == "registered 200"
     assert re.search(r"event='agent_registered'.*agent='801'", ivr.log())
+    time.sleep(1.5)  # the status file is rewritten once a second
+    status = subprocess.run([sys.executable, "-m", "ivr", "status", "--config", str(tmp_path / "sip.conf")],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"^senior\s+801\s+available", status.stdout, re.M), status.stdout
 
     caller = sipp(tmp_path, "survey_caller", ivr.port, extra=("-d", "11000"))
     finished(caller)
