@@ -99,6 +99,8 @@ CODEC_NAMES = {0: "PCMU", 8: "PCMA"}
 # aiosipua 0.7.1 leaves rejected INVITEs in SipUAS._calls until an ACK that a
 # scanner never sends; forget them after Timer H (64 x T1 = 32 s).
 REJECTED_FORGET_S = 32.0
+# Agents dial these from their registered phone to pause (not offered calls) or resume.
+FEATURE_CODES = {"*46": True, "*47": False}
 REGISTER_REPLY_TTL_S = 32.0  # Timer J: how long a REGISTER retransmission is answered from memory
 
 
@@ -498,6 +500,8 @@ class Engine:
             self._reject(call, 503, "Service Unavailable", "shutting down")
             return
         callee = parse_uri(call.invite.uri).user or ""
+        if callee in FEATURE_CODES and self._feature_code(call, FEATURE_CODES[callee]):
+            return
         if callee not in self.config.general.numbers:
             self._reject(call, 404, "Not Found", f"unknown number {callee!r}")
             return
@@ -568,6 +572,21 @@ class Engine:
         rtp.on_dtmf = leg.on_dtmf
         if leg.deferred_timer is not None:
             leg.fire_timer(leg.deferred_timer)
+
+    def _feature_code(self, call: IncomingCall, pause: bool) -> bool:
+        """An agent's phone dialled *46/*47: pause or resume that agent. False if not an agent's phone."""
+        agent = next((s.number for s in self.acd.seats.values() if s.contact == call.source_addr), None)
+        if agent is None:
+            return False
+        self.acd.pause(agent, pause, utc_now())
+        state = self.acd.seats[agent].state.value
+        log.info("agent_pause" if pause else "agent_resume", agent=agent, state=state)
+        self.publish_states()
+        # no media needed: the final response's reason phrase tells the phone the new state
+        self._reject(call, 480, f"Agent {agent} {state.replace('_', ' ')}", "feature code")
+        if not pause:
+            self.assign()
+        return True
 
     def _on_bye(self, call: IncomingCall, _request: SipRequest) -> None:
         leg = self.legs.get(call.call_id)

@@ -16,6 +16,7 @@ import os
 import time
 
 import pjsua2 as pj
+from pjsua_endpoint import account_config, start_endpoint
 
 
 class AgentAccount(pj.Account):
@@ -34,6 +35,21 @@ class AgentAccount(pj.Account):
         answer = pj.CallOpParam()
         answer.statusCode = 200
         call.answer(answer)
+
+
+class Dialled(pj.Call):
+    """A call the agent places (feature codes): prints its final status."""
+
+    def __init__(self, account: pj.Account, code: str) -> None:
+        super().__init__(account)
+        self.code = code
+        self.done = False
+
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802
+        info = self.getInfo()
+        if info.state == pj.PJSIP_INV_STATE_DISCONNECTED and not self.done:
+            self.done = True
+            print(f"dialled {self.code} {info.lastStatusCode} {info.lastReason}", flush=True)
 
 
 class AgentCall(pj.Call):
@@ -60,43 +76,36 @@ def main() -> int:
     args.add_argument("--talk", type=float, default=3.0, help="seconds before the agent hangs up")
     args.add_argument("--calls", type=int, default=1)
     args.add_argument("--timeout", type=float, default=120)
+    args.add_argument("--dial", action="append", default=[], help="after registering, dial these (e.g. *46), one at a time")
     opts = args.parse_args()
 
-    ep = pj.Endpoint()
-    ep.libCreate()
-    cfg = pj.EpConfig()
-    cfg.logConfig.level = 1
-    cfg.logConfig.consoleLevel = 1
-    cfg.uaConfig.threadCnt = 0
-    cfg.uaConfig.mainThreadOnly = True
-    ep.libInit(cfg)
-    transport = pj.TransportConfig()
-    transport.port = 0
-    transport.boundAddress = "127.0.0.1"
-    ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, transport)
-    ep.libStart()
-    ep.audDevManager().setNullDev()
+    ep = start_endpoint()
 
-    acfg = pj.AccountConfig()
-    acfg.idUri = f"sip:{opts.agent}@127.0.0.1"
+    acfg = account_config(opts.agent)
     acfg.regConfig.registrarUri = f"sip:127.0.0.1:{opts.ivr_port}"
     acfg.regConfig.timeoutSec = 300
     acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", opts.agent, 0, opts.password))
-    acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
     account = AgentAccount()
     account.create(acfg)
 
     deadline = time.monotonic() + opts.timeout
     done = 0
+    to_dial = list(opts.dial)
+    dialling: Dialled | None = None
     while time.monotonic() < deadline:
         ep.libHandleEvents(10)
         if account.reg_status is not None and account.reg_status != 200:
             break  # refused: nothing more to do
+        if account.reg_status == 200 and (dialling is None or dialling.done) and to_dial:
+            dialling = Dialled(account, to_dial.pop(0))
+            dialling.makeCall(f"sip:{dialling.code}@127.0.0.1:{opts.ivr_port}", pj.CallOpParam(True))
+        if opts.dial and not to_dial and dialling is not None and dialling.done and opts.calls == 0:
+            break
         for call in account.incoming:
             if call.confirmed_at and not call.disconnected and time.monotonic() - call.confirmed_at > opts.talk:
                 call.hangup(pj.CallOpParam(True))
         done = sum(1 for c in account.incoming if c.disconnected)
-        if done >= opts.calls:
+        if opts.calls and done >= opts.calls:
             break
     for _ in range(30):
         ep.libHandleEvents(10)

@@ -15,6 +15,7 @@ import os
 import time
 
 import pjsua2 as pj
+from pjsua_endpoint import account_config, start_endpoint
 
 
 class Caller(pj.Call):
@@ -48,26 +49,10 @@ def main() -> int:
     args.add_argument("--wav", required=True)
     opts = args.parse_args()
 
-    ep = pj.Endpoint()
-    ep.libCreate()
-    cfg = pj.EpConfig()
-    cfg.logConfig.level = 1
-    cfg.logConfig.consoleLevel = 1
-    cfg.uaConfig.threadCnt = 0  # drive everything from this thread with libHandleEvents
-    cfg.uaConfig.mainThreadOnly = True
-    ep.libInit(cfg)
-    transport = pj.TransportConfig()
-    transport.port = 0
-    transport.boundAddress = "127.0.0.1"
-    ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, transport)
-    ep.libStart()
-    ep.audDevManager().setNullDev()  # no sound card: the conference bridge runs on a null clock
+    ep = start_endpoint()
 
     account = pj.Account()
-    acfg = pj.AccountConfig()
-    acfg.idUri = f"sip:{opts.caller}@127.0.0.1"
-    acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
-    account.create(acfg)
+    account.create(account_config(opts.caller))
 
     call = Caller(account, opts.wav)
     call.makeCall(f"sip:{opts.number}@127.0.0.1:{opts.port}", pj.CallOpParam(True))

@@ -144,10 +144,12 @@ def test_ten_callers_two_agents_all_served_in_queue_order(ivr_factory, tmp_path:
     assert [r["sip_call_id"] for r in queued] == [r["sip_call_id"] for r in answered], "served out of queue order"
 
 
-def softphone_agent(ivr: IvrProcess, agent: str, password: str, *, talk: float = 3, calls: int = 1) -> subprocess.Popen[str]:
+def softphone_agent(ivr: IvrProcess, agent: str, password: str, *, talk: float = 3, calls: int = 1,
+                    dial: tuple[str, ...] = ()) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "softphone_agent.py"), "--ivr-port", str(ivr.port), "--agent", agent,
-         "--password", password, "--talk", str(talk), "--calls", str(calls), "--timeout", "90"],
+         "--password", password, "--talk", str(talk), "--calls", str(calls), "--timeout", "90",
+         *(arg for code in dial for arg in ("--dial", code))],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
@@ -193,3 +195,17 @@ def test_wrong_password_is_refused_and_logged_for_fail2ban(ivr_factory, tmp_path
     phone.wait(20)
     assert re.search(r"event='auth_failed' source='127\.0\.0\.1' port=\d+ user='801' reason='wrong password'", ivr.log())
     assert "agent_registered" not in ivr.log()
+
+
+def test_agent_pauses_and_resumes_with_feature_codes(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ivr = ivr_factory(extra=agents_conf(**{"801": ("senior", "dynamic")}))
+    phone = softphone_agent(ivr, "801", "pw801", calls=0, dial=("*46", "*47"))
+    assert wait_line(phone, "registered") == "registered 200"
+    assert wait_line(phone, "dialled") == "dialled *46 480 Agent 801 paused"
+    assert wait_line(phone, "dialled") == "dialled *47 480 Agent 801 available"
+    phone.wait(20)
+    states = re.findall(r"event='agent_state'[^\n]* agent='801' seat_group='senior' state='(\w+)'", ivr.log())
+    assert states == ["logged_out", "available", "paused", "available"]
+    # the same codes from a phone that is not a registered agent's are just unknown numbers
+    run = sipp(tmp_path, "unknown_number_caller", ivr.port, service="*46", timeout_s=10)
+    finished(run, 20)
