@@ -49,6 +49,8 @@ class GeneralConfig:
     timezone: str = "Asia/Shanghai"
     numbers: frozenset[str] = frozenset({"95000"})
     user_agent: str = "hotline-ivr"
+    max_calls: int = 500
+    max_call_seconds: float = 3600.0
 
     @property
     def payload_types(self) -> list[int]:
@@ -149,6 +151,7 @@ _KNOWN: dict[str, set[str]] = {
     "general": {
         "bind", "port", "advertised_ip", "rtp_port_min", "rtp_port_max", "codecs",
         "ring_seconds", "company", "timezone", "numbers", "user_agent", "status_file",
+        "max_calls", "max_call_seconds",
     },
     "greeting": {"dayparts"},
     "silence": {"wait_seconds", "attempts", "last_prompt", "vad_aggressiveness", "speech_ms"},
@@ -301,6 +304,8 @@ def load_config(path: Path) -> Config:
         timezone=r.get("general", "timezone", g.timezone, _zone, "a time zone such as Asia/Shanghai"),
         numbers=numbers,
         user_agent=r.get("general", "user_agent", g.user_agent, str, "a string"),
+        max_calls=int(r.number("general", "max_calls", g.max_calls, 1, 100_000, int)),
+        max_call_seconds=r.number("general", "max_call_seconds", g.max_call_seconds, 60, 86_400),
     )
 
     s = SilenceConfig()

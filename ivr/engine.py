@@ -31,6 +31,7 @@ from aiosipua import (
     OutgoingCall,
     SdpNegotiationError,
     SipRequest,
+    SipResponse,
     SipUAC,
     SipUAS,
     UdpSipTransport,
@@ -231,6 +232,7 @@ class Leg:
         self.media_starting = False
         self.deferred_timer: str | None = None
         self.closed = False
+        self.max_duration: asyncio.TimerHandle | None = None
         self.agent: AgentLeg | None = None
         self._last_ts = self.ts_offset
 
@@ -460,6 +462,11 @@ class Engine:
 
     async def start(self) -> None:
         await self.uas.start()
+        # aiosipua 0.7.1 raises ValueError from its UAS handlers on a malformed
+        # CSeq or SDP body; its transport then logs a traceback and answers
+        # nothing, and an INVITE leaves its server transaction behind. Route
+        # messages through a guard that answers 400 and cleans up instead.
+        self.transport.on_message = self._on_sip_message
         g = self.config.general
         log.info("listening", bind=g.bind, port=g.port, numbers=sorted(g.numbers), rtp_ports=list(g.rtp_ports))
         for agent in self.config.agents:
@@ -490,14 +497,40 @@ class Engine:
 
     # --- SIP callbacks --------------------------------------------------------------
 
-    def _reject(self, call: IncomingCall, status: int, reason: str, why: str) -> None:
-        call.reject(status, reason)
+    def _on_sip_message(self, msg: SipRequest | SipResponse, addr: tuple[str, int]) -> None:
+        try:
+            self.uas._on_message(msg, addr)  # noqa: SLF001
+        except ValueError as exc:
+            if not isinstance(msg, SipRequest):
+                log.warning("sip_bad_response", source=f"{addr[0]}:{addr[1]}", error=str(exc)[:200])
+                return
+            log.warning("sip_bad_request", source=f"{addr[0]}:{addr[1]}", method=msg.method[:20], error=str(exc)[:200])
+            if msg.method == "INVITE":
+                self.uas._remove_invite_transaction(msg)  # noqa: SLF001
+                self.uas._calls.pop(msg.call_id or "", None)  # noqa: SLF001
+            if msg.method != "ACK" and msg.via:
+                try:
+                    self.uas._send_error(msg, 400, "Bad Request")  # noqa: SLF001
+                except Exception:  # headers too broken to build an answer from: dropped, and logged above
+                    pass
+
+    def _reject(self, call: IncomingCall, status: int, reason: str, why: str, retry_after: int | None = None) -> None:
+        if retry_after is None:
+            call.reject(status, reason)
+        else:
+            # aiosipua 0.7.1 IncomingCall.reject() takes no extra headers; send the
+            # response ourselves so overload answers carry Retry-After (RFC 3261 20.33).
+            call._send_response(status, reason, extra_headers={"Retry-After": str(retry_after)})  # noqa: SLF001
+            call.dialog.terminate()
         log.info("invite_rejected", call_id=call.call_id, status=status, reason=why, source=f"{call.source_addr[0]}:{call.source_addr[1]}")
         asyncio.get_running_loop().call_later(REJECTED_FORGET_S, self.uas._calls.pop, call.call_id, None)  # noqa: SLF001
 
     def _on_invite(self, call: IncomingCall) -> None:
         if not self.accepting:
-            self._reject(call, 503, "Service Unavailable", "shutting down")
+            self._reject(call, 503, "Service Unavailable", "shutting down", retry_after=30)
+            return
+        if len(self.legs) >= self.config.general.max_calls:
+            self._reject(call, 503, "Service Unavailable", "max_calls reached", retry_after=5)
             return
         callee = parse_uri(call.invite.uri).user or ""
         if callee in FEATURE_CODES and self._feature_code(call, FEATURE_CODES[callee]):
@@ -532,6 +565,9 @@ class Engine:
             self._reject(call, 503, "Service Unavailable", str(exc))
             return
         self.legs[call.call_id] = leg
+        leg.max_duration = asyncio.get_running_loop().call_later(
+            self.config.general.max_call_seconds, lambda: leg.dispatch(Aborted(utc_now(), "max_call_seconds reached"))
+        )
         leg.media_starting = True
         caller = _user(call.caller)
         leg.dispatch(Invited(utc_now(), caller, callee))
@@ -839,6 +875,8 @@ class Engine:
         if leg.closed:
             return
         leg.closed = True
+        if leg.max_duration is not None:
+            leg.max_duration.cancel()
         for name in list(leg.timers):
             leg.cancel_timer(name)
         self.pacer.stop(leg)

@@ -135,7 +135,9 @@ class IvrProcess:
         return self.proc.returncode
 
 
-def write_ivr_config(tmp: Path, *, sip_port: int, db_url: str, ring_seconds: float = 1, extra: str = "") -> Path:
+def write_ivr_config(
+    tmp: Path, *, sip_port: int, db_url: str, ring_seconds: float = 1, extra: str = "", general: str = ""
+) -> Path:
     rtp = free_port(even=True)
     rtp_min = 20000 + (rtp % 20000) // 2 * 2
     conf = tmp / "sip.conf"
@@ -147,6 +149,7 @@ rtp_port_min = {rtp_min}
 rtp_port_max = {rtp_min + 400}
 ring_seconds = {ring_seconds}
 numbers = 95000
+{general}
 [prompts]
 cache_dir = {ROOT / "var" / "prompts"}
 recorded_dir = {tmp / "recorded"}
@@ -183,10 +186,11 @@ def start_ivr(tmp: Path, conf: Path, sip_port: int, db_url: str) -> IvrProcess:
 def ivr_factory(tmp_path: Path) -> Iterator:
     started: list[IvrProcess] = []
 
-    def make(*, ring_seconds: float = 1, db_url: str | None = None, extra: str = "") -> IvrProcess:
+    def make(*, ring_seconds: float = 1, db_url: str | None = None, extra: str = "", general: str = "") -> IvrProcess:
         sip_port = free_port()
         db_url = db_url or f"sqlite:///{tmp_path / 'crm.db'}"
-        conf = write_ivr_config(tmp_path, sip_port=sip_port, db_url=db_url, ring_seconds=ring_seconds, extra=extra)
+        conf = write_ivr_config(tmp_path, sip_port=sip_port, db_url=db_url, ring_seconds=ring_seconds, extra=extra,
+                                general=general)
         ivr = start_ivr(tmp_path, conf, sip_port, db_url)
         started.append(ivr)
         return ivr
