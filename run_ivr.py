@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from dataclasses import replace
@@ -82,6 +83,11 @@ async def serve(config: Config, prompts: PromptLibrary) -> int:
     greeter = Greeter(config.dayparts, config.general.zone, HolidayCalendar(config.holidays_file))
     engine = Engine(config, prompts, writer, greeter, directory=lambda phone: lookup_caller(db, phone, config.tiers))
     await engine.start()
+    # Everything built so far (prompt frames, config, ORM, libraries) lives until
+    # exit: take it out of the cyclic GC, whose full collections would otherwise
+    # walk it all and stall the 20 ms media clock.
+    gc.collect()
+    gc.freeze()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

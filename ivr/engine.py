@@ -175,6 +175,8 @@ class Pacer:
         self._task: asyncio.Task[None] | None = None
         self.tick = 0
         self.late_ticks = 0
+        # wake-up lateness of the last ticks (s): the send-pacing jitter of every prompt
+        self.lateness: deque[float] = deque(maxlen=3000)
 
     def play(self, leg: Leg) -> None:
         self._playing[leg] = None
@@ -197,6 +199,7 @@ class Pacer:
         loop = asyncio.get_running_loop()
         deadline = loop.time()
         while True:
+            self.lateness.append(loop.time() - deadline)
             self.tick += 1
             finished = [leg for leg in self._playing if not leg.send_next_frame(self.tick)]
             for leg in finished:
@@ -734,9 +737,9 @@ class Engine:
             await asyncio.sleep(1.0)
             if self.acd.waiting():
                 self.assign()
-            if self._status_dirty and self.status_file is not None:
+            if self.status_file is not None and (self._status_dirty or self.legs):
                 self._status_dirty = False
-                write_status(self.status_file, self.acd)
+                write_status(self.status_file, self.acd, len(self.legs), self.pacer)
 
     def publish_states(self) -> None:
         """Log each agent whose state changed since the last call; mark the status file stale."""
@@ -887,7 +890,19 @@ class Engine:
         self._spawn(leg.close_media())
 
 
-def write_status(path: Path, acd: Acd) -> None:
+def pacer_stats(pacer: Pacer) -> dict[str, float | int]:
+    late = sorted(pacer.lateness)
+    if not late:
+        return {"ticks": pacer.tick}
+
+    def pct(q: float) -> float:
+        return round(1000 * late[min(len(late) - 1, int(q * len(late)))], 3)
+
+    return {"ticks": pacer.tick, "resyncs": pacer.late_ticks, "samples": len(late),
+            "lateness_ms_p50": pct(0.50), "lateness_ms_p99": pct(0.99), "lateness_ms_max": round(1000 * late[-1], 3)}
+
+
+def write_status(path: Path, acd: Acd, calls: int = 0, pacer: Pacer | None = None) -> None:
     """Agents and queues as JSON for `python -m ivr status`; replaced atomically."""
     status = {
         "written_at": utc_now().isoformat(),
@@ -897,6 +912,8 @@ def write_status(path: Path, acd: Acd) -> None:
             for s in sorted(acd.seats.values(), key=lambda s: (s.seat_group, s.number))
         ],
         "queues": {group: [w.call_id for w in waiting] for group, waiting in acd.queues.items()},
+        "calls": calls,
+        "pacer": pacer_stats(pacer) if pacer is not None else {},
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
