@@ -72,10 +72,12 @@ class Acd:
     seats: dict[str, Seat] = field(default_factory=dict)
     queues: dict[str, list[Waiting]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self._ringing: dict[str, Waiting] = {}  # call_id -> the caller an agent is being rung for
+
     @classmethod
     def from_agents(cls, agents: tuple[AgentConfig, ...], settings: QueueConfig, groups: tuple[str, ...]) -> Acd:
-        acd = cls(settings, {a.number: Seat(a.number, a.seat_group) for a in agents}, {g: [] for g in groups})
-        return acd
+        return cls(settings, {a.number: Seat(a.number, a.seat_group) for a in agents}, {g: [] for g in groups})
 
     # --- agents -------------------------------------------------------------------
 
@@ -197,9 +199,6 @@ class Acd:
             if idle:
                 return min(idle, key=lambda s: (s.idle_since or at, s.number))
         return None
-
-    def __post_init__(self) -> None:
-        self._ringing: dict[str, Waiting] = {}
 
     def describe(self) -> list[str]:
         """One line per agent, for the CLI and the log."""

@@ -39,7 +39,6 @@ from aiosipua import (
     negotiate_sdp,
     parse_address,
     parse_auth,
-    parse_sdp,
     parse_uri,
 )
 
@@ -249,7 +248,7 @@ class Leg:
     # --- events in ----------------------------------------------------------------
 
     def dispatch(self, event: Event) -> None:
-        if self.closed and not isinstance(event, Invited):
+        if self.closed:
             return
         try:
             actions = self.flow.handle(event)
@@ -306,7 +305,7 @@ class Leg:
         match action:
             case RecordEvent():
                 self.engine.writer.submit(action)
-                self.log.info(action.kind, detail=action.detail) if action.detail else self.log.info(action.kind)
+                self.log.info(action.kind, **({"detail": action.detail} if action.detail else {}))
             case RecordCall():
                 self.engine.writer.submit(action)
             case Ring():

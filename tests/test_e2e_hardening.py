@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import IvrProcess, free_port, sipp
+from .conftest import IvrProcess, sipp
 from .test_e2e_sip import finished
 
 pytestmark = pytest.mark.e2e
