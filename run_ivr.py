@@ -3,8 +3,10 @@
 
 Loads and validates the config, migrates the CRM database, closes calls a
 previous crash left open, renders and encodes the prompts, then answers SIP
-on the configured address until SIGINT/SIGTERM, when it ends calls politely
-and flushes every record before exiting.
+on the configured address until SIGTERM or SIGINT. The first signal drains:
+new calls get 503 + Retry-After while calls in progress finish, for up to
+`[general] drain_seconds`; calls still up then are ended politely (BYE), the
+CRM outbox is flushed, and the process exits 0. A second signal skips the wait.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import uvloop
 
 from crm_bridge.customers import lookup_caller
 from crm_bridge.db import make_engine, migrate, reconcile_interrupted, sync_seat_groups
+from crm_bridge.outbox import Outbox, OutboxError
+from crm_bridge.webhook import WebhookPusher
 from crm_bridge.writer import CrmWriter
 from ivr.config import Config, ConfigError, load_config
 from ivr.engine import Engine, g711_encoders
@@ -75,9 +79,17 @@ def prepare_prompts(config: Config) -> PromptLibrary:
 async def serve(config: Config, prompts: PromptLibrary) -> int:
     db = make_engine(config.database_url)
     migrate(db)
-    reconcile_interrupted(db)
-    writer = CrmWriter(db)
+    outbox = Outbox(config.outbox_dir)
+    pusher = WebhookPusher(db, config.webhook) if config.webhook.url else None
+    writer = CrmWriter(db, outbox, webhook=pusher is not None, on_deliveries=pusher.wake if pusher else None)
+    # Order matters: records a previous process journaled but never applied go
+    # in first (a call's final row among them), then what is still open was
+    # really cut off and is closed as failed.
+    writer.recover()
+    reconcile_interrupted(db, webhook=pusher is not None)
     writer.start()
+    if pusher is not None:
+        pusher.start()
 
     sync_seat_groups(db, config.agents)
     greeter = Greeter(config.dayparts, config.general.zone, HolidayCalendar(config.holidays_file))
@@ -89,18 +101,32 @@ async def serve(config: Config, prompts: PromptLibrary) -> int:
     gc.collect()
     gc.freeze()
 
-    stop = asyncio.Event()
+    drain, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal(name: str) -> None:
+        if drain.is_set():
+            log.warning("stop_now", signal=name, active_calls=len(engine.legs))
+            hurry.set()
+        else:
+            log.info("draining", signal=name, active_calls=len(engine.legs), limit_s=config.general.drain_seconds)
+            drain.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig.name)
     print(f"hotline IVR ready on udp:{config.general.bind}:{config.general.port}", flush=True)
-    await stop.wait()
+    await drain.wait()
 
-    log.info("stopping", active_calls=len(engine.legs))
+    left_up = await engine.drain(config.general.drain_seconds, hurry)
+    log.info("stopping", calls_cut_short=left_up)
     await engine.stop()
-    left = await asyncio.to_thread(writer.close)
-    log.info("stopped", crm_records_written=writer.written, unwritten=left)
-    return 0 if left == 0 else 1
+    unwritten = await asyncio.to_thread(writer.close)
+    if pusher is not None:
+        await asyncio.to_thread(pusher.close)
+    # Records the database could not take are still in the outbox and go in at
+    # the next start, so they do not make this an unclean exit.
+    log.info("stopped", crm_records_written=writer.written, deferred_to_outbox=unwritten)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         return uvloop.run(serve(config, prompts))
     except PromptError as exc:
         log.error("prompts_failed", reason=str(exc))
+        return 3
+    except OutboxError as exc:
+        log.error("outbox_failed", reason=str(exc))
         return 3
     except OSError as exc:
         log.error("startup_failed", reason=str(exc))

@@ -5,6 +5,8 @@
     python -m crm_bridge --db-url URL set-tier PHONE senior|middle|junior|auto
     python -m crm_bridge --db-url URL overdue-tickets
     python -m crm_bridge --db-url URL low-scores [--day 2026-11-24]
+    python -m crm_bridge --db-url URL webhook-dead
+    python -m crm_bridge --db-url URL webhook-retry [SIP_CALL_ID]
 
 `--config sip.conf` takes the database URL and tier thresholds from the IVR's config.
 """
@@ -21,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from crm_bridge.customers import ImportError_, TierThresholds, import_customers, tier_of
 from crm_bridge.db import make_engine, migrate
-from crm_bridge.models import TIERS, Call, Customer, Survey, Ticket
+from crm_bridge.models import TIERS, Call, Customer, Survey, Ticket, WebhookDeadLetter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     low = sub.add_parser("low-scores", help="yesterday's low survey scores, for the morning review ([004])")
     low.add_argument("--day", type=date.fromisoformat, help="the day to review (default: yesterday, UTC)")
     low.add_argument("--from-score", type=int, default=2, help="keypad scores counted as low: this and worse (1 satisfied, 2 average, 3 dissatisfied; default %(default)s)")
+    sub.add_parser("webhook-dead", help="pushes to the external CRM that failed every attempt")
+    wr = sub.add_parser("webhook-retry", help="re-queue dead-lettered pushes (all, or one call's)")
+    wr.add_argument("sip_call_id", nargs="?")
     args = p.parse_args(argv)
 
     thresholds = TierThresholds()
@@ -104,6 +109,16 @@ def main(argv: list[str] | None = None) -> int:
             for survey, caller, sip_call_id in rows:
                 print(f"{survey.at:%H:%M}\tscore {survey.score} ({survey.label})\tagent {survey.agent_number}\t{survey.seat_group}\tcaller {caller}\tcall {sip_call_id}")
         print(f"{len(rows)} low score(s) on {day}")
+    elif args.command == "webhook-dead":
+        with Session(engine) as s:
+            dead = s.scalars(select(WebhookDeadLetter).order_by(WebhookDeadLetter.failed_at)).all()
+            for d in dead:
+                print(f"{d.failed_at:%Y-%m-%d %H:%M}\tcall {d.sip_call_id}\tattempts {d.attempts}\t{d.last_error}")
+        print(f"{len(dead)} dead letter(s)")
+    elif args.command == "webhook-retry":
+        from crm_bridge.webhook import retry_dead_letters
+
+        print(f"re-queued {retry_dead_letters(engine, args.sip_call_id)} push(es); a running IVR sends them within 30 s")
     return 0
 
 

@@ -54,7 +54,7 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
-def reconcile_interrupted(engine: Engine, now: datetime | None = None) -> int:
+def reconcile_interrupted(engine: Engine, now: datetime | None = None, *, webhook: bool = False) -> int:
     """Close calls left open by a crash: outcome `failed`, ended at their last event.
 
     Run at start-up, before any new call: a row still open then belongs to a
@@ -72,6 +72,10 @@ def reconcile_interrupted(engine: Engine, now: datetime | None = None) -> int:
                 .values(ended_at=ended, outcome="failed", hangup_by=call.hangup_by or "ivr")
             )
             s.add(CallEvent(call_id=call.id, at=now, kind="reconciled", detail="call was open when the IVR stopped"))
+        if webhook and open_calls:
+            from crm_bridge.writer import add_deliveries
+
+            add_deliveries(s, [c.sip_call_id for c in open_calls])
     if open_calls:
         log.warning("calls_reconciled", count=len(open_calls))
     return len(open_calls)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Index, String, Text
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 OUTCOMES = ("abandoned_ringing", "silent", "caller_hangup", "completed", "abandoned_queue", "failed")
@@ -124,3 +124,46 @@ class Ticket(Base):
     opened_at: Mapped[datetime]
     next_feedback_due: Mapped[datetime] = mapped_column(index=True)
     last_feedback_at: Mapped[datetime | None]
+
+
+class OutboxCheckpoint(Base):
+    """How far each IVR process's local outbox has been applied (see `crm_bridge.outbox`).
+
+    Updated in the same transaction as the records it covers, so a replay
+    after a crash applies every record exactly once.
+    """
+
+    __tablename__ = "outbox_checkpoints"
+
+    stream: Mapped[str] = mapped_column(String(64), primary_key=True)  # one per outbox directory
+    seq: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]
+
+
+class WebhookDelivery(Base):
+    """A finished call waiting to be pushed to the external CRM (transactional outbox)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sip_call_id: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[str] = mapped_column(Text)  # the JSON body, exactly as signed and sent
+    created_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(index=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]
+
+
+class WebhookDeadLetter(Base):
+    """A push that failed every attempt; ops re-queue it with `python -m crm_bridge webhook-retry`."""
+
+    __tablename__ = "webhook_dead_letters"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sip_call_id: Mapped[str] = mapped_column(String(255), index=True)
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    failed_at: Mapped[datetime]
+    attempts: Mapped[int]
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -1,19 +1,28 @@
-"""The CRM write path: records go on a queue and a writer thread applies them.
+"""The CRM write path: journaled locally, then applied by a writer thread.
 
-The call flow's `RecordCall` / `RecordEvent` actions are handed to
-`CrmWriter.submit`, which only appends to an in-memory queue — the event
-loop (and so the RTP path) never waits on the database. A writer thread
-takes everything queued, collapses the row updates of one call to the latest,
-and applies the batch in one transaction: rows by upsert on `sip_call_id`,
-events by insert. If the database fails, the batch is kept and retried with
-exponential backoff while new records keep queueing behind it.
+The call flow's `RecordCall` / `RecordEvent` / … actions are handed to
+`CrmWriter.submit`, which appends the record to the local outbox (one
+write(2), see `crm_bridge.outbox`) and to an in-memory queue — the event loop
+(and so the RTP path) never waits on the database. A writer thread takes
+everything queued, collapses the row updates of one call to the latest, and
+applies the batch in one transaction: rows by upsert on `sip_call_id`,
+events by insert, and the outbox checkpoint. If the database fails, the batch
+is kept and retried with exponential backoff while new records keep queueing
+behind it; if the process dies instead, `recover()` at the next start
+replays the journal past the checkpoint.
+
+With a webhook configured, a call's last record (its "ended" step) also puts
+a delivery in `webhook_deliveries` in that same transaction, for
+`crm_bridge.webhook` to push.
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 
@@ -24,11 +33,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
 
-from crm_bridge.models import Call, CallEvent, Survey, Ticket
+from crm_bridge.models import Call, CallEvent, OutboxCheckpoint, Survey, Ticket, WebhookDelivery
+from crm_bridge.outbox import Outbox, Record
 from ivr.events import OpenTicket, RecordCall, RecordEvent, RecordSurvey
 
 log = structlog.get_logger(__name__)
-Record = RecordCall | RecordEvent | RecordSurvey | OpenTicket
 _STOP = object()
 
 
@@ -39,9 +48,21 @@ def _utc(moment: datetime | None) -> datetime | None:
 class CrmWriter:
     """Applies call records to the CRM database off the event loop, in batches."""
 
-    def __init__(self, engine: Engine, *, batch_max: int = 1000) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        outbox: Outbox | None = None,
+        *,
+        batch_max: int = 1000,
+        webhook: bool = False,
+        on_deliveries: Callable[[], None] | None = None,
+    ) -> None:
         self.engine = engine
+        self.outbox = outbox
         self.batch_max = batch_max
+        self.webhook = webhook
+        self.on_deliveries = on_deliveries  # wakes the webhook pusher
+        self._seq = outbox.last_seq if outbox is not None else 0
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._give_up = threading.Event()
         self._thread = threading.Thread(target=self._run, name="crm-writer", daemon=True)
@@ -53,8 +74,35 @@ class CrmWriter:
         self._thread.start()
 
     def submit(self, record: Record) -> None:
-        """Queue a record; never blocks."""
-        self._queue.put(record)
+        """Journal and queue a record; never waits on the database."""
+        if self.outbox is not None:
+            seq = self.outbox.append(record)
+        else:
+            self._seq += 1
+            seq = self._seq
+        self._queue.put((seq, record))
+
+    def recover(self) -> int:
+        """Apply what the outbox holds past the CRM's checkpoint (at start-up, before `start`)."""
+        if self.outbox is None:
+            return 0
+        with Session(self.engine) as s:
+            done = s.scalar(select(OutboxCheckpoint.seq).where(OutboxCheckpoint.stream == self.outbox.stream)) or 0
+        batch: list[tuple[int, Record]] = []
+        count = 0
+        for item in self.outbox.pending(done):
+            batch.append(item)
+            if len(batch) >= self.batch_max:
+                self._apply_with_retry(batch)
+                count += len(batch)
+                batch = []
+        if batch:
+            self._apply_with_retry(batch)
+            count += len(batch)
+        self.outbox.applied(self.outbox.last_seq)
+        if count:
+            log.warning("crm_outbox_replayed", records=count, after_seq=done, stream=self.outbox.stream)
+        return count
 
     @property
     def depth(self) -> int:
@@ -69,8 +117,13 @@ class CrmWriter:
             self._give_up.set()
             self._thread.join(5)
         left = self.depth
-        if left:
+        if left and self.outbox is not None:
+            log.warning("crm_records_deferred", count=left, reason="database unavailable at shutdown",
+                        outbox=str(self.outbox.directory), note="kept in the outbox; applied at the next start")
+        elif left:
             log.error("crm_records_unwritten", count=left, reason="database unavailable at shutdown")
+        if self.outbox is not None:
+            self.outbox.close()
         return left
 
     # --- writer thread ---------------------------------------------------------
@@ -79,7 +132,7 @@ class CrmWriter:
         stopping = False
         while not stopping:
             item = self._queue.get()
-            batch: list[Record] = []
+            batch: list[tuple[int, Record]] = []
             while True:
                 if item is _STOP:
                     stopping = True
@@ -96,7 +149,7 @@ class CrmWriter:
                 self._apply_with_retry(batch)
                 self._pending = 0
 
-    def _apply_with_retry(self, batch: list[Record]) -> None:
+    def _apply_with_retry(self, batch: list[tuple[int, Record]]) -> None:
         # Database errors are the expected case (server down, SQLite locked); any
         # other error is a bug, logged loudly, but the batch is still kept and
         # retried: a record is never dropped.
@@ -107,6 +160,8 @@ class CrmWriter:
             before_sleep=self._log_retry,
             reraise=False,
         )
+        if self.outbox is not None:
+            self.outbox.sync()
         try:
             for attempt in retrying:
                 with attempt:
@@ -114,6 +169,8 @@ class CrmWriter:
         except Exception:  # tenacity.RetryError after give-up; the records stay counted as pending
             return
         self.written += len(batch)
+        if self.outbox is not None:
+            self.outbox.applied(batch[-1][0])
 
     def _log_retry(self, state: RetryCallState) -> None:
         self.failures += 1
@@ -135,11 +192,11 @@ class CrmWriter:
             return sqlite.insert(Call)
         raise RuntimeError(f"unsupported CRM database dialect {name!r}; use SQLite or PostgreSQL")
 
-    def _apply(self, batch: list[Record]) -> None:
+    def _apply(self, batch: list[tuple[int, Record]]) -> None:
         started = time.perf_counter()
         rows: dict[str, dict[str, object]] = {}
         events: list[RecordEvent | RecordSurvey | OpenTicket] = []
-        for record in batch:
+        for _, record in batch:
             if isinstance(record, RecordCall):
                 row = asdict(record.record)
                 for key in ("started_at", "answered_at", "ended_at"):
@@ -176,4 +233,50 @@ class CrmWriter:
                         s.add(Ticket(call_id=ids[e.sip_call_id], customer_phone=e.customer_phone,
                                      agent_number=e.agent_number, seat_group=e.seat_group, status="open",
                                      opened_at=_utc(e.at), next_feedback_due=_utc(e.next_feedback_due)))
+            # the "ended" step is the last record of a call, so its row and steps are all in by now
+            finished = [e.sip_call_id for e in events if isinstance(e, RecordEvent) and e.kind == "ended"]
+            if self.webhook and finished:
+                add_deliveries(s, finished)
+            if self.outbox is not None:
+                self._checkpoint(s, batch[-1][0])
+        if self.webhook and finished and self.on_deliveries is not None:
+            self.on_deliveries()
         log.debug("crm_batch_written", rows=len(rows), events=len(events), ms=round(1000 * (time.perf_counter() - started), 1))
+
+    def _checkpoint(self, s: Session, seq: int) -> None:
+        assert self.outbox is not None
+        values = {"stream": self.outbox.stream, "seq": seq, "updated_at": datetime.now(UTC)}
+        insert_ = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        stmt = insert_(OutboxCheckpoint).values(values)
+        s.execute(stmt.on_conflict_do_update(index_elements=[OutboxCheckpoint.stream], set_={"seq": seq, "updated_at": values["updated_at"]}))
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat() if moment is not None else None
+
+
+def add_deliveries(s: Session, sip_call_ids: list[str]) -> None:
+    """Queue a webhook push for each finished call, built from its rows as they now stand."""
+    now = datetime.now(UTC)
+    calls = s.scalars(select(Call).where(Call.sip_call_id.in_(sip_call_ids)).execution_options(populate_existing=True)).all()
+    by_id = {c.id: c for c in calls}
+    steps: dict[int, list[dict[str, str | None]]] = {c.id: [] for c in calls}
+    for e in s.scalars(select(CallEvent).where(CallEvent.call_id.in_(by_id)).order_by(CallEvent.at, CallEvent.id)):
+        steps[e.call_id].append({"at": _iso(e.at), "kind": e.kind, "detail": e.detail})
+    for c in calls:
+        body = {
+            "type": "call.finished",
+            "call": {
+                "sip_call_id": c.sip_call_id, "caller": c.caller, "callee": c.callee,
+                "started_at": _iso(c.started_at), "answered_at": _iso(c.answered_at), "ended_at": _iso(c.ended_at),
+                "greeting": c.greeting, "silent_attempts": c.silent_attempts, "outcome": c.outcome,
+                "hangup_by": c.hangup_by, "tier": c.tier, "service": c.service, "seat_group": c.seat_group,
+                "agent_number": c.agent_number, "queue_wait_s": c.queue_wait_s, "talk_s": c.talk_s,
+                "survey_score": c.survey_score,
+            },
+            "events": steps[c.id],
+        }
+        s.add(WebhookDelivery(
+            sip_call_id=c.sip_call_id, payload=json.dumps(body, ensure_ascii=False, sort_keys=True),
+            created_at=now, next_attempt_at=now,
+        ))

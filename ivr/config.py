@@ -9,6 +9,7 @@ rest of the code only sees `Config`, never the parser.
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ class GeneralConfig:
     user_agent: str = "hotline-ivr"
     max_calls: int = 500
     max_call_seconds: float = 3600.0
+    drain_seconds: float = 120.0
 
     @property
     def payload_types(self) -> list[int]:
@@ -116,6 +118,31 @@ class SurveyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Per-source request rates (`[limits]`); excess requests get 503 + Retry-After."""
+
+    invite_per_second: float = 20.0
+    register_per_second: float = 10.0
+    options_per_second: float = 10.0
+    other_per_second: float = 50.0  # every other method, in-dialog requests included
+    auth_failures: int = 10  # failed digest attempts from one address within a minute ...
+    auth_ban_seconds: float = 600.0  # ... bar it from registering for this long
+    trusted: frozenset[str] = frozenset()  # addresses exempt (a SIP load balancer in front)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """Push of each finished call to an external CRM (`[webhook]`); off without a url."""
+
+    url: str | None = None
+    secret: str = ""
+    max_attempts: int = 8
+    timeout_seconds: float = 5.0
+    backoff_seconds: float = 2.0
+    backoff_max_seconds: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     general: GeneralConfig = GeneralConfig()
@@ -132,6 +159,9 @@ class Config:
     queues: QueueConfig = QueueConfig()
     survey: SurveyConfig = SurveyConfig()
     agents: tuple[AgentConfig, ...] = ()
+    outbox_dir: Path = Path("var/outbox")
+    limits: LimitsConfig = LimitsConfig()
+    webhook: WebhookConfig = WebhookConfig()
 
     @property
     def flow(self) -> FlowSettings:
@@ -151,13 +181,18 @@ _KNOWN: dict[str, set[str]] = {
     "general": {
         "bind", "port", "advertised_ip", "rtp_port_min", "rtp_port_max", "codecs",
         "ring_seconds", "company", "timezone", "numbers", "user_agent", "status_file",
-        "max_calls", "max_call_seconds",
+        "max_calls", "max_call_seconds", "drain_seconds",
     },
     "greeting": {"dayparts"},
     "silence": {"wait_seconds", "attempts", "last_prompt", "vad_aggressiveness", "speech_ms"},
     "holidays": {"file"},
     "prompts": {"voice", "rate", "cache_dir", "recorded_dir"},  # plus text.<prompt id>
-    "database": {"url"},
+    "database": {"url", "outbox_dir"},
+    "limits": {
+        "invite_per_second", "register_per_second", "options_per_second", "other_per_second",
+        "auth_failures", "auth_ban_seconds", "trusted",
+    },
+    "webhook": {"url", "secret", "max_attempts", "timeout_seconds", "backoff_seconds", "backoff_max_seconds"},
     "log": {"level", "format"},
     "tiers": {"senior_assets", "senior_volume", "middle_assets", "middle_volume"},
     "menu": {"enabled", "timeout_seconds", "default", "senior_only", *"0123456789"},
@@ -306,6 +341,7 @@ def load_config(path: Path) -> Config:
         user_agent=r.get("general", "user_agent", g.user_agent, str, "a string"),
         max_calls=int(r.number("general", "max_calls", g.max_calls, 1, 100_000, int)),
         max_call_seconds=r.number("general", "max_call_seconds", g.max_call_seconds, 60, 86_400),
+        drain_seconds=r.number("general", "drain_seconds", g.drain_seconds, 0, 86_400),
     )
 
     s = SilenceConfig()
@@ -349,6 +385,9 @@ def load_config(path: Path) -> Config:
         for key in ("senior_assets", "senior_volume", "middle_assets", "middle_volume")
     })
     return Config(
+        outbox_dir=r.file_path("database", "outbox_dir", path.parent / "var" / "outbox") or Path("var/outbox"),
+        limits=_limits(r),
+        webhook=_webhook(r),
         tiers=tiers,
         menu=_menu(r),
         queues=_queues(r),
@@ -451,6 +490,50 @@ def _queues(r: _Reader) -> QueueConfig:
         overflow=r.get("queues", "overflow", q.overflow, overflow, "an overflow list like senior>middle"),
         complaints_overflow=r.get("queues", "complaints_overflow", q.complaints_overflow, _bool, "yes or no"),
     )
+
+
+def _limits(r: _Reader) -> LimitsConfig:
+    d = LimitsConfig()
+    rates = {
+        key: r.number("limits", key, getattr(d, key), 0.1, 100_000)
+        for key in ("invite_per_second", "register_per_second", "options_per_second", "other_per_second")
+    }
+    return LimitsConfig(
+        **rates,
+        auth_failures=int(r.number("limits", "auth_failures", d.auth_failures, 1, 10_000, int)),
+        auth_ban_seconds=r.number("limits", "auth_ban_seconds", d.auth_ban_seconds, 0, 86_400),
+        trusted=r.get("limits", "trusted", d.trusted, _addresses, "a comma-separated list of IP addresses"),
+    )
+
+
+def _addresses(raw: str) -> frozenset[str]:
+    found = frozenset(a.strip() for a in raw.split(",") if a.strip())
+    for address in found:
+        ipaddress.ip_address(address)  # ValueError names the bad one
+    return found
+
+
+def _webhook(r: _Reader) -> WebhookConfig:
+    d = WebhookConfig()
+
+    def url(raw: str) -> str | None:
+        if not raw:
+            return None
+        if not raw.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return raw
+
+    hook = WebhookConfig(
+        url=r.get("webhook", "url", None, url, "an http(s) URL"),
+        secret=r.get("webhook", "secret", "", str, "a shared secret"),
+        max_attempts=int(r.number("webhook", "max_attempts", d.max_attempts, 1, 100, int)),
+        timeout_seconds=r.number("webhook", "timeout_seconds", d.timeout_seconds, 0.5, 120),
+        backoff_seconds=r.number("webhook", "backoff_seconds", d.backoff_seconds, 0.1, 3600),
+        backoff_max_seconds=r.number("webhook", "backoff_max_seconds", d.backoff_max_seconds, 1, 86_400),
+    )
+    if hook.url and len(hook.secret) < 16:
+        raise r.error("webhook", "secret", "needs 16 characters or more: the receiver checks each push's HMAC with it")
+    return hook
 
 
 def _survey(r: _Reader) -> SurveyConfig:

@@ -86,6 +86,7 @@ from ivr.events import (
     TimerFired,
 )
 from ivr.greeting import Greeter
+from ivr.guard import SourceGuard, Verdict
 from ivr.registrar import Challenge, Refused, Registered, Registrar
 from ivr.service import SEAT_GROUPS
 from ivr.vad import SpeechDetector
@@ -432,6 +433,7 @@ class Engine:
         self.agent_legs: dict[str, AgentLeg] = {}  # by the agent call's Call-ID
         self.acd = Acd.from_agents(config.agents, config.queues, tuple(SEAT_GROUPS))
         self.registrar = Registrar({a.number: a.secret for a in config.agents if a.secret})
+        self.guard = SourceGuard(config.limits)
         self.registrations: dict[str, asyncio.TimerHandle] = {}
         self._register_replies: dict[str, tuple[float, int, str, dict[str, str]]] = {}
         self._wrap_up: dict[str, asyncio.TimerHandle] = {}
@@ -479,6 +481,23 @@ class Engine:
         # overflow eligibility grows with waiting time: re-run the ACD every second
         self._assign_task = asyncio.get_running_loop().create_task(self._assign_every_second())
 
+    async def drain(self, limit_s: float, hurry: asyncio.Event) -> int:
+        """Take no new calls (503) and wait for the calls up to finish, at most `limit_s`.
+
+        Returns how many calls were still up when the wait ended.
+        """
+        self.accepting = False
+        deadline = asyncio.get_running_loop().time() + limit_s
+        while self.legs and not hurry.is_set():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            try:
+                await asyncio.wait_for(hurry.wait(), timeout=min(0.2, left))
+            except TimeoutError:
+                pass
+        return len(self.legs)
+
     async def stop(self) -> None:
         """End every call politely (BYE or 503), close media, stop listening."""
         self.accepting = False
@@ -500,6 +519,8 @@ class Engine:
     # --- SIP callbacks --------------------------------------------------------------
 
     def _on_sip_message(self, msg: SipRequest | SipResponse, addr: tuple[str, int]) -> None:
+        if isinstance(msg, SipRequest) and not self._admit(msg, addr):
+            return
         try:
             self.uas._on_message(msg, addr)  # noqa: SLF001
         except ValueError as exc:
@@ -515,6 +536,29 @@ class Engine:
                     self.uas._send_error(msg, 400, "Bad Request")  # noqa: SLF001
                 except Exception:  # headers too broken to build an answer from: dropped, and logged above
                     pass
+
+    def _admit(self, request: SipRequest, addr: tuple[str, int]) -> bool:
+        """Per-source limits, the auth ban and draining; answers what it refuses."""
+        verdict = self.guard.admit(request.method, addr[0])
+        if verdict is Verdict.ADMIT:
+            if request.method == "OPTIONS" and not self.accepting:
+                # a load balancer probing with OPTIONS takes this worker out of rotation
+                self._refuse(request, 503, "Service Unavailable", {"Retry-After": "30"})
+                return False
+            return True
+        if verdict is Verdict.REFUSE:
+            self._refuse(request, 503, "Service Unavailable", {"Retry-After": "5"})
+        elif verdict is Verdict.BANNED:
+            self._refuse(request, 403, "Forbidden", {})
+        return False
+
+    def _refuse(self, request: SipRequest, status: int, reason: str, headers: dict[str, str]) -> None:
+        if not request.via:
+            return
+        try:
+            self.uas._send_error(request, status, reason, extra_headers=headers)  # noqa: SLF001
+        except Exception:  # too broken to answer: dropped
+            pass
 
     def _reject(self, call: IncomingCall, status: int, reason: str, why: str, retry_after: int | None = None) -> None:
         if retry_after is None:
@@ -698,8 +742,7 @@ class Engine:
             case Challenge(header=header):
                 return 401, "Unauthorized", {"WWW-Authenticate": header}
             case Refused(user=user, reason=reason):
-                # one line per failure, fail2ban-friendly: source address first
-                log.warning("auth_failed", source=addr[0], port=addr[1], user=user, reason=reason)
+                self.guard.auth_failed(addr[0], addr[1], user, reason)
                 return 403, "Forbidden", {}
             case Registered(agent=agent, contact=where, expires=granted):
                 self._bind_agent(agent, where, granted)

@@ -1,0 +1,195 @@
+"""The local outbox: every CRM record is on disk before anything else happens to it.
+
+The event loop appends each record as one JSON line to the current segment
+file with a single `write(2)` (no Python buffering), so once `append` returns
+the record survives the process being killed (`kill -9`, a crash): the kernel
+has it. The writer thread fsyncs before each batch it applies, which bounds
+what a power failure can take to the records of one batch interval.
+
+Records are numbered; the CRM database keeps, per outbox (its `stream`), the
+highest number applied, updated in the same transaction as the records. On
+start-up the writer replays whatever the journal holds past that number, so
+every record is applied exactly once however the previous process ended.
+
+Layout of the directory::
+
+    stream                   one line: this outbox's id (created once)
+    000000000001.jsonl       a segment, named after its first sequence number
+    000000004097.jsonl       the active segment (always the last one)
+
+Closed segments are deleted once everything in them has been applied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+import structlog
+
+from ivr.events import CallRecord, OpenTicket, RecordCall, RecordEvent, RecordSurvey
+
+log = structlog.get_logger(__name__)
+
+Record = RecordCall | RecordEvent | RecordSurvey | OpenTicket
+_KINDS: dict[type, str] = {RecordCall: "call", RecordEvent: "event", RecordSurvey: "survey", OpenTicket: "ticket"}
+_TIMES = {
+    "call": ("started_at", "answered_at", "ended_at"),
+    "event": ("at",),
+    "survey": ("at",),
+    "ticket": ("at", "next_feedback_due"),
+}
+_SUFFIX = ".jsonl"
+
+
+class OutboxError(Exception):
+    """The outbox directory cannot be used (not writable, or a segment is unreadable)."""
+
+
+def encode(seq: int, record: Record) -> bytes:
+    kind = _KINDS[type(record)]
+    fields = asdict(record.record) if isinstance(record, RecordCall) else asdict(record)
+    for key in _TIMES[kind]:
+        if fields[key] is not None:
+            fields[key] = fields[key].isoformat()
+    return json.dumps({"seq": seq, "kind": kind, "r": fields}, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> tuple[int, Record]:
+    doc = json.loads(line)
+    kind, fields = doc["kind"], doc["r"]
+    for key in _TIMES[kind]:
+        if fields[key] is not None:
+            fields[key] = datetime.fromisoformat(fields[key])
+    record: Record
+    if kind == "call":
+        record = RecordCall(CallRecord(**fields))
+    elif kind == "event":
+        record = RecordEvent(**fields)
+    elif kind == "survey":
+        record = RecordSurvey(**fields)
+    else:
+        record = OpenTicket(**fields)
+    return int(doc["seq"]), record
+
+
+class Outbox:
+    """Append-only, segmented journal of CRM records in one directory."""
+
+    def __init__(self, directory: Path, *, segment_bytes: int = 4 << 20) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            stream_file = directory / "stream"
+            if not stream_file.exists():
+                stream_file.write_text(f"{uuid.uuid4().hex[:16]}\n")
+            self.stream = stream_file.read_text().strip()
+        except OSError as exc:
+            raise OutboxError(f"outbox directory {directory}: {exc.strerror or exc}") from exc
+        segments = self._segments()
+        last_seq = 0
+        if segments:
+            first, path = segments[-1]
+            last_seq = first - 1
+            for seq, _ in self._read(path):
+                last_seq = seq
+        self._seq = last_seq
+        self._lock = threading.Lock()  # guards _closed (appended by the loop, pruned by the writer)
+        self._closed: list[tuple[int, Path]] = []  # (last seq, path) of segments no longer written
+        for (first, path), (next_first, _) in zip(segments, segments[1:], strict=False):
+            self._closed.append((next_first - 1, path))
+        self._fd = -1
+        self._size = 0
+        self._open(segments[-1][1] if segments else self._path(last_seq + 1))
+
+    # --- the event loop's side ---------------------------------------------------
+
+    def append(self, record: Record) -> int:
+        """Journal one record; returns its sequence number. One write(2), no fsync."""
+        self._seq += 1
+        line = encode(self._seq, record)
+        if self._size + len(line) > self.segment_bytes and self._size > 0:
+            self._rotate()
+        os.write(self._fd, line)
+        self._size += len(line)
+        return self._seq
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    # --- the writer thread's side ------------------------------------------------
+
+    def sync(self) -> None:
+        """fsync the active segment (the writer calls this before applying a batch)."""
+        try:
+            os.fsync(self._fd)
+        except OSError:  # closed by a concurrent rotation: that segment was fsynced on close
+            pass
+
+    def applied(self, seq: int) -> None:
+        """Everything up to `seq` is in the CRM: delete closed segments it covers."""
+        with self._lock:
+            done = [(last, path) for last, path in self._closed if last <= seq]
+            self._closed = [(last, path) for last, path in self._closed if last > seq]
+        for _, path in done:
+            path.unlink(missing_ok=True)
+
+    def pending(self, after: int) -> Iterator[tuple[int, Record]]:
+        """Records journaled after sequence number `after`, oldest first (for replay)."""
+        for _, path in self._segments():
+            for seq, record in self._read(path):
+                if seq > after:
+                    yield seq, record
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+    # --- files -------------------------------------------------------------------
+
+    def _path(self, first_seq: int) -> Path:
+        return self.directory / f"{first_seq:012d}{_SUFFIX}"
+
+    def _segments(self) -> list[tuple[int, Path]]:
+        found = []
+        for path in self.directory.glob(f"*{_SUFFIX}"):
+            try:
+                found.append((int(path.stem), path))
+            except ValueError:
+                log.warning("outbox_stray_file", path=str(path))
+        return sorted(found)
+
+    def _read(self, path: Path) -> Iterator[tuple[int, Record]]:
+        with path.open("rb") as f:
+            for number, line in enumerate(f, 1):
+                if not line.endswith(b"\n"):
+                    # a torn last line: the process died inside write(2) (or the disk filled);
+                    # the record was never acknowledged, so nothing that was kept is lost
+                    log.warning("outbox_torn_line", path=str(path), line=number, bytes=len(line))
+                    return
+                try:
+                    yield decode(line)
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise OutboxError(f"{path}:{number}: unreadable outbox record: {exc}") from exc
+
+    def _open(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._size = os.fstat(self._fd).st_size
+        self._active = path
+
+    def _rotate(self) -> None:
+        os.fsync(self._fd)
+        os.close(self._fd)
+        with self._lock:
+            self._closed.append((self._seq - 1, self._active))
+        self._open(self._path(self._seq))
