@@ -125,6 +125,7 @@ class LimitsConfig:
     register_per_second: float = 10.0
     options_per_second: float = 10.0
     other_per_second: float = 50.0  # every other method, in-dialog requests included
+    excess: str = "drop"  # or "reply": 503 + Retry-After (at most 5 a second per source)
     auth_failures: int = 10  # failed digest attempts from one address within a minute ...
     auth_ban_seconds: float = 600.0  # ... bar it from registering for this long
     trusted: frozenset[str] = frozenset()  # addresses exempt (a SIP load balancer in front)
@@ -190,7 +191,7 @@ _KNOWN: dict[str, set[str]] = {
     "database": {"url", "outbox_dir"},
     "limits": {
         "invite_per_second", "register_per_second", "options_per_second", "other_per_second",
-        "auth_failures", "auth_ban_seconds", "trusted",
+        "auth_failures", "auth_ban_seconds", "trusted", "excess",
     },
     "webhook": {"url", "secret", "max_attempts", "timeout_seconds", "backoff_seconds", "backoff_max_seconds"},
     "log": {"level", "format"},
@@ -500,6 +501,7 @@ def _limits(r: _Reader) -> LimitsConfig:
     }
     return LimitsConfig(
         **rates,
+        excess=r.get("limits", "excess", d.excess, lambda v: v if v in ("drop", "reply") else _raise("choose drop or reply"), "drop or reply"),
         auth_failures=int(r.number("limits", "auth_failures", d.auth_failures, 1, 10_000, int)),
         auth_ban_seconds=r.number("limits", "auth_ban_seconds", d.auth_ban_seconds, 0, 86_400),
         trusted=r.get("limits", "trusted", d.trusted, _addresses, "a comma-separated list of IP addresses"),

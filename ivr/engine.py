@@ -88,6 +88,7 @@ from ivr.events import (
 from ivr.greeting import Greeter
 from ivr.guard import SourceGuard, Verdict
 from ivr.registrar import Challenge, Refused, Registered, Registrar
+from ivr.sanity import check_request
 from ivr.service import SEAT_GROUPS
 from ivr.vad import SpeechDetector
 from prompts.library import PromptLibrary
@@ -127,12 +128,24 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
 
 class UvloopUdpTransport(UdpSipTransport):
-    """aiosipua's UDP transport, started with a protocol that runs on uvloop."""
+    """aiosipua's UDP transport, started with a protocol that runs on uvloop.
+
+    It also keeps the Request-Line of the datagram being dispatched: aiosipua
+    0.7.1 drops the SIP-Version and tolerates extra words, and the adapter's
+    RFC 3261 checks (`ivr.sanity`) need the line as sent.
+    """
+
+    request_line = ""
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), local_addr=self.local_addr)
         self._udp_transport = transport
+
+    def _dispatch(self, data: bytes, addr: tuple[str, int]) -> None:
+        end = data.find(b"\n", 0, 8192)
+        self.request_line = data[: end if end >= 0 else 8192].rstrip(b"\r").decode("utf-8", "replace")
+        super()._dispatch(data, addr)
 
 
 def g711_encoders(payload_types: list[int]) -> dict[int, Callable[[bytes], bytes]]:
@@ -519,7 +532,18 @@ class Engine:
     # --- SIP callbacks --------------------------------------------------------------
 
     def _on_sip_message(self, msg: SipRequest | SipResponse, addr: tuple[str, int]) -> None:
-        if isinstance(msg, SipRequest) and not self._admit(msg, addr):
+        if isinstance(msg, SipRequest):
+            if not self._admit(msg, addr):
+                return
+            refusal = check_request(msg, self.transport.request_line)
+            if refusal is not None:
+                log.warning("sip_bad_request", source=f"{addr[0]}:{addr[1]}", method=msg.method[:20],
+                            status=refusal.status, error=refusal.why)
+                if msg.method != "ACK":
+                    self._refuse(msg, refusal.status, refusal.reason, refusal.headers)
+                return
+        elif not 100 <= msg.status_code <= 699:
+            log.warning("sip_bad_response", source=f"{addr[0]}:{addr[1]}", error=f"status code {msg.status_code}")
             return
         try:
             self.uas._on_message(msg, addr)  # noqa: SLF001
@@ -560,13 +584,17 @@ class Engine:
         except Exception:  # too broken to answer: dropped
             pass
 
-    def _reject(self, call: IncomingCall, status: int, reason: str, why: str, retry_after: int | None = None) -> None:
-        if retry_after is None:
+    def _reject(self, call: IncomingCall, status: int, reason: str, why: str, retry_after: int | None = None,
+                headers: dict[str, str] | None = None) -> None:
+        headers = dict(headers or {})
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        if not headers:
             call.reject(status, reason)
         else:
             # aiosipua 0.7.1 IncomingCall.reject() takes no extra headers; send the
-            # response ourselves so overload answers carry Retry-After (RFC 3261 20.33).
-            call._send_response(status, reason, extra_headers={"Retry-After": str(retry_after)})  # noqa: SLF001
+            # response ourselves so e.g. overload answers carry Retry-After (RFC 3261 20.33).
+            call._send_response(status, reason, extra_headers=headers)  # noqa: SLF001
             call.dialog.terminate()
         log.info("invite_rejected", call_id=call.call_id, status=status, reason=why, source=f"{call.source_addr[0]}:{call.source_addr[1]}")
         asyncio.get_running_loop().call_later(REJECTED_FORGET_S, self.uas._calls.pop, call.call_id, None)  # noqa: SLF001
@@ -583,6 +611,18 @@ class Engine:
             return
         if callee not in self.config.general.numbers:
             self._reject(call, 404, "Not Found", f"unknown number {callee!r}")
+            return
+        content_type = (call.invite.content_type or "").split(";")[0].strip().lower()
+        if call.invite.body and content_type != "application/sdp":
+            self._reject(call, 415, "Unsupported Media Type", f"body of type {content_type[:40]!r}",
+                         headers={"Accept": "application/sdp"})
+            return
+        accept = call.invite.get_header("accept")
+        if accept is not None and not {"application/sdp", "application/*", "*/*"} & {
+            a.split(";")[0].strip().lower() for a in accept.split(",")
+        }:
+            self._reject(call, 406, "Not Acceptable", f"Accept {accept[:40]!r} excludes application/sdp",
+                         headers={"Accept": "application/sdp"})
             return
         if call.sdp_offer is None:
             self._reject(call, 488, "Not Acceptable Here", "no SDP offer (late offer is not supported)")

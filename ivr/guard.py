@@ -3,9 +3,11 @@
 Every SIP request passes `SourceGuard.admit` before the stack sees it. Each
 source address has a moving-window budget per method group (INVITE,
 REGISTER, OPTIONS, everything else; `[limits]` in sip.conf). Over budget, the
-request is refused with 503 + Retry-After — at most `reply_per_second`
-answers a second per source, the rest are dropped silently, so a flood is not
-amplified. ACKs are never limited (they complete transactions and get no
+request is dropped silently (`excess = drop`, the default: a scanner learns
+nothing, and a real client's retransmission timers back off by themselves),
+or refused with 503 + Retry-After (`excess = reply`) — at most
+`REPLY_PER_SECOND` answers a second per source, the rest dropped, so a flood
+is not amplified. ACKs are never limited (they complete transactions and get no
 answer). Addresses in `[limits] trusted` (a load balancer in front) skip the
 checks.
 
@@ -81,7 +83,7 @@ class SourceGuard:
         group = method if method in self._items else "*"
         if self._limiter.hit(self._items[group], source, group):
             return Verdict.ADMIT
-        reply = self._limiter.hit(self._reply, source, "reply")
+        reply = self.config.excess == "reply" and self._limiter.hit(self._reply, source, "reply")
         self._count(source, group, reply)
         return Verdict.REFUSE if reply else Verdict.DROP
 

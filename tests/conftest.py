@@ -124,8 +124,12 @@ class IvrProcess:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def stop(self, timeout: float = 20) -> int:
+        """SIGTERM twice: drain, then without waiting for calls (test teardown)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
             try:
                 return self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -226,7 +230,8 @@ class SippRun:
 
 
 def sipp(tmp: Path, scenario: str, ivr_port: int, *, service: str = "95000", calls: int = 1,
-         callers: str = "callers.csv", extra: tuple[str, ...] = (), timeout_s: int = 90) -> SippRun:
+         callers: str = "callers.csv", extra: tuple[str, ...] = (), timeout_s: int = 90,
+         local_ip: str = "127.0.0.1") -> SippRun:
     """Start SIPp with one of tests/scenarios against the IVR on loopback."""
     if shutil.which("sipp") is None:
         pytest.fail("sipp not installed: scripts/bootstrap.sh installs Debian's sip-tester")
@@ -235,7 +240,7 @@ def sipp(tmp: Path, scenario: str, ivr_port: int, *, service: str = "95000", cal
     cmd = [
         "sipp", f"127.0.0.1:{ivr_port}", "-sf", str(SCENARIOS / f"{scenario}.xml"),
         "-inf", str(SCENARIOS / callers), "-s", service, "-m", str(calls),
-        "-i", "127.0.0.1", "-p", str(free_port()), "-mi", "127.0.0.1", "-mp", str(free_port(even=True)),
+        "-i", local_ip, "-p", str(free_port()), "-mi", local_ip, "-mp", str(free_port(even=True)),
         "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error",
         "-trace_logs", "-log_file", str(log_file), "-trace_err", "-error_file", str(err_file), *extra,
     ]
