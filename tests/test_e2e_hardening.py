@@ -105,7 +105,8 @@ def test_flood_of_malformed_datagrams_then_a_normal_call_succeeds(ivr_factory, t
 
     assert ivr.proc.poll() is None, "the IVR died under malformed input"
     assert replies["404"] > 0, "well-formed INVITEs to an unknown number still get 404"
-    assert not {s for s in replies if s.startswith("5")}, f"server errors: {replies}"
+    # 501 (unknown method) and 505 (SIP version) are answers to the input; any other 5xx is our failure
+    assert not {s for s in replies if s.startswith("5") and s not in ("501", "505")}, f"server errors: {replies}"
     finished(sipp(tmp_path, "options", ivr.port, timeout_s=10), 20)
     finished(sipp(tmp_path, "cancel_caller", ivr.port, timeout_s=10), 20)
     log = ivr.log()

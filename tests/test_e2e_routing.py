@@ -193,7 +193,7 @@ def test_wrong_password_is_refused_and_logged_for_fail2ban(ivr_factory, tmp_path
     phone = softphone_agent(ivr, "801", "not-the-password")
     assert wait_line(phone, "registered") == "registered 403"
     phone.wait(20)
-    assert re.search(r"event='auth_failed' source='127\.0\.0\.1' port=\d+ user='801' reason='wrong password'", ivr.log())
+    assert re.search(r"event='auth_failed' source='127\.0\.0\.1:\d+' user='801' reason='wrong password'", ivr.log())
     assert "agent_registered" not in ivr.log()
 
 
