@@ -53,6 +53,7 @@ class GeneralConfig:
     max_calls: int = 500
     max_call_seconds: float = 3600.0
     drain_seconds: float = 120.0
+    rtp_strict: bool = True
 
     @property
     def payload_types(self) -> list[int]:
@@ -182,7 +183,7 @@ _KNOWN: dict[str, set[str]] = {
     "general": {
         "bind", "port", "advertised_ip", "rtp_port_min", "rtp_port_max", "codecs",
         "ring_seconds", "company", "timezone", "numbers", "user_agent", "status_file",
-        "max_calls", "max_call_seconds", "drain_seconds",
+        "max_calls", "max_call_seconds", "drain_seconds", "rtp_strict",
     },
     "greeting": {"dayparts"},
     "silence": {"wait_seconds", "attempts", "last_prompt", "vad_aggressiveness", "speech_ms"},
@@ -343,6 +344,7 @@ def load_config(path: Path) -> Config:
         max_calls=int(r.number("general", "max_calls", g.max_calls, 1, 100_000, int)),
         max_call_seconds=r.number("general", "max_call_seconds", g.max_call_seconds, 60, 86_400),
         drain_seconds=r.number("general", "drain_seconds", g.drain_seconds, 0, 86_400),
+        rtp_strict=r.get("general", "rtp_strict", g.rtp_strict, _bool, "yes or no"),
     )
 
     s = SilenceConfig()

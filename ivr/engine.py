@@ -127,6 +127,32 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         log.warning("sip_udp_error", error=str(exc))
 
 
+class StrictRtp:
+    """Drops inbound RTP that is not from the address the caller's SDP named.
+
+    aiortp 0.8.0 takes RTP from any source, and a packet with a new SSRC
+    resets its jitter buffer; it also logs a warning for every datagram it
+    cannot parse. So a stranger spraying the RTP port range could inject
+    audio (fake speech that defeats the silent-call routine, fake digits) or
+    flood the log. This wrapper sits in front of aiortp's RTP callback and
+    counts what it drops; the leg logs the counts once when it closes.
+    """
+
+    __slots__ = ("inner", "want", "stray", "malformed")
+
+    def __init__(self, inner: Callable[[bytes, tuple[str, int]], None], want: tuple[str, int]) -> None:
+        self.inner, self.want = inner, want
+        self.stray = self.malformed = 0
+
+    def __call__(self, data: bytes, addr: tuple[str, int]) -> None:
+        if addr != self.want:
+            self.stray += 1
+        elif len(data) < 12 or data[0] >> 6 != 2:  # not RTP version 2
+            self.malformed += 1
+        else:
+            self.inner(data, addr)
+
+
 class UvloopUdpTransport(UdpSipTransport):
     """aiosipua's UDP transport, started with a protocol that runs on uvloop.
 
@@ -236,6 +262,7 @@ class Leg:
         self.log = log.bind(call_id=self.call_id)
         self.flow = CallFlow(self.call_id, engine.config.flow, engine.greeter)
         self.rtp: aiortp.RTPSession | None = None
+        self.rtp_guard: StrictRtp | None = None
         self.rtp_port: int | None = None
         self.sdp_answer = None
         self.payload_type = 0
@@ -402,6 +429,10 @@ class Leg:
         if self.rtp is not None:
             rtp, self.rtp = self.rtp, None
             await rtp.close()
+        guard = self.rtp_guard
+        if guard is not None and (guard.stray or guard.malformed):
+            self.log.warning("rtp_dropped", stray=guard.stray, malformed=guard.malformed,
+                             expected_from=f"{guard.want[0]}:{guard.want[1]}")
         self.engine._release_port(self)
 
 
@@ -572,8 +603,7 @@ class Engine:
             return True
         if verdict is Verdict.REFUSE:
             self._refuse(request, 503, "Service Unavailable", {"Retry-After": "5"})
-        elif verdict is Verdict.BANNED:
-            self._refuse(request, 403, "Forbidden", {})
+        # DROP and BANNED: no answer at all, so a password guesser learns nothing more
         return False
 
     def _refuse(self, request: SipRequest, status: int, reason: str, headers: dict[str, str]) -> None:
@@ -691,6 +721,8 @@ class Engine:
             self._release_port(leg)
             return
         leg.rtp = rtp
+        if self.config.general.rtp_strict:
+            leg.rtp_guard = rtp._rtp_transport._on_rtp = StrictRtp(rtp._rtp_transport._on_rtp, remote)  # noqa: SLF001
         rtp.on_dtmf = leg.on_dtmf
         if leg.deferred_timer is not None:
             leg.fire_timer(leg.deferred_timer)

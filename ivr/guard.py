@@ -41,7 +41,7 @@ class Verdict(Enum):
     ADMIT = "admit"
     REFUSE = "refuse"  # answer 503 + Retry-After
     DROP = "drop"  # say nothing
-    BANNED = "banned"  # answer 403: this source is barred from registering
+    BANNED = "banned"  # this source is barred from registering: no answer
 
 
 def per_second(rate: float) -> RateLimitItem:
