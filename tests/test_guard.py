@@ -1,0 +1,105 @@
+"""Per-source limits, the auth ban, the fail2ban filter, and the RFC 3261 request checks."""
+
+from __future__ import annotations
+
+import io
+import re
+from contextlib import redirect_stderr
+from pathlib import Path
+
+import structlog
+from aiosipua import SipMessage
+
+from ivr.config import LimitsConfig
+from ivr.guard import SourceGuard, Verdict
+from ivr.logs import configure_logging
+from ivr.sanity import check_request
+
+FILTER = Path(__file__).parent.parent / "contrib" / "fail2ban" / "filter.d" / "hotline-ivr.conf"
+
+
+def test_each_source_gets_its_own_budget_per_method() -> None:
+    guard = SourceGuard(LimitsConfig(register_per_second=5, invite_per_second=20))
+    verdicts = [guard.admit("REGISTER", "192.0.2.1") for _ in range(50)]
+    assert verdicts.count(Verdict.ADMIT) == 5 and verdicts.count(Verdict.DROP) == 45
+    assert guard.admit("REGISTER", "192.0.2.2") is Verdict.ADMIT, "another address is not affected"
+    assert guard.admit("INVITE", "192.0.2.1") is Verdict.ADMIT, "nor another method"
+    assert guard.admit("ACK", "192.0.2.1") is Verdict.ADMIT, "ACKs are never limited"
+
+
+def test_excess_reply_answers_at_most_five_a_second() -> None:
+    guard = SourceGuard(LimitsConfig(options_per_second=1, excess="reply"))
+    verdicts = [guard.admit("OPTIONS", "192.0.2.1") for _ in range(100)]
+    assert verdicts.count(Verdict.ADMIT) == 1 and verdicts.count(Verdict.REFUSE) == 5
+
+
+def test_trusted_addresses_are_not_limited() -> None:
+    guard = SourceGuard(LimitsConfig(invite_per_second=1, trusted=frozenset({"10.0.0.5"})))
+    assert all(guard.admit("INVITE", "10.0.0.5") is Verdict.ADMIT for _ in range(100))
+
+
+def test_repeated_auth_failures_bar_the_source_from_registering() -> None:
+    guard = SourceGuard(LimitsConfig(auth_failures=3, auth_ban_seconds=600, register_per_second=1000))
+    for _ in range(3):
+        guard.auth_failed("192.0.2.9", 5060, "801", "wrong password")
+    assert guard.admit("REGISTER", "192.0.2.9") is Verdict.ADMIT
+    guard.auth_failed("192.0.2.9", 5060, "801", "wrong password")  # the 4th within a minute
+    assert guard.admit("REGISTER", "192.0.2.9") is Verdict.BANNED
+    assert guard.admit("INVITE", "192.0.2.9") is Verdict.ADMIT, "callers from that address still get through"
+    assert guard.admit("REGISTER", "192.0.2.10") is Verdict.ADMIT
+
+
+def test_fail2ban_filter_matches_both_log_formats() -> None:
+    patterns = [line.split("=", 1)[-1].strip() for line in FILTER.read_text().split("[Definition]")[1].splitlines()
+                if line.strip() and not line.startswith(("ignoreregex", "#"))]
+    regexes = [re.compile(p.replace("<HOST>", r"(?P<host>[\d.]+)")) for p in patterns]
+    for fmt in ("console", "json"):
+        err = io.StringIO()
+        with redirect_stderr(err):
+            configure_logging("info", fmt)
+            structlog.get_logger("ivr.security").warning("auth_failed", source="203.0.113.9:5060", user="801", reason="wrong password")
+        line = err.getvalue().strip().splitlines()[-1]
+        hosts = [m.group("host") for r in regexes if (m := r.search(line))]
+        assert hosts == ["203.0.113.9"], (fmt, line)
+    configure_logging("info", "console")
+
+
+def request(text: str) -> tuple:  # type: ignore[type-arg]
+    raw = text.replace("\n", "\r\n").encode()
+    return SipMessage.parse(raw), raw.split(b"\r\n", 1)[0].decode()
+
+
+OK = """INVITE sip:95000@127.0.0.1 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5070;rport;branch=z9hG4bK1
+From: "张三" <sip:13800000001@127.0.0.1>;tag=1
+To: <sip:95000@127.0.0.1>
+Call-ID: c1
+CSeq: 1 INVITE
+Max-Forwards: 70
+Content-Length: 0
+
+"""
+
+
+def test_a_well_formed_request_passes() -> None:
+    assert check_request(*request(OK)) is None
+
+
+def test_typical_breakage_is_refused_with_the_rfc_status() -> None:
+    cases = {
+        OK.replace("SIP/2.0\nVia", "SIP/3.0\nVia"): 505,
+        OK.replace("INVITE sip:95000", "INVITE  sip:95000"): 400,
+        OK.replace("INVITE sip:", "INVITE tel2:", 1): 416,
+        OK.replace("CSeq: 1 INVITE", "CSeq: 1 BYE"): 400,
+        OK.replace("CSeq: 1 INVITE", "CSeq: 4294967296 INVITE"): 400,
+        OK.replace("Max-Forwards: 70", "Max-Forwards: 300"): 400,
+        OK.replace("Content-Length: 0", "Content-Length: 10"): 400,
+        OK.replace("Call-ID: c1", "Call-ID: c1\nCall-ID: c2"): 400,
+        OK.replace('From: "张三"', 'From: "张三'): 400,
+        OK.replace("To: <sip:95000@127.0.0.1>", "To: < sip:95000@127.0.0.1 >"): 400,
+        OK.replace("Max-Forwards: 70", "Max-Forwards: 70\nRequire: 100rel"): 420,
+        OK.replace("INVITE sip", "FROB sip").replace("1 INVITE", "1 FROB"): 501,
+    }
+    for text, status in cases.items():
+        refusal = check_request(*request(text))
+        assert refusal is not None and refusal.status == status, (status, refusal, text.splitlines()[0])
