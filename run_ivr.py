@@ -95,11 +95,18 @@ async def serve(config: Config, prompts: PromptLibrary) -> int:
     greeter = Greeter(config.dayparts, config.general.zone, HolidayCalendar(config.holidays_file))
     engine = Engine(config, prompts, writer, greeter, directory=lambda phone: lookup_caller(db, phone, config.tiers))
     await engine.start()
+    if config.metrics_port:
+        engine.metrics.serve(config.metrics_bind, config.metrics_port)
+        log.info("metrics", url=f"http://{config.metrics_bind}:{config.metrics_port}/metrics")
     # Everything built so far (prompt frames, config, ORM, libraries) lives until
     # exit: take it out of the cyclic GC, whose full collections would otherwise
     # walk it all and stall the 20 ms media clock.
     gc.collect()
     gc.freeze()
+    # The CRM writer, webhook and look-up threads hold the GIL for up to the
+    # switch interval (5 ms by default) before the event loop gets it back,
+    # which shows up directly as RTP send jitter. 0.5 ms bounds that.
+    sys.setswitchinterval(0.0005)
 
     drain, hurry = asyncio.Event(), asyncio.Event()
 

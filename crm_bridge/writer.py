@@ -18,12 +18,12 @@ a delivery in `webhook_deliveries` in that same transaction, for
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import UTC, datetime
 
 import structlog
@@ -34,11 +34,12 @@ from sqlalchemy.orm import Session
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
 
 from crm_bridge.models import Call, CallEvent, OutboxCheckpoint, Survey, Ticket, WebhookDelivery
-from crm_bridge.outbox import Outbox, Record
+from crm_bridge.outbox import Outbox, Record, shallow_fields
 from ivr.events import OpenTicket, RecordCall, RecordEvent, RecordSurvey
 
 log = structlog.get_logger(__name__)
 _STOP = object()
+_CALLS = Call.__table__
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -54,12 +55,14 @@ class CrmWriter:
         outbox: Outbox | None = None,
         *,
         batch_max: int = 1000,
+        linger: float = 0.05,
         webhook: bool = False,
         on_deliveries: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         self.outbox = outbox
         self.batch_max = batch_max
+        self.linger = linger
         self.webhook = webhook
         self.on_deliveries = on_deliveries  # wakes the webhook pusher
         self._seq = outbox.last_seq if outbox is not None else 0
@@ -132,16 +135,20 @@ class CrmWriter:
         stopping = False
         while not stopping:
             item = self._queue.get()
+            deadline = time.monotonic() + self.linger
             batch: list[tuple[int, Record]] = []
             while True:
                 if item is _STOP:
                     stopping = True
                 else:
                     batch.append(item)  # type: ignore[arg-type]
-                if len(batch) >= self.batch_max:
+                if len(batch) >= self.batch_max or stopping:
                     break
+                # Gather for up to `linger` seconds: under load that turns hundreds of tiny
+                # transactions a second into a few large ones (records are journaled already).
+                wait = deadline - time.monotonic()
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
             if batch:
@@ -184,71 +191,79 @@ class CrmWriter:
             error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}" if exc else "",
         )
 
-    def _upsert(self):  # type: ignore[no-untyped-def]
+    def _insert(self):  # type: ignore[no-untyped-def]
         name = self.engine.dialect.name
         if name == "postgresql":
-            return postgresql.insert(Call)
+            return postgresql.insert
         if name == "sqlite":
-            return sqlite.insert(Call)
+            return sqlite.insert
         raise RuntimeError(f"unsupported CRM database dialect {name!r}; use SQLite or PostgreSQL")
 
+    @functools.cached_property
+    def _upsert_calls(self):  # type: ignore[no-untyped-def]
+        """INSERT … ON CONFLICT (sip_call_id) DO UPDATE, built once (and so compiled once)."""
+        stmt = self._insert()(_CALLS)
+        excluded = stmt.excluded  # a property that builds a new alias on every access
+        return stmt.on_conflict_do_update(
+            index_elements=[_CALLS.c.sip_call_id],
+            set_={c.name: excluded[c.name] for c in _CALLS.c if c.name not in ("id", "sip_call_id")},
+        )
+
     def _apply(self, batch: list[tuple[int, Record]]) -> None:
+        # SQLAlchemy Core on one connection, not the ORM: the writer competes with
+        # the event loop for the GIL, and the ORM's bookkeeping per row was most of
+        # its cost under load (py-spy). The webhook deliveries still use the ORM.
         started = time.perf_counter()
         rows: dict[str, dict[str, object]] = {}
         events: list[RecordEvent | RecordSurvey | OpenTicket] = []
         for _, record in batch:
             if isinstance(record, RecordCall):
-                row = asdict(record.record)
+                row = shallow_fields(record.record)
                 for key in ("started_at", "answered_at", "ended_at"):
                     row[key] = _utc(row[key])  # type: ignore[arg-type]
                 rows[record.record.sip_call_id] = row
             else:
                 events.append(record)
-        with Session(self.engine) as s, s.begin():
+        finished: list[str] = []
+        with self.engine.begin() as conn:
             if rows:
-                stmt = self._upsert()
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=[Call.sip_call_id],
-                    set_={c: getattr(stmt.excluded, c) for c in next(iter(rows.values())) if c != "sip_call_id"},
-                )
-                s.execute(stmt, list(rows.values()))
+                conn.execute(self._upsert_calls, list(rows.values()))
             if events:
                 wanted = {e.sip_call_id for e in events}
-                ids: dict[str, int] = {sid: cid for sid, cid in s.execute(select(Call.sip_call_id, Call.id).where(Call.sip_call_id.in_(wanted)))}
+                ids: dict[str, int] = dict(conn.execute(select(_CALLS.c.sip_call_id, _CALLS.c.id).where(_CALLS.c.sip_call_id.in_(wanted))).all())  # type: ignore[arg-type]
                 missing = wanted - ids.keys()
                 if missing:  # cannot happen: a call's row is always submitted before its events
                     log.error("crm_events_without_call", sip_call_ids=sorted(missing))
-                steps = [
-                    {"call_id": ids[e.sip_call_id], "at": _utc(e.at), "kind": e.kind, "detail": e.detail}
-                    for e in events
-                    if isinstance(e, RecordEvent) and e.sip_call_id in ids
-                ]
+                known = [e for e in events if e.sip_call_id in ids]
+                steps = [{"call_id": ids[e.sip_call_id], "at": _utc(e.at), "kind": e.kind, "detail": e.detail}
+                         for e in known if isinstance(e, RecordEvent)]
                 if steps:
-                    s.execute(insert(CallEvent), steps)
-                for e in events:
-                    if isinstance(e, RecordSurvey) and e.sip_call_id in ids:
-                        s.add(Survey(call_id=ids[e.sip_call_id], at=_utc(e.at), agent_number=e.agent_number,
-                                     seat_group=e.seat_group, score=e.score, label=e.label))
-                    elif isinstance(e, OpenTicket) and e.sip_call_id in ids:
-                        s.add(Ticket(call_id=ids[e.sip_call_id], customer_phone=e.customer_phone,
-                                     agent_number=e.agent_number, seat_group=e.seat_group, status="open",
-                                     opened_at=_utc(e.at), next_feedback_due=_utc(e.next_feedback_due)))
+                    conn.execute(insert(CallEvent.__table__), steps)
+                surveys = [{"call_id": ids[e.sip_call_id], "at": _utc(e.at), "agent_number": e.agent_number,
+                            "seat_group": e.seat_group, "score": e.score, "label": e.label}
+                           for e in known if isinstance(e, RecordSurvey)]
+                if surveys:
+                    conn.execute(insert(Survey.__table__), surveys)
+                tickets = [{"call_id": ids[e.sip_call_id], "customer_phone": e.customer_phone, "agent_number": e.agent_number,
+                            "seat_group": e.seat_group, "status": "open", "opened_at": _utc(e.at),
+                            "next_feedback_due": _utc(e.next_feedback_due)}
+                           for e in known if isinstance(e, OpenTicket)]
+                if tickets:
+                    conn.execute(insert(Ticket.__table__), tickets)
             # the "ended" step is the last record of a call, so its row and steps are all in by now
             finished = [e.sip_call_id for e in events if isinstance(e, RecordEvent) and e.kind == "ended"]
             if self.webhook and finished:
-                add_deliveries(s, finished)
+                with Session(bind=conn) as s:
+                    add_deliveries(s, finished)
+                    s.flush()
             if self.outbox is not None:
-                self._checkpoint(s, batch[-1][0])
+                values = {"stream": self.outbox.stream, "seq": batch[-1][0], "updated_at": datetime.now(UTC)}
+                stmt = self._insert()(OutboxCheckpoint.__table__).values(values)
+                conn.execute(stmt.on_conflict_do_update(
+                    index_elements=["stream"], set_={"seq": values["seq"], "updated_at": values["updated_at"]}))
         if self.webhook and finished and self.on_deliveries is not None:
             self.on_deliveries()
         log.debug("crm_batch_written", rows=len(rows), events=len(events), ms=round(1000 * (time.perf_counter() - started), 1))
-
-    def _checkpoint(self, s: Session, seq: int) -> None:
-        assert self.outbox is not None
-        values = {"stream": self.outbox.stream, "seq": seq, "updated_at": datetime.now(UTC)}
-        insert_ = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
-        stmt = insert_(OutboxCheckpoint).values(values)
-        s.execute(stmt.on_conflict_do_update(index_elements=[OutboxCheckpoint.stream], set_={"seq": seq, "updated_at": values["updated_at"]}))
 
 
 def _iso(moment: datetime | None) -> str | None:

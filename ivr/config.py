@@ -127,6 +127,7 @@ class LimitsConfig:
     options_per_second: float = 10.0
     other_per_second: float = 50.0  # every other method, in-dialog requests included
     excess: str = "drop"  # or "reply": 503 + Retry-After (at most 5 a second per source)
+    max_invites_per_second: float = 1000.0  # all sources together: overload control (503 beyond)
     auth_failures: int = 10  # failed digest attempts from one address within a minute ...
     auth_ban_seconds: float = 600.0  # ... bar it from registering for this long
     trusted: frozenset[str] = frozenset()  # addresses exempt (a SIP load balancer in front)
@@ -164,6 +165,8 @@ class Config:
     outbox_dir: Path = Path("var/outbox")
     limits: LimitsConfig = LimitsConfig()
     webhook: WebhookConfig = WebhookConfig()
+    metrics_bind: str = "127.0.0.1"
+    metrics_port: int = 0  # 0: no metrics endpoint
 
     @property
     def flow(self) -> FlowSettings:
@@ -192,8 +195,9 @@ _KNOWN: dict[str, set[str]] = {
     "database": {"url", "outbox_dir"},
     "limits": {
         "invite_per_second", "register_per_second", "options_per_second", "other_per_second",
-        "auth_failures", "auth_ban_seconds", "trusted", "excess",
+        "auth_failures", "auth_ban_seconds", "trusted", "excess", "max_invites_per_second",
     },
+    "metrics": {"bind", "port"},
     "webhook": {"url", "secret", "max_attempts", "timeout_seconds", "backoff_seconds", "backoff_max_seconds"},
     "log": {"level", "format"},
     "tiers": {"senior_assets", "senior_volume", "middle_assets", "middle_volume"},
@@ -391,6 +395,8 @@ def load_config(path: Path) -> Config:
         outbox_dir=r.file_path("database", "outbox_dir", path.parent / "var" / "outbox") or Path("var/outbox"),
         limits=_limits(r),
         webhook=_webhook(r),
+        metrics_bind=r.get("metrics", "bind", "127.0.0.1", lambda v: str(ipaddress.ip_address(v)), "an IP address"),
+        metrics_port=int(r.number("metrics", "port", 0, 0, 65535, int)),
         tiers=tiers,
         menu=_menu(r),
         queues=_queues(r),
@@ -499,7 +505,8 @@ def _limits(r: _Reader) -> LimitsConfig:
     d = LimitsConfig()
     rates = {
         key: r.number("limits", key, getattr(d, key), 0.1, 100_000)
-        for key in ("invite_per_second", "register_per_second", "options_per_second", "other_per_second")
+        for key in ("invite_per_second", "register_per_second", "options_per_second", "other_per_second",
+                    "max_invites_per_second")
     }
     return LimitsConfig(
         **rates,

@@ -58,10 +58,27 @@ class _Tally:
     since: float = field(default_factory=time.monotonic)
 
 
+class _QuietMemoryStorage(MemoryStorage):
+    """limits' in-memory storage, without the expiry timer thread it starts on every hit.
+
+    limits 5.8's MemoryStorage schedules a 10 ms `threading.Timer` whenever the
+    previous one has finished, i.e. it starts up to a hundred threads a second
+    under load (7% of the event loop at 100 calls/s in py-spy). The engine calls
+    `expire()` once a second instead.
+    """
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # the name-mangled private hook
+        pass
+
+    def expire(self) -> None:
+        self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+
+
 class SourceGuard:
     def __init__(self, config: LimitsConfig) -> None:
         self.config = config
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._storage = _QuietMemoryStorage()
+        self._limiter = MovingWindowRateLimiter(self._storage)
         self._items = {
             "INVITE": per_second(config.invite_per_second),
             "REGISTER": per_second(config.register_per_second),
@@ -69,6 +86,7 @@ class SourceGuard:
             "*": per_second(config.other_per_second),
         }
         self._reply = RateLimitItemPerSecond(REPLY_PER_SECOND)
+        self._calls = per_second(config.max_invites_per_second)
         self._auth = RateLimitItemPerMinute(config.auth_failures)
         self._banned: dict[str, float] = {}  # source address -> monotonic time the ban ends
         self._tallies: dict[tuple[str, str], _Tally] = {}
@@ -86,6 +104,14 @@ class SourceGuard:
         reply = self.config.excess == "reply" and self._limiter.hit(self._reply, source, "reply")
         self._count(source, group, reply)
         return Verdict.REFUSE if reply else Verdict.DROP
+
+    def expire(self) -> None:
+        """Forget windows that have passed (call about once a second)."""
+        self._storage.expire()
+
+    def admit_call(self) -> bool:
+        """The global INVITE budget (`max_invites_per_second`), all sources together."""
+        return self._limiter.hit(self._calls, "*", "calls")
 
     def banned(self, source: str) -> bool:
         until = self._banned.get(source)

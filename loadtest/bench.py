@@ -1,16 +1,28 @@
 #!/usr/bin/env python3
-"""Concurrent silent callers against a fresh IVR: CPU, memory, pacing jitter, CRM completeness.
+"""Benchmark the IVR with SIPp on loopback: JSON report and PNG chart.
 
-    .venv/bin/python loadtest/bench.py --calls 200 --rate 50 [--report loadtest/reports/bench.json]
+    .venv/bin/python loadtest/bench.py                  # full run, about 5 minutes
+    .venv/bin/python loadtest/bench.py --smoke          # bounded CI version, about 1 minute
 
-Starts the IVR on loopback (ring 0, SQLite in a temporary folder), lets SIPp
-place `--calls` silent callers at `--rate` calls/s (each stays through the
-whole silent routine, ~32 s, with the IVR sending paced G.711 prompts and
-listening with VAD), samples the IVR process's CPU and RSS twice a second,
-reads the media clock's wake-up lateness from the status file, and checks
-that the CRM has one finished row per call SIPp completed. Prints a summary
-and writes a JSON report. Only loopback is used; the run is bounded by
-`--calls` and SIPp's timeout.
+Starts a fresh IVR (SQLite, ring_seconds 0, metrics on) and runs three phases:
+
+1. Media steps (`--steps 100,300,500`): that many silent callers at once
+   (greeting, three prompts, VAD listening, CRM writes), placed at `--rate`
+   calls/s. A few extra callers (`--sink-calls`) have their SDP point at an
+   RTP sink in this process, which measures the arrival jitter of the IVR's
+   paced G.711 (RFC 3550 interarrival jitter, and the p99 of the deviation
+   of each packet's spacing from 20 ms). The IVR's CPU and RSS are sampled
+   from /proc; its media-clock lateness comes from its metrics. The CRM must
+   hold one finished row per call SIPp completed.
+2. Signalling steps (`--cps 500,1000,1500`): INVITE/200/ACK/BYE at that many
+   calls/s for `--cps-seconds`, against the IVR and, in the same run, against
+   SIPp's own UAS (`sipp -sn uas`) as the ceiling; the ratio is printed.
+3. Overload: 2x the IVR's configured `max_invites_per_second`; the IVR must
+   answer 503 at once for the excess, lose nothing it accepted, and keep its
+   RSS flat.
+
+Writes loadtest/reports/bench-<time>.json and .png (or --report PATH).
+Only 127.0.0.1 is used; every SIPp run is bounded in calls and seconds.
 """
 
 from __future__ import annotations
@@ -18,128 +30,401 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
+import socket
 import sqlite3
+import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ROOT / "tests" / "scenarios"
+SCENARIOS = ROOT / "loadtest" / "scenarios"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def proc_sample(pid: int) -> tuple[float, int]:
     """(CPU seconds used so far, RSS bytes) of a process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
     rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
     return cpu, rss
 
 
-def free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-def main() -> int:
-    args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    args.add_argument("--calls", type=int, default=200, help="silent callers in all (and at most at once)")
-    args.add_argument("--rate", type=float, default=50, help="new calls per second")
-    args.add_argument("--report", type=Path, default=ROOT / "loadtest" / "reports" / "bench.json")
-    opts = args.parse_args()
+# --- the RTP sink ------------------------------------------------------------------------
 
-    work = Path(tempfile.mkdtemp(prefix="ivr-bench-"))
-    port = free_udp_port()
+
+@dataclass
+class _Stream:
+    last_arrival: float = 0.0
+    last_ts: int = 0
+    jitter: float = 0.0  # RFC 3550 6.4.1, in seconds
+    packets: int = 0
+
+
+class RtpSink:
+    """Receives the IVR's RTP for the sink callers; per-SSRC arrival jitter."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.streams: dict[int, _Stream] = {}
+        self.deviations: list[float] = []  # |spacing - 20 ms| of consecutive packets within a prompt
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(2048)
+            except TimeoutError:
+                continue
+            now = time.monotonic()
+            if len(data) < 12:
+                continue
+            ts, ssrc = struct.unpack_from("!II", data, 4)
+            s = self.streams.setdefault(ssrc, _Stream())
+            if s.packets and now - s.last_arrival < 0.2:  # a gap over 200 ms is a pause between prompts
+                d = (now - s.last_arrival) - ((ts - s.last_ts) & 0xFFFFFFFF) / 8000
+                s.jitter += (abs(d) - s.jitter) / 16
+                self.deviations.append(abs(d))
+            s.last_arrival, s.last_ts = now, ts
+            s.packets += 1
+
+    def take(self) -> dict[str, float]:
+        devs, self.deviations = self.deviations, []
+        streams, self.streams = self.streams, {}
+        return {
+            "streams": len(streams),
+            "packets": sum(s.packets for s in streams.values()),
+            "spacing_deviation_ms_p50": round(1000 * pct(devs, 0.5), 3),
+            "spacing_deviation_ms_p99": round(1000 * pct(devs, 0.99), 3),
+            "spacing_deviation_ms_max": round(1000 * max(devs, default=0.0), 3),
+            "rfc3550_jitter_ms_mean": round(1000 * statistics.fmean([s.jitter for s in streams.values()] or [0.0]), 3),
+        }
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+# --- the IVR under test ------------------------------------------------------------------
+
+
+@dataclass
+class Ivr:
+    proc: subprocess.Popen[str]
+    port: int
+    metrics_port: int
+    db: Path
+    work: Path
+    samples: list[tuple[float, float, int, int]] = field(default_factory=list)  # (t, cpu s, rss, calls)
+
+    def metrics(self) -> dict[str, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def crm_rows(self, where: str = "1=1") -> int:
+        conn = sqlite3.connect(self.db)
+        try:
+            return conn.execute(f"SELECT count(*) FROM calls WHERE {where}").fetchone()[0]
+        finally:
+            conn.close()
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+
+def start_ivr(work: Path, opts: argparse.Namespace) -> Ivr:
+    port, metrics_port = free_port(), free_port(socket.SOCK_STREAM)
     db = work / "crm.db"
-    rtp_span = 2 * opts.calls + 100
+    silence = "[silence]\nwait_seconds = 1\n" if opts.smoke else ""
     (work / "sip.conf").write_text(
         f"[general]\nbind = 127.0.0.1\nport = {port}\nring_seconds = 0\nnumbers = 95000\n"
-        f"rtp_port_min = 30000\nrtp_port_max = {30000 + rtp_span}\nmax_calls = {opts.calls + 10}\n"
-        f"status_file = {work / 'status.json'}\n"
+        f"rtp_port_min = 30000\nrtp_port_max = 40000\nmax_calls = {opts.max_calls}\n"
+        f"status_file = {work / 'status.json'}\n{silence}"
+        f"[limits]\ntrusted = 127.0.0.1\nmax_invites_per_second = {opts.capacity}\n"
+        f"[metrics]\nport = {metrics_port}\n"
         f"[prompts]\ncache_dir = {ROOT / 'var' / 'prompts'}\n[database]\nurl = sqlite:///{db}\n[log]\nlevel = warning\n",
         encoding="utf-8",
     )
-    ivr = subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, str(ROOT / "run_ivr.py"), "--config", str(work / "sip.conf")],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=open(work / "ivr.log", "w"), text=True,  # noqa: SIM115
     )
-    assert ivr.stdout is not None
-    if "ready on" not in ivr.stdout.readline():
-        print((work / "ivr.log").read_text(), file=sys.stderr)
-        return 1
-    time.sleep(1)
-    idle_cpu, idle_rss = proc_sample(ivr.pid)
-
-    samples: list[tuple[float, float, int, int]] = []  # (t, cpu s, rss, calls in progress)
-    stop = threading.Event()
+    assert proc.stdout is not None
+    if "ready on" not in proc.stdout.readline():
+        raise SystemExit(f"the IVR did not start:\n{(work / 'ivr.log').read_text()}")
+    ivr = Ivr(proc, port, metrics_port, db, work)
 
     def sampler() -> None:
         start = time.monotonic()
-        while not stop.wait(0.5):
-            cpu, rss = proc_sample(ivr.pid)
+        while proc.poll() is None:
+            time.sleep(0.5)
             try:
-                calls = json.loads((work / "status.json").read_text()).get("calls", 0)
+                cpu, rss = proc_sample(proc.pid)
+                calls = int(ivr.metrics().get("hotline_calls_active", 0))
             except (OSError, ValueError):
-                calls = 0
-            samples.append((time.monotonic() - start, cpu, rss, calls))
+                continue
+            ivr.samples.append((time.monotonic() - start, cpu, rss, calls))
 
-    thread = threading.Thread(target=sampler, daemon=True)
-    thread.start()
-    started = time.monotonic()
-    sipp = subprocess.run(
-        ["sipp", f"127.0.0.1:{port}", "-sf", str(SCENARIOS / "silent_caller.xml"), "-inf", str(SCENARIOS / "callers.csv"),
-         "-s", "95000", "-m", str(opts.calls), "-l", str(opts.calls), "-r", str(opts.rate), "-i", "127.0.0.1",
-         "-p", str(free_udp_port()), "-mi", "127.0.0.1", "-nostdin", "-timeout", "200s", "-timeout_error",
-         "-trace_stat", "-stf", str(work / "sipp.csv")],
-        capture_output=True, text=True, cwd=work,
-    )
-    wall = time.monotonic() - started
-    stop.set()
-    thread.join()
-    status = json.loads((work / "status.json").read_text())
-    ivr.send_signal(signal.SIGTERM)
-    ivr.wait(30)
+    threading.Thread(target=sampler, daemon=True).start()
+    time.sleep(1.5)
+    return ivr
 
-    stats = (work / "sipp.csv").read_text().splitlines()
-    header, last = stats[0].split(";"), stats[-1].split(";")
-    sipp_ok = int(last[header.index("SuccessfulCall(C)")])
-    sipp_failed = int(last[header.index("FailedCall(C)")])
-    conn = sqlite3.connect(db)
-    rows = conn.execute("SELECT count(*) FROM calls WHERE outcome = 'silent' AND silent_attempts = 3").fetchone()[0]
-    all_rows = conn.execute("SELECT count(*) FROM calls").fetchone()[0]
 
-    peak = max(samples, key=lambda s: s[3]) if samples else (0, 0, 0, 0)
-    peak_rss = max(s[2] for s in samples) if samples else idle_rss
-    busy = [s for s in samples if s[3] >= 0.9 * max(1, peak[3])]
-    cpu_busy = (busy[-1][1] - busy[0][1]) / (busy[-1][0] - busy[0][0]) * 100 if len(busy) > 1 else 0.0
-    report = {
-        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
-        "offered": {"calls": opts.calls, "rate_per_s": opts.rate},
-        "sipp": {"successful": sipp_ok, "failed": sipp_failed, "exit": sipp.returncode, "wall_s": round(wall, 1)},
-        "crm": {"rows": all_rows, "silent_rows_with_3_attempts": rows, "matches_sipp": rows == sipp_ok},
-        "ivr": {
-            "peak_concurrent_calls": peak[3],
-            "cpu_percent_of_one_core_at_peak": round(cpu_busy, 1),
-            "cpu_seconds_total": round(samples[-1][1] - idle_cpu, 2) if samples else None,
-            "rss_idle_mb": round(idle_rss / 2**20, 1),
-            "rss_peak_mb": round(peak_rss / 2**20, 1),
-            "rss_per_call_kb": round((peak_rss - idle_rss) / 1024 / max(1, peak[3]), 1),
-        },
-        "pacing": status.get("pacer", {}),
+def sipp(work: Path, target: str, args: list[str], timeout: float) -> dict[str, int]:
+    """Run SIPp to the end; its final successful/failed call counts."""
+    stat = work / f"sipp-{time.monotonic_ns()}.csv"
+    cmd = ["sipp", target, "-i", "127.0.0.1", "-p", str(free_port()), "-nostdin", "-timeout", f"{int(timeout)}s",
+           "-timeout_error", "-trace_stat", "-stf", str(stat), "-fd", "1", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=work, timeout=timeout + 30)
+    lines = stat.read_text().splitlines() if stat.exists() else []
+    if len(lines) < 2:
+        return {"successful": 0, "failed": -1, "exit": done.returncode}
+    header, last = lines[0].split(";"), lines[-1].split(";")
+    return {"successful": int(last[header.index("SuccessfulCall(C)")]), "failed": int(last[header.index("FailedCall(C)")]),
+            "exit": done.returncode}
+
+
+def cpu_between(samples: list[tuple[float, float, int, int]], t0: float, t1: float) -> float:
+    """Percent of one core used between two sample times."""
+    window = [s for s in samples if t0 <= s[0] <= t1]
+    if len(window) < 2:
+        return 0.0
+    return round(100 * (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]), 1)
+
+
+# --- phases ------------------------------------------------------------------------------
+
+
+def media_step(ivr: Ivr, sink: RtpSink, calls: int, opts: argparse.Namespace) -> dict[str, object]:
+    before_rows = ivr.crm_rows("outcome = 'silent' AND silent_attempts = 3")
+    t0 = ivr.samples[-1][0] if ivr.samples else 0.0
+    rss_idle = proc_sample(ivr.proc.pid)[1]
+    target = f"127.0.0.1:{ivr.port}"
+    sink.take()
+    result: dict[str, dict[str, int]] = {}
+
+    def sink_callers() -> None:
+        result["sink"] = sipp(ivr.work, target, [
+            "-sf", str(SCENARIOS / "sink_caller.xml"), "-inf", str(SCENARIOS / "callers.csv"), "-s", "95000",
+            "-m", str(opts.sink_calls), "-r", str(opts.sink_calls), "-mi", "127.0.0.1",
+            "-key", "sink_port", str(sink.port)], timeout=200)
+
+    extra = threading.Thread(target=sink_callers)
+    extra.start()
+    result["main"] = sipp(ivr.work, target, [
+        "-sf", str(SCENARIOS / "silent_caller.xml"), "-inf", str(SCENARIOS / "callers.csv"), "-s", "95000",
+        "-m", str(calls), "-l", str(calls), "-r", str(opts.rate), "-mi", "127.0.0.1"], timeout=200)
+    extra.join()
+    t1 = ivr.samples[-1][0]
+    step = [s for s in ivr.samples if t0 <= s[0] <= t1]
+    peak = max((s[3] for s in step), default=0)
+    busy = [s for s in step if s[3] >= 0.9 * max(1, peak)]
+    m = ivr.metrics()
+    jitter = sink.take()
+    ok = result["main"]["successful"] + result["sink"]["successful"]
+    time.sleep(1.0)  # the writer's last batch
+    rows = ivr.crm_rows("outcome = 'silent' AND silent_attempts = 3") - before_rows
+    return {
+        "offered_calls": calls + opts.sink_calls,
+        "peak_concurrent_calls": peak,
+        "sipp_successful": ok,
+        "sipp_failed": result["main"]["failed"] + result["sink"]["failed"],
+        "crm_rows": rows,
+        "crm_matches_sipp": rows == ok,
+        "cpu_percent_of_one_core_at_peak": cpu_between(step, busy[0][0], busy[-1][0]) if len(busy) > 1 else 0.0,
+        "rss_peak_mb": round(max((s[2] for s in step), default=rss_idle) / 2**20, 1),
+        "rss_per_call_kb": round((max((s[2] for s in step), default=rss_idle) - rss_idle) / 1024 / max(1, peak), 1),
+        "media_clock_lateness_ms_p99": round(1000 * m.get('hotline_media_clock_lateness_seconds{quantile="0.99"}', 0), 3),
+        "media_clock_lateness_ms_max": round(1000 * m.get('hotline_media_clock_lateness_seconds{quantile="1.0"}', 0), 3),
+        "rtp_sink": jitter,
     }
-    opts.report.parent.mkdir(parents=True, exist_ok=True)
-    opts.report.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    print(json.dumps(report, indent=2))
-    print(f"report: {opts.report}")
-    return 0 if sipp_failed == 0 and rows == sipp_ok else 1
+
+
+def cps_step(ivr: Ivr | None, uas_port: int | None, rate: int, seconds: float, work: Path) -> dict[str, object]:
+    """`rate` calls/s for `seconds` against the IVR (ivr) or SIPp's UAS (uas_port)."""
+    calls = int(rate * seconds)
+    if ivr is not None:
+        target, scenario = f"127.0.0.1:{ivr.port}", ["-sf", str(SCENARIOS / "signalling_call.xml"), "-d", "0",
+                                                     "-inf", str(SCENARIOS / "callers.csv"), "-s", "95000"]
+        before = ivr.metrics()
+        t0 = ivr.samples[-1][0]
+        rss0 = proc_sample(ivr.proc.pid)[1]
+    else:
+        target, scenario = f"127.0.0.1:{uas_port}", ["-sn", "uac", "-s", "95000"]
+    started = time.monotonic()
+    r = sipp(work, target, [*scenario, "-m", str(calls), "-r", str(rate), "-l", str(max(100, rate * 4))],
+             timeout=seconds + 60)
+    wall = time.monotonic() - started
+    out: dict[str, object] = {"offered_cps": rate, "calls": calls, "sipp_successful": r["successful"],
+                              "sipp_failed": r["failed"], "achieved_cps": round(r["successful"] / max(wall, seconds), 1)}
+    if ivr is not None:
+        time.sleep(1.5)
+        after = ivr.metrics()
+        t1 = ivr.samples[-1][0]
+        refused = after.get('hotline_sip_refused_total{status="503"}', 0) - before.get('hotline_sip_refused_total{status="503"}', 0)
+        answered = (after.get('hotline_calls_total{outcome="caller_hangup"}', 0)
+                    - before.get('hotline_calls_total{outcome="caller_hangup"}', 0))
+        out.update({
+            "answered": int(answered), "refused_503": int(refused),
+            "cpu_percent_of_one_core": cpu_between(ivr.samples, t0, t1),
+            "rss_before_mb": round(rss0 / 2**20, 1), "rss_after_mb": round(proc_sample(ivr.proc.pid)[1] / 2**20, 1),
+        })
+    return out
+
+
+def chart(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    steps = report["media_steps"]
+    x = [s["peak_concurrent_calls"] for s in steps]
+    left.plot(x, [s["cpu_percent_of_one_core_at_peak"] for s in steps], "o-", label="IVR CPU, % of one core")
+    left.set_xlabel("concurrent calls with media")
+    left.set_ylabel("% of one core")
+    twin = left.twinx()
+    twin.plot(x, [s["rtp_sink"]["spacing_deviation_ms_p99"] for s in steps], "s--", color="tab:red", label="RTP spacing deviation p99 (ms)")
+    twin.plot(x, [s["media_clock_lateness_ms_p99"] for s in steps], "^--", color="tab:orange", label="media clock lateness p99 (ms)")
+    twin.plot(x, [s["sipp_failed"] for s in steps], "x:", color="black", label="failed calls")
+    twin.axhline(5, color="tab:red", linewidth=0.5)
+    twin.set_ylabel("ms / failed calls")
+    left.legend(loc="upper left", fontsize=8)
+    twin.legend(loc="center left", fontsize=8)
+    left.set_title("Media: silent callers (greeting, prompts, VAD, CRM)")
+    cps = report["signalling_steps"]
+    offered = [c["ivr"]["offered_cps"] for c in cps]
+    right.plot(offered, [c["ivr"]["achieved_cps"] for c in cps], "o-", label="IVR answered calls/s")
+    right.plot(offered, [c["sipp_uas"]["achieved_cps"] for c in cps], "s--", label="SIPp -sn uas calls/s")
+    right.plot(offered, [c["ivr"]["sipp_failed"] for c in cps], "x:", color="black", label="IVR failed calls")
+    over = report["overload"]
+    right.plot([over["offered_cps"]], [over["answered"] / max(1.0, over["calls"] / over["offered_cps"])], "r*", markersize=12,
+               label=f"2x capacity: {over['refused_503']} x 503")
+    right.set_xlabel("offered calls/s (INVITE, 200, ACK, BYE)")
+    right.legend(fontsize=8)
+    right.set_title("Signalling")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", default="100,300,500", help="concurrent silent callers per media step")
+    p.add_argument("--rate", type=float, default=50, help="new calls per second in the media steps")
+    p.add_argument("--sink-calls", type=int, default=10, help="extra callers whose RTP the sink measures")
+    p.add_argument("--cps", default="500,1000,1500", help="signalling-only calls/s per step")
+    p.add_argument("--cps-seconds", type=float, default=10)
+    p.add_argument("--capacity", type=int, default=1500, help="the IVR's max_invites_per_second (overload is 2x this)")
+    p.add_argument("--max-calls", type=int, default=1000)
+    p.add_argument("--smoke", action="store_true", help="small and quick (CI): 20 calls, 100 cps, capacity 100")
+    p.add_argument("--report", type=Path, help="JSON path (the chart goes beside it as .png)")
+    opts = p.parse_args()
+    if opts.smoke:
+        opts.steps, opts.rate, opts.sink_calls, opts.cps, opts.cps_seconds, opts.capacity = "20", 20, 3, "100", 4, 100
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    report_path = opts.report or ROOT / "loadtest" / "reports" / f"bench-{stamp}.json"
+    work = Path(tempfile.mkdtemp(prefix="ivr-bench-"))
+
+    ivr = start_ivr(work, opts)
+    idle_rss = proc_sample(ivr.proc.pid)[1]
+    sink = RtpSink()
+    report: dict[str, object] = {
+        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0],
+                    "sipp": subprocess.run(["sipp", "-v"], capture_output=True, text=True).stdout.strip().splitlines()[0]
+                    if subprocess.run(["sipp", "-v"], capture_output=True, text=True).stdout else "?"},
+        "config": {"capacity_invites_per_second": opts.capacity, "max_calls": opts.max_calls, "smoke": opts.smoke},
+        "rss_idle_mb": round(idle_rss / 2**20, 1),
+        "media_steps": [],
+        "signalling_steps": [],
+    }
+    try:
+        for n in [int(x) for x in opts.steps.split(",")]:
+            step = media_step(ivr, sink, n, opts)
+            report["media_steps"].append(step)  # type: ignore[union-attr]
+            print(f"media {n:>4}: {json.dumps(step)}", flush=True)
+
+        uas_port = free_port()
+        uas = subprocess.Popen(["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(uas_port), "-nostdin", "-bg"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
+        time.sleep(1)
+        try:
+            for rate in [int(x) for x in opts.cps.split(",")]:
+                mine = cps_step(ivr, None, rate, opts.cps_seconds, work)
+                theirs = cps_step(None, uas_port, rate, opts.cps_seconds, work)
+                ratio = round(float(mine["achieved_cps"]) / max(1.0, float(theirs["achieved_cps"])), 2)  # type: ignore[arg-type]
+                report["signalling_steps"].append({"ivr": mine, "sipp_uas": theirs, "ratio_to_sipp_uas": ratio})  # type: ignore[union-attr]
+                print(f"cps {rate:>5}: ivr {json.dumps(mine)}\n           sipp uas {json.dumps(theirs)} ratio {ratio}", flush=True)
+        finally:
+            subprocess.run(["pkill", "-f", f"sipp -sn uas -i 127.0.0.1 -p {uas_port}"], check=False)
+            uas.wait(10)
+
+        over = cps_step(ivr, None, 2 * opts.capacity, opts.cps_seconds, work)
+        over["accepted_then_lost"] = int(over["sipp_failed"])  # type: ignore[arg-type]
+        report["overload"] = over
+        print(f"overload {2 * opts.capacity}/s: {json.dumps(over)}", flush=True)
+    finally:
+        sink.close()
+        report["ivr_exit"] = ivr.stop()
+        report["ivr_log_tracebacks"] = (work / "ivr.log").read_text().count("Traceback")
+
+    steps = report["media_steps"]
+    top = max(steps, key=lambda s: s["peak_concurrent_calls"])  # type: ignore[arg-type, return-value]
+    best_cps = max((c["ivr"]["achieved_cps"] for c in report["signalling_steps"] if c["ivr"]["sipp_failed"] == 0), default=0)  # type: ignore[index, union-attr]
+    over = report["overload"]  # type: ignore[assignment]
+    report["targets"] = {
+        "concurrent_media_calls": {"measured": top["peak_concurrent_calls"], "failed": top["sipp_failed"], "target": ">= 500, 0 failed"},
+        "rtp_spacing_p99_ms": {"measured": top["rtp_sink"]["spacing_deviation_ms_p99"], "target": "<= 5"},
+        "media_clock_lateness_p99_ms": {"measured": top["media_clock_lateness_ms_p99"], "target": "<= 5"},
+        "crm_rows_match_sipp": {"measured": all(s["crm_matches_sipp"] for s in steps), "target": True},
+        "memory_per_call_kb": {"measured": top["rss_per_call_kb"], "target": "<= 100"},
+        "signalling_cps_zero_failures": {"measured": best_cps, "target": ">= 1500"},
+        "overload_2x": {"measured": {"503": over["refused_503"], "failed": over["sipp_failed"],
+                                      "rss_mb": [over["rss_before_mb"], over["rss_after_mb"]]},
+                        "target": "503s, 0 failed, RSS flat"},
+    }
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    chart(report, report_path.with_suffix(".png"))
+    print(json.dumps(report["targets"], indent=2, ensure_ascii=False))
+    print(f"report: {report_path}\nchart:  {report_path.with_suffix('.png')}")
+    healthy = all(s["sipp_failed"] == 0 and s["crm_matches_sipp"] for s in steps) and report["ivr_log_tracebacks"] == 0  # type: ignore[index]
+    return 0 if healthy else 1
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ROOT / "tests" / "scenarios"
+SCENARIOS = ROOT / "loadtest" / "scenarios"
 
 
 def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:
@@ -232,7 +232,7 @@ class SippRun:
 def sipp(tmp: Path, scenario: str, ivr_port: int, *, service: str = "95000", calls: int = 1,
          callers: str = "callers.csv", extra: tuple[str, ...] = (), timeout_s: int = 90,
          local_ip: str = "127.0.0.1") -> SippRun:
-    """Start SIPp with one of tests/scenarios against the IVR on loopback."""
+    """Start SIPp with one of loadtest/scenarios against the IVR on loopback."""
     if shutil.which("sipp") is None:
         pytest.fail("sipp not installed: scripts/bootstrap.sh installs Debian's sip-tester")
     name = f"{scenario}-{time.monotonic_ns()}"

@@ -17,7 +17,7 @@ from .conftest import ROOT, IvrProcess, SippRun, free_port, sipp
 from .test_e2e_sip import crm_events, crm_rows, finished, ivr_prompts, wait_for_row
 
 pytestmark = pytest.mark.e2e
-SENIOR, MIDDLE = "13800000001", "13700000001"  # tests/scenarios/callers.csv has the senior one
+SENIOR, MIDDLE = "13800000001", "13700000001"  # loadtest/scenarios/callers.csv has the senior one
 
 
 def customers(tmp: Path, db_url: str) -> None:

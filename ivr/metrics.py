@@ -1,0 +1,82 @@
+"""Prometheus metrics (`[metrics] port`), served by prometheus-client's own HTTP thread.
+
+Counters are incremented where things happen (a call ends, an INVITE is
+refused); everything that is a level — calls up, queue lengths, agents by
+state, the media clock's lateness, the CRM outbox depth — is read from the
+engine when Prometheus scrapes, so the call path pays nothing for it.
+
+    hotline_calls_active                          calls in progress
+    hotline_invites_total                         INVITEs for our numbers (calls offered; rate() = calls/s)
+    hotline_calls_total{outcome}                  finished calls: silent, completed, abandoned_queue, …
+    hotline_sip_refused_total{status}             requests refused (503 overload, 4xx bad input, …)
+    hotline_sip_dropped_total                     requests dropped unanswered (over a per-source rate)
+    hotline_queue_length{seat_group}              callers waiting
+    hotline_queue_wait_seconds{seat_group}        histogram of waits of callers who reached an agent or gave up
+    hotline_agents{seat_group,state}              agents by state
+    hotline_media_clock_lateness_seconds{quantile} 0.5 / 0.99 / 1 of the last 3000 20 ms ticks (RTP send pacing)
+    hotline_crm_outbox_depth                      records not yet in the CRM database
+    hotline_crm_records_written_total             records the writer committed
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ivr.acd import AgentState
+
+if TYPE_CHECKING:
+    from ivr.engine import Engine
+
+WAIT_BUCKETS = (5, 10, 20, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.invites = Counter("hotline_invites", "INVITEs for the hotline's numbers", registry=self.registry)
+        self.calls = Counter("hotline_calls", "Finished calls by outcome", ["outcome"], registry=self.registry)
+        self.refused = Counter("hotline_sip_refused", "SIP requests refused, by status", ["status"], registry=self.registry)
+        self.queue_wait = Histogram("hotline_queue_wait_seconds", "Time callers spent queued", ["seat_group"],
+                                    buckets=WAIT_BUCKETS, registry=self.registry)
+
+    def watch(self, engine: Engine) -> None:
+        self.registry.register(_EngineCollector(engine))
+
+    def serve(self, bind: str, port: int) -> None:
+        start_http_server(port, addr=bind, registry=self.registry)
+
+
+class _EngineCollector(Collector):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        e = self.engine
+        yield GaugeMetricFamily("hotline_calls_active", "Calls in progress", value=len(e.legs))
+        queue = GaugeMetricFamily("hotline_queue_length", "Callers waiting per seat group", labels=["seat_group"])
+        for group, waiting in e.acd.queues.items():
+            queue.add_metric([group], len(waiting))
+        yield queue
+        agents = GaugeMetricFamily("hotline_agents", "Agents by seat group and state", labels=["seat_group", "state"])
+        counts: dict[tuple[str, str], int] = {(s.seat_group, st.value): 0 for s in e.acd.seats.values() for st in AgentState}
+        for seat in e.acd.seats.values():
+            counts[(seat.seat_group, seat.state.value)] += 1
+        for (group, state), n in sorted(counts.items()):
+            agents.add_metric([group, state], n)
+        yield agents
+        lateness = GaugeMetricFamily("hotline_media_clock_lateness_seconds",
+                                     "Wake-up lateness of the 20 ms media clock (RTP send pacing)", labels=["quantile"])
+        samples = sorted(e.pacer.lateness)
+        if samples:
+            for q in (0.5, 0.99, 1.0):
+                lateness.add_metric([str(q)], samples[min(len(samples) - 1, int(q * len(samples)))])
+        yield lateness
+        yield GaugeMetricFamily("hotline_crm_outbox_depth", "CRM records not yet in the database", value=e.writer.depth)
+        yield CounterMetricFamily("hotline_crm_records_written", "CRM records committed", value=e.writer.written)
+        yield CounterMetricFamily("hotline_sip_dropped", "Requests dropped unanswered (over a per-source rate)",
+                                  value=e.guard.dropped)
