@@ -69,7 +69,7 @@ class CrmWriter:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._give_up = threading.Event()
         self._thread = threading.Thread(target=self._run, name="crm-writer", daemon=True)
-        self._pending = 0  # records taken off the queue but not yet committed
+        self.submitted = 0
         self.written = 0
         self.failures = 0
 
@@ -83,6 +83,7 @@ class CrmWriter:
         else:
             self._seq += 1
             seq = self._seq
+        self.submitted += 1
         self._queue.put((seq, record))
 
     def recover(self) -> int:
@@ -96,10 +97,12 @@ class CrmWriter:
         for item in self.outbox.pending(done):
             batch.append(item)
             if len(batch) >= self.batch_max:
+                self.submitted += len(batch)
                 self._apply_with_retry(batch)
                 count += len(batch)
                 batch = []
         if batch:
+            self.submitted += len(batch)
             self._apply_with_retry(batch)
             count += len(batch)
         self.outbox.applied(self.outbox.last_seq)
@@ -110,7 +113,7 @@ class CrmWriter:
     @property
     def depth(self) -> int:
         """Records not yet in the database (queued plus in the current batch)."""
-        return self._queue.qsize() + self._pending
+        return self.submitted - self.written
 
     def close(self, timeout: float = 30.0) -> int:
         """Write everything queued, then stop. Returns the count left unwritten."""
@@ -152,9 +155,7 @@ class CrmWriter:
                 except queue.Empty:
                     break
             if batch:
-                self._pending = len(batch)
                 self._apply_with_retry(batch)
-                self._pending = 0
 
     def _apply_with_retry(self, batch: list[tuple[int, Record]]) -> None:
         # Database errors are the expected case (server down, SQLite locked); any
