@@ -176,6 +176,32 @@ class UvloopUdpTransport(UdpSipTransport):
         super()._dispatch(data, addr)
 
 
+def _keep_record_route(call: IncomingCall) -> None:
+    """Make a call's dialog honour Record-Route, as a proxy in front (Kamailio) needs.
+
+    aiosipua 0.7.1 neither copies Record-Route into the responses to an INVITE
+    nor keeps the UAS route set in request order (RFC 3261 12.1.1: copy the
+    values into the 1xx/2xx; the UAS route set is them in order, only a UAC
+    reverses). Without the copy, the caller's ACK and BYE bypass the proxy
+    that took the call, and a proxy that routes on its Record-Route drops them.
+    """
+    record_route = call.invite.headers.get("record-route")
+    if not record_route:
+        return
+    dialog = call.dialog
+    dialog.route_set = list(record_route)
+    inner = dialog.create_response
+
+    def create_response(request, status_code, reason_phrase="", *, contact=None):  # type: ignore[no-untyped-def]
+        response = inner(request, status_code, reason_phrase, contact=contact)
+        if request is call.invite and 100 < status_code < 300:
+            for value in record_route:
+                response.headers.append("Record-Route", value)
+        return response
+
+    dialog.create_response = create_response  # type: ignore[method-assign]
+
+
 def _at_most_every(seconds: float, action: Callable[[], None]) -> Callable[[], None]:
     last = -seconds
 
@@ -666,6 +692,7 @@ class Engine:
 
     def _on_invite(self, call: IncomingCall) -> None:
         self.metrics.invites.inc()
+        _keep_record_route(call)
         if not self.accepting:
             self._reject(call, 503, "Service Unavailable", "shutting down", retry_after=30)
             return

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(espeak-ng libespeak-ng1 sip-tester sox postgresql python3-venv)
+# kamailio: the SIP load balancer of the two-worker layout (loadtest/kamailio/)
+APT_PACKAGES=(espeak-ng libespeak-ng1 sip-tester sox postgresql python3-venv kamailio)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -19,6 +20,11 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts a kamailio service on port 5060, where the IVR listens; the
+  # load-balancer layout runs its own with loadtest/kamailio/kamailio.cfg.
+  if [[ " ${missing[*]} " == *" kamailio "* ]] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now kamailio >/dev/null 2>&1 || true
+  fi
 fi
 
 PYTHON=${PYTHON:-python3}
