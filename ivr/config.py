@@ -128,6 +128,7 @@ class LimitsConfig:
     other_per_second: float = 50.0  # every other method, in-dialog requests included
     excess: str = "drop"  # or "reply": 503 + Retry-After (at most 5 a second per source)
     max_invites_per_second: float = 1000.0  # all sources together: overload control (503 beyond)
+    max_loop_lag_ms: float = 100.0  # new calls get 503 while the event loop runs this late
     auth_failures: int = 10  # failed digest attempts from one address within a minute ...
     auth_ban_seconds: float = 600.0  # ... bar it from registering for this long
     trusted: frozenset[str] = frozenset()  # addresses exempt (a SIP load balancer in front)
@@ -195,7 +196,7 @@ _KNOWN: dict[str, set[str]] = {
     "database": {"url", "outbox_dir"},
     "limits": {
         "invite_per_second", "register_per_second", "options_per_second", "other_per_second",
-        "auth_failures", "auth_ban_seconds", "trusted", "excess", "max_invites_per_second",
+        "auth_failures", "auth_ban_seconds", "trusted", "excess", "max_invites_per_second", "max_loop_lag_ms",
     },
     "metrics": {"bind", "port"},
     "webhook": {"url", "secret", "max_attempts", "timeout_seconds", "backoff_seconds", "backoff_max_seconds"},
@@ -510,6 +511,7 @@ def _limits(r: _Reader) -> LimitsConfig:
     }
     return LimitsConfig(
         **rates,
+        max_loop_lag_ms=r.number("limits", "max_loop_lag_ms", d.max_loop_lag_ms, 10, 10_000),
         excess=r.get("limits", "excess", d.excess, lambda v: v if v in ("drop", "reply") else _raise("choose drop or reply"), "drop or reply"),
         auth_failures=int(r.number("limits", "auth_failures", d.auth_failures, 1, 10_000, int)),
         auth_ban_seconds=r.number("limits", "auth_ban_seconds", d.auth_ban_seconds, 0, 86_400),

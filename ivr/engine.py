@@ -15,6 +15,7 @@ through VAD only while the flow listens (`Listen(True)`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 import time
@@ -103,6 +104,8 @@ CODEC_NAMES = {0: "PCMU", 8: "PCMA"}
 # aiosipua 0.7.1 leaves rejected INVITEs in SipUAS._calls until an ACK that a
 # scanner never sends; forget them after Timer H (64 x T1 = 32 s).
 REJECTED_FORGET_S = 32.0
+LAG_PROBE_S = 0.05
+FULL_GC_EVERY_S = 600.0  # see run_ivr.py: the full GC pass is the engine's to schedule
 # Agents dial these from their registered phone to pause (not offered calls) or resume.
 FEATURE_CODES = {"*46": True, "*47": False}
 REGISTER_REPLY_TTL_S = 32.0  # Timer J: how long a REGISTER retransmission is answered from memory
@@ -524,6 +527,8 @@ class Engine:
         self.acd = Acd.from_agents(config.agents, config.queues, tuple(SEAT_GROUPS))
         self.registrar = Registrar({a.number: a.secret for a in config.agents if a.secret})
         self.guard = SourceGuard(config.limits)
+        self.loop_lag = 0.0  # how late the event loop ran a 50 ms timer, last time it looked
+        self.max_loop_lag = config.limits.max_loop_lag_ms / 1000
         self.metrics = Metrics()
         self.metrics.watch(self)
         self.registrations: dict[str, asyncio.TimerHandle] = {}
@@ -578,6 +583,7 @@ class Engine:
         self.publish_states()
         # overflow eligibility grows with waiting time: re-run the ACD every second
         self._assign_task = asyncio.get_running_loop().create_task(self._assign_every_second())
+        self._lag_task = asyncio.get_running_loop().create_task(self._watch_loop_lag())
 
     async def drain(self, limit_s: float, hurry: asyncio.Event) -> int:
         """Take no new calls (503) and wait for the calls up to finish, at most `limit_s`.
@@ -601,6 +607,7 @@ class Engine:
         self.accepting = False
         if self._assign_task is not None:
             self._assign_task.cancel()
+            self._lag_task.cancel()
         for leg in list(self.legs.values()):
             leg.dispatch(Aborted(utc_now(), "shutdown"))
         if self._tasks:
@@ -648,9 +655,13 @@ class Engine:
 
     def _admit(self, request: SipRequest, addr: tuple[str, int]) -> bool:
         """Per-source limits, the auth ban and draining; answers what it refuses."""
-        if request.method == "INVITE" and not self.guard.admit_call():
-            # overload control: beyond the configured call rate, refuse at once, cheaply,
-            # instead of letting transactions pile up until everything times out
+        if request.method == "INVITE" and ";tag=" not in (request.get_header("to") or "") and (
+            self.loop_lag > self.max_loop_lag or not self.guard.admit_call()
+        ):
+            # overload control: beyond the configured call rate, or while the event loop
+            # is behind (the machine cannot keep up, whatever the configuration says),
+            # refuse new calls at once and cheaply instead of letting transactions pile
+            # up until everything times out
             self._refuse(request, 503, "Service Unavailable", {"Retry-After": "2"})
             return False
         verdict = self.guard.admit(request.method, addr[0])
@@ -909,10 +920,25 @@ class Engine:
 
     # --- ACD and agent legs ------------------------------------------------------------
 
+    async def _watch_loop_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            self.loop_lag = loop.time() - started - LAG_PROBE_S
+
     async def _assign_every_second(self) -> None:
+        last_full_gc = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
             self.guard.expire()
+            # the full GC pass run_ivr.py took off automatic: when idle, else every 10 minutes
+            idle_for = time.monotonic() - last_full_gc
+            if (not self.legs and idle_for >= 10) or idle_for >= FULL_GC_EVERY_S:
+                started = time.perf_counter()
+                found = gc.collect()
+                last_full_gc = time.monotonic()
+                log.debug("gc_full", unreachable=found, ms=round(1000 * (time.perf_counter() - started), 1), calls=len(self.legs))
             if self.acd.waiting():
                 self.assign()
             if self.status_file is not None and (self._status_dirty or self.legs):
