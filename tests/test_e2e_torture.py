@@ -104,3 +104,40 @@ def test_hotline_invites_with_a_body_or_accept_we_cannot_handle(ivr_factory, lis
         (answer,) = send_and_collect(listeners, data, ivr.port)
         assert answer.startswith(f"SIP/2.0 {code} ".encode()), answer[:60]
         assert b"\r\nAccept: application/sdp\r\n" in answer
+
+
+def test_no_toll_fraud_path_refer_and_foreign_numbers_are_refused(ivr_factory) -> None:  # type: ignore[no-untyped-def]
+    """A caller cannot make the IVR call anywhere: a transfer (REFER) in a call gets 501, other numbers 404."""
+    ivr: IvrProcess = ivr_factory(ring_seconds=0)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+    port = sock.getsockname()[1]
+
+    def request(method: str, uri: str, cseq: int, *, to_tag: str = "", body: str = "", extra: str = "") -> None:
+        ctype = "Content-Type: application/sdp\r\n" if body else ""
+        tag = f";tag={to_tag}" if to_tag else ""
+        sock.sendto((f"{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKtf{method}{cseq};rport\r\n"
+                     f"From: <sip:13800000001@127.0.0.1:{port}>;tag=fraud\r\nTo: <sip:95000@127.0.0.1:{ivr.port}>{tag}\r\n"
+                     f"Call-ID: toll-fraud@127.0.0.1\r\nCSeq: {cseq} {method}\r\nContact: <sip:13800000001@127.0.0.1:{port}>\r\n"
+                     f"Max-Forwards: 70\r\n{extra}{ctype}Content-Length: {len(body)}\r\n\r\n{body}").encode(), ("127.0.0.1", ivr.port))
+
+    def final(method: str) -> bytes:
+        while True:
+            data = sock.recv(65535)
+            if data.startswith(b"SIP/2.0 ") and not data.startswith((b"SIP/2.0 100", b"SIP/2.0 180")) and f" {method}\r\n".encode() in data:
+                return data
+
+    sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+    uri = f"sip:95000@127.0.0.1:{ivr.port}"
+    request("INVITE", uri, 1, body=sdp)
+    ok = final("INVITE")
+    assert ok.startswith(b"SIP/2.0 200 ")
+    to_tag = re.search(rb"\r\nTo: [^\r]*;tag=([^;\r]+)", ok).group(1).decode()  # type: ignore[union-attr]
+    request("ACK", uri, 1, to_tag=to_tag)
+    request("REFER", uri, 2, to_tag=to_tag, extra="Refer-To: <sip:0099123456789@203.0.113.5>\r\n")
+    assert final("REFER").startswith(b"SIP/2.0 501 "), "the IVR does not transfer calls where a caller asks"
+    request("BYE", uri, 3, to_tag=to_tag)
+    assert final("BYE").startswith(b"SIP/2.0 200 ")
+    sock.close()
+    assert "agent_rung" not in ivr.log(), "the only calls the IVR places are to its agents, and none was rung"
