@@ -7,7 +7,8 @@
 #
 # Callers come from busy_hour_callers.csv (all tiers plus unknown numbers; import
 # loadtest/customers.csv into the CRM first). Each SIPp prints its own summary;
-# the IVR's /metrics and CRM tell the rest. Ctrl-C stops everything.
+# the IVR's /metrics and CRM tell the rest. Ctrl-C stops everything. -l is explicit: SIPp's
+# default concurrency limit follows the rate and would serialise slow-rate callers.
 set -euo pipefail
 target=${1:?usage: busy_hour.sh HOST:PORT [CALLS_PER_SECOND] [SECONDS]}
 rate=${2:-20}
@@ -20,7 +21,7 @@ trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
 
 n=0
 for port in 5091 5092 5093 5094 5095 5096; do
-  sipp -sf agent_uas.xml -i "$ip" -p "$port" -mi "$ip" -mp $((14000 + 100 * n)) -d 4000 -nostdin \
+  sipp -sf agent_uas.xml -i "$ip" -p "$port" -mi "$ip" -mp $((14000 + 100 * n)) -d 4000 -l 100000 -nostdin \
        -trace_stat -stf "../reports/agent-$port.csv" >/dev/null 2>&1 &
   pids+=($!)
   n=$((n + 1))
@@ -31,7 +32,7 @@ caller() {  # scenario percent local_port media_port [extra sipp args]
   per10s=$(awk -v r="$rate" -v p="$2" 'BEGIN { n = int(r * p / 10 + 0.5); print (n < 1 ? 1 : n) }')
   calls=$(awk -v r="$rate" -v p="$2" -v s="$secs" 'BEGIN { print int(r * p / 100 * s + 0.5) }')
   sipp "$target" -sf "$1.xml" -inf busy_hour_callers.csv -s "${SERVICE:-95000}" -i "$ip" -p "$3" -mi "$ip" -mp "$4" \
-       -r "$per10s" -rp 10000 -m "$calls" -nostdin -trace_stat -stf "../reports/$1.csv" "${@:5}" &
+       -r "$per10s" -rp 10000 -m "$calls" -l 100000 -nostdin -trace_stat -stf "../reports/$1.csv" "${@:5}" &
   pids+=($!)
 }
 caller speaking_caller 40 5171 6000
