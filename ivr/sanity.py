@@ -9,15 +9,15 @@ a UAS should answer them 400 (or 416, 420, 505) rather than act on a guess.
 This module does not parse SIP: it looks at the fields aiosipua already
 parsed, plus the raw Request-Line (which aiosipua does not keep), and says
 what to refuse. The engine adapter calls `check_request` before handing a
-request to the stack.
+request to the stack; only the adapter imports aiosipua, so the request is
+described here by the three things the checks read (`ParsedRequest`).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-
-from aiosipua import SipRequest
+from typing import Protocol
 
 SCHEMES = frozenset({"sip", "sips", "tel"})
 # RFC 3261 8.2.1: a method the UAS does not recognise gets 501; one it knows but
@@ -37,6 +37,16 @@ _VIA = re.compile(
     rf"(?:{_LWS};{_LWS}{_TOKEN}(?:{_LWS}={_LWS}(?:{_TOKEN}|\[[0-9A-Fa-f:.]+\]|\"[^\"]*\"))?)*{_LWS}$"
 )
 _DISPLAY_TOKENS = re.compile(rf"^(?:{_TOKEN}(?:[ \t]+{_TOKEN})*)?$")
+
+
+class ParsedRequest(Protocol):
+    """What the checks read of a parsed request (aiosipua's SipRequest has it)."""
+
+    body: bytes
+
+    def get_header(self, name: str) -> str | None: ...
+
+    def get_header_values(self, name: str) -> list[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +104,7 @@ def _name_addr_problem(value: str) -> str | None:
     return None
 
 
-def check_request(request: SipRequest, request_line: str) -> Refusal | None:
+def check_request(request: ParsedRequest, request_line: str) -> Refusal | None:
     """What to refuse this request with, or None to let it through."""
     parts = request_line.split(" ")
     if len(parts) != 3 or not all(parts):
