@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import structlog
 
@@ -27,30 +28,59 @@ class BadDatagramFilter(logging.Filter):
         self._count = 0
         self.suppressed = 0
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        event = record.msg.get("event") if isinstance(record.msg, dict) else None
-        if event not in self.EVENTS and not (event is None and record.getMessage().startswith("Failed to parse SIP message")):
-            return True
-        second = int(record.created)
+    def allow(self, now: float) -> int | None:
+        """None: drop this line; else how many were suppressed before it (and reset)."""
+        second = int(now)
         if second != self._window:
             self._window, self._count = second, 0
         self._count += 1
         if self._count > self.per_second:
             self.suppressed += 1
+            return None
+        suppressed, self.suppressed = self.suppressed, 0
+        return suppressed
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """The stdlib side: aiosipua's "Failed to parse SIP message" lines."""
+        if not record.getMessage().startswith("Failed to parse SIP message"):
+            return True
+        suppressed = self.allow(record.created)
+        if suppressed is None:
             return False
         record.exc_info = None
         record.exc_text = None
-        if self.suppressed:
-            if isinstance(record.msg, dict):
-                record.msg["suppressed_before"] = self.suppressed
-            else:
-                record.msg = f"{record.msg} ({self.suppressed} more suppressed)"
-            self.suppressed = 0
+        if suppressed:
+            record.msg = f"{record.msg} ({suppressed} more suppressed)"
         return True
+
+    def __call__(self, _logger: object, _method: str, event_dict: dict) -> dict:  # type: ignore[type-arg]
+        """The structlog side: the engine's own bad-input events."""
+        if event_dict.get("event") not in self.EVENTS:
+            return event_dict
+        suppressed = self.allow(time.time())
+        if suppressed is None:
+            raise structlog.DropEvent
+        if suppressed:
+            event_dict["suppressed_before"] = suppressed
+        return event_dict
+
+
+class _NamedWriteLogger(structlog.WriteLogger):
+    """structlog's fast file logger, with a name for the `logger=` field."""
+
+    def __init__(self, file: object, name: str) -> None:
+        super().__init__(file)  # type: ignore[arg-type]
+        self.name = name
 
 
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
-    """Route structlog and the libraries' stdlib logging through one renderer on stderr."""
+    """One renderer on stderr for our structlog events and the libraries' stdlib logging.
+
+    Our own events go through structlog's native path (a filtering bound logger
+    writing straight to stderr): the stdlib route cost about 15 % of the event
+    loop at 100 calls/s with info-level logging (py-spy). Libraries' stdlib
+    records get the same processors and renderer through ProcessorFormatter.
+    """
     renderer = (
         structlog.processors.JSONRenderer(ensure_ascii=False)
         if fmt == "json"
@@ -62,10 +92,12 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    flood = BadDatagramFilter()
+    stream = sys.stderr
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, flood, structlog.processors.format_exc_info, renderer],
+        logger_factory=lambda *names: _NamedWriteLogger(stream, names[0] if names else ""),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -80,6 +112,4 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
     root.setLevel(level.upper())
     for noisy in ("alembic", "sqlalchemy.engine"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    flood = BadDatagramFilter()
     logging.getLogger("aiosipua.transport").addFilter(flood)
-    logging.getLogger("ivr.engine").addFilter(flood)
