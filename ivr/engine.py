@@ -269,6 +269,13 @@ class Pacer:
     def stop(self, leg: Leg) -> None:
         self._playing.pop(leg, None)
 
+    def lateness_quantiles(self, quantiles: tuple[float, ...]) -> list[float]:
+        """Wake-up lateness (s) at each quantile of the recent ticks; 0.0 before the first tick."""
+        late = sorted(self.lateness)
+        if not late:
+            return [0.0] * len(quantiles)
+        return [late[min(len(late) - 1, int(q * len(late)))] for q in quantiles]
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -647,11 +654,8 @@ class Engine:
             if msg.method == "INVITE":
                 self.uas._remove_invite_transaction(msg)  # noqa: SLF001
                 self.uas._calls.pop(msg.call_id or "", None)  # noqa: SLF001
-            if msg.method != "ACK" and msg.via:
-                try:
-                    self.uas._send_error(msg, 400, "Bad Request")  # noqa: SLF001
-                except Exception:  # headers too broken to build an answer from: dropped, and logged above
-                    pass
+            if msg.method != "ACK":
+                self._refuse(msg, 400, "Bad Request", {})
 
     def _admit(self, request: SipRequest, addr: tuple[str, int]) -> bool:
         """Per-source limits, the auth ban and draining; answers what it refuses."""
@@ -682,7 +686,7 @@ class Engine:
             return
         try:
             self.uas._send_error(request, status, reason, extra_headers=headers)  # noqa: SLF001
-        except Exception:  # too broken to answer: dropped
+        except Exception:  # headers too broken to build an answer from: dropped (and logged by the caller)
             pass
 
     def _reject(self, call: IncomingCall, status: int, reason: str, why: str, retry_after: int | None = None,
@@ -1095,15 +1099,12 @@ class Engine:
 
 
 def pacer_stats(pacer: Pacer) -> dict[str, float | int]:
-    late = sorted(pacer.lateness)
-    if not late:
+    if not pacer.lateness:
         return {"ticks": pacer.tick}
-
-    def pct(q: float) -> float:
-        return round(1000 * late[min(len(late) - 1, int(q * len(late)))], 3)
-
-    return {"ticks": pacer.tick, "resyncs": pacer.late_ticks, "samples": len(late),
-            "lateness_ms_p50": pct(0.50), "lateness_ms_p99": pct(0.99), "lateness_ms_max": round(1000 * late[-1], 3)}
+    p50, p99, worst = pacer.lateness_quantiles((0.5, 0.99, 1.0))
+    return {"ticks": pacer.tick, "resyncs": pacer.late_ticks, "samples": len(pacer.lateness),
+            "lateness_ms_p50": round(1000 * p50, 3), "lateness_ms_p99": round(1000 * p99, 3),
+            "lateness_ms_max": round(1000 * worst, 3)}
 
 
 def write_status(path: Path, acd: Acd, calls: int = 0, pacer: Pacer | None = None) -> None:

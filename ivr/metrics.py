@@ -71,10 +71,10 @@ class _EngineCollector(Collector):
         yield agents
         lateness = GaugeMetricFamily("hotline_media_clock_lateness_seconds",
                                      "Wake-up lateness of the 20 ms media clock (RTP send pacing)", labels=["quantile"])
-        samples = sorted(e.pacer.lateness)
-        if samples:
-            for q in (0.5, 0.99, 1.0):
-                lateness.add_metric([str(q)], samples[min(len(samples) - 1, int(q * len(samples)))])
+        if e.pacer.lateness:
+            quantiles = (0.5, 0.99, 1.0)
+            for q, value in zip(quantiles, e.pacer.lateness_quantiles(quantiles), strict=True):
+                lateness.add_metric([str(q)], value)
         yield lateness
         yield GaugeMetricFamily("hotline_crm_outbox_depth", "CRM records not yet in the database", value=e.writer.depth)
         yield CounterMetricFamily("hotline_crm_records_written", "CRM records committed", value=e.writer.written)

@@ -387,10 +387,10 @@ def main() -> int:
     except OSError:
         ivr.stop()
         raise
+    sipp_version = subprocess.run(["sipp", "-v"], capture_output=True, text=True).stdout.strip().splitlines()
     report: dict[str, object] = {
         "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0],
-                    "sipp": subprocess.run(["sipp", "-v"], capture_output=True, text=True).stdout.strip().splitlines()[0]
-                    if subprocess.run(["sipp", "-v"], capture_output=True, text=True).stdout else "?"},
+                    "sipp": sipp_version[0] if sipp_version else "?"},
         "config": {"capacity_invites_per_second": opts.capacity, "max_calls": opts.max_calls, "smoke": opts.smoke},
         "rss_idle_mb": round(idle_rss / 2**20, 1),
         "media_steps": [],
