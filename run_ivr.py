@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import gc
 import signal
+import socket
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +32,8 @@ from ivr.config import Config, ConfigError, load_config
 from ivr.engine import Engine, g711_encoders
 from ivr.greeting import Greeter, HolidayCalendar
 from ivr.logs import configure_logging
+from ivr.service import SEAT_GROUPS
+from ivr.shared_acd import SharedAcd
 from prompts.catalogue import catalogue_for
 from prompts.library import PromptError, PromptLibrary, load_prompts
 
@@ -93,7 +96,13 @@ async def serve(config: Config, prompts: PromptLibrary) -> int:
 
     sync_seat_groups(db, config.agents)
     greeter = Greeter(config.dayparts, config.general.zone, HolidayCalendar(config.holidays_file))
-    engine = Engine(config, prompts, writer, greeter, directory=lambda phone: lookup_caller(db, phone, config.tiers))
+    acd = None
+    if config.cluster.shared_agents:
+        worker = config.cluster.worker or f"{socket.gethostname()}:{config.general.port}"
+        acd = SharedAcd(config.queues, tuple(SEAT_GROUPS), db, worker,
+                        worker_timeout_s=config.cluster.worker_timeout_seconds)
+        log.info("shared_agents", worker=worker)
+    engine = Engine(config, prompts, writer, greeter, directory=lambda phone: lookup_caller(db, phone, config.tiers), acd=acd)
     await engine.start()
     if config.metrics_port:
         engine.metrics.serve(config.metrics_bind, config.metrics_port)

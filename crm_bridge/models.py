@@ -89,11 +89,54 @@ class SeatGroup(Base):
 
 
 class Agent(Base):
+    """An agent (seat), and — when workers share agents (`[cluster] shared_agents`) — their live state.
+
+    The state columns are written by `ivr.shared_acd`: every IVR worker behind
+    the balancer offers calls to the same agents, and an offer is an atomic
+    claim of an `available` row. A single IVR process keeps agent state in
+    memory and leaves them alone.
+    """
+
     __tablename__ = "agents"
 
     number: Mapped[str] = mapped_column(String(32), primary_key=True)  # the seat number announced to callers
     name: Mapped[str] = mapped_column(String(128), default="")
     seat_group: Mapped[str] = mapped_column(ForeignKey("seat_groups.name"))
+    state: Mapped[str] = mapped_column(String(16), default="logged_out", server_default="logged_out")
+    contact_host: Mapped[str | None] = mapped_column(String(64))  # where the agent's phone is reached
+    contact_port: Mapped[int | None]
+    registered_until: Mapped[datetime | None]  # NULL for a static contact (host = … in sip.conf)
+    idle_since: Mapped[datetime | None]  # longest idle is offered first
+    call_id: Mapped[str | None] = mapped_column(String(255))  # the caller's Call-ID while ringing or talking
+    worker: Mapped[str | None] = mapped_column(String(128))  # the worker that holds that call
+    wrap_up_until: Mapped[datetime | None]
+    state_changed_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_agents_group_state", "seat_group", "state"),)
+
+
+class AcdWorker(Base):
+    """An IVR worker sharing the agents, with its heartbeat; a silent worker's calls are presumed gone."""
+
+    __tablename__ = "acd_workers"
+
+    worker: Mapped[str] = mapped_column(String(128), primary_key=True)
+    started_at: Mapped[datetime]
+    seen_at: Mapped[datetime]
+
+
+class AcdWaiting(Base):
+    """A caller queued on some worker, so the oldest caller across workers gets the next agent."""
+
+    __tablename__ = "acd_queue"
+
+    call_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(128))
+    seat_group: Mapped[str] = mapped_column(String(32))
+    service: Mapped[str] = mapped_column(String(64))
+    joined_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_acd_queue_group_joined", "seat_group", "joined_at"),)
 
 
 class Survey(Base):

@@ -72,6 +72,8 @@ class Acd:
     seats: dict[str, Seat] = field(default_factory=dict)
     queues: dict[str, list[Waiting]] = field(default_factory=dict)
 
+    shared = False  # see ivr.shared_acd: agents in the database, claimed by several workers
+
     def __post_init__(self) -> None:
         self._ringing: dict[str, Waiting] = {}  # call_id -> the caller an agent is being rung for
 
@@ -81,7 +83,8 @@ class Acd:
 
     # --- agents -------------------------------------------------------------------
 
-    def login(self, number: str, contact: tuple[str, int], at: datetime) -> None:
+    def login(self, number: str, contact: tuple[str, int], at: datetime, until: datetime | None = None) -> None:
+        """The agent's phone is reachable at `contact` (until `until`, when it registered)."""
         seat = self.seats[number]
         seat.contact = contact
         if seat.state is AgentState.LOGGED_OUT:

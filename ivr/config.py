@@ -147,6 +147,16 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """Several IVR workers behind a SIP load balancer (`[cluster]`), sharing agents through the CRM database."""
+
+    shared_agents: bool = False
+    worker: str = ""  # this worker's name in the agents table; "" = host:port
+    secret: str = ""  # same on every worker: digest nonces from one are valid on all
+    worker_timeout_seconds: float = 10.0  # a worker silent this long: its calls are presumed gone
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     general: GeneralConfig = GeneralConfig()
@@ -166,6 +176,7 @@ class Config:
     outbox_dir: Path = Path("var/outbox")
     limits: LimitsConfig = LimitsConfig()
     webhook: WebhookConfig = WebhookConfig()
+    cluster: ClusterConfig = ClusterConfig()
     metrics_bind: str = "127.0.0.1"
     metrics_port: int = 0  # 0: no metrics endpoint
 
@@ -199,6 +210,7 @@ _KNOWN: dict[str, set[str]] = {
         "auth_failures", "auth_ban_seconds", "trusted", "excess", "max_invites_per_second", "max_loop_lag_ms",
     },
     "metrics": {"bind", "port"},
+    "cluster": {"shared_agents", "worker", "secret", "worker_timeout_seconds"},
     "webhook": {"url", "secret", "max_attempts", "timeout_seconds", "backoff_seconds", "backoff_max_seconds"},
     "log": {"level", "format"},
     "tiers": {"senior_assets", "senior_volume", "middle_assets", "middle_volume"},
@@ -396,6 +408,7 @@ def load_config(path: Path) -> Config:
         outbox_dir=r.file_path("database", "outbox_dir", path.parent / "var" / "outbox") or Path("var/outbox"),
         limits=_limits(r),
         webhook=_webhook(r),
+        cluster=_cluster(r, url),
         metrics_bind=r.get("metrics", "bind", "127.0.0.1", lambda v: str(ipaddress.ip_address(v)), "an IP address"),
         metrics_port=int(r.number("metrics", "port", 0, 0, 65535, int)),
         tiers=tiers,
@@ -547,6 +560,24 @@ def _webhook(r: _Reader) -> WebhookConfig:
     if hook.url and len(hook.secret) < 16:
         raise r.error("webhook", "secret", "needs 16 characters or more: the receiver checks each push's HMAC with it")
     return hook
+
+
+def _cluster(r: _Reader, database_url: str) -> ClusterConfig:
+    d = ClusterConfig()
+    cluster = ClusterConfig(
+        shared_agents=r.get("cluster", "shared_agents", d.shared_agents, _bool, "yes or no"),
+        worker=r.get("cluster", "worker", d.worker, str.strip, "a worker name"),
+        secret=r.get("cluster", "secret", d.secret, str, "a shared secret"),
+        worker_timeout_seconds=r.number("cluster", "worker_timeout_seconds", d.worker_timeout_seconds, 3, 3600),
+    )
+    if len(cluster.worker) > 128:
+        raise r.error("cluster", "worker", "at most 128 characters")
+    if cluster.shared_agents:
+        if ":memory:" in database_url:
+            raise r.error("cluster", "shared_agents", "needs a database the workers share; [database] url is in memory")
+        if len(cluster.secret) < 16:
+            raise r.error("cluster", "secret", "needs 16 characters or more, the same on every worker (it signs digest nonces)")
+    return cluster
 
 
 def _survey(r: _Reader) -> SurveyConfig:

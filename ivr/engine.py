@@ -21,7 +21,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,7 @@ from ivr.metrics import Metrics
 from ivr.registrar import Challenge, Refused, Registered, Registrar
 from ivr.sanity import check_request
 from ivr.service import SEAT_GROUPS
+from ivr.shared_acd import SharedAcd
 from ivr.vad import SpeechDetector
 from prompts.library import PromptLibrary
 
@@ -523,6 +524,7 @@ class Engine:
         writer: CrmWriter,
         greeter: Greeter,
         directory: Callable[[str], CallerProfile] | None = None,
+        acd: Acd | None = None,
     ) -> None:
         self.config = config
         self.prompts = prompts
@@ -531,8 +533,11 @@ class Engine:
         self.directory = directory
         self.legs: dict[str, Leg] = {}
         self.agent_legs: dict[str, AgentLeg] = {}  # by the agent call's Call-ID
-        self.acd = Acd.from_agents(config.agents, config.queues, tuple(SEAT_GROUPS))
-        self.registrar = Registrar({a.number: a.secret for a in config.agents if a.secret})
+        # One process: agents in memory. Workers behind a balancer: a SharedAcd (ivr.shared_acd).
+        self.acd = acd or Acd.from_agents(config.agents, config.queues, tuple(SEAT_GROUPS))
+        # Workers that share agents share the nonce key, so a challenge from one is answered to any.
+        secret = config.cluster.secret.encode() if config.cluster.shared_agents else None
+        self.registrar = Registrar({a.number: a.secret for a in config.agents if a.secret}, key=secret)
         self.guard = SourceGuard(config.limits)
         self.loop_lag = 0.0  # how late the event loop ran a 50 ms timer, last time it looked
         self.max_loop_lag = config.limits.max_loop_lag_ms / 1000
@@ -542,6 +547,7 @@ class Engine:
         self._register_replies: dict[str, tuple[float, int, str, dict[str, str]]] = {}
         self._wrap_up: dict[str, asyncio.TimerHandle] = {}
         self._assign_task: asyncio.Task[None] | None = None
+        self._claiming = self._claim_again = self._refreshing = False
         self._states: dict[str, str] = {}
         self._status_dirty = True
         self.status_file = config.status_file
@@ -583,9 +589,12 @@ class Engine:
         self.transport.on_message = self._on_sip_message
         g = self.config.general
         log.info("listening", bind=g.bind, port=g.port, numbers=sorted(g.numbers), rtp_ports=list(g.rtp_ports))
-        for agent in self.config.agents:
-            if agent.host is not None:  # a static contact is always logged in
-                self.acd.login(agent.number, agent.host, utc_now())
+        if isinstance(self.acd, SharedAcd):
+            await asyncio.to_thread(self.acd.start, self.config.agents, utc_now())
+        else:
+            for agent in self.config.agents:
+                if agent.host is not None:  # a static contact is always logged in
+                    self.acd.login(agent.number, agent.host, utc_now())
         log.info("seat_groups", agents=self.acd.describe())
         self.publish_states()
         # overflow eligibility grows with waiting time: re-run the ACD every second
@@ -622,6 +631,8 @@ class Engine:
         await self.pacer.close()
         await asyncio.sleep(0.05)  # let the last BYEs leave the socket
         await self.uas.stop()
+        if isinstance(self.acd, SharedAcd):
+            await asyncio.to_thread(self.acd.close, utc_now())
 
     def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
         task = asyncio.get_running_loop().create_task(coro)
@@ -885,8 +896,11 @@ class Engine:
                 expires = int(raw) if raw else None
             except Exception:
                 return 400, "Bad Contact", {}
-            # reach the phone where its REGISTER came from (works through NAT, RFC 3581's spirit)
+            # reach the phone where its REGISTER came from (works through NAT, RFC 3581's spirit) —
+            # unless it came through the balancer in front: then the Contact says where the phone is
             contact = addr
+            if addr[0] in self.config.limits.trusted and address.uri.host:
+                contact = (address.uri.host, address.uri.port or 5060)
         decision = self.registrar.register(request.method, params, contact, expires)
         match decision:
             case Challenge(header=header):
@@ -911,7 +925,7 @@ class Engine:
             log.info("agent_unregistered", agent=agent)
             self.publish_states()
             return
-        self.acd.login(agent, contact, utc_now())
+        self.acd.login(agent, contact, utc_now(), until=utc_now() + timedelta(seconds=expires))
         self.registrations[agent] = asyncio.get_running_loop().call_later(expires, self._expire_agent, agent)
         log.info("agent_registered", agent=agent, contact=f"{contact[0]}:{contact[1]}", expires=expires)
         self.assign()
@@ -943,6 +957,8 @@ class Engine:
                 found = gc.collect()
                 last_full_gc = time.monotonic()
                 log.debug("gc_full", unreachable=found, ms=round(1000 * (time.perf_counter() - started), 1), calls=len(self.legs))
+            if isinstance(self.acd, SharedAcd) and not self._refreshing:
+                self._spawn(self._refresh_agents())
             if self.acd.waiting():
                 self.assign()
             if self.status_file is not None and (self._status_dirty or self.legs):
@@ -958,14 +974,43 @@ class Engine:
                 log.info("agent_state", agent=seat.number, seat_group=seat.seat_group, state=state, call_id=seat.call_id)
         self._status_dirty = True
 
-    def assign(self) -> None:
+    async def _refresh_agents(self) -> None:
+        assert isinstance(self.acd, SharedAcd)
+        self._refreshing = True
         try:
-            self._assign()
+            await self.acd.refresh(utc_now())
+        finally:
+            self._refreshing = False
+        self.publish_states()
+
+    def assign(self) -> None:
+        if isinstance(self.acd, SharedAcd):
+            # a claim is a database round trip: one at a time, and once more if asked meanwhile
+            if self._claiming:
+                self._claim_again = True
+            else:
+                self._claiming = True
+                self._spawn(self._claim_shared())
+            return
+        try:
+            self._ring(self.acd.assign(utc_now()))
         finally:
             self.publish_states()
 
-    def _assign(self) -> None:
-        for offer in self.acd.assign(utc_now()):
+    async def _claim_shared(self) -> None:
+        assert isinstance(self.acd, SharedAcd)
+        try:
+            while True:
+                self._claim_again = False
+                self._ring(await self.acd.claim(utc_now()))
+                if not self._claim_again:
+                    break
+        finally:
+            self._claiming = False
+            self.publish_states()
+
+    def _ring(self, offers: list[Offer]) -> None:
+        for offer in offers:
             leg = self.legs.get(offer.call_id)
             if leg is None or leg.closed:
                 self.acd.no_answer(offer.agent, utc_now())
