@@ -18,9 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from .conftest import ROOT, IvrProcess, free_port, sipp, start_ivr, write_ivr_config
 from .test_e2e_faults import outcomes
+from .test_e2e_routing import softphone_agent, wait_line
 from .test_e2e_sip import finished
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -28,15 +30,26 @@ KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
 
 
-@pytest.fixture
-def workers(tmp_path: Path, pg_url: str) -> Iterator[list[IvrProcess]]:
+def start_workers(tmp_path: Path, pg_url: str, extra: str = "") -> list[IvrProcess]:
     started = []
     for n in (1, 2):
         home = tmp_path / f"worker{n}"
         home.mkdir()
         port = free_port()
-        conf = write_ivr_config(home, sip_port=port, db_url=pg_url, extra="[limits]\ntrusted = 127.0.0.1\n")
+        conf = write_ivr_config(home, sip_port=port, db_url=pg_url,
+                                extra=f"[limits]\ntrusted = 127.0.0.1\n{extra.format(n=n)}")
         started.append(start_ivr(home, conf, port, pg_url))
+    return started
+
+
+@pytest.fixture
+def worker_settings() -> str:
+    return ""
+
+
+@pytest.fixture
+def workers(tmp_path: Path, pg_url: str, worker_settings: str) -> Iterator[list[IvrProcess]]:
+    started = start_workers(tmp_path, pg_url, worker_settings)
     yield started
     for ivr in started:
         ivr.stop()
@@ -81,3 +94,92 @@ def test_calls_spread_over_two_workers_and_survive_one_draining(workers, balance
     assert invited(second) == split[1] + 10, "the remaining worker took every new call"
     time.sleep(1.0)
     assert outcomes(pg_url) == Counter({"caller_hangup": 30}), "one CRM, every call in it"
+
+
+AGENT_PORT = free_port()
+SHARED = f"""[cluster]
+shared_agents = yes
+worker = ivr-{{n}}
+secret = shared-by-both-workers
+[queues]
+wrap_up_seconds = 0
+[survey]
+timeout_seconds = 2
+[821]
+type = agent
+seat_group = junior
+host = 127.0.0.1:{AGENT_PORT}
+"""
+
+
+@pytest.mark.parametrize("worker_settings", [SHARED])
+def test_workers_share_one_agent_who_takes_their_calls_one_at_a_time(workers, balancer, pg_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Four callers spread over two workers, one agent: the agent is never rung by both workers at once."""
+    agent = sipp(tmp_path, "agent_uas", workers[0].port, calls=4, extra=("-d", "1000", "-p", str(AGENT_PORT)), timeout_s=150)
+    callers = sipp(tmp_path, "served_caller", balancer, calls=4, callers="unknown_callers.csv",
+                   extra=("-r", "4", "-l", "4"), timeout_s=150)
+    finished(callers, 160)
+    finished(agent, 30)
+    assert [invited(w) for w in workers] == [2, 2], "round-robin: two callers on each worker"
+
+    engine = create_engine(pg_url)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT sip_call_id, outcome, agent_number FROM calls")).all()
+        if len(rows) == 4 and all(r.outcome for r in rows):
+            break
+        time.sleep(0.3)
+    assert sorted((r.outcome, r.agent_number) for r in rows) == [("completed", "821")] * 4, rows
+    with engine.connect() as conn:
+        spans = conn.execute(text(
+            "SELECT c.sip_call_id, min(e.at) FILTER (WHERE e.kind = 'agent_rung') AS rung,"
+            " max(e.at) FILTER (WHERE e.kind = 'agent_bye') AS bye"
+            " FROM calls c JOIN call_events e ON e.call_id = c.id GROUP BY c.sip_call_id ORDER BY rung"
+        )).all()
+        agent_row = conn.execute(text("SELECT state, call_id, worker FROM agents WHERE number = '821'")).one()
+    engine.dispose()
+    for earlier, later in zip(spans, spans[1:]):
+        assert later.rung >= earlier.bye, f"the agent was rung for {later.sip_call_id} while still on {earlier.sip_call_id}"
+    assert tuple(agent_row) == ("available", None, None)
+    rung_by = [len(re.findall(r"event='agent_rung'", w.log())) for w in workers]
+    assert rung_by == [2, 2], f"each worker rang the shared agent for its own callers: {rung_by}"
+
+
+REGISTERING = """[cluster]
+shared_agents = yes
+worker = ivr-{n}
+secret = shared-by-both-workers
+[queues]
+wrap_up_seconds = 0
+[survey]
+timeout_seconds = 2
+[822]
+type = agent
+seat_group = junior
+host = dynamic
+secret = pw822
+"""
+
+
+@pytest.mark.parametrize("worker_settings", [REGISTERING])
+def test_an_agent_registered_through_the_balancer_serves_callers_of_both_workers(workers, balancer, pg_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    phone = softphone_agent(balancer, "822", "pw822", talk=1, calls=2)
+    try:
+        assert wait_line(phone, "registered") == "registered 200"
+        time.sleep(1.5)  # the binding reaches the database, and the other worker's copy
+        callers = sipp(tmp_path, "served_caller", balancer, calls=2, callers="unknown_callers.csv",
+                       extra=("-r", "2", "-l", "2"), timeout_s=120)
+        finished(callers, 130)
+        assert phone.wait(30) == 0
+    finally:
+        if phone.poll() is None:
+            phone.kill()
+    assert [invited(w) for w in workers] == [1, 1]
+    registered_on = [w for w in workers if "agent_registered" in w.log()]
+    assert len(registered_on) == 1, "one REGISTER, one worker"
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT outcome, agent_number FROM calls")).all()
+    engine.dispose()
+    assert sorted(tuple(r) for r in rows) == [("completed", "822")] * 2, "the worker the phone did not register with used it too"

@@ -144,10 +144,10 @@ def test_ten_callers_two_agents_all_served_in_queue_order(ivr_factory, tmp_path:
     assert [r["sip_call_id"] for r in queued] == [r["sip_call_id"] for r in answered], "served out of queue order"
 
 
-def softphone_agent(ivr: IvrProcess, agent: str, password: str, *, talk: float = 3, calls: int = 1,
+def softphone_agent(port: int, agent: str, password: str, *, talk: float = 3, calls: int = 1,
                     dial: tuple[str, ...] = ()) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "softphone_agent.py"), "--ivr-port", str(ivr.port), "--agent", agent,
+        [sys.executable, str(ROOT / "tests" / "softphone_agent.py"), "--ivr-port", str(port), "--agent", agent,
          "--password", password, "--talk", str(talk), "--calls", str(calls), "--timeout", "90",
          *(arg for code in dial for arg in ("--dial", code))],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -170,7 +170,7 @@ def test_pjsua2_agent_registers_with_digest_and_serves_a_senior_caller(ivr_facto
     db_url = f"sqlite:///{tmp_path / 'crm.db'}"
     customers(tmp_path, db_url)
     ivr = ivr_factory(db_url=db_url, extra="[queues]\nwrap_up_seconds = 0\n" + agents_conf(**{"801": ("senior", "dynamic")}))
-    phone = softphone_agent(ivr, "801", "pw801", talk=4)
+    phone = softphone_agent(ivr.port, "801", "pw801", talk=4)
     assert wait_line(phone, "registered") == "registered 200"
     assert re.search(r"event='agent_registered'.*agent='801'", ivr.log())
     time.sleep(1.5)  # the status file is rewritten once a second
@@ -190,7 +190,7 @@ def test_pjsua2_agent_registers_with_digest_and_serves_a_senior_caller(ivr_facto
 
 def test_wrong_password_is_refused_and_logged_for_fail2ban(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ivr = ivr_factory(extra=agents_conf(**{"801": ("senior", "dynamic")}))
-    phone = softphone_agent(ivr, "801", "not-the-password")
+    phone = softphone_agent(ivr.port, "801", "not-the-password")
     assert wait_line(phone, "registered") == "registered 403"
     phone.wait(20)
     assert re.search(r"event='auth_failed' source='127\.0\.0\.1:\d+' user='801' reason='wrong password'", ivr.log())
@@ -199,7 +199,7 @@ def test_wrong_password_is_refused_and_logged_for_fail2ban(ivr_factory, tmp_path
 
 def test_agent_pauses_and_resumes_with_feature_codes(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ivr = ivr_factory(extra=agents_conf(**{"801": ("senior", "dynamic")}))
-    phone = softphone_agent(ivr, "801", "pw801", calls=0, dial=("*46", "*47"))
+    phone = softphone_agent(ivr.port, "801", "pw801", calls=0, dial=("*46", "*47"))
     assert wait_line(phone, "registered") == "registered 200"
     assert wait_line(phone, "dialled") == "dialled *46 480 Agent 801 paused"
     assert wait_line(phone, "dialled") == "dialled *47 480 Agent 801 available"
