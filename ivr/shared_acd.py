@@ -31,6 +31,7 @@ and feature codes, never a decision.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -39,7 +40,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection, Engine, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from tenacity import Retrying, retry_if_exception, wait_exponential
+from tenacity import Retrying, retry_if_exception, stop_when_event_set, wait_exponential
 
 from crm_bridge.models import AcdWaiting, AcdWorker, Agent
 from ivr.acd import Acd, AgentState, Offer, Seat, Waiting
@@ -70,6 +71,7 @@ class SharedAcd(Acd):
         self.worker_timeout = timedelta(seconds=worker_timeout_s)
         self._offered: dict[str, str] = {}  # agent -> the call_id this worker rang them for
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="shared-acd")
+        self._closing = threading.Event()
         self.pending = 0  # changes not yet in the database
         self.claims_failed = 0
 
@@ -95,13 +97,21 @@ class SharedAcd(Acd):
         conn.execute(delete(workers).where(workers.c.worker == self.worker))
         conn.execute(insert(workers).values(worker=self.worker, started_at=at, seen_at=at))
 
-    def close(self, at: datetime) -> None:
-        """Blocking, at shut-down: wait for pending changes, leave the worker list."""
+    def close(self, at: datetime, timeout_s: float = 10.0) -> None:
+        """Blocking, at shut-down: wait for pending changes, leave the worker list.
+
+        If the database is away, give up after `timeout_s`: the other workers
+        free this worker's agents once its heartbeat is `worker_timeout` old.
+        """
+        leaving = self._thread.submit(self._transaction, self._leave_db, (at,))
         try:
-            self._run(self._leave_db, at)
-        except SQLAlchemyError as exc:
-            log.warning("shared_acd_leave_failed", error=str(exc).splitlines()[0])
-        self._thread.shutdown(wait=True)
+            leaving.result(timeout_s)
+        except (SQLAlchemyError, TimeoutError) as exc:
+            self._closing.set()  # stop retrying queued changes
+            log.warning("shared_acd_left_uncleanly", pending=self.pending,
+                        error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                        note="the other workers free this worker's agents after worker_timeout_seconds")
+        self._thread.shutdown(wait=False, cancel_futures=True)
 
     def _leave_db(self, conn: Connection, at: datetime) -> None:
         self._free_calls_of(conn, workers.c.worker == self.worker, at)
@@ -139,6 +149,7 @@ class SharedAcd(Acd):
         retrying = Retrying(
             retry=retry_if_exception(lambda exc: isinstance(exc, SQLAlchemyError) and not isinstance(exc, IntegrityError)),
             wait=wait_exponential(multiplier=0.2, max=5),
+            stop=stop_when_event_set(self._closing),
             before_sleep=lambda state: log.warning(
                 "shared_acd_retry", change=op.__name__, attempt=state.attempt_number,
                 error=str(state.outcome.exception()).splitlines()[0] if state.outcome else "",

@@ -164,3 +164,21 @@ def test_two_workers_claiming_at_once_never_share_an_agent(db: Engine) -> None:
         assert set(conn.scalars(select(Agent.state))) == {"ringing"}
     for acd in (w1, w2):
         acd.close(at(10))
+
+
+def test_shut_down_while_the_database_is_locked_does_not_hang(tmp_path: Path) -> None:
+    import sqlite3
+    import time
+
+    db = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    migrate(db)
+    w1, _ = workers(db, AgentConfig("801", "senior", "", PHONE))
+    lock = sqlite3.connect(tmp_path / "crm.db", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # the database is away for writers
+    w1.pause("801", True, at(1))  # queued, retried
+    started = time.monotonic()
+    w1.close(at(2), timeout_s=1.0)
+    assert time.monotonic() - started < 3
+    lock.execute("ROLLBACK")
+    lock.close()
+    assert w1.pending <= 1
