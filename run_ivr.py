@@ -23,7 +23,7 @@ from pathlib import Path
 import structlog
 import uvloop
 
-from crm_bridge.customers import lookup_caller
+from crm_bridge.customers import CallerDirectory
 from crm_bridge.db import make_engine, migrate, reconcile_interrupted, sync_seat_groups
 from crm_bridge.outbox import Outbox, OutboxError
 from crm_bridge.webhook import WebhookPusher
@@ -96,13 +96,14 @@ async def serve(config: Config, prompts: PromptLibrary) -> int:
 
     sync_seat_groups(db, config.agents)
     greeter = Greeter(config.dayparts, config.general.zone, HolidayCalendar(config.holidays_file))
+    directory = CallerDirectory(db, config.tiers)
     acd = None
     if config.cluster.shared_agents:
         worker = config.cluster.worker or f"{socket.gethostname()}:{config.general.port}"
         acd = SharedAcd(config.queues, tuple(SEAT_GROUPS), db, worker,
                         worker_timeout_s=config.cluster.worker_timeout_seconds)
         log.info("shared_agents", worker=worker)
-    engine = Engine(config, prompts, writer, greeter, directory=lambda phone: lookup_caller(db, phone, config.tiers), acd=acd)
+    engine = Engine(config, prompts, writer, greeter, directory=directory, acd=acd)
     await engine.start()
     if config.metrics_port:
         engine.metrics.serve(config.metrics_bind, config.metrics_port)
@@ -142,6 +143,7 @@ async def serve(config: Config, prompts: PromptLibrary) -> int:
     left_up = await engine.drain(config.general.drain_seconds, hurry)
     log.info("stopping", calls_cut_short=left_up)
     await engine.stop()
+    await directory.close()
     unwritten = await asyncio.to_thread(writer.close)
     if pusher is not None:
         await asyncio.to_thread(pusher.close)

@@ -127,7 +127,7 @@ class LimitsConfig:
     options_per_second: float = 10.0
     other_per_second: float = 50.0  # every other method, in-dialog requests included
     excess: str = "drop"  # or "reply": 503 + Retry-After (at most 5 a second per source)
-    max_invites_per_second: float = 1000.0  # all sources together: overload control (503 beyond)
+    max_invites_per_second: float = 250.0  # all sources together: overload control (503 beyond)
     max_loop_lag_ms: float = 100.0  # new calls get 503 while the event loop runs this late
     auth_failures: int = 10  # failed digest attempts from one address within a minute ...
     auth_ban_seconds: float = 600.0  # ... bar it from registering for this long

@@ -44,7 +44,7 @@ from aiosipua import (
     parse_uri,
 )
 
-from crm_bridge.customers import CallerProfile
+from crm_bridge.customers import CallerDirectory
 from crm_bridge.writer import CrmWriter
 from ivr.acd import Acd, Offer
 from ivr.callflow import CallFlow, CallFlowError
@@ -109,7 +109,8 @@ LAG_PROBE_S = 0.05
 FULL_GC_EVERY_S = 600.0  # see run_ivr.py: the full GC pass is the engine's to schedule
 # Agents dial these from their registered phone to pause (not offered calls) or resume.
 FEATURE_CODES = {"*46": True, "*47": False}
-REGISTER_REPLY_TTL_S = 32.0  # Timer J: how long a REGISTER retransmission is answered from memory
+REGISTER_REPLY_TTL_S = 32.0
+LOOKUP_TIMEOUT_S = 2.0  # a caller the CRM cannot name in time is served as unknown  # Timer J: how long a REGISTER retransmission is answered from memory
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -523,7 +524,7 @@ class Engine:
         prompts: PromptLibrary,
         writer: CrmWriter,
         greeter: Greeter,
-        directory: Callable[[str], CallerProfile] | None = None,
+        directory: CallerDirectory | None = None,
         acd: Acd | None = None,
     ) -> None:
         self.config = config
@@ -778,17 +779,27 @@ class Engine:
         leg.dispatch(Invited(utc_now(), caller, callee))
         self._spawn(self._start_leg(leg, remote, dtmf_pt))
         if self.directory is not None:
-            self._spawn(self._identify(leg, caller))
+            try:
+                profile = self.directory.lookup_now(caller)
+            except Exception as exc:  # the CRM being down must not stop the call: unknown = junior
+                leg.log.warning("caller_lookup_failed", error=str(exc))
+                return
+            if profile is not None:
+                leg.dispatch(CallerIdentified(utc_now(), profile.tier, profile.known))
+            else:
+                self._spawn(self._identify(leg, caller))
 
     async def _identify(self, leg: Leg, caller: str) -> None:
-        """Look the caller up in the CRM while it rings (off the event loop)."""
+        """Look the caller up in the CRM while it rings (crm_bridge.customers.CallerDirectory)."""
         assert self.directory is not None
         try:
-            profile = await asyncio.to_thread(self.directory, caller)
-        except Exception as exc:  # the CRM being down must not stop the call: unknown = junior
-            leg.log.warning("caller_lookup_failed", error=str(exc))
+            async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+                profile = await self.directory.lookup(caller)
+        except Exception as exc:  # the CRM being down or slow must not stop the call: unknown = junior
+            leg.log.warning("caller_lookup_failed", error=str(exc) or type(exc).__name__)
             return
-        leg.dispatch(CallerIdentified(utc_now(), profile.tier, profile.known))
+        if not leg.closed:
+            leg.dispatch(CallerIdentified(utc_now(), profile.tier, profile.known))
 
     async def _start_leg(self, leg: Leg, remote: tuple[str, int], dtmf_pt: int) -> None:
         try:

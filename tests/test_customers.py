@@ -98,3 +98,59 @@ def test_overdue_tickets_and_yesterdays_low_scores(tmp_path: Path, capsys: pytes
     assert crm_cli([*cli, "low-scores", "--day", yesterday.date().isoformat()]) == 0
     out = capsys.readouterr().out
     assert "score 3 (dissatisfied)" in out and "score 1" not in out and "1 low score(s)" in out
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_the_ivr_directory_reads_the_same_tiers_on_its_event_loop(backend: str, tmp_path: Path,
+                                                                  request: pytest.FixtureRequest) -> None:
+    import asyncio
+
+    from crm_bridge.customers import CallerDirectory
+
+    url = f"sqlite:///{tmp_path / 'crm.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    engine = make_engine(url)
+    migrate(engine)
+    import_customers(engine, csv(tmp_path, "phone,name,assets,volume,tier\n13800000001,王总,2000,0,\n13700000001,李,0,600,\n"))
+
+    async def lookups() -> list[tuple[str, str, bool]]:
+        directory = CallerDirectory(engine, T)
+        try:
+            found = await asyncio.gather(*(directory.lookup(p) for p in ("13800000001", "13700000001", "13900000000")))
+            now = directory.lookup_now("13800000001")
+            assert (now is not None) == (backend == "sqlite"), "SQLite answers at once, PostgreSQL on the loop"
+            return [(p.tier, p.name, p.known) for p in found]
+        finally:
+            await directory.close()
+
+    assert asyncio.run(lookups()) == [("senior", "王总", True), ("middle", "李", True), ("junior", "", False)]
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_the_ivr_directory_reconnects_after_a_postgres_restart(postgres, pg_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import time
+
+    from crm_bridge.customers import CallerDirectory
+
+    engine = make_engine(pg_url)
+    migrate(engine)
+    import_customers(engine, csv(tmp_path, "phone,name,assets,volume,tier\n13800000001,王总,2000,0,\n"))
+    directory = CallerDirectory(engine, T, reconnect_s=0.2)
+
+    async def lookup() -> str:
+        return (await directory.lookup("13800000001")).tier
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(lookup()) == "senior"
+        postgres.stop()
+        with pytest.raises(Exception):  # noqa: B017 (psycopg's error or "unreachable": the engine serves the caller as unknown)
+            loop.run_until_complete(lookup())
+        postgres.start()
+        time.sleep(0.3)
+        assert loop.run_until_complete(lookup()) == "senior", "a new connection once the server is back"
+        loop.run_until_complete(directory.close())
+    finally:
+        loop.close()
+        engine.dispose()
