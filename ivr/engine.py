@@ -18,6 +18,7 @@ import asyncio
 import gc
 import json
 import random
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -106,6 +107,7 @@ CODEC_NAMES = {0: "PCMU", 8: "PCMA"}
 # scanner never sends; forget them after Timer H (64 x T1 = 32 s).
 REJECTED_FORGET_S = 32.0
 LAG_PROBE_S = 0.05
+TICK_SWITCH_INTERVAL_S = 0.05  # other threads wait for a media tick (see Pacer._run)
 FULL_GC_EVERY_S = 600.0  # see run_ivr.py: the full GC pass is the engine's to schedule
 # Agents dial these from their registered phone to pause (not offered calls) or resume.
 FEATURE_CODES = {"*46": True, "*47": False}
@@ -293,7 +295,16 @@ class Pacer:
         while True:
             self.lateness.append(loop.time() - deadline)
             self.tick += 1
-            finished = [leg for leg in self._playing if not leg.send_next_frame(self.tick)]
+            # A tick sends every playing call's frame: about 8 ms for 500 calls. A
+            # thread that wants the GIL meanwhile (the CRM writer) would get it every
+            # switch interval and stretch the tick for the calls sent last, which the
+            # far end hears as jitter. Hold on to it for the tick, then give it back.
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(TICK_SWITCH_INTERVAL_S)
+            try:
+                finished = [leg for leg in self._playing if not leg.send_next_frame(self.tick)]
+            finally:
+                sys.setswitchinterval(interval)
             for leg in finished:
                 del self._playing[leg]
                 leg.prompt_done()
