@@ -93,7 +93,7 @@ class SharedAcd(Acd):
             if agent.number not in known:  # sync_seat_groups adds them in the CRM; this covers a race with it
                 conn.execute(insert(agents).values(number=agent.number, name=agent.name, seat_group=agent.seat_group))
         # This worker restarted: the calls it held are gone.
-        self._free_calls_of(conn, workers.c.worker == self.worker, at)
+        self._free_calls_of(conn, [self.worker], at)
         conn.execute(delete(workers).where(workers.c.worker == self.worker))
         conn.execute(insert(workers).values(worker=self.worker, started_at=at, seen_at=at))
 
@@ -114,17 +114,17 @@ class SharedAcd(Acd):
         self._thread.shutdown(wait=False, cancel_futures=True)
 
     def _leave_db(self, conn: Connection, at: datetime) -> None:
-        self._free_calls_of(conn, workers.c.worker == self.worker, at)
+        self._free_calls_of(conn, [self.worker], at)
         conn.execute(delete(workers).where(workers.c.worker == self.worker))
 
     @staticmethod
-    def _free_calls_of(conn: Connection, which: Any, at: datetime) -> None:
-        """Free the agents held by the workers `which` selects, and drop their queue entries."""
-        theirs = agents.c.worker.in_(select(workers.c.worker).where(which))
+    def _free_calls_of(conn: Connection, names: Any, at: datetime) -> None:
+        """Free the agents held by the workers `names` (a list, or a select of names), drop their queue entries."""
+        theirs = agents.c.worker.in_(names)
         conn.execute(update(agents).where(theirs, agents.c.state.in_((RINGING, TALKING)))
                      .values(state=FREED, call_id=None, idle_since=at, state_changed_at=at))
         conn.execute(update(agents).where(theirs).values(worker=None))
-        conn.execute(delete(waiting_table).where(waiting_table.c.worker.in_(select(workers.c.worker).where(which))))
+        conn.execute(delete(waiting_table).where(waiting_table.c.worker.in_(names)))
 
     # --- the database thread ------------------------------------------------------------
 
@@ -411,7 +411,7 @@ class SharedAcd(Acd):
         if conn.execute(select(func.count()).select_from(workers).where(silent)).scalar():
             for worker in conn.scalars(select(workers.c.worker).where(silent)).all():
                 log.warning("worker_presumed_gone", worker=worker, agents_freed=True)
-            self._free_calls_of(conn, silent, at)
+            self._free_calls_of(conn, select(workers.c.worker).where(silent), at)
             conn.execute(delete(workers).where(silent))
         conn.execute(update(agents).where(agents.c.state == WRAP_UP, agents.c.wrap_up_until < at - timedelta(seconds=1))
                      .values(state=AVAILABLE, idle_since=at, wrap_up_until=None, state_changed_at=at))

@@ -182,3 +182,24 @@ def test_shut_down_while_the_database_is_locked_does_not_hang(tmp_path: Path) ->
     lock.execute("ROLLBACK")
     lock.close()
     assert w1.pending <= 1
+
+
+def test_a_worker_restarted_under_its_name_frees_the_agents_its_old_calls_held(tmp_path: Path) -> None:
+    db = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    migrate(db)
+    w1, w2 = workers(db, AgentConfig("801", "senior", "", PHONE))
+    w1.join("c1", "senior", "enquiry", at(1))
+    settle(w1)
+    [offer] = claim(w1, 2)
+    w1.answered(offer.agent)
+    settle(w1)
+    asyncio.run(w2.refresh(at(30)))  # w1 (killed) presumed gone: its worker row is removed, the agent freed
+    w2.join("c2", "senior", "enquiry", at(31))
+    settle(w2)
+    claim(w2, 31)
+    assert state(db, "801") == ("ringing", "c2", "w2")
+    # and a restart of w2 (killed with the agent ringing) gives the agent back at once
+    again = SharedAcd(QueueConfig(), tuple(SEAT_GROUPS), db, "w2")
+    again.start((AgentConfig("801", "senior", "", PHONE),), at(40))
+    assert state(db, "801") == ("available", None, None)
+    again.close(at(41))
