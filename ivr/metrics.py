@@ -16,6 +16,8 @@ engine when Prometheus scrapes, so the call path pays nothing for it.
     hotline_media_clock_lateness_seconds{quantile} 0.5 / 0.99 / 1 of the last 3000 20 ms ticks (RTP send pacing)
     hotline_crm_outbox_depth                      records not yet in the CRM database
     hotline_crm_records_written_total             records the writer committed
+    hotline_shared_agent_changes_pending          with [cluster] shared_agents: agent changes not yet in the database
+    hotline_shared_agent_claims_failed_total      ... and claims the database could not take (callers stay queued)
 """
 
 from __future__ import annotations
@@ -78,5 +80,10 @@ class _EngineCollector(Collector):
         yield lateness
         yield GaugeMetricFamily("hotline_crm_outbox_depth", "CRM records not yet in the database", value=e.writer.depth)
         yield CounterMetricFamily("hotline_crm_records_written", "CRM records committed", value=e.writer.written)
+        if e.acd.shared:
+            yield GaugeMetricFamily("hotline_shared_agent_changes_pending", "Agent changes not yet in the shared database",
+                                    value=e.acd.pending)  # type: ignore[attr-defined]
+            yield CounterMetricFamily("hotline_shared_agent_claims_failed", "Agent claims the database could not take",
+                                      value=e.acd.claims_failed)  # type: ignore[attr-defined]
         yield CounterMetricFamily("hotline_sip_dropped", "Requests dropped unanswered (over a per-source rate)",
                                   value=e.guard.dropped)

@@ -203,3 +203,25 @@ def test_a_worker_restarted_under_its_name_frees_the_agents_its_old_calls_held(t
     again.start((AgentConfig("801", "senior", "", PHONE),), at(40))
     assert state(db, "801") == ("available", None, None)
     again.close(at(41))
+
+
+def test_metrics_show_shared_agent_changes_pending_and_failed_claims(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from prometheus_client import generate_latest
+
+    from ivr.engine import Pacer
+    from ivr.metrics import Metrics
+
+    db = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    migrate(db)
+    w1, _ = workers(db, AgentConfig("801", "senior", "", PHONE))
+    w1.pending, w1.claims_failed = 3, 2
+    engine = SimpleNamespace(legs={}, acd=w1, pacer=Pacer(), writer=SimpleNamespace(depth=0, written=0),
+                             guard=SimpleNamespace(dropped=0))
+    metrics = Metrics()
+    metrics.watch(engine)  # type: ignore[arg-type]
+    text = generate_latest(metrics.registry).decode()
+    assert "hotline_shared_agent_changes_pending 3.0" in text
+    assert "hotline_shared_agent_claims_failed_total 2.0" in text
+    assert 'hotline_agents{seat_group="senior",state="available"} 1.0' in text
