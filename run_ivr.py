@@ -82,14 +82,16 @@ def prepare_prompts(config: Config) -> PromptLibrary:
 async def serve(config: Config, prompts: PromptLibrary) -> int:
     db = make_engine(config.database_url)
     migrate(db)
+    # this process's name in the shared CRM: on its call rows, and in the agents table with shared_agents
+    worker = config.cluster.worker or f"{socket.gethostname()}:{config.general.port}"
     outbox = Outbox(config.outbox_dir)
     pusher = WebhookPusher(db, config.webhook) if config.webhook.url else None
-    writer = CrmWriter(db, outbox, webhook=pusher is not None, on_deliveries=pusher.wake if pusher else None)
+    writer = CrmWriter(db, outbox, webhook=pusher is not None, on_deliveries=pusher.wake if pusher else None, worker=worker)
     # Order matters: records a previous process journaled but never applied go
     # in first (a call's final row among them), then what is still open was
     # really cut off and is closed as failed.
     writer.recover()
-    reconcile_interrupted(db, webhook=pusher is not None)
+    reconcile_interrupted(db, webhook=pusher is not None, worker=worker)
     writer.start()
     if pusher is not None:
         pusher.start()
@@ -99,7 +101,6 @@ async def serve(config: Config, prompts: PromptLibrary) -> int:
     directory = CallerDirectory(db, config.tiers)
     acd = None
     if config.cluster.shared_agents:
-        worker = config.cluster.worker or f"{socket.gethostname()}:{config.general.port}"
         acd = SharedAcd(config.queues, tuple(SEAT_GROUPS), db, worker,
                         worker_timeout_s=config.cluster.worker_timeout_seconds)
         log.info("shared_agents", worker=worker)

@@ -8,7 +8,7 @@ from pathlib import Path
 import structlog
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import Engine, create_engine, event, func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -54,15 +54,21 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
-def reconcile_interrupted(engine: Engine, now: datetime | None = None, *, webhook: bool = False) -> int:
+def reconcile_interrupted(engine: Engine, now: datetime | None = None, *, webhook: bool = False,
+                          worker: str | None = None) -> int:
     """Close calls left open by a crash: outcome `failed`, ended at their last event.
 
-    Run at start-up, before any new call: a row still open then belongs to a
-    process that died mid-call. Returns how many calls were closed.
+    Run at start-up, before any new call: a row of this `worker` still open
+    then belongs to the process that died mid-call. Calls of other workers
+    sharing the CRM are theirs and in progress; rows without a worker (older
+    ones) count as this worker's. Returns how many calls were closed.
     """
     now = now or datetime.now(UTC)
+    mine = Call.ended_at.is_(None)
+    if worker is not None:
+        mine = mine & or_(Call.ivr_worker == worker, Call.ivr_worker.is_(None))
     with Session(engine) as s, s.begin():
-        open_calls = s.scalars(select(Call).where(Call.ended_at.is_(None))).all()
+        open_calls = s.scalars(select(Call).where(mine)).all()
         for call in open_calls:
             last = s.scalar(select(func.max(CallEvent.at)).where(CallEvent.call_id == call.id))
             ended = last or call.started_at

@@ -43,6 +43,7 @@ class Call(Base):
     queue_wait_s: Mapped[float | None]
     talk_s: Mapped[float | None]
     survey_score: Mapped[int | None]
+    ivr_worker: Mapped[str | None] = mapped_column(String(128))  # the IVR process that took the call ([cluster] worker)
 
     events: Mapped[list[CallEvent]] = relationship(back_populates="call", order_by="CallEvent.id")
 

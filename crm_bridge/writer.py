@@ -59,8 +59,10 @@ class CrmWriter:
         linger: float = 0.05,
         webhook: bool = False,
         on_deliveries: Callable[[], None] | None = None,
+        worker: str | None = None,
     ) -> None:
         self.engine = engine
+        self.worker = worker  # stamped on each call row, so a restart reconciles only its own calls
         self.outbox = outbox
         self.batch_max = batch_max
         self.linger = linger
@@ -246,6 +248,7 @@ class CrmWriter:
                 row = shallow_fields(record.record)
                 for key in ("started_at", "answered_at", "ended_at"):
                     row[key] = _utc(row[key])  # type: ignore[arg-type]
+                row["ivr_worker"] = self.worker
                 rows[record.record.sip_call_id] = row
             else:
                 events.append(record)

@@ -157,6 +157,21 @@ def test_reconcile_closes_calls_left_open_by_a_crash(db: Engine) -> None:
     assert reconcile_interrupted(db) == 0
 
 
+def test_a_restarting_worker_reconciles_only_its_own_calls(db: Engine) -> None:
+    """Workers behind a balancer share the CRM: one restarting must not close the other's live calls."""
+    for worker, call in (("ivr-1", "on-1"), ("ivr-2", "on-2")):
+        writer = CrmWriter(db, worker=worker)
+        writer.start()
+        for record in call_records(call)[:4]:  # answered, not ended
+            writer.submit(record)
+        writer.close()
+    assert reconcile_interrupted(db, worker="ivr-1") == 1
+    with Session(db) as s:
+        outcomes = dict(s.execute(select(Call.sip_call_id, Call.outcome)).tuples().all())
+        assert s.scalars(select(Call.ivr_worker).where(Call.sip_call_id == "on-2")).one() == "ivr-2"
+    assert outcomes == {"on-1": "failed", "on-2": None}, "ivr-2's call is still in progress"
+
+
 def test_writer_survives_concurrent_submitters(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
     migrate(engine)

@@ -1,4 +1,4 @@
-"""agent state shared by IVR workers: state columns on agents, acd_workers, acd_queue
+"""agent state shared by IVR workers: state columns on agents, acd_workers, acd_queue, calls.ivr_worker
 
 Revision ID: 0004
 Revises: 0003
@@ -19,6 +19,8 @@ STATE_COLUMNS = ("state", "contact_host", "contact_port", "registered_until", "i
 
 def upgrade() -> None:
     ts = sa.DateTime(timezone=True)
+    with op.batch_alter_table("calls") as batch:
+        batch.add_column(sa.Column("ivr_worker", sa.String(128)))
     with op.batch_alter_table("agents") as batch:
         batch.add_column(sa.Column("state", sa.String(16), nullable=False, server_default="logged_out"))
         batch.add_column(sa.Column("contact_host", sa.String(64)))
@@ -55,3 +57,5 @@ def downgrade() -> None:
     with op.batch_alter_table("agents") as batch:
         for name in reversed(STATE_COLUMNS):
             batch.drop_column(name)
+    with op.batch_alter_table("calls") as batch:
+        batch.drop_column("ivr_worker")
