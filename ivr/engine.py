@@ -840,18 +840,41 @@ class Engine:
 
     def _feature_code(self, call: IncomingCall, pause: bool) -> bool:
         """An agent's phone dialled *46/*47: pause or resume that agent. False if not an agent's phone."""
-        agent = next((s.number for s in self.acd.seats.values() if s.contact == call.source_addr), None)
+        phone = call.source_addr
+        if phone[0] in self.config.limits.trusted:  # through the balancer: the Contact names the phone
+            try:
+                uri = parse_address(call.invite.get_header("contact") or "").uri
+                phone = (uri.host, uri.port or 5060)
+            except Exception:
+                return False
+        agent = next((s.number for s in self.acd.seats.values() if s.contact == phone), None)
         if agent is None:
             return False
+        if isinstance(self.acd, SharedAcd):
+            # the answer waits for the database, so it tells the state every worker now sees
+            self._spawn(self._shared_feature_code(call, agent, pause))
+            return True
         self.acd.pause(agent, pause, utc_now())
-        state = self.acd.seats[agent].state.value
+        self._feature_code_done(call, agent, pause, self.acd.seats[agent].state.value)
+        return True
+
+    async def _shared_feature_code(self, call: IncomingCall, agent: str, pause: bool) -> None:
+        assert isinstance(self.acd, SharedAcd)
+        try:
+            state = await self.acd.set_paused(agent, pause, utc_now())
+        except Exception as exc:  # the database is away: say so rather than guess
+            log.warning("agent_pause_failed", agent=agent, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            self._reject(call, 503, "Agent State Unavailable", "feature code: database unavailable")
+            return
+        self._feature_code_done(call, agent, pause, state)
+
+    def _feature_code_done(self, call: IncomingCall, agent: str, pause: bool, state: str) -> None:
         log.info("agent_pause" if pause else "agent_resume", agent=agent, state=state)
         self.publish_states()
         # no media needed: the final response's reason phrase tells the phone the new state
         self._reject(call, 480, f"Agent {agent} {state.replace('_', ' ')}", "feature code")
         if not pause:
             self.assign()
-        return True
 
     def _on_bye(self, call: IncomingCall, _request: SipRequest) -> None:
         leg = self.legs.get(call.call_id)

@@ -204,6 +204,19 @@ class SharedAcd(Acd):
         super().pause(number, paused, at)
         self._change(self._pause_db, number, paused, at)
 
+    async def set_paused(self, number: str, paused: bool, at: datetime) -> str:
+        """Pause or resume now, after every change queued before; returns the agent's state in the database."""
+        self._seat(number)
+        super().pause(number, paused, at)
+        loop = asyncio.get_running_loop()
+        state: str = await loop.run_in_executor(self._thread, self._transaction, self._paused_state_db, (number, paused, at))
+        self._seat(number).state = AgentState(state)
+        return state
+
+    def _paused_state_db(self, conn: Connection, number: str, paused: bool, at: datetime) -> str:
+        self._pause_db(conn, number, paused, at)
+        return conn.execute(select(agents.c.state).where(agents.c.number == number)).scalar_one()
+
     @staticmethod
     def _pause_db(conn: Connection, number: str, paused: bool, at: datetime) -> None:
         row = agents.c.number == number

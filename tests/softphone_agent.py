@@ -77,6 +77,7 @@ def main() -> int:
     args.add_argument("--calls", type=int, default=1)
     args.add_argument("--timeout", type=float, default=120)
     args.add_argument("--dial", action="append", default=[], help="after registering, dial these (e.g. *46), one at a time")
+    args.add_argument("--dial-delay", type=float, default=0, help="seconds between registering and the first dial")
     opts = args.parse_args()
 
     ep = start_endpoint()
@@ -92,11 +93,15 @@ def main() -> int:
     done = 0
     to_dial = list(opts.dial)
     dialling: Dialled | None = None
+    registered_at: float | None = None
     while time.monotonic() < deadline:
         ep.libHandleEvents(10)
         if account.reg_status is not None and account.reg_status != 200:
             break  # refused: nothing more to do
-        if account.reg_status == 200 and (dialling is None or dialling.done) and to_dial:
+        if account.reg_status == 200 and registered_at is None:
+            registered_at = time.monotonic()
+        ready = registered_at is not None and time.monotonic() - registered_at >= opts.dial_delay
+        if ready and (dialling is None or dialling.done) and to_dial:
             dialling = Dialled(account, to_dial.pop(0))
             dialling.makeCall(f"sip:{dialling.code}@127.0.0.1:{opts.ivr_port}", pj.CallOpParam(True))
         if opts.dial and not to_dial and dialling is not None and dialling.done and opts.calls == 0:

@@ -183,3 +183,37 @@ def test_an_agent_registered_through_the_balancer_serves_callers_of_both_workers
         rows = conn.execute(text("SELECT outcome, agent_number FROM calls")).all()
     engine.dispose()
     assert sorted(tuple(r) for r in rows) == [("completed", "822")] * 2, "the worker the phone did not register with used it too"
+
+
+@pytest.mark.parametrize("worker_settings", [REGISTERING])
+def test_pause_on_one_worker_and_resume_on_the_other_through_the_balancer(workers, balancer, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    """*46 and *47 go round-robin to different workers; both act on the one shared agent."""
+    engine = create_engine(pg_url)
+
+    def state_becomes(wanted: str) -> str:
+        deadline = time.monotonic() + 3
+        while True:
+            with engine.connect() as conn:
+                state = conn.execute(text("SELECT state FROM agents WHERE number = '822'")).scalar()
+            if state == wanted or time.monotonic() > deadline:
+                return state
+            time.sleep(0.1)
+
+    phone = softphone_agent(balancer, "822", "pw822", calls=0, dial=("*46", "*47"), dial_delay=1.5)
+    try:
+        assert wait_line(phone, "registered") == "registered 200"
+        # each answer is sent once the database has the change, so the next code (dialled at once,
+        # to the other worker) finds the agent paused there too
+        assert wait_line(phone, "dialled") == "dialled *46 480 Agent 822 paused"
+        assert wait_line(phone, "dialled") == "dialled *47 480 Agent 822 available"
+        assert state_becomes("available") == "available"
+        assert phone.wait(20) == 0
+    finally:
+        if phone.poll() is None:
+            phone.kill()
+        engine.dispose()
+    logs = "".join(w.log() for w in workers)
+    assert re.search(r"event='agent_pause' agent='822' state='paused'", logs)
+    assert re.search(r"event='agent_resume' agent='822' state='available'", logs)
+    handled = [len(re.findall(r"event='agent_(?:pause|resume)'", w.log())) for w in workers]
+    assert handled == [1, 1], f"one feature code on each worker: {handled}"

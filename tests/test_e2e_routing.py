@@ -145,11 +145,11 @@ def test_ten_callers_two_agents_all_served_in_queue_order(ivr_factory, tmp_path:
 
 
 def softphone_agent(port: int, agent: str, password: str, *, talk: float = 3, calls: int = 1,
-                    dial: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+                    dial: tuple[str, ...] = (), dial_delay: float = 0) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "softphone_agent.py"), "--ivr-port", str(port), "--agent", agent,
          "--password", password, "--talk", str(talk), "--calls", str(calls), "--timeout", "90",
-         *(arg for code in dial for arg in ("--dial", code))],
+         "--dial-delay", str(dial_delay), *(arg for code in dial for arg in ("--dial", code))],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
