@@ -91,7 +91,10 @@ async def serve(config: Config, prompts: PromptLibrary) -> int:
     # in first (a call's final row among them), then what is still open was
     # really cut off and is closed as failed.
     writer.recover()
-    reconcile_interrupted(db, webhook=pusher is not None, worker=worker)
+    # One IVR owns the CRM: whatever is open was cut off. Several workers share it
+    # ([cluster]): only this worker's own calls were; the others' are in progress.
+    clustered = bool(config.cluster.worker) or config.cluster.shared_agents
+    reconcile_interrupted(db, webhook=pusher is not None, worker=worker if clustered else None)
     writer.start()
     if pusher is not None:
         pusher.start()
