@@ -122,7 +122,8 @@ class CallerDirectory:
     def _sqlite_row(self, phone: str) -> Any:
         if self._sqlite is None:
             uri = f"file:{self.engine.url.database}?mode=ro"
-            self._sqlite = sqlite3.connect(uri, uri=True, timeout=1.0, check_same_thread=False, isolation_level=None)
+            # a read on the event loop must never wait long: busy for 50 ms means the caller is served as unknown
+            self._sqlite = sqlite3.connect(uri, uri=True, timeout=0.05, check_same_thread=False, isolation_level=None)
         try:
             return self._sqlite.execute(self._sql + "?", (phone,)).fetchone()
         except sqlite3.Error:
