@@ -111,8 +111,8 @@ TICK_SWITCH_INTERVAL_S = 0.05  # other threads wait for a media tick (see Pacer.
 FULL_GC_EVERY_S = 600.0  # see run_ivr.py: the full GC pass is the engine's to schedule
 # Agents dial these from their registered phone to pause (not offered calls) or resume.
 FEATURE_CODES = {"*46": True, "*47": False}
-REGISTER_REPLY_TTL_S = 32.0
-LOOKUP_TIMEOUT_S = 2.0  # a caller the CRM cannot name in time is served as unknown  # Timer J: how long a REGISTER retransmission is answered from memory
+REGISTER_REPLY_TTL_S = 32.0  # Timer J: how long a REGISTER retransmission is answered from memory
+LOOKUP_TIMEOUT_S = 2.0  # a caller the CRM cannot name in time is served as unknown
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
