@@ -136,30 +136,36 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         log.warning("sip_udp_error", error=str(exc))
 
 
-class StrictRtp:
-    """Drops inbound RTP that is not from the address the caller's SDP named.
+class StrictRtpSession(aiortp.RTPSession):
+    """An RTP session that takes media only from the address the caller's SDP named.
 
     aiortp 0.8.0 takes RTP from any source, and a packet with a new SSRC
     resets its jitter buffer; it also logs a warning for every datagram it
-    cannot parse. So a stranger spraying the RTP port range could inject
-    audio (fake speech that defeats the silent-call routine, fake digits) or
-    flood the log. This wrapper sits in front of aiortp's RTP callback and
-    counts what it drops; the leg logs the counts once when it closes.
+    cannot parse, RTP or RTCP. So a stranger spraying the RTP port range could
+    inject audio (fake speech that defeats the silent-call routine, fake
+    digits) or flood the log. Filtering in the session's own handlers (rather
+    than wrapping them once `create` returns) covers the first datagram too:
+    the socket receives while `create` is still binding the RTCP port. Drops
+    are counted; the leg logs the counts once when it closes. (aiortp's
+    transport still answers STUN binding requests from anyone, before these
+    handlers; a reply is no larger than the request.)
     """
 
-    __slots__ = ("inner", "want", "stray", "malformed")
+    stray = malformed = 0  # per session once incremented
 
-    def __init__(self, inner: Callable[[bytes, tuple[str, int]], None], want: tuple[str, int]) -> None:
-        self.inner, self.want = inner, want
-        self.stray = self.malformed = 0
-
-    def __call__(self, data: bytes, addr: tuple[str, int]) -> None:
-        if addr != self.want:
+    def _handle_rtp(self, data: bytes, addr: tuple[str, int]) -> None:
+        if addr != self._remote_addr:
             self.stray += 1
         elif len(data) < 12 or data[0] >> 6 != 2:  # not RTP version 2
             self.malformed += 1
         else:
-            self.inner(data, addr)
+            super()._handle_rtp(data, addr)
+
+    def _handle_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
+        if addr != self._remote_rtcp_addr and addr != self._remote_addr:  # RTCP on port + 1, or muxed
+            self.stray += 1
+        else:
+            super()._handle_rtcp(data, addr)
 
 
 class UvloopUdpTransport(UdpSipTransport):
@@ -326,7 +332,6 @@ class Leg:
         self.log = log.bind(call_id=self.call_id)
         self.flow = CallFlow(self.call_id, engine.config.flow, engine.greeter)
         self.rtp: aiortp.RTPSession | None = None
-        self.rtp_guard: StrictRtp | None = None
         self.rtp_port: int | None = None
         self.sdp_answer = None
         self.payload_type = 0
@@ -495,13 +500,12 @@ class Leg:
     async def close_media(self) -> None:
         if self.media_starting:
             return  # Engine._start_leg closes it when the bind completes
-        if self.rtp is not None:
-            rtp, self.rtp = self.rtp, None
+        rtp, self.rtp = self.rtp, None
+        if rtp is not None:
             await rtp.close()
-        guard = self.rtp_guard
-        if guard is not None and (guard.stray or guard.malformed):
-            self.log.warning("rtp_dropped", stray=guard.stray, malformed=guard.malformed,
-                             expected_from=f"{guard.want[0]}:{guard.want[1]}")
+        if isinstance(rtp, StrictRtpSession) and (rtp.stray or rtp.malformed):
+            self.log.warning("rtp_dropped", stray=rtp.stray, malformed=rtp.malformed,
+                             expected_from=f"{rtp._remote_addr[0]}:{rtp._remote_addr[1]}")  # noqa: SLF001
         self.engine._release_port(self)
 
 
@@ -813,8 +817,9 @@ class Engine:
             leg.dispatch(CallerIdentified(utc_now(), profile.tier, profile.known))
 
     async def _start_leg(self, leg: Leg, remote: tuple[str, int], dtmf_pt: int) -> None:
+        session = StrictRtpSession if self.config.general.rtp_strict else aiortp.RTPSession
         try:
-            rtp = await aiortp.RTPSession.create(
+            rtp = await session.create(
                 local_addr=(self.config.general.bind, leg.rtp_port),
                 remote_addr=remote,
                 payload_type=leg.payload_type,
@@ -832,8 +837,6 @@ class Engine:
             self._release_port(leg)
             return
         leg.rtp = rtp
-        if self.config.general.rtp_strict:
-            leg.rtp_guard = rtp._rtp_transport._on_rtp = StrictRtp(rtp._rtp_transport._on_rtp, remote)  # noqa: SLF001
         rtp.on_dtmf = leg.on_dtmf
         if leg.deferred_timer is not None:
             leg.fire_timer(leg.deferred_timer)
