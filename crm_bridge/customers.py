@@ -113,8 +113,9 @@ class CallerDirectory:
         return None
 
     async def lookup(self, phone: str) -> CallerProfile:
-        if self.kind == "sqlite":
-            return _profile(phone, self._sqlite_row(phone), self.thresholds)
+        profile = self.lookup_now(phone)
+        if profile is not None:
+            return profile
         if self.kind == "postgresql":
             return _profile(phone, await self._pg_row(phone), self.thresholds)
         return await asyncio.to_thread(lookup_caller, self.engine, phone, self.thresholds)

@@ -117,12 +117,8 @@ class Outbox:
 
     # --- the event loop's side ---------------------------------------------------
 
-    def append(self, record: Record) -> int:
-        """Journal one record; returns its sequence number. One write(2), no fsync."""
-        return self.append_many([record])
-
     def append_many(self, records: list[Record]) -> int:
-        """Journal records in one write(2); returns the first one's sequence number."""
+        """Journal records in one write(2), no fsync; returns the first one's sequence number."""
         first = self._seq + 1
         lines = b"".join([encode(seq, record) for seq, record in enumerate(records, first)])
         if self._size + len(lines) > self.segment_bytes and self._size > 0:

@@ -843,13 +843,10 @@ class Engine:
 
     def _feature_code(self, call: IncomingCall, pause: bool) -> bool:
         """An agent's phone dialled *46/*47: pause or resume that agent. False if not an agent's phone."""
-        phone = call.source_addr
-        if phone[0] in self.config.limits.trusted:  # through the balancer: the Contact names the phone
-            try:
-                uri = parse_address(call.invite.get_header("contact") or "").uri
-                phone = (uri.host, uri.port or 5060)
-            except Exception:
-                return False
+        try:
+            phone = self._phone_address(call.source_addr, parse_address(call.invite.get_header("contact") or "").uri)
+        except Exception:
+            return False
         agent = next((s.number for s in self.acd.seats.values() if s.contact == phone), None)
         if agent is None:
             return False
@@ -929,6 +926,13 @@ class Engine:
             self._register_replies[branch] = (now, status, reason, headers)
         self.uas._send_error(request, status, reason, extra_headers=headers)  # noqa: SLF001
 
+    def _phone_address(self, source: tuple[str, int], contact: Any) -> tuple[str, int]:
+        """Where an agent's phone is: where its request came from (works through NAT, RFC 3581's
+        spirit) — unless it came through the balancer in front; then its Contact URI says."""
+        if source[0] in self.config.limits.trusted and contact.host:
+            return (contact.host, contact.port or 5060)
+        return source
+
     def _register_decision(self, request: SipRequest, addr: tuple[str, int]) -> tuple[int, str, dict[str, str]]:
         raw_auth = request.get_header("authorization")
         params = parse_auth(raw_auth).params if raw_auth else None
@@ -944,11 +948,7 @@ class Engine:
                 expires = int(raw) if raw else None
             except Exception:
                 return 400, "Bad Contact", {}
-            # reach the phone where its REGISTER came from (works through NAT, RFC 3581's spirit) —
-            # unless it came through the balancer in front: then the Contact says where the phone is
-            contact = addr
-            if addr[0] in self.config.limits.trusted and address.uri.host:
-                contact = (address.uri.host, address.uri.port or 5060)
+            contact = self._phone_address(addr, address.uri)
         decision = self.registrar.register(request.method, params, contact, expires)
         match decision:
             case Challenge(header=header):

@@ -332,7 +332,7 @@ class SharedAcd(Acd):
         asks = [(w.call_id, w.seat_group, w.joined_at, self._groups_for(w, at)) for w in wanted]
         loop = asyncio.get_running_loop()
         try:
-            claimed = await loop.run_in_executor(self._thread, self._transaction_each, asks, at)
+            claimed = await loop.run_in_executor(self._thread, self._claim_db, asks, at)
         except SQLAlchemyError as exc:
             self.claims_failed += 1
             log.warning("shared_acd_claim_failed", waiting=len(asks), error=str(exc).splitlines()[0])
@@ -353,7 +353,7 @@ class SharedAcd(Acd):
             offers.append(Offer(call_id, number, group, (host, port)))
         return offers
 
-    def _transaction_each(self, asks: list[tuple[str, str, datetime, list[str]]], at: datetime) -> list[tuple[str, tuple[str, str, str, int]]]:
+    def _claim_db(self, asks: list[tuple[str, str, datetime, list[str]]], at: datetime) -> list[tuple[str, tuple[str, str, str, int]]]:
         """One short transaction per claim, so a claim holds its row lock only for itself."""
         with self.db.begin() as conn:
             free = dict(conn.execute(

@@ -97,19 +97,13 @@ def test_calls_spread_over_two_workers_and_survive_one_draining(workers, balance
 
 
 AGENT_PORT = free_port()
-SHARED = f"""[cluster]
-shared_agents = yes
-worker = ivr-{{n}}
-secret = shared-by-both-workers
-[queues]
-wrap_up_seconds = 0
-[survey]
-timeout_seconds = 2
-[821]
-type = agent
-seat_group = junior
-host = 127.0.0.1:{AGENT_PORT}
-"""
+def sharing(agent: str) -> str:
+    """Worker settings (`{n}` is the worker's number) for two workers sharing one agent section."""
+    return ("[cluster]\nshared_agents = yes\nworker = ivr-{n}\nsecret = shared-by-both-workers\n"
+            "[queues]\nwrap_up_seconds = 0\n[survey]\ntimeout_seconds = 2\n" + agent)
+
+
+SHARED = sharing(f"[821]\ntype = agent\nseat_group = junior\nhost = 127.0.0.1:{AGENT_PORT}\n")
 
 
 @pytest.mark.parametrize("worker_settings", [SHARED])
@@ -146,20 +140,7 @@ def test_workers_share_one_agent_who_takes_their_calls_one_at_a_time(workers, ba
     assert rung_by == [2, 2], f"each worker rang the shared agent for its own callers: {rung_by}"
 
 
-REGISTERING = """[cluster]
-shared_agents = yes
-worker = ivr-{n}
-secret = shared-by-both-workers
-[queues]
-wrap_up_seconds = 0
-[survey]
-timeout_seconds = 2
-[822]
-type = agent
-seat_group = junior
-host = dynamic
-secret = pw822
-"""
+REGISTERING = sharing("[822]\ntype = agent\nseat_group = junior\nhost = dynamic\nsecret = pw822\n")
 
 
 @pytest.mark.parametrize("worker_settings", [REGISTERING])
