@@ -13,15 +13,23 @@ every record is applied exactly once however the previous process ended.
 
 Layout of the directory::
 
+    lock                     flock(2)ed by the one process writing here; holds its PID
     stream                   one line: this outbox's id (created once)
     000000000001.jsonl       a segment, named after its first sequence number
     000000004097.jsonl       the active segment (always the last one)
 
 Closed segments are deleted once everything in them has been applied.
+
+One process per directory: a second writer would number records the first
+also numbers, and the replay could no longer apply each exactly once. The
+lock is an `flock(2)` on `lock`, held from `Outbox(...)` to `close()`; the
+kernel drops it when the holder dies however it dies, so a `kill -9` never
+leaves a directory blocked.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import uuid
@@ -46,6 +54,7 @@ _TIMES = {
     "ticket": ("at", "next_feedback_due"),
 }
 _SUFFIX = ".jsonl"
+_LOCK = "lock"
 
 
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket)}
@@ -57,7 +66,30 @@ def shallow_fields(obj: object) -> dict[str, object]:
 
 
 class OutboxError(Exception):
-    """The outbox directory cannot be used (not writable, or a segment is unreadable)."""
+    """The outbox directory cannot be used (not writable, in use, or a segment is unreadable)."""
+
+
+def _lock_directory(directory: Path) -> int:
+    """Take the directory's lock for this process; returns the lock file's descriptor."""
+    path = directory / _LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        by = f"process {holder}" if holder.isdigit() else "another process"
+        raise OutboxError(
+            f"outbox directory {directory} is in use by {by} (lock {path}): two IVRs writing one outbox would "
+            "break the exactly-once replay. Stop that process, or give this one its own [database] outbox_dir."
+        ) from None
+    except OSError:
+        os.close(fd)
+        raise
+    # the PID is only for the message above; the flock is what excludes
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def encode(seq: int, record: Record) -> bytes:
@@ -91,14 +123,27 @@ class Outbox:
     def __init__(self, directory: Path, *, segment_bytes: int = 4 << 20) -> None:
         self.directory = directory
         self.segment_bytes = segment_bytes
+        self._fd = -1
+        self._lock_fd = -1
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            stream_file = directory / "stream"
+            self._lock_fd = _lock_directory(directory)
+        except OSError as exc:
+            raise OutboxError(f"outbox directory {directory}: {exc.strerror or exc}") from exc
+        try:
+            self._load()
+        except BaseException:
+            self.close()  # a failed start must not keep the directory locked
+            raise
+
+    def _load(self) -> None:
+        try:
+            stream_file = self.directory / "stream"
             if not stream_file.exists():
                 stream_file.write_text(f"{uuid.uuid4().hex[:16]}\n")
             self.stream = stream_file.read_text().strip()
         except OSError as exc:
-            raise OutboxError(f"outbox directory {directory}: {exc.strerror or exc}") from exc
+            raise OutboxError(f"outbox directory {self.directory}: {exc.strerror or exc}") from exc
         segments = self._segments()
         last_seq = 0
         if segments:
@@ -109,9 +154,8 @@ class Outbox:
         self._seq = last_seq
         self._lock = threading.Lock()  # guards _closed (appended by the loop, pruned by the writer)
         self._closed: list[tuple[int, Path]] = []  # (last seq, path) of segments no longer written
-        for (first, path), (next_first, _) in zip(segments, segments[1:], strict=False):
+        for (_first, path), (next_first, _) in zip(segments, segments[1:], strict=False):
             self._closed.append((next_first - 1, path))
-        self._fd = -1
         self._size = 0
         self._open(segments[-1][1] if segments else self._path(last_seq + 1))
 
@@ -157,10 +201,14 @@ class Outbox:
                     yield seq, record
 
     def close(self) -> None:
+        """Close the active segment and release the directory for the next process."""
         if self._fd >= 0:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing the only descriptor releases the flock
+            self._lock_fd = -1
 
     # --- files -------------------------------------------------------------------
 
