@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, String, Text
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 OUTCOMES = ("abandoned_ringing", "silent", "caller_hangup", "completed", "abandoned_queue", "failed")
@@ -164,10 +164,90 @@ class Ticket(Base):
     customer_phone: Mapped[str] = mapped_column(String(32))
     agent_number: Mapped[str | None] = mapped_column(String(32))
     seat_group: Mapped[str | None] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), default="open")  # open, closed
+    status: Mapped[str] = mapped_column(String(16), default="open")  # one of TICKET_STATUSES
     opened_at: Mapped[datetime]
-    next_feedback_due: Mapped[datetime] = mapped_column(index=True)
+    next_feedback_due: Mapped[datetime] = mapped_column(index=True)  # last feedback (or opening) + 1 day
     last_feedback_at: Mapped[datetime | None]
+    description: Mapped[str] = mapped_column(Text, default="", server_default="")  # what the caller reported
+    department: Mapped[str | None] = mapped_column(String(64))  # the department it was forwarded to
+    result: Mapped[str | None] = mapped_column(Text)  # the department's result
+    caller_satisfied: Mapped[bool | None]  # asked when the result was reported to the caller
+    updated_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+
+    history: Mapped[list[TicketHistory]] = relationship(back_populates="ticket", order_by="TicketHistory.id")
+
+
+# [000] complaint flow: record -> forward -> department's result -> tell the caller -> closed, or forward again
+TICKET_STATUSES = ("open", "forwarded", "result_received", "caller_informed", "closed")
+
+
+class TicketHistory(Base):
+    """Every change to a ticket, and every daily feedback to the caller: who, when, what."""
+
+    __tablename__ = "ticket_history"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(128))  # the desk user (seat number or supervisor name)
+    action: Mapped[str] = mapped_column(String(32))  # opened, status, edited, feedback
+    status_from: Mapped[str | None] = mapped_column(String(16))
+    status_to: Mapped[str | None] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+    ticket: Mapped[Ticket] = relationship(back_populates="history")
+
+
+class CallNote(Base):
+    """The agent's note and wrap-up code for a call, written at the desk during and after it."""
+
+    __tablename__ = "call_notes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"))
+    agent_number: Mapped[str] = mapped_column(String(32))
+    note: Mapped[str] = mapped_column(Text, default="", server_default="")
+    wrap_up_code: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (UniqueConstraint("call_id", "agent_number", name="uq_call_notes_call_agent"),)
+
+
+AGENT_COMMANDS = ("pause", "resume", "end_wrap_up")  # what the desk may ask of the IVR (as *46 / *47 do)
+
+
+class AgentCommand(Base):
+    """A request from the agent desk to the IVR, which holds agent state; claimed once by one IVR."""
+
+    __tablename__ = "agent_commands"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agent: Mapped[str] = mapped_column(String(32))
+    command: Mapped[str] = mapped_column(String(16))  # one of AGENT_COMMANDS
+    requested_at: Mapped[datetime]
+    requested_by: Mapped[str | None] = mapped_column(String(128))
+    taken_at: Mapped[datetime | None]
+    taken_by: Mapped[str | None] = mapped_column(String(128))  # the IVR worker, or "expired"
+
+    __table_args__ = (Index("ix_agent_commands_pending", "taken_at", "requested_at"),)
+
+
+DESK_ROLES = ("agent", "supervisor")
+
+
+class DeskUser(Base):
+    """A login of the agent desk: an agent by seat number, or a supervisor by name. Only an argon2 hash is kept."""
+
+    __tablename__ = "desk_users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # one of DESK_ROLES
+    agent_number: Mapped[str | None] = mapped_column(String(32))  # set for role agent
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
 
 
 class OutboxCheckpoint(Base):
