@@ -1,0 +1,63 @@
+"""Commands from the agent desk to the IVR: pause, resume, end wrap-up.
+
+The IVR holds agent state (in memory, or in the `agents` table when workers
+share agents), so the desk — a separate process — never changes it. It adds a
+row to `agent_commands`; the IVR's one-second loop calls `take_pending` and
+applies what it gets exactly as it applies the phone's *46 / *47. A command
+is claimed by one conditional UPDATE per row (`… WHERE taken_at IS NULL`), so
+two workers polling together never both apply it. A command nobody took
+within `max_age` is stale (the agent pressed the button while no IVR ran) and
+is marked `expired` instead of being applied much later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from crm_bridge.models import AGENT_COMMANDS, AgentCommand
+
+EXPIRED = "expired"
+
+
+def request_command(engine: Engine, agent: str, command: str, *, requested_by: str | None = None,
+                    now: datetime | None = None) -> int:
+    """Queue `command` for `agent`; returns the row id."""
+    if command not in AGENT_COMMANDS:
+        raise ValueError(f"unknown agent command {command!r}; one of {', '.join(AGENT_COMMANDS)}")
+    with Session(engine) as s, s.begin():
+        row = AgentCommand(agent=agent, command=command, requested_at=now or datetime.now(UTC), requested_by=requested_by)
+        s.add(row)
+        s.flush()
+        return row.id
+
+
+def take_pending(engine: Engine, *, taken_by: str = "ivr", agents: Iterable[str] | None = None,
+                 now: datetime | None = None, max_age: timedelta = timedelta(seconds=60)) -> list[AgentCommand]:
+    """Claim the commands not yet taken (oldest first) and mark them taken; each is returned to one caller only.
+
+    `agents`: only commands for these seat numbers (a worker with its own agents); None takes all.
+    """
+    now = now or datetime.now(UTC)
+    query = select(AgentCommand.id, AgentCommand.requested_at).where(AgentCommand.taken_at.is_(None))
+    if agents is not None:
+        query = query.where(AgentCommand.agent.in_(list(agents)))
+    claimed: list[AgentCommand] = []
+    with Session(engine, expire_on_commit=False) as s, s.begin():
+        for command_id, requested_at in s.execute(query.order_by(AgentCommand.requested_at, AgentCommand.id)).all():
+            stale = _aware(requested_at) < now - max_age
+            won = s.execute(
+                update(AgentCommand)
+                .where(AgentCommand.id == command_id, AgentCommand.taken_at.is_(None))
+                .values(taken_at=now, taken_by=EXPIRED if stale else taken_by)
+            ).rowcount
+            if won == 1 and not stale:
+                claimed.append(s.get_one(AgentCommand, command_id))
+    return claimed
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite hands back naive datetimes (stored as UTC)
