@@ -1,66 +1,190 @@
-"""Digest authentication of agents' REGISTERs: challenge, accept, refuse, expire, replay."""
+"""Digest authentication of agents' REGISTERs (RFC 7616): challenge, accept, refuse, expire, replay.
+
+Expected responses are computed here with hashlib from RFC 7616 3.4.1:
+response = H(H(user:realm:password):nonce:nc:cnonce:qop:H(method:uri)).
+"""
 
 from __future__ import annotations
 
 import hashlib
 
+import pytest
+
 from ivr.registrar import DEFAULT_EXPIRES, MAX_EXPIRES, NONCE_TTL_S, REALM, Challenge, Refused, Registered, Registrar
 
 PHONE = ("127.0.0.1", 5090)
+URI = "sip:127.0.0.1:5060"
+HASHES = {"SHA-256": "sha256", "MD5": "md5"}
 
 
-def md5(text: str) -> str:
-    return hashlib.md5(text.encode()).hexdigest()  # noqa: S324
+def h(algorithm: str, text: str) -> str:
+    return hashlib.new(HASHES[algorithm], text.encode()).hexdigest()
 
 
-def answer(challenge: Challenge, user: str, password: str, nc: str = "00000001", uri: str = "sip:127.0.0.1") -> dict[str, str]:
-    nonce = challenge.header.split('nonce="')[1].split('"')[0]
-    ha1, ha2 = md5(f"{user}:{REALM}:{password}"), md5(f"REGISTER:{uri}")
-    response = md5(f"{ha1}:{nonce}:{nc}:abc:auth:{ha2}")
+def param(header: str, name: str) -> str:
+    return header.split(f'{name}="')[1].split('"')[0]
+
+
+def answer(challenge: Challenge, user: str, password: str, *, nc: str = "00000001", uri: str = URI,
+           algorithm: str = "SHA-256", cnonce: str = "abc", method: str = "REGISTER") -> dict[str, str]:
+    (header,) = [x for x in challenge.headers if f"algorithm={algorithm}" in x]
+    nonce = param(header, "nonce")
+    ha1, ha2 = h(algorithm, f"{user}:{REALM}:{password}"), h(algorithm, f"{method}:{uri}")
+    response = h(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
     return {"username": user, "realm": REALM, "nonce": nonce, "uri": uri, "response": response,
-            "qop": "auth", "nc": nc, "cnonce": "abc"}
+            "algorithm": algorithm, "qop": "auth", "nc": nc, "cnonce": cnonce}
 
 
-def test_register_is_challenged_then_accepted_with_the_right_password() -> None:
-    now = [1000.0]
-    reg = Registrar({"801": "s3cret"}, clock=lambda: now[0])
-    challenge = reg.register("REGISTER", None, PHONE, 300)
-    assert isinstance(challenge, Challenge) and 'qop="auth"' in challenge.header
-    assert reg.register("REGISTER", answer(challenge, "801", "s3cret"), PHONE, 300) == Registered("801", PHONE, 300)
-
-
-def test_wrong_password_unknown_agent_and_replay_are_refused() -> None:
-    reg = Registrar({"801": "s3cret"})
-    challenge = reg.register("REGISTER", None, PHONE, 300)
+def challenged(reg: Registrar, expires: int | None = 300) -> Challenge:
+    challenge = reg.register("REGISTER", None, PHONE, expires, request_uri=URI)
     assert isinstance(challenge, Challenge)
+    return challenge
+
+
+def test_the_challenge_offers_sha256_first_then_md5_with_one_nonce_and_qop_auth() -> None:
+    challenge = challenged(Registrar({"801": "s3cret"}))
+    sha, md5 = challenge.headers
+    assert sha.startswith(f'Digest realm="{REALM}", ') and "algorithm=SHA-256" in sha and 'qop="auth"' in sha
+    assert md5.startswith(f'Digest realm="{REALM}", ') and "algorithm=MD5" in md5 and 'qop="auth"' in md5
+    assert param(sha, "nonce") == param(md5, "nonce")
+    assert "stale" not in sha + md5
+    # a sender that can put only one header on the 401 gets the MD5 one every phone supports
+    assert challenge.header == md5
+
+
+@pytest.mark.parametrize("algorithm", ["SHA-256", "MD5"])
+def test_register_is_challenged_then_accepted_with_the_right_password(algorithm: str) -> None:
+    reg = Registrar({"801": "s3cret"}, clock=lambda: 1000.0)
+    good = answer(challenged(reg), "801", "s3cret", algorithm=algorithm)
+    assert reg.register("REGISTER", good, PHONE, 300, request_uri=URI) == Registered("801", PHONE, 300)
+
+
+def test_a_response_without_algorithm_is_md5() -> None:
+    reg = Registrar({"801": "s3cret"})
+    md5 = answer(challenged(reg), "801", "s3cret", algorithm="MD5")
+    del md5["algorithm"]
+    assert reg.register("REGISTER", md5, PHONE, 300, request_uri=URI) == Registered("801", PHONE, 300)
+
+
+@pytest.mark.parametrize(("algorithm", "expected"), [
+    ("SHA-256", "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"),
+    ("MD5", "8ca523f5e9506fed4657c9700eebdbec"),
+])
+def test_the_arithmetic_of_these_tests_gives_rfc_7616s_example_responses(algorithm: str, expected: str) -> None:
+    # RFC 7616 3.9.1 (Mufasa); the registrar's nonces are its own, so its vectors check this file's helper
+    nonce, cnonce = "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ"
+    ha1 = h(algorithm, "Mufasa:http-auth@example.org:Circle of Life")
+    ha2 = h(algorithm, "GET:/dir/index.html")
+    assert h(algorithm, f"{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}") == expected
+
+
+def test_a_response_computed_step_by_step_is_accepted() -> None:
+    # the same arithmetic as answer(), spelled out once for SHA-256 with a fixed nonce
+    reg = Registrar({"801": "s3cret"}, key=b"k" * 32, clock=lambda: 1000.0)
+    nonce = param(challenged(reg).headers[0], "nonce")
+    ha1 = hashlib.sha256(f"801:{REALM}:s3cret".encode()).hexdigest()
+    ha2 = hashlib.sha256(f"REGISTER:{URI}".encode()).hexdigest()
+    response = hashlib.sha256(f"{ha1}:{nonce}:00000001:0a4f113b:auth:{ha2}".encode()).hexdigest()
+    auth = {"username": "801", "realm": REALM, "nonce": nonce, "uri": URI, "response": response.upper(),
+            "algorithm": "SHA-256", "qop": "auth", "nc": "00000001", "cnonce": "0a4f113b"}
+    assert reg.register("REGISTER", auth, PHONE, None, request_uri=URI) == Registered("801", PHONE, DEFAULT_EXPIRES)
+
+
+def test_wrong_password_unknown_agent_and_unsupported_algorithm_are_refused() -> None:
+    reg = Registrar({"801": "s3cret"})
+    challenge = challenged(reg)
     assert reg.register("REGISTER", answer(challenge, "801", "guess"), PHONE, 300) == Refused("801", "wrong password")
     assert reg.register("REGISTER", answer(challenge, "999", "x"), PHONE, 300) == Refused("999", "unknown agent")
+    sha512 = answer(challenge, "801", "s3cret") | {"algorithm": "SHA-512-256"}
+    assert reg.register("REGISTER", sha512, PHONE, 300) == Refused("801", "unsupported algorithm SHA-512-256")
+    # a response to the SHA-256 challenge sent as MD5 does not verify
+    assert reg.register("REGISTER", answer(challenge, "801", "s3cret") | {"algorithm": "MD5"}, PHONE, 300) == \
+        Refused("801", "wrong password")
+
+
+def test_a_response_without_qop_auth_is_refused() -> None:
+    reg = Registrar({"801": "s3cret"})
+    challenge = challenged(reg)
     good = answer(challenge, "801", "s3cret")
-    assert isinstance(reg.register("REGISTER", good, PHONE, 300), Registered)
-    assert reg.register("REGISTER", good, PHONE, 300) == Refused("801", "replayed credentials")
-    # the next request of the same client counts up nc: accepted
-    assert isinstance(reg.register("REGISTER", answer(challenge, "801", "s3cret", nc="00000002"), PHONE, 300), Registered)
+    # RFC 2069 style: response = H(HA1:nonce:HA2), no qop, nc or cnonce
+    ha1, ha2 = h("SHA-256", f"801:{REALM}:s3cret"), h("SHA-256", f"REGISTER:{URI}")
+    legacy = {k: v for k, v in good.items() if k not in ("qop", "nc", "cnonce")}
+    legacy["response"] = h("SHA-256", f"{ha1}:{legacy['nonce']}:{ha2}")
+    assert reg.register("REGISTER", legacy, PHONE, 300, request_uri=URI) == Refused("801", "qop=auth required")
+    assert reg.register("REGISTER", good | {"qop": "auth-int"}, PHONE, 300, request_uri=URI) == \
+        Refused("801", "qop=auth required")
+    assert isinstance(reg.register("REGISTER", good, PHONE, 300, request_uri=URI), Registered)
 
 
-def test_forged_or_expired_nonce() -> None:
+def test_the_uri_must_be_the_request_uri() -> None:
+    reg = Registrar({"801": "s3cret"})
+    challenge = challenged(reg)
+    # correctly hashed, but for another request target
+    other = answer(challenge, "801", "s3cret", uri="sip:elsewhere.example")
+    assert reg.register("REGISTER", other, PHONE, 300, request_uri=URI) == Refused("801", "uri is not the Request-URI")
+    good = answer(challenge, "801", "s3cret")
+    assert reg.register("REGISTER", good, PHONE, 300, request_uri=URI) == Registered("801", PHONE, 300)
+
+
+def test_without_a_request_uri_the_uri_is_not_checked() -> None:
+    # the engine does not pass request_uri yet
+    reg = Registrar({"801": "s3cret"})
+    other = answer(challenged(reg), "801", "s3cret", uri="sip:elsewhere.example")
+    assert reg.register("REGISTER", other, PHONE, 300) == Registered("801", PHONE, 300)
+
+
+def test_the_nonce_count_must_grow_so_replays_are_refused() -> None:
+    reg = Registrar({"801": "s3cret"})
+    challenge = challenged(reg)
+    good = answer(challenge, "801", "s3cret", nc="00000002")
+    assert isinstance(reg.register("REGISTER", good, PHONE, 300, request_uri=URI), Registered)
+    assert reg.register("REGISTER", good, PHONE, 300, request_uri=URI) == Refused("801", "replayed credentials")
+    # a lower count, even with a new cnonce, is a replay too
+    lower = answer(challenge, "801", "s3cret", nc="00000001", cnonce="new")
+    assert reg.register("REGISTER", lower, PHONE, 300, request_uri=URI) == Refused("801", "replayed credentials")
+    # the next request of the same client counts up: accepted (counts are hex)
+    for nc in ("00000003", "0000000a"):
+        later = answer(challenge, "801", "s3cret", nc=nc)
+        assert isinstance(reg.register("REGISTER", later, PHONE, 300, request_uri=URI), Registered)
+    # each nonce counts on its own
+    fresh = answer(challenged(reg), "801", "s3cret", nc="00000001")
+    assert isinstance(reg.register("REGISTER", fresh, PHONE, 300, request_uri=URI), Registered)
+    bad = answer(challenge, "801", "s3cret", nc="zz")
+    assert reg.register("REGISTER", bad, PHONE, 300, request_uri=URI) == Refused("801", "bad nonce count")
+
+
+def test_a_refused_response_does_not_use_up_its_nonce_count() -> None:
+    reg = Registrar({"801": "s3cret"})
+    challenge = challenged(reg)
+    assert reg.register("REGISTER", answer(challenge, "801", "guess"), PHONE, 300) == Refused("801", "wrong password")
+    assert isinstance(reg.register("REGISTER", answer(challenge, "801", "s3cret"), PHONE, 300), Registered)
+
+
+def test_forged_nonce_is_refused_and_expired_nonce_is_answered_stale() -> None:
     now = [1000.0]
     reg = Registrar({"801": "s3cret"}, clock=lambda: now[0])
-    challenge = reg.register("REGISTER", None, PHONE, 300)
-    assert isinstance(challenge, Challenge)
-    forged = answer(Challenge('Digest nonce="1000.00:0000"'), "801", "s3cret")
-    assert reg.register("REGISTER", forged, PHONE, 300) == Refused("801", "bad nonce or realm")
+    challenge = challenged(reg)
+    forged_challenge = Challenge(('Digest nonce="1000.00:0000", algorithm=SHA-256',))
+    forged = answer(forged_challenge, "801", "s3cret")
+    assert reg.register("REGISTER", forged, PHONE, 300, request_uri=URI) == Refused("801", "bad nonce or realm")
     now[0] += NONCE_TTL_S + 1
-    stale = reg.register("REGISTER", answer(challenge, "801", "s3cret"), PHONE, 300)
-    assert isinstance(stale, Challenge) and "stale=true" in stale.header
+    stale = reg.register("REGISTER", answer(challenge, "801", "s3cret"), PHONE, 300, request_uri=URI)
+    assert isinstance(stale, Challenge) and len(stale.headers) == 2
+    assert all(x.endswith("stale=true") for x in stale.headers)
+    assert param(stale.headers[0], "nonce") != param(challenge.headers[0], "nonce")
+    # the phone retries on the new nonce without asking its user
+    retry = answer(stale, "801", "s3cret")
+    assert reg.register("REGISTER", retry, PHONE, 300, request_uri=URI) == Registered("801", PHONE, 300)
+    # stale=true only when the response was right: a wrong password on an old nonce is refused
+    wrong = answer(challenge, "801", "guess")
+    assert reg.register("REGISTER", wrong, PHONE, 300, request_uri=URI) == Refused("801", "wrong password")
 
 
 def test_expires_is_honoured_within_bounds_and_zero_unregisters() -> None:
     reg = Registrar({"801": "s3cret"})
-    for nc, (asked, granted) in enumerate([(None, DEFAULT_EXPIRES), (10_000, MAX_EXPIRES), (120, 120)], start=1):
-        challenge = reg.register("REGISTER", None, PHONE, asked)
-        assert isinstance(challenge, Challenge)
-        result = reg.register("REGISTER", answer(challenge, "801", "s3cret", nc=f"{nc:08x}"), PHONE, asked)
+    for asked, granted in [(None, DEFAULT_EXPIRES), (10_000, MAX_EXPIRES), (120, 120)]:
+        challenge = challenged(reg, asked)
+        result = reg.register("REGISTER", answer(challenge, "801", "s3cret"), PHONE, asked, request_uri=URI)
         assert result == Registered("801", PHONE, granted)
-    challenge = reg.register("REGISTER", None, PHONE, 0)
-    assert isinstance(challenge, Challenge)
+    challenge = challenged(reg, 0)
     assert reg.register("REGISTER", answer(challenge, "801", "s3cret"), PHONE, 0) == Registered("801", None, 0)
