@@ -5,25 +5,29 @@
     python -m crm_bridge --db-url URL set-tier PHONE senior|middle|junior|auto
     python -m crm_bridge --db-url URL overdue-tickets
     python -m crm_bridge --db-url URL low-scores [--day 2026-11-24]
+    python -m crm_bridge --db-url URL report --date 2026-11-24 [--html FILE] [--csv DIR]
     python -m crm_bridge --db-url URL webhook-dead
     python -m crm_bridge --db-url URL webhook-retry [SIP_CALL_ID]
 
-`--config sip.conf` takes the database URL and tier thresholds from the IVR's config.
+`--config sip.conf` takes the database URL, tier thresholds and time zone from the IVR's config;
+days are local days of `[general] timezone` (Asia/Shanghai by default), not UTC days.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crm_bridge.customers import ImportError_, TierThresholds, import_customers, tier_of
 from crm_bridge.db import make_engine, migrate
-from crm_bridge.models import TIERS, Call, Customer, Survey, Ticket, WebhookDeadLetter
+from crm_bridge.models import TIERS, Call, Customer, WebhookDeadLetter
+from crm_bridge.report import aware, local_today, low_scores, overdue_tickets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,16 +42,23 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("set-tier", help="set a customer's tier explicitly ('auto' derives it again)")
     st.add_argument("phone")
     st.add_argument("tier", choices=[*TIERS, "auto"])
-    sub.add_parser("overdue-tickets", help="open complaints whose daily feedback is due ([002])")
+    sub.add_parser("overdue-tickets", help="complaints not closed whose daily feedback is due ([002])")
     low = sub.add_parser("low-scores", help="yesterday's low survey scores, for the morning review ([004])")
-    low.add_argument("--day", type=date.fromisoformat, help="the day to review (default: yesterday, UTC)")
+    low.add_argument("--day", type=date.fromisoformat, help="the local day to review (default: yesterday in [general] timezone)")
     low.add_argument("--from-score", type=int, default=2, help="keypad scores counted as low: this and worse (1 satisfied, 2 average, 3 dissatisfied; default %(default)s)")
     sub.add_parser("webhook-dead", help="pushes to the external CRM that failed every attempt")
     wr = sub.add_parser("webhook-retry", help="re-queue dead-lettered pushes (all, or one call's)")
     wr.add_argument("sip_call_id", nargs="?")
+    rep = sub.add_parser("report", help="the daily report per seat group and agent, for one local day")
+    rep.add_argument("--date", type=date.fromisoformat, help="YYYY-MM-DD (default: yesterday in [general] timezone)")
+    rep.add_argument("--html", type=Path, help="also write a self-contained HTML file with the charts")
+    rep.add_argument("--csv", type=Path, help="also write seat_groups-DAY.csv and agents-DAY.csv into this directory")
+    rep.add_argument("--service-level-seconds", type=float, default=20, help="answered within this many seconds (default %(default)s)")
     args = p.parse_args(argv)
 
     thresholds = TierThresholds()
+    zone = ZoneInfo("Asia/Shanghai")
+    agent_names: dict[str, str] = {}
     url = args.db_url
     if args.config.exists():
         from ivr.config import ConfigError, load_config
@@ -58,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         thresholds = config.tiers
+        zone = config.general.zone
+        agent_names = {a.number: a.name for a in config.agents}
         url = url or config.database_url
     if not url:
         print("error: give --db-url or --config", file=sys.stderr)
@@ -88,27 +101,37 @@ def main(argv: list[str] | None = None) -> int:
             customer.tier = None if args.tier == "auto" else args.tier
         print(f"{args.phone}: tier {args.tier}")
     elif args.command == "overdue-tickets":
-        now = datetime.now(UTC)
+        # every status but closed: a forwarded complaint still needs its daily feedback ([002])
+        tickets = overdue_tickets(engine)
         with Session(engine) as s:
-            rows = s.execute(
-                select(Ticket, Call.sip_call_id).join(Call, Call.id == Ticket.call_id)
-                .where(Ticket.status == "open", Ticket.next_feedback_due <= now).order_by(Ticket.next_feedback_due)
-            ).all()
-            for ticket, sip_call_id in rows:
-                print(f"ticket {ticket.id}\t{ticket.customer_phone}\tagent {ticket.agent_number}\tdue {ticket.next_feedback_due:%Y-%m-%d %H:%M}\tcall {sip_call_id}")
-        print(f"{len(rows)} overdue")
+            call_ids = dict(s.execute(select(Call.id, Call.sip_call_id).where(Call.id.in_([t.call_id for t in tickets]))).all())
+        for ticket in tickets:
+            due = aware(ticket.next_feedback_due).astimezone(zone)
+            print(f"ticket {ticket.id}\t{ticket.customer_phone}\tagent {ticket.agent_number}\t{ticket.status}\tdue {due:%Y-%m-%d %H:%M}\tcall {call_ids.get(ticket.call_id)}")
+        print(f"{len(tickets)} overdue")
     elif args.command == "low-scores":
-        day = args.day or (datetime.now(UTC).date() - timedelta(days=1))
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        with Session(engine) as s:
-            rows = s.execute(
-                select(Survey, Call.caller, Call.sip_call_id).join(Call, Call.id == Survey.call_id)
-                .where(Survey.at >= start, Survey.at < start + timedelta(days=1), Survey.score >= args.from_score)
-                .order_by(Survey.at)
-            ).all()
-            for survey, caller, sip_call_id in rows:
-                print(f"{survey.at:%H:%M}\tscore {survey.score} ({survey.label})\tagent {survey.agent_number}\t{survey.seat_group}\tcaller {caller}\tcall {sip_call_id}")
+        day = args.day or (local_today(zone) - timedelta(days=1))
+        rows = low_scores(engine, day, zone, from_score=args.from_score)
+        for survey, caller, sip_call_id in rows:
+            print(f"{aware(survey.at).astimezone(zone):%H:%M}\tscore {survey.score} ({survey.label})\tagent {survey.agent_number}\t{survey.seat_group}\tcaller {caller}\tcall {sip_call_id}")
         print(f"{len(rows)} low score(s) on {day}")
+    elif args.command == "report":
+        from crm_bridge.report import charts, csv_row, daily_report, iter_rows, standalone_html, write_csv
+
+        day = args.date or (local_today(zone) - timedelta(days=1))
+        report = daily_report(engine, day, zone, service_level_seconds=args.service_level_seconds, agent_names=agent_names)
+        print(f"report for {day} ({zone}): UTC {report.start_utc:%Y-%m-%d %H:%M} to {report.end_utc:%Y-%m-%d %H:%M}")
+        print("\t".join(("row", "calls", "answered", "answer_rate", "abandon_rate", "wait_avg", "wait_p90", "talk_avg", "surveys 1/2/3", "silent", "complaints +/overdue/closed")))
+        for f in iter_rows(report):
+            c = csv_row(f)
+            print(f"{f.label}\t{f.calls}\t{f.answered}\t{c[4]}\t{c[6]}\t{c[11]}\t{c[12]}\t{c[13]}\t{c[14]}/{c[15]}/{c[16]}\t{c[8]}\t{c[18]}/{c[19]}/{c[20]}")
+        if args.csv:
+            for path in write_csv(report, args.csv):
+                print(f"wrote {path}")
+        if args.html:
+            args.html.parent.mkdir(parents=True, exist_ok=True)
+            args.html.write_text(standalone_html(report, charts(report)), encoding="utf-8")
+            print(f"wrote {args.html}")
     elif args.command == "webhook-dead":
         with Session(engine) as s:
             dead = s.scalars(select(WebhookDeadLetter).order_by(WebhookDeadLetter.failed_at)).all()
