@@ -29,7 +29,8 @@ from crm_bridge.outbox import Outbox, OutboxError
 from crm_bridge.webhook import WebhookPusher
 from crm_bridge.writer import CrmWriter
 from ivr.config import Config, ConfigError, load_config
-from ivr.engine import Engine, g711_encoders
+from ivr.engine import Engine
+from ivr.media import g711_encoders
 from ivr.greeting import Greeter, HolidayCalendar
 from ivr.logs import configure_logging
 from ivr.service import SEAT_GROUPS

@@ -6,10 +6,10 @@ dialogs, RTP audio and DTMF into `ivr.events`, feeds them to each call's
 worked around here, each once, with a comment naming the version and the
 symptom (search for "aiosipua 0.7.1" / "aiortp 0.8.0").
 
-Media: every playing call is served by one shared 20 ms media clock
-(`Pacer`), not a timer per call, and sends prompt frames that were encoded
-once at start-up (`prompts.library`). Inbound audio is decoded and run
-through VAD only while the flow listens (`Listen(True)`).
+Media (`ivr.media`): every answered call is served by one shared 20 ms
+media clock, not a timer per call: prompt frames that were encoded once at
+start-up (`prompts.library`), silence when nothing plays. Inbound audio is
+decoded and run through VAD only while the flow listens (`Listen(True)`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiortp
 import structlog
-from aiortp.codecs import get_codec
 from aiosipua import (
     IncomingCall,
     OutgoingCall,
@@ -90,6 +88,7 @@ from ivr.events import (
 )
 from ivr.greeting import Greeter
 from ivr.guard import SourceGuard, Verdict
+from ivr.media import CODEC_NAMES, SAMPLES_PER_FRAME, SILENCE_FRAMES, MediaClock, RtpPortPool, RtpSession, StrictRtpSession, open_rtp
 from ivr.metrics import Metrics
 from ivr.registrar import Challenge, Refused, Registered, Registrar
 from ivr.sanity import check_request
@@ -100,14 +99,10 @@ from prompts.library import PromptLibrary
 
 log = structlog.get_logger("ivr.engine")
 
-PTIME = 0.020
-SAMPLES_PER_FRAME = 160
-CODEC_NAMES = {0: "PCMU", 8: "PCMA"}
 # aiosipua 0.7.1 leaves rejected INVITEs in SipUAS._calls until an ACK that a
 # scanner never sends; forget them after Timer H (64 x T1 = 32 s).
 REJECTED_FORGET_S = 32.0
 LAG_PROBE_S = 0.05
-TICK_SWITCH_INTERVAL_S = 0.05  # other threads wait for a media tick (see Pacer._run)
 FULL_GC_EVERY_S = 600.0  # see run_ivr.py: the full GC pass is the engine's to schedule
 # Agents dial these from their registered phone to pause (not offered calls) or resume.
 FEATURE_CODES = {"*46": True, "*47": False}
@@ -134,38 +129,6 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.warning("sip_udp_error", error=str(exc))
-
-
-class StrictRtpSession(aiortp.RTPSession):
-    """An RTP session that takes media only from the address the caller's SDP named.
-
-    aiortp 0.8.0 takes RTP from any source, and a packet with a new SSRC
-    resets its jitter buffer; it also logs a warning for every datagram it
-    cannot parse, RTP or RTCP. So a stranger spraying the RTP port range could
-    inject audio (fake speech that defeats the silent-call routine, fake
-    digits) or flood the log. Filtering in the session's own handlers (rather
-    than wrapping them once `create` returns) covers the first datagram too:
-    the socket receives while `create` is still binding the RTCP port. Drops
-    are counted; the leg logs the counts once when it closes. (aiortp's
-    transport still answers STUN binding requests from anyone, before these
-    handlers; a reply is no larger than the request.)
-    """
-
-    stray = malformed = 0  # per session once incremented
-
-    def _handle_rtp(self, data: bytes, addr: tuple[str, int]) -> None:
-        if addr != self._remote_addr:
-            self.stray += 1
-        elif len(data) < 12 or data[0] >> 6 != 2:  # not RTP version 2
-            self.malformed += 1
-        else:
-            super()._handle_rtp(data, addr)
-
-    def _handle_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
-        if addr != self._remote_rtcp_addr and addr != self._remote_addr:  # RTCP on port + 1, or muxed
-            self.stray += 1
-        else:
-            super()._handle_rtcp(data, addr)
 
 
 class UvloopUdpTransport(UdpSipTransport):
@@ -228,98 +191,8 @@ def _at_most_every(seconds: float, action: Callable[[], None]) -> Callable[[], N
     return throttled
 
 
-def g711_encoders(payload_types: list[int]) -> dict[int, Callable[[bytes], bytes]]:
-    """aiortp's G.711 encoders, for the prompt library to pre-encode with."""
-    return {pt: get_codec(pt).encode for pt in payload_types}
-
-
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class RtpPortPool:
-    """Even RTP ports from the configured range, handed out round-robin."""
-
-    def __init__(self, first: int, last: int) -> None:
-        self._free: deque[int] = deque(range(first + first % 2, last - 1, 2))
-
-    def acquire(self) -> int:
-        if not self._free:
-            raise RuntimeError("RTP port range exhausted")
-        return self._free.popleft()
-
-    def release(self, port: int) -> None:
-        self._free.append(port)
-
-    def __len__(self) -> int:
-        return len(self._free)
-
-
-class Pacer:
-    """One media clock for all calls: every 20 ms, the next frame of each playing prompt.
-
-    Deadlines are absolute (start + n x 20 ms), so a late wake-up is caught up
-    on the next tick instead of drifting; after a stall of more than 200 ms the
-    clock re-anchors rather than bursting.
-    """
-
-    def __init__(self) -> None:
-        self._playing: dict[Leg, None] = {}
-        self._task: asyncio.Task[None] | None = None
-        self.tick = 0
-        self.late_ticks = 0
-        # wake-up lateness of the last ticks (s): the send-pacing jitter of every prompt
-        self.lateness: deque[float] = deque(maxlen=3000)
-
-    def play(self, leg: Leg) -> None:
-        self._playing[leg] = None
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="pacer")
-
-    def stop(self, leg: Leg) -> None:
-        self._playing.pop(leg, None)
-
-    def lateness_quantiles(self, quantiles: tuple[float, ...]) -> list[float]:
-        """Wake-up lateness (s) at each quantile of the recent ticks; 0.0 before the first tick."""
-        late = sorted(self.lateness)
-        if not late:
-            return [0.0] * len(quantiles)
-        return [late[min(len(late) - 1, int(q * len(late)))] for q in quantiles]
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time()
-        while True:
-            self.lateness.append(loop.time() - deadline)
-            self.tick += 1
-            # A tick sends every playing call's frame: about 8 ms for 500 calls. A
-            # thread that wants the GIL meanwhile (the CRM writer) would get it every
-            # switch interval and stretch the tick for the calls sent last, which the
-            # far end hears as jitter. Hold on to it for the tick, then give it back.
-            interval = sys.getswitchinterval()
-            sys.setswitchinterval(TICK_SWITCH_INTERVAL_S)
-            try:
-                finished = [leg for leg in self._playing if not leg.send_next_frame(self.tick)]
-            finally:
-                sys.setswitchinterval(interval)
-            for leg in finished:
-                del self._playing[leg]
-                leg.prompt_done()
-            deadline += PTIME
-            delay = deadline - loop.time()
-            if delay < -0.2:
-                deadline = loop.time()
-                self.late_ticks += 1
-            await asyncio.sleep(max(0.0, delay))
 
 
 class Leg:
@@ -331,7 +204,7 @@ class Leg:
         self.call_id = call.call_id
         self.log = log.bind(call_id=self.call_id)
         self.flow = CallFlow(self.call_id, engine.config.flow, engine.greeter)
-        self.rtp: aiortp.RTPSession | None = None
+        self.rtp: RtpSession | None = None
         self.rtp_port: int | None = None
         self.sdp_answer = None
         self.payload_type = 0
@@ -428,16 +301,16 @@ class Leg:
                     self.call.ringing()
             case Answer():
                 self.call.accept(self.sdp_answer)
+                self.engine.pacer.serve(self)  # from now on RTP flows: prompts, else keep-alive silence
             case Reject(status=status, reason=reason):
                 self.call.reject(status, reason)
             case Play(prompt=prompt):
                 self.frames = self.engine.prompts.frames(prompt, self.payload_type)
                 self.frame_index = 0
                 self.prompt = prompt
-                self.engine.pacer.play(self)
+                self.engine.pacer.serve(self)
             case StopPlayback():
-                self.engine.pacer.stop(self)
-                self.prompt = None
+                self.frames, self.prompt = (), None  # the clock goes on with keep-alive frames
             case StartTimer(timer=name, seconds=seconds):
                 self.cancel_timer(name)
                 self.timers[name] = asyncio.get_running_loop().call_later(seconds, self.fire_timer, name)
@@ -460,9 +333,11 @@ class Leg:
                     self.rtp.on_audio = self.relay_to_agent
                     self.agent.rtp.on_audio = self.relay_to_caller
                     self.agent.rtp.on_dtmf = self.relay_digit_to_caller
+                    self.engine.pacer.stop(self)  # the agent's audio paces the caller's stream now
             case Unbridge():
                 if self.rtp is not None:
                     self.rtp.on_audio = None
+                    self.engine.pacer.serve(self)
                 if self.agent is not None and self.agent.rtp is not None:
                     self.agent.rtp.on_audio = None
                     self.agent.rtp.on_dtmf = None
@@ -489,13 +364,17 @@ class Leg:
             self.rtp.on_audio = self.on_audio if on else None
 
     def send_next_frame(self, tick: int) -> bool:
-        """Send one frame on the shared clock; False when the prompt is done."""
-        if self.frame_index >= len(self.frames) or self.rtp is None:
+        """Send this tick's frame on the shared clock; True once the prompt has played out."""
+        rtp = self.rtp
+        if rtp is None:
             return False
         timestamp = (self.ts_offset + tick * SAMPLES_PER_FRAME) & 0xFFFFFFFF
-        self.rtp.send_audio(self.frames[self.frame_index], timestamp)
-        self.frame_index += 1
-        return True
+        if self.frame_index < len(self.frames):
+            rtp.send_audio(self.frames[self.frame_index], timestamp)
+            self.frame_index += 1
+            return False
+        rtp.send_audio(SILENCE_FRAMES[self.payload_type], timestamp)  # keep-alive: never a gap in RTP
+        return self.prompt is not None
 
     async def close_media(self) -> None:
         if self.media_starting:
@@ -504,8 +383,7 @@ class Leg:
         if rtp is not None:
             await rtp.close()
         if isinstance(rtp, StrictRtpSession) and (rtp.stray or rtp.malformed):
-            self.log.warning("rtp_dropped", stray=rtp.stray, malformed=rtp.malformed,
-                             expected_from=f"{rtp._remote_addr[0]}:{rtp._remote_addr[1]}")  # noqa: SLF001
+            self.log.warning("rtp_dropped", stray=rtp.stray, malformed=rtp.malformed, expected_from=rtp.expected_from)
         self.engine._release_port(self)
 
 
@@ -516,7 +394,7 @@ class AgentLeg:
         self.caller = caller
         self.offer = offer
         self.agent = offer.agent
-        self.rtp: aiortp.RTPSession | None = None
+        self.rtp: RtpSession | None = None
         self.rtp_port: int | None = None
         self.out: OutgoingCall | None = None
         self.ring_timer: asyncio.TimerHandle | None = None
@@ -567,7 +445,7 @@ class Engine:
         self._states: dict[str, str] = {}
         self._status_dirty = True
         self.status_file = config.status_file
-        self.pacer = Pacer()
+        self.pacer = MediaClock()
         self.ports = RtpPortPool(*config.general.rtp_ports)
         self.accepting = True
         self._tasks: set[asyncio.Task[None]] = set()
@@ -762,28 +640,24 @@ class Engine:
         if call.sdp_offer is None:
             self._reject(call, 488, "Not Acceptable Here", "no SDP offer (late offer is not supported)")
             return
+        if not len(self.ports):
+            self._reject(call, 503, "Service Unavailable", "RTP port range exhausted")
+            return
         leg = Leg(self, call)
+        offer = call.sdp_offer
+        dtmf_pt = next(
+            (c.payload_type for c in (offer.audio.codecs if offer.audio else []) if (c.encoding_name or "").lower() == "telephone-event"),
+            101,
+        )
         try:
-            leg.rtp_port = self.ports.acquire()
-            offer = call.sdp_offer
-            dtmf_pt = next(
-                (c.payload_type for c in (offer.audio.codecs if offer.audio else []) if (c.encoding_name or "").lower() == "telephone-event"),
-                101,
-            )
-            leg.sdp_answer, leg.payload_type = negotiate_sdp(
-                offer, local_ip=self.media_ip, rtp_port=leg.rtp_port,
-                supported_codecs=self.config.general.payload_types, dtmf_payload_type=dtmf_pt,
-            )
+            # the codec is chosen now (a 488 must not wait for a socket); the answer is
+            # written again once the RTP port is bound (see _start_leg)
+            _, leg.payload_type = self._answer_sdp(offer, 0, dtmf_pt)
             remote = offer.rtp_address
             if remote is None:
                 raise SdpNegotiationError("offer has no audio address")
         except SdpNegotiationError as exc:
-            if leg.rtp_port is not None:
-                self.ports.release(leg.rtp_port)
             self._reject(call, 488, "Not Acceptable Here", str(exc))
-            return
-        except RuntimeError as exc:  # port range exhausted
-            self._reject(call, 503, "Service Unavailable", str(exc))
             return
         self.legs[call.call_id] = leg
         leg.max_duration = asyncio.get_running_loop().call_later(
@@ -792,7 +666,7 @@ class Engine:
         leg.media_starting = True
         caller = _user(call.caller)
         leg.dispatch(Invited(utc_now(), caller, callee))
-        self._spawn(self._start_leg(leg, remote, dtmf_pt))
+        self._spawn(self._start_leg(leg, offer, remote, dtmf_pt))
         if self.directory is not None:
             try:
                 profile = self.directory.lookup_now(caller)
@@ -816,26 +690,25 @@ class Engine:
         if not leg.closed:
             leg.dispatch(CallerIdentified(utc_now(), profile.tier, profile.known))
 
-    async def _start_leg(self, leg: Leg, remote: tuple[str, int], dtmf_pt: int) -> None:
-        session = StrictRtpSession if self.config.general.rtp_strict else aiortp.RTPSession
+    def _answer_sdp(self, offer: Any, port: int, dtmf_pt: int) -> tuple[Any, int]:
+        return negotiate_sdp(offer, local_ip=self.media_ip, rtp_port=port,
+                             supported_codecs=self.config.general.payload_types, dtmf_payload_type=dtmf_pt)
+
+    async def _start_leg(self, leg: Leg, offer: Any, remote: tuple[str, int], dtmf_pt: int) -> None:
         try:
-            rtp = await session.create(
-                local_addr=(self.config.general.bind, leg.rtp_port),
-                remote_addr=remote,
-                payload_type=leg.payload_type,
-                dtmf_payload_type=dtmf_pt,
-            )
-        except OSError as exc:
+            rtp, leg.rtp_port = await open_rtp(self.ports, self.config.general.bind, remote, leg.payload_type,
+                                               dtmf_payload_type=dtmf_pt, strict=self.config.general.rtp_strict)
+        except (OSError, RuntimeError) as exc:
             leg.media_starting = False
-            leg.log.error("rtp_bind_failed", port=leg.rtp_port, error=str(exc))
-            leg.dispatch(Aborted(utc_now(), f"RTP port {leg.rtp_port} unavailable"))
-            self._release_port(leg)
+            leg.log.error("rtp_bind_failed", error=str(exc))
+            leg.dispatch(Aborted(utc_now(), f"no RTP port: {exc}"))
             return
         leg.media_starting = False
         if leg.closed:  # CANCELled while the socket was being bound
             await rtp.close()
             self._release_port(leg)
             return
+        leg.sdp_answer, _ = self._answer_sdp(offer, leg.rtp_port, dtmf_pt)
         leg.rtp = rtp
         rtp.on_dtmf = leg.on_dtmf
         if leg.deferred_timer is not None:
@@ -1071,10 +944,8 @@ class Engine:
         caller, offer = agent_leg.caller, agent_leg.offer
         g = self.config.general
         try:
-            agent_leg.rtp_port = self.ports.acquire()
-            agent_leg.rtp = await aiortp.RTPSession.create(
-                local_addr=(g.bind, agent_leg.rtp_port), remote_addr=offer.contact, payload_type=caller.payload_type,
-            )
+            agent_leg.rtp, agent_leg.rtp_port = await open_rtp(self.ports, g.bind, offer.contact, caller.payload_type,
+                                                               strict=False)
         except (OSError, RuntimeError) as exc:
             caller.log.error("agent_leg_failed", agent=offer.agent, error=str(exc))
             self._agent_no_answer(agent_leg, f"media: {exc}")
@@ -1191,16 +1062,7 @@ class Engine:
         self._spawn(leg.close_media())
 
 
-def pacer_stats(pacer: Pacer) -> dict[str, float | int]:
-    if not pacer.lateness:
-        return {"ticks": pacer.tick}
-    p50, p99, worst = pacer.lateness_quantiles((0.5, 0.99, 1.0))
-    return {"ticks": pacer.tick, "resyncs": pacer.late_ticks, "samples": len(pacer.lateness),
-            "lateness_ms_p50": round(1000 * p50, 3), "lateness_ms_p99": round(1000 * p99, 3),
-            "lateness_ms_max": round(1000 * worst, 3)}
-
-
-def write_status(path: Path, acd: Acd, calls: int = 0, pacer: Pacer | None = None) -> None:
+def write_status(path: Path, acd: Acd, calls: int = 0, pacer: MediaClock | None = None) -> None:
     """Agents and queues as JSON for `python -m ivr status`; replaced atomically."""
     status = {
         "written_at": utc_now().isoformat(),
@@ -1211,7 +1073,7 @@ def write_status(path: Path, acd: Acd, calls: int = 0, pacer: Pacer | None = Non
         ],
         "queues": {group: [w.call_id for w in waiting] for group, waiting in acd.queues.items()},
         "calls": calls,
-        "pacer": pacer_stats(pacer) if pacer is not None else {},
+        "pacer": pacer.stats() if pacer is not None else {},
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

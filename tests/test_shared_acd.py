@@ -210,7 +210,7 @@ def test_metrics_show_shared_agent_changes_pending_and_failed_claims(tmp_path: P
 
     from prometheus_client import generate_latest
 
-    from ivr.engine import Pacer
+    from ivr.media import MediaClock as Pacer
     from ivr.metrics import Metrics
 
     db = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")

@@ -1,0 +1,230 @@
+"""Media: RTP sessions, the RTP port pool and the one 20 ms media clock.
+
+This is the only module that imports aiortp. Everything the call legs send
+goes through the `MediaClock`: one task ticks every 20 ms and asks each call
+it serves for its next frame — a prompt frame encoded once at start-up, or,
+when nothing plays, a keep-alive frame of silence, so that no call is ever
+without RTP for longer than a packet time (phones and SBCs drop calls whose
+RTP stops). A call whose audio is relayed (bridged to an agent) is not
+served by the clock: the far end's packets pace it.
+
+RTP ports come from a pool over the configured range. Another process on the
+same host (a second IVR worker, anything else) may hold a port of the range:
+binding then moves on to the next free port instead of refusing the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+import aiortp
+import structlog
+from aiortp.codecs import get_codec
+
+log = structlog.get_logger("ivr.media")
+
+PTIME = 0.020
+SAMPLES_PER_FRAME = 160
+CODEC_NAMES = {0: "PCMU", 8: "PCMA"}
+# One frame of digital silence per payload type (G.711 encodings of sample 0).
+SILENCE_FRAMES = {0: b"\xff" * SAMPLES_PER_FRAME, 8: b"\xd5" * SAMPLES_PER_FRAME}
+TICK_SWITCH_INTERVAL_S = 0.05  # other threads wait for a media tick (see MediaClock._run)
+BIND_ATTEMPTS = 32  # ports tried before a call is refused for want of media
+
+RtpSession = aiortp.RTPSession
+
+
+class StrictRtpSession(aiortp.RTPSession):
+    """An RTP session that takes media only from the address the caller's SDP named.
+
+    aiortp 0.8.0 takes RTP from any source, and a packet with a new SSRC
+    resets its jitter buffer; it also logs a warning for every datagram it
+    cannot parse, RTP or RTCP. So a stranger spraying the RTP port range could
+    inject audio (fake speech that defeats the silent-call routine, fake
+    digits) or flood the log. Filtering in the session's own handlers (rather
+    than wrapping them once `create` returns) covers the first datagram too:
+    the socket receives while `create` is still binding the RTCP port. Drops
+    are counted; the leg logs the counts once when it closes. (aiortp's
+    transport still answers STUN binding requests from anyone, before these
+    handlers; a reply is no larger than the request.)
+    """
+
+    stray = malformed = 0  # per session once incremented
+
+    def _handle_rtp(self, data: bytes, addr: tuple[str, int]) -> None:
+        if addr != self._remote_addr:
+            self.stray += 1
+        elif len(data) < 12 or data[0] >> 6 != 2:  # not RTP version 2
+            self.malformed += 1
+        else:
+            super()._handle_rtp(data, addr)
+
+    def _handle_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
+        if addr != self._remote_rtcp_addr and addr != self._remote_addr:  # RTCP on port + 1, or muxed
+            self.stray += 1
+        else:
+            super()._handle_rtcp(data, addr)
+
+    @property
+    def expected_from(self) -> str:
+        return f"{self._remote_addr[0]}:{self._remote_addr[1]}"
+
+
+def g711_encoders(payload_types: list[int]) -> dict[int, Callable[[bytes], bytes]]:
+    """aiortp's G.711 encoders, for the prompt library to pre-encode with."""
+    return {pt: get_codec(pt).encode for pt in payload_types}
+
+
+class RtpPortPool:
+    """Even RTP ports from the configured range, handed out round-robin.
+
+    A port that would not bind (held by another process) goes to the back of
+    the queue like a released one: the other process may have let it go by
+    the time it comes round again. `bind_retries` counts such moves.
+    """
+
+    def __init__(self, first: int, last: int) -> None:
+        self._free: deque[int] = deque(range(first + first % 2, last - 1, 2))
+        self.bind_retries = 0
+
+    def acquire(self) -> int:
+        if not self._free:
+            raise RuntimeError("RTP port range exhausted")
+        return self._free.popleft()
+
+    def release(self, port: int) -> None:
+        self._free.append(port)
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+
+async def open_rtp(
+    pool: RtpPortPool,
+    bind: str,
+    remote: tuple[str, int],
+    payload_type: int,
+    *,
+    dtmf_payload_type: int = 101,
+    strict: bool = True,
+) -> tuple[aiortp.RTPSession, int]:
+    """Bind an RTP session on the next free port of the pool; returns it and its port.
+
+    Raises RuntimeError when the range is exhausted and OSError when no port
+    of `BIND_ATTEMPTS` would bind.
+    """
+    session_class = StrictRtpSession if strict else aiortp.RTPSession
+    error: OSError | None = None
+    for _ in range(min(BIND_ATTEMPTS, max(1, len(pool)))):
+        port = pool.acquire()
+        try:
+            session = await session_class.create(
+                local_addr=(bind, port), remote_addr=remote, payload_type=payload_type,
+                dtmf_payload_type=dtmf_payload_type,
+            )
+        except OSError as exc:
+            # held by another process (a second worker on this host): try the next port
+            pool.release(port)
+            pool.bind_retries += 1
+            error = exc
+            log.info("rtp_port_busy", port=port, error=str(exc))
+            continue
+        return session, port
+    raise OSError(f"no RTP port of the range would bind ({error})")
+
+
+class Served(Protocol):
+    """A call leg the media clock sends for."""
+
+    def send_next_frame(self, tick: int) -> bool:
+        """Send this tick's frame; True when a prompt has just played out."""
+        ...
+
+    def prompt_done(self) -> None:
+        ...
+
+
+class MediaClock:
+    """One media clock for all calls: every 20 ms, the next frame of each call it serves.
+
+    Deadlines are absolute (start + n x 20 ms), so a late wake-up is caught up
+    on the next tick instead of drifting; after a stall of more than 200 ms the
+    clock re-anchors rather than bursting.
+    """
+
+    def __init__(self) -> None:
+        self._served: dict[Served, None] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.tick = 0
+        self.late_ticks = 0
+        # wake-up lateness of the last ticks (s): the send-pacing jitter of every prompt
+        self.lateness: deque[float] = deque(maxlen=3000)
+        self.worst_lateness = 0.0  # since start: a stall the quantiles of the last minute may miss
+
+    def serve(self, leg: Served) -> None:
+        self._served[leg] = None
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="media-clock")
+
+    def stop(self, leg: Served) -> None:
+        self._served.pop(leg, None)
+
+    def __len__(self) -> int:
+        return len(self._served)
+
+    def lateness_quantiles(self, quantiles: tuple[float, ...]) -> list[float]:
+        """Wake-up lateness (s) at each quantile of the recent ticks; 0.0 before the first tick."""
+        late = sorted(self.lateness)
+        if not late:
+            return [0.0] * len(quantiles)
+        return [late[min(len(late) - 1, int(q * len(late)))] for q in quantiles]
+
+    def stats(self) -> dict[str, float | int]:
+        if not self.lateness:
+            return {"ticks": self.tick, "served": len(self._served)}
+        p50, p99, worst = self.lateness_quantiles((0.5, 0.99, 1.0))
+        return {"ticks": self.tick, "served": len(self._served), "resyncs": self.late_ticks,
+                "samples": len(self.lateness), "lateness_ms_p50": round(1000 * p50, 3),
+                "lateness_ms_p99": round(1000 * p99, 3), "lateness_ms_max": round(1000 * worst, 3),
+                "lateness_ms_max_ever": round(1000 * self.worst_lateness, 3)}
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            late = loop.time() - deadline
+            self.lateness.append(late)
+            if late > self.worst_lateness:
+                self.worst_lateness = late
+            self.tick += 1
+            # A tick sends every served call's frame: about 8 ms for 500 calls. A
+            # thread that wants the GIL meanwhile (the CRM writer) would get it every
+            # switch interval and stretch the tick for the calls sent last, which the
+            # far end hears as jitter. Hold on to it for the tick, then give it back.
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(TICK_SWITCH_INTERVAL_S)
+            try:
+                finished = [leg for leg in self._served if leg.send_next_frame(self.tick)]
+            finally:
+                sys.setswitchinterval(interval)
+            for leg in finished:
+                leg.prompt_done()
+            deadline += PTIME
+            delay = deadline - loop.time()
+            if delay < -0.2:
+                deadline = loop.time()
+                self.late_ticks += 1
+            await asyncio.sleep(max(0.0, delay))
