@@ -23,6 +23,8 @@ from crm_bridge.customers import TierThresholds
 from ivr.callflow import GREETING, FlowSettings, SilentRoutine
 from ivr.service import SEAT_GROUPS, SERVICES, MenuConfig
 from ivr.greeting import DEFAULT_DAYPARTS, FIVE_PART_DAYPARTS, Daypart, HolidayFileError, load_holiday_file
+from ivr.hours import DEFAULT_SCHEDULE, HoursConfig, parse_schedule
+from prompts.music import DEFAULT_LEVEL_DBFS, MusicError, music_files
 
 CODECS = {"pcmu": 0, "pcma": 8}  # name -> RTP static payload type (RFC 3551)
 DEFAULT_DATABASE_URL = "sqlite:///var/hotline.db"
@@ -108,6 +110,22 @@ class QueueConfig:
         default_factory=lambda: MappingProxyType({"senior": "middle", "middle": "junior"})
     )
     complaints_overflow: bool = False
+    complaint_group: str | None = None  # complaints go to this group's specialists ([003]); None: the caller's group
+    # Never dead air: music between announcements, the expected wait, a callback instead of a long wait.
+    music: Path | None = None  # a WAV or a folder of WAVs; None: the generated piece
+    music_volume: float = DEFAULT_LEVEL_DBFS  # RMS dBFS
+    announce_wait: bool = True
+    mean_handle_seconds: float = 180.0  # the prior until calls of the group have ended
+    max_wait_seconds: float = 300.0  # a longer expected wait (or nobody logged in): offer a callback
+    callback_key: str = "#"
+
+
+@dataclass(frozen=True, slots=True)
+class CallbacksConfig:
+    """`[callbacks]`: attempts per request and the first retry delay (doubling after each)."""
+
+    max_attempts: int = 3
+    retry_seconds: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +195,9 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     webhook: WebhookConfig = WebhookConfig()
     cluster: ClusterConfig = ClusterConfig()
+    hours: HoursConfig = HoursConfig()
+    callbacks: CallbacksConfig = CallbacksConfig()
+    greet_senior_by_name: bool = False
     metrics_bind: str = "127.0.0.1"
     metrics_port: int = 0  # 0: no metrics endpoint
 
@@ -213,12 +234,15 @@ _KNOWN: dict[str, set[str]] = {
     "cluster": {"shared_agents", "worker", "secret", "worker_timeout_seconds"},
     "webhook": {"url", "secret", "max_attempts", "timeout_seconds", "backoff_seconds", "backoff_max_seconds"},
     "log": {"level", "format"},
-    "tiers": {"senior_assets", "senior_volume", "middle_assets", "middle_volume"},
+    "tiers": {"senior_assets", "senior_volume", "middle_assets", "middle_volume", "greet_senior_by_name"},
     "menu": {"enabled", "timeout_seconds", "default", "senior_only", *"0123456789"},
     "queues": {
         "ring_agent_seconds", "wrap_up_seconds", "position_every_seconds",
-        "overflow_after_seconds", "overflow", "complaints_overflow",
+        "overflow_after_seconds", "overflow", "complaints_overflow", "complaint_group",
+        "music", "music_volume", "announce_wait", "mean_handle_seconds", "max_wait_seconds", "callback_key",
     },
+    "hours": {"timezone", DEFAULT_SCHEDULE},  # plus a seat group or a [general] number per schedule
+    "callbacks": {"max_attempts", "retry_seconds"},
     "survey": {"timeout_seconds", *"0123456789"},
 }
 _AGENT_KEYS = {"type", "seat_group", "secret", "host", "name"}
@@ -333,7 +357,10 @@ def load_config(path: Path) -> Config:
         if section not in _KNOWN:
             raise r.error(section, "", f"unknown section; known sections are {', '.join(_KNOWN)}, or an agent peer with type = agent")
         for key in parser.options(section):
-            if key not in _KNOWN[section] and not (section == "prompts" and key.startswith("text.")):
+            if key not in _KNOWN[section] and not (
+                (section == "prompts" and key.startswith("text."))
+                or (section == "hours" and (key in SEAT_GROUPS or key.isdigit()))
+            ):
                 raise r.error(section, key, f"unknown key; known keys are {', '.join(sorted(_KNOWN[section]))}")
 
     g = GeneralConfig()
@@ -404,7 +431,14 @@ def load_config(path: Path) -> Config:
         key: r.number("tiers", key, getattr(TierThresholds(), key), 0, 1e15)
         for key in ("senior_assets", "senior_volume", "middle_assets", "middle_volume")
     })
+    c = CallbacksConfig()
     return Config(
+        hours=_hours(r, general),
+        callbacks=CallbacksConfig(
+            max_attempts=int(r.number("callbacks", "max_attempts", c.max_attempts, 1, 10, int)),
+            retry_seconds=r.number("callbacks", "retry_seconds", c.retry_seconds, 30, 86_400),
+        ),
+        greet_senior_by_name=r.get("tiers", "greet_senior_by_name", False, _bool, "yes or no"),
         outbox_dir=r.file_path("database", "outbox_dir", path.parent / "var" / "outbox") or Path("var/outbox"),
         limits=_limits(r),
         webhook=_webhook(r),
@@ -512,6 +546,46 @@ def _queues(r: _Reader) -> QueueConfig:
         overflow_after_seconds=r.number("queues", "overflow_after_seconds", q.overflow_after_seconds, 0, 3600),
         overflow=r.get("queues", "overflow", q.overflow, overflow, "an overflow list like senior>middle"),
         complaints_overflow=r.get("queues", "complaints_overflow", q.complaints_overflow, _bool, "yes or no"),
+        complaint_group=r.get(
+            "queues", "complaint_group", q.complaint_group,
+            lambda s: None if not s else s if s in SEAT_GROUPS else _raise(f"choose {', '.join(SEAT_GROUPS)} or leave it empty"),
+            "a seat group",
+        ),
+        music=_music(r),
+        music_volume=r.number("queues", "music_volume", q.music_volume, -40, -10),
+        announce_wait=r.get("queues", "announce_wait", q.announce_wait, _bool, "yes or no"),
+        mean_handle_seconds=r.number("queues", "mean_handle_seconds", q.mean_handle_seconds, 10, 3600),
+        max_wait_seconds=r.number("queues", "max_wait_seconds", q.max_wait_seconds, 0, 7200),
+        callback_key=r.get(
+            "queues", "callback_key", q.callback_key,
+            lambda s: s if len(s) == 1 and s in "0123456789*#" else _raise("one key: 0-9, * or #"),
+            "a key",
+        ),
+    )
+
+
+def _music(r: _Reader) -> Path | None:
+    source = r.file_path("queues", "music", None)
+    if source is not None:
+        try:
+            music_files(source)  # headers only; the audio is converted once at start
+        except MusicError as exc:
+            raise r.error("queues", "music", f"{exc.path}: {exc.reason}") from None
+    return source
+
+
+def _hours(r: _Reader, general: GeneralConfig) -> HoursConfig:
+    schedules = {}
+    if r.parser.has_section("hours"):
+        for key in r.parser.options("hours"):
+            if key == "timezone":
+                continue
+            if key.isdigit() and key not in general.numbers:
+                raise r.error("hours", key, f"not a hotline number; [general] numbers are {', '.join(sorted(general.numbers))}")
+            schedules[key] = r.get("hours", key, None, parse_schedule, "business hours like 08:00-22:00")
+    return HoursConfig(
+        timezone=r.get("hours", "timezone", general.timezone, _zone, "a time zone such as Asia/Shanghai"),
+        schedules=MappingProxyType(schedules) if schedules else HoursConfig().schedules,
     )
 
 

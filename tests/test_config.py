@@ -55,6 +55,19 @@ def config_with(tmp_path: Path, text: str) -> Path:
         ("port = 5060\n", 1, "file", "must follow a [section] header"),
         ("[greeting]\ndayparts = 08:00 morning 早上好\n", 2, "[greeting] dayparts", "must start at 00:00"),
         ("[holidays]\nfile = missing.toml\n", 2, "[holidays] file", "file not found"),
+        ("[queues]\nmusic = moh/missing.wav\n", 2, "[queues] music", "missing.wav: no such file or folder"),
+        ("[queues]\nmusic_volume = 0\n", 2, "[queues] music_volume", "from -40 to -10"),
+        ("[queues]\nmax_wait_seconds = -1\n", 2, "[queues] max_wait_seconds", "from 0 to 7200"),
+        ("[queues]\ncallback_key = ##\n", 2, "[queues] callback_key", "one key: 0-9, * or #"),
+        ("[queues]\nannounce_wait = maybe\n", 2, "[queues] announce_wait", "write yes or no"),
+        ("[queues]\ncomplaint_group = vip\n", 2, "[queues] complaint_group", "choose senior, middle, junior"),
+        ("[hours]\ndefault = 8-22\n", 2, "[hours] default", "expected a window like 08:00-22:00"),
+        ("[hours]\ntimezone = Asia/Beijing\n", 2, "[hours] timezone", "unknown IANA time zone"),
+        ("[hours]\nvip = 00:00-24:00\n", 2, "[hours] vip", "unknown key"),
+        ("[hours]\n\n12345 = 08:00-22:00\n", 3, "[hours] 12345", "not a hotline number"),
+        ("[callbacks]\nmax_attempts = 0\n", 2, "[callbacks] max_attempts", "from 1 to 10"),
+        ("[callbacks]\nretry_seconds = 5\n", 2, "[callbacks] retry_seconds", "from 30 to 86400"),
+        ("[tiers]\ngreet_senior_by_name = sometimes\n", 2, "[tiers] greet_senior_by_name", "write yes or no"),
     ],
 )
 def test_bad_setting_names_file_line_key_and_reason(tmp_path: Path, text: str, line: int, key: str, reason: str) -> None:
@@ -78,3 +91,51 @@ def test_run_ivr_refuses_a_bad_config_with_exit_code_2(tmp_path: Path, capsys: p
     assert run_ivr.main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}:2: [general] port:" in err
+
+
+def test_waiting_callers_settings_default_to_music_estimates_and_callbacks() -> None:
+    config = load_config(EXAMPLE)
+    q = config.queues
+    assert (q.music, q.music_volume, q.announce_wait) == (None, -24.0, True)
+    assert (q.max_wait_seconds, q.callback_key, q.mean_handle_seconds, q.complaint_group) == (300.0, "#", 180.0, None)
+    assert (config.callbacks.max_attempts, config.callbacks.retry_seconds) == (3, 300.0)
+    assert config.greet_senior_by_name is False
+    assert config.hours.timezone == "Asia/Shanghai" and set(config.hours.schedules) == {"default"}
+
+
+def test_waiting_callers_settings_are_read(tmp_path: Path) -> None:
+    import wave
+
+    music = tmp_path / "moh"
+    music.mkdir()
+    with wave.open(str(music / "a.wav"), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(44100)
+        w.writeframes(b"\x01\x00" * 2 * 4410)
+    path = config_with(
+        tmp_path,
+        "[general]\nnumbers = 95000, 4008000000\ntimezone = Asia/Shanghai\n"
+        "[hours]\ndefault = 08:00-22:00\nsenior = 00:00-24:00\n4008000000 = mon-fri 09:00-18:00, holiday closed\n"
+        "[queues]\nmusic = moh\nmusic_volume = -30\nannounce_wait = no\nmax_wait_seconds = 0\n"
+        "callback_key = *\ncomplaint_group = senior\nmean_handle_seconds = 240\n"
+        "[callbacks]\nmax_attempts = 5\nretry_seconds = 120\n"
+        "[tiers]\ngreet_senior_by_name = yes\n",
+    )
+    config = load_config(path)
+    q = config.queues
+    assert (q.music, q.music_volume, q.announce_wait, q.max_wait_seconds) == (music, -30.0, False, 0.0)
+    assert (q.callback_key, q.complaint_group, q.mean_handle_seconds) == ("*", "senior", 240.0)
+    assert (config.callbacks.max_attempts, config.callbacks.retry_seconds) == (5, 120.0)
+    assert config.greet_senior_by_name is True
+    assert config.hours.timezone == "Asia/Shanghai"
+    assert set(config.hours.schedules) == {"default", "senior", "4008000000"}
+    assert config.hours.schedules["4008000000"].holiday == ()
+
+
+def test_unreadable_music_file_names_the_file_and_the_key(tmp_path: Path) -> None:
+    (tmp_path / "hold.mp3").write_bytes(b"ID3\x03\x00 not a wav")
+    path = config_with(tmp_path, "[queues]\n\nmusic = hold.mp3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}:3: [queues] music: {tmp_path / 'hold.mp3'}: not a WAV file")
