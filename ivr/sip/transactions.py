@@ -278,7 +278,7 @@ def parse_top_via(value: str) -> TopVia | None:
         host, port_text = sent_by[: end + 1], sent_by[end + 2 :]
     else:
         host, _, port_text = sent_by.partition(":")
-    if not host:
+    if not protocol or not host:
         return None
     try:
         port = int(port_text) if port_text else (5061 if transport == "TLS" else 5060)
@@ -694,7 +694,7 @@ class SipTransactions:
         transaction._timers[timer] = self._sequence
         heapq.heappush(self._heap, (deadline, self._sequence, timer, transaction))
         # Lazy deletion leaves cancelled entries behind; rebuild before they dominate.
-        if len(self._heap) > 1024 and len(self._heap) > 4 * self._live_timers:
+        if len(self._heap) > 2 * self._live_timers + 1024:
             self._heap = [entry for entry in self._heap if self._is_live(entry)]
             heapq.heapify(self._heap)
 
