@@ -146,6 +146,7 @@ Step = Callable[[Harness], None]
 
 def arrives(message: SipRequest | SipResponse, *, reliable: bool = False) -> Step:
     def step(h: Harness) -> None:
+        event: RequestReceived | AckReceived | ResponseReceived | None
         if isinstance(message, SipRequest):
             event = h.layer.receive_request(message, PEER, h.now, reliable=reliable)
         else:
@@ -409,8 +410,14 @@ TIMER_CASES: list[tuple[str, list[tuple[float, Step]], float, list[tuple[float, 
 ]
 
 
-@pytest.mark.parametrize(("case", "script", "until", "expected"), TIMER_CASES, ids=[c[0][:1] + str(i) for i, c in enumerate(TIMER_CASES)])
-def test_timer(case: str, script: list[tuple[float, Step]], until: float, expected: list[tuple[float, str]]) -> None:
+@pytest.mark.parametrize(
+    ("case", "script", "until", "expected"),
+    TIMER_CASES,
+    ids=[c[0][:1] + str(i) for i, c in enumerate(TIMER_CASES)],
+)
+def test_timer(
+    case: str, script: list[tuple[float, Step]], until: float, expected: list[tuple[float, str]]
+) -> None:
     assert Harness().run(script, until) == expected, case
 
 
@@ -446,7 +453,13 @@ RULE_CASES: list[tuple[str, list[tuple[float, Step]], list[tuple[float, str]]]] 
     (
         "INVITE again in COMPLETED gets the final again",
         [(0.0, arrives(INVITE)), (0.0, responds(486, "Busy Here")), (0.2, arrives(INVITE))],
-        [(0.0, "<= INVITE"), (0.0, f"-> {R486}"), (0.2, "absorbed INVITE"), (0.2, f"-> {R486}"), (0.5, f"-> {R486}")],
+        [
+            (0.0, "<= INVITE"),
+            (0.0, f"-> {R486}"),
+            (0.2, "absorbed INVITE"),
+            (0.2, f"-> {R486}"),
+            (0.5, f"-> {R486}"),
+        ],
     ),
     (
         "non-INVITE again while TRYING is absorbed; in PROCEEDING gets the provisional",
@@ -496,8 +509,12 @@ RULE_CASES: list[tuple[str, list[tuple[float, Step]], list[tuple[float, str]]]] 
 ]
 
 
-@pytest.mark.parametrize(("case", "script", "expected"), RULE_CASES, ids=[str(i) for i in range(len(RULE_CASES))])
-def test_retransmission_rule(case: str, script: list[tuple[float, Step]], expected: list[tuple[float, str]]) -> None:
+@pytest.mark.parametrize(
+    ("case", "script", "expected"), RULE_CASES, ids=[str(i) for i in range(len(RULE_CASES))]
+)
+def test_retransmission_rule(
+    case: str, script: list[tuple[float, Step]], expected: list[tuple[float, str]]
+) -> None:
     assert Harness().run(script, until=0.9) == expected, case
 
 
@@ -509,15 +526,15 @@ def test_retransmitted_invite_200ms_later_yields_one_request_and_the_same_respon
     first = layer.receive_request(INVITE, PEER, 0.0)
     assert isinstance(first, RequestReceived)
     layer.respond(first.transaction, make_response(INVITE, 180, "Ringing", to_tag="ivr9"), 0.0)
-    (ringing, _), = layer.datagrams_to_send()
+    ((ringing, _),) = layer.datagrams_to_send()
 
     assert layer.receive_request(peer_request("INVITE"), PEER, 0.2) is None
-    (again, address), = layer.datagrams_to_send()
+    ((again, address),) = layer.datagrams_to_send()
     assert again == ringing and address == PEER
     assert b";tag=ivr9" in again
 
     layer.respond(first.transaction, make_response(INVITE, 200, "OK", to_tag="ivr9"), 0.3)
-    (ok, _), = layer.datagrams_to_send()
+    ((ok, _),) = layer.datagrams_to_send()
     assert layer.receive_request(peer_request("INVITE"), PEER, 0.4) is None
     assert layer.datagrams_to_send() == []
     layer.handle_timer(0.8)
@@ -529,15 +546,20 @@ def test_retransmitted_bye_after_our_200_gets_the_same_200_not_481() -> None:
     event = layer.receive_request(BYE, PEER, 0.0)
     assert isinstance(event, RequestReceived)
     layer.respond(event.transaction, make_response(BYE, 200, "OK"), 0.0)
-    (ok, _), = layer.datagrams_to_send()
+    ((ok, _),) = layer.datagrams_to_send()
     for at in (0.5, 1.5, 20.0):  # the caller missed our 200 each time
-        assert layer.receive_request(peer_request("BYE", branch="z9hG4bKbye1", cseq=2, to_tag="ivr9"), PEER, at) is None
+        assert (
+            layer.receive_request(peer_request("BYE", branch="z9hG4bKbye1", cseq=2, to_tag="ivr9"), PEER, at)
+            is None
+        )
         assert layer.datagrams_to_send() == [(ok, PEER)]
 
 
 def test_our_bye_is_retransmitted_until_a_response_arrives_then_stops() -> None:
     h = Harness()
-    log = h.run([(0.0, sends(OUR_BYE)), (4.0, arrives(answer(OUR_BYE, 481, "Call Does Not Exist")))], until=60.0)
+    log = h.run(
+        [(0.0, sends(OUR_BYE)), (4.0, arrives(answer(OUR_BYE, 481, "Call Does Not Exist")))], until=60.0
+    )
     assert log == every([0.0, 0.5, 1.5, 3.5], f"-> {BYE_LINE}") + [(4.0, "<= 481")]
     assert not any(isinstance(e, TransactionTimeout) for e in h.events)
 
@@ -547,7 +569,15 @@ def test_our_bye_is_retransmitted_until_a_response_arrives_then_stops() -> None:
 
 def test_ack_to_2xx_is_delivered_once_with_its_transaction_and_stops_the_2xx() -> None:
     h = Harness()
-    h.run([(0.0, arrives(INVITE)), (0.0, responds(200, "OK")), (0.7, arrives(ACK_2XX)), (0.8, arrives(ACK_2XX))], 40.0)
+    h.run(
+        [
+            (0.0, arrives(INVITE)),
+            (0.0, responds(200, "OK")),
+            (0.7, arrives(ACK_2XX)),
+            (0.8, arrives(ACK_2XX)),
+        ],
+        40.0,
+    )
     acks = [e for e in h.events if isinstance(e, AckReceived)]
     assert len(acks) == 1 and acks[0].transaction is h.server[0]
     assert [what for at, what in h.log if at > 0.7] == ["absorbed ACK"]
@@ -581,7 +611,9 @@ def test_rfc2543_requests_match_without_a_branch() -> None:
     assert layer.receive_request(peer_request("INVITE", via=old_via), PEER, 0.2) is None
     cancel = layer.receive_request(peer_request("CANCEL", via=old_via), PEER, 0.3)
     assert isinstance(cancel, RequestReceived) and cancel.cancels is invite.transaction
-    layer.respond(invite.transaction, make_response(invite.request, 487, "Request Terminated", to_tag="t"), 0.4)
+    layer.respond(
+        invite.transaction, make_response(invite.request, 487, "Request Terminated", to_tag="t"), 0.4
+    )
     assert layer.receive_request(peer_request("ACK", via=old_via, to_tag="t"), PEER, 0.5) is None
     assert invite.transaction.state is State.CONFIRMED
 
@@ -593,7 +625,7 @@ def test_client_invite_non_2xx_is_acked_per_17_1_1_3() -> None:
     busy = answer(OUR_INVITE, 486, "Busy Here")
     event = layer.receive_response(busy, PEER, 0.1)
     assert isinstance(event, ResponseReceived) and transaction.final_response is busy
-    (ack_bytes, address), = layer.datagrams_to_send()
+    ((ack_bytes, address),) = layer.datagrams_to_send()
     ack = SipMessage.parse(ack_bytes)
     assert isinstance(ack, SipRequest) and address == PEER
     assert ack.method == "ACK" and ack.uri == OUR_INVITE.uri
@@ -648,7 +680,9 @@ RELIABLE_CASES: list[tuple[str, list[tuple[float, Step]], list[tuple[float, str]
 
 
 @pytest.mark.parametrize(("case", "script", "expected"), RELIABLE_CASES, ids=[c[0] for c in RELIABLE_CASES])
-def test_reliable_transport_disables_retransmission(case: str, script: list[tuple[float, Step]], expected: list[tuple[float, str]]) -> None:
+def test_reliable_transport_disables_retransmission(
+    case: str, script: list[tuple[float, Step]], expected: list[tuple[float, str]]
+) -> None:
     assert Harness().run(script, until=20.0) == expected, case
 
 
@@ -694,11 +728,27 @@ def test_responding_to_an_ended_transaction_is_tu_misuse() -> None:
 @pytest.mark.parametrize(
     ("case", "misuse"),
     [
-        ("branch without the magic cookie", lambda layer: layer.send_request(our_request("BYE", branch="old"), PEER, 0.0)),
+        (
+            "branch without the magic cookie",
+            lambda layer: layer.send_request(our_request("BYE", branch="old"), PEER, 0.0),
+        ),
         ("ACK as a transaction", lambda layer: layer.send_request(our_request("ACK"), PEER, 0.0)),
-        ("branch used twice", lambda layer: [layer.send_request(our_request("BYE"), PEER, 0.0) for _ in range(2)]),
-        ("send_ack before any 2xx", lambda layer: layer.send_ack(layer.send_request(our_request("INVITE"), PEER, 0.0), OUR_ACK_2XX, PEER)),
-        ("send_ack on a non-INVITE", lambda layer: layer.send_ack(layer.send_request(our_request("BYE"), PEER, 0.0), OUR_ACK_2XX, PEER)),
+        (
+            "branch used twice",
+            lambda layer: [layer.send_request(our_request("BYE"), PEER, 0.0) for _ in range(2)],
+        ),
+        (
+            "send_ack before any 2xx",
+            lambda layer: layer.send_ack(
+                layer.send_request(our_request("INVITE"), PEER, 0.0), OUR_ACK_2XX, PEER
+            ),
+        ),
+        (
+            "send_ack on a non-INVITE",
+            lambda layer: layer.send_ack(
+                layer.send_request(our_request("BYE"), PEER, 0.0), OUR_ACK_2XX, PEER
+            ),
+        ),
     ],
 )
 def test_client_misuse_raises(case: str, misuse: Callable[[SipTransactions], object]) -> None:
@@ -721,9 +771,9 @@ def test_reply_goes_to_the_source_address_not_the_via() -> None:
 def test_retransmissions_reuse_the_serialised_bytes() -> None:
     layer = SipTransactions()
     layer.send_request(our_request("OPTIONS"), PEER, 0.0)
-    (first, _), = layer.datagrams_to_send()
+    ((first, _),) = layer.datagrams_to_send()
     layer.handle_timer(0.5)
-    (second, _), = layer.datagrams_to_send()
+    ((second, _),) = layer.datagrams_to_send()
     assert second is first
 
 
@@ -750,17 +800,36 @@ def test_cancelled_timers_do_not_pile_up_in_the_heap() -> None:
 @pytest.mark.parametrize(
     ("via", "expected"),
     [
-        ("SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bKa;rport", ("UDP", "192.0.2.10", 5070, "z9hG4bKa", "", None)),
-        ("SIP/2.0/UDP host.example.com;branch=z9hG4bKb", ("UDP", "host.example.com", 5060, "z9hG4bKb", None, None)),
-        ("SIP/2.0/TLS [2001:db8::1];branch=z9hG4bKc;received=10.0.0.1", ("TLS", "[2001:db8::1]", 5061, "z9hG4bKc", None, "10.0.0.1")),
+        (
+            "SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bKa;rport",
+            ("UDP", "192.0.2.10", 5070, "z9hG4bKa", "", None),
+        ),
+        (
+            "SIP/2.0/UDP host.example.com;branch=z9hG4bKb",
+            ("UDP", "host.example.com", 5060, "z9hG4bKb", None, None),
+        ),
+        (
+            "SIP/2.0/TLS [2001:db8::1];branch=z9hG4bKc;received=10.0.0.1",
+            ("TLS", "[2001:db8::1]", 5061, "z9hG4bKc", None, "10.0.0.1"),
+        ),
         ("SIP/2.0/TCP [2001:db8::1]:5080;rport=1234", ("TCP", "[2001:db8::1]", 5080, "", "1234", None)),
-        ("SIP / 2.0 / UDP Host.Example.COM:5060 ; branch=z9hG4bKd", ("UDP", "host.example.com", 5060, "z9hG4bKd", None, None)),
+        (
+            "SIP / 2.0 / UDP Host.Example.COM:5060 ; branch=z9hG4bKd",
+            ("UDP", "host.example.com", 5060, "z9hG4bKd", None, None),
+        ),
     ],
 )
 def test_parse_top_via(via: str, expected: tuple[object, ...]) -> None:
     parsed = parse_top_via(via)
     assert parsed is not None
-    assert (parsed.transport, parsed.host, parsed.port, parsed.branch, parsed.rport, parsed.received) == expected
+    assert (
+        parsed.transport,
+        parsed.host,
+        parsed.port,
+        parsed.branch,
+        parsed.rport,
+        parsed.received,
+    ) == expected
 
 
 @pytest.mark.parametrize("via", ["SIP/2.0/UDP", "SIP/2.0/UDP host:port"])

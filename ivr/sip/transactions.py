@@ -399,6 +399,9 @@ class ClientTransaction(_Transaction):
     _acks: dict[str, tuple[bytes, Address] | None] = field(default_factory=dict, repr=False)
 
 
+AnyTransaction = ServerTransaction | ClientTransaction
+
+
 @dataclass(frozen=True, slots=True)
 class RequestReceived:
     request: SipRequest
@@ -422,14 +425,14 @@ class ResponseReceived:
 
 @dataclass(frozen=True, slots=True)
 class TransactionTimeout:
-    transaction: ServerTransaction | ClientTransaction
+    transaction: AnyTransaction
     timer: str  # "B"/"F"/"C": no final (act as 408); "H"/"L": our final never ACKed
 
 
-_HeapEntry = tuple[float, int, Stimulus, ServerTransaction | ClientTransaction]
+_HeapEntry = tuple[float, int, Stimulus, AnyTransaction]
 
 
-def _acked(transaction: ServerTransaction | ClientTransaction) -> bool:
+def _acked(transaction: AnyTransaction) -> bool:
     # Timer L ends ACCEPTED either way; only an unACKed 2xx concerns the TU.
     return isinstance(transaction, ServerTransaction) and transaction._acked
 
@@ -489,7 +492,9 @@ class SipTransactions:
         cancels = self._server.get(key[:-1] + ("INVITE",)) if request.method == "CANCEL" else None
         return RequestReceived(request, source, transaction, cancels)
 
-    def _receive_ack(self, request: SipRequest, source: Address, via: TopVia, now: float) -> AckReceived | None:
+    def _receive_ack(
+        self, request: SipRequest, source: Address, via: TopVia, now: float
+    ) -> AckReceived | None:
         key = _server_key(request, via, "INVITE")
         transaction = self._server.get(key) if key is not None else None
         if transaction is None:
@@ -630,7 +635,7 @@ class SipTransactions:
 
     # --- the machine ----------------------------------------------------------
 
-    def _step(self, transaction: ServerTransaction | ClientTransaction, stimulus: Stimulus, now: float) -> Effect | None:
+    def _step(self, transaction: AnyTransaction, stimulus: Stimulus, now: float) -> Effect | None:
         """Apply one table row; None (and no change) when the table has none."""
         step = transaction.machine.table.get((transaction.state, stimulus))
         if step is None:
@@ -640,7 +645,7 @@ class SipTransactions:
             self._enter(transaction, next_state, now)
         return effect
 
-    def _enter(self, transaction: ServerTransaction | ClientTransaction, state: State, now: float) -> None:
+    def _enter(self, transaction: AnyTransaction, state: State, now: float) -> None:
         transaction.state = state
         if state is _S.TERMINATED:
             self._forget(transaction)
@@ -664,7 +669,7 @@ class SipTransactions:
         if zero is not None:  # a wait that is zero over TCP: leave the state at once
             self._step(transaction, zero, now)
 
-    def _retransmit(self, transaction: ServerTransaction | ClientTransaction, timer: Stimulus, now: float) -> None:
+    def _retransmit(self, transaction: AnyTransaction, timer: Stimulus, now: float) -> None:
         if isinstance(transaction, ServerTransaction):
             self._outbox.append((transaction._response_bytes, transaction.source))
         else:
@@ -677,7 +682,7 @@ class SipTransactions:
             transaction._interval = min(2 * transaction._interval, self.timers.t2)
         self._schedule(transaction, timer, now + transaction._interval)
 
-    def _forget(self, transaction: ServerTransaction | ClientTransaction) -> None:
+    def _forget(self, transaction: AnyTransaction) -> None:
         self._live_timers -= len(transaction._timers)
         transaction._timers.clear()
         if isinstance(transaction, ServerTransaction):
@@ -687,7 +692,7 @@ class SipTransactions:
         else:
             self._client.pop(transaction.key, None)
 
-    def _schedule(self, transaction: ServerTransaction | ClientTransaction, timer: Stimulus, deadline: float) -> None:
+    def _schedule(self, transaction: AnyTransaction, timer: Stimulus, deadline: float) -> None:
         self._sequence += 1
         if timer not in transaction._timers:
             self._live_timers += 1
@@ -698,7 +703,7 @@ class SipTransactions:
             self._heap = [entry for entry in self._heap if self._is_live(entry)]
             heapq.heapify(self._heap)
 
-    def _cancel(self, transaction: ServerTransaction | ClientTransaction, timer: Stimulus) -> None:
+    def _cancel(self, transaction: AnyTransaction, timer: Stimulus) -> None:
         if transaction._timers.pop(timer, None) is not None:
             self._live_timers -= 1
 
