@@ -33,14 +33,19 @@ repeated 500 ms later looks like a new call, and a repeated BYE after our
 RFC 6026 changes one thing in RFC 3261: a 2xx to an INVITE no longer ends
 the INVITE transaction. Both sides enter ACCEPTED for 64*T1, so that an
 INVITE retransmission crossing our 200 is absorbed instead of starting a
-second call, and 2xx retransmissions reach the client core, which re-sends
-its ACK. The server side retransmits the 2xx itself (§13.3.1.4) until the
+second call, and a retransmitted 2xx still finds its client transaction,
+which re-sends the ACK the TU gave it. The server side retransmits the 2xx itself (§13.3.1.4) until the
 ACK arrives (`AckReceived`, once) or Timer L ends the wait.
 
 Everything that moves a transaction between states is in the tables below
 (`_SERVER_INVITE` …): (state, stimulus) -> (next state, effect). A stimulus
 the table does not list is ignored when it comes from the network and
 raises `SipProtocolError` when the TU caused it (a second final response).
+Whether an ACK or a 2xx repeats one already delivered is decided before
+the look-up (`ACK_AGAIN`, `SUCCESS_AGAIN`). RFC 6026 keeps one ACCEPTED
+state before and after the ACK to our 2xx, so that ACK is the one stimulus
+with a side effect outside the tables: it stops the 2xx retransmissions,
+and Timer L then ends the transaction without a TransactionTimeout.
 """
 
 from __future__ import annotations
@@ -76,8 +81,8 @@ class Timers:
     t2: float = 4.0
     t4: float = 5.0
     # §16.6 Timer C (> 3 min), borrowed for a client INVITE stuck in
-    # PROCEEDING: §17.1.1.2 runs no timer there, and a lost final response
-    # would otherwise hold the transaction for ever.
+    # PROCEEDING (counted from the first provisional): §17.1.1.2 runs no
+    # timer there, and a lost final response would hold it for ever.
     c: float = 180.0
 
 
@@ -382,6 +387,8 @@ class _Transaction:
 
 @dataclass(eq=False, slots=True, kw_only=True)
 class ServerTransaction(_Transaction):
+    """A request from the network and our responses to it; `source` is where they go."""
+
     source: Address
     last_response: SipResponse | None = None
     _response_bytes: bytes = field(default=b"", repr=False)
@@ -391,6 +398,8 @@ class ServerTransaction(_Transaction):
 
 @dataclass(eq=False, slots=True, kw_only=True)
 class ClientTransaction(_Transaction):
+    """A request we sent; `final_response` is the first final that came back."""
+
     destination: Address
     final_response: SipResponse | None = None
     _request_bytes: bytes = field(default=b"", repr=False)
