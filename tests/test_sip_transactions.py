@@ -24,6 +24,10 @@ from aiosipua.message import SipMessage, SipRequest, SipResponse
 
 from ivr.sip.dialogs import make_response
 from ivr.sip.transactions import (
+    CLIENT_INVITE,
+    CLIENT_NON_INVITE,
+    SERVER_INVITE,
+    SERVER_NON_INVITE,
     AckReceived,
     Address,
     ClientTransaction,
@@ -36,6 +40,7 @@ from ivr.sip.transactions import (
     State,
     Timers,
     TransactionTimeout,
+    _Machine,
     parse_top_via,
 )
 
@@ -835,3 +840,30 @@ def test_parse_top_via(via: str, expected: tuple[object, ...]) -> None:
 @pytest.mark.parametrize("via", ["SIP/2.0/UDP", "SIP/2.0/UDP host:port"])
 def test_parse_top_via_rejects_garbage(via: str) -> None:
     assert parse_top_via(via) is None
+
+
+def test_each_fork_gets_its_own_ack_again() -> None:
+    layer = SipTransactions()
+    transaction = layer.send_request(OUR_INVITE, PEER, 0.0)
+    for tag in ("fork1", "fork2"):
+        assert isinstance(
+            layer.receive_response(answer(OUR_INVITE, 200, "OK", to_tag=tag), PEER, 0.1), ResponseReceived
+        )
+        layer.send_ack(transaction, our_request("ACK", branch=f"z9hG4bKack{tag}", to_tag=tag), PEER)
+    layer.datagrams_to_send()
+    assert layer.receive_response(answer(OUR_INVITE, 200, "OK", to_tag="fork2"), PEER, 0.6) is None
+    ((ack, _),) = layer.datagrams_to_send()
+    assert b"tag=fork2" in ack and b"z9hG4bKackfork2" in ack
+
+
+@pytest.mark.parametrize(
+    "machine", [SERVER_INVITE, SERVER_NON_INVITE, CLIENT_INVITE, CLIENT_NON_INVITE], ids=lambda m: m.name
+)
+def test_every_timer_a_state_runs_has_a_transition(machine: _Machine) -> None:
+    # A timer that fires in a state the table does not cover would be lost silently.
+    for state, timers in machine.running.items():
+        for timer in timers:
+            assert (state, timer) in machine.table, (machine.name, state, timer)
+    for (state, _stimulus), (next_state, _effect) in machine.table.items():
+        assert state is not State.TERMINATED
+        assert next_state is State.TERMINATED or any(s is next_state for s, _ in machine.table), next_state
