@@ -245,3 +245,8 @@ def describe(schedule: Schedule) -> str:
     if schedule.holiday is not None:
         parts.append("节假日" + (_windows_words(schedule.holiday) if schedule.holiday else "休息"))
     return ",".join(parts) if parts else "暂不提供人工服务"
+
+
+def closed_prompt(schedule: str) -> str:
+    """Prompt id of the closed message for a schedule: closed_default, closed_senior, closed_4008000000."""
+    return f"closed_{schedule}"

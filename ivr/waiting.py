@@ -44,6 +44,9 @@ from dataclasses import dataclass
 
 MIN_RESIDUAL = 0.25  # R: an overlong call still has a quarter of an average call to go
 MAX_WAIT_MINUTES = 30  # the longest wait said in minutes; beyond it "超过三十分钟"
+# Minutes an estimate is spoken in: to the minute up to ten, then in fives
+# ("约十五分钟"): a long estimate is not that precise, and fewer prompts render.
+WAIT_MINUTES = (*range(1, 11), 15, 20, 25, 30)
 UNDER_A_MINUTE_PROMPT = "wait_under_minute"
 LONG_WAIT_PROMPT = "wait_minutes_many"
 
@@ -91,10 +94,13 @@ def expected_wait(callers_ahead: int, load: SeatGroupLoad, mean_handle_seconds: 
 
 
 def spoken_minutes(wait_seconds: float) -> int:
-    """Whole minutes to announce ("约X分钟"), rounded to the nearest; 0 means under a minute."""
+    """Minutes to announce ("约X分钟"): the nearest minute up to ten, then the nearest five; 0 means under a minute."""
     if wait_seconds < 60:
         return 0
-    return max(1, math.floor(wait_seconds / 60 + 0.5))
+    minutes = max(1, math.floor(wait_seconds / 60 + 0.5))
+    if 10 < minutes <= MAX_WAIT_MINUTES:
+        minutes = max(15, 5 * math.floor(wait_seconds / 300 + 0.5))
+    return minutes
 
 
 def wait_prompt(wait_seconds: float | None) -> str | None:
@@ -107,3 +113,20 @@ def wait_prompt(wait_seconds: float | None) -> str | None:
     if minutes > MAX_WAIT_MINUTES:
         return LONG_WAIT_PROMPT
     return f"wait_minutes_{minutes}"
+
+
+# --- prompt ids for the waiting caller (texts in prompts/catalogue.py) -----------------
+
+NO_AGENT_PROMPT = "no_agent"  # nobody logged in: "现在暂时没有客服代表在线,…"
+CALLBACK_OFFER_PROMPT = "callback_offer"  # "如需稍后给您回电,请按井号键。"
+CALLBACK_CONFIRMED_PROMPT = "callback_confirmed"  # "好的,稍后给您回过去,感谢您的来电!"
+TRANSFER_PROMPT = "transfer"  # "正在为您转接,请稍候。"
+
+
+WHISPER_CALLBACK_PROMPT = "whisper_callback"  # "回拨。"
+
+
+def whisper_prompts(tier: str, service: str, callback: bool = False) -> tuple[str, ...]:
+    """What the agent hears before the caller is put through, played in order: "高端客户," "业务咨询。" ("回拨。")."""
+    prompts = (f"whisper_{tier}", f"whisper_{service}")
+    return (*prompts, WHISPER_CALLBACK_PROMPT) if callback else prompts

@@ -1,19 +1,35 @@
 """The prompt catalogue: prompt id -> zh-CN text, from the service scripts.
 
-Texts are the scripts' own wording (../shared/spec/call-scripts.md, seeds
+Texts are the scripts' own wording (docs/call-scripts.md, scripts
 [000]-[004]). `{company}` is filled from sip.conf; `[prompts] text.<id>`
 replaces a text; a recorded WAV replaces the audio (see prompts/recorded/).
 Prompt texts are polite: never "喂,说话呀!再不说话我就挂机了啊!" [004].
+Quantities are counted the Mandarin way ("两位", "二十二分钟",
+prompts/chinese_numbers.py); seat numbers are read digit by digit ("八零一").
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from ivr.callflow import MAX_POSITION_PROMPT, agent_prompt
 from ivr.greeting import HOLIDAY_KINDS, Daypart, greeting_prompt_id
-from ivr.service import SERVICES, MenuConfig
+from ivr.hours import ALWAYS_OPEN, DEFAULT_SCHEDULE, closed_prompt, describe, parse_schedule
+from ivr.service import SEAT_GROUPS, SERVICES, MenuConfig
+from ivr.waiting import (
+    CALLBACK_CONFIRMED_PROMPT,
+    CALLBACK_OFFER_PROMPT,
+    LONG_WAIT_PROMPT,
+    WAIT_MINUTES,
+    NO_AGENT_PROMPT,
+    TRANSFER_PROMPT,
+    UNDER_A_MINUTE_PROMPT,
+    WHISPER_CALLBACK_PROMPT,
+    whisper_prompts,
+)
+from prompts.chinese_numbers import callers, minutes
 
 if TYPE_CHECKING:
     from ivr.config import Config
@@ -43,8 +59,24 @@ FIXED = {
     "survey": "请您对本次服务进行评价,满意请按1,一般请按2,不满意请按3。",
     # [000] closing
     "thanks": "感谢您的来电,祝您生活愉快!",
+    # Never dead air ([002] "时间一过,就不是服务了"): say how long, offer a callback, say why nobody answers.
+    UNDER_A_MINUTE_PROMPT: "预计等待时间不到一分钟。",
+    LONG_WAIT_PROMPT: "预计等待时间超过三十分钟,不好意思让您久等了。",
+    NO_AGENT_PROMPT: "现在暂时没有客服代表在线,不好意思让您久等了。",
+    CALLBACK_CONFIRMED_PROMPT: "好的,稍后给您回过去,感谢您的来电!",
+    TRANSFER_PROMPT: "正在为您转接,请稍候。",
+    WHISPER_CALLBACK_PROMPT: "回拨。",  # heard by the agent: this call is a callback
 }
-POSITION = "您前面还有{n}位客户在等待,请您稍候。"
+POSITION = "您前面还有{n}客户在等待,请您稍候。"  # n counted with its measure word: "两位"
+WAIT = "预计等待时间约{minutes}。"  # "预计等待时间约两分钟", after the position's "请您稍候"
+CALLBACK_OFFER = "如需稍后给您回电,请按{key}。"
+# [000] "如有需要请再次来电,谢谢!再见!": the closed message names the opening times.
+CLOSED = "您好,现在是非工作时间,我们的服务时间是{hours},请您在服务时间内再次来电,谢谢!再见!"
+HOTLINE_HOURS = describe(parse_schedule("08:00-22:00"))  # "每天八点到二十二点", when no [hours] are given
+# Whispered to the agent before the caller is put through: tier, service, and whether it is a callback.
+TIER_WORDS = {"senior": "高端客户", "middle": "中端客户", "junior": "低端客户"}  # [001] 高端/中端/低端用户
+assert set(TIER_WORDS) == set(SEAT_GROUPS)
+KEY_WORDS = {"#": "井号键", "*": "星号键"}
 AGENT = "您好,{number}号客服为您服务。"  # [004] "您好,801号客服为您服务"
 MENU_INVALID = "您的输入有误,请重新选择。"
 _DIGITS = dict(zip("0123456789", "零一二三四五六七八九", strict=True))
@@ -53,6 +85,11 @@ _DIGITS = dict(zip("0123456789", "零一二三四五六七八九", strict=True))
 def spoken_number(number: str) -> str:
     """Seat numbers are read digit by digit, as call centres do: 801 -> 八零一."""
     return "".join(_DIGITS.get(ch, ch) for ch in number)
+
+
+def key_words(key: str) -> str:
+    """How a key is named in a prompt: # -> 井号键, * -> 星号键, 5 -> 5 (read as in the menu, "请按5")."""
+    return KEY_WORDS.get(key, key)
 
 
 def menu_text(menu: MenuConfig, tier: str) -> str:
@@ -71,16 +108,30 @@ def build_catalogue(
     *,
     menu: MenuConfig | None = None,
     agents: Iterable[str] = (),
+    callback_key: str = "#",
+    closed_hours: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Every prompt the IVR may play, with its final text."""
+    """Every prompt the IVR may play, with its final text.
+
+    `closed_hours` maps each business-hours schedule (`default`, a seat group,
+    a called number) to its opening times in words; default: the hotline's
+    每天八点到二十二点.
+    """
     menu = menu or MenuConfig()
+    closed_hours = {DEFAULT_SCHEDULE: HOTLINE_HOURS} if closed_hours is None else closed_hours
     texts: dict[str, str] = {
         "menu": menu_text(menu, "junior"),
         "menu_senior": menu_text(menu, "senior"),
         "menu_invalid": MENU_INVALID + menu_text(menu, "junior"),
         "menu_invalid_senior": MENU_INVALID + menu_text(menu, "senior"),
     }
-    texts.update({f"queue_position_{n}": POSITION.format(n=spoken_number(str(n))) for n in range(1, MAX_POSITION_PROMPT + 1)})
+    texts.update({f"queue_position_{n}": POSITION.format(n=callers(n)) for n in range(1, MAX_POSITION_PROMPT + 1)})
+    texts.update({f"wait_minutes_{n}": WAIT.format(minutes=minutes(n)) for n in WAIT_MINUTES})
+    texts[CALLBACK_OFFER_PROMPT] = CALLBACK_OFFER.format(key=key_words(callback_key))
+    texts.update({closed_prompt(name): CLOSED.format(hours=hours) for name, hours in closed_hours.items()})
+    # the agent's whisper is played in parts: tier, service (and "回拨。"), eight short prompts instead of fifteen
+    texts.update({f"whisper_{tier}": f"{words}," for tier, words in TIER_WORDS.items()})
+    texts.update({f"whisper_{service}": f"{words}。" for service, words in SERVICES.items()})
     texts.update({agent_prompt(number): AGENT.format(number=spoken_number(number)) for number in agents})
     for part in dayparts:
         texts[greeting_prompt_id(part.name)] = DAYPART_GREETING.format(word=part.word, company="{company}")
@@ -95,8 +146,76 @@ def build_catalogue(
 
 
 def catalogue_for(config: Config) -> dict[str, str]:
-    """The catalogue for a loaded sip.conf: company, day-parts, overrides, menu and agents."""
+    """The catalogue for a loaded sip.conf: company, day-parts, overrides, menu, agents, callback key and hours."""
+    closed_hours = {
+        name: describe(schedule)
+        for name, schedule in config.hours.schedules.items()
+        if schedule != ALWAYS_OPEN  # never closed: no closed message to render
+    }
     return build_catalogue(
         config.general.company, config.dayparts, config.prompts.texts,
         menu=config.menu, agents=[a.number for a in config.agents],
+        callback_key=config.queues.callback_key, closed_hours=closed_hours,
     )
+
+
+# --- greeting senior customers by name ([001] 个性化服务) ---------------------------------
+
+# Two-character surnames (复姓): the title follows the whole surname, "欧阳先生".
+COMPOUND_SURNAMES = frozenset(
+    "欧阳 司马 上官 诸葛 东方 皇甫 尉迟 公孙 慕容 长孙 宇文 司徒 令狐 夏侯 轩辕 端木 独孤 南宫 西门 百里 "
+    "呼延 澹台 公冶 太史 申屠 万俟 闻人 赫连 钟离 宗政 濮阳 淳于 单于 拓跋 司空 东郭 闾丘 亓官 第五 "
+    "左丘 梁丘 公羊 谷梁 乐正 漆雕 壤驷 公良 拓拔 夹谷 宰父 巫马 羊舌 微生 段干 子车 颛孙 仲孙 叔孙 "
+    "鲜于 锺离 司寇 仉督 公西 公伯 东门".split()
+)
+# Surnames read differently from the everyday character (单 Shàn, 曾 Zēng, 解 Xiè, 尉迟 Yùchí …): the
+# TTS voice would likely misread them, and a senior customer whose name is
+# misread is served worse than by the normal greeting.
+POLYPHONIC_SURNAME_CHARS = frozenset("单曾解仇区查朴盖华任种繁员乐覃缪莘尉隗俟長长秘召折藏翟祭句那")
+TITLES = {"male": "先生", "female": "女士"}
+SENIOR_GREETING = "{salutation},您好!欢迎致电{company}客服中心,请问有什么可以帮您?"
+
+
+def _is_han(ch: str) -> bool:
+    return "CJK UNIFIED IDEOGRAPH" in unicodedata.name(ch, "")
+
+
+def surname_of(name: str | None) -> str | None:
+    """The surname of a Chinese name ("张敏" -> 张, "欧阳修" -> 欧阳); None when it cannot be told safely.
+
+    Only names of two to four Han characters: a Latin name, a transliteration
+    with "·", a single character, a company name or anything with digits or
+    spaces gets None, and the caller hears the normal greeting.
+    """
+    if not name:
+        return None
+    name = unicodedata.normalize("NFKC", name).strip()
+    if not 2 <= len(name) <= 4 or not all(_is_han(ch) for ch in name):
+        return None
+    if name[:2] in COMPOUND_SURNAMES:
+        surname = name[:2] if len(name) >= 3 else None  # "欧阳" alone is a surname without a given name
+    elif len(name) == 4:
+        return None  # four characters without a compound surname: 2+2 married names, foreign names — don't guess
+    else:
+        surname = name[0]
+    if surname is None or any(ch in POLYPHONIC_SURNAME_CHARS for ch in surname):
+        return None
+    return surname
+
+
+def senior_salutation(name: str | None, gender: str | None) -> str | None:
+    """"张先生" / "欧阳女士" for a senior customer, or None (normal greeting) when name or title is unknown.
+
+    Spoken aloud, "先生/女士" would sound odd, so without a known gender there is no salutation.
+    """
+    surname = surname_of(name)
+    title = TITLES.get(gender or "")
+    if surname is None or title is None:
+        return None
+    return surname + title
+
+
+def senior_greeting_text(name: str | None, gender: str | None, company: str) -> str | None:
+    """The senior caller's greeting by name: "张先生,您好!欢迎致电XX客服中心,请问有什么可以帮您?" or None."""
+    salutation = senior_salutation(name, gender)
+    return None if salutation is None else SENIOR_GREETING.format(salutation=salutation, company=company)

@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 from aiortp.codecs import get_codec
 
-from ivr.greeting import DEFAULT_DAYPARTS, FIVE_PART_DAYPARTS
-from prompts.catalogue import build_catalogue
+from ivr.config import load_config
+from ivr.greeting import DEFAULT_DAYPARTS
+from ivr.service import SEAT_GROUPS, SERVICES
+from ivr.waiting import whisper_prompts, wait_prompt
+from prompts.catalogue import build_catalogue, catalogue_for, senior_greeting_text, senior_salutation, surname_of
 from prompts.library import FRAME_SAMPLES, PromptLibrary, load_prompts, read_wav_8k
 
-SPEC = (Path(__file__).resolve().parents[2] / "shared" / "spec" / "call-scripts.md")
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "docs" / "call-scripts.md"
 
 
 def test_catalogue_uses_the_scripts_wording_with_the_company_name() -> None:
@@ -27,13 +31,121 @@ def test_catalogue_uses_the_scripts_wording_with_the_company_name() -> None:
     assert all("喂" not in t and "再不说话" not in t for t in texts.values())
 
 
-@pytest.mark.skipif(not SPEC.exists(), reason="shared/spec not beside the repo")
-def test_fixed_prompts_are_quoted_in_the_spec() -> None:
-    spec = SPEC.read_text(encoding="utf-8")
-    texts = build_catalogue("XX", FIVE_PART_DAYPARTS, {})
-    for pid in ("silent_2", "silent_3", "silent_3_alt", "greeting_holiday_new_year", "greeting_holiday_labour_day",
-                "greeting_holiday_mid_autumn", "greeting_holiday_national_day"):
-        assert texts[pid] in spec, pid
+def test_default_prompts_are_quoted_in_the_service_scripts() -> None:
+    scripts = SCRIPTS.read_text(encoding="utf-8")
+    texts = build_catalogue("XX", DEFAULT_DAYPARTS, {}, agents=["801"])
+    for pid in (
+        "greeting_morning", "greeting_normal", "silent_2", "silent_3", "silent_3_alt",
+        "greeting_holiday_new_year", "greeting_holiday_spring_festival", "greeting_holiday_labour_day",
+        "greeting_holiday_mid_autumn", "greeting_holiday_national_day",
+        "hold", "queue_position_2", "queue_position_many", "wait_minutes_2", "wait_minutes_30",
+        "wait_under_minute", "wait_minutes_many", "no_agent", "callback_offer", "callback_confirmed",
+        "transfer", "whisper_callback", "agent_801", "closed_default",
+        "survey", "thanks",
+    ):
+        assert texts[pid] in scripts, pid
+    assert texts["menu"].removesuffix("。") in scripts
+    assert texts["menu_invalid"].split("。")[0] in scripts
+    assert senior_greeting_text("张敏", "male", "XX") in scripts
+    assert "".join(texts[p] for p in whisper_prompts("senior", "consulting")) in scripts
+    assert texts["greeting_morning"].replace("早上好", "上午好") not in scripts  # the five-part words are configuration
+
+
+def test_the_service_scripts_stand_alone() -> None:
+    scripts = SCRIPTS.read_text(encoding="utf-8").lower()
+    for outside in ("../", "shared/", "seeds", "guide", "issue", "notes"):
+        assert outside not in scripts, outside
+
+
+def test_positions_and_minutes_are_counted_the_mandarin_way() -> None:
+    texts = build_catalogue("XX", DEFAULT_DAYPARTS, {})
+    assert texts["queue_position_1"] == "您前面还有一位客户在等待,请您稍候。"
+    assert texts["queue_position_2"] == "您前面还有两位客户在等待,请您稍候。"
+    assert texts["wait_minutes_2"] == "预计等待时间约两分钟。"
+    assert texts["wait_minutes_10"] == "预计等待时间约十分钟。"
+    assert texts["wait_minutes_25"] == "预计等待时间约二十五分钟。"
+    assert texts["wait_under_minute"] == "预计等待时间不到一分钟。"
+    assert not any("二位" in t or "二分钟" in t.replace("十二分钟", "") for t in texts.values())
+
+
+def test_every_wait_estimate_has_its_prompt() -> None:
+    texts = build_catalogue("XX", DEFAULT_DAYPARTS, {})
+    for seconds in range(0, 40 * 60, 15):
+        assert wait_prompt(seconds) in texts, seconds
+
+
+@pytest.mark.parametrize(("key", "words"), [("#", "请按井号键"), ("*", "请按星号键"), ("9", "请按9")])
+def test_callback_offer_names_the_configured_key(key: str, words: str) -> None:
+    texts = build_catalogue("XX", DEFAULT_DAYPARTS, {}, callback_key=key)
+    assert texts["callback_offer"] == f"如需稍后给您回电,{words}。"
+
+
+def test_agents_hear_tier_service_and_callback_whispers() -> None:
+    texts = build_catalogue("XX", DEFAULT_DAYPARTS, {})
+    for tier in SEAT_GROUPS:
+        for service in SERVICES:
+            for callback in (False, True):
+                assert all(pid in texts for pid in whisper_prompts(tier, service, callback))
+    assert [texts[p] for p in whisper_prompts("senior", "consulting", True)] == ["高端客户,", "业务咨询。", "回拨。"]
+    assert "".join(texts[p] for p in whisper_prompts("junior", "complaint")) == "低端客户,投诉处理。"
+
+
+def test_closed_messages_follow_the_configured_hours(tmp_path: Path) -> None:
+    conf = tmp_path / "sip.conf"
+    conf.write_text(
+        "[general]\nnumbers = 95000, 4008000000\n"
+        "[hours]\ndefault = 08:00-22:00\nsenior = 00:00-24:00\n"
+        "4008000000 = mon-fri 08:30-17:30, sat-sun closed, holiday closed\n",
+        encoding="utf-8",
+    )
+    texts = catalogue_for(load_config(conf))
+    assert texts["closed_default"] == "您好,现在是非工作时间,我们的服务时间是每天八点到二十二点,请您在服务时间内再次来电,谢谢!再见!"
+    assert "我们的服务时间是周一至周五八点半到十七点半,节假日休息," in texts["closed_4008000000"]
+    assert "closed_senior" not in texts, "a schedule that never closes needs no closed message"
+
+
+def test_example_config_renders_a_reasonable_number_of_prompts() -> None:
+    # TTS takes about 20 ms a prompt on first start; the catalogue must stay small
+    assert len(catalogue_for(load_config(ROOT / "sip.conf.example"))) < 100
+
+
+@pytest.mark.parametrize(
+    ("name", "gender", "salutation"),
+    [
+        ("张敏", "male", "张先生"),
+        ("张敏", "female", "张女士"),
+        ("王小明", "male", "王先生"),
+        ("欧阳修", "male", "欧阳先生"),  # compound surname
+        ("司马相如", "male", "司马先生"),
+        ("上官婉儿", "female", "上官女士"),
+        (" 李强 ", "male", "李先生"),
+        ("张敏", None, None),  # "先生/女士" cannot be spoken: unknown title, normal greeting
+        ("张敏", "other", None),
+        ("", "male", None),
+        (None, "male", None),
+        ("张", "male", None),  # surname alone
+        ("欧阳", "male", None),
+        ("John Smith", "male", None),
+        ("Zhang Min", "male", None),
+        ("阿卜杜·热合曼", "male", None),  # transliterated, with a separator dot
+        ("陈李淑贞", "female", None),  # four characters, no compound surname: don't guess
+        ("张 敏", "male", None),
+        ("张敏2", "male", None),
+        ("星光科技有限公司", "male", None),
+        ("曾国藩", "male", None),  # 曾 as a surname is Zēng: the voice would misread it
+        ("单田芳", "male", None),  # 单 Shàn
+    ],
+)
+def test_senior_salutation_by_surname(name: str | None, gender: str | None, salutation: str | None) -> None:
+    assert senior_salutation(name, gender) == salutation
+    greeting = senior_greeting_text(name, gender, "星光")
+    assert greeting == (None if salutation is None else f"{salutation},您好!欢迎致电星光客服中心,请问有什么可以帮您?")
+
+
+def test_surname_of_fullwidth_and_compound() -> None:
+    assert surname_of("ＡＢ") is None
+    assert surname_of("诸葛亮") == "诸葛"
+    assert surname_of("东方不败") == "东方"
 
 
 def test_text_override_and_unknown_override() -> None:

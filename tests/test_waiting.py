@@ -66,6 +66,11 @@ def test_handle_times_start_from_the_prior_and_follow_recent_calls() -> None:
         (89, 1, "wait_minutes_1"),
         (90, 2, "wait_minutes_2"),
         (150, 3, "wait_minutes_3"),
+        (10 * 60 + 29, 10, "wait_minutes_10"),
+        (10 * 60 + 30, 15, "wait_minutes_15"),  # beyond ten minutes, in fives
+        (14 * 60, 15, "wait_minutes_15"),
+        (17 * 60 + 29, 15, "wait_minutes_15"),
+        (17 * 60 + 30, 20, "wait_minutes_20"),
         (30 * 60, 30, "wait_minutes_30"),
         (30 * 60 + 29, 30, "wait_minutes_30"),
         (30 * 60 + 30, 31, "wait_minutes_many"),
