@@ -24,7 +24,6 @@ from ivr.callflow import GREETING, FlowSettings, SilentRoutine
 from ivr.service import SEAT_GROUPS, SERVICES, MenuConfig
 from ivr.greeting import DEFAULT_DAYPARTS, FIVE_PART_DAYPARTS, Daypart, HolidayFileError, load_holiday_file
 from ivr.hours import DEFAULT_SCHEDULE, HoursConfig, parse_schedule
-from prompts.music import DEFAULT_LEVEL_DBFS, MusicError, music_files
 
 CODECS = {"pcmu": 0, "pcma": 8}  # name -> RTP static payload type (RFC 3551)
 DEFAULT_DATABASE_URL = "sqlite:///var/hotline.db"
@@ -113,7 +112,7 @@ class QueueConfig:
     complaint_group: str | None = None  # complaints go to this group's specialists ([003]); None: the caller's group
     # Never dead air: music between announcements, the expected wait, a callback instead of a long wait.
     music: Path | None = None  # a WAV or a folder of WAVs; None: the generated piece
-    music_volume: float = DEFAULT_LEVEL_DBFS  # RMS dBFS
+    music_volume: float = -24.0  # RMS dBFS; prompts.music.DEFAULT_LEVEL_DBFS
     announce_wait: bool = True
     mean_handle_seconds: float = 180.0  # the prior until calls of the group have ended
     max_wait_seconds: float = 300.0  # a longer expected wait (or nobody logged in): offer a callback
@@ -567,6 +566,8 @@ def _queues(r: _Reader) -> QueueConfig:
 def _music(r: _Reader) -> Path | None:
     source = r.file_path("queues", "music", None)
     if source is not None:
+        from prompts.music import MusicError, music_files  # numpy and soxr only when ops name their own music
+
         try:
             music_files(source)  # headers only; the audio is converted once at start
         except MusicError as exc:

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from aiortp.codecs import get_codec
 
+from ivr.config import QueueConfig
 from prompts.library import FRAME_SAMPLES, SAMPLE_RATE
 from prompts.music import (
+    DEFAULT_LEVEL_DBFS,
     MUSIC_KEY,
     MusicError,
     MusicOnHold,
@@ -53,6 +55,7 @@ def test_generated_music_is_never_silent_in_any_2_second_window(default_pcm: byt
 
 
 def test_generated_music_is_at_a_modest_level(default_pcm: bytes) -> None:
+    assert QueueConfig().music_volume == DEFAULT_LEVEL_DBFS
     x = samples(default_pcm)
     assert -26 < dbfs(x) < -22
     assert np.max(np.abs(x)) <= 0.5 * 32768 + 1  # -6 dBFS peak
