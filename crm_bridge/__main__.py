@@ -116,12 +116,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{aware(survey.at).astimezone(zone):%H:%M}\tscore {survey.score} ({survey.label})\tagent {survey.agent_number}\t{survey.seat_group}\tcaller {caller}\tcall {sip_call_id}")
         print(f"{len(rows)} low score(s) on {day}")
     elif args.command == "report":
-        from crm_bridge.report import charts, csv_row, daily_report, iter_rows, standalone_html, write_csv
+        from crm_bridge.report import (
+            charts,
+            csv_row,
+            daily_report,
+            iter_rows,
+            standalone_html,
+            write_csv,
+        )
 
         day = args.date or (local_today(zone) - timedelta(days=1))
         report = daily_report(engine, day, zone, service_level_seconds=args.service_level_seconds, agent_names=agent_names)
         print(f"report for {day} ({zone}): UTC {report.start_utc:%Y-%m-%d %H:%M} to {report.end_utc:%Y-%m-%d %H:%M}")
-        print("\t".join(("row", "calls", "answered", "answer_rate", "abandon_rate", "wait_avg", "wait_p90", "talk_avg", "surveys 1/2/3", "silent", "complaints +/overdue/closed")))
+        print("row\tcalls\tanswered\tanswer_rate\tabandon_rate\twait_avg\twait_p90\ttalk_avg\tsurveys 1/2/3\tsilent\tcomplaints +/overdue/closed")
         for f in iter_rows(report):
             c = csv_row(f)
             print(f"{f.label}\t{f.calls}\t{f.answered}\t{c[4]}\t{c[6]}\t{c[11]}\t{c[12]}\t{c[13]}\t{c[14]}/{c[15]}/{c[16]}\t{c[8]}\t{c[18]}/{c[19]}/{c[20]}")

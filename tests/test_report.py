@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from crm_bridge.__main__ import main as crm_cli
 from crm_bridge.db import make_engine, migrate
 from crm_bridge.models import Call, Survey, Ticket, TicketHistory
-from crm_bridge.report import day_bounds, daily_report, low_scores, overdue_tickets, p90
+from crm_bridge.report import daily_report, day_bounds, low_scores, overdue_tickets, p90
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 DAY = date(2026, 11, 26)  # Shanghai day = 2026-11-25 16:00 to 2026-11-26 16:00 UTC

@@ -1,0 +1,92 @@
+"""The agent desk and wallboard, and its accounts.
+
+    python -m desk --config sip.conf                       # serve on [desk] bind:port (127.0.0.1:8080)
+    python -m desk --config sip.conf set-password 801      # an agent's desk password (prompted, or one line on stdin)
+    python -m desk --config sip.conf add-supervisor 王经理  # a supervisor account (same)
+
+A separate process from the IVR: it reads and writes the CRM database only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+
+from crm_bridge.db import make_engine, migrate
+from desk.auth import PasswordError, seed_agents, set_password
+from desk.config import DeskConfig, load_desk_config
+from ivr.config import ConfigError
+
+
+def _password(prompt_for: str) -> str:
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass(f"password for {prompt_for}: ")
+    if getpass.getpass("again: ") != first:
+        raise PasswordError("the two passwords differ")
+    return first
+
+
+def serve(config: DeskConfig, engine) -> int:  # type: ignore[no-untyped-def]
+    import uvicorn
+
+    from desk.app import create_app
+
+    created = seed_agents(engine, config)
+    if created:
+        print(f"desk: accounts for agent(s) {', '.join(created)}, first password = their SIP secret", flush=True)
+    if not config.secret_key:
+        print("desk: no [desk] secret_key: sessions end when the desk restarts", flush=True)
+    app = create_app(config, engine)
+    print(f"desk: ready on http://{config.bind}:{config.port}", flush=True)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=config.bind, port=config.port, log_level="warning", proxy_headers=False,
+        timeout_graceful_shutdown=2,  # the event streams never end by themselves
+    ))
+    server.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m desk", description=__doc__.split("\n")[0])
+    p.add_argument("--config", type=Path, default=Path("sip.conf"), help="the IVR's sip.conf, with a [desk] section")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("serve", help="run the desk (the default)")
+    sp = sub.add_parser("set-password", help="set an agent's desk password")
+    sp.add_argument("agent")
+    su = sub.add_parser("add-supervisor", help="create a supervisor account, or set its password")
+    su.add_argument("name")
+    args = p.parse_args(argv)
+    try:
+        config = load_desk_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    engine = make_engine(config.database_url)
+    migrate(engine)
+    try:
+        if args.command == "set-password":
+            if config.agent(args.agent) is None:
+                print(f"error: no agent [{args.agent}] with type = agent in {args.config}", file=sys.stderr)
+                return 1
+            set_password(engine, args.agent, _password(args.agent), role="agent", agent_number=args.agent)
+            print(f"password set for agent {args.agent}")
+        elif args.command == "add-supervisor":
+            name = args.name.strip()
+            if not name or len(name) > 64 or name.isdigit() or any(not ch.isprintable() for ch in name):
+                print("error: a supervisor name is 1-64 printable characters and not all digits (those are seat numbers)", file=sys.stderr)
+                return 1
+            created = set_password(engine, name, _password(name), role="supervisor")
+            print(f"supervisor {name} {'created' if created else 'password changed'}")
+        else:
+            return serve(config, engine)
+    except PasswordError as exc:
+        print(f"error: password: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
