@@ -18,24 +18,15 @@ import asyncio
 import gc
 import json
 import random
-import sys
 import time
-from collections import deque
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiosipua import (
-    IncomingCall,
-    OutgoingCall,
     SdpNegotiationError,
     SipRequest,
-    SipResponse,
-    SipUAC,
-    SipUAS,
-    UdpSipTransport,
     build_sdp,
     negotiate_sdp,
     parse_address,
@@ -94,6 +85,7 @@ from ivr.registrar import Challenge, Refused, Registered, Registrar
 from ivr.sanity import check_request
 from ivr.service import SEAT_GROUPS
 from ivr.shared_acd import SharedAcd
+from ivr.sip.endpoint import Address, InboundCall, OutboundCall, SipEndpoint
 from ivr.vad import SpeechDetector
 from prompts.library import PromptLibrary
 
@@ -101,94 +93,11 @@ log = structlog.get_logger("ivr.engine")
 
 # aiosipua 0.7.1 leaves rejected INVITEs in SipUAS._calls until an ACK that a
 # scanner never sends; forget them after Timer H (64 x T1 = 32 s).
-REJECTED_FORGET_S = 32.0
 LAG_PROBE_S = 0.05
 FULL_GC_EVERY_S = 600.0  # see run_ivr.py: the full GC pass is the engine's to schedule
 # Agents dial these from their registered phone to pause (not offered calls) or resume.
 FEATURE_CODES = {"*46": True, "*47": False}
-REGISTER_REPLY_TTL_S = 32.0  # Timer J: how long a REGISTER retransmission is answered from memory
 LOOKUP_TIMEOUT_S = 2.0  # a caller the CRM cannot name in time is served as unknown
-
-
-class _UdpProtocol(asyncio.DatagramProtocol):
-    """Datagram protocol for `UvloopUdpTransport`.
-
-    aiosipua 0.7.1's own protocol asserts `isinstance(transport,
-    asyncio.DatagramTransport)` in connection_made; uvloop's UDPTransport is
-    not a subclass, so the assertion fails and uvloop closes the socket.
-    """
-
-    def __init__(self, owner: UvloopUdpTransport) -> None:
-        self._owner = owner
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._owner._udp_transport = transport  # type: ignore[assignment]  # noqa: SLF001
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int] | Any) -> None:
-        self._owner._dispatch(data, (str(addr[0]), int(addr[1])))  # noqa: SLF001
-
-    def error_received(self, exc: Exception) -> None:
-        log.warning("sip_udp_error", error=str(exc))
-
-
-class UvloopUdpTransport(UdpSipTransport):
-    """aiosipua's UDP transport, started with a protocol that runs on uvloop.
-
-    It also keeps the Request-Line of the datagram being dispatched: aiosipua
-    0.7.1 drops the SIP-Version and tolerates extra words, and the adapter's
-    RFC 3261 checks (`ivr.sanity`) need the line as sent.
-    """
-
-    request_line = ""
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), local_addr=self.local_addr)
-        self._udp_transport = transport
-
-    def _dispatch(self, data: bytes, addr: tuple[str, int]) -> None:
-        end = data.find(b"\n", 0, 8192)
-        self.request_line = data[: end if end >= 0 else 8192].rstrip(b"\r").decode("utf-8", "replace")
-        super()._dispatch(data, addr)
-
-
-def _keep_record_route(call: IncomingCall) -> None:
-    """Make a call's dialog honour Record-Route, as a proxy in front (Kamailio) needs.
-
-    aiosipua 0.7.1 neither copies Record-Route into the responses to an INVITE
-    nor keeps the UAS route set in request order (RFC 3261 12.1.1: copy the
-    values into the 1xx/2xx; the UAS route set is them in order, only a UAC
-    reverses). Without the copy, the caller's ACK and BYE bypass the proxy
-    that took the call, and a proxy that routes on its Record-Route drops them.
-    """
-    record_route = call.invite.headers.get("record-route")
-    if not record_route:
-        return
-    dialog = call.dialog
-    dialog.route_set = list(record_route)
-    inner = dialog.create_response
-
-    def create_response(request, status_code, reason_phrase="", *, contact=None):  # type: ignore[no-untyped-def]
-        response = inner(request, status_code, reason_phrase, contact=contact)
-        if request is call.invite and 100 < status_code < 300:
-            for value in record_route:
-                response.headers.append("Record-Route", value)
-        return response
-
-    dialog.create_response = create_response  # type: ignore[method-assign]
-
-
-def _at_most_every(seconds: float, action: Callable[[], None]) -> Callable[[], None]:
-    last = -seconds
-
-    def throttled() -> None:
-        nonlocal last
-        now = time.monotonic()
-        if now - last >= seconds:
-            last = now
-            action()
-
-    return throttled
 
 
 def utc_now() -> datetime:
@@ -198,7 +107,7 @@ def utc_now() -> datetime:
 class Leg:
     """One caller's call: its SIP dialog, RTP session, flow, timers and playback."""
 
-    def __init__(self, engine: Engine, call: IncomingCall) -> None:
+    def __init__(self, engine: Engine, call: InboundCall) -> None:
         self.engine = engine
         self.call = call
         self.call_id = call.call_id
@@ -297,8 +206,7 @@ class Leg:
                     if record.queue_wait_s is not None and record.seat_group:
                         metrics.queue_wait.labels(record.seat_group).observe(record.queue_wait_s)
             case Ring():
-                if self.call.dialog.state.name != "TERMINATED":  # not after a CANCEL's 487
-                    self.call.ringing()
+                self.call.ringing()  # nothing after a CANCEL's 487
             case Answer():
                 self.call.accept(self.sdp_answer)
                 self.engine.pacer.serve(self)  # from now on RTP flows: prompts, else keep-alive silence
@@ -396,7 +304,7 @@ class AgentLeg:
         self.agent = offer.agent
         self.rtp: RtpSession | None = None
         self.rtp_port: int | None = None
-        self.out: OutgoingCall | None = None
+        self.out: OutboundCall | None = None
         self.ring_timer: asyncio.TimerHandle | None = None
         self.answered = False
         self.ended = False
@@ -438,7 +346,6 @@ class Engine:
         self.metrics = Metrics()
         self.metrics.watch(self)
         self.registrations: dict[str, asyncio.TimerHandle] = {}
-        self._register_replies: dict[str, tuple[float, int, str, dict[str, str]]] = {}
         self._wrap_up: dict[str, asyncio.TimerHandle] = {}
         self._assign_task: asyncio.Task[None] | None = None
         self._claiming = self._claim_again = self._refreshing = False
@@ -450,24 +357,7 @@ class Engine:
         self.accepting = True
         self._tasks: set[asyncio.Task[None]] = set()
         g = config.general
-        self.transport = UvloopUdpTransport(local_addr=(g.bind, g.port))
-        self.uac = SipUAC(self.transport)
-        self.uas = SipUAS(self.transport, user_agent=g.user_agent, uac=self.uac)
-        self.uas.on_invite = self._on_invite
-        self.uas.on_bye = self._on_bye
-        self.uas.on_cancel = self._on_cancel
-        self.uas.on_ack_timeout = self._on_ack_timeout
-        # aiosipua 0.7.1 SipUAS dispatches no INFO (answers 405): DTMF by SIP INFO
-        # (application/dtmf-relay, application/dtmf) is handled here instead.
-        self.uas._handlers["INFO"] = self._on_info  # noqa: SLF001
-        # aiosipua 0.7.1 has a REGISTER client but no registrar: agents register here.
-        self.uas._handlers["REGISTER"] = self._on_register  # noqa: SLF001
-        # aiosipua 0.7.1 scans every transaction for expiry each time it creates
-        # one: quadratic in the call rate (at 100 calls/s, 3200 transactions are
-        # scanned per new one; 6% of the event loop in py-spy). Scan at most
-        # twice a second; an expired transaction lingering 0.5 s longer is harmless.
-        for layer in (self.uas.transactions, self.uac.transactions):
-            layer._prune_expired = _at_most_every(0.5, layer._prune_expired)  # type: ignore[method-assign]  # noqa: SLF001
+        self.endpoint = SipEndpoint(g.bind, g.port, self, user_agent=g.user_agent, advertised=g.advertised_ip)
 
     @property
     def media_ip(self) -> str:
@@ -475,12 +365,7 @@ class Engine:
         return g.advertised_ip or g.bind
 
     async def start(self) -> None:
-        await self.uas.start()
-        # aiosipua 0.7.1 raises ValueError from its UAS handlers on a malformed
-        # CSeq or SDP body; its transport then logs a traceback and answers
-        # nothing, and an INVITE leaves its server transaction behind. Route
-        # messages through a guard that answers 400 and cleans up instead.
-        self.transport.on_message = self._on_sip_message
+        await self.endpoint.start()
         g = self.config.general
         log.info("listening", bind=g.bind, port=g.port, numbers=sorted(g.numbers), rtp_ports=list(g.rtp_ports))
         if isinstance(self.acd, SharedAcd):
@@ -524,7 +409,7 @@ class Engine:
             await asyncio.wait(self._tasks, timeout=5)
         await self.pacer.close()
         await asyncio.sleep(0.05)  # let the last BYEs leave the socket
-        await self.uas.stop()
+        await self.endpoint.stop()
         if isinstance(self.acd, SharedAcd):
             await asyncio.to_thread(self.acd.close, utc_now())
 
@@ -535,32 +420,18 @@ class Engine:
 
     # --- SIP callbacks --------------------------------------------------------------
 
-    def _on_sip_message(self, msg: SipRequest | SipResponse, addr: tuple[str, int]) -> None:
-        if isinstance(msg, SipRequest):
-            if not self._admit(msg, addr):
-                return
-            refusal = check_request(msg, self.transport.request_line)
-            if refusal is not None:
-                log.warning("sip_bad_request", source=f"{addr[0]}:{addr[1]}", method=msg.method[:20],
-                            status=refusal.status, error=refusal.why)
-                if msg.method != "ACK":
-                    self._refuse(msg, refusal.status, refusal.reason, refusal.headers)
-                return
-        elif not 100 <= msg.status_code <= 699:
-            log.warning("sip_bad_response", source=f"{addr[0]}:{addr[1]}", error=f"status code {msg.status_code}")
-            return
-        try:
-            self.uas._on_message(msg, addr)  # noqa: SLF001
-        except ValueError as exc:
-            if not isinstance(msg, SipRequest):
-                log.warning("sip_bad_response", source=f"{addr[0]}:{addr[1]}", error=str(exc)[:200])
-                return
-            log.warning("sip_bad_request", source=f"{addr[0]}:{addr[1]}", method=msg.method[:20], error=str(exc)[:200])
-            if msg.method == "INVITE":
-                self.uas._remove_invite_transaction(msg)  # noqa: SLF001
-                self.uas._calls.pop(msg.call_id or "", None)  # noqa: SLF001
-            if msg.method != "ACK":
-                self._refuse(msg, 400, "Bad Request", {})
+    def screen(self, request: SipRequest, source: Address, request_line: str) -> bool:
+        """Limits and RFC 3261 checks for a request off the wire; answers what it refuses."""
+        if not self._admit(request, source):
+            return False
+        refusal = check_request(request, request_line)
+        if refusal is not None:
+            log.warning("sip_bad_request", source=f"{source[0]}:{source[1]}", method=request.method[:20],
+                        status=refusal.status, error=refusal.why)
+            if request.method != "ACK":
+                self._refuse(request, source, refusal.status, refusal.reason, refusal.headers)
+            return False
+        return True
 
     def _admit(self, request: SipRequest, addr: tuple[str, int]) -> bool:
         """Per-source limits, the auth ban and draining; answers what it refuses."""
@@ -571,48 +442,40 @@ class Engine:
             # is behind (the machine cannot keep up, whatever the configuration says),
             # refuse new calls at once and cheaply instead of letting transactions pile
             # up until everything times out
-            self._refuse(request, 503, "Service Unavailable", {"Retry-After": "2"})
+            self._refuse(request, addr, 503, "Service Unavailable", {"Retry-After": "2"})
             return False
         verdict = self.guard.admit(request.method, addr[0])
         if verdict is Verdict.ADMIT:
             if request.method == "OPTIONS" and not self.accepting:
                 # a load balancer probing with OPTIONS takes this worker out of rotation
-                self._refuse(request, 503, "Service Unavailable", {"Retry-After": "30"})
+                self._refuse(request, addr, 503, "Service Unavailable", {"Retry-After": "30"})
                 return False
             return True
         if verdict is Verdict.REFUSE:
-            self._refuse(request, 503, "Service Unavailable", {"Retry-After": "5"})
+            self._refuse(request, addr, 503, "Service Unavailable", {"Retry-After": "5"})
         # DROP and BANNED: no answer at all, so a password guesser learns nothing more
         return False
 
-    def _refuse(self, request: SipRequest, status: int, reason: str, headers: dict[str, str]) -> None:
+    def _refuse(self, request: SipRequest, source: Address, status: int, reason: str, headers: dict[str, str]) -> None:
         self.metrics.refused.labels(str(status)).inc()
         if not request.via:
             return
         try:
-            self.uas._send_error(request, status, reason, extra_headers=headers)  # noqa: SLF001
-        except Exception:  # headers too broken to build an answer from: dropped (and logged by the caller)
+            self.endpoint.reply(request, source, status, reason, headers)
+        except Exception:  # noqa: BLE001 — headers too broken to build an answer from: dropped (the caller logged it)
             pass
 
-    def _reject(self, call: IncomingCall, status: int, reason: str, why: str, retry_after: int | None = None,
+    def _reject(self, call: InboundCall, status: int, reason: str, why: str, retry_after: int | None = None,
                 headers: dict[str, str] | None = None) -> None:
         self.metrics.refused.labels(str(status)).inc()
         headers = dict(headers or {})
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
-        if not headers:
-            call.reject(status, reason)
-        else:
-            # aiosipua 0.7.1 IncomingCall.reject() takes no extra headers; send the
-            # response ourselves so e.g. overload answers carry Retry-After (RFC 3261 20.33).
-            call._send_response(status, reason, extra_headers=headers)  # noqa: SLF001
-            call.dialog.terminate()
+        call.reject(status, reason, headers)
         log.info("invite_rejected", call_id=call.call_id, status=status, reason=why, source=f"{call.source_addr[0]}:{call.source_addr[1]}")
-        asyncio.get_running_loop().call_later(REJECTED_FORGET_S, self.uas._calls.pop, call.call_id, None)  # noqa: SLF001
 
-    def _on_invite(self, call: IncomingCall) -> None:
+    def on_invite(self, call: InboundCall) -> None:
         self.metrics.invites.inc()
-        _keep_record_route(call)
         if not self.accepting:
             self._reject(call, 503, "Service Unavailable", "shutting down", retry_after=30)
             return
@@ -639,6 +502,12 @@ class Engine:
             return
         if call.sdp_offer is None:
             self._reject(call, 488, "Not Acceptable Here", "no SDP offer (late offer is not supported)")
+            return
+        secure = [m.proto for m in call.sdp_offer.media if m.media == "audio" and "SAVP" in m.proto.upper()]
+        if secure:
+            # RFC 4568: an answer must keep the offer's profile; answering RTP/SAVP without keys
+            # would send the caller's audio in clear under a secure label. Refuse instead.
+            self._reject(call, 488, "Not Acceptable Here", f"secure media ({secure[0]}) is not offered by this IVR")
             return
         if not len(self.ports):
             self._reject(call, 503, "Service Unavailable", "RTP port range exhausted")
@@ -714,7 +583,7 @@ class Engine:
         if leg.deferred_timer is not None:
             leg.fire_timer(leg.deferred_timer)
 
-    def _feature_code(self, call: IncomingCall, pause: bool) -> bool:
+    def _feature_code(self, call: InboundCall, pause: bool) -> bool:
         """An agent's phone dialled *46/*47: pause or resume that agent. False if not an agent's phone."""
         try:
             phone = self._phone_address(call.source_addr, parse_address(call.invite.get_header("contact") or "").uri)
@@ -731,7 +600,7 @@ class Engine:
         self._feature_code_done(call, agent, pause, self.acd.seats[agent].state.value)
         return True
 
-    async def _shared_feature_code(self, call: IncomingCall, agent: str, pause: bool) -> None:
+    async def _shared_feature_code(self, call: InboundCall, agent: str, pause: bool) -> None:
         assert isinstance(self.acd, SharedAcd)
         try:
             state = await self.acd.set_paused(agent, pause, utc_now())
@@ -741,7 +610,7 @@ class Engine:
             return
         self._feature_code_done(call, agent, pause, state)
 
-    def _feature_code_done(self, call: IncomingCall, agent: str, pause: bool, state: str) -> None:
+    def _feature_code_done(self, call: InboundCall, agent: str, pause: bool, state: str) -> None:
         log.info("agent_pause" if pause else "agent_resume", agent=agent, state=state)
         self.publish_states()
         # no media needed: the final response's reason phrase tells the phone the new state
@@ -749,34 +618,28 @@ class Engine:
         if not pause:
             self.assign()
 
-    def _on_bye(self, call: IncomingCall, _request: SipRequest) -> None:
-        leg = self.legs.get(call.call_id)
-        if leg is not None:
-            leg.dispatch(HungUp(utc_now()))
+    def on_bye(self, call: InboundCall | OutboundCall) -> None:
+        if isinstance(call, InboundCall):
+            leg = self.legs.get(call.call_id)
+            if leg is not None:
+                leg.dispatch(HungUp(utc_now()))
             return
         agent_leg = self.agent_legs.get(call.call_id)
         if agent_leg is not None:  # the agent hung up
             self.end_agent_leg(agent_leg, hang_up=False)
             agent_leg.caller.dispatch(AgentHungUp(utc_now()))
 
-    def _on_cancel(self, request: SipRequest, _addr: tuple[str, int]) -> None:
-        leg = self.legs.get(request.call_id or "")
+    def on_cancel(self, call: InboundCall) -> None:
+        leg = self.legs.get(call.call_id)
         if leg is not None and leg.flow.record is not None:
             leg.dispatch(Cancelled(utc_now()))
 
-    def _on_ack_timeout(self, call: IncomingCall) -> None:
+    def on_ack_timeout(self, call: InboundCall) -> None:
         leg = self.legs.get(call.call_id)
         if leg is not None:
             leg.dispatch(Aborted(utc_now(), "no ACK for 200 OK"))
 
-    def _on_info(self, request: SipRequest, addr: tuple[str, int]) -> None:
-        call = self.uas.get_call(request.call_id or "")
-        if call is None:
-            self.uas._send_error(request, 481, "Call/Transaction Does Not Exist")  # noqa: SLF001
-            return
-        if not self.uas._validate_in_dialog(call.dialog, request):  # noqa: SLF001
-            return
-        self.transport.send_reply(call.dialog.create_response(request, 200, "OK"))
+    def on_info(self, call: InboundCall, request: SipRequest) -> None:
         digit = _info_digit(request)
         leg = self.legs.get(call.call_id)
         if digit is not None and leg is not None:
@@ -784,20 +647,10 @@ class Engine:
 
     # --- registrar (agents' softphones) ------------------------------------------------
 
-    def _on_register(self, request: SipRequest, addr: tuple[str, int]) -> None:
-        # A retransmission (same Via branch) gets the response already sent
-        # (RFC 3261 17.2.2); its credentials must not count as a replay.
-        branch = request.via[0].branch if request.via else None
-        now = asyncio.get_running_loop().time()
-        self._register_replies = {b: r for b, r in self._register_replies.items() if now - r[0] < REGISTER_REPLY_TTL_S}
-        if branch and branch in self._register_replies:
-            _, status, reason, headers = self._register_replies[branch]
-            self.uas._send_error(request, status, reason, extra_headers=headers)  # noqa: SLF001
-            return
-        status, reason, headers = self._register_decision(request, addr)
-        if branch:
-            self._register_replies[branch] = (now, status, reason, headers)
-        self.uas._send_error(request, status, reason, extra_headers=headers)  # noqa: SLF001
+    def on_register(self, request: SipRequest, source: Address) -> tuple[int, str, dict[str, str]]:
+        # retransmissions never get here: the transaction layer answers them with the
+        # response already sent, so their credentials never count as a replay
+        return self._register_decision(request, source)
 
     def _phone_address(self, source: tuple[str, int], contact: Any) -> tuple[str, int]:
         """Where an agent's phone is: where its request came from (works through NAT, RFC 3581's
@@ -956,10 +809,9 @@ class Engine:
         sdp = build_sdp(self.media_ip, agent_leg.rtp_port, caller.payload_type, CODEC_NAMES[caller.payload_type])
         record = caller.flow.record
         caller_number = record.caller if record else "ivr"
-        out = self.uac.send_invite(
-            f"sip:{caller_number}@{g.bind}:{g.port}",
-            f"sip:{offer.agent}@{offer.contact[0]}:{offer.contact[1]}",
-            offer.contact, sdp, user_agent=g.user_agent,
+        out = self.endpoint.invite(
+            from_uri=f"sip:{caller_number}@{self.endpoint.host}:{g.port}", from_display=None,
+            request_uri=f"sip:{offer.agent}@{offer.contact[0]}:{offer.contact[1]}", destination=offer.contact, sdp=sdp,
         )
         agent_leg.out = out
         self.agent_legs[out.call_id] = agent_leg
@@ -1006,11 +858,10 @@ class Engine:
         if out is not None:
             if hang_up:
                 if agent_leg.answered:
-                    out.hangup(self.uac)
+                    out.hangup()
                 else:
-                    out.cancel(self.uac)
+                    out.cancel()
             self.agent_legs.pop(out.call_id, None)
-            self.uac.remove_call(out.call_id)
         if agent_leg.caller.agent is agent_leg:
             agent_leg.caller.agent = None
         if release and agent_leg.answered:
@@ -1056,9 +907,6 @@ class Engine:
             leg.cancel_timer(name)
         self.pacer.stop(leg)
         self.legs.pop(leg.call_id, None)
-        # aiosipua 0.7.1 IncomingCall.hangup() sends BYE but leaves the call in
-        # SipUAS._calls for ever; drop it once our flow is done with it.
-        self.uas._calls.pop(leg.call_id, None)  # noqa: SLF001
         self._spawn(leg.close_media())
 
 

@@ -1,0 +1,520 @@
+"""The SIP endpoint: one UDP socket, our transaction layer and dialogs, and the calls on them.
+
+This is the edge where SIP meets the network. A datagram is parsed (the
+message syntax is aiosipua's), screened by the owner (per-source limits, RFC
+3261 request checks), and fed to the sans-IO transaction layer
+(`ivr.sip.transactions`), which absorbs retransmissions. What is new reaches
+the owner as a call object and a callback: an `InboundCall` for an INVITE,
+`on_bye`, `on_cancel`, `on_info`, `on_register`. Calls we place (agent legs)
+are `OutboundCall`s. Everything the layer wants sent is flushed after each
+datagram and each timer; one loop timer serves every transaction.
+
+Responses go where RFC 3261 §18.2.2 says: to the source address, at the
+port of the top Via's sent-by, or at the source port when the Via asks for
+rport (RFC 3581).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+from aiosipua.message import SipMessage, SipRequest, SipResponse, missing_required_headers
+from aiosipua.sdp import SdpMessage, parse_sdp, serialize_sdp
+
+from ivr.sip.dialogs import Dialog, DialogState, make_response, new_branch, new_call_id, new_tag
+from ivr.sip.transactions import (
+    AckReceived,
+    ClientTransaction,
+    Overloaded,
+    RequestReceived,
+    ResponseReceived,
+    ServerTransaction,
+    SipTransactions,
+    TransactionTimeout,
+    header_tag,
+    parse_top_via,
+)
+
+log = structlog.get_logger("ivr.sip")
+
+Address = tuple[str, int]
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER"
+# Methods we know and do not take (405 with Allow); a method nobody knows is the
+# request checks' 501. REFER from a caller is refused outright: no toll-fraud path.
+NOT_ALLOWED = {"MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "PRACK", "UPDATE"}
+DialogKey = tuple[str, str, str]
+
+
+class EndpointOwner(Protocol):
+    """What the endpoint asks of the engine."""
+
+    def screen(self, request: SipRequest, source: Address, request_line: str) -> bool:
+        """A request off the wire: True to process it; False when refused (answered or dropped)."""
+        ...
+
+    def on_invite(self, call: InboundCall) -> None: ...
+
+    def on_bye(self, call: InboundCall | OutboundCall) -> None: ...
+
+    def on_cancel(self, call: InboundCall) -> None: ...
+
+    def on_ack_timeout(self, call: InboundCall) -> None: ...
+
+    def on_info(self, call: InboundCall, request: SipRequest) -> None: ...
+
+    def on_register(self, request: SipRequest, source: Address) -> tuple[int, str, dict[str, str]]: ...
+
+
+def response_address(request: SipRequest, source: Address) -> Address:
+    """Where a response to `request` goes (RFC 3261 §18.2.2, RFC 3581)."""
+    via = parse_top_via(request.headers.get_first("via") or "")
+    if via is None or via.rport:
+        return source
+    return (source[0], via.port)
+
+
+class InboundCall:
+    """A call to the hotline: the INVITE's server transaction and, once answered, its dialog."""
+
+    def __init__(self, endpoint: SipEndpoint, transaction: ServerTransaction, source: Address) -> None:
+        self.endpoint = endpoint
+        self.transaction = transaction
+        self.invite: SipRequest = transaction.request
+        self.source_addr = source
+        self.call_id: str = self.invite.call_id or ""
+        self.local_tag = new_tag()
+        self.dialog = Dialog.as_uas(self.invite, self.local_tag, state=DialogState.EARLY)
+        self.ended = False
+        self.sdp_answer: SdpMessage | None = None
+        self.sdp_offer: SdpMessage | None = None
+        content_type = (self.invite.content_type or "").split(";")[0].strip().lower()
+        if self.invite.body and content_type == "application/sdp":
+            self.sdp_offer = parse_sdp(self.invite.text)
+
+    @property
+    def caller(self) -> str:
+        """The From header as sent."""
+        return self.invite.get_header("from") or ""
+
+    def _respond(self, status: int, reason: str, *, headers: dict[str, str] | None = None,
+                 body: bytes = b"", content_type: str | None = None) -> None:
+        extra = [("Contact", self.endpoint.contact)] if 100 < status < 300 else []
+        extra.append(("User-Agent", self.endpoint.user_agent))
+        extra.extend((headers or {}).items())
+        response = make_response(self.invite, status, reason, to_tag=self.local_tag if status > 100 else None,
+                                 headers=extra, body=body, content_type=content_type)
+        self.endpoint.respond(self.transaction, response)
+
+    def ringing(self) -> None:
+        if not self.ended:
+            self._respond(180, "Ringing")
+
+    def accept(self, sdp_answer: SdpMessage | None) -> None:
+        if self.ended:
+            return
+        body = serialize_sdp(sdp_answer).encode() if sdp_answer is not None else b""
+        self._respond(200, "OK", body=body, content_type="application/sdp" if body else None)
+        self.sdp_answer = sdp_answer
+        self.dialog.state = DialogState.CONFIRMED
+        self.endpoint.add_dialog(self.dialog, self)
+
+    def reject(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self._respond(status, reason, headers=headers)
+
+    def hangup(self) -> None:
+        """BYE (retransmitted until answered, RFC 3261 Timer E); the dialog is over for us at once."""
+        if self.ended:
+            return
+        self.ended = True
+        if self.dialog.state is DialogState.CONFIRMED:
+            self.endpoint.send_in_dialog(self.dialog, "BYE")
+        self.endpoint.forget_dialog(self.dialog)
+
+    def terminated(self) -> None:
+        """The far end ended the call (BYE or CANCEL)."""
+        self.ended = True
+        self.endpoint.forget_dialog(self.dialog)
+
+
+class OutboundCall:
+    """A call the IVR places (to an agent's phone): the INVITE's client transaction, then a dialog."""
+
+    def __init__(self, endpoint: SipEndpoint, invite: SipRequest, destination: Address) -> None:
+        self.endpoint = endpoint
+        self.invite = invite
+        self.destination = destination
+        self.call_id: str = invite.call_id or ""
+        self.transaction: ClientTransaction | None = None
+        self.dialog: Dialog | None = None
+        self.sdp_answer: SdpMessage | None = None
+        self.provisional = False
+        self.final = False
+        self.ended = False
+        self.cancelled = False
+        self.on_answer: Callable[[OutboundCall], None] | None = None
+        self.on_rejected: Callable[[OutboundCall, int, str], None] | None = None
+
+    def response(self, response: SipResponse) -> None:
+        status = response.status_code
+        if status < 200:
+            self.provisional = True
+            return
+        if self.final:
+            return
+        self.final = True
+        if status >= 300:
+            self.ended = True
+            if self.on_rejected is not None:
+                self.on_rejected(self, status, response.reason_phrase)
+            return
+        self.dialog = Dialog.as_uac(self.invite, response)
+        assert self.transaction is not None
+        ack = self.dialog.create_request("ACK", via=self.endpoint.via(), cseq=self.dialog.local_cseq)
+        self.endpoint.transactions.send_ack(self.transaction, ack, self.endpoint.target_of(self.dialog, self.destination))
+        if self.ended:  # cancelled while the 200 was on its way: ACK it, then BYE (§9.1)
+            self.endpoint.send_in_dialog(self.dialog, "BYE", self.destination)
+            return
+        self.endpoint.add_dialog(self.dialog, self)
+        content_type = (response.content_type or "").split(";")[0].strip().lower()
+        if response.body and content_type == "application/sdp":
+            try:
+                self.sdp_answer = parse_sdp(response.text)
+            except Exception:  # noqa: BLE001 — a broken answer leaves the leg without media, not the IVR broken
+                log.warning("sdp_answer_unreadable", call_id=self.call_id)
+        if self.on_answer is not None:
+            self.on_answer(self)
+
+    def timed_out(self) -> None:
+        if not self.final:
+            self.final = self.ended = True
+            if self.on_rejected is not None:
+                self.on_rejected(self, 408, "Request Timeout")
+
+    def cancel(self) -> None:
+        """Stop ringing: CANCEL (§9.1) — or BYE, should the 200 cross it."""
+        if self.ended:
+            return
+        self.ended = True
+        if self.final:
+            return
+        cancel = SipRequest(method="CANCEL", uri=self.invite.uri)
+        for name in ("Via", "From", "To", "Call-ID", "Max-Forwards"):
+            value = self.invite.headers.get_first(name)
+            if value is not None:
+                cancel.headers.append(name, value)
+        for route in self.invite.headers.get("route"):
+            cancel.headers.append("Route", route)
+        cseq = (self.invite.headers.get_first("cseq") or "1 INVITE").split()[0]
+        cancel.headers.set_single("CSeq", f"{cseq} CANCEL")
+        self.endpoint.send_request(cancel, self.destination)
+
+    def hangup(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self.dialog is not None:
+            self.endpoint.send_in_dialog(self.dialog, "BYE", self.destination)
+            self.endpoint.forget_dialog(self.dialog)
+
+    def terminated(self) -> None:
+        self.ended = True
+        if self.dialog is not None:
+            self.endpoint.forget_dialog(self.dialog)
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, endpoint: SipEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.endpoint.datagram_received(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        log.warning("sip_udp_error", error=str(exc))
+
+
+class SipEndpoint:
+    """One SIP endpoint on UDP: see the module docstring."""
+
+    def __init__(self, bind: str, port: int, owner: EndpointOwner, *, user_agent: str,
+                 advertised: str | None = None) -> None:
+        self.bind, self.port = bind, port
+        self.owner = owner
+        self.user_agent = user_agent
+        self.host = advertised or bind
+        self.contact = f"<sip:{self.host}:{port}>"
+        self.transactions = SipTransactions()
+        self.dialogs: dict[DialogKey, InboundCall | OutboundCall] = {}
+        self.calls: dict[ServerTransaction, InboundCall] = {}  # INVITEs not yet answered finally
+        self.outbound: dict[ClientTransaction, OutboundCall] = {}
+        self._udp: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.request_line = ""
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=(self.bind, self.port))
+        self._udp = transport  # type: ignore[assignment]
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+
+    # --- the four doors of the transaction layer, driven by the loop --------------------
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def flush(self) -> None:
+        """Send what the layer queued and re-arm the one timer."""
+        udp = self._udp
+        for data, addr in self.transactions.datagrams_to_send():
+            if udp is not None:
+                udp.sendto(data, addr)
+        deadline = self.transactions.get_timer()
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer) if deadline is not None else None
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        for timeout in self.transactions.handle_timer(self._now()):
+            self._timed_out(timeout)
+        self.flush()
+
+    def datagram_received(self, data: bytes, source: Address) -> None:
+        try:
+            self._datagram(data, source)
+        finally:
+            self.flush()
+
+    def _datagram(self, data: bytes, source: Address) -> None:
+        if not data.strip():
+            return  # a keep-alive CRLF (RFC 5626 §3.5.1)
+        end = data.find(b"\n", 0, 8192)
+        self.request_line = data[: end if end >= 0 else 8192].rstrip(b"\r").decode("utf-8", "replace")
+        try:
+            message = SipMessage.parse(data)
+        except Exception as exc:  # noqa: BLE001 — anything the parser chokes on is dropped and logged
+            log.warning("sip_bad_request", source=f"{source[0]}:{source[1]}", error=f"unparseable: {exc}"[:200])
+            return
+        if isinstance(message, SipResponse):
+            self._response(message, source)
+        else:
+            self._request(message, source)
+
+    # --- requests -----------------------------------------------------------------------
+
+    def _request(self, request: SipRequest, source: Address) -> None:
+        if not self.owner.screen(request, source, self.request_line):
+            return
+        missing = missing_required_headers(request)
+        if missing:
+            log.warning("sip_bad_request", source=f"{source[0]}:{source[1]}", method=request.method[:20],
+                        status=400, error=f"missing {', '.join(missing)}")
+            if "via" not in missing and request.method != "ACK":
+                self.reply(request, source, 400, "Missing Required Header")
+            return
+        try:
+            event = self.transactions.receive_request(request, response_address(request, source), self._now())
+        except Overloaded:
+            self.reply(request, source, 503, "Service Unavailable", {"Retry-After": "5"})
+            return
+        if isinstance(event, AckReceived):
+            return  # the layer stopped the 2xx retransmissions; a stray ACK needs nothing
+        if event is None:
+            return  # a retransmission, answered from the transaction
+        self._new_request(event, source)
+
+    def _new_request(self, event: RequestReceived, source: Address) -> None:
+        request, transaction = event.request, event.transaction
+        method = request.method
+        if method == "INVITE":
+            if header_tag(request.headers.get_first("to")):
+                self._reinvite(request, transaction)
+                return
+            self.respond(transaction, make_response(request, 100, "Trying"))
+            call = InboundCall(self, transaction, source)
+            self.calls[transaction] = call
+            self.owner.on_invite(call)
+        elif method == "BYE":
+            found = self.dialogs.get(_dialog_key(request))
+            if found is None:
+                self.respond(transaction, make_response(request, 481, "Call/Transaction Does Not Exist"))
+                return
+            self.respond(transaction, make_response(request, 200, "OK"))
+            found.terminated()
+            self.owner.on_bye(found)
+        elif method == "CANCEL":
+            call = self.calls.get(event.cancels) if event.cancels is not None else None
+            if call is None or call.ended:
+                # §9.2: no such INVITE -> 481; one already answered finally -> 200, and no effect
+                found = event.cancels is not None
+                self.respond(transaction, make_response(request, 200 if found else 481,
+                                                        "OK" if found else "Call/Transaction Does Not Exist"))
+                return
+            self.respond(transaction, make_response(request, 200, "OK", to_tag=call.local_tag))
+            call.reject(487, "Request Terminated")
+            call.terminated()
+            self.owner.on_cancel(call)
+        elif method == "OPTIONS":
+            self.respond(transaction, make_response(request, 200, "OK", headers=[
+                ("Allow", ALLOW), ("Accept", "application/sdp"), ("User-Agent", self.user_agent)]))
+        elif method == "INFO":
+            found = self.dialogs.get(_dialog_key(request))
+            if not isinstance(found, InboundCall):
+                self.respond(transaction, make_response(request, 481, "Call/Transaction Does Not Exist"))
+                return
+            status = found.dialog.check_request(request)
+            if status is not None:
+                self.respond(transaction, make_response(request, status, "Server Internal Error"))
+                return
+            self.respond(transaction, make_response(request, 200, "OK"))
+            self.owner.on_info(found, request)
+        elif method == "REGISTER":
+            status, reason, headers = self.owner.on_register(request, source)
+            self.respond(transaction, make_response(request, status, reason, to_tag=new_tag() if status >= 200 else None,
+                                                    headers=list(headers.items())))
+        elif method == "REFER":
+            self.respond(transaction, make_response(request, 501, "Not Implemented"))
+        else:
+            self.respond(transaction, make_response(request, 405, "Method Not Allowed", headers=[("Allow", ALLOW)]))
+
+    def _reinvite(self, request: SipRequest, transaction: ServerTransaction) -> None:
+        """A re-INVITE (session refresh, hold): the session stays as it is; answered with the same SDP."""
+        found = self.dialogs.get(_dialog_key(request))
+        if not isinstance(found, InboundCall) or found.ended:
+            self.respond(transaction, make_response(request, 481, "Call/Transaction Does Not Exist"))
+            return
+        status = found.dialog.check_request(request)
+        if status is not None:
+            self.respond(transaction, make_response(request, status, "Server Internal Error"))
+            return
+        answer = found.sdp_answer
+        body = serialize_sdp(answer).encode() if answer is not None else b""
+        self.respond(transaction, make_response(request, 200, "OK", headers=[("Contact", self.contact)], body=body,
+                                                content_type="application/sdp" if body else None))
+
+    def respond(self, transaction: ServerTransaction, response: SipResponse) -> None:
+        self.transactions.respond(transaction, response, self._now())
+        if response.status_code >= 200:
+            self.calls.pop(transaction, None)
+        self.flush()  # a response may come from a timer or a task, not only while a datagram is handled
+
+    def reply(self, request: SipRequest, source: Address, status: int, reason: str,
+              headers: dict[str, str] | None = None) -> None:
+        """A stateless answer (a refusal before any transaction exists)."""
+        to_tag = new_tag() if status >= 200 and not header_tag(request.headers.get_first("to")) else None
+        response = make_response(request, status, reason, to_tag=to_tag, headers=list((headers or {}).items()))
+        self.transactions.send_stateless(response, response_address(request, source))
+        self.flush()
+
+    # --- responses and timeouts ---------------------------------------------------------
+
+    def _response(self, response: SipResponse, source: Address) -> None:
+        if not 100 <= response.status_code <= 699:
+            log.warning("sip_bad_response", source=f"{source[0]}:{source[1]}", error=f"status code {response.status_code}")
+            return
+        event = self.transactions.receive_response(response, source, self._now())
+        if isinstance(event, ResponseReceived):
+            call = self.outbound.get(event.transaction)
+            if call is not None:
+                if event.response.status_code >= 200:
+                    self.outbound.pop(event.transaction, None)
+                call.response(event.response)
+
+    def _timed_out(self, timeout: TransactionTimeout) -> None:
+        transaction = timeout.transaction
+        if isinstance(transaction, ServerTransaction):
+            call = self.calls.pop(transaction, None)
+            if timeout.timer == "L":
+                found = next((c for c in self.dialogs.values()
+                              if isinstance(c, InboundCall) and c.transaction is transaction), None)
+                if found is not None:
+                    self.owner.on_ack_timeout(found)
+            del call
+            return
+        outbound = self.outbound.pop(transaction, None)
+        if outbound is not None:
+            outbound.timed_out()
+        elif transaction.request.method == "BYE":
+            log.info("bye_unanswered", call_id=transaction.request.call_id)
+
+    # --- requests we send ---------------------------------------------------------------
+
+    def via(self) -> str:
+        return f"SIP/2.0/UDP {self.host}:{self.port};branch={new_branch()};rport"
+
+    def send_request(self, request: SipRequest, destination: Address) -> ClientTransaction:
+        request.headers.set_single("User-Agent", self.user_agent)
+        transaction = self.transactions.send_request(request, destination, self._now())
+        self.flush()
+        return transaction
+
+    @staticmethod
+    def target_of(dialog: Dialog, fallback: Address) -> Address:
+        """Where in-dialog requests go: the next hop is the peer that sent us its messages.
+
+        The route set or remote target could name another host; behind NAT or a
+        balancer the address the dialog's messages came from is the one that works.
+        """
+        return fallback
+
+    def send_in_dialog(self, dialog: Dialog, method: str, destination: Address | None = None) -> None:
+        request = dialog.create_request(method, via=self.via())
+        if destination is None:
+            call = self.dialogs.get(dialog.key)
+            destination = call.source_addr if isinstance(call, InboundCall) else None
+        if destination is None:
+            return
+        self.send_request(request, destination)
+
+    def invite(self, *, from_uri: str, from_display: str | None, request_uri: str, destination: Address,
+               sdp: SdpMessage, headers: dict[str, str] | None = None) -> OutboundCall:
+        """Place a call (to an agent): INVITE with our SDP offer."""
+        invite = SipRequest(method="INVITE", uri=request_uri)
+        h = invite.headers
+        h.append("Via", self.via())
+        h.set_single("Max-Forwards", "70")
+        h.set_single("From", f"{from_display} <{from_uri}>;tag={new_tag()}" if from_display else f"<{from_uri}>;tag={new_tag()}")
+        h.set_single("To", f"<{request_uri}>")
+        h.set_single("Call-ID", new_call_id(self.host))
+        h.set_single("CSeq", "1 INVITE")
+        h.set_single("Contact", self.contact)
+        h.set_single("Allow", ALLOW)
+        for name, value in (headers or {}).items():
+            h.set_single(name, value)
+        invite.body = serialize_sdp(sdp).encode()
+        h.set_single("Content-Type", "application/sdp")
+        call = OutboundCall(self, invite, destination)
+        call.transaction = self.send_request(invite, destination)
+        self.outbound[call.transaction] = call
+        return call
+
+    # --- dialogs ------------------------------------------------------------------------
+
+    def add_dialog(self, dialog: Dialog, call: InboundCall | OutboundCall) -> None:
+        self.dialogs[dialog.key] = call
+
+    def forget_dialog(self, dialog: Dialog) -> None:
+        self.dialogs.pop(dialog.key, None)
+
+
+def _dialog_key(request: SipRequest) -> DialogKey:
+    """The dialog a request from the peer belongs to: our tag is in To, theirs in From."""
+    return (request.call_id or "", header_tag(request.headers.get_first("to")),
+            header_tag(request.headers.get_first("from")))
