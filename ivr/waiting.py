@@ -93,6 +93,27 @@ def expected_wait(callers_ahead: int, load: SeatGroupLoad, mean_handle_seconds: 
     return free_at[0]
 
 
+class WaitEstimator:
+    """Handle times per seat group, and the expected wait for a caller's place in its queue."""
+
+    def __init__(self, prior_seconds: float = 180.0, calls: int = 20) -> None:
+        self.prior_seconds, self.calls = prior_seconds, calls
+        self.handle_times: dict[str, HandleTimes] = {}
+
+    def _times(self, seat_group: str) -> HandleTimes:
+        if seat_group not in self.handle_times:
+            self.handle_times[seat_group] = HandleTimes(self.prior_seconds, self.calls)
+        return self.handle_times[seat_group]
+
+    def record(self, seat_group: str, talk_seconds: float, wrap_up_seconds: float = 0.0) -> None:
+        """An agent of `seat_group` finished a call and its wrap-up."""
+        self._times(seat_group).record(talk_seconds, wrap_up_seconds)
+
+    def expected_wait(self, seat_group: str, position: int, load: SeatGroupLoad) -> float | None:
+        """Seconds for the caller at `position` (1 = next, as the ACD counts) of the group's queue."""
+        return expected_wait(max(0, position - 1), load, self._times(seat_group).mean)
+
+
 def spoken_minutes(wait_seconds: float) -> int:
     """Minutes to announce ("约X分钟"): the nearest minute up to ten, then the nearest five; 0 means under a minute."""
     if wait_seconds < 60:
@@ -130,3 +151,23 @@ def whisper_prompts(tier: str, service: str, callback: bool = False) -> tuple[st
     """What the agent hears before the caller is put through, played in order: "高端客户," "业务咨询。" ("回拨。")."""
     prompts = (f"whisper_{tier}", f"whisper_{service}")
     return (*prompts, WHISPER_CALLBACK_PROMPT) if callback else prompts
+
+
+def queue_announcement(
+    position_prompt: str, wait_seconds: float | None, *, announce_wait: bool, max_wait_seconds: float,
+    callback_possible: bool,
+) -> tuple[str, ...]:
+    """The prompts a waiting caller hears at each announcement, in order (music resumes after them).
+
+    `position_prompt` is the flow's prompt for the caller's place; `callback_possible` says whether this
+    caller may be called back (callbacks on, a diallable number). Nobody logged in: say so and offer the
+    callback; a wait of `max_wait_seconds` or more: position, wait, then the callback offer.
+    """
+    if wait_seconds is None:
+        return (NO_AGENT_PROMPT, CALLBACK_OFFER_PROMPT) if callback_possible else (NO_AGENT_PROMPT,)
+    prompts = [position_prompt]
+    if announce_wait:
+        prompts.append(wait_prompt(wait_seconds) or UNDER_A_MINUTE_PROMPT)
+    if callback_possible and wait_seconds >= max_wait_seconds:
+        prompts.append(CALLBACK_OFFER_PROMPT)
+    return tuple(prompts)

@@ -67,7 +67,10 @@ FIXED = {
     TRANSFER_PROMPT: "正在为您转接,请稍候。",
     WHISPER_CALLBACK_PROMPT: "回拨。",  # heard by the agent: this call is a callback
 }
-POSITION = "您前面还有{n}客户在等待,请您稍候。"  # n counted with its measure word: "两位"
+# Position 1 is the head of the queue (ivr.acd): nobody is ahead. Position n has n-1 callers ahead,
+# counted with the measure word: "两位".
+POSITION_NEXT = "您已排在第一位,请您稍候。"
+POSITION = "您前面还有{n}客户在等待,请您稍候。"
 WAIT = "预计等待时间约{minutes}。"  # "预计等待时间约两分钟", after the position's "请您稍候"
 CALLBACK_OFFER = "如需稍后给您回电,请按{key}。"
 # [000] "如有需要请再次来电,谢谢!再见!": the closed message names the opening times.
@@ -125,7 +128,8 @@ def build_catalogue(
         "menu_invalid": MENU_INVALID + menu_text(menu, "junior"),
         "menu_invalid_senior": MENU_INVALID + menu_text(menu, "senior"),
     }
-    texts.update({f"queue_position_{n}": POSITION.format(n=callers(n)) for n in range(1, MAX_POSITION_PROMPT + 1)})
+    texts["queue_position_1"] = POSITION_NEXT
+    texts.update({f"queue_position_{n}": POSITION.format(n=callers(n - 1)) for n in range(2, MAX_POSITION_PROMPT + 1)})
     texts.update({f"wait_minutes_{n}": WAIT.format(minutes=minutes(n)) for n in WAIT_MINUTES})
     texts[CALLBACK_OFFER_PROMPT] = CALLBACK_OFFER.format(key=key_words(callback_key))
     texts.update({closed_prompt(name): CLOSED.format(hours=hours) for name, hours in closed_hours.items()})

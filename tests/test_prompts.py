@@ -38,7 +38,7 @@ def test_default_prompts_are_quoted_in_the_service_scripts() -> None:
         "greeting_morning", "greeting_normal", "silent_2", "silent_3", "silent_3_alt",
         "greeting_holiday_new_year", "greeting_holiday_spring_festival", "greeting_holiday_labour_day",
         "greeting_holiday_mid_autumn", "greeting_holiday_national_day",
-        "hold", "queue_position_2", "queue_position_many", "wait_minutes_2", "wait_minutes_30",
+        "hold", "queue_position_1", "queue_position_3", "queue_position_many", "wait_minutes_2", "wait_minutes_30",
         "wait_under_minute", "wait_minutes_many", "no_agent", "callback_offer", "callback_confirmed",
         "transfer", "whisper_callback", "agent_801", "closed_default",
         "survey", "thanks",
@@ -59,8 +59,11 @@ def test_the_service_scripts_stand_alone() -> None:
 
 def test_positions_and_minutes_are_counted_the_mandarin_way() -> None:
     texts = build_catalogue("XX", DEFAULT_DAYPARTS, {})
-    assert texts["queue_position_1"] == "您前面还有一位客户在等待,请您稍候。"
-    assert texts["queue_position_2"] == "您前面还有两位客户在等待,请您稍候。"
+    # position 1 is the head of the queue (ivr.acd.Acd.position): nobody ahead
+    assert texts["queue_position_1"] == "您已排在第一位,请您稍候。"
+    assert texts["queue_position_2"] == "您前面还有一位客户在等待,请您稍候。"
+    assert texts["queue_position_3"] == "您前面还有两位客户在等待,请您稍候。"
+    assert texts["queue_position_9"] == "您前面还有八位客户在等待,请您稍候。"
     assert texts["wait_minutes_2"] == "预计等待时间约两分钟。"
     assert texts["wait_minutes_10"] == "预计等待时间约十分钟。"
     assert texts["wait_minutes_25"] == "预计等待时间约二十五分钟。"

@@ -13,7 +13,9 @@ from ivr.waiting import (
     MIN_RESIDUAL,
     HandleTimes,
     SeatGroupLoad,
+    WaitEstimator,
     expected_wait,
+    queue_announcement,
     spoken_minutes,
     wait_prompt,
 )
@@ -55,6 +57,37 @@ def test_handle_times_start_from_the_prior_and_follow_recent_calls() -> None:
     assert times.mean == pytest.approx(120, abs=0.1)
     with pytest.raises(ValueError):
         HandleTimes(prior_seconds=0)
+
+
+def test_estimator_keeps_handle_times_per_seat_group_and_counts_positions_from_1() -> None:
+    estimator = WaitEstimator(prior_seconds=200)
+    for _ in range(100):
+        estimator.record("senior", talk_seconds=90, wrap_up_seconds=10)
+    load = SeatGroupLoad(1, (0.0,))
+    assert estimator.expected_wait("senior", 1, load) == pytest.approx(100, abs=1)  # next in line
+    assert estimator.expected_wait("senior", 2, load) == pytest.approx(200, abs=2)
+    assert estimator.expected_wait("junior", 1, load) == 200  # no history: the prior
+    assert estimator.expected_wait("junior", 1, SeatGroupLoad(0)) is None
+
+
+@pytest.mark.parametrize(
+    ("wait", "announce_wait", "callback", "prompts"),
+    [
+        (None, True, True, ("no_agent", "callback_offer")),
+        (None, True, False, ("no_agent",)),
+        (30.0, True, True, ("queue_position_3", "wait_under_minute")),
+        (130.0, True, True, ("queue_position_3", "wait_minutes_2")),
+        (130.0, False, True, ("queue_position_3",)),
+        (300.0, True, True, ("queue_position_3", "wait_minutes_5", "callback_offer")),
+        (300.0, True, False, ("queue_position_3", "wait_minutes_5")),
+        (3000.0, True, True, ("queue_position_3", "wait_minutes_many", "callback_offer")),
+    ],
+)
+def test_queue_announcement(wait: float | None, announce_wait: bool, callback: bool, prompts: tuple[str, ...]) -> None:
+    got = queue_announcement(
+        "queue_position_3", wait, announce_wait=announce_wait, max_wait_seconds=300, callback_possible=callback
+    )
+    assert got == prompts
 
 
 @pytest.mark.parametrize(
