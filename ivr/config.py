@@ -21,9 +21,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from crm_bridge.customers import TierThresholds
 from ivr.callflow import GREETING, FlowSettings, SilentRoutine
-from ivr.service import SEAT_GROUPS, SERVICES, MenuConfig
 from ivr.greeting import DEFAULT_DAYPARTS, FIVE_PART_DAYPARTS, Daypart, HolidayFileError, load_holiday_file
 from ivr.hours import DEFAULT_SCHEDULE, HoursConfig, parse_schedule
+from ivr.service import SEAT_GROUPS, SERVICES, MenuConfig
 
 CODECS = {"pcmu": 0, "pcma": 8}  # name -> RTP static payload type (RFC 3551)
 DEFAULT_DATABASE_URL = "sqlite:///var/hotline.db"

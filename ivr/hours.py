@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
+from itertools import pairwise
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
@@ -123,7 +124,7 @@ def parse_schedule(raw: str) -> Schedule:
             windows: tuple[Window, ...] = ()
         elif tokens:
             windows = tuple(sorted((_window(t) for t in tokens), key=lambda w: w.start))
-            for before, after in zip(windows, windows[1:]):
+            for before, after in pairwise(windows):
                 if after.start < before.end:
                     raise ValueError("opening windows of one day overlap")
         else:
@@ -190,6 +191,10 @@ class BusinessHours:
     def describe(self, number: str | None = None, seat_group: str | None = None) -> str:
         """The opening times in Chinese, for the closed message: "每天八点到二十二点"."""
         return describe(self.schedules[self.schedule_for(number, seat_group)])
+
+    def closed_prompt(self, number: str | None = None, seat_group: str | None = None) -> str:
+        """The closed message to play for this caller: closed_<schedule>."""
+        return closed_prompt(self.schedule_for(number, seat_group))
 
 
 # --- saying it in Chinese ---------------------------------------------------------

@@ -22,12 +22,11 @@ from ivr.waiting import (
     CALLBACK_CONFIRMED_PROMPT,
     CALLBACK_OFFER_PROMPT,
     LONG_WAIT_PROMPT,
-    WAIT_MINUTES,
     NO_AGENT_PROMPT,
     TRANSFER_PROMPT,
     UNDER_A_MINUTE_PROMPT,
+    WAIT_MINUTES,
     WHISPER_CALLBACK_PROMPT,
-    whisper_prompts,
 )
 from prompts.chinese_numbers import callers, minutes
 

@@ -103,6 +103,7 @@ def _read(path: Path) -> bytes:
 def read_wav_mono(path: Path) -> tuple[np.ndarray, int]:
     """Samples as float32 mono in [-1, 1], and the rate."""
     tag, channels, rate, bits, raw = _parse_wav(path, _read(path))
+    x: np.ndarray
     if tag == _FLOAT:
         x = np.frombuffer(raw, dtype="<f4" if bits == 32 else "<f8").astype(np.float32)
     elif bits == 8:
@@ -158,7 +159,7 @@ def generate_music(seconds: float = LOOP_SECONDS, rate: int = SAMPLE_RATE) -> np
             # whole cycles per loop, so each partial ends where it began
             f = round(f * seconds) / seconds
             out += 0.10 * env * np.sin(2 * np.pi * f * t + k) * (1 + 0.15 * np.sin(2 * np.pi * t / seconds * (k + 2)))
-    # Chime: 32 struck notes (fundamental and octave, both under 3400 Hz, exponential decay) laid into a circular buffer.
+    # Chime: 32 struck tones (fundamental and octave, both under 3400 Hz, exponential decay) laid into a circular buffer.
     rng = np.random.default_rng(20261127)
     beat = n // 32
     decay = np.exp(-np.arange(3 * rate) / (0.6 * rate))
@@ -264,7 +265,7 @@ class MusicOnHold:
 class MusicCursor:
     """Where one call is in the loop; it stays put while an announcement plays, then carries on."""
 
-    __slots__ = ("music", "index")
+    __slots__ = ("index", "music")
 
     def __init__(self, music: MusicOnHold, index: int = 0) -> None:
         self.music, self.index = music, index

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import FrozenInstanceError
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -22,7 +22,7 @@ from ivr.callbacks import (
     is_diallable,
 )
 
-T0 = datetime(2026, 11, 25, 2, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 
 
 class FakeClock:

@@ -199,4 +199,5 @@ def test_describe_from_business_hours_follows_the_chosen_schedule() -> None:
     h = hours(default="08:00-22:00", senior="00:00-24:00")
     assert h.describe("95000") == "每天八点到二十二点"
     assert h.describe("95000", "senior") == "每天二十四小时"
+    assert (h.closed_prompt("95000"), h.closed_prompt("95000", "senior")) == ("closed_default", "closed_senior")
     assert date(2026, 11, 25).weekday() == 2  # the tests above assume this calendar

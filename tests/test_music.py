@@ -171,6 +171,21 @@ def test_folder_of_wavs_in_name_order_any_format(tmp_path: Path) -> None:
     assert rate == 48000
 
 
+def test_24_bit_extensible_wav_is_read(tmp_path: Path) -> None:
+    rate, t = 44100, np.arange(44100) / 44100
+    x = np.round(0.5 * np.sin(2 * np.pi * 440 * t) * 2**23).astype(np.int32)
+    stereo = np.repeat(x, 2)
+    data = np.stack([stereo & 0xFF, (stereo >> 8) & 0xFF, (stereo >> 16) & 0xFF], axis=1).astype(np.uint8).tobytes()
+    # WAVE_FORMAT_EXTENSIBLE with the PCM sub-format
+    fmt = struct.pack("<HHIIHH", 0xFFFE, 2, rate, rate * 6, 6, 24) + struct.pack("<HHI", 22, 24, 3) + struct.pack("<H", 1) + bytes(14)
+    path = tmp_path / "hold24.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE"
+                     + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data)
+    samples_, got_rate = read_wav_mono(path)
+    assert got_rate == rate
+    assert np.max(samples_) == pytest.approx(0.5, abs=1e-3) and np.min(samples_) == pytest.approx(-0.5, abs=1e-3)
+
+
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
