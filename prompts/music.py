@@ -163,7 +163,7 @@ def generate_music(seconds: float = LOOP_SECONDS, rate: int = SAMPLE_RATE) -> np
     rng = np.random.default_rng(20261127)
     beat = n // 32
     decay = np.exp(-np.arange(3 * rate) / (0.6 * rate))
-    strike = np.minimum(1.0, np.arange(3 * rate) / (0.004 * rate))  # 4 ms attack: no click
+    strike = np.minimum(1.0, np.arange(3 * rate) / (0.012 * rate))  # 12 ms attack: soft, no click
     note_t = np.arange(3 * rate) / rate
     step = 4
     for b in range(32):
