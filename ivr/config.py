@@ -244,6 +244,8 @@ _KNOWN: dict[str, set[str]] = {
     "callbacks": {"max_attempts", "retry_seconds"},
     "survey": {"timeout_seconds", *"0123456789"},
 }
+# Sections of the same file read by other programs, which validate them (`python -m desk`: desk/config.py).
+_OTHER_READERS = {"desk"}
 _AGENT_KEYS = {"type", "seat_group", "secret", "host", "name"}
 _SECTION_RE = re.compile(r"^\s*\[([^\]]+)\]")
 _KEY_RE = re.compile(r"^\s*([^\s;#=:\[][^=:]*?)\s*[=:]")
@@ -350,6 +352,8 @@ def load_config(path: Path) -> Config:
     r = _Reader(path, parser, _line_index(text))
     agents: list[AgentConfig] = []
     for section in parser.sections():
+        if section in _OTHER_READERS:
+            continue
         if section not in _KNOWN and parser.get(section, "type", fallback="") == "agent":
             agents.append(_agent(r, section))
             continue

@@ -139,3 +139,8 @@ def test_unreadable_music_file_names_the_file_and_the_key(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(err.value).startswith(f"{path}:3: [queues] music: {tmp_path / 'hold.mp3'}: not a WAV file")
+
+
+def test_sections_of_other_readers_are_left_to_them(tmp_path: Path) -> None:
+    path = config_with(tmp_path, "[general]\nport = 5070\n[desk]\nport = 8080\nanything = goes\n")
+    assert load_config(path).general.port == 5070
