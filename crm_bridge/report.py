@@ -326,7 +326,7 @@ def iter_rows(report: DailyReport) -> Iterable[Figures]:
 _TABLES = """\
 <table class="report">
 <thead><tr><th>{{ title }}</th><th>来电</th><th>接通</th><th>接通率</th><th>放弃率</th><th>平均排队</th><th>排队P90</th>
-<th>服务水平({{ sl }}s)</th><th>平均通话</th><th>满意</th><th>一般</th><th>不满意</th><th>平均分</th><th>无声占比</th>
+<th>服务水平({{ '%g' % sl }}秒)</th><th>平均通话</th><th>满意</th><th>一般</th><th>不满意</th><th>平均分</th><th>无声占比</th>
 <th>投诉新增</th><th>投诉超期</th><th>投诉结案</th><th>问候语</th></tr></thead>
 <tbody>
 {% for f in rows %}<tr{% if f.key == 'all' %} class="total"{% endif %}><td>{{ f.label }}</td><td>{{ f.calls }}</td><td>{{ f.answered }}</td>

@@ -75,6 +75,8 @@ def edit(s: Session, ticket: Ticket, *, actor: str, description: str | None = No
          result: str | None = None, caller_satisfied: bool | None = None, now: datetime | None = None) -> None:
     """Change the free fields; each changed one is a history line."""
     now = now or datetime.now(UTC)
+    if ticket.status == "closed":
+        raise TicketError("工单已结案,不能再修改")
     changes = []
     if description is not None and (d := clean(description, field="投诉内容")) != ticket.description:
         if not d:
