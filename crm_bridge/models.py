@@ -106,6 +106,7 @@ class Agent(Base):
     state: Mapped[str] = mapped_column(String(16), default="logged_out", server_default="logged_out")
     contact_host: Mapped[str | None] = mapped_column(String(64))  # where the agent's phone is reached
     contact_port: Mapped[int | None]
+    contact_uri: Mapped[str | None] = mapped_column(String(255))  # the Contact URI the phone registered
     registered_until: Mapped[datetime | None]  # NULL for a static contact (host = … in sip.conf)
     idle_since: Mapped[datetime | None]  # longest idle is offered first
     call_id: Mapped[str | None] = mapped_column(String(255))  # the caller's Call-ID while ringing or talking

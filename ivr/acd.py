@@ -44,6 +44,7 @@ class Seat:
     state: AgentState = AgentState.LOGGED_OUT
     idle_since: datetime | None = None
     contact: tuple[str, int] | None = None
+    contact_uri: str | None = None  # the Contact URI the phone registered: the Request-URI to ring it at
     call_id: str | None = None
     wrap_up_until: datetime | None = None
 
@@ -64,6 +65,7 @@ class Offer:
     agent: str
     seat_group: str
     contact: tuple[str, int]
+    contact_uri: str | None = None
 
 
 @dataclass
@@ -83,16 +85,17 @@ class Acd:
 
     # --- agents -------------------------------------------------------------------
 
-    def login(self, number: str, contact: tuple[str, int], at: datetime, until: datetime | None = None) -> None:
-        """The agent's phone is reachable at `contact` (until `until`, when it registered)."""
+    def login(self, number: str, contact: tuple[str, int], at: datetime, until: datetime | None = None,
+              uri: str | None = None) -> None:
+        """The agent's phone is reachable at `contact` (until `until`, when it registered, as `uri`)."""
         seat = self.seats[number]
-        seat.contact = contact
+        seat.contact, seat.contact_uri = contact, uri
         if seat.state is AgentState.LOGGED_OUT:
             seat.state, seat.idle_since = AgentState.AVAILABLE, at
 
     def logout(self, number: str) -> None:
         seat = self.seats[number]
-        seat.contact = None
+        seat.contact = seat.contact_uri = None
         if seat.state in (AgentState.AVAILABLE, AgentState.PAUSED, AgentState.WRAP_UP):
             seat.state = AgentState.LOGGED_OUT
         # a ringing or talking agent finishes that call; released() logs them out then
@@ -182,7 +185,7 @@ class Acd:
             self.queues[waiting.seat_group].remove(waiting)
             seat.state, seat.call_id = AgentState.RINGING, waiting.call_id
             self._ringing[waiting.call_id] = waiting
-            offers.append(Offer(waiting.call_id, seat.number, seat.seat_group, seat.contact))
+            offers.append(Offer(waiting.call_id, seat.number, seat.seat_group, seat.contact, seat.contact_uri))
         return offers
 
     def _groups_for(self, waiting: Waiting, at: datetime) -> list[str]:

@@ -85,7 +85,7 @@ from ivr.registrar import Challenge, Refused, Registered, Registrar
 from ivr.sanity import check_request
 from ivr.service import SEAT_GROUPS
 from ivr.shared_acd import SharedAcd
-from ivr.sip.endpoint import Address, InboundCall, OutboundCall, SipEndpoint
+from ivr.sip.endpoint import Address, Headers, InboundCall, OutboundCall, SipEndpoint
 from ivr.vad import SpeechDetector
 from prompts.library import PromptLibrary
 
@@ -647,7 +647,7 @@ class Engine:
 
     # --- registrar (agents' softphones) ------------------------------------------------
 
-    def on_register(self, request: SipRequest, source: Address) -> tuple[int, str, dict[str, str]]:
+    def on_register(self, request: SipRequest, source: Address) -> tuple[int, str, Headers]:
         # retransmissions never get here: the transaction layer answers them with the
         # response already sent, so their credentials never count as a replay
         return self._register_decision(request, source)
@@ -659,7 +659,7 @@ class Engine:
             return (contact.host, contact.port or 5060)
         return source
 
-    def _register_decision(self, request: SipRequest, addr: tuple[str, int]) -> tuple[int, str, dict[str, str]]:
+    def _register_decision(self, request: SipRequest, addr: tuple[str, int]) -> tuple[int, str, Headers]:
         raw_auth = request.get_header("authorization")
         params = parse_auth(raw_auth).params if raw_auth else None
         expires_raw = request.get_header("expires")
@@ -673,24 +673,25 @@ class Engine:
                 raw = address.params.get("expires") or expires_raw
                 expires = int(raw) if raw else None
             except Exception:
-                return 400, "Bad Contact", {}
+                return 400, "Bad Contact", []
             contact = self._phone_address(addr, address.uri)
-        decision = self.registrar.register(request.method, params, contact, expires)
+        decision = self.registrar.register(request.method, params, contact, expires, request_uri=request.uri)
         match decision:
-            case Challenge(header=header):
-                return 401, "Unauthorized", {"WWW-Authenticate": header}
+            case Challenge(headers=challenges):
+                # RFC 7616 §3.7: one challenge per algorithm, the preferred (SHA-256) first
+                return 401, "Unauthorized", [("WWW-Authenticate", h) for h in challenges]
             case Refused(user=user, reason=reason):
                 self.guard.auth_failed(addr[0], addr[1], user, reason)
-                return 403, "Forbidden", {}
+                return 403, "Forbidden", []
             case Registered(agent=agent, contact=where, expires=granted):
-                self._bind_agent(agent, where, granted)
-                if where is None:
-                    return 200, "OK", {}
                 uri = contact_raw[: contact_raw.index(">") + 1] if ">" in contact_raw else contact_raw.split(";")[0]
-                return 200, "OK", {"Contact": f"{uri};expires={granted}"}
+                self._bind_agent(agent, where, granted, uri.strip().removeprefix("<").removesuffix(">") or None)
+                if where is None:
+                    return 200, "OK", []
+                return 200, "OK", [("Contact", f"{uri};expires={granted}")]
         raise AssertionError(decision)
 
-    def _bind_agent(self, agent: str, contact: tuple[str, int] | None, expires: int) -> None:
+    def _bind_agent(self, agent: str, contact: tuple[str, int] | None, expires: int, uri: str | None = None) -> None:
         old = self.registrations.pop(agent, None)
         if old is not None:
             old.cancel()
@@ -699,7 +700,7 @@ class Engine:
             log.info("agent_unregistered", agent=agent)
             self.publish_states()
             return
-        self.acd.login(agent, contact, utc_now(), until=utc_now() + timedelta(seconds=expires))
+        self.acd.login(agent, contact, utc_now(), until=utc_now() + timedelta(seconds=expires), uri=uri)
         self.registrations[agent] = asyncio.get_running_loop().call_later(expires, self._expire_agent, agent)
         log.info("agent_registered", agent=agent, contact=f"{contact[0]}:{contact[1]}", expires=expires)
         self.assign()
@@ -811,7 +812,9 @@ class Engine:
         caller_number = record.caller if record else "ivr"
         out = self.endpoint.invite(
             from_uri=f"sip:{caller_number}@{self.endpoint.host}:{g.port}", from_display=None,
-            request_uri=f"sip:{offer.agent}@{offer.contact[0]}:{offer.contact[1]}", destination=offer.contact, sdp=sdp,
+            # RFC 3261 §10.2.1: a registered phone is reached at the Contact URI it registered
+            request_uri=offer.contact_uri or f"sip:{offer.agent}@{offer.contact[0]}:{offer.contact[1]}",
+            destination=offer.contact, sdp=sdp,
         )
         agent_leg.out = out
         self.agent_legs[out.call_id] = agent_leg

@@ -46,6 +46,7 @@ ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER"
 # request checks' 501. REFER from a caller is refused outright: no toll-fraud path.
 NOT_ALLOWED = {"MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "PRACK", "UPDATE"}
 DialogKey = tuple[str, str, str]
+Headers = list[tuple[str, str]]  # in order; a name may repeat (two WWW-Authenticate challenges)
 
 
 class EndpointOwner(Protocol):
@@ -65,7 +66,7 @@ class EndpointOwner(Protocol):
 
     def on_info(self, call: InboundCall, request: SipRequest) -> None: ...
 
-    def on_register(self, request: SipRequest, source: Address) -> tuple[int, str, dict[str, str]]: ...
+    def on_register(self, request: SipRequest, source: Address) -> tuple[int, str, Headers]: ...
 
 
 def response_address(request: SipRequest, source: Address) -> Address:
@@ -299,6 +300,8 @@ class SipEndpoint:
     def datagram_received(self, data: bytes, source: Address) -> None:
         try:
             self._datagram(data, source)
+        except Exception:  # noqa: BLE001 — one message must never take the endpoint down
+            log.exception("sip_handler_error", source=f"{source[0]}:{source[1]}", line=self.request_line[:120])
         finally:
             self.flush()
 
@@ -388,7 +391,7 @@ class SipEndpoint:
         elif method == "REGISTER":
             status, reason, headers = self.owner.on_register(request, source)
             self.respond(transaction, make_response(request, status, reason, to_tag=new_tag() if status >= 200 else None,
-                                                    headers=list(headers.items())))
+                                                    headers=headers))
         elif method == "REFER":
             self.respond(transaction, make_response(request, 501, "Not Implemented"))
         else:

@@ -1,0 +1,83 @@
+"""A registered agent's phone, played by a scripted UDP socket: RFC 7616 digest, and how the IVR rings it."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from pathlib import Path
+
+import pytest
+
+from .conftest import IvrProcess, sipp
+from .test_e2e_retransmission import ScriptedPhone, status_line
+from .test_e2e_routing import SENIOR, customers
+
+pytestmark = pytest.mark.e2e
+
+
+def header_values(text: str, name: str) -> list[str]:
+    return [line.split(":", 1)[1].strip() for line in text.split("\r\n") if line.lower().startswith(name.lower() + ":")]
+
+
+def register(phone: ScriptedPhone, ivr: IvrProcess, agent: str, contact_uri: str, *, algorithm: str = "SHA-256",
+             password: str = "pw801", uri: str | None = None) -> tuple[list[str], str]:
+    """REGISTER, answer the challenge; returns the challenges and the final status line."""
+    request_uri = f"sip:127.0.0.1:{ivr.port}"
+    call_id, tag = f"{uuid.uuid4().hex}@127.0.0.1", uuid.uuid4().hex[:8]
+
+    def send(cseq: int, authorization: str | None) -> str:
+        auth = f"Authorization: {authorization}\n" if authorization else ""
+        phone.send(f"REGISTER {request_uri} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{phone.port};branch=z9hG4bK{uuid.uuid4().hex}\n"
+                   f"Max-Forwards: 70\nFrom: <sip:{agent}@127.0.0.1>;tag={tag}\nTo: <sip:{agent}@127.0.0.1>\n"
+                   f"Call-ID: {call_id}\nCSeq: {cseq} REGISTER\nContact: <{contact_uri}>\nExpires: 300\n{auth}"
+                   f"Content-Length: 0\n\n")
+        got = phone.until(lambda t: t.startswith("SIP/2.0") and f"{cseq} REGISTER" in t)
+        return next(t for _, t in got if t.startswith("SIP/2.0") and f"{cseq} REGISTER" in t)
+
+    first = send(1, None)
+    challenges = header_values(first, "WWW-Authenticate")
+    chosen = next(c for c in challenges if f"algorithm={algorithm}" in c)
+    realm = re.search(r'realm="([^"]+)"', chosen).group(1)
+    nonce = re.search(r'nonce="([^"]+)"', chosen).group(1)
+    h = (lambda s: hashlib.sha256(s.encode()).hexdigest()) if algorithm == "SHA-256" else (
+        lambda s: hashlib.md5(s.encode()).hexdigest())  # noqa: S324 — the RFC's MD5, for old phones
+    digest_uri = uri or request_uri
+    ha1, ha2 = h(f"{agent}:{realm}:{password}"), h(f"REGISTER:{digest_uri}")
+    response = h(f"{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}")
+    final = send(2, f'Digest username="{agent}", realm="{realm}", nonce="{nonce}", uri="{digest_uri}", '
+                    f'algorithm={algorithm}, qop=auth, nc=00000001, cnonce="c0ffee", response="{response}"')
+    return challenges, status_line(final)
+
+
+def test_digest_offers_sha256_first_and_checks_the_uri(ivr_factory) -> None:
+    ivr = ivr_factory(extra="[801]\ntype = agent\nseat_group = senior\nhost = dynamic\nsecret = pw801\n")
+    phone = ScriptedPhone(ivr)
+    try:
+        challenges, status = register(phone, ivr, "801", f"sip:801@127.0.0.1:{phone.port}")
+        assert [re.search(r"algorithm=([\w-]+)", c).group(1) for c in challenges] == ["SHA-256", "MD5"]
+        assert all('qop="auth"' in c for c in challenges)
+        assert status.startswith("SIP/2.0 200")
+        _, other_uri = register(phone, ivr, "801", f"sip:801@127.0.0.1:{phone.port}", uri="sip:elsewhere.example")
+        assert other_uri.startswith("SIP/2.0 403"), "a response computed for another uri is refused"
+    finally:
+        phone.close()
+
+
+def test_a_registered_phone_is_rung_at_the_contact_uri_it_registered(ivr_factory, tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'crm.db'}"
+    customers(tmp_path, db_url)
+    ivr = ivr_factory(db_url=db_url, extra="[801]\ntype = agent\nseat_group = senior\nhost = dynamic\nsecret = pw801\n")
+    phone = ScriptedPhone(ivr)
+    contact_uri = f"sip:agent-801-ab12@127.0.0.1:{phone.port};transport=udp;ob"
+    try:
+        _, status = register(phone, ivr, "801", contact_uri, algorithm="MD5")
+        assert status.startswith("SIP/2.0 200")
+        caller = sipp(tmp_path, "survey_caller", ivr.port, extra=("-d", "11000"))
+        got = phone.until(lambda t: t.startswith("INVITE "), seconds=20)
+        invite = next(t for _, t in got if t.startswith("INVITE "))
+        assert invite.split("\r\n", 1)[0] == f"INVITE {contact_uri} SIP/2.0"
+        caller.proc.kill()
+    finally:
+        phone.close()
+    assert SENIOR in invite  # the caller's number, for the agent's display
