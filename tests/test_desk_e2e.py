@@ -90,8 +90,15 @@ def shot(driver, name: str) -> None:  # type: ignore[no-untyped-def]
 
 def test_desk_pops_the_senior_caller_walks_a_complaint_and_the_wallboard_counts_the_call(
         ivr_factory, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
+    def wait(timeout: float, condition, poll: float = 0.1) -> None:  # type: ignore[no-untyped-def]
+        # a form post navigates: an element found on the old page may be gone by the time it is read
+        WebDriverWait(driver, timeout, poll_frequency=poll,
+                      ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(condition)
+
+    driver = browser
     db_url = f"sqlite:///{tmp_path / 'crm.db'}"
     engine = make_engine(db_url)
     migrate(engine)
@@ -101,26 +108,19 @@ def test_desk_pops_the_senior_caller_walks_a_complaint_and_the_wallboard_counts_
     agent_port, desk_port = free_port(), free_port(socket.SOCK_STREAM)
     agents = (f"[801]\ntype = agent\nseat_group = senior\nhost = 127.0.0.1:{agent_port}\nsecret = pw801-desk-e2e\nname = 张敏\n"
               "[queues]\nwrap_up_seconds = 2\n")
-    ivr = ivr_factory(db_url=db_url, extra=agents)
-    # the same sip.conf plus [desk] (the IVR of this tree does not know the section yet, so the desk gets a copy)
-    desk_conf = tmp_path / "desk.conf"
-    desk_conf.write_text((tmp_path / "sip.conf").read_text(encoding="utf-8") + f"""
-[desk]
-port = {desk_port}
-secret_key = e2e-secret-key-0123456789abcdef0123456789
-service_level_seconds = 20
-""", encoding="utf-8")
+    desk_section = f"[desk]\nport = {desk_port}\nsecret_key = e2e-secret-key-0123456789abcdef0123456789\n"
+    ivr = ivr_factory(db_url=db_url, extra=agents + desk_section)
+    desk_conf = tmp_path / "sip.conf"  # one file for both: the IVR leaves [desk] to the desk
     made = subprocess.run([sys.executable, "-m", "desk", "--config", str(desk_conf), "add-supervisor", "王经理"],
                           cwd=ROOT, input="supervisor-pw\n", capture_output=True, text=True, timeout=30)
     assert made.returncode == 0 and "supervisor 王经理 created" in made.stdout, made.stderr
     desk = start_desk(desk_conf, desk_port, tmp_path / "desk.log")
     base = f"http://127.0.0.1:{desk_port}"
-    driver = browser
     try:
         # the agent logs in with the SIP secret (it seeded the desk password) and waits
         login(driver, base, "801", "pw801-desk-e2e")
-        WebDriverWait(driver, 5).until(lambda d: "801号 张敏" in d.page_source)
-        WebDriverWait(driver, 5).until(lambda d: d.find_element("id", "state-name").text == "空闲")
+        wait(5, lambda d: "801号 张敏" in d.page_source)
+        wait(5, lambda d: d.find_element("id", "state-name").text == "空闲")
 
         agent = sipp(tmp_path, "agent_uas", ivr.port, extra=("-d", "6000", "-p", str(agent_port)), timeout_s=120)
         caller = sipp(tmp_path, "survey_caller", ivr.port, extra=("-d", "11000"))
@@ -132,7 +132,7 @@ service_level_seconds = 20
             rung_at = datetime.fromisoformat(row[0]).replace(tzinfo=UTC) if row else None
             time.sleep(0.05)
         assert rung_at is not None, "the agent's phone was never rung"
-        WebDriverWait(driver, 2, poll_frequency=0.05).until(lambda d: d.find_element("id", "pop-name").text == NAME)
+        wait(2, poll=0.05, condition=lambda d: d.find_element("id", "pop-name").text == NAME)
         popped_after = (datetime.now(UTC) - rung_at).total_seconds()
         assert popped_after < 2, f"screen-pop {popped_after:.2f} s after the agent's phone rang"
         assert driver.find_element("id", "pop-tier").text == "高端客户"
@@ -145,7 +145,7 @@ service_level_seconds = 20
         driver.find_element("id", "note").send_keys("客户询问理财产品,转账延迟")
         Select(driver.find_element("id", "wrap-up-code")).select_by_visible_text("转投诉")
         driver.find_element("id", "note-save").click()
-        WebDriverWait(driver, 5).until(lambda d: d.find_elements("id", "saved"))
+        wait(5, lambda d: d.find_elements("id", "saved"))
         driver.find_element("id", "ticket-description").send_keys("转账三天未到账,客户要求尽快处理")
         Select(driver.find_element("id", "ticket-department")).select_by_visible_text("财务部")
         driver.find_element("id", "ticket-open").click()
@@ -153,24 +153,24 @@ service_level_seconds = 20
         def status_is(label: str):  # type: ignore[no-untyped-def]
             return lambda d: d.find_element("id", "ticket-status").text == label
 
-        WebDriverWait(driver, 5).until(status_is("已登记"))
+        wait(5, status_is("已登记"))
         driver.find_element("id", "move-forwarded").click()
-        WebDriverWait(driver, 5).until(status_is("已转部门"))
+        wait(5, status_is("已转部门"))
         driver.find_element("id", "feedback-text").send_keys("已转财务部,今天内回复")
         driver.find_element("id", "feedback-save").click()
-        WebDriverWait(driver, 5).until(lambda d: "已转财务部,今天内回复" in d.find_element("id", "history").text)
+        wait(5, lambda d: "已转财务部,今天内回复" in d.find_element("id", "history").text)
         driver.find_element("id", "edit-result").send_keys("财务部已补发,资金已到账")
         driver.find_element("id", "edit-save").click()
-        WebDriverWait(driver, 5).until(lambda d: d.find_elements("id", "move-result_received"))
+        wait(5, lambda d: d.find_elements("id", "move-result_received"))
         driver.find_element("id", "move-result_received").click()
-        WebDriverWait(driver, 5).until(status_is("已收到处理结果"))
+        wait(5, status_is("已收到处理结果"))
         Select(driver.find_element("id", "edit-satisfied")).select_by_visible_text("满意")
         driver.find_element("id", "edit-save").click()
-        WebDriverWait(driver, 5).until(lambda d: d.find_element("id", "ticket-satisfied").text == "满意")
+        wait(5, lambda d: d.find_element("id", "ticket-satisfied").text == "满意")
         driver.find_element("id", "move-caller_informed").click()
-        WebDriverWait(driver, 5).until(status_is("已告知客户"))
+        wait(5, status_is("已告知客户"))
         driver.find_element("id", "move-closed").click()
-        WebDriverWait(driver, 5).until(status_is("已结案"))
+        wait(5, status_is("已结案"))
         history = driver.find_elements("css selector", "#history tr.history-row")
         assert [r.find_elements("tag name", "td")[2].text for r in history] == [
             "登记", "流转", "反馈客户", "修改", "流转", "修改", "流转", "流转"]
@@ -188,16 +188,16 @@ service_level_seconds = 20
         # the supervisor: wallboard counts the call live, the report lists it
         driver.find_element("css selector", "header form button").click()  # 退出
         login(driver, base, "王经理", "supervisor-pw")
-        WebDriverWait(driver, 5).until(lambda d: d.find_elements("id", "board"))
-        WebDriverWait(driver, 5).until(lambda d: d.find_element("id", "calls-senior").text == "1"
+        wait(5, lambda d: d.find_elements("id", "board"))
+        wait(5, lambda d: d.find_element("id", "calls-senior").text == "1"
                                        and d.find_element("id", "answered-senior").text == "1")
         assert "张敏" in driver.find_element("id", "group-senior").text
         shot(driver, "wallboard.png")
         driver.get(base + "/report")
-        WebDriverWait(driver, 5).until(lambda d: d.find_elements("id", "report-day"))
+        wait(5, lambda d: d.find_elements("id", "report-day"))
         first_row = driver.find_element("css selector", "table.report tbody tr").text
         assert first_row.startswith("高级坐席组 1 1 100.0%"), first_row
-        WebDriverWait(driver, 10).until(lambda d: all(
+        wait(10, lambda d: all(
             d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
             for img in d.find_elements("css selector", ".charts img")))
         shot(driver, "report.png")
