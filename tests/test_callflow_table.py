@@ -1,0 +1,327 @@
+"""The call flow's transition table, walked: every state reachable, every row driven, the table enforced.
+
+The scenarios below are event sequences on a fake clock. Together they must
+take every (row, next state) the table lists, unless it is named in
+DEFENSIVE_ONLY with the reason no sequence can take it; so a row added to the
+table needs a scenario (or a reason) here, and a listed next state that no
+handler ever reaches shows up as a failure instead of a wrong diagram.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+from typing import NamedTuple, get_args
+
+import pytest
+
+from ivr.callflow import (
+    _TRANSITIONS,
+    FINAL_STATE,
+    CallFlow,
+    CallFlowBug,
+    CallFlowError,
+    FlowSettings,
+    State,
+    Transition,
+    TransitionKey,
+    find_transition,
+)
+from ivr.events import (
+    Aborted,
+    AgentAnswered,
+    AgentHungUp,
+    AgentNoAnswer,
+    AgentRinging,
+    CallerIdentified,
+    Cancelled,
+    Digit,
+    Event,
+    HungUp,
+    Invited,
+    PromptFinished,
+    QueuePosition,
+    SpeechStarted,
+    TimerFired,
+)
+from ivr.greeting import Greeting
+from ivr.service import MenuConfig
+
+from .test_callflow import T0, FakeClock
+
+ROOT = Path(__file__).resolve().parent.parent
+
+Step = tuple  # (event type, *its fields after `at`)
+
+
+def greeter(_moment: datetime) -> Greeting:
+    return Greeting("normal", "greeting_normal")
+
+
+# --- paths from INIT to each state --------------------------------------------------
+
+RINGING_ = [(Invited, "13800000001", "95000"), (CallerIdentified, "senior", True)]
+PROMPTING_ = [*RINGING_, (TimerFired, "ring")]
+WAITING_ = [*PROMPTING_, (PromptFinished, "greeting_normal")]
+MENU_ = [*PROMPTING_, (Digit, "9")]
+QUEUED_ = [*MENU_, (Digit, "1")]
+ANNOUNCING_ = [*QUEUED_, (AgentRinging, "801"), (AgentAnswered, "801", "senior")]
+BRIDGED_ = [*ANNOUNCING_, (PromptFinished, "agent_801")]
+SURVEY_ = [*BRIDGED_, (AgentHungUp,)]
+CLOSING_ = [*SURVEY_, (Digit, "1")]
+ENDED_ = [*RINGING_, (Cancelled,)]
+
+PATH_TO: dict[State, list[Step]] = {
+    State.INIT: [], State.RINGING: RINGING_, State.PROMPTING: PROMPTING_, State.WAITING: WAITING_,
+    State.MENU: MENU_, State.QUEUED: QUEUED_, State.ANNOUNCING: ANNOUNCING_, State.BRIDGED: BRIDGED_,
+    State.SURVEY: SURVEY_, State.CLOSING: CLOSING_, State.ENDED: ENDED_,
+}
+
+# One event of each type, for the rows a state does not have.
+SAMPLE: dict[type, Step] = {
+    Invited: (Invited, "13800000001", "95000"),
+    CallerIdentified: (CallerIdentified, "junior", False),
+    Cancelled: (Cancelled,),
+    TimerFired: (TimerFired, "no_such_timer"),
+    PromptFinished: (PromptFinished, "silent_2"),
+    SpeechStarted: (SpeechStarted,),
+    Digit: (Digit, "1"),
+    HungUp: (HungUp,),
+    Aborted: (Aborted, "shutdown"),
+    QueuePosition: (QueuePosition, 2),
+    AgentRinging: (AgentRinging, "801"),
+    AgentNoAnswer: (AgentNoAnswer, "801"),
+    AgentAnswered: (AgentAnswered, "801", "senior"),
+    AgentHungUp: (AgentHungUp,),
+}
+
+
+class Scenario(NamedTuple):
+    steps: list[Step]
+    ends_in: State
+    menu: bool = True
+
+
+MENU_OFF = False
+
+SCENARIOS: dict[str, Scenario] = {
+    "silent caller, identified at each step": Scenario([
+        *RINGING_, (TimerFired, "ring"), (CallerIdentified, "senior", True),
+        (PromptFinished, "greeting_normal"), (CallerIdentified, "senior", True), (TimerFired, "silence"),
+        (PromptFinished, "silent_2"), (TimerFired, "silence"),
+        (PromptFinished, "silent_3"), (TimerFired, "silence"),
+    ], State.ENDED),
+    "cancelled while ringing": Scenario([*RINGING_, (Cancelled,)], State.ENDED),
+    "aborted while ringing": Scenario([*RINGING_, (Aborted, "shutdown")], State.ENDED),
+    "speaks during the greeting": Scenario([*PROMPTING_, (SpeechStarted,)], State.MENU),
+    "speaks in a silent wait": Scenario([*WAITING_, (SpeechStarted,)], State.MENU),
+    "presses a key in a silent wait": Scenario([*WAITING_, (Digit, "5")], State.MENU),
+    "hangs up during the greeting": Scenario([*PROMPTING_, (HungUp,)], State.ENDED),
+    "hangs up in a silent wait": Scenario([*WAITING_, (HungUp,)], State.ENDED),
+    "aborted during the greeting": Scenario([*PROMPTING_, (Aborted, "shutdown")], State.ENDED),
+    "aborted in a silent wait": Scenario([*WAITING_, (Aborted, "shutdown")], State.ENDED),
+    "menu off: speaks during the greeting": Scenario([*PROMPTING_, (SpeechStarted,)], State.QUEUED, MENU_OFF),
+    "menu off: key during the greeting": Scenario([*PROMPTING_, (Digit, "1")], State.QUEUED, MENU_OFF),
+    "menu off: speaks in a silent wait": Scenario([*WAITING_, (SpeechStarted,)], State.QUEUED, MENU_OFF),
+    "menu off: key in a silent wait": Scenario([*WAITING_, (Digit, "1")], State.QUEUED, MENU_OFF),
+    "menu: wrong key, then no input, then the default service": Scenario([
+        *MENU_, (SpeechStarted,), (CallerIdentified, "senior", True), (PromptFinished, "menu_senior"),
+        (Digit, "0"), (PromptFinished, "menu_invalid_senior"), (TimerFired, "menu"),
+    ], State.QUEUED),
+    "menu: no input twice": Scenario([
+        *MENU_, (PromptFinished, "menu_senior"), (TimerFired, "menu"),
+        (PromptFinished, "menu_senior"), (TimerFired, "menu"),
+    ], State.QUEUED),
+    "hangs up in the menu": Scenario([*MENU_, (HungUp,)], State.ENDED),
+    "aborted in the menu": Scenario([*MENU_, (Aborted, "shutdown")], State.ENDED),
+    "waits in the queue, hears the position, hangs up": Scenario([
+        *QUEUED_, (CallerIdentified, "senior", True), (SpeechStarted,), (Digit, "1"), (PromptFinished, "hold"),
+        (TimerFired, "position"), (QueuePosition, 3), (PromptFinished, "queue_position_3"),
+        (AgentRinging, "801"), (AgentNoAnswer, "801"), (HungUp,),
+    ], State.ENDED),
+    "aborted in the queue": Scenario([*QUEUED_, (Aborted, "shutdown")], State.ENDED),
+    "agent hangs up during the announcement": Scenario([
+        *ANNOUNCING_, (CallerIdentified, "senior", True), (Digit, "1"), (AgentHungUp,),
+    ], State.SURVEY),
+    "caller hangs up during the announcement": Scenario([*ANNOUNCING_, (HungUp,)], State.ENDED),
+    "aborted during the announcement": Scenario([*ANNOUNCING_, (Aborted, "shutdown")], State.ENDED),
+    "bridged, late events, caller hangs up first": Scenario([
+        *BRIDGED_, (CallerIdentified, "senior", True), (Digit, "5"), (TimerFired, "position"),
+        (PromptFinished, "agent_801"), (HungUp,),
+    ], State.ENDED),
+    "aborted while bridged": Scenario([*BRIDGED_, (Aborted, "shutdown")], State.ENDED),
+    "survey: a wrong key, a rating, late events, thanks": Scenario([
+        *SURVEY_, (CallerIdentified, "senior", True), (PromptFinished, "survey"), (Digit, "7"), (Digit, "1"),
+        (CallerIdentified, "senior", True), (Digit, "2"), (TimerFired, "survey"), (PromptFinished, "thanks"),
+    ], State.ENDED),
+    "survey: no input twice, caller hangs up during the thanks": Scenario([
+        *SURVEY_, (PromptFinished, "survey"), (TimerFired, "survey"),
+        (PromptFinished, "survey"), (TimerFired, "survey"), (HungUp,),
+    ], State.ENDED),
+    "hangs up in the survey": Scenario([*SURVEY_, (HungUp,)], State.ENDED),
+    "aborted in the survey": Scenario([*SURVEY_, (Aborted, "shutdown")], State.ENDED),
+    "aborted during the thanks": Scenario([*CLOSING_, (Aborted, "shutdown")], State.ENDED),
+    "late events after the end": Scenario([*ENDED_, *(step for t, step in SAMPLE.items() if t is not Invited)], State.ENDED),
+}
+
+# (row, next state) pairs that the table keeps for safety but no event sequence
+# can take, each with the reason. Empty today: every listed move is driven above.
+DEFENSIVE_ONLY: dict[tuple[TransitionKey, State], str] = {}
+
+
+def new_flow(menu: bool = True) -> CallFlow:
+    return CallFlow("call-1", FlowSettings(ring_seconds=1, menu=MenuConfig(enabled=menu)), greeter)
+
+
+def drive(flow: CallFlow, clock: FakeClock, steps: list[Step]) -> list[tuple[TransitionKey, State]]:
+    """Feed the steps one second apart; the (row, state after) each one took."""
+    taken = []
+    for event_type, *fields in steps:
+        event = event_type(clock.advance(1), *fields)
+        found = find_transition(flow.state, event)
+        assert found is not None, f"{event} is not allowed in {flow.state}"
+        flow.handle(event)
+        taken.append((found[0], flow.state))
+    return taken
+
+
+def describe(key: TransitionKey) -> str:
+    state, event_type, *timer = key
+    return f"{state.name} + {event_type.__name__}" + (f"({timer[0]})" if timer else "")
+
+
+def moves() -> set[tuple[TransitionKey, State]]:
+    return {(key, after) for key, transition in _TRANSITIONS.items() for after in transition.next_states}
+
+
+# --- the shape of the table ---------------------------------------------------------
+
+
+def test_every_state_is_reachable_from_init_through_listed_transitions() -> None:
+    seen, todo = {State.INIT}, deque([State.INIT])
+    while todo:
+        state = todo.popleft()
+        for (before, *_), transition in _TRANSITIONS.items():
+            if before is state:
+                todo.extend(transition.next_states - seen)
+                seen |= transition.next_states
+    assert seen == set(State)
+
+
+def test_the_end_is_reachable_from_every_state_and_never_left() -> None:
+    for state in State:
+        seen, todo = {state}, deque([state])
+        while todo:
+            current = todo.popleft()
+            for (before, *_), transition in _TRANSITIONS.items():
+                if before is current:
+                    todo.extend(transition.next_states - seen)
+                    seen |= transition.next_states
+        assert FINAL_STATE in seen, f"no way from {state} to {FINAL_STATE}"
+    assert all(t.next_states == {FINAL_STATE} for (state, *_), t in _TRANSITIONS.items() if state is FINAL_STATE)
+
+
+def test_every_event_type_has_a_sample() -> None:
+    assert set(SAMPLE) == set(get_args(Event))
+
+
+# --- driven -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_scenario_ends_in_its_state(name: str) -> None:
+    scenario = SCENARIOS[name]
+    flow = new_flow(scenario.menu)
+    drive(flow, FakeClock(), scenario.steps)
+    assert flow.state is scenario.ends_in
+
+
+@pytest.mark.parametrize("state", list(State))
+def test_path_to_each_state_gets_there(state: State) -> None:
+    flow = new_flow()
+    drive(flow, FakeClock(), PATH_TO[state])
+    assert flow.state is state
+
+
+def test_every_listed_transition_is_driven_or_listed_as_defensive_only() -> None:
+    taken: set[tuple[TransitionKey, State]] = set()
+    for scenario in SCENARIOS.values():
+        taken |= set(drive(new_flow(scenario.menu), FakeClock(), scenario.steps))
+    untaken = moves() - taken
+    missing = sorted(f"{describe(key)} -> {after.name}" for key, after in untaken - DEFENSIVE_ONLY.keys())
+    assert not missing, "rows no scenario takes (add a scenario, or DEFENSIVE_ONLY with the reason):\n" + "\n".join(missing)
+    assert DEFENSIVE_ONLY.keys() <= moves(), "DEFENSIVE_ONLY names a move the table does not list"
+    assert not DEFENSIVE_ONLY.keys() & taken, "DEFENSIVE_ONLY names a move a scenario takes"
+
+
+# --- enforced -----------------------------------------------------------------------
+
+
+def test_handler_landing_in_an_unlisted_state_raises_callflowbug(monkeypatch: pytest.MonkeyPatch) -> None:
+    def close_by_hanging_up(self: CallFlow, actions: list) -> None:  # a rating should lead to CLOSING
+        self.state = State.ENDED
+
+    monkeypatch.setattr(CallFlow, "_close", close_by_hanging_up)
+    flow, clock = new_flow(), FakeClock()
+    drive(flow, clock, SURVEY_)
+    with pytest.raises(CallFlowBug, match="Digit in state survey led to ended, not to one of: closing, survey") as bug:
+        flow.handle(Digit(clock.advance(1), "1"))
+    assert (bug.value.before, bug.value.after) == (State.SURVEY, State.ENDED)
+    assert not isinstance(bug.value, CallFlowError)
+
+
+def test_a_row_whose_handler_strays_raises_callflowbug(monkeypatch: pytest.MonkeyPatch) -> None:
+    def bridge_on_speech(self: CallFlow, event: Event, actions: list) -> None:
+        self.state = State.BRIDGED
+
+    monkeypatch.setitem(_TRANSITIONS, (State.MENU, SpeechStarted), Transition(bridge_on_speech, {State.MENU}))
+    flow, clock = new_flow(), FakeClock()
+    drive(flow, clock, MENU_)
+    with pytest.raises(CallFlowBug, match="SpeechStarted in state menu led to bridged"):
+        flow.handle(SpeechStarted(clock.advance(1)))
+
+
+def _missing_rows() -> list[tuple[State, Step]]:
+    """Every (state, event) no row takes: each event type a state has no row for, and unknown timers."""
+    missing = []
+    for state in State:
+        for event_type, step in SAMPLE.items():
+            if find_transition(state, event_type(T0, *step[1:])) is None:
+                missing.append((state, step))
+    return missing
+
+
+@pytest.mark.parametrize(("state", "step"), _missing_rows(), ids=lambda x: getattr(x, "name", None) or x[0].__name__)
+def test_an_event_without_a_row_raises_callflowerror_and_changes_nothing(state: State, step: Step) -> None:
+    flow, clock = new_flow(), FakeClock()
+    drive(flow, clock, PATH_TO[state])
+    event_type, *fields = step
+    with pytest.raises(CallFlowError, match=f"is not allowed in state {state.value}"):
+        flow.handle(event_type(clock.advance(1), *fields))
+    assert flow.state is state
+
+
+def test_a_timer_the_state_does_not_name_is_refused() -> None:
+    flow, clock = new_flow(), FakeClock()
+    drive(flow, clock, WAITING_)
+    with pytest.raises(CallFlowError, match=r"TimerFired\(menu\) is not allowed in state waiting"):
+        flow.handle(TimerFired(clock.advance(1), "menu"))
+    drive(flow, clock, [(TimerFired, "silence")])
+    assert flow.state is State.PROMPTING
+
+
+# --- the README's diagram -----------------------------------------------------------
+
+
+def test_readme_diagram_is_the_one_generated_from_the_table() -> None:
+    spec = importlib.util.spec_from_file_location("state_diagram", ROOT / "scripts" / "state_diagram.py")
+    assert spec is not None and spec.loader is not None
+    state_diagram = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(state_diagram)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    begin, end = readme.index(state_diagram.BEGIN), readme.index(state_diagram.END) + len(state_diagram.END)
+    assert readme[begin:end] == state_diagram.readme_block(), (
+        "README.md's call flow diagram is stale: run .venv/bin/python scripts/state_diagram.py --readme"
+    )
