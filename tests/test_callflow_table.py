@@ -27,6 +27,7 @@ from ivr.callflow import (
     State,
     Transition,
     TransitionKey,
+    _check_table,
     find_transition,
 )
 from ivr.events import (
@@ -221,6 +222,21 @@ def test_the_end_is_reachable_from_every_state_and_never_left() -> None:
                     seen |= transition.next_states
         assert FINAL_STATE in seen, f"no way from {state} to {FINAL_STATE}"
     assert all(t.next_states == {FINAL_STATE} for (state, *_), t in _TRANSITIONS.items() if state is FINAL_STATE)
+
+
+_IGNORE = CallFlow._ignore_late
+
+
+@pytest.mark.parametrize("rows", [
+    {(State.BRIDGED, TimerFired): Transition(_IGNORE, {State.BRIDGED}),  # any timer, and one by name: ambiguous
+     (State.BRIDGED, TimerFired, "position"): Transition(_IGNORE, {State.BRIDGED})},
+    {(State.MENU, Digit, "1"): Transition(_IGNORE, {State.MENU})},  # only a TimerFired row names a detail
+    {(State.MENU, str): Transition(_IGNORE, {State.MENU})},  # not an event of ivr.events.Event
+    {(State.MENU, Digit): Transition(_IGNORE, set())},  # nowhere to go
+], ids=["timer-twice", "detail-on-digit", "not-an-event", "no-next-state"])
+def test_a_malformed_row_is_refused(rows: dict) -> None:
+    with pytest.raises(ValueError, match="malformed row"):
+        _check_table(rows)
 
 
 def test_every_event_type_has_a_sample() -> None:
