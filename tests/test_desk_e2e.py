@@ -90,7 +90,10 @@ def shot(driver, name: str) -> None:  # type: ignore[no-untyped-def]
 
 def test_desk_pops_the_senior_caller_walks_a_complaint_and_the_wallboard_counts_the_call(
         ivr_factory, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     def wait(timeout: float, condition, poll: float = 0.1) -> None:  # type: ignore[no-untyped-def]
@@ -112,7 +115,7 @@ def test_desk_pops_the_senior_caller_walks_a_complaint_and_the_wallboard_counts_
     ivr = ivr_factory(db_url=db_url, extra=agents + desk_section)
     desk_conf = tmp_path / "sip.conf"  # one file for both: the IVR leaves [desk] to the desk
     made = subprocess.run([sys.executable, "-m", "desk", "--config", str(desk_conf), "add-supervisor", "王经理"],
-                          cwd=ROOT, input="supervisor-pw\n", capture_output=True, text=True, timeout=30)
+                          cwd=ROOT, input="supervisor-pw\n", capture_output=True, text=True, timeout=30, check=False)
     assert made.returncode == 0 and "supervisor 王经理 created" in made.stdout, made.stderr
     desk = start_desk(desk_conf, desk_port, tmp_path / "desk.log")
     base = f"http://127.0.0.1:{desk_port}"
