@@ -159,11 +159,13 @@ class WebhookPusher:
             ))
             s.delete(d)
             self.dead += 1
-            log.error("webhook_dead_letter", call_id=d.sip_call_id, delivery=d.id, attempts=d.attempts, error=d.last_error)
+            log.error("webhook_dead_letter", call_id=d.sip_call_id, delivery=d.id, attempts=d.attempts,
+                      error=d.last_error)
             return
         wait = self.backoff(d.attempts)
         d.next_attempt_at = now + timedelta(seconds=wait)
-        log.warning("webhook_retry", call_id=d.sip_call_id, delivery=d.id, attempts=d.attempts, wait_s=round(wait, 1), error=d.last_error)
+        log.warning("webhook_retry", call_id=d.sip_call_id, delivery=d.id, attempts=d.attempts,
+                    wait_s=round(wait, 1), error=d.last_error)
 
 
 def retry_dead_letters(engine: Engine, sip_call_id: str | None = None) -> int:
@@ -175,7 +177,8 @@ def retry_dead_letters(engine: Engine, sip_call_id: str | None = None) -> int:
             query = query.where(WebhookDeadLetter.sip_call_id == sip_call_id)
         dead = s.scalars(query).all()
         for d in dead:
-            s.add(WebhookDelivery(sip_call_id=d.sip_call_id, payload=d.payload, created_at=d.created_at, next_attempt_at=now))
+            s.add(WebhookDelivery(sip_call_id=d.sip_call_id, payload=d.payload, created_at=d.created_at,
+                                  next_attempt_at=now))
         if dead:
             s.execute(delete(WebhookDeadLetter).where(WebhookDeadLetter.id.in_([d.id for d in dead])))
     return len(dead)

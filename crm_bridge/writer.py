@@ -258,7 +258,8 @@ class CrmWriter:
                 conn.execute(self._upsert_calls, list(rows.values()))
             if events:
                 wanted = {e.sip_call_id for e in events}
-                ids: dict[str, int] = dict(conn.execute(select(_CALLS.c.sip_call_id, _CALLS.c.id).where(_CALLS.c.sip_call_id.in_(wanted))).all())  # type: ignore[arg-type]
+                found = select(_CALLS.c.sip_call_id, _CALLS.c.id).where(_CALLS.c.sip_call_id.in_(wanted))
+                ids: dict[str, int] = dict(conn.execute(found).all())  # type: ignore[arg-type]
                 missing = wanted - ids.keys()
                 if missing:  # cannot happen: a call's row is always submitted before its events
                     log.error("crm_events_without_call", sip_call_ids=sorted(missing))
@@ -272,9 +273,9 @@ class CrmWriter:
                            for e in known if isinstance(e, RecordSurvey)]
                 if surveys:
                     conn.execute(insert(Survey.__table__), surveys)
-                tickets = [{"call_id": ids[e.sip_call_id], "customer_phone": e.customer_phone, "agent_number": e.agent_number,
-                            "seat_group": e.seat_group, "status": "open", "opened_at": _utc(e.at),
-                            "next_feedback_due": _utc(e.next_feedback_due)}
+                tickets = [{"call_id": ids[e.sip_call_id], "customer_phone": e.customer_phone,
+                            "agent_number": e.agent_number, "seat_group": e.seat_group, "status": "open",
+                            "opened_at": _utc(e.at), "next_feedback_due": _utc(e.next_feedback_due)}
                            for e in known if isinstance(e, OpenTicket)]
                 if tickets:
                     conn.execute(insert(Ticket.__table__), tickets)
@@ -291,7 +292,8 @@ class CrmWriter:
                     index_elements=["stream"], set_={"seq": values["seq"], "updated_at": values["updated_at"]}))
         if self.webhook and finished and self.on_deliveries is not None:
             self.on_deliveries()
-        log.debug("crm_batch_written", rows=len(rows), events=len(events), ms=round(1000 * (time.perf_counter() - started), 1))
+        log.debug("crm_batch_written", rows=len(rows), events=len(events),
+                  ms=round(1000 * (time.perf_counter() - started), 1))
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -301,7 +303,8 @@ def _iso(moment: datetime | None) -> str | None:
 def add_deliveries(s: Session, sip_call_ids: list[str]) -> None:
     """Queue a webhook push for each finished call, built from its rows as they now stand."""
     now = datetime.now(UTC)
-    calls = s.scalars(select(Call).where(Call.sip_call_id.in_(sip_call_ids)).execution_options(populate_existing=True)).all()
+    query = select(Call).where(Call.sip_call_id.in_(sip_call_ids)).execution_options(populate_existing=True)
+    calls = s.scalars(query).all()
     by_id = {c.id: c for c in calls}
     steps: dict[int, list[dict[str, str | None]]] = {c.id: [] for c in calls}
     for e in s.scalars(select(CallEvent).where(CallEvent.call_id.in_(by_id)).order_by(CallEvent.at, CallEvent.id)):

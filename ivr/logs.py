@@ -84,7 +84,8 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
     renderer = (
         structlog.processors.JSONRenderer(ensure_ascii=False)
         if fmt == "json"
-        else structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event", "call_id"], drop_missing=True)
+        else structlog.processors.KeyValueRenderer(
+            key_order=["timestamp", "level", "event", "call_id"], drop_missing=True)
     )
     shared = [
         structlog.contextvars.merge_contextvars,
@@ -104,7 +105,8 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.format_exc_info, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                        structlog.processors.format_exc_info, renderer],
         )
     )
     root = logging.getLogger()

@@ -42,7 +42,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.invites = Counter("hotline_invites", "INVITEs for the hotline's numbers", registry=self.registry)
         self.calls = Counter("hotline_calls", "Finished calls by outcome", ["outcome"], registry=self.registry)
-        self.refused = Counter("hotline_sip_refused", "SIP requests refused, by status", ["status"], registry=self.registry)
+        self.refused = Counter("hotline_sip_refused", "SIP requests refused, by status", ["status"],
+                               registry=self.registry)
         self.queue_wait = Histogram("hotline_queue_wait_seconds", "Time callers spent queued", ["seat_group"],
                                     buckets=WAIT_BUCKETS, registry=self.registry)
 
@@ -65,7 +66,8 @@ class _EngineCollector(Collector):
             queue.add_metric([group], len(waiting))
         yield queue
         agents = GaugeMetricFamily("hotline_agents", "Agents by seat group and state", labels=["seat_group", "state"])
-        counts: dict[tuple[str, str], int] = {(s.seat_group, st.value): 0 for s in e.acd.seats.values() for st in AgentState}
+        counts: dict[tuple[str, str], int] = {
+            (s.seat_group, st.value): 0 for s in e.acd.seats.values() for st in AgentState}
         for seat in e.acd.seats.values():
             counts[(seat.seat_group, seat.state.value)] += 1
         for (group, state), n in sorted(counts.items()):
@@ -78,10 +80,12 @@ class _EngineCollector(Collector):
             for q, value in zip(quantiles, e.pacer.lateness_quantiles(quantiles), strict=True):
                 lateness.add_metric([str(q)], value)
         yield lateness
-        yield GaugeMetricFamily("hotline_crm_outbox_depth", "CRM records not yet in the database", value=e.writer.depth)
+        yield GaugeMetricFamily("hotline_crm_outbox_depth", "CRM records not yet in the database",
+                                value=e.writer.depth)
         yield CounterMetricFamily("hotline_crm_records_written", "CRM records committed", value=e.writer.written)
         if e.acd.shared:
-            yield GaugeMetricFamily("hotline_shared_agent_changes_pending", "Agent changes not yet in the shared database",
+            yield GaugeMetricFamily("hotline_shared_agent_changes_pending",
+                                    "Agent changes not yet in the shared database",
                                     value=e.acd.pending)  # type: ignore[attr-defined]
             yield CounterMetricFamily("hotline_shared_agent_claims_failed", "Agent claims the database could not take",
                                       value=e.acd.claims_failed)  # type: ignore[attr-defined]

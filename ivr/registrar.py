@@ -70,7 +70,8 @@ class Registered:
 
 
 class Registrar:
-    def __init__(self, secrets: dict[str, str], *, key: bytes | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, secrets: dict[str, str], *, key: bytes | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.secrets = secrets
         self._key = key or os.urandom(32)
         self._clock = clock

@@ -160,5 +160,6 @@ def check_request(request: ParsedRequest, request_line: str) -> Refusal | None:
     if method not in ("ACK", "CANCEL"):
         required = [o.strip() for v in request.get_header_values("require") for o in v.split(",") if o.strip()]
         if required:  # the IVR supports no SIP extension a client could require
-            return Refusal(420, "Bad Extension", f"Require: {', '.join(required)[:60]}", {"Unsupported": ", ".join(required)})
+            return Refusal(420, "Bad Extension", f"Require: {', '.join(required)[:60]}",
+                           {"Unsupported": ", ".join(required)})
     return None

@@ -49,6 +49,7 @@ SCENARIOS = ROOT / "loadtest" / "scenarios"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python 3.11 does not name it
 PAGE = os.sysconf("SC_PAGE_SIZE")
+LATENESS = "hotline_media_clock_lateness_seconds"
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -186,7 +187,8 @@ def start_ivr(work: Path, opts: argparse.Namespace) -> Ivr:
         f"status_file = {work / 'status.json'}\n{silence}"
         f"[limits]\ntrusted = 127.0.0.1\nmax_invites_per_second = {opts.capacity}\n"
         f"[metrics]\nport = {metrics_port}\n"
-        f"[prompts]\ncache_dir = {ROOT / 'var' / 'prompts'}\n[database]\nurl = sqlite:///{db}\n[log]\nlevel = warning\n",
+        f"[prompts]\ncache_dir = {ROOT / 'var' / 'prompts'}\n"
+        f"[database]\nurl = sqlite:///{db}\n[log]\nlevel = warning\n",
         encoding="utf-8",
     )
     proc = subprocess.Popen(
@@ -224,8 +226,8 @@ def sipp(work: Path, target: str, args: list[str], timeout: float) -> dict[str, 
     if len(lines) < 2:
         return {"successful": 0, "failed": -1, "exit": done.returncode}
     header, last = lines[0].split(";"), lines[-1].split(";")
-    return {"successful": int(last[header.index("SuccessfulCall(C)")]), "failed": int(last[header.index("FailedCall(C)")]),
-            "exit": done.returncode}
+    return {"successful": int(last[header.index("SuccessfulCall(C)")]),
+            "failed": int(last[header.index("FailedCall(C)")]), "exit": done.returncode}
 
 
 def cpu_between(samples: list[tuple[float, float, int, int]], t0: float, t1: float) -> float:
@@ -278,8 +280,8 @@ def media_step(ivr: Ivr, sink: RtpSink, calls: int, opts: argparse.Namespace) ->
         "cpu_percent_of_one_core_at_peak": cpu_between(step, busy[0][0], busy[-1][0]) if len(busy) > 1 else 0.0,
         "rss_peak_mb": round(max((s[2] for s in step), default=rss_idle) / 2**20, 1),
         "rss_per_call_kb": round((max((s[2] for s in step), default=rss_idle) - rss_idle) / 1024 / max(1, peak), 1),
-        "media_clock_lateness_ms_p99": round(1000 * m.get('hotline_media_clock_lateness_seconds{quantile="0.99"}', 0), 3),
-        "media_clock_lateness_ms_max": round(1000 * m.get('hotline_media_clock_lateness_seconds{quantile="1.0"}', 0), 3),
+        "media_clock_lateness_ms_p99": round(1000 * m.get(f'{LATENESS}{{quantile="0.99"}}', 0), 3),
+        "media_clock_lateness_ms_max": round(1000 * m.get(f'{LATENESS}{{quantile="1.0"}}', 0), 3),
         "rtp_sink": jitter,
     }
 
@@ -308,7 +310,8 @@ def cps_step(ivr: Ivr | None, uas_port: int | None, rate: int, seconds: float, w
         time.sleep(1.5)
         after = ivr.metrics()
         t1 = ivr.samples[-1][0]
-        refused = after.get('hotline_sip_refused_total{status="503"}', 0) - before.get('hotline_sip_refused_total{status="503"}', 0)
+        refused_503 = 'hotline_sip_refused_total{status="503"}'
+        refused = after.get(refused_503, 0) - before.get(refused_503, 0)
         answered = sum(v - before.get(k, 0) for k, v in after.items() if k.startswith("hotline_calls_total{"))
         out.update({
             "answered": int(answered), "refused_503": int(refused),
@@ -332,8 +335,10 @@ def chart(report: dict, path: Path) -> None:
     left.set_xlabel("concurrent calls with media")
     left.set_ylabel("% of one core")
     twin = left.twinx()
-    twin.plot(x, [s["rtp_sink"]["spacing_deviation_ms_p99"] for s in steps], "s--", color="tab:red", label="RTP spacing deviation p99 (ms)")
-    twin.plot(x, [s["media_clock_lateness_ms_p99"] for s in steps], "^--", color="tab:orange", label="media clock lateness p99 (ms)")
+    twin.plot(x, [s["rtp_sink"]["spacing_deviation_ms_p99"] for s in steps], "s--", color="tab:red",
+              label="RTP spacing deviation p99 (ms)")
+    twin.plot(x, [s["media_clock_lateness_ms_p99"] for s in steps], "^--", color="tab:orange",
+              label="media clock lateness p99 (ms)")
     twin.plot(x, [s["sipp_failed"] for s in steps], "x:", color="black", label="failed calls")
     twin.axhline(5, color="tab:red", linewidth=0.5)
     twin.set_ylabel("ms / failed calls")
@@ -346,11 +351,12 @@ def chart(report: dict, path: Path) -> None:
     right.plot(offered, [c["sipp_uas"]["achieved_cps"] for c in cps], "s--", label="SIPp -sn uas calls/s")
     right.plot(offered, [c["ivr"]["sipp_failed"] for c in cps], "x:", color="black", label="IVR failed calls")
     over = report["overload"]
-    right.plot([over["offered_cps"]], [over["answered"] / max(1.0, over["calls"] / over["offered_cps"])], "r*", markersize=12,
-               label=f"2x capacity: {over['refused_503']} x 503")
+    right.plot([over["offered_cps"]], [over["answered"] / max(1.0, over["calls"] / over["offered_cps"])], "r*",
+               markersize=12, label=f"2x capacity: {over['refused_503']} x 503")
     ceiling = report.get("sipp_uas_ceiling")
     if ceiling:
-        right.text(0.02, 0.97, f"SIPp -sn uas alone: {ceiling['achieved_cps']:.0f} calls/s of {ceiling['offered_cps']} offered",
+        right.text(0.02, 0.97,
+                   f"SIPp -sn uas alone: {ceiling['achieved_cps']:.0f} calls/s of {ceiling['offered_cps']} offered",
                    transform=right.transAxes, fontsize=8, va="top")
     right.set_xlabel("offered calls/s (INVITE, 200, ACK, BYE)")
     right.legend(fontsize=8, loc="lower right")
@@ -365,7 +371,8 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=50, help="new calls per second in the media steps")
     p.add_argument("--sink-calls", type=int, default=10, help="extra callers whose RTP the sink measures")
     p.add_argument("--cps", default="100,200,250", help="signalling-only calls/s per step")
-    p.add_argument("--uas-ceiling", type=int, default=1500, help="calls/s offered to SIPp's own UAS alone, as the ceiling")
+    p.add_argument("--uas-ceiling", type=int, default=1500,
+                   help="calls/s offered to SIPp's own UAS alone, as the ceiling")
     p.add_argument("--cps-seconds", type=float, default=10)
     p.add_argument("--capacity", type=int, default=250, help="the IVR's max_invites_per_second (overload is 2x this)")
     p.add_argument("--max-calls", type=int, default=1000)
@@ -410,8 +417,10 @@ def main() -> int:
                 mine = cps_step(ivr, None, rate, opts.cps_seconds, work)
                 theirs = cps_step(None, uas_port, rate, opts.cps_seconds, work)
                 ratio = round(float(mine["achieved_cps"]) / max(1.0, float(theirs["achieved_cps"])), 2)  # type: ignore[arg-type]
-                report["signalling_steps"].append({"ivr": mine, "sipp_uas": theirs, "ratio_to_sipp_uas": ratio})  # type: ignore[union-attr]
-                print(f"cps {rate:>5}: ivr {json.dumps(mine)}\n           sipp uas {json.dumps(theirs)} ratio {ratio}", flush=True)
+                step_report = {"ivr": mine, "sipp_uas": theirs, "ratio_to_sipp_uas": ratio}
+                report["signalling_steps"].append(step_report)  # type: ignore[union-attr]
+                print(f"cps {rate:>5}: ivr {json.dumps(mine)}\n"
+                      f"           sipp uas {json.dumps(theirs)} ratio {ratio}", flush=True)
             ceiling = cps_step(None, uas_port, opts.uas_ceiling, opts.cps_seconds, work)
             report["sipp_uas_ceiling"] = ceiling
             print(f"sipp uas alone at {opts.uas_ceiling}/s: {json.dumps(ceiling)}", flush=True)
@@ -430,18 +439,20 @@ def main() -> int:
 
     steps = report["media_steps"]
     top = max(steps, key=lambda s: s["peak_concurrent_calls"])  # type: ignore[arg-type, return-value]
-    clean = [c["ivr"] for c in report["signalling_steps"] if c["ivr"]["sipp_failed"] == 0 and c["ivr"]["refused_503"] == 0]  # type: ignore[index, union-attr]
+    clean = [c["ivr"] for c in report["signalling_steps"]  # type: ignore[index, union-attr]
+             if c["ivr"]["sipp_failed"] == 0 and c["ivr"]["refused_503"] == 0]
     best_cps = max((c["achieved_cps"] for c in clean), default=0)
     uas_cps = report["sipp_uas_ceiling"]["achieved_cps"]  # type: ignore[index]
     over = report["overload"]  # type: ignore[assignment]
     report["targets"] = {
-        "concurrent_media_calls": {"measured": top["peak_concurrent_calls"], "failed": top["sipp_failed"], "target": ">= 500, 0 failed"},
+        "concurrent_media_calls": {"measured": top["peak_concurrent_calls"], "failed": top["sipp_failed"],
+                                   "target": ">= 500, 0 failed"},
         "rtp_spacing_p99_ms": {"measured": top["rtp_sink"]["spacing_deviation_ms_p99"], "target": "<= 5"},
         "media_clock_lateness_p99_ms": {"measured": top["media_clock_lateness_ms_p99"], "target": "<= 5"},
         "crm_rows_match_sipp": {"measured": all(s["crm_matches_sipp"] for s in steps), "target": True},
         "memory_per_call_kb": {"measured": top["rss_per_call_kb"], "target": "<= 100"},
-        "signalling_cps_zero_failures": {"measured": best_cps, "target": ">= 1500",
-                                         "sipp_uas_ceiling_cps": uas_cps, "ratio": round(best_cps / max(1.0, uas_cps), 3)},
+        "signalling_cps_zero_failures": {"measured": best_cps, "target": ">= 1500", "sipp_uas_ceiling_cps": uas_cps,
+                                         "ratio": round(best_cps / max(1.0, uas_cps), 3)},
         "overload_2x": {"measured": {"503": over["refused_503"], "failed": over["sipp_failed"],
                                       "rss_mb": [over["rss_before_mb"], over["rss_after_mb"]]},
                         "target": "503s, 0 failed, RSS flat"},
