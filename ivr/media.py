@@ -24,6 +24,9 @@ from typing import Protocol
 import aiortp
 import structlog
 from aiortp.codecs import get_codec
+from aiortp.packet import is_rtcp
+
+from ivr.srtp import SrtpContext, SrtpError
 
 log = structlog.get_logger("ivr.media")
 
@@ -74,6 +77,67 @@ class StrictRtpSession(aiortp.RTPSession):
         return f"{self._remote_addr[0]}:{self._remote_addr[1]}"
 
 
+class SrtpRtpSession(aiortp.RTPSession):
+    """An RTP session whose every datagram is SRTP/SRTCP on the wire (RFC 3711, keys from `ivr.srtp`).
+
+    Received datagrams are authenticated and decrypted before aiortp parses
+    them; one that fails (wrong key, forged, replayed) is dropped and counted
+    in `unauthenticated`. Sent datagrams are protected in aiortp's transport.
+    Until `attach_srtp` gives the keys, nothing is taken in and nothing goes
+    out: never a clear datagram on the wire.
+    """
+
+    _srtp: SrtpContext | None = None
+    unauthenticated = unprotectable = 0  # per session once incremented
+
+    def attach_srtp(self, srtp: SrtpContext) -> None:
+        self._srtp = srtp
+
+    async def _bind_transports(self, local_addr: tuple[str, int], remote_addr: tuple[str, int]) -> None:
+        await super()._bind_transports(local_addr, remote_addr)
+        # aiortp 0.8.0 sends every RTP packet (RtpSender, DTMF, NACK resends) and every
+        # RTCP report and BYE through RtpTransport.send and has no SRTP of its own: wrap
+        # that one method on both sockets, before anything is sent (the RTCP loop starts
+        # in the call above but first sends seconds later).
+        for transport in (self._rtp_transport, self._rtcp_transport):
+            assert transport is not None
+            transport.send = self._protecting(transport.send)  # type: ignore[method-assign]
+
+    def _protecting(self, send: Callable[..., None]) -> Callable[..., None]:
+        def protected_send(data: bytes, addr: tuple[str, int] | None = None) -> None:
+            if self._srtp is None:
+                return
+            try:
+                wire = self._srtp.protect_rtcp(data) if is_rtcp(data) else self._srtp.protect(data)
+            except SrtpError:
+                self.unprotectable += 1
+                return
+            send(wire, addr)
+        return protected_send
+
+    def _handle_rtp(self, data: bytes, addr: tuple[str, int]) -> None:
+        if (plain := self._unprotected(data, rtcp=False)) is not None:
+            super()._handle_rtp(plain, addr)
+
+    def _handle_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
+        if (plain := self._unprotected(data, rtcp=True)) is not None:
+            super()._handle_rtcp(plain, addr)
+
+    def _unprotected(self, data: bytes, *, rtcp: bool) -> bytes | None:
+        """The clear datagram, or None (counted) when it fails authentication or replay checks."""
+        if self._srtp is not None:
+            try:
+                return self._srtp.unprotect_rtcp(data) if rtcp else self._srtp.unprotect(data)
+            except SrtpError:
+                pass
+        self.unauthenticated += 1
+        return None
+
+
+class StrictSrtpRtpSession(StrictRtpSession, SrtpRtpSession):
+    """SRTP from the SDP's address only: strangers are dropped before any decryption is tried."""
+
+
 def g711_encoders(payload_types: list[int]) -> dict[int, Callable[[bytes], bytes]]:
     """aiortp's G.711 encoders, for the prompt library to pre-encode with."""
     return {pt: get_codec(pt).encode for pt in payload_types}
@@ -111,13 +175,19 @@ async def open_rtp(
     *,
     dtmf_payload_type: int = 101,
     strict: bool = True,
+    srtp: SrtpContext | None = None,
 ) -> tuple[aiortp.RTPSession, int]:
     """Bind an RTP session on the next free port of the pool; returns it and its port.
 
+    With `srtp`, the session speaks SRTP/SRTCP with those keys (SrtpRtpSession).
     Raises RuntimeError when the range is exhausted and OSError when no port
     of `BIND_ATTEMPTS` would bind.
     """
-    session_class = StrictRtpSession if strict else aiortp.RTPSession
+    session_class: type[aiortp.RTPSession]
+    if srtp is not None:
+        session_class = StrictSrtpRtpSession if strict else SrtpRtpSession
+    else:
+        session_class = StrictRtpSession if strict else aiortp.RTPSession
     error: OSError | None = None
     for _ in range(min(BIND_ATTEMPTS, max(1, len(pool)))):
         port = pool.acquire()
@@ -133,6 +203,8 @@ async def open_rtp(
             error = exc
             log.info("rtp_port_busy", port=port, error=str(exc))
             continue
+        if isinstance(session, SrtpRtpSession) and srtp is not None:
+            session.attach_srtp(srtp)
         return session, port
     raise OSError(f"no RTP port of the range would bind ({error})")
 
