@@ -57,7 +57,9 @@ _SUFFIX = ".jsonl"
 _LOCK = "lock"
 
 
-_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket)}
+_FIELDS: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls)) for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket)
+}
 
 
 def shallow_fields(obj: object) -> dict[str, object]:
