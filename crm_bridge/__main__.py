@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("tier", choices=[*TIERS, "auto"])
     sub.add_parser("overdue-tickets", help="complaints not closed whose daily feedback is due ([002])")
     low = sub.add_parser("low-scores", help="yesterday's low survey scores, for the morning review ([004])")
-    low.add_argument("--day", type=date.fromisoformat, help="the local day to review (default: yesterday in [general] timezone)")
+    low.add_argument("--day", type=date.fromisoformat,
+                     help="the local day to review (default: yesterday in [general] timezone)")
     low.add_argument("--from-score", type=int, default=2, help="keypad scores counted as low: this and worse (1 satisfied, 2 average, 3 dissatisfied; default %(default)s)")
     sub.add_parser("webhook-dead", help="pushes to the external CRM that failed every attempt")
     wr = sub.add_parser("webhook-retry", help="re-queue dead-lettered pushes (all, or one call's)")
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--date", type=date.fromisoformat, help="YYYY-MM-DD (default: yesterday in [general] timezone)")
     rep.add_argument("--html", type=Path, help="also write a self-contained HTML file with the charts")
     rep.add_argument("--csv", type=Path, help="also write seat_groups-DAY.csv and agents-DAY.csv into this directory")
-    rep.add_argument("--service-level-seconds", type=float, default=20, help="answered within this many seconds (default %(default)s)")
+    rep.add_argument("--service-level-seconds", type=float, default=20,
+                     help="answered within this many seconds (default %(default)s)")
     args = p.parse_args(argv)
 
     thresholds = TierThresholds()
@@ -104,16 +106,20 @@ def main(argv: list[str] | None = None) -> int:
         # every status but closed: a forwarded complaint still needs its daily feedback ([002])
         tickets = overdue_tickets(engine)
         with Session(engine) as s:
-            call_ids = dict(s.execute(select(Call.id, Call.sip_call_id).where(Call.id.in_([t.call_id for t in tickets]))).all())
+            in_list = Call.id.in_([t.call_id for t in tickets])
+            call_ids = dict(s.execute(select(Call.id, Call.sip_call_id).where(in_list)).all())
         for ticket in tickets:
             due = aware(ticket.next_feedback_due).astimezone(zone)
-            print(f"ticket {ticket.id}\t{ticket.customer_phone}\tagent {ticket.agent_number}\t{ticket.status}\tdue {due:%Y-%m-%d %H:%M}\tcall {call_ids.get(ticket.call_id)}")
+            print(f"ticket {ticket.id}\t{ticket.customer_phone}\tagent {ticket.agent_number}\t{ticket.status}"
+                  f"\tdue {due:%Y-%m-%d %H:%M}\tcall {call_ids.get(ticket.call_id)}")
         print(f"{len(tickets)} overdue")
     elif args.command == "low-scores":
         day = args.day or (local_today(zone) - timedelta(days=1))
         rows = low_scores(engine, day, zone, from_score=args.from_score)
         for survey, caller, sip_call_id in rows:
-            print(f"{aware(survey.at).astimezone(zone):%H:%M}\tscore {survey.score} ({survey.label})\tagent {survey.agent_number}\t{survey.seat_group}\tcaller {caller}\tcall {sip_call_id}")
+            at = aware(survey.at).astimezone(zone)
+            print(f"{at:%H:%M}\tscore {survey.score} ({survey.label})\tagent {survey.agent_number}"
+                  f"\t{survey.seat_group}\tcaller {caller}\tcall {sip_call_id}")
         print(f"{len(rows)} low score(s) on {day}")
     elif args.command == "report":
         from crm_bridge.report import (
@@ -126,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         day = args.date or (local_today(zone) - timedelta(days=1))
-        report = daily_report(engine, day, zone, service_level_seconds=args.service_level_seconds, agent_names=agent_names)
+        report = daily_report(engine, day, zone, service_level_seconds=args.service_level_seconds,
+                              agent_names=agent_names)
         print(f"report for {day} ({zone}): UTC {report.start_utc:%Y-%m-%d %H:%M} to {report.end_utc:%Y-%m-%d %H:%M}")
-        print("row\tcalls\tanswered\tanswer_rate\tabandon_rate\twait_avg\twait_p90\ttalk_avg\tsurveys 1/2/3\tsilent\tcomplaints +/overdue/closed")
+        print("row\tcalls\tanswered\tanswer_rate\tabandon_rate\twait_avg\twait_p90\ttalk_avg"
+              "\tsurveys 1/2/3\tsilent\tcomplaints +/overdue/closed")
         for f in iter_rows(report):
             c = csv_row(f)
             print(f"{f.label}\t{f.calls}\t{f.answered}\t{c[4]}\t{c[6]}\t{c[11]}\t{c[12]}\t{c[13]}\t{c[14]}/{c[15]}/{c[16]}\t{c[8]}\t{c[18]}/{c[19]}/{c[20]}")

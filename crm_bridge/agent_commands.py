@@ -23,20 +23,29 @@ from crm_bridge.models import AGENT_COMMANDS, AgentCommand
 EXPIRED = "expired"
 
 
-def request_command(engine: Engine, agent: str, command: str, *, requested_by: str | None = None,
-                    now: datetime | None = None) -> int:
+def request_command(
+    engine: Engine, agent: str, command: str, *, requested_by: str | None = None, now: datetime | None = None
+) -> int:
     """Queue `command` for `agent`; returns the row id."""
     if command not in AGENT_COMMANDS:
         raise ValueError(f"unknown agent command {command!r}; one of {', '.join(AGENT_COMMANDS)}")
     with Session(engine) as s, s.begin():
-        row = AgentCommand(agent=agent, command=command, requested_at=now or datetime.now(UTC), requested_by=requested_by)
+        row = AgentCommand(
+            agent=agent, command=command, requested_at=now or datetime.now(UTC), requested_by=requested_by
+        )
         s.add(row)
         s.flush()
         return row.id
 
 
-def take_pending(engine: Engine, *, taken_by: str = "ivr", agents: Iterable[str] | None = None,
-                 now: datetime | None = None, max_age: timedelta = timedelta(seconds=60)) -> list[AgentCommand]:
+def take_pending(
+    engine: Engine,
+    *,
+    taken_by: str = "ivr",
+    agents: Iterable[str] | None = None,
+    now: datetime | None = None,
+    max_age: timedelta = timedelta(seconds=60),
+) -> list[AgentCommand]:
     """Claim the commands not yet taken (oldest first) and mark them taken; each is returned to one caller only.
 
     `agents`: only commands for these seat numbers (a worker with its own agents); None takes all.

@@ -140,14 +140,21 @@ class _TicketFacts:
 def _figures(key: str, label: str, calls: Sequence[Call], tickets: Sequence[_TicketFacts], sl_s: float) -> Figures:
     waits = [c.queue_wait_s for c in calls if c.queue_wait_s is not None]
     talks = [c.talk_s for c in calls if c.talk_s is not None]
-    answered_in_time = sum(1 for c in calls if c.talk_s is not None and c.queue_wait_s is not None and c.queue_wait_s <= sl_s)
+    answered_in_time = sum(
+        1 for c in calls if c.talk_s is not None and c.queue_wait_s is not None and c.queue_wait_s <= sl_s
+    )
     return Figures(
-        key=key, label=label, calls=len(calls),
+        key=key,
+        label=label,
+        calls=len(calls),
         answered=len(talks),
         abandoned=sum(1 for c in calls if c.outcome in ABANDONED),
         silent=sum(1 for c in calls if c.outcome == "silent"),
-        queued=len(waits), within_service_level=answered_in_time,
-        wait_avg=mean(waits), wait_p90=p90(waits), talk_avg=mean(talks),
+        queued=len(waits),
+        within_service_level=answered_in_time,
+        wait_avg=mean(waits),
+        wait_p90=p90(waits),
+        talk_avg=mean(talks),
         surveys={score: sum(1 for c in calls if c.survey_score == score) for score in SURVEY_LABELS},
         greetings=dict(Counter(c.greeting or "-" for c in calls).most_common()),
         complaints_opened=sum(t.opened for t in tickets),
@@ -156,16 +163,25 @@ def _figures(key: str, label: str, calls: Sequence[Call], tickets: Sequence[_Tic
     )
 
 
-def daily_report(engine: Engine, day: date, zone: ZoneInfo, *, service_level_seconds: float = 20,
-                 agent_names: dict[str, str] | None = None) -> DailyReport:
+def daily_report(
+    engine: Engine,
+    day: date,
+    zone: ZoneInfo,
+    *,
+    service_level_seconds: float = 20,
+    agent_names: dict[str, str] | None = None,
+) -> DailyReport:
     start, end = day_bounds(day, zone)
     with Session(engine) as s:
         calls = s.scalars(select(Call).where(Call.started_at >= start, Call.started_at < end).order_by(Call.id)).all()
         relevant = s.scalars(select(Ticket).where(Ticket.opened_at < end)).all()
-        feedback = dict(s.execute(
-            select(TicketHistory.ticket_id, func.max(TicketHistory.at))
-            .where(TicketHistory.action == "feedback", TicketHistory.at < end).group_by(TicketHistory.ticket_id)
-        ).all())
+        feedback = dict(
+            s.execute(
+                select(TicketHistory.ticket_id, func.max(TicketHistory.at))
+                .where(TicketHistory.action == "feedback", TicketHistory.at < end)
+                .group_by(TicketHistory.ticket_id)
+            ).all()
+        )
         s.expunge_all()
     tickets: list[_TicketFacts] = []
     for t in relevant:
@@ -173,7 +189,8 @@ def daily_report(engine: Engine, day: date, zone: ZoneInfo, *, service_level_sec
         last = max(opened_at, aware(feedback.get(t.id)) or opened_at)
         still_open = t.status != "closed" or (closed_at is not None and closed_at >= end)
         facts = _TicketFacts(
-            t.seat_group, t.agent_number,
+            t.seat_group,
+            t.agent_number,
             opened=start <= opened_at < end,
             closed=t.status == "closed" and closed_at is not None and start <= closed_at < end,
             overdue=still_open and last + FEEDBACK_EVERY < end,
@@ -186,15 +203,31 @@ def daily_report(engine: Engine, day: date, zone: ZoneInfo, *, service_level_sec
         for g, label in SEAT_GROUP_LABELS.items()
     )
     names = agent_names or {}
-    numbers = sorted({c.agent_number for c in calls if c.agent_number} | {t.agent_number for t in tickets if t.agent_number})
+    numbers = sorted(
+        {c.agent_number for c in calls if c.agent_number} | {t.agent_number for t in tickets if t.agent_number}
+    )
     agents = tuple(
-        _figures(a, f"{a} {names.get(a, '')}".strip(), [c for c in calls if c.agent_number == a],
-                 [t for t in tickets if t.agent_number == a], sl)
+        _figures(
+            a,
+            f"{a} {names.get(a, '')}".strip(),
+            [c for c in calls if c.agent_number == a],
+            [t for t in tickets if t.agent_number == a],
+            sl,
+        )
         for a in numbers
     )
     hours = Counter(aware(c.started_at).astimezone(zone).hour for c in calls)
-    return DailyReport(day, str(zone), start, end, sl, _figures("all", "全部", calls, tickets, sl), groups, agents,
-                       tuple(hours.get(h, 0) for h in range(24)))
+    return DailyReport(
+        day,
+        str(zone),
+        start,
+        end,
+        sl,
+        _figures("all", "全部", calls, tickets, sl),
+        groups,
+        agents,
+        tuple(hours.get(h, 0) for h in range(24)),
+    )
 
 
 # --- follow-up lists ---------------------------------------------------------------
@@ -213,12 +246,14 @@ def overdue_tickets(engine: Engine, now: datetime | None = None, *, agent_number
 
 
 def low_scores(engine: Engine, day: date, zone: ZoneInfo, *, from_score: int = 2) -> list[tuple[Survey, str, str]]:
-    """The day's surveys scored `from_score` or worse (一般/不满意), with the caller and Call-ID ([004] morning review)."""
+    """The day's surveys scored `from_score` or worse (一般/不满意), with caller and Call-ID ([004] morning review)."""
     start, end = day_bounds(day, zone)
     with Session(engine) as s:
         rows = s.execute(
-            select(Survey, Call.caller, Call.sip_call_id).join(Call, Call.id == Survey.call_id)
-            .where(Survey.at >= start, Survey.at < end, Survey.score >= from_score).order_by(Survey.at)
+            select(Survey, Call.caller, Call.sip_call_id)
+            .join(Call, Call.id == Survey.call_id)
+            .where(Survey.at >= start, Survey.at < end, Survey.score >= from_score)
+            .order_by(Survey.at)
         ).all()
         s.expunge_all()
     return [(survey, caller, sip_call_id) for survey, caller, sip_call_id in rows]
@@ -227,9 +262,28 @@ def low_scores(engine: Engine, day: date, zone: ZoneInfo, *, from_score: int = 2
 # --- output ------------------------------------------------------------------------------
 
 CSV_COLUMNS = (
-    "key", "label", "calls", "answered", "answer_rate", "abandoned", "abandon_rate", "silent", "silent_share",
-    "queued", "service_level", "wait_avg_s", "wait_p90_s", "talk_avg_s", "survey_1", "survey_2", "survey_3",
-    "survey_avg", "complaints_opened", "complaints_overdue", "complaints_closed", "greetings",
+    "key",
+    "label",
+    "calls",
+    "answered",
+    "answer_rate",
+    "abandoned",
+    "abandon_rate",
+    "silent",
+    "silent_share",
+    "queued",
+    "service_level",
+    "wait_avg_s",
+    "wait_p90_s",
+    "talk_avg_s",
+    "survey_1",
+    "survey_2",
+    "survey_3",
+    "survey_avg",
+    "complaints_opened",
+    "complaints_overdue",
+    "complaints_closed",
+    "greetings",
 )
 
 
@@ -239,10 +293,27 @@ def _round(value: float | None, digits: int = 3) -> str:
 
 def csv_row(f: Figures) -> list[str]:
     return [
-        f.key, f.label, str(f.calls), str(f.answered), _round(f.answer_rate), str(f.abandoned), _round(f.abandon_rate),
-        str(f.silent), _round(f.silent_share), str(f.queued), _round(f.service_level), _round(f.wait_avg, 1),
-        _round(f.wait_p90, 1), _round(f.talk_avg, 1), str(f.surveys[1]), str(f.surveys[2]), str(f.surveys[3]),
-        _round(f.survey_avg, 2), str(f.complaints_opened), str(f.complaints_overdue), str(f.complaints_closed),
+        f.key,
+        f.label,
+        str(f.calls),
+        str(f.answered),
+        _round(f.answer_rate),
+        str(f.abandoned),
+        _round(f.abandon_rate),
+        str(f.silent),
+        _round(f.silent_share),
+        str(f.queued),
+        _round(f.service_level),
+        _round(f.wait_avg, 1),
+        _round(f.wait_p90, 1),
+        _round(f.talk_avg, 1),
+        str(f.surveys[1]),
+        str(f.surveys[2]),
+        str(f.surveys[3]),
+        _round(f.survey_avg, 2),
+        str(f.complaints_opened),
+        str(f.complaints_overdue),
+        str(f.complaints_closed),
         " ".join(f"{k}={n}" for k, n in f.greetings.items()),
     ]
 
@@ -270,8 +341,11 @@ def charts(report: DailyReport) -> dict[str, bytes]:
     from matplotlib import font_manager
     from matplotlib import pyplot as plt
 
-    cjk = [f.name for f in font_manager.fontManager.ttflist
-           if any(n in f.name for n in ("WenQuanYi", "Noto Sans CJK", "Noto Sans SC", "Source Han"))]
+    cjk = [
+        f.name
+        for f in font_manager.fontManager.ttflist
+        if any(n in f.name for n in ("WenQuanYi", "Noto Sans CJK", "Noto Sans SC", "Source Han"))
+    ]
     plt.rcParams["font.sans-serif"] = [*cjk[:1], "DejaVu Sans"]
     plt.rcParams["axes.unicode_minus"] = False
     # without a CJK font the labels would be empty boxes: fall back to the seat-group keys
@@ -293,7 +367,13 @@ def charts(report: DailyReport) -> dict[str, bytes]:
     other = [f.calls - f.answered - f.abandoned for f in groups]
     ax.bar(names, answered, label="接通" if cjk else "answered", color="#2e7d32")
     ax.bar(names, abandoned, bottom=answered, label="放弃" if cjk else "abandoned", color="#c62828")
-    ax.bar(names, other, bottom=[a + b for a, b in zip(answered, abandoned, strict=True)], label="其他" if cjk else "other", color="#9e9e9e")
+    ax.bar(
+        names,
+        other,
+        bottom=[a + b for a, b in zip(answered, abandoned, strict=True)],
+        label="其他" if cjk else "other",
+        color="#9e9e9e",
+    )
     ax.set_title("各坐席组来电" if cjk else "calls by seat group")
     ax.legend(fontsize=8)
     save("calls_by_group.png", fig)
@@ -302,8 +382,13 @@ def charts(report: DailyReport) -> dict[str, bytes]:
     width = 0.25
     colors = {1: "#2e7d32", 2: "#f9a825", 3: "#c62828"}
     for i, score in enumerate(SURVEY_LABELS):
-        ax.bar([x + (i - 1) * width for x in range(len(groups))], [f.surveys[score] for f in groups], width,
-               label=SURVEY_LABELS[score] if cjk else str(score), color=colors[score])
+        ax.bar(
+            [x + (i - 1) * width for x in range(len(groups))],
+            [f.surveys[score] for f in groups],
+            width,
+            label=SURVEY_LABELS[score] if cjk else str(score),
+            color=colors[score],
+        )
     ax.set_xticks(range(len(groups)), names)
     ax.set_title("满意度评价" if cjk else "survey scores")
     ax.legend(fontsize=8)
@@ -325,24 +410,32 @@ def iter_rows(report: DailyReport) -> Iterable[Figures]:
 
 _TABLES = """\
 <table class="report">
-<thead><tr><th>{{ title }}</th><th>来电</th><th>接通</th><th>接通率</th><th>放弃率</th><th>平均排队</th><th>排队P90</th>
-<th>服务水平({{ '%g' % sl }}秒)</th><th>平均通话</th><th>满意</th><th>一般</th><th>不满意</th><th>平均分</th><th>无声占比</th>
+<thead><tr><th>{{ title }}</th><th>来电</th><th>接通</th><th>接通率</th><th>放弃率</th>
+<th>平均排队</th><th>排队P90</th><th>服务水平({{ '%g' % sl }}秒)</th><th>平均通话</th>
+<th>满意</th><th>一般</th><th>不满意</th><th>平均分</th><th>无声占比</th>
 <th>投诉新增</th><th>投诉超期</th><th>投诉结案</th><th>问候语</th></tr></thead>
 <tbody>
-{% for f in rows %}<tr{% if f.key == 'all' %} class="total"{% endif %}><td>{{ f.label }}</td><td>{{ f.calls }}</td><td>{{ f.answered }}</td>
-<td>{{ pct(f.answer_rate) }}</td><td>{{ pct(f.abandon_rate) }}</td><td>{{ sec(f.wait_avg) }}</td><td>{{ sec(f.wait_p90) }}</td>
-<td>{{ pct(f.service_level) }}</td><td>{{ sec(f.talk_avg) }}</td><td>{{ f.surveys[1] }}</td><td>{{ f.surveys[2] }}</td><td>{{ f.surveys[3] }}</td>
-<td>{{ num(f.survey_avg) }}</td><td>{{ pct(f.silent_share) }}</td><td>{{ f.complaints_opened }}</td><td>{{ f.complaints_overdue }}</td>
-<td>{{ f.complaints_closed }}</td><td class="mix">{% for g, n in f.greetings.items() %}{{ g }}={{ n }} {% endfor %}</td></tr>
+{% for f in rows %}<tr{% if f.key == 'all' %} class="total"{% endif %}>
+<td>{{ f.label }}</td><td>{{ f.calls }}</td><td>{{ f.answered }}</td>
+<td>{{ pct(f.answer_rate) }}</td><td>{{ pct(f.abandon_rate) }}</td>
+<td>{{ sec(f.wait_avg) }}</td><td>{{ sec(f.wait_p90) }}</td>
+<td>{{ pct(f.service_level) }}</td><td>{{ sec(f.talk_avg) }}</td>
+<td>{{ f.surveys[1] }}</td><td>{{ f.surveys[2] }}</td><td>{{ f.surveys[3] }}</td>
+<td>{{ num(f.survey_avg) }}</td><td>{{ pct(f.silent_share) }}</td>
+<td>{{ f.complaints_opened }}</td><td>{{ f.complaints_overdue }}</td><td>{{ f.complaints_closed }}</td>
+<td class="mix">{% for g, n in f.greetings.items() %}{{ g }}={{ n }} {% endfor %}</td></tr>
 {% endfor %}</tbody></table>
 """
 
 _PAGE = """\
 <!doctype html><html lang="zh-CN"><head><meta charset="utf-8"><title>日报 {{ r.day }}</title>
 <style>body{font-family:"WenQuanYi Micro Hei","Noto Sans CJK SC",sans-serif;margin:1em}
-table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #bbb;padding:3px 6px;text-align:right}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}
+th,td{border:1px solid #bbb;padding:3px 6px;text-align:right}
 td:first-child,th:first-child,td.mix{text-align:left}tr.total{font-weight:bold;background:#eef}</style></head><body>
-<h1>热线日报 {{ r.day }}</h1><p>{{ r.timezone }} 当日(UTC {{ r.start_utc.strftime('%Y-%m-%d %H:%M') }} 至 {{ r.end_utc.strftime('%Y-%m-%d %H:%M') }})</p>
+<h1>热线日报 {{ r.day }}</h1>
+<p>{{ r.timezone }} 当日(UTC {{ r.start_utc.strftime('%Y-%m-%d %H:%M') }}
+至 {{ r.end_utc.strftime('%Y-%m-%d %H:%M') }})</p>
 {{ groups }}{{ agents }}
 {% for name, uri in images %}<img alt="{{ name }}" src="{{ uri }}">{% endfor %}
 </body></html>

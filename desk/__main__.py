@@ -41,10 +41,16 @@ def serve(config: DeskConfig, engine) -> int:  # type: ignore[no-untyped-def]
         print("desk: no [desk] secret_key: sessions end when the desk restarts", flush=True)
     app = create_app(config, engine)
     print(f"desk: ready on http://{config.bind}:{config.port}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=config.bind, port=config.port, log_level="warning", proxy_headers=False,
-        timeout_graceful_shutdown=2,  # the event streams never end by themselves
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.bind,
+            port=config.port,
+            log_level="warning",
+            proxy_headers=False,
+            timeout_graceful_shutdown=2,  # the event streams never end by themselves
+        )
+    )
     server.run()
     return 0
 
@@ -76,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "add-supervisor":
             name = args.name.strip()
             if not name or len(name) > 64 or name.isdigit() or any(not ch.isprintable() for ch in name):
-                print("error: a supervisor name is 1-64 printable characters and not all digits (those are seat numbers)", file=sys.stderr)
+                print(
+                    "error: a supervisor name is 1-64 printable characters and not all digits (those are seat numbers)",
+                    file=sys.stderr,
+                )
                 return 1
             created = set_password(engine, name, _password(name), role="supervisor")
             print(f"supervisor {name} {'created' if created else 'password changed'}")

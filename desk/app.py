@@ -59,11 +59,18 @@ from ivr.service import SERVICES
 HERE = Path(__file__).parent
 T = TypeVar("T")
 ERRORS = {
-    400: "输入有误", 403: "没有权限", 404: "页面不存在", 405: "不支持的操作", 429: "尝试次数过多", 500: "系统错误",
+    400: "输入有误",
+    403: "没有权限",
+    404: "页面不存在",
+    405: "不支持的操作",
+    429: "尝试次数过多",
+    500: "系统错误",
 }
 COMMAND_LABELS = {"pause": "暂停接听", "resume": "恢复接听", "end_wrap_up": "结束话后处理"}
-CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
-       "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
 
 
 class SecurityHeaders:
@@ -80,8 +87,12 @@ class SecurityHeaders:
         async def with_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                headers += [(b"content-security-policy", CSP.encode()), (b"x-frame-options", b"DENY"),
-                            (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin")]
+                headers += [
+                    (b"content-security-policy", CSP.encode()),
+                    (b"x-frame-options", b"DENY"),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"same-origin"),
+                ]
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -93,10 +104,16 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
     env = templates.env
     zone = config.zone
     env.globals.update(
-        tier_labels=queries.TIER_LABELS, service_labels=SERVICES, state_labels=queries.STATE_LABELS,
-        outcome_labels=queries.OUTCOME_LABELS, survey_labels=queries.SURVEY_LABELS,
-        status_labels=tickets.STATUS_LABELS, group_labels=SEAT_GROUP_LABELS, command_labels=COMMAND_LABELS,
-        departments=config.departments, wrap_up_codes=config.wrap_up_codes,
+        tier_labels=queries.TIER_LABELS,
+        service_labels=SERVICES,
+        state_labels=queries.STATE_LABELS,
+        outcome_labels=queries.OUTCOME_LABELS,
+        survey_labels=queries.SURVEY_LABELS,
+        status_labels=tickets.STATUS_LABELS,
+        group_labels=SEAT_GROUP_LABELS,
+        command_labels=COMMAND_LABELS,
+        departments=config.departments,
+        wrap_up_codes=config.wrap_up_codes,
     )
     env.filters["local"] = lambda at, fmt="%m-%d %H:%M": aware(at).astimezone(zone).strftime(fmt) if at else "–"
     env.filters["secs"] = lambda v: "–" if v is None else (f"{v:.0f}秒" if v < 120 else f"{v / 60:.0f}分")
@@ -156,7 +173,9 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         except tickets.TicketError as exc:
             raise HTTPException(400, str(exc)) from None
 
-    def choice(form: FormData, key: str, allowed: tuple[str, ...] | list[str], what: str, *, optional: bool = False) -> str | None:
+    def choice(
+        form: FormData, key: str, allowed: tuple[str, ...] | list[str], what: str, *, optional: bool = False
+    ) -> str | None:
         value = form.get(key, "")
         if optional and value == "":
             return None
@@ -208,12 +227,22 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         offer = queries.latest_offer(engine, agent)
         pop = queries.pop_for(engine, config, offer[1], offer[0], agent) if offer else None
         with Session(engine, expire_on_commit=False) as s:
-            mine = s.scalars(select(Ticket).where(Ticket.agent_number == agent, Ticket.status != "closed")
-                             .order_by(Ticket.next_feedback_due)).all()
-            calls = s.scalars(select(Call).where(Call.agent_number == agent).order_by(Call.started_at.desc()).limit(20)).all()
+            mine = s.scalars(
+                select(Ticket)
+                .where(Ticket.agent_number == agent, Ticket.status != "closed")
+                .order_by(Ticket.next_feedback_due)
+            ).all()
+            calls = s.scalars(
+                select(Call).where(Call.agent_number == agent).order_by(Call.started_at.desc()).limit(20)
+            ).all()
             s.expunge_all()
-        return {"pop": pop, "tickets": mine, "calls": calls, "after": queries.last_event_id(engine),
-                "view": states.read()[agent]}
+        return {
+            "pop": pop,
+            "tickets": mine,
+            "calls": calls,
+            "after": queries.last_event_id(engine),
+            "view": states.read()[agent],
+        }
 
     async def desk_page(request: Request) -> Response:
         user = need(request, "agent")
@@ -260,7 +289,9 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
                 raise HTTPException(404)
             if user.role == "agent" and not queries.agent_may_see_call(s, call_id, user.agent_number):
                 raise HTTPException(403, "只能查看分配给您的来电。")
-            note = s.scalars(select(CallNote).where(CallNote.call_id == call_id, CallNote.agent_number == (user.agent_number or ""))).first()
+            note = s.scalars(
+                select(CallNote).where(CallNote.call_id == call_id, CallNote.agent_number == (user.agent_number or ""))
+            ).first()
             ts = s.scalars(select(Ticket).where(Ticket.call_id == call_id)).all()
             s.expunge_all()
         return call, note, list(ts)
@@ -272,11 +303,26 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         pop = await db(queries.pop_for, engine, config, call_id, 0, user.agent_number)
         return render(request, "call.html", call=call, pop=pop, call_tickets=call_tickets)
 
+    def _call_by_sip(sip_call_id: str) -> int | None:
+        with Session(engine) as s:
+            return s.scalar(select(Call.id).where(Call.sip_call_id == sip_call_id))
+
+    async def call_by_sip(request: Request) -> Response:
+        """The softphone's Call-Info link (ivr/screenpop.py): the call by its SIP Call-ID."""
+        need(request)
+        sip_call_id = request.query_params.get("call_id", "")
+        call_id = await db(_call_by_sip, sip_call_id[:255]) if sip_call_id else None
+        if call_id is None:
+            raise HTTPException(404, "找不到这通来电(可能尚未写入 CRM,请稍后刷新)。")
+        return RedirectResponse(f"/calls/{call_id}", 303)
+
     def _save_note(call_id: int, user: SignedIn, note: str, code: str | None) -> None:
         _load_call(call_id, user)
         now = datetime.now(UTC)
         with Session(engine) as s, s.begin():
-            row = s.scalars(select(CallNote).where(CallNote.call_id == call_id, CallNote.agent_number == user.agent_number)).first()
+            row = s.scalars(
+                select(CallNote).where(CallNote.call_id == call_id, CallNote.agent_number == user.agent_number)
+            ).first()
             if row is None:
                 row = CallNote(call_id=call_id, agent_number=user.agent_number, created_at=now)
                 s.add(row)
@@ -296,8 +342,14 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         with Session(engine) as s, s.begin():
             call = s.get_one(Call, call_id)
             try:
-                t = tickets.open_ticket(s, call, actor=user.username, agent_number=user.agent_number or call.agent_number,
-                                        description=description, department=department)
+                t = tickets.open_ticket(
+                    s,
+                    call,
+                    actor=user.username,
+                    agent_number=user.agent_number or call.agent_number,
+                    description=description,
+                    department=department,
+                )
             except tickets.TicketError as exc:
                 raise HTTPException(400, str(exc)) from None
             return t.id
@@ -325,8 +377,14 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
     async def ticket_page(request: Request) -> Response:
         user = need(request)
         t, history = await db(_ticket, int_param(request, "ticket_id"), user)
-        return render(request, "ticket.html", t=t, history=history, transitions=tickets.TRANSITIONS[t.status],
-                      overdue=t.status != "closed" and aware(t.next_feedback_due) <= datetime.now(UTC))
+        return render(
+            request,
+            "ticket.html",
+            t=t,
+            history=history,
+            transitions=tickets.TRANSITIONS[t.status],
+            overdue=t.status != "closed" and aware(t.next_feedback_due) <= datetime.now(UTC),
+        )
 
     def _change(ticket_id: int, user: SignedIn, change: Callable[[Session, Ticket], None]) -> None:
         _ticket(ticket_id, user)
@@ -345,9 +403,20 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         department = choice(form, "department", config.departments, "部门", optional=True)
         result = text(form, "result", what="处理结果") if "result" in form else None
         satisfied = choice(form, "caller_satisfied", ("yes", "no"), "客户是否满意", optional=True)
-        await db(_change, ticket_id, user, lambda s, t: tickets.edit(
-            s, t, actor=user.username, description=description, department=department, result=result,
-            caller_satisfied=None if satisfied is None else satisfied == "yes"))
+        await db(
+            _change,
+            ticket_id,
+            user,
+            lambda s, t: tickets.edit(
+                s,
+                t,
+                actor=user.username,
+                description=description,
+                department=department,
+                result=result,
+                caller_satisfied=None if satisfied is None else satisfied == "yes",
+            ),
+        )
         return RedirectResponse(f"/tickets/{ticket_id}", 303)
 
     async def ticket_move(request: Request) -> Response:
@@ -382,9 +451,21 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         rows, overdue = await db(_ticket_list, user)
         return render(request, "tickets.html", rows=rows, overdue_ids={t.id for t in overdue})
 
+    board_cache: dict[str, Any] = {"at": 0.0, "board": None}
+    board_lock = asyncio.Lock()
+
+    async def current_board() -> queries.Board:
+        # every open wallboard shares one computation a second
+        async with board_lock:
+            now = asyncio.get_running_loop().time()
+            if board_cache["board"] is None or now - board_cache["at"] >= 0.9:
+                board_cache["board"] = await db(queries.wallboard, engine, config, states)
+                board_cache["at"] = now
+            return board_cache["board"]
+
     async def wallboard_page(request: Request) -> Response:
         need(request, "supervisor")
-        board = await db(queries.wallboard, engine, config, states)
+        board = await current_board()
         return render(request, "wallboard.html", board=board, sl=config.service_level_seconds)
 
     async def wallboard_events(request: Request) -> Response:
@@ -393,7 +474,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         async def stream() -> AsyncIterator[str]:
             yield "retry: 1000\n\n"
             while not await request.is_disconnected():
-                board = await db(queries.wallboard, engine, config, states)
+                board = await current_board()
                 yield _sse("board", fragment(request, "_board.html", board=board, sl=config.service_level_seconds))
                 await asyncio.sleep(1 - poll_s if poll_s < 1 else 0.5)
 
@@ -411,12 +492,21 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         need(request, "supervisor")
         day = _day(request.query_params.get("date"))
         names = {a.number: a.name for a in config.agents}
-        report = await db(daily_report, engine, day, zone, service_level_seconds=config.service_level_seconds, agent_names=names)
+        report = await db(
+            daily_report, engine, day, zone, service_level_seconds=config.service_level_seconds, agent_names=names
+        )
         groups, agents = tables_html(report)
         from markupsafe import Markup
 
-        return render(request, "report.html", report=report, groups=Markup(groups), agents=Markup(agents),
-                      prev=(day - timedelta(days=1)).isoformat(), next=(day + timedelta(days=1)).isoformat())
+        return render(
+            request,
+            "report.html",
+            report=report,
+            groups=Markup(groups),
+            agents=Markup(agents),
+            prev=(day - timedelta(days=1)).isoformat(),
+            next=(day + timedelta(days=1)).isoformat(),
+        )
 
     async def report_chart(request: Request) -> Response:
         need(request, "supervisor")
@@ -442,24 +532,41 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
 
     routes = [
         Route("/", home),
-        Route("/login", login_page), post("/login", login), post("/logout", logout),
-        Route("/desk", desk_page), Route("/desk/events", desk_events), post("/desk/command", desk_command),
-        Route("/calls/{call_id}", call_page), post("/calls/{call_id}/note", save_note),
+        Route("/login", login_page),
+        post("/login", login),
+        post("/logout", logout),
+        Route("/desk", desk_page),
+        Route("/desk/events", desk_events),
+        post("/desk/command", desk_command),
+        Route("/calls/sip", call_by_sip),
+        Route("/calls/{call_id}", call_page),
+        post("/calls/{call_id}/note", save_note),
         post("/calls/{call_id}/tickets", new_ticket),
-        Route("/tickets", ticket_list), Route("/tickets/{ticket_id}", ticket_page),
-        post("/tickets/{ticket_id}/edit", ticket_edit), post("/tickets/{ticket_id}/move", ticket_move),
+        Route("/tickets", ticket_list),
+        Route("/tickets/{ticket_id}", ticket_page),
+        post("/tickets/{ticket_id}/edit", ticket_edit),
+        post("/tickets/{ticket_id}/move", ticket_move),
         post("/tickets/{ticket_id}/feedback", ticket_feedback),
-        Route("/wallboard", wallboard_page), Route("/wallboard/events", wallboard_events),
-        Route("/report", report_page), Route("/report/{day}/{name}", report_chart),
+        Route("/wallboard", wallboard_page),
+        Route("/wallboard/events", wallboard_events),
+        Route("/report", report_page),
+        Route("/report/{day}/{name}", report_chart),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     middleware = [
         Middleware(SecurityHeaders),
-        Middleware(SessionMiddleware, secret_key=secret_key or config.secret_key or secrets.token_urlsafe(48),
-                   session_cookie="desk_session", max_age=12 * 3600, same_site="strict", https_only=config.cookie_secure),
+        Middleware(
+            SessionMiddleware,
+            secret_key=secret_key or config.secret_key or secrets.token_urlsafe(48),
+            session_cookie="desk_session",
+            max_age=12 * 3600,
+            same_site="strict",
+            https_only=config.cookie_secure,
+        ),
     ]
-    return Starlette(routes=routes, middleware=middleware,
-                     exception_handlers={HTTPException: http_error, Exception: http_error})
+    return Starlette(
+        routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error, Exception: http_error}
+    )
 
 
 def _sse(event: str, data: str, event_id: int | None = None) -> str:

@@ -63,8 +63,15 @@ def seed_agents(engine: Engine, config: DeskConfig) -> list[str]:
         existing = set(s.scalars(select(DeskUser.username)))
         for agent in config.agents:
             if agent.number not in existing and len(agent.secret) >= MIN_PASSWORD:
-                s.add(DeskUser(username=agent.number, role="agent", agent_number=agent.number,
-                               password_hash=_hasher.hash(agent.secret), created_at=datetime.now(UTC)))
+                s.add(
+                    DeskUser(
+                        username=agent.number,
+                        role="agent",
+                        agent_number=agent.number,
+                        password_hash=_hasher.hash(agent.secret),
+                        created_at=datetime.now(UTC),
+                    )
+                )
                 created.append(agent.number)
     return created
 

@@ -30,8 +30,18 @@ from ivr.screenpop import DEFAULT_TEMPLATE, TemplateError, check_template
 from ivr.service import SEAT_GROUPS
 
 DESK_KEYS = {
-    "bind", "port", "secret_key", "supervisors", "service_level_seconds", "departments", "display_name",
-    "wrap_up_codes", "public_url", "cookie_secure", "login_attempts_per_minute", "poll_ms",
+    "bind",
+    "port",
+    "secret_key",
+    "supervisors",
+    "service_level_seconds",
+    "departments",
+    "display_name",
+    "wrap_up_codes",
+    "public_url",
+    "cookie_secure",
+    "login_attempts_per_minute",
+    "poll_ms",
 }
 DEFAULT_DEPARTMENTS = ("客服部", "技术部", "财务部", "售后服务部", "合规部")
 DEFAULT_WRAP_UP_CODES = ("已解决", "需回访", "转投诉", "咨询", "无效来电", "其他")
@@ -116,7 +126,9 @@ def load_desk_config(path: Path) -> DeskConfig:
     except configparser.DuplicateSectionError as exc:
         raise ConfigError(path, exc.lineno, f"[{exc.section}]", "section appears twice") from None
     except configparser.Error as exc:
-        raise ConfigError(path, getattr(exc, "lineno", None), "syntax", "expected 'key = value', '[section]' or a ; comment") from None
+        raise ConfigError(
+            path, getattr(exc, "lineno", None), "syntax", "expected 'key = value', '[section]' or a ; comment"
+        ) from None
     r = _Reader(path, parser, _line_index(text))
     if parser.has_section("desk"):
         for key in parser.options("desk"):
@@ -129,8 +141,14 @@ def load_desk_config(path: Path) -> DeskConfig:
             group = parser.get(section, "seat_group", fallback="")
             if group not in SEAT_GROUPS:
                 raise r.error(section, "seat_group", f"choose {', '.join(SEAT_GROUPS)}")
-            agents.append(DeskAgent(section, group, parser.get(section, "name", fallback="").strip(),
-                                    parser.get(section, "secret", fallback="").strip()))
+            agents.append(
+                DeskAgent(
+                    section,
+                    group,
+                    parser.get(section, "name", fallback="").strip(),
+                    parser.get(section, "secret", fallback="").strip(),
+                )
+            )
 
     url = r.get("database", "url", DEFAULT_DATABASE_URL, lambda raw: raw or _raise("empty"), "a database URL")
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
@@ -139,17 +157,25 @@ def load_desk_config(path: Path) -> DeskConfig:
     secret_key = r.get("desk", "secret_key", "", str, "a secret")
     if secret_key and len(secret_key) < 32:
         raise r.error("desk", "secret_key", "needs 32 characters or more (it signs the session cookies)")
-    public_url = r.get("desk", "public_url", "", lambda v: v if v.startswith(("http://", "https://")) or not v else _raise("start with http:// or https://"), "a URL")
+    public_url = r.get(
+        "desk",
+        "public_url",
+        "",
+        lambda v: v if v.startswith(("http://", "https://")) or not v else _raise("start with http:// or https://"),
+        "a URL",
+    )
     return DeskConfig(
         path=path,
         database_url=url,
         timezone=r.get("general", "timezone", d.timezone, _zone, "a time zone such as Asia/Shanghai"),
         status_file=r.file_path("general", "status_file", path.parent / "var" / "ivr-status.json"),
         shared_agents=r.get("cluster", "shared_agents", False, _bool, "yes or no"),
-        tiers=TierThresholds(**{
-            key: r.number("tiers", key, getattr(TierThresholds(), key), 0, 1e15)
-            for key in ("senior_assets", "senior_volume", "middle_assets", "middle_volume")
-        }),
+        tiers=TierThresholds(
+            **{
+                key: r.number("tiers", key, getattr(TierThresholds(), key), 0, 1e15)
+                for key in ("senior_assets", "senior_volume", "middle_assets", "middle_volume")
+            }
+        ),
         agents=tuple(agents),
         bind=r.get("desk", "bind", d.bind, _address, "an IP address"),
         port=int(r.number("desk", "port", d.port, 1, 65535, int)),
@@ -161,7 +187,9 @@ def load_desk_config(path: Path) -> DeskConfig:
         wrap_up_codes=r.get("desk", "wrap_up_codes", d.wrap_up_codes, _names, "a comma-separated list of codes"),
         public_url=public_url.rstrip("/"),
         cookie_secure=r.get("desk", "cookie_secure", d.cookie_secure, _bool, "yes or no"),
-        login_attempts_per_minute=int(r.number("desk", "login_attempts_per_minute", d.login_attempts_per_minute, 1, 1000, int)),
+        login_attempts_per_minute=int(
+            r.number("desk", "login_attempts_per_minute", d.login_attempts_per_minute, 1, 1000, int)
+        ),
         poll_ms=int(r.number("desk", "poll_ms", d.poll_ms, 50, 300, int)),
     )
 

@@ -27,12 +27,22 @@ from desk.config import DeskConfig
 
 TIER_LABELS = {"senior": "高端", "middle": "中端", "junior": "低端"}
 STATE_LABELS = {
-    "logged_out": "未登录", "available": "空闲", "ringing": "振铃", "talking": "通话中",
-    "wrap_up": "话后处理", "paused": "暂停", "offline": "IVR未运行",
+    "logged_out": "未登录",
+    "available": "空闲",
+    "ringing": "振铃",
+    "talking": "通话中",
+    "wrap_up": "话后处理",
+    "paused": "暂停",
+    "offline": "IVR未运行",
 }
 OUTCOME_LABELS = {
-    "completed": "已接通", "abandoned_queue": "排队放弃", "abandoned_ringing": "振铃放弃", "silent": "无声",
-    "caller_hangup": "客户挂机", "failed": "失败", None: "进行中",
+    "completed": "已接通",
+    "abandoned_queue": "排队放弃",
+    "abandoned_ringing": "振铃放弃",
+    "silent": "无声",
+    "caller_hangup": "客户挂机",
+    "failed": "失败",
+    None: "进行中",
 }
 SURVEY_LABELS = {1: "满意", 2: "一般", 3: "不满意", None: "–"}
 STATUS_FILE_FRESH = timedelta(seconds=5)  # the IVR rewrites it every second
@@ -45,8 +55,13 @@ def _detail(detail: str) -> dict[str, str]:
 
 def bracket(amount: float) -> str:
     """Assets / volume shown as a bracket, not the exact figure (enough to serve the caller)."""
-    for limit, label in ((10_000_000, "1000万以上"), (5_000_000, "500万–1000万"), (1_000_000, "100万–500万"),
-                         (500_000, "50万–100万"), (100_000, "10万–50万")):
+    for limit, label in (
+        (10_000_000, "1000万以上"),
+        (5_000_000, "500万–1000万"),
+        (1_000_000, "100万–500万"),
+        (500_000, "50万–100万"),
+        (100_000, "10万–50万"),
+    ):
         if amount >= limit:
             return label
     return "10万以下" if amount > 0 else "–"
@@ -92,20 +107,27 @@ def last_event_id(engine: Engine) -> int:
 def new_offers(engine: Engine, agent: str, after_id: int) -> list[tuple[int, int]]:
     """(event id, call id) of calls offered to `agent`'s phone since event `after_id`."""
     with Session(engine) as s:
-        return [tuple(r) for r in s.execute(
-            select(CallEvent.id, CallEvent.call_id)
-            .where(CallEvent.id > after_id, CallEvent.kind == "agent_rung", CallEvent.detail == f"agent={agent}")
-            .order_by(CallEvent.id)
-        ).all()]
+        return [
+            tuple(r)
+            for r in s.execute(
+                select(CallEvent.id, CallEvent.call_id)
+                .where(CallEvent.id > after_id, CallEvent.kind == "agent_rung", CallEvent.detail == f"agent={agent}")
+                .order_by(CallEvent.id)
+            ).all()
+        ]
 
 
 def latest_offer(engine: Engine, agent: str, within: timedelta = timedelta(hours=2)) -> tuple[int, int] | None:
     with Session(engine) as s:
         row = s.execute(
             select(CallEvent.id, CallEvent.call_id)
-            .where(CallEvent.kind == "agent_rung", CallEvent.detail == f"agent={agent}",
-                   CallEvent.at >= datetime.now(UTC) - within)
-            .order_by(CallEvent.id.desc()).limit(1)
+            .where(
+                CallEvent.kind == "agent_rung",
+                CallEvent.detail == f"agent={agent}",
+                CallEvent.at >= datetime.now(UTC) - within,
+            )
+            .order_by(CallEvent.id.desc())
+            .limit(1)
         ).first()
     return (row[0], row[1]) if row else None
 
@@ -113,8 +135,11 @@ def latest_offer(engine: Engine, agent: str, within: timedelta = timedelta(hours
 def agent_may_see_call(s: Session, call_id: int, agent: str) -> bool:
     """An agent sees a call served by them or offered to their phone — nobody else's."""
     served = s.scalar(select(func.count()).select_from(Call).where(Call.id == call_id, Call.agent_number == agent))
-    offered = s.scalar(select(func.count()).select_from(CallEvent).where(
-        CallEvent.call_id == call_id, CallEvent.kind == "agent_rung", CallEvent.detail == f"agent={agent}"))
+    offered = s.scalar(
+        select(func.count())
+        .select_from(CallEvent)
+        .where(CallEvent.call_id == call_id, CallEvent.kind == "agent_rung", CallEvent.detail == f"agent={agent}")
+    )
     return bool(served or offered)
 
 
@@ -123,16 +148,30 @@ def pop_for(engine: Engine, config: DeskConfig, call_id: int, event_id: int, age
         call = s.get(Call, call_id)
         if call is None:
             return None
-        events = s.execute(select(CallEvent.id, CallEvent.at, CallEvent.kind, CallEvent.detail)
-                           .where(CallEvent.call_id == call_id).order_by(CallEvent.id)).all()
+        events = s.execute(
+            select(CallEvent.id, CallEvent.at, CallEvent.kind, CallEvent.detail)
+            .where(CallEvent.call_id == call_id)
+            .order_by(CallEvent.id)
+        ).all()
         customer = s.scalars(select(Customer).where(Customer.phone == call.caller)).first()
         past = s.execute(
-            select(Call.id, Call.started_at, Call.service, Call.agent_number, Call.outcome, Call.survey_score, Call.talk_s)
-            .where(Call.caller == call.caller, Call.id != call.id).order_by(Call.started_at.desc()).limit(10)
+            select(
+                Call.id, Call.started_at, Call.service, Call.agent_number, Call.outcome, Call.survey_score, Call.talk_s
+            )
+            .where(Call.caller == call.caller, Call.id != call.id)
+            .order_by(Call.started_at.desc())
+            .limit(10)
         ).all()
-        tickets = s.scalars(select(Ticket).where(Ticket.customer_phone == call.caller, Ticket.status != "closed")
-                            .order_by(Ticket.opened_at.desc())).all()
-        note = s.scalars(select(CallNote).where(CallNote.call_id == call_id, CallNote.agent_number == agent)).first() if agent else None
+        tickets = s.scalars(
+            select(Ticket)
+            .where(Ticket.customer_phone == call.caller, Ticket.status != "closed")
+            .order_by(Ticket.opened_at.desc())
+        ).all()
+        note = (
+            s.scalars(select(CallNote).where(CallNote.call_id == call_id, CallNote.agent_number == agent)).first()
+            if agent
+            else None
+        )
         s.expunge_all()
     tier, service, queued_at, rung_at = call.tier, call.service, None, None
     for eid, at, kind, detail in events:
@@ -150,13 +189,20 @@ def pop_for(engine: Engine, config: DeskConfig, call_id: int, event_id: int, age
     if wait is None and queued_at is not None:
         wait = (rung_at - queued_at).total_seconds()
     return Pop(
-        event_id=event_id, call_id=call.id, sip_call_id=call.sip_call_id, caller=call.caller,
-        name=customer.name if customer and customer.name else None, tier=tier or "junior",
+        event_id=event_id,
+        call_id=call.id,
+        sip_call_id=call.sip_call_id,
+        caller=call.caller,
+        name=customer.name if customer and customer.name else None,
+        tier=tier or "junior",
         assets_bracket=bracket(customer.assets) if customer else "–",
         volume_bracket=bracket(customer.volume) if customer else "–",
-        service=service, queue_wait_s=wait, rung_at=rung_at,
+        service=service,
+        queue_wait_s=wait,
+        rung_at=rung_at,
         history=tuple(PastCall(r[0], aware(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in past),
-        open_tickets=tuple(tickets), note=note,
+        open_tickets=tuple(tickets),
+        note=note,
     )
 
 
@@ -192,19 +238,28 @@ class AgentStates:
             with Session(self.engine) as s:
                 for row in s.scalars(select(Agent)):
                     if row.number in agents:
-                        views[row.number] = AgentView(row.number, row.name, row.seat_group, row.state,
-                                                      aware(row.state_changed_at), row.call_id)
+                        views[row.number] = AgentView(
+                            row.number, row.name, row.seat_group, row.state, aware(row.state_changed_at), row.call_id
+                        )
         else:
             status = self._status_file(now)
             for entry in status.get("agents", []) if status else []:
                 number = entry.get("agent")
                 if number in agents:
                     state = str(entry.get("state"))
-                    views[number] = AgentView(number, agents[number].name, agents[number].seat_group, state,
-                                              self._since(number, state, now), entry.get("call_id"))
+                    views[number] = AgentView(
+                        number,
+                        agents[number].name,
+                        agents[number].seat_group,
+                        state,
+                        self._since(number, state, now),
+                        entry.get("call_id"),
+                    )
         for number, agent in agents.items():
             if number not in views:
-                views[number] = AgentView(number, agent.name, agent.seat_group, "offline", self._since(number, "offline", now))
+                views[number] = AgentView(
+                    number, agent.name, agent.seat_group, "offline", self._since(number, "offline", now)
+                )
         return views
 
     def _since(self, number: str, state: str, now: datetime) -> datetime:
@@ -269,8 +324,13 @@ def waiting_callers(engine: Engine, now: datetime) -> list[Waiting]:
         rows = s.execute(
             select(Call.sip_call_id, CallEvent.kind, CallEvent.at, CallEvent.detail)
             .join(CallEvent, CallEvent.call_id == Call.id)
-            .where(and_(Call.ended_at.is_(None), Call.started_at >= since,
-                        CallEvent.kind.in_(("queued", "agent_answered", "ended"))))
+            .where(
+                and_(
+                    Call.ended_at.is_(None),
+                    Call.started_at >= since,
+                    CallEvent.kind.in_(("queued", "agent_answered", "ended")),
+                )
+            )
             .order_by(CallEvent.id)
         ).all()
     queued: dict[str, tuple[str, datetime]] = {}
@@ -303,8 +363,15 @@ def wallboard(engine: Engine, config: DeskConfig, states: AgentStates, now: date
         f = figures[g]
         b.calls, b.answered, b.abandoned, b.silent = f.calls, f.answered, f.abandoned, f.silent
         b.service_level, b.survey_avg = f.service_level, f.survey_avg
-    return Board(now, today.isoformat(), tuple(boards.values()), report.total.calls, report.total.silent,
-                 tuple(overdue_tickets(engine, now)), tuple(low_scores(engine, today, zone)))
+    return Board(
+        now,
+        today.isoformat(),
+        tuple(boards.values()),
+        report.total.calls,
+        report.total.silent,
+        tuple(overdue_tickets(engine, now)),
+        tuple(low_scores(engine, today, zone)),
+    )
 
 
 def group_counts(values: list[AgentView]) -> dict[str, int]:

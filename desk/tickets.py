@@ -50,19 +50,52 @@ def clean(text: str, *, limit: int = MAX_TEXT, field: str = "内容") -> str:
     return kept
 
 
-def _history(s: Session, ticket: Ticket, actor: str, action: str, now: datetime, detail: str = "",
-             status_from: str | None = None, status_to: str | None = None) -> None:
-    s.add(TicketHistory(ticket_id=ticket.id, at=now, actor=actor, action=action, status_from=status_from,
-                        status_to=status_to, detail=detail))
+def _history(
+    s: Session,
+    ticket: Ticket,
+    actor: str,
+    action: str,
+    now: datetime,
+    detail: str = "",
+    status_from: str | None = None,
+    status_to: str | None = None,
+) -> None:
+    s.add(
+        TicketHistory(
+            ticket_id=ticket.id,
+            at=now,
+            actor=actor,
+            action=action,
+            status_from=status_from,
+            status_to=status_to,
+            detail=detail,
+        )
+    )
     ticket.updated_at = now
 
 
-def open_ticket(s: Session, call: Call, *, actor: str, agent_number: str | None, description: str,
-                department: str | None, now: datetime | None = None) -> Ticket:
+def open_ticket(
+    s: Session,
+    call: Call,
+    *,
+    actor: str,
+    agent_number: str | None,
+    description: str,
+    department: str | None,
+    now: datetime | None = None,
+) -> Ticket:
     now = now or datetime.now(UTC)
-    ticket = Ticket(call_id=call.id, customer_phone=call.caller, agent_number=agent_number, seat_group=call.seat_group,
-                    status="open", opened_at=now, next_feedback_due=now + FEEDBACK_EVERY,
-                    description=clean(description, field="投诉内容"), department=department)
+    ticket = Ticket(
+        call_id=call.id,
+        customer_phone=call.caller,
+        agent_number=agent_number,
+        seat_group=call.seat_group,
+        status="open",
+        opened_at=now,
+        next_feedback_due=now + FEEDBACK_EVERY,
+        description=clean(description, field="投诉内容"),
+        department=department,
+    )
     if not ticket.description:
         raise TicketError("请填写投诉内容")
     s.add(ticket)
@@ -71,8 +104,17 @@ def open_ticket(s: Session, call: Call, *, actor: str, agent_number: str | None,
     return ticket
 
 
-def edit(s: Session, ticket: Ticket, *, actor: str, description: str | None = None, department: str | None = None,
-         result: str | None = None, caller_satisfied: bool | None = None, now: datetime | None = None) -> None:
+def edit(
+    s: Session,
+    ticket: Ticket,
+    *,
+    actor: str,
+    description: str | None = None,
+    department: str | None = None,
+    result: str | None = None,
+    caller_satisfied: bool | None = None,
+    now: datetime | None = None,
+) -> None:
     """Change the free fields; each changed one is a history line."""
     now = now or datetime.now(UTC)
     if ticket.status == "closed":
@@ -100,7 +142,9 @@ def move(s: Session, ticket: Ticket, to: str, *, actor: str, note: str = "", now
     """One step of the workflow; TicketError when it is not allowed or a field it needs is missing."""
     now = now or datetime.now(UTC)
     if to not in TRANSITIONS.get(ticket.status, {}):
-        raise TicketError(f"工单状态为「{STATUS_LABELS.get(ticket.status, ticket.status)}」,不能改为「{STATUS_LABELS.get(to, to)}」")
+        raise TicketError(
+            f"工单状态为「{STATUS_LABELS.get(ticket.status, ticket.status)}」,不能改为「{STATUS_LABELS.get(to, to)}」"
+        )
     if to == "forwarded" and not ticket.department:
         raise TicketError("请先选择处理部门")
     if to == "result_received" and not ticket.result:

@@ -80,9 +80,21 @@ def display_text(name: str | None, tier: str, service: str | None, phone: str, t
     return " ".join(check_template(template).format_map(values).split())
 
 
+def desk_call_url(desk_base_url: str, call_id: str) -> str:
+    """The desk's page for the call with this SIP Call-ID (the CRM row id is not known yet when the agent rings)."""
+    return f"{desk_base_url.rstrip('/')}/calls/sip?call_id={quote(call_id, safe='')}"
+
+
 def screen_pop(
-    *, name: str | None, tier: str, service: str | None, caller: str, call_id: str, desk_url: str | None,
-    template: str = DEFAULT_TEMPLATE, max_chars: int = MAX_DISPLAY_CHARS,
+    *,
+    name: str | None,
+    tier: str,
+    service: str | None,
+    caller: str,
+    call_id: str,
+    desk_url: str | None,
+    template: str = DEFAULT_TEMPLATE,
+    max_chars: int = MAX_DISPLAY_CHARS,
 ) -> ScreenPop:
     """The From display name and the extra headers for the INVITE that rings an agent about `call_id`."""
     headers: list[tuple[str, str]] = []

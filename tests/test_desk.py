@@ -52,7 +52,7 @@ name = 李强
 secret_key = 0123456789abcdef0123456789abcdef-test
 departments = 客服部, 技术部
 """
-EVIL = ["'); DROP TABLE tickets; --", "<script>alert(1)</script>", "\" OR 1=1 --", "{{ 7*7 }}", "${jndi:ldap://x}"]
+EVIL = ["'); DROP TABLE tickets; --", "<script>alert(1)</script>", '" OR 1=1 --', "{{ 7*7 }}", "${jndi:ldap://x}"]
 
 
 @pytest.fixture
@@ -68,16 +68,48 @@ def desk(tmp_path: Path):  # type: ignore[no-untyped-def]
     with Session(engine) as s, s.begin():
         s.add(Customer(phone="13800000001", name="赵丽华", assets=9_000_000, volume=0))
         for n, agent in enumerate(("801", "802"), start=1):
-            call = Call(sip_call_id=f"call-{agent}", caller=f"1380000000{n}", callee="95000", started_at=now - timedelta(minutes=5),
-                        seat_group="senior", agent_number=agent, tier="senior", service="consulting", outcome="completed", talk_s=60)
+            call = Call(
+                sip_call_id=f"call-{agent}",
+                caller=f"1380000000{n}",
+                callee="95000",
+                started_at=now - timedelta(minutes=5),
+                seat_group="senior",
+                agent_number=agent,
+                tier="senior",
+                service="consulting",
+                outcome="completed",
+                talk_s=60,
+            )
             s.add(call)
             s.flush()
-            s.add_all([
-                CallEvent(call_id=call.id, at=now - timedelta(minutes=5), kind="queued", detail="seat_group=senior service=consulting"),
-                CallEvent(call_id=call.id, at=now - timedelta(minutes=5) + timedelta(seconds=3), kind="agent_rung", detail=f"agent={agent}"),
-            ])
-            s.add(Ticket(call_id=call.id, customer_phone=call.caller, agent_number=agent, seat_group="senior", status="open",
-                         opened_at=now, next_feedback_due=now + timedelta(days=1), description=f"{agent} 的投诉"))
+            s.add_all(
+                [
+                    CallEvent(
+                        call_id=call.id,
+                        at=now - timedelta(minutes=5),
+                        kind="queued",
+                        detail="seat_group=senior service=consulting",
+                    ),
+                    CallEvent(
+                        call_id=call.id,
+                        at=now - timedelta(minutes=5) + timedelta(seconds=3),
+                        kind="agent_rung",
+                        detail=f"agent={agent}",
+                    ),
+                ]
+            )
+            s.add(
+                Ticket(
+                    call_id=call.id,
+                    customer_phone=call.caller,
+                    agent_number=agent,
+                    seat_group="senior",
+                    status="open",
+                    opened_at=now,
+                    next_feedback_due=now + timedelta(days=1),
+                    description=f"{agent} 的投诉",
+                )
+            )
     app = create_app(config, engine)
     with TestClient(app, base_url="https://testserver") as client:
         yield client, engine, config
@@ -97,9 +129,22 @@ def login(client: TestClient, username: str, password: str):  # type: ignore[no-
 
 def snapshot(engine) -> tuple:  # type: ignore[no-untyped-def]
     with Session(engine) as s:
-        return tuple(s.scalar(select(func.count()).select_from(m)) for m in (Ticket, TicketHistory, CallNote, AgentCommand)) + (
-            tuple(s.execute(select(Ticket.id, Ticket.status, Ticket.description, Ticket.department, Ticket.result,
-                                   Ticket.next_feedback_due)).all()),)
+        return tuple(
+            s.scalar(select(func.count()).select_from(m)) for m in (Ticket, TicketHistory, CallNote, AgentCommand)
+        ) + (
+            tuple(
+                s.execute(
+                    select(
+                        Ticket.id,
+                        Ticket.status,
+                        Ticket.description,
+                        Ticket.department,
+                        Ticket.result,
+                        Ticket.next_feedback_due,
+                    )
+                ).all()
+            ),
+        )
 
 
 def ids(engine) -> dict[str, int]:  # type: ignore[no-untyped-def]
@@ -152,7 +197,9 @@ def test_every_form_refuses_a_missing_or_wrong_csrf_token_and_changes_nothing(de
         "/login": {"username": "801", "password": "pw801-secret"},
     }
     routes = {r.path for r in client.app.routes if "POST" in (getattr(r, "methods", None) or ())}
-    assert {re.sub(r"/\d+", "/{id}", p) for p in posts} == {re.sub(r"\{\w+\}", "{id}", p) for p in routes}, "a POST route is untested"
+    assert {re.sub(r"/\d+", "/{id}", p) for p in posts} == {re.sub(r"\{\w+\}", "{id}", p) for p in routes}, (
+        "a POST route is untested"
+    )
     for path, data in posts.items():
         for token in (None, "forged-token"):
             r = client.post(path, data=data if token is None else {**data, "csrf": token})
@@ -172,11 +219,13 @@ def test_an_agent_sees_only_their_own_calls_and_tickets(desk) -> None:  # type: 
     assert "802 的投诉" not in client.get("/tickets").text
     before = snapshot(engine)
     token = csrf_of(client, "/desk")
-    for path, data in ((f"/tickets/{i['ticket802']}/edit", {"description": "hijack"}),
-                       (f"/tickets/{i['ticket802']}/move", {"to": "forwarded"}),
-                       (f"/tickets/{i['ticket802']}/feedback", {"text": "hijack"}),
-                       (f"/calls/{i['call802']}/note", {"note": "hijack"}),
-                       (f"/calls/{i['call802']}/tickets", {"description": "hijack"})):
+    for path, data in (
+        (f"/tickets/{i['ticket802']}/edit", {"description": "hijack"}),
+        (f"/tickets/{i['ticket802']}/move", {"to": "forwarded"}),
+        (f"/tickets/{i['ticket802']}/feedback", {"text": "hijack"}),
+        (f"/calls/{i['call802']}/note", {"note": "hijack"}),
+        (f"/calls/{i['call802']}/tickets", {"description": "hijack"}),
+    ):
         assert client.post(path, data={**data, "csrf": token}).status_code == 403, path
     assert snapshot(engine) == before
     assert client.get("/wallboard").status_code == 403 and client.get("/report").status_code == 403
@@ -191,7 +240,12 @@ def test_injection_attempts_in_every_text_field_are_stored_inert(desk) -> None: 
     login(client, "801", "pw801-secret")
     token = csrf_of(client, "/desk")
     for evil in EVIL:
-        assert client.post(f"/calls/{i['call801']}/note", data={"csrf": token, "note": evil, "wrap_up_code": "已解决"}).status_code == 200
+        assert (
+            client.post(
+                f"/calls/{i['call801']}/note", data={"csrf": token, "note": evil, "wrap_up_code": "已解决"}
+            ).status_code
+            == 200
+        )
         with Session(engine) as s:
             assert s.scalar(select(CallNote.note)) == evil
         r = client.post(f"/calls/{i['call801']}/tickets", data={"csrf": token, "description": evil})
@@ -213,17 +267,22 @@ def test_injection_attempts_in_every_text_field_are_stored_inert(desk) -> None: 
     assert {"tickets", "ticket_history", "calls", "desk_users"} <= set(inspect(engine).get_table_names())
     before = snapshot(engine)
     for evil in EVIL:
-        for path, data in ((f"/tickets/{i['ticket801']}/edit", {"department": evil}),
-                           (f"/tickets/{i['ticket801']}/edit", {"caller_satisfied": evil}),
-                           (f"/tickets/{i['ticket801']}/move", {"to": evil}),
-                           (f"/calls/{i['call801']}/note", {"note": "ok", "wrap_up_code": evil}),
-                           ("/desk/command", {"command": evil})):
+        for path, data in (
+            (f"/tickets/{i['ticket801']}/edit", {"department": evil}),
+            (f"/tickets/{i['ticket801']}/edit", {"caller_satisfied": evil}),
+            (f"/tickets/{i['ticket801']}/move", {"to": evil}),
+            (f"/calls/{i['call801']}/note", {"note": "ok", "wrap_up_code": evil}),
+            ("/desk/command", {"command": evil}),
+        ):
             r = client.post(path, data={**data, "csrf": token})
             assert r.status_code == 400 and "无效" in r.text, (path, data)
     for path in ("/tickets/1%20OR%201=1", "/calls/1;DROP", "/tickets/99999999999999"):
         assert client.get(path).status_code == 404
     assert client.get("/report?date=2026-13-45' OR 1=1").status_code == 403  # agents cannot see the report at all
-    assert client.post(f"/tickets/{i['ticket801']}/edit", data={"csrf": token, "description": "x" * 5000}).status_code == 400
+    assert (
+        client.post(f"/tickets/{i['ticket801']}/edit", data={"csrf": token, "description": "x" * 5000}).status_code
+        == 400
+    )
     assert snapshot(engine) == before
 
 
@@ -252,9 +311,15 @@ def test_complaint_walks_from_open_to_closed_with_history(desk) -> None:  # type
         assert t.closed_at is not None and t.last_feedback_at is not None
         history = [(h.actor, h.action, h.status_to) for h in t.history]
     assert history == [
-        ("801", "opened", "open"), ("801", "edited", None), ("801", "status", "forwarded"), ("801", "feedback", None),
-        ("801", "edited", None), ("801", "status", "result_received"), ("801", "edited", None),
-        ("801", "status", "caller_informed"), ("801", "status", "closed"),
+        ("801", "opened", "open"),
+        ("801", "edited", None),
+        ("801", "status", "forwarded"),
+        ("801", "feedback", None),
+        ("801", "edited", None),
+        ("801", "status", "result_received"),
+        ("801", "edited", None),
+        ("801", "status", "caller_informed"),
+        ("801", "status", "closed"),
     ]
 
 
@@ -263,7 +328,9 @@ def test_daily_feedback_keeps_the_overdue_list_right_on_day_2_and_3(desk) -> Non
     day1 = datetime(2026, 11, 24, 1, 0, tzinfo=UTC)  # 09:00 Shanghai
     with Session(engine) as s, s.begin():
         call = s.scalars(select(Call)).first()
-        t = workflow.open_ticket(s, call, actor="801", agent_number="801", description="投诉", department="客服部", now=day1)
+        t = workflow.open_ticket(
+            s, call, actor="801", agent_number="801", description="投诉", department="客服部", now=day1
+        )
         workflow.move(s, t, "forwarded", actor="801", now=day1)  # a forwarded ticket still needs feedback
         tid = t.id
     for ticket in overdue_tickets(engine, day1 + timedelta(days=5)):
@@ -289,6 +356,16 @@ def test_daily_feedback_keeps_the_overdue_list_right_on_day_2_and_3(desk) -> Non
     assert overdue(day1 + timedelta(days=3, hours=3))  # day 4
 
 
+def test_the_softphone_link_finds_the_call_by_its_sip_call_id(desk) -> None:  # type: ignore[no-untyped-def]
+    client, engine, _ = desk
+    login(client, "801", "pw801-secret")
+    i = ids(engine)
+    r = client.get("/calls/sip", params={"call_id": "call-801"}, follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (303, f"/calls/{i['call801']}")
+    assert client.get("/calls/sip", params={"call_id": "call-802"}).status_code == 403  # someone else's
+    assert client.get("/calls/sip", params={"call_id": "nope' OR 1=1"}).status_code == 404
+
+
 def test_pause_button_queues_a_command_for_the_ivr(desk) -> None:  # type: ignore[no-untyped-def]
     client, engine, _ = desk
     login(client, "801", "pw801-secret")
@@ -303,7 +380,13 @@ def test_pop_has_name_tier_service_wait_history_and_tickets(desk) -> None:  # ty
     with Session(engine) as s:
         rung = s.scalar(select(CallEvent.id).where(CallEvent.kind == "agent_rung", CallEvent.detail == "agent=801"))
     pop = pop_for(engine, config, i["call801"], rung, "801")
-    assert (pop.name, pop.tier, pop.service, pop.queue_wait_s, pop.assets_bracket) == ("赵丽华", "senior", "consulting", 60 and pop.queue_wait_s, "500万–1000万")
+    assert (pop.name, pop.tier, pop.service, pop.queue_wait_s, pop.assets_bracket) == (
+        "赵丽华",
+        "senior",
+        "consulting",
+        60 and pop.queue_wait_s,
+        "500万–1000万",
+    )
     assert [t.description for t in pop.open_tickets] == ["801 的投诉"]
     login(client, "801", "pw801-secret")
     page = client.get("/desk").text
@@ -325,14 +408,17 @@ def test_supervisor_sees_wallboard_report_and_every_ticket(desk) -> None:  # typ
     assert r.status_code == 400 and "日期格式应为" in r.text
 
 
-@pytest.mark.parametrize(("line", "error"), [
-    ("colour = blue", r"sip.conf:\d+: \[desk\] colour: unknown key"),
-    ("port = 99999", r"sip.conf:\d+: \[desk\] port: '99999' is not a whole number"),
-    ("bind = localhost", r"\[desk\] bind: 'localhost' is not an IP address"),
-    ("secret_key = short", r"\[desk\] secret_key: needs 32 characters"),
-    ("display_name = {name.__class__}", r"\[desk\] display_name: .*unknown field"),
-    ("poll_ms = 1000", r"\[desk\] poll_ms"),
-])
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("colour = blue", r"sip.conf:\d+: \[desk\] colour: unknown key"),
+        ("port = 99999", r"sip.conf:\d+: \[desk\] port: '99999' is not a whole number"),
+        ("bind = localhost", r"\[desk\] bind: 'localhost' is not an IP address"),
+        ("secret_key = short", r"\[desk\] secret_key: needs 32 characters"),
+        ("display_name = {name.__class__}", r"\[desk\] display_name: .*unknown field"),
+        ("poll_ms = 1000", r"\[desk\] poll_ms"),
+    ],
+)
 def test_desk_config_errors_name_file_line_key_and_reason(tmp_path: Path, line: str, error: str) -> None:
     conf = tmp_path / "sip.conf"
     conf.write_text("[general]\nport = 5060\n[desk]\n" + line + "\n", encoding="utf-8")
@@ -346,4 +432,9 @@ def test_desk_defaults(tmp_path: Path) -> None:
     conf.write_text("[general]\nport = 5060\n", encoding="utf-8")
     c = load_desk_config(conf)
     assert (c.bind, c.port, c.service_level_seconds, c.cookie_secure, c.display_name) == (
-        "127.0.0.1", 8080, 20, True, "{name} {tier_label} {service_label}")
+        "127.0.0.1",
+        8080,
+        20,
+        True,
+        "{name} {tier_label} {service_label}",
+    )

@@ -30,9 +30,18 @@ from .test_e2e_sip import finished, wait_for_row
 pytestmark = pytest.mark.e2e
 SCREENSHOTS = ROOT / "var" / "screenshots"
 CUSTOMER, NAME = "13800000001", "赵丽华"  # the first number of loadtest/scenarios/callers.csv
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1366,768", "--lang=zh-CN")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1366,768",
+    "--lang=zh-CN",
+)
 
 
 @pytest.fixture
@@ -57,8 +66,13 @@ def browser() -> Iterator:
 
 
 def start_desk(conf: Path, port: int, log: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "desk", "--config", str(conf)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "desk", "--config", str(conf)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=open(log, "w"),
+        text=True,
+    )  # noqa: SIM115
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -89,7 +103,8 @@ def shot(driver, name: str) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_desk_pops_the_senior_caller_walks_a_complaint_and_the_wallboard_counts_the_call(
-        ivr_factory, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ivr_factory, browser, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     from selenium.common.exceptions import (
         NoSuchElementException,
         StaleElementReferenceException,
@@ -98,24 +113,40 @@ def test_desk_pops_the_senior_caller_walks_a_complaint_and_the_wallboard_counts_
 
     def wait(timeout: float, condition, poll: float = 0.1) -> None:  # type: ignore[no-untyped-def]
         # a form post navigates: an element found on the old page may be gone by the time it is read
-        WebDriverWait(driver, timeout, poll_frequency=poll,
-                      ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(condition)
+        WebDriverWait(
+            driver,
+            timeout,
+            poll_frequency=poll,
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+        ).until(condition)
 
     driver = browser
     db_url = f"sqlite:///{tmp_path / 'crm.db'}"
     engine = make_engine(db_url)
     migrate(engine)
-    (tmp_path / "customers.csv").write_text(f"phone,name,assets,volume\n{CUSTOMER},{NAME},9000000,0\n", encoding="utf-8")
+    (tmp_path / "customers.csv").write_text(
+        f"phone,name,assets,volume\n{CUSTOMER},{NAME},9000000,0\n", encoding="utf-8"
+    )
     assert import_customers(engine, tmp_path / "customers.csv") == 1
     engine.dispose()
     agent_port, desk_port = free_port(), free_port(socket.SOCK_STREAM)
-    agents = (f"[801]\ntype = agent\nseat_group = senior\nhost = 127.0.0.1:{agent_port}\nsecret = pw801-desk-e2e\nname = 张敏\n"
-              "[queues]\nwrap_up_seconds = 2\n")
+    agents = (
+        f"[801]\ntype = agent\nseat_group = senior\nhost = 127.0.0.1:{agent_port}\n"
+        "secret = pw801-desk-e2e\nname = 张敏\n"
+        "[queues]\nwrap_up_seconds = 2\n"
+    )
     desk_section = f"[desk]\nport = {desk_port}\nsecret_key = e2e-secret-key-0123456789abcdef0123456789\n"
     ivr = ivr_factory(db_url=db_url, extra=agents + desk_section)
     desk_conf = tmp_path / "sip.conf"  # one file for both: the IVR leaves [desk] to the desk
-    made = subprocess.run([sys.executable, "-m", "desk", "--config", str(desk_conf), "add-supervisor", "王经理"],
-                          cwd=ROOT, input="supervisor-pw\n", capture_output=True, text=True, timeout=30, check=False)
+    made = subprocess.run(
+        [sys.executable, "-m", "desk", "--config", str(desk_conf), "add-supervisor", "王经理"],
+        cwd=ROOT,
+        input="supervisor-pw\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert made.returncode == 0 and "supervisor 王经理 created" in made.stdout, made.stderr
     desk = start_desk(desk_conf, desk_port, tmp_path / "desk.log")
     base = f"http://127.0.0.1:{desk_port}"
@@ -131,7 +162,9 @@ def test_desk_pops_the_senior_caller_walks_a_complaint_and_the_wallboard_counts_
         rung_at = None
         deadline = time.monotonic() + 40
         while rung_at is None and time.monotonic() < deadline:
-            row = crm.execute("SELECT at FROM call_events WHERE kind = 'agent_rung' AND detail = 'agent=801'").fetchone()
+            row = crm.execute(
+                "SELECT at FROM call_events WHERE kind = 'agent_rung' AND detail = 'agent=801'"
+            ).fetchone()
             rung_at = datetime.fromisoformat(row[0]).replace(tzinfo=UTC) if row else None
             time.sleep(0.05)
         assert rung_at is not None, "the agent's phone was never rung"
@@ -176,7 +209,15 @@ def test_desk_pops_the_senior_caller_walks_a_complaint_and_the_wallboard_counts_
         wait(5, status_is("已结案"))
         history = driver.find_elements("css selector", "#history tr.history-row")
         assert [r.find_elements("tag name", "td")[2].text for r in history] == [
-            "登记", "流转", "反馈客户", "修改", "流转", "修改", "流转", "流转"]
+            "登记",
+            "流转",
+            "反馈客户",
+            "修改",
+            "流转",
+            "修改",
+            "流转",
+            "流转",
+        ]
         assert all(r.find_elements("tag name", "td")[1].text == "801" for r in history)
         shot(driver, "ticket.png")
 
@@ -186,23 +227,33 @@ def test_desk_pops_the_senior_caller_walks_a_complaint_and_the_wallboard_counts_
         assert (row["agent_number"], row["outcome"]) == ("801", "completed")
         notes = crm.execute("SELECT note, wrap_up_code FROM call_notes").fetchall()
         assert notes == [("客户询问理财产品,转账延迟", "转投诉")]
-        assert crm.execute("SELECT status, department, caller_satisfied FROM tickets").fetchall() == [("closed", "财务部", 1)]
+        assert crm.execute("SELECT status, department, caller_satisfied FROM tickets").fetchall() == [
+            ("closed", "财务部", 1)
+        ]
 
         # the supervisor: wallboard counts the call live, the report lists it
         driver.find_element("css selector", "header form button").click()  # 退出
         login(driver, base, "王经理", "supervisor-pw")
         wait(5, lambda d: d.find_elements("id", "board"))
-        wait(5, lambda d: d.find_element("id", "calls-senior").text == "1"
-                                       and d.find_element("id", "answered-senior").text == "1")
+        wait(
+            5,
+            lambda d: (
+                d.find_element("id", "calls-senior").text == "1" and d.find_element("id", "answered-senior").text == "1"
+            ),
+        )
         assert "张敏" in driver.find_element("id", "group-senior").text
         shot(driver, "wallboard.png")
         driver.get(base + "/report")
         wait(5, lambda d: d.find_elements("id", "report-day"))
         first_row = driver.find_element("css selector", "table.report tbody tr").text
         assert first_row.startswith("高级坐席组 1 1 100.0%"), first_row
-        wait(10, lambda d: all(
-            d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
-            for img in d.find_elements("css selector", ".charts img")))
+        wait(
+            10,
+            lambda d: all(
+                d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+                for img in d.find_elements("css selector", ".charts img")
+            ),
+        )
         shot(driver, "report.png")
         # an agent never reaches the supervisor's pages, whatever the browser asks for
         driver.find_element("css selector", "header form button").click()

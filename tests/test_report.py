@@ -43,26 +43,60 @@ def seeded(request, tmp_path: Path):  # type: ignore[no-untyped-def]
     migrate(engine)
     with Session(engine) as s, s.begin():
         for n, (at, group, agent, outcome, wait, talk, score, greeting) in enumerate(CALLS):
-            call = Call(sip_call_id=f"c{n}", caller=f"1380000000{n}", callee="95000", started_at=at, ended_at=at,
-                        seat_group=group, agent_number=agent, outcome=outcome, queue_wait_s=wait, talk_s=talk,
-                        survey_score=score, greeting=greeting)
+            call = Call(
+                sip_call_id=f"c{n}",
+                caller=f"1380000000{n}",
+                callee="95000",
+                started_at=at,
+                ended_at=at,
+                seat_group=group,
+                agent_number=agent,
+                outcome=outcome,
+                queue_wait_s=wait,
+                talk_s=talk,
+                survey_score=score,
+                greeting=greeting,
+            )
             s.add(call)
             s.flush()
             if score:
-                s.add(Survey(call_id=call.id, at=at, agent_number=agent, seat_group=group, score=score,
-                             label={1: "satisfied", 2: "average", 3: "dissatisfied"}[score]))
+                s.add(
+                    Survey(
+                        call_id=call.id,
+                        at=at,
+                        agent_number=agent,
+                        seat_group=group,
+                        score=score,
+                        label={1: "satisfied", 2: "average", 3: "dissatisfied"}[score],
+                    )
+                )
         first = 1
         tickets = [  # (opened, group, agent, status, closed_at, feedback)
             (utc(2026, 11, 25, 17, 0), "senior", "801", "open", None, None),  # opened on the day, not yet due
-            (utc(2026, 11, 24, 10, 0), "middle", "811", "forwarded", None, utc(2026, 11, 25, 9, 0)),  # overdue at day end
+            (
+                utc(2026, 11, 24, 10, 0),
+                "middle",
+                "811",
+                "forwarded",
+                None,
+                utc(2026, 11, 25, 9, 0),
+            ),  # overdue at day end
             (utc(2026, 11, 24, 10, 0), "senior", "801", "closed", utc(2026, 11, 26, 3, 0), None),  # closed on the day
             (utc(2026, 11, 24, 10, 0), "junior", "821", "caller_informed", None, utc(2026, 11, 26, 10, 0)),  # fed back
             (utc(2026, 11, 26, 16, 30), "junior", "821", "open", None, None),  # the next day
         ]
         for opened, group, agent, status, closed_at, feedback in tickets:
-            t = Ticket(call_id=first, customer_phone="13800000000", agent_number=agent, seat_group=group, status=status,
-                       opened_at=opened, next_feedback_due=(feedback or opened).replace(day=(feedback or opened).day + 1),
-                       closed_at=closed_at, last_feedback_at=feedback)
+            t = Ticket(
+                call_id=first,
+                customer_phone="13800000000",
+                agent_number=agent,
+                seat_group=group,
+                status=status,
+                opened_at=opened,
+                next_feedback_due=(feedback or opened).replace(day=(feedback or opened).day + 1),
+                closed_at=closed_at,
+                last_feedback_at=feedback,
+            )
             s.add(t)
             s.flush()
             if feedback:
@@ -106,15 +140,25 @@ def test_report_figures_match_the_hand_computed_ones(seeded) -> None:  # type: i
     agents = {a.key: a for a in r.agents}
     assert set(agents) == {"801", "811", "821"}
     assert agents["801"].label == "801 张敏"
-    assert (agents["801"].calls, agents["801"].wait_avg, agents["801"].wait_p90, agents["801"].talk_avg) == (2, 17.5, 30, 150)
+    assert (agents["801"].calls, agents["801"].wait_avg, agents["801"].wait_p90, agents["801"].talk_avg) == (
+        2,
+        17.5,
+        30,
+        150,
+    )
     assert (agents["801"].complaints_opened, agents["801"].complaints_closed) == (1, 1)
-    assert r.calls_by_hour[0] == 1 and r.calls_by_hour[7] == 1 and r.calls_by_hour[23] == 1 and sum(r.calls_by_hour) == 7
+    assert (
+        r.calls_by_hour[0] == 1 and r.calls_by_hour[7] == 1 and r.calls_by_hour[23] == 1 and sum(r.calls_by_hour) == 7
+    )
 
 
 def test_low_scores_and_overdue_use_the_shanghai_day(seeded) -> None:  # type: ignore[no-untyped-def]
     engine, _ = seeded
     # the score-3 survey at 2026-11-25 23:30 UTC is 07:30 on the 26th in Shanghai; the 16:00 UTC one is the 27th
-    assert [(s.score, caller) for s, caller, _ in low_scores(engine, DAY, SHANGHAI)] == [(3, "13800000002"), (2, "13800000004")]
+    assert [(s.score, caller) for s, caller, _ in low_scores(engine, DAY, SHANGHAI)] == [
+        (3, "13800000002"),
+        (2, "13800000004"),
+    ]
     assert [s.score for s, _, _ in low_scores(engine, date(2026, 11, 27), SHANGHAI)] == [3]
     # now = the day's end: the forwarded middle ticket (fed back 25th 09:00) is due 26th 09:00 and overdue
     assert [t.seat_group for t in overdue_tickets(engine, utc(2026, 11, 26, 16))] == ["middle"]
