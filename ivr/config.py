@@ -11,6 +11,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import re
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import time as clock_time
@@ -55,6 +56,13 @@ class GeneralConfig:
     max_call_seconds: float = 3600.0
     drain_seconds: float = 120.0
     rtp_strict: bool = True
+    # SIP transports (RFC 3261 §18): UDP and TCP on `port`, TLS on `tls_port` with a PEM certificate and key.
+    transports: frozenset[str] = frozenset({"udp", "tcp"})
+    tls_port: int = 5061
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    tcp_idle_seconds: float = 300.0  # a connection without a complete message this long is closed
+    max_connections: int = 1000  # TCP and TLS together; more are refused
 
     @property
     def payload_types(self) -> list[int]:
@@ -174,6 +182,15 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MediaConfig:
+    """Media security (`[media]`): whether calls may, or must, use SRTP with SDES keys (RFC 4568)."""
+
+    # off: an RTP/SAVP offer gets 488; optional: RTP/SAVP is answered RTP/SAVP, RTP/AVP plain;
+    # required: an RTP/AVP offer gets 488. An RTP/SAVP offer is never answered in clear.
+    srtp: str = "optional"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     general: GeneralConfig = GeneralConfig()
@@ -194,6 +211,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     webhook: WebhookConfig = WebhookConfig()
     cluster: ClusterConfig = ClusterConfig()
+    media: MediaConfig = MediaConfig()
     hours: HoursConfig = HoursConfig()
     callbacks: CallbacksConfig = CallbacksConfig()
     greet_senior_by_name: bool = False
@@ -219,6 +237,7 @@ _KNOWN: dict[str, set[str]] = {
         "bind", "port", "advertised_ip", "rtp_port_min", "rtp_port_max", "codecs",
         "ring_seconds", "company", "timezone", "numbers", "user_agent", "status_file",
         "max_calls", "max_call_seconds", "drain_seconds", "rtp_strict",
+        "transports", "tls_port", "tls_certificate", "tls_key", "tcp_idle_seconds", "max_connections",
     },
     "greeting": {"dayparts"},
     "silence": {"wait_seconds", "attempts", "last_prompt", "vad_aggressiveness", "speech_ms"},
@@ -230,6 +249,7 @@ _KNOWN: dict[str, set[str]] = {
         "auth_failures", "auth_ban_seconds", "trusted", "excess", "max_invites_per_second", "max_loop_lag_ms",
     },
     "metrics": {"bind", "port"},
+    "media": {"srtp"},
     "cluster": {"shared_agents", "worker", "secret", "worker_timeout_seconds"},
     "webhook": {"url", "secret", "max_attempts", "timeout_seconds", "backoff_seconds", "backoff_max_seconds"},
     "log": {"level", "format"},
@@ -319,6 +339,30 @@ def _parse_codecs(raw: str) -> tuple[str, ...]:
     return names
 
 
+def _transports(raw: str) -> frozenset[str]:
+    names = [t.strip().lower() for t in raw.split(",") if t.strip()]
+    unknown = [n for n in names if n not in ("udp", "tcp", "tls")]
+    if unknown or not names:
+        raise ValueError("choose from udp, tcp, tls (RFC 3261 §18 wants udp and tcp)")
+    return frozenset(names)
+
+
+def _check_tls(r: _Reader, general: GeneralConfig) -> None:
+    """TLS needs a readable PEM certificate (chain) and its private key, checked now rather than at the first call."""
+    for key, path in (("tls_certificate", general.tls_certificate), ("tls_key", general.tls_key)):
+        if path is None:
+            raise r.error("general", key, "required when transports includes tls (a PEM file)")
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            raise r.error("general", key, f"cannot read {path}: {exc.strerror}") from None
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(general.tls_certificate, general.tls_key)
+    except (ssl.SSLError, ValueError) as exc:
+        raise r.error("general", "tls_certificate",
+                      f"{general.tls_certificate} and {general.tls_key} are not a PEM certificate and its key ({exc})") from None
+
+
 def _zone(raw: str) -> str:
     try:
         ZoneInfo(raw)
@@ -392,7 +436,15 @@ def load_config(path: Path) -> Config:
         max_call_seconds=r.number("general", "max_call_seconds", g.max_call_seconds, 60, 86_400),
         drain_seconds=r.number("general", "drain_seconds", g.drain_seconds, 0, 86_400),
         rtp_strict=r.get("general", "rtp_strict", g.rtp_strict, _bool, "yes or no"),
+        transports=r.get("general", "transports", g.transports, _transports, "a list of udp, tcp, tls"),
+        tls_port=int(r.number("general", "tls_port", g.tls_port, 1, 65535, int)),
+        tls_certificate=r.file_path("general", "tls_certificate", None),
+        tls_key=r.file_path("general", "tls_key", None),
+        tcp_idle_seconds=r.number("general", "tcp_idle_seconds", g.tcp_idle_seconds, 10, 86_400),
+        max_connections=int(r.number("general", "max_connections", g.max_connections, 1, 100_000, int)),
     )
+    if "tls" in general.transports:
+        _check_tls(r, general)
 
     s = SilenceConfig()
     silence = SilenceConfig(
@@ -446,6 +498,7 @@ def load_config(path: Path) -> Config:
         limits=_limits(r),
         webhook=_webhook(r),
         cluster=_cluster(r, url),
+        media=_media(r),
         metrics_bind=r.get("metrics", "bind", "127.0.0.1", lambda v: str(ipaddress.ip_address(v)), "an IP address"),
         metrics_port=int(r.number("metrics", "port", 0, 0, 65535, int)),
         tiers=tiers,
@@ -472,6 +525,14 @@ def load_config(path: Path) -> Config:
             "a log format",
         ),
     )
+
+
+def _media(r: _Reader) -> MediaConfig:
+    modes = ("off", "optional", "required")  # ivr.srtp.SRTP_MODES, not imported: no libsrtp to read a file
+    srtp = r.get("media", "srtp", MediaConfig().srtp,
+                 lambda raw: raw.lower() if raw.lower() in modes else _raise("choose off, optional or required"),
+                 "an SRTP mode")
+    return MediaConfig(srtp=str(srtp))
 
 
 def _bool(raw: str) -> bool:

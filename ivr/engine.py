@@ -357,7 +357,7 @@ class Engine:
         self.accepting = True
         self._tasks: set[asyncio.Task[None]] = set()
         g = config.general
-        self.endpoint = SipEndpoint(g.bind, g.port, self, user_agent=g.user_agent, advertised=g.advertised_ip)
+        self.endpoint = SipEndpoint(g.bind, g.port, self, user_agent=g.user_agent, advertised=g.advertised_ip, transports=g.transports, tls_port=g.tls_port, tls_certificate=str(g.tls_certificate or ""), tls_key=str(g.tls_key or ""), idle_seconds=g.tcp_idle_seconds, max_connections=g.max_connections)
 
     @property
     def media_ip(self) -> str:

@@ -144,3 +144,70 @@ def test_unreadable_music_file_names_the_file_and_the_key(tmp_path: Path) -> Non
 def test_sections_of_other_readers_are_left_to_them(tmp_path: Path) -> None:
     path = config_with(tmp_path, "[general]\nport = 5070\n[desk]\nport = 8080\nanything = goes\n")
     assert load_config(path).general.port == 5070
+
+
+def test_sip_transports_default_to_udp_and_tcp_with_stream_limits() -> None:
+    g = load_config(EXAMPLE).general
+    assert g.transports == frozenset({"udp", "tcp"})
+    assert (g.tls_port, g.tls_certificate, g.tls_key) == (5061, None, None)
+    assert (g.tcp_idle_seconds, g.max_connections) == (300.0, 1000)
+
+
+def test_tls_reads_its_certificate_and_key_relative_to_the_config(tmp_path: Path) -> None:
+    from .test_e2e_tcp import self_signed_certificate
+
+    self_signed_certificate(tmp_path)
+    path = config_with(tmp_path, "[general]\ntransports = udp, TCP, tls\ntls_port = 5071\n"
+                                 "tls_certificate = cert.pem\ntls_key = key.pem\ntcp_idle_seconds = 60\n"
+                                 "max_connections = 20\n")
+    g = load_config(path).general
+    assert g.transports == frozenset({"udp", "tcp", "tls"})
+    assert (g.tls_port, g.tls_certificate, g.tls_key) == (5071, tmp_path / "cert.pem", tmp_path / "key.pem")
+    assert (g.tcp_idle_seconds, g.max_connections) == (60.0, 20)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "reason"),
+    [
+        ("[general]\ntransports = udp, sctp\n", 2, "[general] transports", "choose from udp, tcp, tls"),
+        ("[general]\ntransports = tls\n", 1, "[general] tls_certificate", "required when transports includes tls"),
+        ("[general]\ntransports = tls\ntls_certificate = nope.pem\n\ntls_key = nope.key\n", 3,
+         "[general] tls_certificate", "cannot read"),
+        ("[general]\ntransports = tls\ntls_certificate = sip.conf\ntls_key = sip.conf\n", 3,
+         "[general] tls_certificate", "are not a PEM certificate and its key"),
+        ("[general]\ntcp_idle_seconds = 1\n", 2, "[general] tcp_idle_seconds", "from 10 to 86400"),
+        ("[general]\nmax_connections = 0\n", 2, "[general] max_connections", "from 1 to 100000"),
+        ("[general]\ntls_port = 70000\n", 2, "[general] tls_port", "from 1 to 65535"),
+    ],
+)
+def test_bad_transport_setting_names_file_line_key_and_reason(tmp_path: Path, text: str, line: int, key: str,
+                                                              reason: str) -> None:
+    path = config_with(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert (err.value.file, err.value.line, err.value.key) == (path, line, key)
+    assert reason in str(err.value)
+
+
+def test_srtp_is_optional_unless_media_says_otherwise(tmp_path: Path) -> None:
+    assert load_config(EXAMPLE).media.srtp == "optional"
+    assert load_config(config_with(tmp_path, "[general]\nport = 5070\n")).media.srtp == "optional"
+    for mode in ("off", "optional", "Required"):
+        assert load_config(config_with(tmp_path, f"[media]\nsrtp = {mode}\n")).media.srtp == mode.lower()
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "reason"),
+    [
+        ("[general]\nport = 5070\n\n[media]\nsrtp = mandatory\n", 5, "[media] srtp", "choose off, optional or required"),
+        ("[media]\nsrtp =\n", 2, "[media] srtp", "choose off, optional or required"),
+        ("[media]\nsrtp = off\nsdes = yes\n", 3, "[media] sdes", "unknown key; known keys are srtp"),
+    ],
+)
+def test_bad_media_setting_names_file_line_key_and_reason(tmp_path: Path, text: str, line: int, key: str,
+                                                          reason: str) -> None:
+    path = config_with(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert (err.value.file, err.value.line, err.value.key) == (path, line, key)
+    assert reason in str(err.value)

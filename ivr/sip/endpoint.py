@@ -1,6 +1,7 @@
-"""The SIP endpoint: one UDP socket, our transaction layer and dialogs, and the calls on them.
+"""The SIP endpoint: a UDP socket, TCP and TLS listeners, our transaction layer and dialogs, and the calls on them.
 
-This is the edge where SIP meets the network. A datagram is parsed (the
+This is the edge where SIP meets the network. A datagram, or a message framed
+off a TCP/TLS connection (`ivr.sip.stream`), is parsed (the
 message syntax is aiosipua's), screened by the owner (per-source limits, RFC
 3261 request checks), and fed to the sans-IO transaction layer
 (`ivr.sip.transactions`), which absorbs retransmissions. What is new reaches
@@ -11,12 +12,18 @@ datagram and each timer; one loop timer serves every transaction.
 
 Responses go where RFC 3261 §18.2.2 says: to the source address, at the
 port of the top Via's sent-by, or at the source port when the Via asks for
-rport (RFC 3581).
+rport (RFC 3581). A request that came on a connection is answered on that
+connection, and the layer is told it is reliable (no retransmissions). The
+layer addresses everything by (host, port); a `StreamAddress` is such a pair
+that remembers it belongs to a connection. Requests we send go on a live
+connection with the destination when there is one (an agent's phone that
+registered over TCP), else over UDP; their Via and Contact name the transport.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -25,6 +32,7 @@ from aiosipua.message import SipMessage, SipRequest, SipResponse, missing_requir
 from aiosipua.sdp import SdpMessage, parse_sdp, serialize_sdp
 
 from ivr.sip.dialogs import Dialog, DialogState, make_response, new_branch, new_call_id, new_tag
+from ivr.sip.stream import MESSAGE_SECONDS, PONG, Broken, Framed, Ping, StreamFramer
 from ivr.sip.transactions import (
     AckReceived,
     ClientTransaction,
@@ -47,6 +55,19 @@ ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER"
 NOT_ALLOWED = {"MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "PRACK", "UPDATE"}
 DialogKey = tuple[str, str, str]
 Headers = list[tuple[str, str]]  # in order; a name may repeat (two WWW-Authenticate challenges)
+MAX_WRITE_BUFFER = 1024 * 1024  # bytes queued to a peer that does not read: it is dropped
+SWEEP_SECONDS = 1.0  # how often connections are checked against the idle and message deadlines
+
+
+class StreamAddress(tuple[str, int]):
+    """A peer's (host, port) on a TCP or TLS connection; equal to the plain pair, plus its transport."""
+
+    transport: str  # "TCP" or "TLS"
+
+    def __new__(cls, host: str, port: int, transport: str) -> StreamAddress:
+        self = super().__new__(cls, (host, port))
+        self.transport = transport
+        return self
 
 
 class EndpointOwner(Protocol):
@@ -71,6 +92,8 @@ class EndpointOwner(Protocol):
 
 def response_address(request: SipRequest, source: Address) -> Address:
     """Where a response to `request` goes (RFC 3261 §18.2.2, RFC 3581)."""
+    if isinstance(source, StreamAddress):
+        return source  # §18.2.2: on the connection the request came on
     via = parse_top_via(request.headers.get_first("via") or "")
     if via is None or via.rport:
         return source
@@ -102,7 +125,7 @@ class InboundCall:
 
     def _respond(self, status: int, reason: str, *, headers: dict[str, str] | None = None,
                  body: bytes = b"", content_type: str | None = None) -> None:
-        extra = [("Contact", self.endpoint.contact)] if 100 < status < 300 else []
+        extra = [("Contact", self.endpoint.contact_for(self.source_addr))] if 100 < status < 300 else []
         extra.append(("User-Agent", self.endpoint.user_agent))
         extra.extend((headers or {}).items())
         response = make_response(self.invite, status, reason, to_tag=self.local_tag if status > 100 else None,
@@ -176,8 +199,9 @@ class OutboundCall:
             return
         self.dialog = Dialog.as_uac(self.invite, response)
         assert self.transaction is not None
-        ack = self.dialog.create_request("ACK", via=self.endpoint.via(), cseq=self.dialog.local_cseq)
-        self.endpoint.transactions.send_ack(self.transaction, ack, self.endpoint.target_of(self.dialog, self.destination))
+        endpoint = self.endpoint
+        ack = self.dialog.create_request("ACK", via=endpoint.via(self.destination), cseq=self.dialog.local_cseq)
+        endpoint.transactions.send_ack(self.transaction, ack, endpoint.target_of(self.dialog, self.destination))
         if self.ended:  # cancelled while the 200 was on its way: ACK it, then BYE (§9.1)
             self.endpoint.send_in_dialog(self.dialog, "BYE", self.destination)
             return
@@ -240,16 +264,62 @@ class _Protocol(asyncio.DatagramProtocol):
         log.warning("sip_udp_error", error=str(exc))
 
 
+class _Connection(asyncio.Protocol):
+    """One accepted TCP or TLS connection: its framer and the peer at the other end."""
+
+    def __init__(self, endpoint: SipEndpoint, transport_name: str) -> None:
+        self.endpoint = endpoint
+        self.transport_name = transport_name
+        self.transport: asyncio.Transport | None = None
+        self.address = StreamAddress("", 0, transport_name)
+        self.framer: StreamFramer | None = None
+        self.closing: str | None = None  # why we closed it
+
+    @property
+    def peer(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.address = StreamAddress(str(peer[0]), int(peer[1]), self.transport_name)
+        self.endpoint.connection_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.endpoint.stream_received(self, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.endpoint.connection_lost(self, exc)
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            self.endpoint.close_connection(self, f"peer not reading ({MAX_WRITE_BUFFER} bytes queued)", abort=True)
+
+
 class SipEndpoint:
-    """One SIP endpoint on UDP: see the module docstring."""
+    """One SIP endpoint on UDP, TCP and TLS: see the module docstring."""
 
     def __init__(self, bind: str, port: int, owner: EndpointOwner, *, user_agent: str,
-                 advertised: str | None = None) -> None:
+                 advertised: str | None = None, transports: frozenset[str] = frozenset({"udp"}),
+                 tls_port: int = 5061, tls_certificate: str | None = None, tls_key: str | None = None,
+                 idle_seconds: float = 300.0, max_connections: int = 1000) -> None:
         self.bind, self.port = bind, port
         self.owner = owner
         self.user_agent = user_agent
         self.host = advertised or bind
         self.contact = f"<sip:{self.host}:{port}>"
+        self.transports = frozenset(t.lower() for t in transports)
+        self.tls_port = tls_port
+        self.tls_certificate, self.tls_key = tls_certificate, tls_key
+        self.idle_seconds = idle_seconds
+        self.max_connections = max_connections
+        self.connections: dict[Address, _Connection] = {}  # by the peer's plain (host, port)
+        self._servers: list[asyncio.Server] = []
+        self._sweeper: asyncio.TimerHandle | None = None
         self.transactions = SipTransactions()
         self.dialogs: dict[DialogKey, InboundCall | OutboundCall] = {}
         self.calls: dict[ServerTransaction, InboundCall] = {}  # INVITEs not yet answered finally
@@ -263,12 +333,33 @@ class SipEndpoint:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=(self.bind, self.port))
-        self._udp = transport  # type: ignore[assignment]
+        if "udp" in self.transports:
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self),
+                                                               local_addr=(self.bind, self.port))
+            self._udp = transport  # type: ignore[assignment]
+        if "tcp" in self.transports:
+            self._servers.append(await loop.create_server(lambda: _Connection(self, "TCP"), self.bind, self.port,
+                                                          reuse_address=True))
+        if "tls" in self.transports:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.tls_certificate or "", self.tls_key)
+            self._servers.append(await loop.create_server(lambda: _Connection(self, "TLS"), self.bind, self.tls_port,
+                                                          ssl=context, ssl_handshake_timeout=MESSAGE_SECONDS,
+                                                          reuse_address=True))
+        if self._servers:
+            self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
 
     async def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for server in self._servers:
+            server.close()
+        for connection in list(self.connections.values()):
+            self.close_connection(connection, "shutting down")
+        self._servers.clear()
         if self._udp is not None:
             self._udp.close()
             self._udp = None
@@ -282,7 +373,16 @@ class SipEndpoint:
         """Send what the layer queued and re-arm the one timer."""
         udp = self._udp
         for data, addr in self.transactions.datagrams_to_send():
-            if udp is not None:
+            # a response to a request that came on a connection; a request to a peer we hold a connection with
+            if isinstance(addr, StreamAddress) or (
+                    self.connections and addr in self.connections and not data.startswith(b"SIP/2.0 ")):
+                connection = self.connections.get(addr)
+                if connection is not None:
+                    connection.write(data)
+                else:
+                    log.info("sip_connection_gone", peer=f"{addr[0]}:{addr[1]}",
+                             line=data[:60].decode("utf-8", "replace"))
+            elif udp is not None:
                 udp.sendto(data, addr)
         deadline = self.transactions.get_timer()
         if deadline != self._timer_at:
@@ -308,6 +408,9 @@ class SipEndpoint:
     def _datagram(self, data: bytes, source: Address) -> None:
         if not data.strip():
             return  # a keep-alive CRLF (RFC 5626 §3.5.1)
+        self._message(data, source)
+
+    def _message(self, data: bytes, source: Address) -> None:
         end = data.find(b"\n", 0, 8192)
         self.request_line = data[: end if end >= 0 else 8192].rstrip(b"\r").decode("utf-8", "replace")
         try:
@@ -319,6 +422,91 @@ class SipEndpoint:
             self._response(message, source)
         else:
             self._request(message, source)
+
+    # --- connections (TCP, TLS) ---------------------------------------------------------
+
+    def connection_made(self, connection: _Connection) -> None:
+        if len(self.connections) >= self.max_connections:
+            connection.closing = f"max_connections ({self.max_connections}) reached"
+            log.warning("sip_connection_refused", transport=connection.transport_name, peer=connection.peer,
+                        reason=connection.closing)
+            assert connection.transport is not None
+            connection.transport.abort()
+            return
+        connection.framer = StreamFramer(self._now(), idle_seconds=self.idle_seconds)
+        old = self.connections.get(connection.address)
+        if old is not None:
+            self.close_connection(old, "replaced by a new connection from the same address")
+        self.connections[connection.address] = connection
+        log.info("sip_connection_opened", transport=connection.transport_name, peer=connection.peer)
+
+    def connection_lost(self, connection: _Connection, exc: Exception | None) -> None:
+        if self.connections.get(connection.address) is connection:
+            del self.connections[connection.address]
+        if connection.closing is None:
+            connection.closing = "closed by peer" if exc is None else f"lost: {exc}"[:200]
+            log.info("sip_connection_closed", transport=connection.transport_name, peer=connection.peer,
+                     reason=connection.closing, messages=connection.framer.messages if connection.framer else 0)
+
+    def close_connection(self, connection: _Connection, reason: str, *, abort: bool = False) -> None:
+        """Close a connection (after what is queued to it, unless `abort`), and log why."""
+        if connection.closing is not None:
+            return
+        connection.closing = reason
+        if self.connections.get(connection.address) is connection:
+            del self.connections[connection.address]
+        log.info("sip_connection_closed", transport=connection.transport_name, peer=connection.peer, reason=reason,
+                 messages=connection.framer.messages if connection.framer else 0)
+        if connection.transport is not None:
+            if abort:
+                connection.transport.abort()
+            else:
+                connection.transport.close()
+
+    def stream_received(self, connection: _Connection, data: bytes) -> None:
+        framer = connection.framer
+        if framer is None or connection.closing is not None:
+            return
+        try:
+            for event in framer.feed(data, self._now()):
+                if isinstance(event, Framed):
+                    self._message(event.data, connection.address)
+                elif isinstance(event, Ping):
+                    connection.write(PONG)  # RFC 5626 §3.5.1
+                elif isinstance(event, Broken):
+                    if event.status is not None:
+                        self._answer_broken(connection, event)
+                    self.close_connection(connection, event.reason)
+        except Exception:  # noqa: BLE001 — one message must never take the endpoint down
+            log.exception("sip_handler_error", source=connection.peer, line=self.request_line[:120])
+        finally:
+            self.flush()
+
+    def _answer_broken(self, connection: _Connection, broken: Broken) -> None:
+        """A 400 to a message that cannot be framed, when its head is a request we can answer."""
+        try:
+            request = SipMessage.parse(broken.head + b"\r\n")
+        except Exception:  # noqa: BLE001 — nothing to answer
+            return
+        if not isinstance(request, SipRequest) or request.method == "ACK" or not request.headers.get_first("via"):
+            return
+        log.warning("sip_bad_request", source=connection.peer, method=request.method[:20], status=400,
+                    error=broken.reason)
+        connection.write(bytes(make_response(request, 400, "Missing Content-Length", to_tag=new_tag())))
+
+    def _sweep(self) -> None:
+        """Close connections past their idle or message deadline; re-arms itself."""
+        now = self._now()
+        busy = {c.source_addr if isinstance(c, InboundCall) else c.destination for c in self.dialogs.values()}
+        try:
+            for connection in list(self.connections.values()):
+                assert connection.framer is not None
+                # a call's connection stays up however quiet the call is: its BYE must find the way
+                reason = connection.framer.expired(now, busy=connection.address in busy)
+                if reason is not None:
+                    self.close_connection(connection, reason, abort=True)
+        finally:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
 
     # --- requests -----------------------------------------------------------------------
 
@@ -333,7 +521,8 @@ class SipEndpoint:
                 self.reply(request, source, 400, "Missing Required Header")
             return
         try:
-            event = self.transactions.receive_request(request, response_address(request, source), self._now())
+            event = self.transactions.receive_request(request, response_address(request, source), self._now(),
+                                                      reliable=isinstance(source, StreamAddress))
         except Overloaded:
             self.reply(request, source, 503, "Service Unavailable", {"Retry-After": "5"})
             return
@@ -348,7 +537,7 @@ class SipEndpoint:
         method = request.method
         if method == "INVITE":
             if header_tag(request.headers.get_first("to")):
-                self._reinvite(request, transaction)
+                self._reinvite(request, transaction, source)
                 return
             self.respond(transaction, make_response(request, 100, "Trying"))
             call = InboundCall(self, transaction, source)
@@ -397,7 +586,7 @@ class SipEndpoint:
         else:
             self.respond(transaction, make_response(request, 405, "Method Not Allowed", headers=[("Allow", ALLOW)]))
 
-    def _reinvite(self, request: SipRequest, transaction: ServerTransaction) -> None:
+    def _reinvite(self, request: SipRequest, transaction: ServerTransaction, source: Address) -> None:
         """A re-INVITE (session refresh, hold): the session stays as it is; answered with the same SDP."""
         found = self.dialogs.get(_dialog_key(request))
         if not isinstance(found, InboundCall) or found.ended:
@@ -409,8 +598,8 @@ class SipEndpoint:
             return
         answer = found.sdp_answer
         body = serialize_sdp(answer).encode() if answer is not None else b""
-        self.respond(transaction, make_response(request, 200, "OK", headers=[("Contact", self.contact)], body=body,
-                                                content_type="application/sdp" if body else None))
+        self.respond(transaction, make_response(request, 200, "OK", headers=[("Contact", self.contact_for(source))],
+                                                body=body, content_type="application/sdp" if body else None))
 
     def respond(self, transaction: ServerTransaction, response: SipResponse) -> None:
         self.transactions.respond(transaction, response, self._now())
@@ -459,12 +648,31 @@ class SipEndpoint:
 
     # --- requests we send ---------------------------------------------------------------
 
-    def via(self) -> str:
-        return f"SIP/2.0/UDP {self.host}:{self.port};branch={new_branch()};rport"
+    def transport_to(self, destination: Address | None) -> str:
+        """The transport a message to `destination` takes: that of a live connection with it, else UDP."""
+        if destination is None or not self.connections:
+            return "UDP"
+        connection = self.connections.get(destination)
+        return connection.transport_name if connection is not None else "UDP"
+
+    def via(self, destination: Address | None = None) -> str:
+        transport = self.transport_to(destination)
+        port = self.tls_port if transport == "TLS" else self.port
+        return f"SIP/2.0/{transport} {self.host}:{port};branch={new_branch()};rport"
+
+    def contact_for(self, peer: Address | None) -> str:
+        """Our Contact for a dialog with `peer`: in-dialog requests come back on the same transport."""
+        transport = self.transport_to(peer)
+        if transport == "TCP":
+            return f"<sip:{self.host}:{self.port};transport=tcp>"
+        if transport == "TLS":
+            return f"<sips:{self.host}:{self.tls_port}>"
+        return self.contact
 
     def send_request(self, request: SipRequest, destination: Address) -> ClientTransaction:
         request.headers.set_single("User-Agent", self.user_agent)
-        transaction = self.transactions.send_request(request, destination, self._now())
+        transaction = self.transactions.send_request(request, destination, self._now(),
+                                                     reliable=self.transport_to(destination) != "UDP")
         self.flush()
         return transaction
 
@@ -478,26 +686,25 @@ class SipEndpoint:
         return fallback
 
     def send_in_dialog(self, dialog: Dialog, method: str, destination: Address | None = None) -> None:
-        request = dialog.create_request(method, via=self.via())
         if destination is None:
             call = self.dialogs.get(dialog.key)
             destination = call.source_addr if isinstance(call, InboundCall) else None
         if destination is None:
             return
-        self.send_request(request, destination)
+        self.send_request(dialog.create_request(method, via=self.via(destination)), destination)
 
     def invite(self, *, from_uri: str, from_display: str | None, request_uri: str, destination: Address,
                sdp: SdpMessage, headers: dict[str, str] | None = None) -> OutboundCall:
         """Place a call (to an agent): INVITE with our SDP offer."""
         invite = SipRequest(method="INVITE", uri=request_uri)
         h = invite.headers
-        h.append("Via", self.via())
+        h.append("Via", self.via(destination))
         h.set_single("Max-Forwards", "70")
         h.set_single("From", f"{from_display} <{from_uri}>;tag={new_tag()}" if from_display else f"<{from_uri}>;tag={new_tag()}")
         h.set_single("To", f"<{request_uri}>")
         h.set_single("Call-ID", new_call_id(self.host))
         h.set_single("CSeq", "1 INVITE")
-        h.set_single("Contact", self.contact)
+        h.set_single("Contact", self.contact_for(destination))
         h.set_single("Allow", ALLOW)
         for name, value in (headers or {}).items():
             h.set_single(name, value)
