@@ -199,7 +199,7 @@ def test_srtp_is_optional_unless_media_says_otherwise(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "line", "key", "reason"),
     [
-        ("[general]\nport = 5070\n\n[media]\nsrtp = mandatory\n", 5, "[media] srtp", "choose off, optional or required"),
+        ("[general]\nport = 5070\n\n[media]\nsrtp = mandatory\n", 5, "[media] srtp", "choose off, optional"),
         ("[media]\nsrtp =\n", 2, "[media] srtp", "choose off, optional or required"),
         ("[media]\nsrtp = off\nsdes = yes\n", 3, "[media] sdes", "unknown key; known keys are srtp"),
     ],
