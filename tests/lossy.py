@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -86,6 +87,18 @@ class Namespace:
         kwargs.setdefault("text", True)
         return subprocess.Popen(self.command(*argv), **kwargs)
 
+    def dropped(self) -> int:
+        """Packets the loss has dropped so far (netem's qdisc statistics, or the nftables rule's counter)."""
+        if self.method == "netem":
+            shown = self.run("tc", "-s", "qdisc", "show", "dev", "lo").stdout
+            found = re.search(r"dropped (\d+)", shown)
+        else:
+            shown = self.run("nft", "list", "table", "inet", "lossy").stdout
+            found = re.search(r"counter packets (\d+)", shown)
+        if found is None:
+            raise RuntimeError(f"no drop count in {self.method}'s statistics: {shown!r}")
+        return int(found.group(1))
+
 
 def _ip(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *argv], capture_output=True, text=True, check=False)
@@ -110,7 +123,7 @@ def _apply_nftables(name: str, loss_percent: float) -> str | None:
         # on the way in: a drop on the way out would fail the sender's sendto(2) with EPERM,
         # where a lossy network is silent
         "    type filter hook input priority 0; policy accept;\n"
-        f"    numgen random mod 10000 < {threshold} drop\n"
+        f"    numgen random mod 10000 < {threshold} counter drop\n"
         "  }\n"
         "}\n"
     )
