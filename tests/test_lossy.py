@@ -56,7 +56,7 @@ print(json.dumps(counts))
 
 def about(count: int, trials: int, keep: float) -> bool:
     """`count` successes of `trials` is within 5 standard deviations of the share `keep`."""
-    sd = (trials * keep * (1 - keep)) ** 0.5
+    sd: float = (trials * keep * (1 - keep)) ** 0.5
     return abs(count - trials * keep) <= 5 * sd
 
 
@@ -110,10 +110,8 @@ def test_a_bad_share_is_refused_before_anything_is_created() -> None:
 
 def test_an_unavailable_method_is_reported_and_cleaned_up(monkeypatch: pytest.MonkeyPatch) -> None:
     # as on a machine without tc or nft: LossUnavailable says so, and the namespace made for it is gone
-    import tests.lossy as lossy
-
     real_which = shutil.which
-    monkeypatch.setattr(lossy.shutil, "which", lambda name: None if name in ("tc", "nft") else real_which(name))
+    monkeypatch.setattr(shutil, "which", lambda name: None if name in ("tc", "nft") else real_which(name))
     before = namespaces() if real_which("ip") else set()
     with pytest.raises(LossUnavailable) as raised, lossy_namespace(10):
         pass

@@ -39,16 +39,18 @@ def test_every_record_kind_round_trips_through_the_journal_format() -> None:
 
 def test_a_record_is_on_disk_when_submit_returns_and_survives_a_crash(db: Engine, tmp_path: Path) -> None:  # noqa: F811
     # the writer thread never runs: as if the process died right after the calls
-    crashed = CrmWriter(db, Outbox(tmp_path / "outbox"))
+    first = Outbox(tmp_path / "outbox")
+    crashed = CrmWriter(db, first)
     for record in call_records("crash-a") + call_records("crash-b"):
         crashed.submit(record)
     assert counts(db) == (0, 0)
-    died(crashed.outbox)
+    died(first)
 
-    restarted = CrmWriter(db, Outbox(tmp_path / "outbox"))
+    second = Outbox(tmp_path / "outbox")
+    restarted = CrmWriter(db, second)
     assert restarted.recover() == 12
     assert counts(db) == (2, 6)
-    died(restarted.outbox)
+    died(second)
     # a second restart finds everything applied: nothing twice
     assert CrmWriter(db, Outbox(tmp_path / "outbox")).recover() == 0
     assert counts(db) == (2, 6)
