@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import CursorResult, Engine, select, update
 from sqlalchemy.orm import Session
 
 from crm_bridge.models import AGENT_COMMANDS, AgentCommand
@@ -58,11 +59,12 @@ def take_pending(
     with Session(engine, expire_on_commit=False) as s, s.begin():
         for command_id, requested_at in s.execute(query.order_by(AgentCommand.requested_at, AgentCommand.id)).all():
             stale = _aware(requested_at) < now - max_age
-            won = s.execute(
+            result = s.execute(
                 update(AgentCommand)
                 .where(AgentCommand.id == command_id, AgentCommand.taken_at.is_(None))
                 .values(taken_at=now, taken_by=EXPIRED if stale else taken_by)
-            ).rowcount
+            )
+            won = cast(CursorResult[Any], result).rowcount  # an UPDATE's result is a CursorResult
             if won == 1 and not stale:
                 claimed.append(s.get_one(AgentCommand, command_id))
     return claimed

@@ -29,8 +29,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from typing import Any, overload
 from zoneinfo import ZoneInfo
 
+from jinja2 import Environment
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
@@ -53,6 +55,10 @@ def local_today(zone: ZoneInfo, now: datetime | None = None) -> date:
     return (now or datetime.now(UTC)).astimezone(zone).date()
 
 
+@overload
+def aware(at: datetime) -> datetime: ...
+@overload
+def aware(at: None) -> None: ...
 def aware(at: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes; everything is stored as UTC."""
     if at is None:
@@ -175,18 +181,20 @@ def daily_report(
     with Session(engine) as s:
         calls = s.scalars(select(Call).where(Call.started_at >= start, Call.started_at < end).order_by(Call.id)).all()
         relevant = s.scalars(select(Ticket).where(Ticket.opened_at < end)).all()
-        feedback = dict(
-            s.execute(
+        feedback: dict[int, datetime] = {
+            ticket_id: at
+            for ticket_id, at in s.execute(
                 select(TicketHistory.ticket_id, func.max(TicketHistory.at))
                 .where(TicketHistory.action == "feedback", TicketHistory.at < end)
                 .group_by(TicketHistory.ticket_id)
             ).all()
-        )
+        }
         s.expunge_all()
     tickets: list[_TicketFacts] = []
     for t in relevant:
         opened_at, closed_at = aware(t.opened_at), aware(t.closed_at)
-        last = max(opened_at, aware(feedback.get(t.id)) or opened_at)
+        fed_back = feedback.get(t.id)
+        last = max(opened_at, aware(fed_back)) if fed_back is not None else opened_at
         still_open = t.status != "closed" or (closed_at is not None and closed_at >= end)
         facts = _TicketFacts(
             t.seat_group,
@@ -348,11 +356,14 @@ def charts(report: DailyReport) -> dict[str, bytes]:
     ]
     plt.rcParams["font.sans-serif"] = [*cjk[:1], "DejaVu Sans"]
     plt.rcParams["axes.unicode_minus"] = False
+
     # without a CJK font the labels would be empty boxes: fall back to the seat-group keys
-    label = (lambda f: f.label) if cjk else (lambda f: f.key)
+    def label(f: Figures) -> str:
+        return f.label if cjk else f.key
+
     out: dict[str, bytes] = {}
 
-    def save(name: str, fig) -> None:  # type: ignore[no-untyped-def]
+    def save(name: str, fig: Any) -> None:
         buffer = io.BytesIO()
         fig.tight_layout()
         fig.savefig(buffer, format="png", dpi=80)
@@ -442,9 +453,7 @@ td:first-child,th:first-child,td.mix{text-align:left}tr.total{font-weight:bold;b
 """
 
 
-def _env():  # type: ignore[no-untyped-def]
-    from jinja2 import Environment
-
+def _env() -> Environment:
     env = Environment(autoescape=True)
     env.globals.update(
         pct=lambda v: "–" if v is None else f"{v * 100:.1f}%",
@@ -470,4 +479,5 @@ def standalone_html(report: DailyReport, images: dict[str, bytes]) -> str:
 
     groups, agents = tables_html(report)
     uris = [(name, "data:image/png;base64," + base64.b64encode(png).decode()) for name, png in images.items()]
-    return _env().from_string(_PAGE).render(r=report, groups=Markup(groups), agents=Markup(agents), images=uris)
+    page: str = _env().from_string(_PAGE).render(r=report, groups=Markup(groups), agents=Markup(agents), images=uris)
+    return page

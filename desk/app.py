@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -41,7 +41,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from crm_bridge.agent_commands import request_command
-from crm_bridge.models import AGENT_COMMANDS, Call, CallNote, Ticket
+from crm_bridge.models import AGENT_COMMANDS, Call, CallNote, Ticket, TicketHistory
 from crm_bridge.report import (
     SEAT_GROUP_LABELS,
     aware,
@@ -79,12 +79,12 @@ class SecurityHeaders:
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
-        async def with_headers(message: dict) -> None:
+        async def with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers += [
@@ -148,6 +148,12 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
             return None
         return SignedIn(data["username"], data["role"], data.get("agent"))
 
+    def need_agent(request: Request) -> tuple[SignedIn, str]:
+        user = need(request, "agent")
+        if user.agent_number is None:  # an agent account always has its seat; refuse rather than guess
+            raise HTTPException(403)
+        return user, user.agent_number
+
     def need(request: Request, role: str | None = None) -> SignedIn:
         user = user_of(request)
         if user is None:
@@ -173,15 +179,14 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         except tickets.TicketError as exc:
             raise HTTPException(400, str(exc)) from None
 
-    def choice(
-        form: FormData, key: str, allowed: tuple[str, ...] | list[str], what: str, *, optional: bool = False
-    ) -> str | None:
+    def choice(form: FormData, key: str, allowed: tuple[str, ...], what: str) -> str:
         value = form.get(key, "")
-        if optional and value == "":
-            return None
         if not isinstance(value, str) or value not in allowed:
             raise HTTPException(400, f"{what}无效,请从列表中选择。")
         return value
+
+    def optional_choice(form: FormData, key: str, allowed: tuple[str, ...], what: str) -> str | None:
+        return None if form.get(key, "") == "" else choice(form, key, allowed, what)
 
     def int_param(request: Request, key: str) -> int:
         raw = request.path_params.get(key, "")
@@ -245,14 +250,13 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         }
 
     async def desk_page(request: Request) -> Response:
-        user = need(request, "agent")
-        data = await db(_desk_data, user.agent_number)
-        agent = config.agent(user.agent_number)
+        _, seat = need_agent(request)
+        data = await db(_desk_data, seat)
+        agent = config.agent(seat)
         return render(request, "desk.html", agent=agent, now=datetime.now(UTC), **data)
 
     async def desk_events(request: Request) -> Response:
-        user = need(request, "agent")
-        agent = user.agent_number
+        _, agent = need_agent(request)
         after = request.query_params.get("after", "0")
         last = int(after) if after.isdigit() else 0
 
@@ -276,10 +280,10 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
     async def desk_command(request: Request) -> Response:
-        user = need(request, "agent")
+        user, seat = need_agent(request)
         form = await _form(request)
         command = choice(form, "command", AGENT_COMMANDS, "操作")
-        await db(request_command, engine, user.agent_number, command, requested_by=user.username)
+        await db(request_command, engine, seat, command, requested_by=user.username)
         return RedirectResponse("/desk?sent=" + command, 303)
 
     def _load_call(call_id: int, user: SignedIn) -> tuple[Call, CallNote | None, list[Ticket]]:
@@ -287,7 +291,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
             call = s.get(Call, call_id)
             if call is None:
                 raise HTTPException(404)
-            if user.role == "agent" and not queries.agent_may_see_call(s, call_id, user.agent_number):
+            if user.role == "agent" and not queries.agent_may_see_call(s, call_id, user.agent_number or ""):
                 raise HTTPException(403, "只能查看分配给您的来电。")
             note = s.scalars(
                 select(CallNote).where(CallNote.call_id == call_id, CallNote.agent_number == (user.agent_number or ""))
@@ -316,25 +320,23 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
             raise HTTPException(404, "找不到这通来电(可能尚未写入 CRM,请稍后刷新)。")
         return RedirectResponse(f"/calls/{call_id}", 303)
 
-    def _save_note(call_id: int, user: SignedIn, note: str, code: str | None) -> None:
+    def _save_note(call_id: int, user: SignedIn, seat: str, note: str, code: str | None) -> None:
         _load_call(call_id, user)
         now = datetime.now(UTC)
         with Session(engine) as s, s.begin():
-            row = s.scalars(
-                select(CallNote).where(CallNote.call_id == call_id, CallNote.agent_number == user.agent_number)
-            ).first()
+            row = s.scalars(select(CallNote).where(CallNote.call_id == call_id, CallNote.agent_number == seat)).first()
             if row is None:
-                row = CallNote(call_id=call_id, agent_number=user.agent_number, created_at=now)
+                row = CallNote(call_id=call_id, agent_number=seat, created_at=now)
                 s.add(row)
             row.note, row.wrap_up_code, row.updated_at = note, code, now
 
     async def save_note(request: Request) -> Response:
-        user = need(request, "agent")
+        user, seat = need_agent(request)
         call_id = int_param(request, "call_id")
         form = await _form(request)
         note = text(form, "note", what="备注")
-        code = choice(form, "wrap_up_code", config.wrap_up_codes, "话后代码", optional=True)
-        await db(_save_note, call_id, user, note, code)
+        code = optional_choice(form, "wrap_up_code", config.wrap_up_codes, "话后代码")
+        await db(_save_note, call_id, user, seat, note, code)
         return RedirectResponse(f"/calls/{call_id}?saved=1", 303)
 
     def _new_ticket(call_id: int, user: SignedIn, description: str, department: str | None) -> int:
@@ -359,11 +361,11 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         call_id = int_param(request, "call_id")
         form = await _form(request)
         description = text(form, "description", what="投诉内容")
-        department = choice(form, "department", config.departments, "部门", optional=True)
+        department = optional_choice(form, "department", config.departments, "部门")
         ticket_id = await db(_new_ticket, call_id, user, description, department)
         return RedirectResponse(f"/tickets/{ticket_id}", 303)
 
-    def _ticket(ticket_id: int, user: SignedIn) -> tuple[Ticket, list]:
+    def _ticket(ticket_id: int, user: SignedIn) -> tuple[Ticket, list[TicketHistory]]:
         with Session(engine, expire_on_commit=False) as s:
             t = s.get(Ticket, ticket_id)
             if t is None:
@@ -400,9 +402,9 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         ticket_id = int_param(request, "ticket_id")
         form = await _form(request)
         description = text(form, "description", what="投诉内容") if "description" in form else None
-        department = choice(form, "department", config.departments, "部门", optional=True)
+        department = optional_choice(form, "department", config.departments, "部门")
         result = text(form, "result", what="处理结果") if "result" in form else None
-        satisfied = choice(form, "caller_satisfied", ("yes", "no"), "客户是否满意", optional=True)
+        satisfied = optional_choice(form, "caller_satisfied", ("yes", "no"), "客户是否满意")
         await db(
             _change,
             ticket_id,
@@ -461,7 +463,8 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
             if board_cache["board"] is None or now - board_cache["at"] >= 0.9:
                 board_cache["board"] = await db(queries.wallboard, engine, config, states)
                 board_cache["at"] = now
-            return board_cache["board"]
+            board: queries.Board = board_cache["board"]
+            return board
 
     async def wallboard_page(request: Request) -> Response:
         need(request, "supervisor")
@@ -527,7 +530,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         detail = exc.detail if isinstance(exc, HTTPException) and exc.detail and not exc.detail.isascii() else ""
         return render(request, "error.html", status, status=status, title=ERRORS.get(status, "出错了"), detail=detail)
 
-    def post(path: str, endpoint: Callable) -> Route:
+    def post(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
         return Route(path, endpoint, methods=["POST"])
 
     routes = [

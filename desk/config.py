@@ -15,6 +15,7 @@ import configparser
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 from zoneinfo import ZoneInfo
 
 from crm_bridge.customers import TierThresholds
@@ -43,6 +44,7 @@ DESK_KEYS = {
     "login_attempts_per_minute",
     "poll_ms",
 }
+NO_NAMES: tuple[str, ...] = ()
 DEFAULT_DEPARTMENTS = ("客服部", "技术部", "财务部", "售后服务部", "合规部")
 DEFAULT_WRAP_UP_CODES = ("已解决", "需回访", "转投诉", "咨询", "无效来电", "其他")
 
@@ -180,7 +182,7 @@ def load_desk_config(path: Path) -> DeskConfig:
         bind=r.get("desk", "bind", d.bind, _address, "an IP address"),
         port=int(r.number("desk", "port", d.port, 1, 65535, int)),
         secret_key=secret_key,
-        supervisors=frozenset(r.get("desk", "supervisors", (), _names, "a comma-separated list of names")),
+        supervisors=frozenset(r.get("desk", "supervisors", NO_NAMES, _names, "a comma-separated list of names")),
         service_level_seconds=r.number("desk", "service_level_seconds", d.service_level_seconds, 1, 600),
         departments=r.get("desk", "departments", d.departments, _names, "a comma-separated list of departments"),
         display_name=r.get("desk", "display_name", d.display_name, _template, "a display-name template"),
@@ -194,5 +196,5 @@ def load_desk_config(path: Path) -> DeskConfig:
     )
 
 
-def _raise(reason: str) -> object:
+def _raise(reason: str) -> NoReturn:
     raise ValueError(reason)

@@ -10,6 +10,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, and_, func, select
 from sqlalchemy.orm import Session
@@ -269,7 +270,7 @@ class AgentStates:
             return now
         return seen[1]
 
-    def _status_file(self, now: datetime) -> dict | None:
+    def _status_file(self, now: datetime) -> dict[str, Any] | None:
         path = self.config.status_file
         try:
             status = json.loads(path.read_text(encoding="utf-8")) if path else None
