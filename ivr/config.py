@@ -359,8 +359,8 @@ def _check_tls(r: _Reader, general: GeneralConfig) -> None:
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(general.tls_certificate, general.tls_key)
     except (ssl.SSLError, ValueError) as exc:
-        raise r.error("general", "tls_certificate",
-                      f"{general.tls_certificate} and {general.tls_key} are not a PEM certificate and its key ({exc})") from None
+        pair = f"{general.tls_certificate} and {general.tls_key}"
+        raise r.error("general", "tls_certificate", f"{pair} are not a PEM certificate and its key ({exc})") from None
 
 
 def _zone(raw: str) -> str:

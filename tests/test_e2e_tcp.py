@@ -108,12 +108,14 @@ class StreamPhone:
             if not data:
                 self.closed = True
             self.buffer += data
-        raise AssertionError(f"not seen in {seconds} s: {[t.splitlines()[0] for _, t in got]}\n{self.ivr.log()[-3000:]}")
+        seen = [t.splitlines()[0] for _, t in got]
+        raise AssertionError(f"not seen in {seconds} s: {seen}\n{self.ivr.log()[-3000:]}")
 
     def options(self) -> str:
         branch = f"z9hG4bK{uuid.uuid4().hex}"
-        self.send(f"OPTIONS sip:95000@127.0.0.1:{self.ivr.port} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{self.port};branch={branch}\n"
-                  f"Max-Forwards: 70\nFrom: <sip:probe@127.0.0.1>;tag={uuid.uuid4().hex[:8]}\nTo: <sip:95000@127.0.0.1>\n"
+        self.send(f"OPTIONS sip:95000@127.0.0.1:{self.ivr.port} SIP/2.0\n"
+                  f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch={branch}\nMax-Forwards: 70\n"
+                  f"From: <sip:probe@127.0.0.1>;tag={uuid.uuid4().hex[:8]}\nTo: <sip:95000@127.0.0.1>\n"
                   f"Call-ID: {uuid.uuid4().hex}@127.0.0.1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")
         got = self.until(lambda t: branch in t)
         return next(t for _, t in got if branch in t)
@@ -192,8 +194,7 @@ def test_options_and_keepalive_are_answered_on_the_same_connection(ivr_factory, 
         assert status_line(phone.options()) == "SIP/2.0 200 OK"
     finally:
         phone.close()
-    assert re.search(rf"event='sip_connection_opened' peer='127.0.0.1:{phone.port}' transport='{transport.upper()}'",
-                     ivr.log()), ivr.log()[-2000:]
+    assert f"event='sip_connection_opened' transport='{transport.upper()}' peer='127.0.0.1:{phone.port}'" in ivr.log()
 
 
 def test_a_call_over_tcp_runs_on_its_connection_and_leaves_one_crm_row(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -236,7 +237,8 @@ def test_an_agent_registered_over_tcp_is_rung_on_that_connection(ivr_factory, tm
         echoed = "\r\n".join(line for line in invite.split("\r\n")
                              if line.lower().split(":")[0] in ("via", "from", "call-id", "cseq"))
         to = header(invite, "To") + ";tag=agent801"
-        phone.sock.sendall((f"SIP/2.0 200 OK\r\n{echoed}\r\nTo: {to}\r\nContact: <sip:801@127.0.0.1:{phone.port};transport=tcp>\r\n"
+        phone.sock.sendall((f"SIP/2.0 200 OK\r\n{echoed}\r\nTo: {to}\r\n"
+                            f"Contact: <sip:801@127.0.0.1:{phone.port};transport=tcp>\r\n"
                             f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}").encode())
         got = phone.until(lambda t: t.startswith("ACK "), seconds=10)
         ack = next(t for _, t in got if t.startswith("ACK "))
@@ -252,7 +254,7 @@ def test_sipp_caller_over_tcp_completes_a_call(ivr_factory, tmp_path: Path) -> N
     finished(sipp(tmp_path, "short_call", ivr.port, extra=("-t", "t1"), timeout_s=30), 40)
     rows = wait_for_outcome(ivr)
     assert len(rows) == 1 and rows[0]["outcome"] is not None, [dict(r) for r in rows]
-    assert re.search(r"event='sip_connection_opened' peer='127\.0\.0\.1:\d+' transport='TCP'", ivr.log())
+    assert re.search(r"event='sip_connection_opened' transport='TCP' peer='127\.0\.0\.1:\d+'", ivr.log())
 
 
 # --- hostile streams ------------------------------------------------------------------
@@ -270,7 +272,7 @@ def test_hostile_streams_are_closed_within_their_limits_while_a_call_completes(i
                 sock.sendall(opening)
                 if drip:  # slow-loris: one byte a second of a message that never ends
                     started = time.monotonic()
-                    for byte in b"OPTIONS sip:95000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bKx\r\n":
+                    for byte in b"OPTIONS sip:95000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1\r\n":
                         try:
                             sock.sendall(bytes([byte]))
                         except OSError:
@@ -290,12 +292,13 @@ def test_hostile_streams_are_closed_within_their_limits_while_a_call_completes(i
             errors.append(exc)
 
     half = b"INVITE sip:95000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bKh\r\nFrom: <sip:a@b>"
-    no_length = (f"OPTIONS sip:95000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bKn\r\n"
-                 f"From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:95000@127.0.0.1>\r\nCall-ID: nolen\r\nCSeq: 1 OPTIONS\r\n\r\n").encode()
+    no_length = (b"OPTIONS sip:95000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bKn\r\n"
+                 b"From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:95000@127.0.0.1>\r\nCall-ID: nolen\r\n"
+                 b"CSeq: 1 OPTIONS\r\n\r\n")
     cases = [
         threading.Thread(target=hostile, args=("malformed", 3, b"\x16\x03\x01\x00\xff\xfe garbage\r\n\r\n")),
         threading.Thread(target=hostile, args=("no_content_length", 3, no_length)),
-        threading.Thread(target=hostile, args=("oversized_headers", 3, b"OPTIONS sip:x SIP/2.0\r\nX-Pad: " + b"a" * 20_000)),
+        threading.Thread(target=hostile, args=("oversized_headers", 3, b"OPTIONS sip:x SIP/2.0\r\nX: " + b"a" * 20000)),
         threading.Thread(target=hostile, args=("half_open", 13, half)),
         threading.Thread(target=hostile, args=("slow_loris", 13, b"", True)),
     ]
@@ -328,7 +331,8 @@ def test_a_missing_content_length_is_answered_400_then_the_connection_closes(ivr
         phone.send(f"OPTIONS sip:95000@127.0.0.1 SIP/2.0\nVia: SIP/2.0/TCP 127.0.0.1:{phone.port};branch=z9hG4bKnl\n"
                    f"From: <sip:a@127.0.0.1>;tag=1\nTo: <sip:95000@127.0.0.1>\nCall-ID: nolen\nCSeq: 1 OPTIONS\n\n")
         got = phone.until(lambda t: t.startswith("SIP/2.0 400"), seconds=5)
-        assert status_line(next(t for _, t in got if t.startswith("SIP/2.0 400"))) == "SIP/2.0 400 Missing Content-Length"
+        refusal = next(t for _, t in got if t.startswith("SIP/2.0 400"))
+        assert status_line(refusal) == "SIP/2.0 400 Missing Content-Length"
         assert closed_within(phone.sock, 3) < 3
     finally:
         phone.close()
