@@ -113,6 +113,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         group_labels=SEAT_GROUP_LABELS,
         command_labels=COMMAND_LABELS,
         departments=config.departments,
+        group_counts=queries.group_counts,
         wrap_up_codes=config.wrap_up_codes,
     )
     env.filters["local"] = lambda at, fmt="%m-%d %H:%M": aware(at).astimezone(zone).strftime(fmt) if at else "–"

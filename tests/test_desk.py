@@ -398,6 +398,7 @@ def test_supervisor_sees_wallboard_report_and_every_ticket(desk) -> None:  # typ
     assert login(client, "王经理", "supervisor-pw").status_code == 200
     board = client.get("/wallboard").text
     assert 'id="calls-senior">2<' in board and "高级坐席组" in board
+    assert "IVR未运行 2" in board  # no IVR writes a status file here: both senior agents show as offline
     assert "801 的投诉" in client.get("/tickets").text and "802 的投诉" in client.get("/tickets").text
     report = client.get("/report")
     assert report.status_code == 200 and "热线日报" in report.text
@@ -438,3 +439,34 @@ def test_desk_defaults(tmp_path: Path) -> None:
         True,
         "{name} {tier_label} {service_label}",
     )
+
+
+def test_accounts_from_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    from desk.__main__ import main as desk_cli
+    from desk.auth import authenticate
+
+    conf = tmp_path / "sip.conf"
+    conf.write_text(CONF, encoding="utf-8")
+    monkeypatch.setattr("sys.stdin", io.StringIO("new-desk-password\n"))
+    assert desk_cli(["--config", str(conf), "set-password", "801"]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("boss-password\n"))
+    assert desk_cli(["--config", str(conf), "add-supervisor", "王经理"]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert desk_cli(["--config", str(conf), "add-supervisor", "赵主管"]) == 1
+    assert desk_cli(["--config", str(conf), "set-password", "999"]) == 1
+    out, err = capsys.readouterr()
+    assert "password set for agent 801" in out and "supervisor 王经理 created" in out
+    assert "at least 8 characters" in err and "no agent [999]" in err
+    config = load_desk_config(conf)
+    engine = make_engine(config.database_url)
+    assert authenticate(engine, config, "801", "new-desk-password") is not None
+    assert authenticate(engine, config, "王经理", "boss-password").role == "supervisor"
+    assert authenticate(engine, config, "赵主管", "short") is None
+    from crm_bridge.models import DeskUser
+
+    with Session(engine) as s:  # only hashes are stored
+        hashes = s.scalars(select(DeskUser.password_hash)).all()
+    assert all(h.startswith("$argon2id$") for h in hashes) and not any("password" in h for h in hashes)
+    engine.dispose()
