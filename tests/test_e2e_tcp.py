@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -394,3 +396,41 @@ def test_two_thousand_mutated_messages_over_tcp_then_options_still_answered(ivr_
     log = ivr.log()
     assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
     print(f"tcp fuzz: {FUZZ_MESSAGES} messages on {connections} connections")
+
+
+# --- a real softphone (pjsua2) over TCP and TLS -----------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_pjsua2_agent_registers_over_a_stream_and_answers_a_routed_call(ivr_factory, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                         transport: str) -> None:
+    from .conftest import ROOT
+    from .test_e2e_routing import agents_conf, wait_for_row, wait_line
+
+    db_url = f"sqlite:///{tmp_path / 'crm.db'}"
+    customers(tmp_path, db_url)
+    ivr, tls_port = stream_ivr(ivr_factory, tmp_path, db_url=db_url,
+                               extra="[queues]\nwrap_up_seconds = 0\n" + agents_conf(**{"801": ("senior", "dynamic")}))
+    port = tls_port if transport == "tls" else ivr.port
+    phone = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "softphone_agent.py"), "--ivr-port", str(ivr.port), "--agent", "801",
+         "--password", "pw801", "--talk", "4", "--calls", "1", "--timeout", "90"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PJSUA_OUTBOUND": f"sip:127.0.0.1:{port};transport={transport}"},
+    )
+    try:
+        assert wait_line(phone, "registered") == "registered 200"
+        registered = re.search(r"event='agent_registered' agent='801' contact='127\.0\.0\.1:(\d+)'", ivr.log())
+        assert registered, ivr.log()[-2000:]
+        assert f"event='sip_connection_opened' transport='{transport.upper()}' peer='127.0.0.1:{registered.group(1)}'" \
+            in ivr.log(), "the agent's contact is its connection"
+        caller = sipp(tmp_path, "survey_caller", ivr.port, extra=("-d", "11000"))
+        finished(caller)
+        assert wait_line(phone, "answered")  # the phone has no UDP transport: the INVITE came on its connection
+        phone.wait(30)
+    finally:
+        if phone.poll() is None:
+            phone.kill()
+    row = wait_for_row(ivr, f"1-{caller.proc.pid}@127.0.0.1")
+    assert (row["seat_group"], row["agent_number"], row["outcome"]) == ("senior", "801", "completed")
+    assert "sip_connection_gone" not in ivr.log()
