@@ -434,3 +434,44 @@ def test_pjsua2_agent_registers_over_a_stream_and_answers_a_routed_call(ivr_fact
     row = wait_for_row(ivr, f"1-{caller.proc.pid}@127.0.0.1")
     assert (row["seat_group"], row["agent_number"], row["outcome"]) == ("senior", "801", "completed")
     assert "sip_connection_gone" not in ivr.log()
+
+
+def test_plain_text_on_the_tls_port_is_closed_without_a_traceback(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ivr, tls_port = stream_ivr(ivr_factory, tmp_path)
+    with socket.create_connection(("127.0.0.1", tls_port), timeout=5) as sock:
+        sock.sendall(b"OPTIONS sip:95000@127.0.0.1 SIP/2.0\r\nContent-Length: 0\r\n\r\n")
+        assert closed_within(sock, 3) < 3
+    silent = socket.create_connection(("127.0.0.1", tls_port), timeout=5)  # never says hello
+    with silent:
+        assert closed_within(silent, 13) < 12.5
+    phone = StreamPhone(ivr, tls_port=tls_port)
+    try:
+        assert status_line(phone.options()) == "SIP/2.0 200 OK"
+    finally:
+        phone.close()
+    assert "Traceback" not in ivr.log(), ivr.log()[-3000:]
+
+
+# --- the framer on its own (no I/O, a float for the clock) ------------------------------
+
+
+def test_framer_splits_by_content_length_and_answers_pings() -> None:
+    from ivr.sip.stream import Broken, Framed, Ping, StreamFramer
+
+    options = b"OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/TCP h\r\nl: 4\r\n\r\nbody"
+    framer = StreamFramer(0.0, idle_seconds=300)
+    assert framer.feed(b"\r\n\r\n" + options[:10], 1.0) == [Ping()]
+    assert framer.feed(options[10:] + options + b"\r\n", 2.0) == [Framed(options), Framed(options)]
+    assert framer.feed(b"\r\n", 3.0) == [Ping()]
+    assert framer.expired(3.0 + 299) is None and framer.expired(3.0 + 300) == "idle for 300 s"
+    assert framer.expired(3.0 + 400, busy=True) is None
+    framer.feed(b"OPT", 10.0)
+    assert framer.expired(19.9) is None
+    assert framer.expired(20.0) == "message incomplete 10 s after its first byte"
+    lying = StreamFramer(0.0, idle_seconds=300)
+    assert lying.feed(b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 0.0) == [
+        Broken("Content-Length unusable", b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 1\r\nContent-Length: 2\r\n", 400)]
+    assert lying.feed(options, 1.0) == [], "nothing is read after the stream broke"
+    huge = StreamFramer(0.0, idle_seconds=300)
+    assert huge.feed(b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 70000\r\n\r\n", 0.0)[0].reason == \
+        "message of 70048 bytes over 65536"
