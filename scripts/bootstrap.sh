@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # kamailio: the SIP load balancer of the two-worker layout (loadtest/kamailio/)
-APT_PACKAGES=(espeak-ng libespeak-ng1 sip-tester sox postgresql python3-venv kamailio chromium chromium-driver fonts-wqy-microhei)
+APT_PACKAGES=(espeak-ng libespeak-ng1 sip-tester sox postgresql python3-venv kamailio chromium chromium-driver fonts-wqy-microhei baresip)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
