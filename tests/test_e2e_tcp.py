@@ -259,6 +259,41 @@ def test_sipp_caller_over_tcp_completes_a_call(ivr_factory, tmp_path: Path) -> N
     assert re.search(r"event='sip_connection_opened' transport='TCP' peer='127\.0\.0\.1:\d+'", ivr.log())
 
 
+def test_a_phone_with_a_tcp_contact_is_rung_on_a_connection_the_ivr_opens(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from .test_e2e_retransmission import ScriptedPhone
+
+    db_url = f"sqlite:///{tmp_path / 'crm.db'}"
+    customers(tmp_path, db_url)
+    ivr, _ = stream_ivr(ivr_factory, tmp_path, db_url=db_url,
+                        extra="[801]\ntype = agent\nseat_group = senior\nhost = dynamic\nsecret = pw801\n")
+    phone = ScriptedPhone(ivr)  # registers over UDP from port P, and listens for TCP on P as its Contact says
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", phone.port))
+    listener.listen(1)
+    listener.settimeout(20)
+    caller = None
+    try:
+        _, status = register(phone, ivr, "801", f"sip:801@127.0.0.1:{phone.port};transport=tcp")
+        assert status.startswith("SIP/2.0 200")
+        caller = sipp(tmp_path, "survey_caller", ivr.port, extra=("-d", "11000"))
+        accepted, _ = listener.accept()
+        with accepted:
+            accepted.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += accepted.recv(65535)
+        invite = data.decode("utf-8", "replace")
+        assert invite.startswith(f"INVITE sip:801@127.0.0.1:{phone.port};transport=tcp SIP/2.0\r\n")
+        assert header(invite, "Via").startswith(f"SIP/2.0/TCP 127.0.0.1:{ivr.port};")
+        assert header(invite, "Contact") == f"<sip:127.0.0.1:{ivr.port};transport=tcp>"
+    finally:
+        if caller is not None:
+            caller.proc.kill()
+        listener.close()
+        phone.close()
+    assert "outbound=True" in ivr.log()
+
+
 # --- hostile streams ------------------------------------------------------------------
 
 

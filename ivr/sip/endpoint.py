@@ -17,7 +17,8 @@ connection, and the layer is told it is reliable (no retransmissions). The
 layer addresses everything by (host, port); a `StreamAddress` is such a pair
 that remembers it belongs to a connection. Requests we send go on a live
 connection with the destination when there is one (an agent's phone that
-registered over TCP), else over UDP; their Via and Contact name the transport.
+registered over TCP), else on a TCP connection we open when the phone's URI asks
+for `;transport=tcp`, else over UDP; their Via and Contact name the transport.
 """
 
 from __future__ import annotations
@@ -265,15 +266,17 @@ class _Protocol(asyncio.DatagramProtocol):
 
 
 class _Connection(asyncio.Protocol):
-    """One accepted TCP or TLS connection: its framer and the peer at the other end."""
+    """One TCP or TLS connection, accepted or opened by us: its framer and the peer at the other end."""
 
-    def __init__(self, endpoint: SipEndpoint, transport_name: str) -> None:
+    def __init__(self, endpoint: SipEndpoint, transport_name: str, address: StreamAddress | None = None) -> None:
         self.endpoint = endpoint
         self.transport_name = transport_name
         self.transport: asyncio.Transport | None = None
-        self.address = StreamAddress("", 0, transport_name)
+        self.outbound = address is not None  # we are connecting to `address`
+        self.address = address or StreamAddress("", 0, transport_name)
         self.framer: StreamFramer | None = None
         self.closing: str | None = None  # why we closed it
+        self.pending: list[bytes] = []  # written while our connect is under way
 
     @property
     def peer(self) -> str:
@@ -281,8 +284,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername") or ("", 0)
-        self.address = StreamAddress(str(peer[0]), int(peer[1]), self.transport_name)
+        if not self.outbound:
+            peer = transport.get_extra_info("peername") or ("", 0)
+            self.address = StreamAddress(str(peer[0]), int(peer[1]), self.transport_name)
         self.endpoint.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
@@ -293,6 +297,9 @@ class _Connection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         transport = self.transport
+        if transport is None and self.outbound and self.closing is None:
+            self.pending.append(data)
+            return
         if transport is None or transport.is_closing():
             return
         transport.write(data)
@@ -319,6 +326,7 @@ class SipEndpoint:
         self.max_connections = max_connections
         self.connections: dict[Address, _Connection] = {}  # by the peer's plain (host, port)
         self._servers: list[asyncio.Server] = []
+        self._connecting: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self.transactions = SipTransactions()
         self.dialogs: dict[DialogKey, InboundCall | OutboundCall] = {}
@@ -336,7 +344,7 @@ class SipEndpoint:
         if "udp" in self.transports:
             transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self),
                                                                local_addr=(self.bind, self.port))
-            self._udp = transport  # type: ignore[assignment]
+            self._udp = transport
         if "tcp" in self.transports:
             self._servers.append(await loop.create_server(lambda: _Connection(self, "TCP"), self.bind, self.port,
                                                           reuse_address=True))
@@ -426,6 +434,17 @@ class SipEndpoint:
     # --- connections (TCP, TLS) ---------------------------------------------------------
 
     def connection_made(self, connection: _Connection) -> None:
+        if connection.outbound:
+            assert connection.transport is not None
+            if connection.closing is not None:  # given up on while connecting
+                connection.transport.abort()
+                return
+            log.info("sip_connection_opened", transport=connection.transport_name, peer=connection.peer,
+                     outbound=True)
+            for data in connection.pending:
+                connection.transport.write(data)
+            connection.pending.clear()
+            return
         if len(self.connections) >= self.max_connections:
             connection.closing = f"max_connections ({self.max_connections}) reached"
             log.warning("sip_connection_refused", transport=connection.transport_name, peer=connection.peer,
@@ -439,6 +458,24 @@ class SipEndpoint:
             self.close_connection(old, "replaced by a new connection from the same address")
         self.connections[connection.address] = connection
         log.info("sip_connection_opened", transport=connection.transport_name, peer=connection.peer)
+
+    def connect(self, destination: Address) -> None:
+        """Open a TCP connection to `destination`; what is sent to it meanwhile waits for the connect."""
+        address = StreamAddress(destination[0], destination[1], "TCP")
+        connection = _Connection(self, "TCP", address)
+        connection.framer = StreamFramer(self._now(), idle_seconds=self.idle_seconds)
+        self.connections[address] = connection
+        task = asyncio.get_running_loop().create_task(self._connect(connection))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, connection: _Connection) -> None:
+        host, port = connection.address
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().create_connection(lambda: connection, host, port),
+                                   MESSAGE_SECONDS)
+        except (OSError, TimeoutError) as exc:
+            self.close_connection(connection, f"connect failed: {exc or type(exc).__name__}"[:200])
 
     def connection_lost(self, connection: _Connection, exc: Exception | None) -> None:
         if self.connections.get(connection.address) is connection:
@@ -696,6 +733,9 @@ class SipEndpoint:
     def invite(self, *, from_uri: str, from_display: str | None, request_uri: str, destination: Address,
                sdp: SdpMessage, headers: dict[str, str] | None = None) -> OutboundCall:
         """Place a call (to an agent): INVITE with our SDP offer."""
+        if ("tcp" in self.transports and ";transport=tcp" in request_uri.lower()
+                and destination not in self.connections):
+            self.connect(destination)  # the phone asked for TCP (RFC 3263 §4.1) and holds no connection with us
         invite = SipRequest(method="INVITE", uri=request_uri)
         h = invite.headers
         h.append("Via", self.via(destination))
