@@ -5,8 +5,8 @@ Run as a separate process by tests/test_e2e_phones.py (pyVoIP runs its own threa
     python tests/pyvoip_agent.py --ivr-port 5060 --agent 811 --password s3cret --sip-port 5099 --talk 3
 
 Prints `registered`, or `register failed <error>` and exits 1; then `answered`,
-`sent <n> frames`, `hung up` for the call. With `--no-register` the phone
-skips REGISTER (a fixed-host agent, `host = 127.0.0.1:<sip-port>`): pyVoIP
+`answered <codec>`, `sent <n> frames, received <m> packets` (RTP from the IVR), `hung up`.
+With `--no-register` the phone skips REGISTER (a fixed-host agent, `host = 127.0.0.1:<sip-port>`): pyVoIP
 1.6.8 has no such option, so this swaps its SIP client's register() for a no-op.
 """
 
@@ -61,8 +61,12 @@ def main() -> int:
     print("registered" if not opts.no_register else "listening", flush=True)
     try:
         call = calls.get(timeout=opts.timeout)
+        received = [0]
+        for rtp in call.RTPClients:  # count the IVR's RTP packets as pyVoIP parses them
+            parse = rtp.parse_packet
+            rtp.parse_packet = lambda packet, parse=parse: (received.__setitem__(0, received[0] + 1), parse(packet))[1]
         call.answer()
-        print("answered", flush=True)
+        print(f"answered {call.RTPClients[0].preference.name}", flush=True)
         audio, frames = tone(opts.talk), 0
         started = time.monotonic()
         for offset in range(0, len(audio), FRAME):
@@ -70,8 +74,9 @@ def main() -> int:
                 break
             call.write_audio(audio[offset:offset + FRAME])
             frames += 1
+            call.read_audio(FRAME, blocking=False)  # what the caller says, unheard
             time.sleep(max(0.0, started + frames * 0.02 - time.monotonic()))
-        print(f"sent {frames} frames", flush=True)
+        print(f"sent {frames} frames, received {received[0]} packets", flush=True)
         if call.state == CallState.ANSWERED:
             call.hangup()
         print("hung up", flush=True)
