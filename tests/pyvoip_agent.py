@@ -18,6 +18,7 @@ import queue
 import sys
 import time
 
+from pyVoIP.RTP import RTPClient
 from pyVoIP.VoIP import CallState, PhoneStatus, VoIPCall, VoIPPhone
 
 FRAME = 160  # 20 ms at 8 kHz; pyVoIP takes 8-bit unsigned linear samples
@@ -25,6 +26,17 @@ FRAME = 160  # 20 ms at 8 kHz; pyVoIP takes 8-bit unsigned linear samples
 
 def tone(seconds: float, hz: float = 440) -> bytes:
     return bytes(128 + int(60 * math.sin(2 * math.pi * hz * i / 8000)) for i in range(int(seconds * 8000)))
+
+
+def counted(rtp: RTPClient, received: list[int]) -> None:
+    """Count the RTP packets this client parses (pyVoIP keeps no such counter)."""
+    parse = rtp.parse_packet
+
+    def parse_and_count(packet: bytes) -> None:
+        received[0] += 1
+        parse(packet)
+
+    rtp.parse_packet = parse_and_count  # type: ignore[method-assign]
 
 
 def main() -> int:
@@ -62,9 +74,8 @@ def main() -> int:
     try:
         call = calls.get(timeout=opts.timeout)
         received = [0]
-        for rtp in call.RTPClients:  # count the IVR's RTP packets as pyVoIP parses them
-            parse = rtp.parse_packet
-            rtp.parse_packet = lambda packet, parse=parse: (received.__setitem__(0, received[0] + 1), parse(packet))[1]
+        for rtp in call.RTPClients:
+            counted(rtp, received)
         call.answer()
         print(f"answered {call.RTPClients[0].preference.name}", flush=True)
         audio, frames = tone(opts.talk), 0
