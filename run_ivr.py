@@ -18,21 +18,25 @@ import signal
 import socket
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import structlog
 import uvloop
 
+from crm_bridge.agent_commands import take_pending
 from crm_bridge.customers import CallerDirectory
 from crm_bridge.db import make_engine, migrate, reconcile_interrupted, sync_seat_groups
 from crm_bridge.outbox import Outbox, OutboxError
 from crm_bridge.webhook import WebhookPusher
 from crm_bridge.writer import CrmWriter
+from desk.config import load_desk_config
 from ivr.config import Config, ConfigError, load_config
 from ivr.engine import Engine
-from ivr.media import g711_encoders
 from ivr.greeting import Greeter, HolidayCalendar
 from ivr.logs import configure_logging
+from ivr.media import g711_encoders
+from ivr.screenpop import DeskLink
 from ivr.service import SEAT_GROUPS
 from ivr.shared_acd import SharedAcd
 from prompts.catalogue import catalogue_for
@@ -80,7 +84,7 @@ def prepare_prompts(config: Config) -> PromptLibrary:
     return prompts
 
 
-async def serve(config: Config, prompts: PromptLibrary) -> int:
+async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = None) -> int:
     db = make_engine(config.database_url)
     migrate(db)
     # this process's name in the shared CRM: on its call rows, and in the agents table with shared_agents
@@ -108,7 +112,10 @@ async def serve(config: Config, prompts: PromptLibrary) -> int:
         acd = SharedAcd(config.queues, tuple(SEAT_GROUPS), db, worker,
                         worker_timeout_s=config.cluster.worker_timeout_seconds)
         log.info("shared_agents", worker=worker)
-    engine = Engine(config, prompts, writer, greeter, directory=directory, acd=acd)
+    # the desk's buttons (pause, resume, end wrap-up) reach the IVR through the CRM
+    own_agents = None if config.cluster.shared_agents else {a.number for a in config.agents}
+    desk_commands = partial(take_pending, db, taken_by=worker or "ivr", agents=own_agents)
+    engine = Engine(config, prompts, writer, greeter, directory=directory, acd=acd, desk=desk, desk_commands=desk_commands)
     await engine.start()
     if config.metrics_port:
         engine.metrics.serve(config.metrics_bind, config.metrics_port)
@@ -162,13 +169,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = apply_overrides(load_config(args.config), args)
+        # the agent desk (python -m desk) reads the same sip.conf: its address and display-name
+        # template name callers to agents' phones
+        desk_config = load_desk_config(args.config)
     except ConfigError as exc:
         print(f"error: {exc}\nFix the setting and start again; sip.conf.example documents every key.", file=sys.stderr)
         return 2
     configure_logging(config.log_level, config.log_format)
     try:
         prompts = prepare_prompts(config)
-        return uvloop.run(serve(config, prompts))
+        desk = DeskLink(desk_config.display_name,
+                        desk_config.public_url or f"http://{desk_config.bind}:{desk_config.port}")
+        return uvloop.run(serve(config, prompts, desk))
     except PromptError as exc:
         log.error("prompts_failed", reason=str(exc))
         return 3

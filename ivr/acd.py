@@ -206,6 +206,29 @@ class Acd:
                 return min(idle, key=lambda s: (s.idle_since or at, s.number))
         return None
 
+    # --- the AgentPool surface (ivr.agents): the same calls in one process and in a cluster
+
+    def start(self, agents: tuple[AgentConfig, ...], at: datetime) -> None:
+        """Before the first call: a static contact (host = … in sip.conf) is always logged in."""
+        for agent in agents:
+            if agent.host is not None:
+                self.login(agent.number, agent.host, at)
+
+    def close(self, at: datetime) -> None:
+        """At shut-down; nothing to hand back in one process."""
+
+    async def refresh(self, at: datetime) -> None:
+        """Once a second; in one process the seats are already the truth."""
+
+    async def claim(self, at: datetime) -> list[Offer]:
+        """Agents for the waiting callers, oldest first; the agents are now ringing."""
+        return self.assign(at)
+
+    async def set_paused(self, number: str, paused: bool, at: datetime) -> str:
+        """Pause or resume; returns the agent's state afterwards."""
+        self.pause(number, paused, at)
+        return self.seats[number].state.value
+
     def describe(self) -> list[str]:
         """One line per agent, for the CLI and the log."""
         return [

@@ -19,7 +19,8 @@ import gc
 import json
 import random
 import time
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,6 @@ import structlog
 from aiosipua import (
     SdpNegotiationError,
     SipRequest,
-    build_sdp,
     negotiate_sdp,
     parse_address,
     parse_auth,
@@ -36,56 +36,63 @@ from aiosipua import (
 
 from crm_bridge.customers import CallerDirectory
 from crm_bridge.writer import CrmWriter
-from ivr.acd import Acd, Offer
-from ivr.callflow import CallFlow, CallFlowError
+from ivr.acd import Acd
+from ivr.agents import AgentLeg, AgentPool, Agents
+from ivr.callflow import CallFlow, CallFlowBug, CallFlowError
 from ivr.config import Config
 from ivr.events import (
     Aborted,
     Action,
-    AgentAnswered,
-    AgentHungUp,
-    AgentNoAnswer,
-    AgentRinging,
     AnnouncePosition,
     Answer,
     Bridge,
     CallerIdentified,
-    HangUpAgent,
-    JoinQueue,
-    LeaveQueue,
-    OpenTicket,
-    QueuePosition,
-    RecordSurvey,
-    RelayDigit,
-    Unbridge,
     Cancelled,
     CancelTimer,
     Digit,
     Event,
     HangUp,
+    HangUpAgent,
     HungUp,
     Invited,
+    JoinQueue,
+    LeaveQueue,
     Listen,
+    OpenTicket,
     Play,
     PromptFinished,
+    QueuePosition,
     RecordCall,
     RecordEvent,
+    RecordSurvey,
     Reject,
+    RelayDigit,
     Ring,
     SpeechStarted,
     StartTimer,
     StopPlayback,
     TimerFired,
+    Unbridge,
 )
 from ivr.greeting import Greeter
 from ivr.guard import SourceGuard, Verdict
-from ivr.media import CODEC_NAMES, SAMPLES_PER_FRAME, SILENCE_FRAMES, MediaClock, RtpPortPool, RtpSession, StrictRtpSession, open_rtp
+from ivr.media import (
+    SAMPLES_PER_FRAME,
+    SILENCE_FRAMES,
+    MediaClock,
+    RtpPortPool,
+    RtpSession,
+    SrtpRtpSession,
+    StrictRtpSession,
+    open_rtp,
+)
 from ivr.metrics import Metrics
 from ivr.registrar import Challenge, Refused, Registered, Registrar
 from ivr.sanity import check_request
+from ivr.screenpop import DeskLink
 from ivr.service import SEAT_GROUPS
-from ivr.shared_acd import SharedAcd
 from ivr.sip.endpoint import Address, Headers, InboundCall, OutboundCall, SipEndpoint
+from ivr.srtp import SrtpContext, SrtpRefused, negotiate_srtp, secure_answer
 from ivr.vad import SpeechDetector
 from prompts.library import PromptLibrary
 
@@ -116,6 +123,7 @@ class Leg:
         self.rtp: RtpSession | None = None
         self.rtp_port: int | None = None
         self.sdp_answer = None
+        self.srtp: SrtpContext | None = None  # the call's SRTP keys (RFC 4568); None: plain RTP
         self.payload_type = 0
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.detector = SpeechDetector(engine.config.silence.vad_aggressiveness, engine.config.silence.speech_ms)
@@ -127,7 +135,8 @@ class Leg:
         self.deferred_timer: str | None = None
         self.closed = False
         self.max_duration: asyncio.TimerHandle | None = None
-        self.agent: AgentLeg | None = None
+        self.agent: AgentLeg | None = None  # the agent being rung for this caller, or talking
+        self.customer_name: str | None = None  # from the CRM, for the agent's screen-pop
         self._last_ts = self.ts_offset
 
     def next_timestamp(self) -> int:
@@ -146,6 +155,11 @@ class Leg:
             actions = self.flow.handle(event)
         except CallFlowError as exc:
             self.log.warning("event_not_allowed", event=type(event).__name__, state=exc.state.value)
+            return
+        except CallFlowBug:  # a handler broke the transition table: end the call, keep its record
+            self.log.exception("call_flow_bug", event=type(event).__name__)
+            if not isinstance(event, Aborted):
+                self.dispatch(Aborted(utc_now(), "call flow bug"))
             return
         try:
             for action in actions:
@@ -229,12 +243,11 @@ class Leg:
             case HangUp():
                 self.call.hangup()
             case JoinQueue(seat_group=group, service=service):
-                self.engine.acd.join(self.call_id, group, service, utc_now())
-                self.engine.assign()
+                self.engine.agents.join(self, group, service)
             case LeaveQueue():
-                self.engine.leave_queue(self)
+                self.engine.agents.leave(self)
             case AnnouncePosition():
-                position = self.engine.acd.position(self.call_id) or 1
+                position = self.engine.agents.position(self) or 1
                 asyncio.get_running_loop().call_soon(self.dispatch, QueuePosition(utc_now(), position))
             case Bridge():
                 if self.agent is not None and self.agent.rtp is not None and self.rtp is not None:
@@ -254,7 +267,7 @@ class Leg:
                     self.agent.rtp.send_dtmf(digit)
             case HangUpAgent():
                 if self.agent is not None:
-                    self.engine.end_agent_leg(self.agent, hang_up=True)
+                    self.engine.agents.end_leg(self.agent, hang_up=True)
             case RecordSurvey() | OpenTicket():
                 self.engine.writer.submit(action)
             case _:
@@ -292,28 +305,9 @@ class Leg:
             await rtp.close()
         if isinstance(rtp, StrictRtpSession) and (rtp.stray or rtp.malformed):
             self.log.warning("rtp_dropped", stray=rtp.stray, malformed=rtp.malformed, expected_from=rtp.expected_from)
+        if isinstance(rtp, SrtpRtpSession) and (rtp.unauthenticated or rtp.unprotectable):
+            self.log.warning("srtp_dropped", unauthenticated=rtp.unauthenticated, unprotectable=rtp.unprotectable)
         self.engine._release_port(self)
-
-
-class AgentLeg:
-    """The IVR's call to an agent (UAC side of the B2BUA) for one caller."""
-
-    def __init__(self, caller: Leg, offer: Offer) -> None:
-        self.caller = caller
-        self.offer = offer
-        self.agent = offer.agent
-        self.rtp: RtpSession | None = None
-        self.rtp_port: int | None = None
-        self.out: OutboundCall | None = None
-        self.ring_timer: asyncio.TimerHandle | None = None
-        self.answered = False
-        self.ended = False
-        self.ts_offset = random.getrandbits(32)
-        self._ts = self.ts_offset
-
-    def next_timestamp(self) -> int:
-        self._ts = (self._ts + SAMPLES_PER_FRAME) & 0xFFFFFFFF
-        return self._ts
 
 
 class Engine:
@@ -326,17 +320,20 @@ class Engine:
         writer: CrmWriter,
         greeter: Greeter,
         directory: CallerDirectory | None = None,
-        acd: Acd | None = None,
+        acd: AgentPool | None = None,
+        desk: DeskLink | None = None,
+        desk_commands: Callable[[], list[Any]] | None = None,
     ) -> None:
+        """`desk`: how agents' phones are told who calls; `desk_commands`: takes the desk's pending
+        agent commands from the CRM (blocking; run in a thread once a second)."""
         self.config = config
         self.prompts = prompts
         self.writer = writer
         self.greeter = greeter
         self.directory = directory
         self.legs: dict[str, Leg] = {}
-        self.agent_legs: dict[str, AgentLeg] = {}  # by the agent call's Call-ID
         # One process: agents in memory. Workers behind a balancer: a SharedAcd (ivr.shared_acd).
-        self.acd = acd or Acd.from_agents(config.agents, config.queues, tuple(SEAT_GROUPS))
+        self.acd: AgentPool = acd or Acd.from_agents(config.agents, config.queues, tuple(SEAT_GROUPS))
         # Workers that share agents share the nonce key, so a challenge from one is answered to any.
         secret = config.cluster.secret.encode() if config.cluster.shared_agents else None
         self.registrar = Registrar({a.number: a.secret for a in config.agents if a.secret}, key=secret)
@@ -345,12 +342,7 @@ class Engine:
         self.max_loop_lag = config.limits.max_loop_lag_ms / 1000
         self.metrics = Metrics()
         self.metrics.watch(self)
-        self.registrations: dict[str, asyncio.TimerHandle] = {}
-        self._wrap_up: dict[str, asyncio.TimerHandle] = {}
         self._assign_task: asyncio.Task[None] | None = None
-        self._claiming = self._claim_again = self._refreshing = False
-        self._states: dict[str, str] = {}
-        self._status_dirty = True
         self.status_file = config.status_file
         self.pacer = MediaClock()
         self.ports = RtpPortPool(*config.general.rtp_ports)
@@ -358,6 +350,9 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         g = config.general
         self.endpoint = SipEndpoint(g.bind, g.port, self, user_agent=g.user_agent, advertised=g.advertised_ip, transports=g.transports, tls_port=g.tls_port, tls_certificate=str(g.tls_certificate or ""), tls_key=str(g.tls_key or ""), idle_seconds=g.tcp_idle_seconds, max_connections=g.max_connections)
+        self.agents = Agents(self.acd, config, self.endpoint, self.ports, self.legs, self._spawn, self.media_ip, desk)
+        self.desk_commands = desk_commands
+        self._taking_commands = False
 
     @property
     def media_ip(self) -> str:
@@ -368,14 +363,7 @@ class Engine:
         await self.endpoint.start()
         g = self.config.general
         log.info("listening", bind=g.bind, port=g.port, numbers=sorted(g.numbers), rtp_ports=list(g.rtp_ports))
-        if isinstance(self.acd, SharedAcd):
-            await asyncio.to_thread(self.acd.start, self.config.agents, utc_now())
-        else:
-            for agent in self.config.agents:
-                if agent.host is not None:  # a static contact is always logged in
-                    self.acd.login(agent.number, agent.host, utc_now())
-        log.info("seat_groups", agents=self.acd.describe())
-        self.publish_states()
+        await self.agents.start()
         # overflow eligibility grows with waiting time: re-run the ACD every second
         self._assign_task = asyncio.get_running_loop().create_task(self._assign_every_second())
         self._lag_task = asyncio.get_running_loop().create_task(self._watch_loop_lag())
@@ -410,8 +398,21 @@ class Engine:
         await self.pacer.close()
         await asyncio.sleep(0.05)  # let the last BYEs leave the socket
         await self.endpoint.stop()
-        if isinstance(self.acd, SharedAcd):
-            await asyncio.to_thread(self.acd.close, utc_now())
+        await self.agents.close()
+
+    async def _apply_desk_commands(self) -> None:
+        """The agent desk's buttons (pause, resume, end wrap-up), queued in the CRM."""
+        assert self.desk_commands is not None
+        self._taking_commands = True
+        try:
+            commands = await asyncio.to_thread(self.desk_commands)
+            for command in commands:
+                log.info("agent_command", agent=command.agent, command=command.command, requested_by=command.requested_by)
+                await self.agents.apply(command.command, command.agent)
+        except Exception as exc:  # the database is away: the desk's buttons wait, calls do not
+            log.warning("agent_commands_failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        finally:
+            self._taking_commands = False
 
     def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
         task = asyncio.get_running_loop().create_task(coro)
@@ -503,12 +504,6 @@ class Engine:
         if call.sdp_offer is None:
             self._reject(call, 488, "Not Acceptable Here", "no SDP offer (late offer is not supported)")
             return
-        secure = [m.proto for m in call.sdp_offer.media if m.media == "audio" and "SAVP" in m.proto.upper()]
-        if secure:
-            # RFC 4568: an answer must keep the offer's profile; answering RTP/SAVP without keys
-            # would send the caller's audio in clear under a secure label. Refuse instead.
-            self._reject(call, 488, "Not Acceptable Here", f"secure media ({secure[0]}) is not offered by this IVR")
-            return
         if not len(self.ports):
             self._reject(call, 503, "Service Unavailable", "RTP port range exhausted")
             return
@@ -521,12 +516,17 @@ class Engine:
         try:
             # the codec is chosen now (a 488 must not wait for a socket); the answer is
             # written again once the RTP port is bound (see _start_leg)
-            _, leg.payload_type = self._answer_sdp(offer, 0, dtmf_pt)
+            answer, leg.payload_type = self._answer_sdp(offer, 0, dtmf_pt)
+            # [media] srtp: the keys are chosen now as well, and kept for the answer _start_leg writes
+            _, leg.srtp = negotiate_srtp(offer, answer, self.config.media.srtp)
             remote = offer.rtp_address
             if remote is None:
                 raise SdpNegotiationError("offer has no audio address")
         except SdpNegotiationError as exc:
             self._reject(call, 488, "Not Acceptable Here", str(exc))
+            return
+        except SrtpRefused as exc:  # RFC 4568: an RTP/SAVP offer is never answered in clear
+            self._reject(call, 488, "Not Acceptable Here", exc.reason)
             return
         self.legs[call.call_id] = leg
         leg.max_duration = asyncio.get_running_loop().call_later(
@@ -543,6 +543,7 @@ class Engine:
                 leg.log.warning("caller_lookup_failed", error=str(exc))
                 return
             if profile is not None:
+                leg.customer_name = profile.name or None
                 leg.dispatch(CallerIdentified(utc_now(), profile.tier, profile.known))
             else:
                 self._spawn(self._identify(leg, caller))
@@ -557,6 +558,7 @@ class Engine:
             leg.log.warning("caller_lookup_failed", error=str(exc) or type(exc).__name__)
             return
         if not leg.closed:
+            leg.customer_name = profile.name or None
             leg.dispatch(CallerIdentified(utc_now(), profile.tier, profile.known))
 
     def _answer_sdp(self, offer: Any, port: int, dtmf_pt: int) -> tuple[Any, int]:
@@ -566,7 +568,8 @@ class Engine:
     async def _start_leg(self, leg: Leg, offer: Any, remote: tuple[str, int], dtmf_pt: int) -> None:
         try:
             rtp, leg.rtp_port = await open_rtp(self.ports, self.config.general.bind, remote, leg.payload_type,
-                                               dtmf_payload_type=dtmf_pt, strict=self.config.general.rtp_strict)
+                                               dtmf_payload_type=dtmf_pt, strict=self.config.general.rtp_strict,
+                                               srtp=leg.srtp)
         except (OSError, RuntimeError) as exc:
             leg.media_starting = False
             leg.log.error("rtp_bind_failed", error=str(exc))
@@ -577,7 +580,7 @@ class Engine:
             await rtp.close()
             self._release_port(leg)
             return
-        leg.sdp_answer, _ = self._answer_sdp(offer, leg.rtp_port, dtmf_pt)
+        leg.sdp_answer = secure_answer(self._answer_sdp(offer, leg.rtp_port, dtmf_pt)[0], leg.srtp)
         leg.rtp = rtp
         rtp.on_dtmf = leg.on_dtmf
         if leg.deferred_timer is not None:
@@ -589,34 +592,22 @@ class Engine:
             phone = self._phone_address(call.source_addr, parse_address(call.invite.get_header("contact") or "").uri)
         except Exception:
             return False
-        agent = next((s.number for s in self.acd.seats.values() if s.contact == phone), None)
+        agent = self.agents.agent_at(phone)
         if agent is None:
             return False
-        if isinstance(self.acd, SharedAcd):
-            # the answer waits for the database, so it tells the state every worker now sees
-            self._spawn(self._shared_feature_code(call, agent, pause))
-            return True
-        self.acd.pause(agent, pause, utc_now())
-        self._feature_code_done(call, agent, pause, self.acd.seats[agent].state.value)
+        self._spawn(self._pause_agent(call, agent, pause))
         return True
 
-    async def _shared_feature_code(self, call: InboundCall, agent: str, pause: bool) -> None:
-        assert isinstance(self.acd, SharedAcd)
+    async def _pause_agent(self, call: InboundCall, agent: str, pause: bool) -> None:
         try:
-            state = await self.acd.set_paused(agent, pause, utc_now())
+            # with shared agents this waits for the database: the answer tells the state every worker sees
+            state = await self.agents.set_paused(agent, pause)
         except Exception as exc:  # the database is away: say so rather than guess
             log.warning("agent_pause_failed", agent=agent, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             self._reject(call, 503, "Agent State Unavailable", "feature code: database unavailable")
             return
-        self._feature_code_done(call, agent, pause, state)
-
-    def _feature_code_done(self, call: InboundCall, agent: str, pause: bool, state: str) -> None:
-        log.info("agent_pause" if pause else "agent_resume", agent=agent, state=state)
-        self.publish_states()
         # no media needed: the final response's reason phrase tells the phone the new state
         self._reject(call, 480, f"Agent {agent} {state.replace('_', ' ')}", "feature code")
-        if not pause:
-            self.assign()
 
     def on_bye(self, call: InboundCall | OutboundCall) -> None:
         if isinstance(call, InboundCall):
@@ -624,10 +615,7 @@ class Engine:
             if leg is not None:
                 leg.dispatch(HungUp(utc_now()))
             return
-        agent_leg = self.agent_legs.get(call.call_id)
-        if agent_leg is not None:  # the agent hung up
-            self.end_agent_leg(agent_leg, hang_up=False)
-            agent_leg.caller.dispatch(AgentHungUp(utc_now()))
+        self.agents.hung_up(call)
 
     def on_cancel(self, call: InboundCall) -> None:
         leg = self.legs.get(call.call_id)
@@ -661,7 +649,9 @@ class Engine:
 
     def _register_decision(self, request: SipRequest, addr: tuple[str, int]) -> tuple[int, str, Headers]:
         raw_auth = request.get_header("authorization")
-        params = parse_auth(raw_auth).params if raw_auth else None
+        auth = parse_auth(raw_auth) if raw_auth else None
+        # credentials of a scheme we do not speak are no credentials: challenge (RFC 3261 §22.4)
+        params = auth.params if auth is not None and auth.scheme.lower() == "digest" else None
         expires_raw = request.get_header("expires")
         contact: tuple[str, int] | None = None
         contact_raw = (request.get_header("contact") or "").strip()
@@ -685,31 +675,11 @@ class Engine:
                 return 403, "Forbidden", []
             case Registered(agent=agent, contact=where, expires=granted):
                 uri = contact_raw[: contact_raw.index(">") + 1] if ">" in contact_raw else contact_raw.split(";")[0]
-                self._bind_agent(agent, where, granted, uri.strip().removeprefix("<").removesuffix(">") or None)
+                self.agents.bind(agent, where, granted, uri.strip().removeprefix("<").removesuffix(">") or None)
                 if where is None:
                     return 200, "OK", []
                 return 200, "OK", [("Contact", f"{uri};expires={granted}")]
         raise AssertionError(decision)
-
-    def _bind_agent(self, agent: str, contact: tuple[str, int] | None, expires: int, uri: str | None = None) -> None:
-        old = self.registrations.pop(agent, None)
-        if old is not None:
-            old.cancel()
-        if contact is None:
-            self.acd.logout(agent)
-            log.info("agent_unregistered", agent=agent)
-            self.publish_states()
-            return
-        self.acd.login(agent, contact, utc_now(), until=utc_now() + timedelta(seconds=expires), uri=uri)
-        self.registrations[agent] = asyncio.get_running_loop().call_later(expires, self._expire_agent, agent)
-        log.info("agent_registered", agent=agent, contact=f"{contact[0]}:{contact[1]}", expires=expires)
-        self.assign()
-
-    def _expire_agent(self, agent: str) -> None:
-        self.registrations.pop(agent, None)
-        self.acd.logout(agent)
-        self.publish_states()
-        log.info("agent_registration_expired", agent=agent)
 
     # --- ACD and agent legs ------------------------------------------------------------
 
@@ -732,165 +702,12 @@ class Engine:
                 found = gc.collect()
                 last_full_gc = time.monotonic()
                 log.debug("gc_full", unreachable=found, ms=round(1000 * (time.perf_counter() - started), 1), calls=len(self.legs))
-            if isinstance(self.acd, SharedAcd) and not self._refreshing:
-                self._spawn(self._refresh_agents())
-            if self.acd.waiting():
-                self.assign()
-            if self.status_file is not None and (self._status_dirty or self.legs):
-                self._status_dirty = False
+            self.agents.tick()
+            if self.desk_commands is not None and not self._taking_commands:
+                self._spawn(self._apply_desk_commands())
+            if self.status_file is not None and (self.agents.dirty or self.legs):
+                self.agents.dirty = False
                 write_status(self.status_file, self.acd, len(self.legs), self.pacer)
-
-    def publish_states(self) -> None:
-        """Log each agent whose state changed since the last call; mark the status file stale."""
-        for seat in self.acd.seats.values():
-            state = seat.state.value
-            if self._states.get(seat.number) != state:
-                self._states[seat.number] = state
-                log.info("agent_state", agent=seat.number, seat_group=seat.seat_group, state=state, call_id=seat.call_id)
-        self._status_dirty = True
-
-    async def _refresh_agents(self) -> None:
-        assert isinstance(self.acd, SharedAcd)
-        self._refreshing = True
-        try:
-            await self.acd.refresh(utc_now())
-        finally:
-            self._refreshing = False
-        self.publish_states()
-
-    def assign(self) -> None:
-        if isinstance(self.acd, SharedAcd):
-            # a claim is a database round trip: one at a time, and once more if asked meanwhile
-            if self._claiming:
-                self._claim_again = True
-            else:
-                self._claiming = True
-                self._spawn(self._claim_shared())
-            return
-        try:
-            self._ring(self.acd.assign(utc_now()))
-        finally:
-            self.publish_states()
-
-    async def _claim_shared(self) -> None:
-        assert isinstance(self.acd, SharedAcd)
-        try:
-            while True:
-                self._claim_again = False
-                self._ring(await self.acd.claim(utc_now()))
-                if not self._claim_again:
-                    break
-        finally:
-            self._claiming = False
-            self.publish_states()
-
-    def _ring(self, offers: list[Offer]) -> None:
-        for offer in offers:
-            leg = self.legs.get(offer.call_id)
-            if leg is None or leg.closed:
-                self.acd.no_answer(offer.agent, utc_now())
-                continue
-            agent_leg = AgentLeg(leg, offer)
-            leg.agent = agent_leg
-            self._spawn(self._ring_agent(agent_leg))
-
-    async def _ring_agent(self, agent_leg: AgentLeg) -> None:
-        caller, offer = agent_leg.caller, agent_leg.offer
-        g = self.config.general
-        try:
-            agent_leg.rtp, agent_leg.rtp_port = await open_rtp(self.ports, g.bind, offer.contact, caller.payload_type,
-                                                               strict=False)
-        except (OSError, RuntimeError) as exc:
-            caller.log.error("agent_leg_failed", agent=offer.agent, error=str(exc))
-            self._agent_no_answer(agent_leg, f"media: {exc}")
-            return
-        if agent_leg.ended or caller.closed:
-            self.end_agent_leg(agent_leg, hang_up=False)
-            return
-        sdp = build_sdp(self.media_ip, agent_leg.rtp_port, caller.payload_type, CODEC_NAMES[caller.payload_type])
-        record = caller.flow.record
-        caller_number = record.caller if record else "ivr"
-        out = self.endpoint.invite(
-            from_uri=f"sip:{caller_number}@{self.endpoint.host}:{g.port}", from_display=None,
-            # RFC 3261 §10.2.1: a registered phone is reached at the Contact URI it registered
-            request_uri=offer.contact_uri or f"sip:{offer.agent}@{offer.contact[0]}:{offer.contact[1]}",
-            destination=offer.contact, sdp=sdp,
-        )
-        agent_leg.out = out
-        self.agent_legs[out.call_id] = agent_leg
-        out.on_answer = lambda _out: self._agent_answered(agent_leg)
-        out.on_rejected = lambda _out, code, reason: self._agent_no_answer(agent_leg, f"{code} {reason}")
-        agent_leg.ring_timer = asyncio.get_running_loop().call_later(
-            self.config.queues.ring_agent_seconds, self._agent_no_answer, agent_leg, "no answer"
-        )
-        caller.dispatch(AgentRinging(utc_now(), offer.agent))
-
-    def _agent_answered(self, agent_leg: AgentLeg) -> None:
-        if agent_leg.ended:
-            return
-        if agent_leg.ring_timer is not None:
-            agent_leg.ring_timer.cancel()
-        out = agent_leg.out
-        assert out is not None
-        answer = out.sdp_answer
-        remote = answer.rtp_address if answer is not None else None
-        if remote is not None and agent_leg.rtp is not None:
-            agent_leg.rtp.update_remote(remote)
-        agent_leg.answered = True
-        self.acd.answered(agent_leg.agent)
-        self.publish_states()
-        agent_leg.caller.dispatch(AgentAnswered(utc_now(), agent_leg.agent, agent_leg.offer.seat_group))
-
-    def _agent_no_answer(self, agent_leg: AgentLeg, why: str) -> None:
-        if agent_leg.ended or agent_leg.answered:
-            return
-        agent_leg.caller.log.info("agent_not_answering", agent=agent_leg.agent, reason=why)
-        self.end_agent_leg(agent_leg, hang_up=True, release=False)
-        self.acd.no_answer(agent_leg.agent, utc_now())
-        agent_leg.caller.dispatch(AgentNoAnswer(utc_now(), agent_leg.agent))
-        self.assign()
-
-    def end_agent_leg(self, agent_leg: AgentLeg, *, hang_up: bool, release: bool = True) -> None:
-        """Tear down the agent's leg; BYE (or CANCEL while ringing) when `hang_up`."""
-        if agent_leg.ended:
-            return
-        agent_leg.ended = True
-        if agent_leg.ring_timer is not None:
-            agent_leg.ring_timer.cancel()
-        out = agent_leg.out
-        if out is not None:
-            if hang_up:
-                if agent_leg.answered:
-                    out.hangup()
-                else:
-                    out.cancel()
-            self.agent_legs.pop(out.call_id, None)
-        if agent_leg.caller.agent is agent_leg:
-            agent_leg.caller.agent = None
-        if release and agent_leg.answered:
-            wrap_up = self.acd.released(agent_leg.agent, utc_now())
-            self._wrap_up[agent_leg.agent] = asyncio.get_running_loop().call_later(wrap_up, self._wrap_up_done, agent_leg.agent)
-            self.publish_states()
-        self._spawn(self._close_agent_media(agent_leg))
-
-    async def _close_agent_media(self, agent_leg: AgentLeg) -> None:
-        if agent_leg.rtp is not None:
-            rtp, agent_leg.rtp = agent_leg.rtp, None
-            await rtp.close()
-        if agent_leg.rtp_port is not None:
-            self.ports.release(agent_leg.rtp_port)
-            agent_leg.rtp_port = None
-
-    def _wrap_up_done(self, agent: str) -> None:
-        self._wrap_up.pop(agent, None)
-        self.acd.wrap_up_done(agent, utc_now())
-        self.assign()
-
-    def leave_queue(self, leg: Leg) -> None:
-        self.acd.leave(leg.call_id)
-        if leg.agent is not None:  # an agent was being rung for this caller
-            agent_leg = leg.agent
-            self.end_agent_leg(agent_leg, hang_up=True, release=False)
 
     # --- teardown ---------------------------------------------------------------------
 
@@ -913,7 +730,7 @@ class Engine:
         self._spawn(leg.close_media())
 
 
-def write_status(path: Path, acd: Acd, calls: int = 0, pacer: MediaClock | None = None) -> None:
+def write_status(path: Path, acd: AgentPool, calls: int = 0, pacer: MediaClock | None = None) -> None:
     """Agents and queues as JSON for `python -m ivr status`; replaced atomically."""
     status = {
         "written_at": utc_now().isoformat(),

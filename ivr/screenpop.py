@@ -37,6 +37,14 @@ class TemplateError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class DeskLink:
+    """How the IVR names a caller to an agent's phone: the display-name template and the desk's address."""
+
+    template: str = DEFAULT_TEMPLATE
+    base_url: str | None = None  # None: no Call-Info link
+
+
+@dataclass(frozen=True, slots=True)
 class ScreenPop:
     display_name: str  # the quoted-string, quotes included: "\"张敏 高端 业务咨询\""
     headers: tuple[tuple[str, str], ...]  # extra headers for the agent INVITE, in order

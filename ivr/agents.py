@@ -1,0 +1,350 @@
+"""Agents: their phones, the offers the ACD makes, and the IVR's calls to them.
+
+The engine wires this module to the call flow; it holds everything on the
+agent side of the B2BUA:
+
+- registration bindings (a phone's REGISTER logs its agent in until it expires);
+- the ACD pass: waiting callers are offered to agents (`AgentPool.claim`), once
+  when something changes and once a second (overflow grows with waiting time);
+- agent legs: the INVITE to the agent's phone with its own RTP session, ring
+  timeout, answer, CANCEL/BYE, and wrap-up after the call;
+- pause and resume (the phone's *46/*47 feature codes, the desk's buttons).
+
+The pool is `ivr.acd.Acd` in one process or `ivr.shared_acd.SharedAcd` for
+workers behind a balancer; both implement `AgentPool`, so nothing here asks
+which one it has. A claim may be a database round trip: claims run one at a
+time, and one more is run when something asked for a claim meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+from aiosipua import build_sdp
+
+from ivr.acd import Offer, Seat, Waiting
+from ivr.config import AgentConfig, Config
+from ivr.events import AgentAnswered, AgentHungUp, AgentNoAnswer, AgentRinging
+from ivr.media import CODEC_NAMES, SAMPLES_PER_FRAME, RtpPortPool, RtpSession, open_rtp
+from ivr.screenpop import DeskLink, desk_call_url, screen_pop
+from ivr.sip.endpoint import OutboundCall, SipEndpoint
+
+if TYPE_CHECKING:
+    from ivr.engine import Leg
+
+log = structlog.get_logger("ivr.agents")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AgentPool(Protocol):
+    """Agents and their queues: one process (`Acd`) or shared by workers (`SharedAcd`)."""
+
+    seats: dict[str, Seat]
+    queues: dict[str, list[Waiting]]
+    shared: bool  # agent state in the database, claimed by several workers
+
+    def start(self, agents: tuple[AgentConfig, ...], at: datetime) -> None: ...  # blocking: run in a thread
+    def close(self, at: datetime) -> None: ...  # blocking: run in a thread
+    async def refresh(self, at: datetime) -> None: ...
+    async def claim(self, at: datetime) -> list[Offer]: ...
+    async def set_paused(self, number: str, paused: bool, at: datetime) -> str: ...
+    def login(self, number: str, contact: tuple[str, int], at: datetime, until: datetime | None = None,
+              uri: str | None = None) -> None: ...
+    def logout(self, number: str) -> None: ...
+    def answered(self, number: str) -> None: ...
+    def no_answer(self, number: str, at: datetime) -> Waiting | None: ...
+    def released(self, number: str, at: datetime) -> float: ...
+    def wrap_up_done(self, number: str, at: datetime) -> None: ...
+    def join(self, call_id: str, seat_group: str, service: str, at: datetime) -> None: ...
+    def leave(self, call_id: str) -> str | None: ...
+    def position(self, call_id: str) -> int | None: ...
+    def waiting(self) -> int: ...
+    def describe(self) -> list[str]: ...
+
+
+class AgentLeg:
+    """The IVR's call to an agent (UAC side of the B2BUA) for one caller."""
+
+    def __init__(self, caller: Leg, offer: Offer) -> None:
+        self.caller = caller
+        self.offer = offer
+        self.agent = offer.agent
+        self.rtp: RtpSession | None = None
+        self.rtp_port: int | None = None
+        self.out: OutboundCall | None = None
+        self.ring_timer: asyncio.TimerHandle | None = None
+        self.answered = False
+        self.ended = False
+        self.ts_offset = random.getrandbits(32)
+        self._ts = self.ts_offset
+
+    def next_timestamp(self) -> int:
+        self._ts = (self._ts + SAMPLES_PER_FRAME) & 0xFFFFFFFF
+        return self._ts
+
+
+class Agents:
+    """The agent side of the hotline; see the module docstring."""
+
+    def __init__(self, pool: AgentPool, config: Config, endpoint: SipEndpoint, ports: RtpPortPool,
+                 legs: dict[str, Leg], spawn: Callable[[Coroutine[Any, Any, None]], None], media_ip: str,
+                 desk: DeskLink | None = None) -> None:
+        self.pool = pool
+        self.config = config
+        self.endpoint = endpoint
+        self.ports = ports
+        self.legs = legs  # the engine's calls, by Call-ID
+        self.spawn = spawn
+        self.media_ip = media_ip
+        self.desk = desk or DeskLink()
+        self.legs_by_agent_call: dict[str, AgentLeg] = {}  # by the agent call's Call-ID
+        self.registrations: dict[str, asyncio.TimerHandle] = {}
+        self._wrap_up: dict[str, asyncio.TimerHandle] = {}
+        self._claiming = self._claim_again = self._refreshing = False
+        self._states: dict[str, str] = {}
+        self.dirty = True  # an agent's state changed since the status file was written
+
+    # --- start, stop, once a second ----------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.pool.start, self.config.agents, utc_now())
+        log.info("seat_groups", agents=self.pool.describe())
+        self.publish_states()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.pool.close, utc_now())
+
+    def tick(self) -> None:
+        """The once-a-second pass: refresh shared state, and offer again (overflow grows with waiting)."""
+        if not self._refreshing:
+            self.spawn(self._refresh())
+        if self.pool.waiting():
+            self.assign()
+
+    async def _refresh(self) -> None:
+        self._refreshing = True
+        try:
+            await self.pool.refresh(utc_now())
+        finally:
+            self._refreshing = False
+        self.publish_states()
+
+    def publish_states(self) -> None:
+        """Log each agent whose state changed since the last call; mark the status file stale."""
+        for seat in self.pool.seats.values():
+            state = seat.state.value
+            if self._states.get(seat.number) != state:
+                self._states[seat.number] = state
+                log.info("agent_state", agent=seat.number, seat_group=seat.seat_group, state=state, call_id=seat.call_id)
+        self.dirty = True
+
+    # --- phones: registration and pause ------------------------------------------------
+
+    def bind(self, agent: str, contact: tuple[str, int] | None, expires: int, uri: str | None = None) -> None:
+        """A REGISTER from the agent's phone: logged in at `contact` for `expires` s (None: logged out)."""
+        old = self.registrations.pop(agent, None)
+        if old is not None:
+            old.cancel()
+        if contact is None:
+            self.pool.logout(agent)
+            log.info("agent_unregistered", agent=agent)
+            self.publish_states()
+            return
+        self.pool.login(agent, contact, utc_now(), until=utc_now() + timedelta(seconds=expires), uri=uri)
+        self.registrations[agent] = asyncio.get_running_loop().call_later(expires, self._expire, agent)
+        log.info("agent_registered", agent=agent, contact=f"{contact[0]}:{contact[1]}", expires=expires)
+        self.assign()
+
+    def _expire(self, agent: str) -> None:
+        self.registrations.pop(agent, None)
+        self.pool.logout(agent)
+        self.publish_states()
+        log.info("agent_registration_expired", agent=agent)
+
+    def agent_at(self, phone: tuple[str, int]) -> str | None:
+        return next((s.number for s in self.pool.seats.values() if s.contact == phone), None)
+
+    async def set_paused(self, agent: str, pause: bool) -> str:
+        """Pause or resume; returns the state every worker now sees (with shared agents, after the database has it)."""
+        state = await self.pool.set_paused(agent, pause, utc_now())
+        log.info("agent_pause" if pause else "agent_resume", agent=agent, state=state)
+        self.publish_states()
+        if not pause:
+            self.assign()
+        return state
+
+    # --- callers in the queues ---------------------------------------------------------
+
+    def join(self, leg: Leg, seat_group: str, service: str) -> None:
+        self.pool.join(leg.call_id, seat_group, service, utc_now())
+        self.assign()
+
+    def position(self, leg: Leg) -> int | None:
+        return self.pool.position(leg.call_id)
+
+    def leave(self, leg: Leg) -> None:
+        self.pool.leave(leg.call_id)
+        if leg.agent is not None:  # an agent was being rung for this caller
+            self.end_leg(leg.agent, hang_up=True, release=False)
+
+    def assign(self) -> None:
+        """Offer waiting callers to agents: one claim at a time, and once more if asked meanwhile."""
+        if self._claiming:
+            self._claim_again = True
+            return
+        self._claiming = True
+        self.spawn(self._claim())
+
+    async def _claim(self) -> None:
+        try:
+            while True:
+                self._claim_again = False
+                self._ring(await self.pool.claim(utc_now()))
+                if not self._claim_again:
+                    break
+        finally:
+            self._claiming = False
+            self.publish_states()
+
+    # --- agent legs ----------------------------------------------------------------------
+
+    def _ring(self, offers: list[Offer]) -> None:
+        for offer in offers:
+            leg = self.legs.get(offer.call_id)
+            if leg is None or leg.closed:
+                self.pool.no_answer(offer.agent, utc_now())
+                continue
+            agent_leg = AgentLeg(leg, offer)
+            leg.agent = agent_leg
+            self.spawn(self._ring_agent(agent_leg))
+
+    async def _ring_agent(self, agent_leg: AgentLeg) -> None:
+        caller, offer = agent_leg.caller, agent_leg.offer
+        g = self.config.general
+        try:
+            agent_leg.rtp, agent_leg.rtp_port = await open_rtp(self.ports, g.bind, offer.contact, caller.payload_type,
+                                                               strict=False)
+        except (OSError, RuntimeError) as exc:
+            caller.log.error("agent_leg_failed", agent=offer.agent, error=str(exc))
+            self._no_answer(agent_leg, f"media: {exc}")
+            return
+        if agent_leg.ended or caller.closed:
+            self.end_leg(agent_leg, hang_up=False)
+            return
+        sdp = build_sdp(self.media_ip, agent_leg.rtp_port, caller.payload_type, CODEC_NAMES[caller.payload_type])
+        record = caller.flow.record
+        caller_number = record.caller if record else "ivr"
+        # the agent's phone shows who calls and why, whatever the softphone: name, tier and service
+        # in the From display name, the rest in headers and a Call-Info link to the desk
+        pop = screen_pop(name=caller.customer_name, tier=record.tier if record and record.tier else "junior",
+                         service=record.service if record else None, caller=caller_number, call_id=caller.call_id,
+                         desk_url=desk_call_url(self.desk.base_url, caller.call_id) if self.desk.base_url else None,
+                         template=self.desk.template)
+        out = self.endpoint.invite(
+            from_uri=f"sip:{caller_number}@{self.endpoint.host}:{g.port}", from_display=pop.display_name,
+            headers=dict(pop.headers),
+            # RFC 3261 §10.2.1: a registered phone is reached at the Contact URI it registered
+            request_uri=offer.contact_uri or f"sip:{offer.agent}@{offer.contact[0]}:{offer.contact[1]}",
+            destination=offer.contact, sdp=sdp,
+        )
+        agent_leg.out = out
+        self.legs_by_agent_call[out.call_id] = agent_leg
+        out.on_answer = lambda _out: self._answered(agent_leg)
+        out.on_rejected = lambda _out, code, reason: self._no_answer(agent_leg, f"{code} {reason}")
+        agent_leg.ring_timer = asyncio.get_running_loop().call_later(
+            self.config.queues.ring_agent_seconds, self._no_answer, agent_leg, "no answer"
+        )
+        caller.dispatch(AgentRinging(utc_now(), offer.agent))
+
+    def _answered(self, agent_leg: AgentLeg) -> None:
+        if agent_leg.ended:
+            return
+        if agent_leg.ring_timer is not None:
+            agent_leg.ring_timer.cancel()
+        out = agent_leg.out
+        assert out is not None
+        answer = out.sdp_answer
+        remote = answer.rtp_address if answer is not None else None
+        if remote is not None and agent_leg.rtp is not None:
+            agent_leg.rtp.update_remote(remote)
+        agent_leg.answered = True
+        self.pool.answered(agent_leg.agent)
+        self.publish_states()
+        agent_leg.caller.dispatch(AgentAnswered(utc_now(), agent_leg.agent, agent_leg.offer.seat_group))
+
+    def _no_answer(self, agent_leg: AgentLeg, why: str) -> None:
+        if agent_leg.ended or agent_leg.answered:
+            return
+        agent_leg.caller.log.info("agent_not_answering", agent=agent_leg.agent, reason=why)
+        self.end_leg(agent_leg, hang_up=True, release=False)
+        self.pool.no_answer(agent_leg.agent, utc_now())
+        agent_leg.caller.dispatch(AgentNoAnswer(utc_now(), agent_leg.agent))
+        self.assign()
+
+    def hung_up(self, out: OutboundCall) -> bool:
+        """The agent's BYE; False when the call is not an agent leg of ours."""
+        agent_leg = self.legs_by_agent_call.get(out.call_id)
+        if agent_leg is None:
+            return False
+        self.end_leg(agent_leg, hang_up=False)
+        agent_leg.caller.dispatch(AgentHungUp(utc_now()))
+        return True
+
+    def end_leg(self, agent_leg: AgentLeg, *, hang_up: bool, release: bool = True) -> None:
+        """Tear down the agent's leg; BYE (or CANCEL while ringing) when `hang_up`."""
+        if agent_leg.ended:
+            return
+        agent_leg.ended = True
+        if agent_leg.ring_timer is not None:
+            agent_leg.ring_timer.cancel()
+        out = agent_leg.out
+        if out is not None:
+            if hang_up:
+                if agent_leg.answered:
+                    out.hangup()
+                else:
+                    out.cancel()
+            self.legs_by_agent_call.pop(out.call_id, None)
+        if agent_leg.caller.agent is agent_leg:
+            agent_leg.caller.agent = None
+        if release and agent_leg.answered:
+            wrap_up = self.pool.released(agent_leg.agent, utc_now())
+            self._wrap_up[agent_leg.agent] = asyncio.get_running_loop().call_later(wrap_up, self._wrap_up_done, agent_leg.agent)
+            self.publish_states()
+        self.spawn(self._close_media(agent_leg))
+
+    async def _close_media(self, agent_leg: AgentLeg) -> None:
+        if agent_leg.rtp is not None:
+            rtp, agent_leg.rtp = agent_leg.rtp, None
+            await rtp.close()
+        if agent_leg.rtp_port is not None:
+            self.ports.release(agent_leg.rtp_port)
+            agent_leg.rtp_port = None
+
+    def end_wrap_up(self, agent: str) -> None:
+        """The agent is ready before the wrap-up time is over (the desk's button)."""
+        timer = self._wrap_up.pop(agent, None)
+        if timer is not None:
+            timer.cancel()
+            self._wrap_up_done(agent)
+
+    async def apply(self, command: str, agent: str) -> None:
+        """A command from the desk: pause, resume (as *46/*47 do) or end_wrap_up."""
+        if command in ("pause", "resume"):
+            await self.set_paused(agent, command == "pause")
+        elif command == "end_wrap_up":
+            self.end_wrap_up(agent)
+        self.publish_states()
+
+    def _wrap_up_done(self, agent: str) -> None:
+        self._wrap_up.pop(agent, None)
+        self.pool.wrap_up_done(agent, utc_now())
+        self.assign()
