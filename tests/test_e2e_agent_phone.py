@@ -21,7 +21,7 @@ def header_values(text: str, name: str) -> list[str]:
 
 
 def register(phone: ScriptedPhone, ivr: IvrProcess, agent: str, contact_uri: str, *, algorithm: str = "SHA-256",
-             password: str = "pw801", uri: str | None = None) -> tuple[list[str], str]:
+             password: str = "pw801", uri: str | None = None, wait: float = 10) -> tuple[list[str], str]:
     """REGISTER, answer the challenge; returns the challenges and the final status line."""
     request_uri = f"sip:127.0.0.1:{ivr.port}"
     call_id, tag = f"{uuid.uuid4().hex}@127.0.0.1", uuid.uuid4().hex[:8]
@@ -32,7 +32,7 @@ def register(phone: ScriptedPhone, ivr: IvrProcess, agent: str, contact_uri: str
                    f"Max-Forwards: 70\nFrom: <sip:{agent}@127.0.0.1>;tag={tag}\nTo: <sip:{agent}@127.0.0.1>\n"
                    f"Call-ID: {call_id}\nCSeq: {cseq} REGISTER\nContact: <{contact_uri}>\nExpires: 300\n{auth}"
                    f"Content-Length: 0\n\n")
-        got = phone.until(lambda t: t.startswith("SIP/2.0") and f"{cseq} REGISTER" in t)
+        got = phone.until(lambda t: t.startswith("SIP/2.0") and f"{cseq} REGISTER" in t, seconds=wait)
         return next(t for _, t in got if t.startswith("SIP/2.0") and f"{cseq} REGISTER" in t)
 
     first = send(1, None)
@@ -81,3 +81,20 @@ def test_a_registered_phone_is_rung_at_the_contact_uri_it_registered(ivr_factory
     finally:
         phone.close()
     assert SENIOR in invite  # the caller's number, for the agent's display
+
+
+def test_a_password_guesser_is_banned_before_the_right_guess(ivr_factory) -> None:
+    ivr = ivr_factory(extra="[801]\ntype = agent\nseat_group = senior\nhost = dynamic\nsecret = pw801\n"
+                            "[limits]\nauth_failures = 10\n")
+    phone = ScriptedPhone(ivr, host="127.0.0.7")  # not 127.0.0.1, which the test config trusts
+    contact = f"sip:801@127.0.0.7:{phone.port}"
+    try:
+        for n in range(11):  # ten failures a minute are allowed; the eleventh bans
+            _, status = register(phone, ivr, "801", contact, algorithm="MD5", password=f"guess{n}")
+            assert status.startswith("SIP/2.0 403"), status
+        with pytest.raises(AssertionError, match="not seen"):  # banned: no answer at all, not even a challenge
+            register(phone, ivr, "801", contact, algorithm="MD5", wait=2)
+    finally:
+        phone.close()
+    log = ivr.log()
+    assert re.search(r"auth_banned' source='127\.0\.0\.7:\d+' failures=10", log)

@@ -127,9 +127,12 @@ def test_sipvicious_scan_finds_nothing_it_can_use(ivr_factory, tmp_path: Path) -
     # once banned, the IVR stops answering; svcrack gives up after 10 s of silence
     cracked = run("svcrack", "-u", "801", "-d", str(words), "--maximumtime", "10")
     assert "change-me-801" not in cracked, cracked
+    # svcrack 0.3.8 takes the first challenge, SHA-256 (RFC 7616 puts the preferred one first), and
+    # cannot compute it; whatever it did try was refused, and enough of it banned the source.
+    # tests/test_e2e_agent_phone.py guesses with MD5 until the ban.
     log = ivr.log()
-    assert re.search(r"auth_banned' source='127\.0\.0\.\d+:\d+' failures=10", log)
-    assert len(re.findall(r"auth_failed' source='127\.0\.0\.\d+:\d+' user='801'", log)) >= 10
+    tried = len(re.findall(r"auth_failed' source='127\.0\.0\.\d+:\d+' user='801'", log))
+    assert tried < 10 or re.search(r"auth_banned' source='127\.0\.0\.\d+:\d+' failures=10", log)
 
 
 def test_rtp_from_strangers_does_not_corrupt_a_call(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

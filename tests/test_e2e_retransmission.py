@@ -23,10 +23,10 @@ pytestmark = pytest.mark.e2e
 class ScriptedPhone:
     """A UDP socket that sends hand-written SIP and collects what comes back."""
 
-    def __init__(self, ivr: IvrProcess) -> None:
+    def __init__(self, ivr: IvrProcess, host: str = "127.0.0.1") -> None:
         self.ivr = ivr
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))
         self.rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the IVR's audio lands here, unread
         self.rtp.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]

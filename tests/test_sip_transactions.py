@@ -867,3 +867,23 @@ def test_every_timer_a_state_runs_has_a_transition(machine: _Machine) -> None:
     for (state, _stimulus), (next_state, _effect) in machine.table.items():
         assert state is not State.TERMINATED
         assert next_state is State.TERMINATED or any(s is next_state for s, _ in machine.table), next_state
+
+
+def test_a_reused_branch_with_another_call_id_is_a_new_request_not_a_retransmission() -> None:
+    """Some clients reuse a branch for a new request; the RFC 4475 examples all share one."""
+    from aiosipua.message import SipMessage
+
+    from ivr.sip.transactions import RequestReceived, SipTransactions
+
+    def register(call_id: str):  # type: ignore[no-untyped-def]
+        return SipMessage.parse(
+            f"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP saturn.example.com:5060;branch=z9hG4bKkdjuw\r\n"
+            f"From: <sip:w@example.com>;tag=1\r\nTo: <sip:w@example.com>\r\nCall-ID: {call_id}\r\n"
+            f"CSeq: 3 REGISTER\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n".encode())
+
+    layer = SipTransactions()
+    first = layer.receive_request(register("a@x"), ("127.0.0.1", 5060), 0.0)
+    second = layer.receive_request(register("b@x"), ("127.0.0.1", 5060), 0.1)
+    again = layer.receive_request(register("b@x"), ("127.0.0.1", 5060), 0.2)
+    assert isinstance(first, RequestReceived) and isinstance(second, RequestReceived)
+    assert again is None  # the real retransmission is still absorbed

@@ -95,10 +95,13 @@ def response_address(request: SipRequest, source: Address) -> Address:
     """Where a response to `request` goes (RFC 3261 §18.2.2, RFC 3581)."""
     if isinstance(source, StreamAddress):
         return source  # §18.2.2: on the connection the request came on
-    via = parse_top_via(request.headers.get_first("via") or "")
-    if via is None or via.rport:
+    raw = request.headers.get_first("via") or ""
+    via = parse_top_via(raw)
+    if via is None or via.rport is not None:
         return source
-    return (source[0], via.port)
+    # over UDP the port is the sent-by's, or 5060 when it names none — whatever transport the Via claims
+    explicit = ":" in raw.partition(";")[0].strip().rpartition(" ")[2].rpartition("]")[2]
+    return (source[0], via.port if explicit else 5060)
 
 
 class InboundCall:
@@ -576,8 +579,14 @@ class SipEndpoint:
             if header_tag(request.headers.get_first("to")):
                 self._reinvite(request, transaction, source)
                 return
+            try:
+                call = InboundCall(self, transaction, source)
+            except ValueError as exc:  # aiosipua's SDP parser: a body it cannot read
+                log.warning("sip_bad_request", source=_where(source), method="INVITE", status=400,
+                            error=f"unreadable SDP: {exc}"[:200])
+                self.respond(transaction, make_response(request, 400, "Bad Request (SDP)"))
+                return
             self.respond(transaction, make_response(request, 100, "Trying"))
-            call = InboundCall(self, transaction, source)
             self.calls[transaction] = call
             self.owner.on_invite(call)
         elif method == "BYE":
@@ -768,3 +777,7 @@ def _dialog_key(request: SipRequest) -> DialogKey:
     """The dialog a request from the peer belongs to: our tag is in To, theirs in From."""
     return (request.call_id or "", header_tag(request.headers.get_first("to")),
             header_tag(request.headers.get_first("from")))
+
+
+def _where(source: Address) -> str:
+    return f"{source[0]}:{source[1]}"

@@ -338,7 +338,10 @@ def _top_via(message: SipMessage) -> TopVia | None:
 def _server_key(request: SipRequest, via: TopVia, method: str) -> TransactionKey | None:
     """§17.2.3; ACK passes method "INVITE" to find the INVITE it acknowledges."""
     if via.branch.startswith(MAGIC_COOKIE):
-        return (via.branch, via.sent_by, method)
+        # §17.2.3 matches on branch, sent-by and method. The Call-ID is added because a
+        # retransmission always repeats it, while a client that reuses a branch for a new
+        # request (some do) would otherwise get the answer to its earlier one.
+        return (via.branch, via.sent_by, request.headers.get_first("call-id") or "", method)
     # RFC 2543 peers: the To tag is left out because the ACK to a non-2xx
     # carries the tag we added, which the INVITE did not have.
     number = cseq_number(request)
