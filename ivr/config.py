@@ -105,6 +105,7 @@ class AgentConfig:
     secret: str
     host: tuple[str, int] | None  # None: `host = dynamic`, the softphone REGISTERs
     name: str = ""
+    digest: str = "strict"  # strict | md5 | legacy: see ivr.registrar (for phones that cannot do RFC 7616)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +267,8 @@ _KNOWN: dict[str, set[str]] = {
 }
 # Sections of the same file read by other programs, which validate them (`python -m desk`: desk/config.py).
 _OTHER_READERS = {"desk"}
-_AGENT_KEYS = {"type", "seat_group", "secret", "host", "name"}
+_AGENT_KEYS = {"type", "seat_group", "secret", "host", "name", "digest"}
+DIGEST_POLICIES = ("strict", "md5", "legacy")
 _SECTION_RE = re.compile(r"^\s*\[([^\]]+)\]")
 _KEY_RE = re.compile(r"^\s*([^\s;#=:\[][^=:]*?)\s*[=:]")
 T = TypeVar("T")
@@ -565,7 +567,9 @@ def _agent(r: _Reader, section: str) -> AgentConfig:
     host = r.get(section, "host", None, _host, "a host")
     if host is None and not secret:
         raise r.error(section, "secret", "missing; a softphone that registers (host = dynamic) must authenticate")
-    return AgentConfig(section, group, secret, host, r.get(section, "name", "", str, "a name"))
+    digest = r.get(section, "digest", "strict",
+                   lambda s: s if s in DIGEST_POLICIES else _raise(f"choose {', '.join(DIGEST_POLICIES)}"), "a policy")
+    return AgentConfig(section, group, secret, host, r.get(section, "name", "", str, "a name"), digest)
 
 
 def _menu(r: _Reader) -> MenuConfig:

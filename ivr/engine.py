@@ -336,7 +336,8 @@ class Engine:
         self.acd: AgentPool = acd or Acd.from_agents(config.agents, config.queues, tuple(SEAT_GROUPS))
         # Workers that share agents share the nonce key, so a challenge from one is answered to any.
         secret = config.cluster.secret.encode() if config.cluster.shared_agents else None
-        self.registrar = Registrar({a.number: a.secret for a in config.agents if a.secret}, key=secret)
+        self.registrar = Registrar({a.number: a.secret for a in config.agents if a.secret}, key=secret,
+                                   policies={a.number: a.digest for a in config.agents})
         self.guard = SourceGuard(config.limits)
         self.loop_lag = 0.0  # how late the event loop ran a 50 ms timer, last time it looked
         self.max_loop_lag = config.limits.max_loop_lag_ms / 1000
@@ -363,6 +364,9 @@ class Engine:
         await self.endpoint.start()
         g = self.config.general
         log.info("listening", bind=g.bind, port=g.port, numbers=sorted(g.numbers), rtp_ports=list(g.rtp_ports))
+        for agent in self.config.agents:
+            if agent.digest != "strict":  # ops should know which phones accept weaker credentials
+                log.warning("agent_digest_weakened", agent=agent.number, digest=agent.digest)
         await self.agents.start()
         # overflow eligibility grows with waiting time: re-run the ACD every second
         self._assign_task = asyncio.get_running_loop().create_task(self._assign_every_second())
@@ -665,7 +669,8 @@ class Engine:
             except Exception:
                 return 400, "Bad Contact", []
             contact = self._phone_address(addr, address.uri)
-        decision = self.registrar.register(request.method, params, contact, expires, request_uri=request.uri)
+        decision = self.registrar.register(request.method, params, contact, expires, request_uri=request.uri,
+                                           user=_user(request.get_header("to") or ""))
         match decision:
             case Challenge(headers=challenges):
                 # RFC 7616 §3.7: one challenge per algorithm, the preferred (SHA-256) first

@@ -15,6 +15,16 @@ comes back. Digest per RFC 7616 as SIP uses it (RFC 3261 22.4, RFC 8760):
   expire after `NONCE_TTL_S`; a response to an expired nonce that is otherwise
   right gets a fresh challenge with `stale=true` (the phone retries without
   asking its user), a wrong one is refused.
+
+That is the `strict` policy, every agent's default. Two older phones cannot
+follow it, so an agent's section may name a weaker one (`digest = …`):
+
+* `md5`: the challenge offers MD5 alone. baresip 1.0.0 gives up on a 401
+  that offers SHA-256 at all, whatever the order; the rest stays strict.
+* `legacy`: MD5 alone, and a response without qop (RFC 2069, as pyVoIP 1.6.8
+  sends) is taken; its `uri` may differ from the Request-URI in URI
+  parameters only (pyVoIP adds `;transport=UDP`). Without a nonce count a
+  nonce is good for one registration: a second use gets a fresh challenge.
 """
 
 from __future__ import annotations
@@ -69,10 +79,15 @@ class Registered:
     expires: int
 
 
+def _same_uri_ignoring_params(a: str, b: str) -> bool:
+    return a.partition(";")[0].strip().lower() == b.partition(";")[0].strip().lower()
+
+
 class Registrar:
     def __init__(self, secrets: dict[str, str], *, key: bytes | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, policies: dict[str, str] | None = None) -> None:
         self.secrets = secrets
+        self.policies = policies or {}  # agent -> strict | md5 | legacy; strict when not named
         self._key = key or os.urandom(32)
         self._clock = clock
         self._counts: dict[str, tuple[int, float]] = {}  # nonce -> (highest nc accepted, when)
@@ -89,12 +104,13 @@ class Registrar:
             return "bad"
         return "stale" if self._clock() - int(stamp) > NONCE_TTL_S else "ok"
 
-    def challenge(self, stale: bool = False) -> Challenge:
+    def challenge(self, stale: bool = False, user: str = "") -> Challenge:
         nonce = self._nonce()
         extra = ", stale=true" if stale else ""
+        algorithms = ("MD5",) if self.policies.get(user, "strict") != "strict" else tuple(_HASHES)
         return Challenge(tuple(
             f'Digest realm="{REALM}", nonce="{nonce}", algorithm={algorithm}, qop="auth"{extra}'
-            for algorithm in _HASHES
+            for algorithm in algorithms
         ))
 
     def register(
@@ -105,14 +121,16 @@ class Registrar:
         expires: int | None,
         *,
         request_uri: str | None = None,
+        user: str = "",
     ) -> Challenge | Refused | Registered:
         """Decide on a REGISTER: `auth` is the parsed Authorization parameters (or None).
 
         `request_uri` is the REGISTER's Request-URI, which the response's `uri` must equal;
-        None skips that check (for a caller that does not pass it yet).
+        None skips that check (for a caller that does not pass it yet). `user` is the
+        agent the REGISTER names (its To user), whose policy picks the challenge.
         """
         if not auth:
-            return self.challenge()
+            return self.challenge(user=user)
         user = auth.get("username", "")
         nonce = auth.get("nonce", "")
         state = self._nonce_state(nonce)
@@ -121,31 +139,40 @@ class Registrar:
         secret = self.secrets.get(user)
         if secret is None:
             return Refused(user, "unknown agent")
+        policy = self.policies.get(user, "strict")
         # RFC 7616 3.4: no algorithm parameter means MD5
         algorithm = auth.get("algorithm", "MD5").upper()
-        if algorithm not in _HASHES:
+        if algorithm not in _HASHES or (policy != "strict" and algorithm != "MD5"):
             return Refused(user, f"unsupported algorithm {algorithm}")
-        if auth.get("qop") != "auth":
+        rfc2069 = policy == "legacy" and "qop" not in auth
+        if auth.get("qop") != "auth" and not rfc2069:
             return Refused(user, "qop=auth required")
         uri = auth.get("uri", "")
-        if request_uri is not None and uri != request_uri:
+        if request_uri is not None and uri != request_uri and not (
+            policy == "legacy" and _same_uri_ignoring_params(uri, request_uri)
+        ):
             return Refused(user, "uri is not the Request-URI")
         nc_text, cnonce = auth.get("nc", ""), auth.get("cnonce", "")
         try:
-            nc = int(nc_text, 16)
+            nc = 1 if rfc2069 else int(nc_text, 16)
         except ValueError:
             return Refused(user, "bad nonce count")
         ha1 = _digest(algorithm, f"{user}:{REALM}:{secret}")
         ha2 = _digest(algorithm, f"{method}:{uri}")
-        expected = _digest(algorithm, f"{ha1}:{nonce}:{nc_text}:{cnonce}:auth:{ha2}")
+        if rfc2069:
+            expected = _digest(algorithm, f"{ha1}:{nonce}:{ha2}")
+        else:
+            expected = _digest(algorithm, f"{ha1}:{nonce}:{nc_text}:{cnonce}:auth:{ha2}")
         if not hmac.compare_digest(expected, auth.get("response", "").lower()):
             return Refused(user, "wrong password")
         if state == "stale":
             # RFC 7616 3.3: stale=true only for an expired nonce with a valid response
-            return self.challenge(stale=True)
+            return self.challenge(stale=True, user=user)
         now = self._clock()
         highest, _ = self._counts.get(nonce, (0, now))
         if nc <= highest:
+            if rfc2069:  # no nonce count to tell a replay from a re-registration: a fresh nonce
+                return self.challenge(stale=True, user=user)
             return Refused(user, "replayed credentials")
         # a nonce older than its TTL is answered as stale above, so its count can go
         self._counts = {n: c for n, c in self._counts.items() if now - c[1] <= NONCE_TTL_S}

@@ -68,6 +68,8 @@ def config_with(tmp_path: Path, text: str) -> Path:
         ("[callbacks]\nmax_attempts = 0\n", 2, "[callbacks] max_attempts", "from 1 to 10"),
         ("[callbacks]\nretry_seconds = 5\n", 2, "[callbacks] retry_seconds", "from 30 to 86400"),
         ("[tiers]\ngreet_senior_by_name = sometimes\n", 2, "[tiers] greet_senior_by_name", "write yes or no"),
+        ("[801]\ntype = agent\nseat_group = senior\nsecret = pw\ndigest = none\n", 5, "[801] digest",
+         "choose strict, md5, legacy"),
     ],
 )
 def test_bad_setting_names_file_line_key_and_reason(tmp_path: Path, text: str, line: int, key: str, reason: str) -> None:

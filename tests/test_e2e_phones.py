@@ -3,8 +3,10 @@
 baresip calls the hotline (silent, then with RFC 4733 digits) and serves a
 senior SIPp caller as agent 801; pyVoIP, as agent 811, serves a middle-tier
 caller played by baresip, so both ends of that call are third-party phones.
-Both phones fail to REGISTER with this IVR's digest (see the xfail tests), so
-the serving tests use fixed-host agents (`host = 127.0.0.1:<port>`).
+Neither registers with the strict RFC 7616 digest every agent gets by default
+(the xfail tests say why); each registers with the weaker policy its agent's
+section names (`digest = md5` for baresip, `digest = legacy` for pyVoIP), and
+serves its calls as a registered agent.
 """
 
 from __future__ import annotations
@@ -88,11 +90,13 @@ def test_baresip_caller_presses_keys_and_picks_after_sales(ivr_factory: IvrFacto
 def test_baresip_agent_801_answers_a_senior_caller_and_hangs_up(ivr_factory: IvrFactory, tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'crm.db'}"
     customers(tmp_path, db_url)
-    # a fixed-host agent: baresip 1.0.0 cannot REGISTER here (test_baresip_registers_as_agent_801)
-    phone = start_baresip(tmp_path / "baresip-801", "<sip:801@127.0.0.1>;regint=0;answermode=auto")
+    # a registered agent; baresip 1.0.0 needs `digest = md5` (test_baresip_registers_as_agent_801)
+    ivr = ivr_factory(db_url=db_url, extra="[queues]\nwrap_up_seconds = 0\n"
+                      + agent_section("801", "senior", "dynamic") + "digest = md5\n")
+    phone = start_baresip(tmp_path / "baresip-801",
+                          f"<sip:801@127.0.0.1:{ivr.port}>;auth_pass=pw801;regint=300;answermode=auto")
     try:
-        ivr = ivr_factory(db_url=db_url, extra="[queues]\nwrap_up_seconds = 0\n"
-                          + agent_section("801", "senior", f"127.0.0.1:{phone.sip_port}"))
+        assert phone.wait_event(("REGISTER_OK", "REGISTER_FAIL"))["type"] == "REGISTER_OK"
         caller = sipp(tmp_path, "survey_caller", ivr.port, extra=("-d", "11000"))
         phone.wait_event("CALL_ESTABLISHED", timeout=20)
         time.sleep(5)  # the announcement (~3 s), then talk
@@ -137,15 +141,15 @@ def test_pyvoip_agent_811_answers_a_middle_caller_and_talks(ivr_factory: IvrFact
     db_url = f"sqlite:///{tmp_path / 'crm.db'}"
     customers(tmp_path, db_url)
     sip_port = free_port()
-    # a fixed-host agent: pyVoIP 1.6.8 cannot REGISTER here (test_pyvoip_registers_as_agent_811)
+    # a registered agent; pyVoIP 1.6.8 needs `digest = legacy` (test_pyvoip_registers_as_agent_811)
     ivr = ivr_factory(db_url=db_url, extra="[queues]\nwrap_up_seconds = 0\n"
-                      + agent_section("811", "middle", f"127.0.0.1:{sip_port}"))
-    phone = pyvoip_agent(ivr, "811", sip_port, register=False)  # 5 s: the announcement (~3 s), then talk
+                      + agent_section("811", "middle", "dynamic") + "digest = legacy\n")
+    phone = pyvoip_agent(ivr, "811", sip_port, register=True)  # 5 s: the announcement (~3 s), then talk
     # the caller is baresip, which sends RTP all along (silence), so the bridge has audio to carry to
     # pyVoIP; SIPp's survey caller sends only its RFC 4733 digits
     caller = caller_phone(tmp_path, number=MIDDLE)
     try:
-        assert wait_line(phone, "listening")
+        assert wait_line(phone, "registered")
         caller.command("dial", f"sip:95000@127.0.0.1:{ivr.port}")
         call_id = caller.wait_event("CALL_ESTABLISHED")["id"]
         time.sleep(1.5)
@@ -184,3 +188,30 @@ def test_pyvoip_registers_as_agent_811(ivr_factory: IvrFactory, tmp_path: Path) 
         phone.wait()
     assert status == "registered", f"{status}; IVR: {re.findall(r'event=.auth_failed.*', ivr.log())}"
     assert not crm_rows(ivr)
+
+
+def test_baresip_registers_as_agent_801_with_digest_md5(ivr_factory: IvrFactory, tmp_path: Path) -> None:
+    """`digest = md5` for that agent: a challenge with MD5 alone, still qop=auth, uri and nonce count checked."""
+    ivr = ivr_factory(extra=agent_section("801", "senior", "dynamic") + "digest = md5\n")
+    phone = start_baresip(tmp_path / "baresip-801", f"<sip:801@127.0.0.1:{ivr.port}>;auth_pass=pw801;regint=300")
+    try:
+        outcome = phone.wait_event(("REGISTER_OK", "REGISTER_FAIL"))
+    finally:
+        phone.stop()
+    assert outcome["type"] == "REGISTER_OK", f"{outcome}\n{phone.log()[-2500:]}"
+    log = ivr.log()
+    assert "event='agent_registered' agent='801'" in log
+    assert "event='agent_digest_weakened' agent='801' digest='md5'" in log
+
+
+def test_pyvoip_registers_as_agent_811_with_digest_legacy(ivr_factory: IvrFactory, tmp_path: Path) -> None:
+    """`digest = legacy`: RFC 2069 answers (no qop) and a uri differing in parameters are taken for that agent."""
+    ivr = ivr_factory(extra=agent_section("811", "middle", "dynamic") + "digest = legacy\n")
+    phone = pyvoip_agent(ivr, "811", free_port(), register=True)
+    try:
+        status = wait_line(phone, "register")
+    finally:
+        phone.kill()
+        phone.wait()
+    assert status == "registered", f"{status}; IVR: {re.findall(r'event=.auth_failed.*', ivr.log())}"
+    assert "event='agent_registered' agent='811'" in ivr.log()

@@ -188,3 +188,43 @@ def test_expires_is_honoured_within_bounds_and_zero_unregisters() -> None:
         assert result == Registered("801", PHONE, granted)
     challenge = challenged(reg, 0)
     assert reg.register("REGISTER", answer(challenge, "801", "s3cret"), PHONE, 0) == Registered("801", None, 0)
+
+
+# --- weaker policies for phones that cannot follow RFC 7616 ([801] digest = md5 | legacy) ---------------------
+
+
+def test_a_strict_agent_refuses_rfc2069_and_a_uri_with_extra_parameters() -> None:
+    reg = Registrar({"811": "pw"})
+    creds = answer(challenged(reg), "811", "pw", algorithm="MD5")
+    assert isinstance(reg.register("REGISTER", {**creds, "uri": URI + ";transport=UDP"}, PHONE, 300, request_uri=URI),
+                      Refused)
+    bare = {k: v for k, v in creds.items() if k not in ("qop", "nc", "cnonce")}
+    assert reg.register("REGISTER", bare, PHONE, 300, request_uri=URI) == Refused("811", "qop=auth required")
+
+
+def test_digest_md5_offers_md5_alone_and_stays_strict_otherwise() -> None:
+    reg = Registrar({"801": "pw"}, policies={"801": "md5"})
+    challenge = reg.register("REGISTER", None, PHONE, 300, request_uri=URI, user="801")
+    assert isinstance(challenge, Challenge) and len(challenge.headers) == 1 and "algorithm=MD5" in challenge.headers[0]
+    creds = answer(challenge, "801", "pw", algorithm="MD5")
+    assert isinstance(reg.register("REGISTER", creds, PHONE, 300, request_uri=URI, user="801"), Registered)
+    again = reg.register("REGISTER", None, PHONE, 300, request_uri=URI, user="802")  # another agent: both
+    assert isinstance(again, Challenge) and len(again.headers) == 2
+
+
+def test_digest_legacy_takes_rfc2069_once_per_nonce_and_a_uri_differing_in_parameters() -> None:
+    reg = Registrar({"811": "pw"}, policies={"811": "legacy"})
+    challenge = reg.register("REGISTER", None, PHONE, 300, request_uri=URI, user="811")
+    assert isinstance(challenge, Challenge)
+    nonce = param(challenge.headers[0], "nonce")
+    uri = URI + ";transport=UDP"  # as pyVoIP 1.6.8 sends it
+    ha1, ha2 = h("MD5", f"811:{REALM}:pw"), h("MD5", f"REGISTER:{uri}")
+    creds = {"username": "811", "realm": REALM, "nonce": nonce, "uri": uri, "algorithm": "MD5",
+             "response": h("MD5", f"{ha1}:{nonce}:{ha2}")}
+    assert isinstance(reg.register("REGISTER", creds, PHONE, 300, request_uri=URI, user="811"), Registered)
+    # no nonce count: the same nonce again is answered with a fresh challenge, not accepted
+    assert isinstance(reg.register("REGISTER", creds, PHONE, 300, request_uri=URI, user="811"), Challenge)
+    wrong = {**creds, "response": h("MD5", f"{h('MD5', f'811:{REALM}:guess')}:{nonce}:{ha2}")}
+    assert reg.register("REGISTER", wrong, PHONE, 300, request_uri=URI, user="811") == Refused("811", "wrong password")
+    other = {**creds, "uri": "sip:elsewhere.example"}
+    assert isinstance(reg.register("REGISTER", other, PHONE, 300, request_uri=URI, user="811"), Refused)
