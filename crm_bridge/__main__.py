@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         tickets = overdue_tickets(engine)
         with Session(engine) as s:
             in_list = Call.id.in_([t.call_id for t in tickets])
-            call_ids = dict(s.execute(select(Call.id, Call.sip_call_id).where(in_list)).all())
+            call_ids: dict[int, str] = {row.id: row.sip_call_id for row in s.execute(select(Call.id, Call.sip_call_id).where(in_list))}
         for ticket in tickets:
             due = aware(ticket.next_feedback_due).astimezone(zone)
             print(f"ticket {ticket.id}\t{ticket.customer_phone}\tagent {ticket.agent_number}\t{ticket.status}"
@@ -138,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         print("row\tcalls\tanswered\tanswer_rate\tabandon_rate\twait_avg\twait_p90\ttalk_avg"
               "\tsurveys 1/2/3\tsilent\tcomplaints +/overdue/closed")
         for f in iter_rows(report):
-            c = csv_row(f)
-            print(f"{f.label}\t{f.calls}\t{f.answered}\t{c[4]}\t{c[6]}\t{c[11]}\t{c[12]}\t{c[13]}\t{c[14]}/{c[15]}/{c[16]}\t{c[8]}\t{c[18]}/{c[19]}/{c[20]}")
+            cells = csv_row(f)
+            print(f"{f.label}\t{f.calls}\t{f.answered}\t{cells[4]}\t{cells[6]}\t{cells[11]}\t{cells[12]}\t{cells[13]}"
+                  f"\t{cells[14]}/{cells[15]}/{cells[16]}\t{cells[8]}\t{cells[18]}/{cells[19]}/{cells[20]}")
         if args.csv:
             for path in write_csv(report, args.csv):
                 print(f"wrote {path}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import structlog
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, func, or_, select, update
+from sqlalchemy import ColumnElement, Engine, create_engine, event, func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -64,7 +64,7 @@ def reconcile_interrupted(engine: Engine, now: datetime | None = None, *, webhoo
     ones) count as this worker's. Returns how many calls were closed.
     """
     now = now or datetime.now(UTC)
-    mine = Call.ended_at.is_(None)
+    mine: ColumnElement[bool] = Call.ended_at.is_(None)
     if worker is not None:
         mine = mine & or_(Call.ivr_worker == worker, Call.ivr_worker.is_(None))
     with Session(engine) as s, s.begin():

@@ -82,7 +82,7 @@ class WebhookPusher:
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt `attempts + 1`: exponential, capped, with ±20 % jitter."""
         base = min(self.config.backoff_max_seconds, self.config.backoff_seconds * 2 ** (attempts - 1))
-        return base * random.uniform(0.8, 1.2)
+        return float(base * random.uniform(0.8, 1.2))
 
     # --- thread ---------------------------------------------------------------------
 

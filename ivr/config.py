@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from datetime import time as clock_time
 from pathlib import Path
 from types import MappingProxyType
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from crm_bridge.customers import TierThresholds
 from ivr.callflow import GREETING, FlowSettings, SilentRoutine
 from ivr.greeting import DEFAULT_DAYPARTS, FIVE_PART_DAYPARTS, Daypart, HolidayFileError, load_holiday_file
-from ivr.hours import DEFAULT_SCHEDULE, HoursConfig, parse_schedule
+from ivr.hours import DEFAULT_SCHEDULE, HoursConfig, Schedule, parse_schedule
 from ivr.service import SEAT_GROUPS, SERVICES, MenuConfig
 
 CODECS = {"pcmu": 0, "pcma": 8}  # name -> RTP static payload type (RFC 3551)
@@ -307,7 +307,7 @@ class _Reader:
 
     def number(self, section: str, key: str, default: float, lo: float, hi: float, kind: type = float) -> float:
         def convert(raw: str) -> float:
-            value = kind(raw)
+            value: float = kind(raw)
             if not lo <= value <= hi:
                 raise ValueError(f"must be between {lo} and {hi}")
             return value
@@ -359,6 +359,7 @@ def _check_tls(r: _Reader, general: GeneralConfig) -> None:
         except OSError as exc:
             raise r.error("general", key, f"cannot read {path}: {exc.strerror}") from None
     try:
+        assert general.tls_certificate is not None  # checked readable above
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(general.tls_certificate, general.tls_key)
     except (ssl.SSLError, ValueError) as exc:
         pair = f"{general.tls_certificate} and {general.tls_key}"
@@ -645,14 +646,16 @@ def _music(r: _Reader) -> Path | None:
 
 
 def _hours(r: _Reader, general: GeneralConfig) -> HoursConfig:
-    schedules = {}
+    schedules: dict[str, Schedule] = {}
     if r.parser.has_section("hours"):
         for key in r.parser.options("hours"):
             if key == "timezone":
                 continue
             if key.isdigit() and key not in general.numbers:
                 raise r.error("hours", key, f"not a hotline number; [general] numbers are {', '.join(sorted(general.numbers))}")
-            schedules[key] = r.get("hours", key, None, parse_schedule, "business hours like 08:00-22:00")
+            schedule = r.get("hours", key, None, parse_schedule, "business hours like 08:00-22:00")
+            if schedule is not None:
+                schedules[key] = schedule
     return HoursConfig(
         timezone=r.get("hours", "timezone", general.timezone, _zone, "a time zone such as Asia/Shanghai"),
         schedules=MappingProxyType(schedules) if schedules else HoursConfig().schedules,
@@ -737,5 +740,5 @@ def _survey(r: _Reader) -> SurveyConfig:
     )
 
 
-def _raise(reason: str) -> object:
+def _raise(reason: str) -> NoReturn:
     raise ValueError(reason)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+from structlog.typing import Processor
 
 
 class BadDatagramFilter(logging.Filter):
@@ -53,7 +56,7 @@ class BadDatagramFilter(logging.Filter):
             record.msg = f"{record.msg} ({suppressed} more suppressed)"
         return True
 
-    def __call__(self, _logger: object, _method: str, event_dict: dict) -> dict:  # type: ignore[type-arg]
+    def __call__(self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         """The structlog side: the engine's own bad-input events."""
         if event_dict.get("event") not in self.EVENTS:
             return event_dict
@@ -87,7 +90,7 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         else structlog.processors.KeyValueRenderer(
             key_order=["timestamp", "level", "event", "call_id"], drop_missing=True)
     )
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

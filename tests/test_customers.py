@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -95,7 +96,9 @@ def test_overdue_tickets_and_yesterdays_low_scores(tmp_path: Path, capsys: pytes
     assert crm_cli([*cli, "overdue-tickets"]) == 0
     out = capsys.readouterr().out
     assert "13800000000" in out and "13800000001" not in out and "1 overdue" in out
-    assert crm_cli([*cli, "low-scores", "--day", yesterday.date().isoformat()]) == 0
+    # the day is a Shanghai day ([general] timezone): between 16:00 and 24:00 UTC it is not the UTC date
+    shanghai_day = yesterday.astimezone(ZoneInfo("Asia/Shanghai")).date()
+    assert crm_cli([*cli, "low-scores", "--day", shanghai_day.isoformat()]) == 0
     out = capsys.readouterr().out
     assert "score 3 (dissatisfied)" in out and "score 1" not in out and "1 low score(s)" in out
 
