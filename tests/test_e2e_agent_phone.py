@@ -81,6 +81,16 @@ def test_a_registered_phone_is_rung_at_the_contact_uri_it_registered(ivr_factory
     finally:
         phone.close()
     assert SENIOR in invite  # the caller's number, for the agent's display
+    # the screen-pop any softphone shows: name, tier and service in the From display name (UTF-8,
+    # quoted per RFC 3261 25.1), the rest in headers, and a link to the desk's page for the call
+    sent_from = header_values(invite, "From")[0]
+    assert sent_from.startswith('"王总 高端 产品推荐" <sip:'), sent_from
+    assert header_values(invite, "X-Hotline-Tier") == ["senior"]
+    assert header_values(invite, "X-Hotline-Service") == ["recommendation"]
+    caller_call_id = header_values(invite, "X-Hotline-Call")[0]
+    assert caller_call_id.endswith("@127.0.0.1") and caller_call_id != header_values(invite, "Call-ID")[0]
+    (info,) = header_values(invite, "Call-Info")
+    assert re.fullmatch(r"<http://127\.0\.0\.1:8080/calls/sip\?call_id=[^>]+>;purpose=info", info), info
 
 
 def test_a_password_guesser_is_banned_before_the_right_guess(ivr_factory) -> None:
