@@ -887,3 +887,18 @@ def test_a_reused_branch_with_another_call_id_is_a_new_request_not_a_retransmiss
     again = layer.receive_request(register("b@x"), ("127.0.0.1", 5060), 0.2)
     assert isinstance(first, RequestReceived) and isinstance(second, RequestReceived)
     assert again is None  # the real retransmission is still absorbed
+
+
+def test_a_retransmission_is_recognised_before_it_is_fed_in() -> None:
+    from aiosipua.message import SipMessage
+
+    from ivr.sip.transactions import SipTransactions
+
+    invite = SipMessage.parse(
+        b"INVITE sip:95000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-r1\r\n"
+        b"From: <sip:1@x>;tag=1\r\nTo: <sip:95000@x>\r\nCall-ID: r1@x\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+        b"Content-Length: 0\r\n\r\n")
+    layer = SipTransactions()
+    assert not layer.is_retransmission(invite)  # type: ignore[arg-type]
+    layer.receive_request(invite, ("127.0.0.1", 5070), 0.0)  # type: ignore[arg-type]
+    assert layer.is_retransmission(invite)  # type: ignore[arg-type]

@@ -551,7 +551,9 @@ class SipEndpoint:
     # --- requests -----------------------------------------------------------------------
 
     def _request(self, request: SipRequest, source: Address) -> None:
-        if not self.owner.screen(request, source, self.request_line):
+        # a retransmission is answered from its transaction: it passed the screen once, and a
+        # rate budget must not count it as a new call (its original may have been taken)
+        if not self.transactions.is_retransmission(request) and not self.owner.screen(request, source, self.request_line):
             return
         missing = missing_required_headers(request)
         if missing:

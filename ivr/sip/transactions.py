@@ -466,6 +466,14 @@ class SipTransactions:
     def __len__(self) -> int:
         return len(self._server) + len(self._client)
 
+    def is_retransmission(self, request: SipRequest) -> bool:
+        """True when `request` repeats one a server transaction already holds (O(1), nothing changes)."""
+        via = _top_via(request)
+        if via is None or request.method == "ACK":
+            return False
+        key = _server_key(request, via, request.method)
+        return key is not None and key in self._server
+
     # --- door 1: receive ------------------------------------------------------
 
     def receive_request(
