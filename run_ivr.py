@@ -125,10 +125,10 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     # walk it all and stall the 20 ms media clock.
     gc.collect()
     gc.freeze()
-    # Full collections walk every object of every call in progress: 60-130 ms
-    # with 500 calls up, a hole in every prompt being played. The young
+    # Full collections walk every object of every call in progress: 60-250 ms
+    # with 500-1000 calls up, a hole in every prompt being played. The young
     # generations stay automatic (sub-millisecond); the full collection is left
-    # to the engine, which runs it when no call is up or at most every 10 minutes.
+    # to the engine's ivr.gcpolicy: when no call is up, or when memory grows.
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, 1_000_000_000)
     # The CRM writer, webhook and look-up threads hold the GIL for up to the

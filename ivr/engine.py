@@ -15,7 +15,6 @@ decoded and run through VAD only while the flow listens (`Listen(True)`).
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import random
 import time
@@ -74,6 +73,7 @@ from ivr.events import (
     TimerFired,
     Unbridge,
 )
+from ivr.gcpolicy import FullGcPolicy
 from ivr.greeting import Greeter
 from ivr.guard import SourceGuard, Verdict
 from ivr.media import (
@@ -101,7 +101,6 @@ log = structlog.get_logger("ivr.engine")
 # aiosipua 0.7.1 leaves rejected INVITEs in SipUAS._calls until an ACK that a
 # scanner never sends; forget them after Timer H (64 x T1 = 32 s).
 LAG_PROBE_S = 0.05
-FULL_GC_EVERY_S = 600.0  # see run_ivr.py: the full GC pass is the engine's to schedule
 # Agents dial these from their registered phone to pause (not offered calls) or resume.
 FEATURE_CODES = {"*46": True, "*47": False}
 LOOKUP_TIMEOUT_S = 2.0  # a caller the CRM cannot name in time is served as unknown
@@ -696,17 +695,11 @@ class Engine:
             self.loop_lag = loop.time() - started - LAG_PROBE_S
 
     async def _assign_every_second(self) -> None:
-        last_full_gc = time.monotonic()
+        full_gc = FullGcPolicy(time.monotonic())
         while True:
             await asyncio.sleep(1.0)
             self.guard.expire()
-            # the full GC pass run_ivr.py took off automatic: when idle, else every 10 minutes
-            idle_for = time.monotonic() - last_full_gc
-            if (not self.legs and idle_for >= 10) or idle_for >= FULL_GC_EVERY_S:
-                started = time.perf_counter()
-                found = gc.collect()
-                last_full_gc = time.monotonic()
-                log.debug("gc_full", unreachable=found, ms=round(1000 * (time.perf_counter() - started), 1), calls=len(self.legs))
+            full_gc.tick(time.monotonic(), len(self.legs))  # the full GC run_ivr.py took off automatic: ivr.gcpolicy
             self.agents.tick()
             if self.desk_commands is not None and not self._taking_commands:
                 self._spawn(self._apply_desk_commands())
