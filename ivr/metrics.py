@@ -17,7 +17,9 @@ engine when Prometheus scrapes, so the call path pays nothing for it.
     hotline_crm_outbox_depth                      records not yet in the CRM database
     hotline_crm_records_written_total             records the writer committed
     hotline_shared_agent_changes_pending          with [cluster] shared_agents: agent changes not yet in the database
-    hotline_shared_agent_claims_failed_total      ... and claims the database could not take (callers stay queued)
+    hotline_shared_agent_claims_failed_total      ... and claims the database could not take
+    hotline_rtp_bind_retries_total                RTP ports found held by another process (another worker), skipped
+    hotline_rtp_ports_free                        RTP ports of the range not in use (callers stay queued)
 """
 
 from __future__ import annotations
@@ -91,3 +93,8 @@ class _EngineCollector(Collector):
                                       value=e.acd.claims_failed)  # type: ignore[attr-defined]
         yield CounterMetricFamily("hotline_sip_dropped", "Requests dropped unanswered (over a per-source rate)",
                                   value=e.guard.dropped)
+        ports = getattr(e, "ports", None)  # absent on the stand-ins some tests pass
+        if ports is not None:
+            yield CounterMetricFamily("hotline_rtp_bind_retries", "RTP ports of the range found held by another process",
+                                      value=ports.bind_retries)
+            yield GaugeMetricFamily("hotline_rtp_ports_free", "RTP ports of the range not in use", value=len(ports))

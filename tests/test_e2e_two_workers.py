@@ -19,12 +19,13 @@ from pathlib import Path
 import pytest
 
 from .conftest import PROMPT_CACHE, ROOT, SCENARIOS, free_port
+from .test_e2e_load import scrape
 
 pytestmark = pytest.mark.e2e
 CALLS = 20
 
 
-def worker_config(tmp: Path, n: int) -> tuple[Path, int]:
+def worker_config(tmp: Path, n: int) -> tuple[Path, int, int]:
     """sip.conf.example with the per-worker settings of the README's list changed."""
     sip_port, metrics_port = free_port(), free_port(socket.SOCK_STREAM)
     text = (ROOT / "sip.conf.example").read_text(encoding="utf-8")
@@ -38,7 +39,7 @@ def worker_config(tmp: Path, n: int) -> tuple[Path, int]:
     text = text.replace("file = holidays.toml.example", f"file = {ROOT / 'holidays.toml.example'}")
     conf = tmp / f"sip-{n}.conf"
     conf.write_text(text, encoding="utf-8")
-    return conf, sip_port
+    return conf, sip_port, metrics_port
 
 
 def start(conf: Path, log: Path) -> subprocess.Popen[str]:
@@ -53,7 +54,7 @@ def start(conf: Path, log: Path) -> subprocess.Popen[str]:
 
 def test_two_workers_with_the_example_config_answer_and_record_two_bursts_of_twenty(tmp_path: Path) -> None:
     workers = [worker_config(tmp_path, n) for n in (1, 2)]
-    procs = [start(conf, tmp_path / f"ivr-{n}.log") for n, (conf, _) in enumerate(workers, 1)]
+    procs = [start(conf, tmp_path / f"ivr-{n}.log") for n, (conf, _, _) in enumerate(workers, 1)]
     try:
         bursts = [
             subprocess.Popen(
@@ -63,10 +64,11 @@ def test_two_workers_with_the_example_config_answer_and_record_two_bursts_of_twe
                  "-nostdin", "-timeout", "60s", "-timeout_error", "-trace_err", "-error_file",
                  str(tmp_path / f"burst-{n}.err")],
                 cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for n, (_, port) in enumerate(workers, 1)
+            for n, (_, port, _) in enumerate(workers, 1)
         ]
         codes = [b.wait(90) for b in bursts]
         time.sleep(1.0)  # the last records reach the CRM
+        retries = [scrape(metrics).get("hotline_rtp_bind_retries_total", -1) for _, _, metrics in workers]
     finally:
         for proc in procs:
             proc.terminate()
@@ -80,3 +82,4 @@ def test_two_workers_with_the_example_config_answer_and_record_two_bursts_of_twe
         assert "rtp_bind_failed" not in log and "Service Unavailable" not in log
     busy = sum((tmp_path / f"ivr-{n}.log").read_text().count("event='rtp_port_busy'") for n in (1, 2))
     assert busy > 0, "the workers shared the RTP range: one of them had to move past the other's ports"
+    assert sum(retries) == busy, f"each skipped port is counted in the metrics: {retries} vs {busy} logged"
