@@ -721,6 +721,7 @@ class Engine:
         leg.closed = True
         if leg.max_duration is not None:
             leg.max_duration.cancel()
+            leg.max_duration = None  # its callback holds the leg: a cycle only a full GC would free
         for name in list(leg.timers):
             leg.cancel_timer(name)
         self.pacer.stop(leg)

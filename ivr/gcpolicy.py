@@ -60,11 +60,12 @@ class FullGcPolicy:
 
     def __init__(self, now: float, *, idle_after_s: float = IDLE_AFTER_S, valve_bytes: int = VALVE_BYTES,
                  rss: Callable[[], int] = resident_bytes,
-                 young_collections: Callable[[], int] = lambda: gc.get_count()[2]) -> None:
+                 young_collections: Callable[[], int] = lambda: gc.get_count()[1] + gc.get_count()[2]) -> None:
         self.idle_after_s = idle_after_s
         self.valve_bytes = valve_bytes
         self._rss = rss
-        self._young_collections = young_collections  # generation-1 collections since the last full one
+        # collections of the young generations since the last full one; none: nothing was allocated to collect
+        self._young_collections = young_collections
         self._idle_since: float | None = None
         self._last_run = now
         self._rss_after_last = rss()

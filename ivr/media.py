@@ -41,7 +41,35 @@ BIND_ATTEMPTS = 32  # ports tried before a call is refused for want of media
 RtpSession = aiortp.RTPSession
 
 
-class StrictRtpSession(aiortp.RTPSession):
+def _closed_transport(_data: bytes, _addr: tuple[str, int]) -> None:
+    """What a closed session's transports call with a datagram still queued: nothing."""
+
+
+class CycleFreeRtpSession(aiortp.RTPSession):
+    """An aiortp session that leaves no reference cycles behind once closed.
+
+    aiortp 0.8.0 wires a session to its parts with bound methods (its two
+    transports and its DTMF receiver call back into it) and keeps the uvloop
+    transports, which point back at their protocols: a closed session is a knot
+    of cycles that only Python's full garbage collection frees, and with it the
+    call leg its on_audio/on_dtmf name, every object of the call. The IVR runs
+    that collection only when no call is up (ivr.gcpolicy), so cut the knot here.
+    """
+
+    async def close(self) -> None:
+        await super().close()
+        self.on_audio = self.on_dtmf = None
+        for transport in (self._rtp_transport, self._rtcp_transport):
+            if transport is not None:
+                transport._on_rtp = transport._on_rtcp = _closed_transport
+                transport._transport = None
+                vars(transport).pop("send", None)  # SrtpRtpSession's wrapper, which holds the session
+        self._rtp_transport = self._rtcp_transport = None
+        self._rtcp_task = None
+        self._dtmf_receiver._on_dtmf = _closed_transport  # type: ignore[assignment]
+
+
+class StrictRtpSession(CycleFreeRtpSession):
     """An RTP session that takes media only from the address the caller's SDP named.
 
     aiortp 0.8.0 takes RTP from any source, and a packet with a new SSRC
@@ -77,7 +105,7 @@ class StrictRtpSession(aiortp.RTPSession):
         return f"{self._remote_addr[0]}:{self._remote_addr[1]}"
 
 
-class SrtpRtpSession(aiortp.RTPSession):
+class SrtpRtpSession(CycleFreeRtpSession):
     """An RTP session whose every datagram is SRTP/SRTCP on the wire (RFC 3711, keys from `ivr.srtp`).
 
     Received datagrams are authenticated and decrypted before aiortp parses
@@ -187,7 +215,7 @@ async def open_rtp(
     if srtp is not None:
         session_class = StrictSrtpRtpSession if strict else SrtpRtpSession
     else:
-        session_class = StrictRtpSession if strict else aiortp.RTPSession
+        session_class = StrictRtpSession if strict else CycleFreeRtpSession
     error: OSError | None = None
     for _ in range(min(BIND_ATTEMPTS, max(1, len(pool)))):
         port = pool.acquire()
