@@ -41,6 +41,7 @@ from ivr.service import SEAT_GROUPS
 from ivr.shared_acd import SharedAcd
 from prompts.catalogue import catalogue_for
 from prompts.library import PromptError, PromptLibrary, load_prompts
+from prompts.music import MusicError, MusicOnHold, load_music
 
 log = structlog.get_logger("run_ivr")
 
@@ -84,7 +85,17 @@ def prepare_prompts(config: Config) -> PromptLibrary:
     return prompts
 
 
-async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = None) -> int:
+def prepare_music(config: Config) -> MusicOnHold:
+    """The hold music (`[queues] music`, else the generated piece), encoded once for every call to share."""
+    q = config.queues
+    pcm = load_music(q.music, config.prompts.cache_dir, q.music_volume)
+    music = MusicOnHold(pcm, g711_encoders(config.general.payload_types))
+    log.info("music_ready", source=str(q.music) if q.music else "generated", seconds=round(music.seconds, 1))
+    return music
+
+
+async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = None,
+                music: MusicOnHold | None = None) -> int:
     db = make_engine(config.database_url)
     migrate(db)
     # this process's name in the shared CRM: on its call rows, and in the agents table with shared_agents
@@ -115,7 +126,8 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     # the desk's buttons (pause, resume, end wrap-up) reach the IVR through the CRM
     own_agents = None if config.cluster.shared_agents else {a.number for a in config.agents}
     desk_commands = partial(take_pending, db, taken_by=worker or "ivr", agents=own_agents)
-    engine = Engine(config, prompts, writer, greeter, directory=directory, acd=acd, desk=desk, desk_commands=desk_commands)
+    engine = Engine(config, prompts, writer, greeter, directory=directory, acd=acd, desk=desk, desk_commands=desk_commands,
+                    music=music)
     await engine.start()
     if config.metrics_port:
         engine.metrics.serve(config.metrics_bind, config.metrics_port)
@@ -178,11 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config.log_level, config.log_format)
     try:
         prompts = prepare_prompts(config)
+        music = prepare_music(config)
         desk = DeskLink(desk_config.display_name,
                         desk_config.public_url or f"http://{desk_config.bind}:{desk_config.port}")
-        return uvloop.run(serve(config, prompts, desk))
+        return uvloop.run(serve(config, prompts, desk, music))
     except PromptError as exc:
         log.error("prompts_failed", reason=str(exc))
+        return 3
+    except MusicError as exc:
+        log.error("music_failed", reason=str(exc))
         return 3
     except OutboxError as exc:
         log.error("outbox_failed", reason=str(exc))

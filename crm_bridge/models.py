@@ -12,7 +12,11 @@ from datetime import datetime
 from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-OUTCOMES = ("abandoned_ringing", "silent", "caller_hangup", "completed", "abandoned_queue", "failed")
+OUTCOMES = (
+    "abandoned_ringing", "silent", "caller_hangup", "completed", "abandoned_queue", "failed",
+    "closed",  # outside business hours ([hours]): the closed message, a callback request if the caller asked
+    "callback_requested",  # the caller left the queue to be called back (table callbacks)
+)
 HANGUP_BY = ("caller", "ivr", "agent")
 
 
@@ -62,6 +66,33 @@ class CallEvent(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
     call: Mapped[Call] = relationship(back_populates="events")
+
+
+class Callback(Base):
+    """A caller's request to be called back ("稍后给您回过去"), and how the calls back went.
+
+    Written by the IVR (`ivr.callbacks`): one row per request, keyed by the
+    Call-ID of the call that asked; `call_ids` lists that call, then each
+    attempt's call. `result` says why it closed (callback_completed,
+    callback_no_answer, callback_failed, callback_declined, callback_cancelled).
+    """
+
+    __tablename__ = "callbacks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_key: Mapped[str] = mapped_column(String(255), unique=True)
+    number: Mapped[str] = mapped_column(String(32), index=True)
+    tier: Mapped[str] = mapped_column(String(16))
+    service: Mapped[str] = mapped_column(String(64))
+    seat_group: Mapped[str] = mapped_column(String(64))
+    requested_at: Mapped[datetime]
+    due_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(16))  # pending, dialling, completed, failed
+    attempts: Mapped[int] = mapped_column(default=0)
+    result: Mapped[str | None] = mapped_column(String(32))
+    call_ids: Mapped[str] = mapped_column(Text, default="")  # space-separated SIP Call-IDs
+
+    __table_args__ = (Index("ix_callbacks_status_due", "status", "due_at"),)
 
 
 # --- tiered service (spec §4-7) --------------------------------------------------

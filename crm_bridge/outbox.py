@@ -41,24 +41,26 @@ from pathlib import Path
 import orjson
 import structlog
 
-from ivr.events import CallRecord, OpenTicket, RecordCall, RecordEvent, RecordSurvey
+from ivr.events import CallRecord, OpenTicket, RecordCall, RecordCallback, RecordEvent, RecordSurvey
 
 log = structlog.get_logger(__name__)
 
-Record = RecordCall | RecordEvent | RecordSurvey | OpenTicket
-_KINDS: dict[type, str] = {RecordCall: "call", RecordEvent: "event", RecordSurvey: "survey", OpenTicket: "ticket"}
+Record = RecordCall | RecordEvent | RecordSurvey | OpenTicket | RecordCallback
+_KINDS: dict[type, str] = {RecordCall: "call", RecordEvent: "event", RecordSurvey: "survey", OpenTicket: "ticket",
+                           RecordCallback: "callback"}
 _TIMES = {
     "call": ("started_at", "answered_at", "ended_at"),
     "event": ("at",),
     "survey": ("at",),
     "ticket": ("at", "next_feedback_due"),
+    "callback": ("requested_at", "due_at"),
 }
 _SUFFIX = ".jsonl"
 _LOCK = "lock"
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {
-    cls: tuple(f.name for f in fields(cls)) for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket)
+    cls: tuple(f.name for f in fields(cls)) for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket, RecordCallback)
 }
 
 
@@ -114,6 +116,8 @@ def decode(line: bytes) -> tuple[int, Record]:
         record = RecordEvent(**fields)
     elif kind == "survey":
         record = RecordSurvey(**fields)
+    elif kind == "callback":
+        record = RecordCallback(**fields)
     else:
         record = OpenTicket(**fields)
     return int(doc["seq"]), record

@@ -34,13 +34,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
 
-from crm_bridge.models import Call, CallEvent, OutboxCheckpoint, Survey, Ticket, WebhookDelivery
+from crm_bridge.models import Call, Callback, CallEvent, OutboxCheckpoint, Survey, Ticket, WebhookDelivery
 from crm_bridge.outbox import Outbox, Record, shallow_fields
-from ivr.events import OpenTicket, RecordCall, RecordEvent, RecordSurvey
+from ivr.events import OpenTicket, RecordCall, RecordCallback, RecordEvent, RecordSurvey
 
 log = structlog.get_logger(__name__)
 _STOP = object()
 _CALLS = Call.__table__
+_CALLBACKS = Callback.__table__
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -236,15 +237,30 @@ class CrmWriter:
             set_={c.name: excluded[c.name] for c in _CALLS.c if c.name not in ("id", "sip_call_id")},
         )
 
+    @functools.cached_property
+    def _upsert_callbacks(self):  # type: ignore[no-untyped-def]
+        """INSERT … ON CONFLICT (request_key) DO UPDATE: a callback request's row as it now stands."""
+        stmt = self._insert()(_CALLBACKS)
+        excluded = stmt.excluded
+        return stmt.on_conflict_do_update(
+            index_elements=[_CALLBACKS.c.request_key],
+            set_={c.name: excluded[c.name] for c in _CALLBACKS.c if c.name not in ("id", "request_key")},
+        )
+
     def _apply(self, batch: list[tuple[int, Record]]) -> None:
         # SQLAlchemy Core on one connection, not the ORM: the writer competes with
         # the event loop for the GIL, and the ORM's bookkeeping per row was most of
         # its cost under load (py-spy). The webhook deliveries still use the ORM.
         started = time.perf_counter()
         rows: dict[str, dict[str, object]] = {}
+        callbacks: dict[str, dict[str, object]] = {}  # by request_key: the latest row of each request
         events: list[RecordEvent | RecordSurvey | OpenTicket] = []
         for _, record in batch:
-            if isinstance(record, RecordCall):
+            if isinstance(record, RecordCallback):
+                row = shallow_fields(record)
+                row["requested_at"], row["due_at"] = _utc(record.requested_at), _utc(record.due_at)
+                callbacks[record.request_key] = row
+            elif isinstance(record, RecordCall):
                 row = shallow_fields(record.record)
                 for key in ("started_at", "answered_at", "ended_at"):
                     row[key] = _utc(row[key])  # type: ignore[arg-type]
@@ -256,6 +272,8 @@ class CrmWriter:
         with self.engine.begin() as conn:
             if rows:
                 conn.execute(self._upsert_calls, list(rows.values()))
+            if callbacks:
+                conn.execute(self._upsert_callbacks, list(callbacks.values()))
             if events:
                 wanted = {e.sip_call_id for e in events}
                 found = select(_CALLS.c.sip_call_id, _CALLS.c.id).where(_CALLS.c.sip_call_id.in_(wanted))

@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 from aiosipua import build_sdp
 
-from ivr.acd import Offer, Seat, Waiting
+from ivr.acd import AgentState, Offer, Seat, Waiting
 from ivr.config import AgentConfig, Config
 from ivr.events import AgentAnswered, AgentHungUp, AgentNoAnswer, AgentRinging
 from ivr.media import CODEC_NAMES, SAMPLES_PER_FRAME, RtpPortPool, RtpSession, open_rtp
 from ivr.screenpop import DeskLink, desk_call_url, screen_pop
 from ivr.sip.endpoint import OutboundCall, SipEndpoint
+from ivr.waiting import SeatGroupLoad, WaitEstimator
 
 if TYPE_CHECKING:
     from ivr.engine import Leg
@@ -82,6 +83,7 @@ class AgentLeg:
         self.out: OutboundCall | None = None
         self.ring_timer: asyncio.TimerHandle | None = None
         self.answered = False
+        self.answered_at: datetime | None = None
         self.ended = False
         self.ts_offset = random.getrandbits(32)
         self._ts = self.ts_offset
@@ -111,6 +113,9 @@ class Agents:
         self._claiming = self._claim_again = self._refreshing = False
         self._states: dict[str, str] = {}
         self.dirty = True  # an agent's state changed since the status file was written
+        # the expected wait: handle times (talk + wrap-up) per seat group, and when each busy agent took a call
+        self.estimator = WaitEstimator(config.queues.mean_handle_seconds)
+        self.busy_since: dict[str, datetime] = {}
 
     # --- start, stop, once a second ----------------------------------------------------
 
@@ -189,6 +194,40 @@ class Agents:
 
     def position(self, leg: Leg) -> int | None:
         return self.pool.position(leg.call_id)
+
+    def _load(self, seat_group: str, now: datetime) -> SeatGroupLoad:
+        """The group's agents as the estimate sees them: logged in (not paused), and how long each busy one is busy."""
+        online = [s for s in self.pool.seats.values()
+                  if s.seat_group == seat_group and s.state not in (AgentState.LOGGED_OUT, AgentState.PAUSED)]
+        busy = tuple(
+            # an agent busy on another worker (shared agents) has no start time here: counted as just started
+            max(0.0, (now - self.busy_since[s.number]).total_seconds()) if s.number in self.busy_since else 0.0
+            for s in online if s.state is not AgentState.AVAILABLE
+        )
+        return SeatGroupLoad(len(online), busy)
+
+    def expected_wait(self, leg: Leg, position: int) -> tuple[bool, float | None]:
+        """(anyone logged in to serve this caller, seconds until an agent takes them or None)."""
+        now = utc_now()
+        record = leg.flow.record
+        group = (record.seat_group if record else None) or leg.flow.tier
+        load = self._load(group, now)
+        if load.agents_logged_in:
+            return True, self.estimator.expected_wait(group, position, load)
+        # nobody in the group: its overflow group serves the caller once overflow_after_seconds have passed
+        q = self.config.queues
+        seen = {group}
+        overflow = q.overflow.get(group)
+        while overflow is not None and overflow not in seen and q.overflow_after_seconds > 0 and (
+                not record or record.service != "complaint" or q.complaints_overflow):
+            load = self._load(overflow, now)
+            if load.agents_logged_in:
+                waited = (now - leg.flow.queued_at).total_seconds() if leg.flow.queued_at else 0.0
+                wait = self.estimator.expected_wait(overflow, position, load)
+                return True, None if wait is None else wait + max(0.0, q.overflow_after_seconds - waited)
+            seen.add(overflow)
+            overflow = q.overflow.get(overflow)
+        return False, None
 
     def leave(self, leg: Leg) -> None:
         self.pool.leave(leg.call_id)
@@ -276,6 +315,7 @@ class Agents:
         if remote is not None and agent_leg.rtp is not None:
             agent_leg.rtp.update_remote(remote)
         agent_leg.answered = True
+        agent_leg.answered_at = self.busy_since[agent_leg.agent] = utc_now()
         self.pool.answered(agent_leg.agent)
         self.publish_states()
         agent_leg.caller.dispatch(AgentAnswered(utc_now(), agent_leg.agent, agent_leg.offer.seat_group))
@@ -316,7 +356,12 @@ class Agents:
         if agent_leg.caller.agent is agent_leg:
             agent_leg.caller.agent = None
         if release and agent_leg.answered:
-            wrap_up = self.pool.released(agent_leg.agent, utc_now())
+            now = utc_now()
+            wrap_up = self.pool.released(agent_leg.agent, now)
+            seat = self.pool.seats.get(agent_leg.agent)
+            if seat is not None and agent_leg.answered_at is not None:
+                # handle time = talk + wrap-up: what the next caller of this group waits behind
+                self.estimator.record(seat.seat_group, (now - agent_leg.answered_at).total_seconds(), wrap_up)
             self._wrap_up[agent_leg.agent] = asyncio.get_running_loop().call_later(wrap_up, self._wrap_up_done, agent_leg.agent)
             self.publish_states()
         self.spawn(self._close_media(agent_leg))
@@ -346,5 +391,6 @@ class Agents:
 
     def _wrap_up_done(self, agent: str) -> None:
         self._wrap_up.pop(agent, None)
+        self.busy_since.pop(agent, None)
         self.pool.wrap_up_done(agent, utc_now())
         self.assign()

@@ -68,6 +68,7 @@ from ivr.events import (
     JoinQueue,
     LeaveQueue,
     Listen,
+    Music,
     OpenTicket,
     Play,
     PromptFinished,
@@ -77,6 +78,7 @@ from ivr.events import (
     RecordSurvey,
     Reject,
     RelayDigit,
+    RequestCallback,
     Ring,
     SpeechStarted,
     StartTimer,
@@ -84,8 +86,11 @@ from ivr.events import (
     TimerFired,
     Unbridge,
 )
+from ivr.callbacks import is_diallable
 from ivr.greeting import Greeting
+from ivr.hours import BusinessHours
 from ivr.service import MenuConfig
+from ivr.waiting import CALLBACK_CONFIRMED_PROMPT, CALLBACK_OFFER_PROMPT, queue_announcement
 
 GREETING = "{greeting}"  # placeholder in SilentRoutine.prompts for the chosen greeting
 HOLD_PROMPT = "hold"  # [004] "现在为您查询,请稍等…"
@@ -96,6 +101,7 @@ SILENCE_TIMER = "silence"
 MENU_TIMER = "menu"
 POSITION_TIMER = "position"
 SURVEY_TIMER = "survey"
+CLOSED_TIMER = "closed"  # listening for the callback key after the closed message
 MAX_POSITION_PROMPT = 9  # beyond this the caller hears "多位"
 TICKET_FEEDBACK_DUE = timedelta(hours=24)  # [002] "坚持至少每天反馈一次"
 
@@ -134,6 +140,13 @@ class FlowSettings:
     survey_labels: MappingProxyType[str, str] = field(
         default_factory=lambda: MappingProxyType({"1": "satisfied", "2": "average", "3": "dissatisfied"})
     )
+    # Waiting callers ([queues]): the expected wait in each announcement, and the callback key.
+    announce_wait: bool = True
+    max_wait_seconds: float = 300.0
+    callback_key: str = "#"
+    # [hours]: None is always open. Outside them the closed message, then `closed_listen_seconds` for the key.
+    hours: BusinessHours | None = None
+    closed_listen_seconds: float = 8.0
 
 
 class State(enum.Enum):
@@ -147,6 +160,8 @@ class State(enum.Enum):
     BRIDGED = "bridged"  # caller and agent talk
     SURVEY = "survey"  # the agent hung up; the caller rates the service
     CLOSING = "closing"  # thanks and goodbye, then BYE
+    CLOSED = "closed"  # outside business hours: the closed message, then listening for the callback key
+    CALLBACK = "callback"  # a callback was requested: the confirmation, then BYE
     ENDED = "ended"
 
 
@@ -195,6 +210,9 @@ class CallFlow:
         self.queued_at: datetime | None = None
         self.bridged_at: datetime | None = None
         self._greeting: Greeting | None = None
+        self.playlist: tuple[str, ...] = ()  # prompts still to play after the current one
+        self.announced = False  # the first position announcement (on entering the queue) was made
+        self.closed_outcome = "callback_requested"  # the outcome once the callback confirmation ends
 
     # --- public API -------------------------------------------------------------
 
@@ -255,10 +273,20 @@ class CallFlow:
         actions.append(StartTimer(RING_TIMER, self.settings.ring_seconds))
 
     def _on_ring_timer(self, event: TimerFired, actions: list[Action]) -> None:
+        assert self.record is not None
         self._greeting = self._greeter(event.at)
         actions.append(Answer())
         self._update(actions, answered_at=event.at, greeting=self._greeting.kind)
         self._step(actions, event.at, "answered", f"greeting={self._greeting.kind}")
+        hours = self.settings.hours
+        if hours is not None and not hours.is_open(event.at, self.record.callee, self.tier):
+            # [000] "如有需要请再次来电": outside business hours, the opening times, and a callback if wanted
+            self.state = State.CLOSED
+            self._update(actions, tier=self.tier, seat_group=self.tier)
+            self._step(actions, event.at, "closed", f"schedule={hours.schedule_for(self.record.callee, self.tier)}")
+            closed = hours.closed_prompt(self.record.callee, self.tier)
+            self._play_all(actions, (closed, CALLBACK_OFFER_PROMPT) if self._callback_possible() else (closed,))
+            return
         actions.append(Listen(True))
         self.attempt = 0
         self._play_attempt(actions, event.at)
@@ -311,6 +339,23 @@ class CallFlow:
         self.playing = True
         actions.append(Play(prompt))
 
+    def _play_all(self, actions: list[Action], prompts: tuple[str, ...]) -> None:
+        """Play `prompts` one after the other (each `PromptFinished` starts the next)."""
+        self._play(actions, prompts[0])
+        self.playlist = prompts[1:]
+
+    def _play_next(self, actions: list[Action]) -> bool:
+        """Start the next prompt of the playlist; False when it is empty."""
+        self.playing = False
+        if not self.playlist:
+            return False
+        self._play_all(actions, self.playlist)
+        return True
+
+    def _callback_possible(self) -> bool:
+        # ivr.callbacks: only the caller's own plain domestic number is ever called back
+        return self.record is not None and is_diallable(self.record.caller)
+
     # --- menu ([001]/[004]: the caller's choice selects the service) ---
 
     def _on_menu_prompt_finished(self, event: PromptFinished, actions: list[Action]) -> None:
@@ -348,17 +393,37 @@ class CallFlow:
         self._update(actions, service=service, seat_group=self.tier, tier=self.tier)
         actions.append(JoinQueue(self.tier, service))
         self._step(actions, at, "queued", f"seat_group={self.tier} service={service}")
+        actions.append(Music(True))  # never dead air: music between the announcements
         self._play(actions, HOLD_PROMPT)
 
     def _on_queue_prompt_finished(self, event: PromptFinished, actions: list[Action]) -> None:
-        self.playing = False
+        if self._play_next(actions):
+            return
+        if not self.announced:
+            # position and expected wait at once on entering the queue, then every position_every_seconds
+            self.announced = True
+            actions.append(AnnouncePosition())
+            return
         actions.append(StartTimer(POSITION_TIMER, self.settings.position_every_seconds))
 
     def _on_position_timer(self, event: TimerFired, actions: list[Action]) -> None:
         actions.append(AnnouncePosition())
 
     def _on_queue_position(self, event: QueuePosition, actions: list[Action]) -> None:
-        self._play(actions, position_prompt(event.position))
+        self.announced = True
+        if self.playing:
+            return  # an announcement is under way (a position asked for twice): the timer asks again
+        wait = event.wait_seconds if event.agents_online else None
+        if event.agents_online and wait is None:
+            prompts: tuple[str, ...] = (position_prompt(event.position),)
+        else:
+            prompts = queue_announcement(
+                position_prompt(event.position), wait, announce_wait=self.settings.announce_wait,
+                max_wait_seconds=self.settings.max_wait_seconds, callback_possible=self._callback_possible(),
+            )
+        detail = f"position={event.position} wait_s={round(wait) if wait is not None else '-'}"
+        self._step(actions, event.at, "announced", f"{detail} agents_online={'yes' if event.agents_online else 'no'}")
+        self._play_all(actions, prompts)
 
     def _on_agent_ringing(self, event: AgentRinging, actions: list[Action]) -> None:
         self._step(actions, event.at, "agent_rung", f"agent={event.agent}")
@@ -370,7 +435,8 @@ class CallFlow:
         assert self.record is not None and self.queued_at is not None
         if self.playing:
             actions.append(StopPlayback())
-        actions.append(CancelTimer(POSITION_TIMER))
+        self.playlist = ()
+        actions.extend((CancelTimer(POSITION_TIMER), Music(False)))
         wait = round((event.at - self.queued_at).total_seconds(), 3)
         self._update(actions, agent_number=event.agent, seat_group=event.seat_group, queue_wait_s=wait)
         self._step(actions, event.at, "agent_answered", f"agent={event.agent} seat_group={event.seat_group} queue_wait_s={wait}")
@@ -383,10 +449,28 @@ class CallFlow:
 
     def _on_queue_digit(self, event: Digit, actions: list[Action]) -> None:
         self._step(actions, event.at, "digit", f"digit={event.digit} via={event.via}")
+        if self.state is not State.QUEUED or event.digit != self.settings.callback_key or not self._callback_possible():
+            return
+        # "稍后给您回过去": the caller leaves the queue; an agent of the group calls back when free
+        assert self.record is not None and self.queued_at is not None
+        actions.extend((LeaveQueue(), CancelTimer(POSITION_TIMER), Music(False)))
+        if self.playing:
+            actions.append(StopPlayback())
+        self._update(actions, queue_wait_s=round((event.at - self.queued_at).total_seconds(), 3))
+        self._request_callback(actions, event.at, event.at, "callback_requested")
+
+    def _request_callback(self, actions: list[Action], at: datetime, due_at: datetime, outcome: str) -> None:
+        assert self.record is not None
+        service = self.record.service or self.settings.menu.default_service
+        seat_group = self.record.seat_group or self.tier
+        actions.append(RequestCallback(self.sip_call_id, at, self.record.caller, self.tier, service, seat_group, due_at))
+        self._step(actions, at, "callback_requested", f"seat_group={seat_group} service={service} due_at={due_at.isoformat()}")
+        self.state, self.closed_outcome = State.CALLBACK, outcome
+        self._play_all(actions, (CALLBACK_CONFIRMED_PROMPT,))  # "好的,稍后给您回过去,感谢您的来电!"
 
     def _on_queue_bye(self, event: HungUp, actions: list[Action]) -> None:
         assert self.queued_at is not None
-        actions.extend((LeaveQueue(), CancelTimer(POSITION_TIMER), StopPlayback()))
+        actions.extend((LeaveQueue(), CancelTimer(POSITION_TIMER), Music(False), StopPlayback()))
         self._update(actions, queue_wait_s=round((event.at - self.queued_at).total_seconds(), 3))
         self._step(actions, event.at, "caller_bye")
         self._end(actions, event.at, "abandoned_queue", "caller")
@@ -473,17 +557,54 @@ class CallFlow:
         self._step(actions, event.at, "caller_bye")
         self._end(actions, event.at, "caller_hangup", "caller")
 
+    # --- outside business hours, and after a callback request ---
+
+    def _on_closed_prompt_finished(self, event: PromptFinished, actions: list[Action]) -> None:
+        if not self._play_next(actions):
+            actions.extend((StartTimer(CLOSED_TIMER, self.settings.closed_listen_seconds),))
+
+    def _on_closed_digit(self, event: Digit, actions: list[Action]) -> None:
+        assert self.record is not None
+        self._step(actions, event.at, "digit", f"digit={event.digit} via={event.via}")
+        if event.digit != self.settings.callback_key or not self._callback_possible():
+            return
+        if self.playing:
+            actions.append(StopPlayback())
+        actions.append(CancelTimer(CLOSED_TIMER))
+        hours = self.settings.hours
+        opening = hours.next_opening(event.at, self.record.callee, self.tier) if hours is not None else None
+        self._request_callback(actions, event.at, opening or event.at, "closed")
+
+    def _on_closed_timer(self, event: TimerFired, actions: list[Action]) -> None:
+        actions.append(HangUp())
+        self._end(actions, event.at, "closed", "ivr")
+
+    def _on_closed_bye(self, event: HungUp, actions: list[Action]) -> None:
+        actions.extend((CancelTimer(CLOSED_TIMER), StopPlayback()))
+        self._step(actions, event.at, "caller_bye")
+        self._end(actions, event.at, "closed", "caller")
+
+    def _on_callback_confirmed(self, event: PromptFinished, actions: list[Action]) -> None:
+        self.playing = False
+        actions.append(HangUp())
+        self._end(actions, event.at, self.closed_outcome, "ivr")
+
+    def _on_callback_bye(self, event: HungUp, actions: list[Action]) -> None:
+        actions.append(StopPlayback())
+        self._step(actions, event.at, "caller_bye")
+        self._end(actions, event.at, self.closed_outcome, "caller")
+
     def _on_aborted(self, event: Aborted, actions: list[Action]) -> None:
         self._step(actions, event.at, "aborted", event.reason)
         if self.state is State.RINGING:
             actions.append(CancelTimer(RING_TIMER))
             actions.append(Reject(503, "Service Unavailable"))
         else:
-            for timer in (SILENCE_TIMER, MENU_TIMER, POSITION_TIMER, SURVEY_TIMER):
+            for timer in (SILENCE_TIMER, MENU_TIMER, POSITION_TIMER, SURVEY_TIMER, CLOSED_TIMER):
                 actions.append(CancelTimer(timer))
             actions.extend((Listen(False), StopPlayback()))
             if self.state is State.QUEUED:
-                actions.append(LeaveQueue())
+                actions.extend((LeaveQueue(), Music(False)))
             if self.state in (State.ANNOUNCING, State.BRIDGED):
                 actions.extend((Unbridge(), HangUpAgent()))
             actions.append(HangUp())
@@ -531,11 +652,12 @@ _EVENT_DETAIL: dict[type, Callable[[Event], str]] = {TimerFired: lambda event: e
 INIT, RINGING, PROMPTING, WAITING, MENU = State.INIT, State.RINGING, State.PROMPTING, State.WAITING, State.MENU
 QUEUED, ANNOUNCING, BRIDGED, SURVEY = State.QUEUED, State.ANNOUNCING, State.BRIDGED, State.SURVEY
 CLOSING, ENDED = State.CLOSING, State.ENDED
+CLOSED, CALLBACK = State.CLOSED, State.CALLBACK
 
 _TRANSITIONS: dict[TransitionKey, Transition] = {
     (INIT, Invited):                        Transition(CallFlow._on_invited, {RINGING}),
 
-    (RINGING, TimerFired, RING_TIMER):      Transition(CallFlow._on_ring_timer, {PROMPTING}),
+    (RINGING, TimerFired, RING_TIMER):      Transition(CallFlow._on_ring_timer, {PROMPTING, CLOSED}),  # CLOSED: outside [hours]
     (RINGING, CallerIdentified):            Transition(CallFlow._on_identified, {RINGING}),
     (RINGING, Cancelled):                   Transition(CallFlow._on_cancelled, {ENDED}),
     (RINGING, Aborted):                     Transition(CallFlow._on_aborted, {ENDED}),
@@ -568,7 +690,7 @@ _TRANSITIONS: dict[TransitionKey, Transition] = {
     (QUEUED, AgentRinging):                 Transition(CallFlow._on_agent_ringing, {QUEUED}),
     (QUEUED, AgentNoAnswer):                Transition(CallFlow._on_agent_no_answer, {QUEUED}),
     (QUEUED, AgentAnswered):                Transition(CallFlow._on_agent_answered, {ANNOUNCING}),
-    (QUEUED, Digit):                        Transition(CallFlow._on_queue_digit, {QUEUED}),
+    (QUEUED, Digit):                        Transition(CallFlow._on_queue_digit, {QUEUED, CALLBACK}),  # CALLBACK: the callback key
     (QUEUED, SpeechStarted):                Transition(CallFlow._ignore_late, {QUEUED}),
     (QUEUED, CallerIdentified):             Transition(CallFlow._ignore_late, {QUEUED}),
     (QUEUED, HungUp):                       Transition(CallFlow._on_queue_bye, {ENDED}),  # abandoned_queue
@@ -602,6 +724,23 @@ _TRANSITIONS: dict[TransitionKey, Transition] = {
     (CLOSING, CallerIdentified):            Transition(CallFlow._ignore_late, {CLOSING}),
     (CLOSING, Digit):                       Transition(CallFlow._ignore_late, {CLOSING}),
     (CLOSING, TimerFired):                  Transition(CallFlow._ignore_late, {CLOSING}),
+
+    (CLOSED, PromptFinished):               Transition(CallFlow._on_closed_prompt_finished, {CLOSED}),
+    (CLOSED, Digit):                        Transition(CallFlow._on_closed_digit, {CLOSED, CALLBACK}),  # CLOSED: not the callback key
+    (CLOSED, TimerFired, CLOSED_TIMER):     Transition(CallFlow._on_closed_timer, {ENDED}),
+    (CLOSED, CallerIdentified):             Transition(CallFlow._ignore_late, {CLOSED}),
+    (CLOSED, HungUp):                       Transition(CallFlow._on_closed_bye, {ENDED}),
+    (CLOSED, Aborted):                      Transition(CallFlow._on_aborted, {ENDED}),
+
+    (CALLBACK, PromptFinished):             Transition(CallFlow._on_callback_confirmed, {ENDED}),
+    (CALLBACK, HungUp):                     Transition(CallFlow._on_callback_bye, {ENDED}),
+    (CALLBACK, Aborted):                    Transition(CallFlow._on_aborted, {ENDED}),
+    (CALLBACK, Digit):                      Transition(CallFlow._ignore_late, {CALLBACK}),
+    (CALLBACK, CallerIdentified):           Transition(CallFlow._ignore_late, {CALLBACK}),
+    (CALLBACK, TimerFired):                 Transition(CallFlow._ignore_late, {CALLBACK}),  # a position timer raced the key
+    (CALLBACK, QueuePosition):              Transition(CallFlow._ignore_late, {CALLBACK}),
+    (CALLBACK, AgentRinging):               Transition(CallFlow._ignore_late, {CALLBACK}),  # an offer raced the key
+    (CALLBACK, AgentNoAnswer):              Transition(CallFlow._ignore_late, {CALLBACK}),
 
     **{(ENDED, event): Transition(CallFlow._ignore_late, {ENDED}) for event in (  # late events after the end
         HungUp, TimerFired, PromptFinished, SpeechStarted, Digit, Aborted, Cancelled, CallerIdentified,

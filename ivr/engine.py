@@ -19,6 +19,7 @@ import json
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from crm_bridge.customers import CallerDirectory
 from crm_bridge.writer import CrmWriter
 from ivr.acd import Acd
 from ivr.agents import AgentLeg, AgentPool, Agents
+from ivr.callbacks import CallbackError, CallbackRequest, CallbackScheduler
 from ivr.callflow import CallFlow, CallFlowBug, CallFlowError
 from ivr.config import Config
 from ivr.events import (
@@ -57,15 +59,18 @@ from ivr.events import (
     JoinQueue,
     LeaveQueue,
     Listen,
+    Music,
     OpenTicket,
     Play,
     PromptFinished,
     QueuePosition,
     RecordCall,
+    RecordCallback,
     RecordEvent,
     RecordSurvey,
     Reject,
     RelayDigit,
+    RequestCallback,
     Ring,
     SpeechStarted,
     StartTimer,
@@ -76,6 +81,7 @@ from ivr.events import (
 from ivr.gcpolicy import FullGcPolicy
 from ivr.greeting import Greeter
 from ivr.guard import SourceGuard, Verdict
+from ivr.hours import BusinessHours
 from ivr.media import (
     SAMPLES_PER_FRAME,
     SILENCE_FRAMES,
@@ -95,6 +101,7 @@ from ivr.sip.endpoint import Address, Headers, InboundCall, OutboundCall, SipEnd
 from ivr.srtp import SrtpContext, SrtpRefused, negotiate_srtp, secure_answer
 from ivr.vad import SpeechDetector
 from prompts.library import PromptLibrary
+from prompts.music import MusicCursor, MusicOnHold
 
 log = structlog.get_logger("ivr.engine")
 
@@ -118,7 +125,7 @@ class Leg:
         self.call = call
         self.call_id = call.call_id
         self.log = log.bind(call_id=self.call_id)
-        self.flow = CallFlow(self.call_id, engine.config.flow, engine.greeter)
+        self.flow = CallFlow(self.call_id, engine.flow_settings, engine.greeter)
         self.rtp: RtpSession | None = None
         self.rtp_port: int | None = None
         self.sdp_answer = None
@@ -137,6 +144,9 @@ class Leg:
         self.agent: AgentLeg | None = None  # the agent being rung for this caller, or talking
         self.customer_name: str | None = None  # from the CRM, for the agent's screen-pop
         self._last_ts = self.ts_offset
+        # hold music: the shared pre-encoded loop, and where this caller is in it (resumes after announcements)
+        self.music: MusicCursor | None = engine.music.cursor() if engine.music is not None else None
+        self.music_on = False
 
     def next_timestamp(self) -> int:
         """RTP timestamp for a relayed frame: follows the media clock, never repeats."""
@@ -247,7 +257,14 @@ class Leg:
                 self.engine.agents.leave(self)
             case AnnouncePosition():
                 position = self.engine.agents.position(self) or 1
-                asyncio.get_running_loop().call_soon(self.dispatch, QueuePosition(utc_now(), position))
+                online, wait = self.engine.agents.expected_wait(self, position)
+                asyncio.get_running_loop().call_soon(self.dispatch, QueuePosition(utc_now(), position, online, wait))
+            case Music(on=on):
+                self.music_on = on
+                if on:
+                    self.engine.pacer.serve(self)
+            case RequestCallback():
+                self.engine.request_callback(action, self.log)
             case Bridge():
                 if self.agent is not None and self.agent.rtp is not None and self.rtp is not None:
                     self.rtp.on_audio = self.relay_to_agent
@@ -293,7 +310,10 @@ class Leg:
             rtp.send_audio(self.frames[self.frame_index], timestamp)
             self.frame_index += 1
             return False
-        rtp.send_audio(SILENCE_FRAMES[self.payload_type], timestamp)  # keep-alive: never a gap in RTP
+        if self.music_on and self.music is not None:
+            rtp.send_audio(self.music.next_frame(self.payload_type), timestamp)  # between announcements
+        else:
+            rtp.send_audio(SILENCE_FRAMES[self.payload_type], timestamp)  # keep-alive: never a gap in RTP
         return self.prompt is not None
 
     async def close_media(self) -> None:
@@ -322,10 +342,20 @@ class Engine:
         acd: AgentPool | None = None,
         desk: DeskLink | None = None,
         desk_commands: Callable[[], list[Any]] | None = None,
+        music: MusicOnHold | None = None,
     ) -> None:
         """`desk`: how agents' phones are told who calls; `desk_commands`: takes the desk's pending
-        agent commands from the CRM (blocking; run in a thread once a second)."""
+        agent commands from the CRM (blocking; run in a thread once a second); `music`: the hold
+        music (None: waiting callers hear keep-alive silence between announcements)."""
         self.config = config
+        self.music = music
+        q = config.queues
+        self.flow_settings = replace(
+            config.flow, announce_wait=q.announce_wait, max_wait_seconds=q.max_wait_seconds, callback_key=q.callback_key,
+            # the greeting's holiday calendar: holiday hours and holiday greetings never disagree
+            hours=BusinessHours(config.hours, greeter.calendar.holiday_on),
+        )
+        self.callbacks = CallbackScheduler(config.callbacks.max_attempts, config.callbacks.retry_seconds)
         self.prompts = prompts
         self.writer = writer
         self.greeter = greeter
@@ -551,6 +581,18 @@ class Engine:
             else:
                 self._spawn(self._identify(leg, caller))
 
+    def request_callback(self, action: RequestCallback, leg_log: Any) -> None:
+        """A caller asked to be called back: keep the request for the dialler, and its row in the CRM."""
+        try:
+            request = self.callbacks.request(action.number, tier=action.tier, service=action.service,
+                                             seat_group=action.seat_group, call_id=action.sip_call_id, now=action.at,
+                                             due_at=action.due_at)
+        except CallbackError as exc:  # the flow offers callbacks only to diallable numbers: a bug if seen
+            leg_log.warning("callback_refused", reason=str(exc))
+            return
+        self.writer.submit(callback_row(request))
+        leg_log.info("callback_stored", callback=request.id, seat_group=request.seat_group, due_at=request.due_at.isoformat())
+
     async def _identify(self, leg: Leg, caller: str) -> None:
         """Look the caller up in the CRM while it rings (crm_bridge.customers.CallerDirectory)."""
         assert self.directory is not None
@@ -727,6 +769,15 @@ class Engine:
         self.pacer.stop(leg)
         self.legs.pop(leg.call_id, None)
         self._spawn(leg.close_media())
+
+
+def callback_row(request: CallbackRequest) -> RecordCallback:
+    """The CRM row of a callback request; its key is the Call-ID of the call that asked."""
+    return RecordCallback(
+        request_key=request.call_ids[0], number=request.number, tier=request.tier, service=request.service,
+        seat_group=request.seat_group, requested_at=request.requested_at, due_at=request.due_at,
+        status=request.status, attempts=request.attempts, result=request.result, call_ids=" ".join(request.call_ids),
+    )
 
 
 def write_status(path: Path, acd: AgentPool, calls: int = 0, pacer: MediaClock | None = None) -> None:

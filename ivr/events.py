@@ -89,10 +89,16 @@ class Aborted:
 
 @dataclass(frozen=True, slots=True)
 class QueuePosition:
-    """Where the caller stands in the seat group's queue (1 = next), asked for by `AnnouncePosition`."""
+    """Where the caller stands in the seat group's queue (1 = next), asked for by `AnnouncePosition`.
+
+    `agents_online`: whether any agent of the group (or of its overflow) is logged in and not paused;
+    `wait_seconds`: the expected wait (`ivr.waiting`), None when there is no estimate to give.
+    """
 
     at: datetime
     position: int
+    agents_online: bool = True
+    wait_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +185,14 @@ class CancelTimer:
 @dataclass(frozen=True, slots=True)
 class Listen:
     """Run voice activity detection on the caller's audio (or stop it)."""
+
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Music:
+    """Between prompts, send hold music (on) or keep-alive silence (off); prompts interrupt the music,
+    which resumes where it stopped."""
 
     on: bool
 
@@ -292,6 +306,36 @@ class OpenTicket:
     next_feedback_due: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class RequestCallback:
+    """The caller asked to be called back (table `callbacks`): store the request, dial it when an agent is free."""
+
+    sip_call_id: str
+    at: datetime
+    number: str
+    tier: str
+    service: str
+    seat_group: str
+    due_at: datetime  # not dialled before this (the next opening when asked outside business hours)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCallback:
+    """A callback request's row (table `callbacks`, upserted on `request_key`), as it stands now."""
+
+    request_key: str  # the Call-ID of the call that asked: unique, and the same after a restart
+    number: str
+    tier: str
+    service: str
+    seat_group: str
+    requested_at: datetime
+    due_at: datetime
+    status: str
+    attempts: int = 0
+    result: str | None = None
+    call_ids: str = ""  # the call that asked, then each attempt's call, space-separated
+
+
 Action = (
     Ring
     | Answer
@@ -313,4 +357,6 @@ Action = (
     | HangUpAgent
     | RecordSurvey
     | OpenTicket
+    | Music
+    | RequestCallback
 )

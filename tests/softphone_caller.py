@@ -5,6 +5,8 @@ tests/test_e2e_softphone.py:
 
     python tests/softphone_caller.py --port 5060 --number 95000 --seconds 14 --wav out.wav
 
+`--keys 9@3,1@6` presses 9 three seconds and 1 six seconds after the call is answered (RFC 4733).
+
 Prints one line per call state and exits 0 once the WAV is written.
 """
 
@@ -24,10 +26,13 @@ class Caller(pj.Call):
         self.wav = wav
         self.recorder: pj.AudioMediaRecorder | None = None
         self.state = pj.PJSIP_INV_STATE_NULL
+        self.answered_at: float | None = None
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802 (pjsua2 API)
         info = self.getInfo()
         self.state = info.state
+        if info.state == pj.PJSIP_INV_STATE_CONFIRMED and self.answered_at is None:
+            self.answered_at = time.monotonic()
         print(f"state {info.stateText} {info.lastStatusCode}", flush=True)
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:  # noqa: N802
@@ -47,7 +52,9 @@ def main() -> int:
     args.add_argument("--caller", default="13800000002")
     args.add_argument("--seconds", type=float, default=14)
     args.add_argument("--wav", required=True)
+    args.add_argument("--keys", default="", help="digit@seconds after the answer, comma-separated")
     opts = args.parse_args()
+    keys = [(k.split("@")[0], float(k.split("@")[1])) for k in opts.keys.split(",") if k]
 
     ep = start_endpoint()
 
@@ -59,6 +66,10 @@ def main() -> int:
     deadline = time.monotonic() + opts.seconds
     while time.monotonic() < deadline and call.state != pj.PJSIP_INV_STATE_DISCONNECTED:
         ep.libHandleEvents(10)
+        if keys and call.answered_at is not None and time.monotonic() - call.answered_at >= keys[0][1]:
+            digit, _ = keys.pop(0)
+            call.dialDtmf(digit)
+            print(f"pressed {digit}", flush=True)
     if call.state != pj.PJSIP_INV_STATE_DISCONNECTED:
         call.hangup(pj.CallOpParam(True))
     for _ in range(50):

@@ -23,6 +23,7 @@ from ivr.events import (
     Invited,
     JoinQueue,
     LeaveQueue,
+    Music,
     OpenTicket,
     Play,
     PromptFinished,
@@ -119,12 +120,13 @@ def test_menu_disabled_queues_with_the_default_service(clock: FakeClock) -> None
     assert JoinQueue("junior", "after_sales") in actions
 
 
-def test_waiting_caller_hears_position_at_intervals(clock: FakeClock) -> None:
+def test_waiting_caller_hears_position_on_entering_then_at_intervals(clock: FakeClock) -> None:
     flow = queued(clock)
     actions = flow.handle(PromptFinished(clock.advance(2), "hold"))
-    assert control(actions) == [StartTimer("position", 30.0)]
-    assert control(flow.handle(TimerFired(clock.advance(30), "position"))) == [AnnouncePosition()]
+    assert control(actions) == [AnnouncePosition()]  # at once on entering the queue
     assert control(flow.handle(QueuePosition(clock.now, 3))) == [Play("queue_position_3")]
+    assert control(flow.handle(PromptFinished(clock.advance(3), "queue_position_3"))) == [StartTimer("position", 30.0)]
+    assert control(flow.handle(TimerFired(clock.advance(30), "position"))) == [AnnouncePosition()]
     assert control(flow.handle(QueuePosition(clock.now, 12))) == [Play("queue_position_many")]
 
 
@@ -134,7 +136,7 @@ def test_agent_answers_caller_hears_number_then_they_are_bridged(clock: FakeCloc
     flow.handle(AgentNoAnswer(clock.advance(15), "801"))
     flow.handle(AgentRinging(clock.advance(0.1), "802"))
     actions = flow.handle(AgentAnswered(clock.advance(2), "802", "senior"))
-    assert control(actions) == [StopPlayback(), CancelTimer("position"), Play("agent_802")]
+    assert control(actions) == [StopPlayback(), CancelTimer("position"), Music(False), Play("agent_802")]
     record = last_record(actions)
     assert (record.agent_number, record.seat_group, record.queue_wait_s) == ("802", "senior", 17.2)
     actions = flow.handle(PromptFinished(clock.advance(3), "agent_802"))

@@ -48,6 +48,7 @@ from ivr.events import (
     TimerFired,
 )
 from ivr.greeting import Greeting
+from ivr.hours import ALWAYS_OPEN, BusinessHours, HoursConfig, parse_schedule
 from ivr.service import MenuConfig
 
 from .test_callflow import T0, FakeClock
@@ -73,11 +74,15 @@ BRIDGED_ = [*ANNOUNCING_, (PromptFinished, "agent_801")]
 SURVEY_ = [*BRIDGED_, (AgentHungUp,)]
 CLOSING_ = [*SURVEY_, (Digit, "1")]
 ENDED_ = [*RINGING_, (Cancelled,)]
+CLOSED_NUMBER = "95999"  # the flows below are never open on this number (see HOURS)
+CLOSED_ = [(Invited, "13800000001", CLOSED_NUMBER), (TimerFired, "ring")]
+CALLBACK_ = [*QUEUED_, (Digit, "#")]
 
 PATH_TO: dict[State, list[Step]] = {
     State.INIT: [], State.RINGING: RINGING_, State.PROMPTING: PROMPTING_, State.WAITING: WAITING_,
     State.MENU: MENU_, State.QUEUED: QUEUED_, State.ANNOUNCING: ANNOUNCING_, State.BRIDGED: BRIDGED_,
     State.SURVEY: SURVEY_, State.CLOSING: CLOSING_, State.ENDED: ENDED_,
+    State.CLOSED: CLOSED_, State.CALLBACK: CALLBACK_,
 }
 
 # One event of each type, for the rows a state does not have.
@@ -164,6 +169,22 @@ SCENARIOS: dict[str, Scenario] = {
     "hangs up in the survey": Scenario([*SURVEY_, (HungUp,)], State.ENDED),
     "aborted in the survey": Scenario([*SURVEY_, (Aborted, "shutdown")], State.ENDED),
     "aborted during the thanks": Scenario([*CLOSING_, (Aborted, "shutdown")], State.ENDED),
+    "music and the expected wait in the queue, then the callback key": Scenario([
+        *QUEUED_, (PromptFinished, "hold"), (QueuePosition, 2, True, 90.0), (PromptFinished, "queue_position_2"),
+        (PromptFinished, "wait_minutes_2"), (Digit, "#"), (TimerFired, "position"), (QueuePosition, 2),
+        (AgentRinging, "801"), (AgentNoAnswer, "801"), (Digit, "1"), (CallerIdentified, "senior", True),
+        (PromptFinished, "callback_confirmed"),
+    ], State.ENDED),
+    "hangs up during the callback confirmation": Scenario([*CALLBACK_, (HungUp,)], State.ENDED),
+    "aborted during the callback confirmation": Scenario([*CALLBACK_, (Aborted, "shutdown")], State.ENDED),
+    "closed: the message, a wrong key, the callback key": Scenario([
+        *CLOSED_, (CallerIdentified, "senior", True), (PromptFinished, "closed_95999"), (Digit, "5"), (Digit, "#"),
+    ], State.CALLBACK),
+    "closed: nobody presses a key": Scenario([
+        *CLOSED_, (PromptFinished, "closed_95999"), (PromptFinished, "callback_offer"), (TimerFired, "closed"),
+    ], State.ENDED),
+    "closed: hangs up": Scenario([*CLOSED_, (HungUp,)], State.ENDED),
+    "closed: aborted": Scenario([*CLOSED_, (Aborted, "shutdown")], State.ENDED),
     "late events after the end": Scenario([*ENDED_, *(step for t, step in SAMPLE.items() if t is not Invited)], State.ENDED),
 }
 
@@ -172,8 +193,12 @@ SCENARIOS: dict[str, Scenario] = {
 DEFENSIVE_ONLY: dict[tuple[TransitionKey, State], str] = {}
 
 
+HOURS = BusinessHours(HoursConfig(schedules={"default": ALWAYS_OPEN, CLOSED_NUMBER: parse_schedule("closed")}),
+                      lambda _day: None)
+
+
 def new_flow(menu: bool = True) -> CallFlow:
-    return CallFlow("call-1", FlowSettings(ring_seconds=1, menu=MenuConfig(enabled=menu)), greeter)
+    return CallFlow("call-1", FlowSettings(ring_seconds=1, menu=MenuConfig(enabled=menu), hours=HOURS), greeter)
 
 
 def drive(flow: CallFlow, clock: FakeClock, steps: list[Step]) -> list[tuple[TransitionKey, State]]:

@@ -1,0 +1,187 @@
+"""End to end: waiting callers — hold music, the expected wait, callbacks, business hours.
+
+A pjsua2 softphone (tests/softphone_caller.py) calls the real IVR over UDP on
+loopback, presses keys, and records what it hears; the recording is compared
+with the prompts the IVR rendered, as tests/test_e2e_softphone.py does.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pytest
+
+from prompts.library import read_wav_8k
+
+from .conftest import ROOT, IvrProcess, free_port
+from .test_e2e_routing import agents_conf
+from .test_e2e_sip import crm_events, ivr_prompts, wait_for_row
+from .test_e2e_softphone import ENVELOPE_MS, envelope
+
+pytestmark = pytest.mark.e2e
+CALLER = "13800000002"  # softphone_caller.py's number: unknown to the CRM, so junior
+FRAMES_PER_S = 1000 // ENVELOPE_MS
+
+
+def call(ivr: IvrProcess, wav: Path, seconds: float, keys: str = "") -> str:
+    """Dial the hotline with the softphone, press `keys` (digit@seconds), record; the softphone's output."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "softphone_caller.py"), "--port", str(ivr.port), "--seconds",
+         str(seconds), "--wav", str(wav), "--keys", keys],
+        capture_output=True, text=True, timeout=seconds + 60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "state CONFIRMED 200" in out.stdout, out.stdout
+    return out.stdout
+
+
+def find_prompt(heard: np.ndarray, prompt_pcm: bytes, seconds: float | None = None) -> tuple[int, float]:
+    """Where (frame) the prompt's loudness envelope (its first `seconds`) best matches the recording's, and how well."""
+    want = envelope(prompt_pcm)
+    if seconds is not None:
+        want = want[: int(seconds * FRAMES_PER_S)]
+    n = len(want)
+    best = (0, -1.0)
+    for start in range(0, len(heard) - n):
+        window = heard[start : start + n]
+        if window.std() == 0:
+            continue
+        r = float(np.corrcoef(window, want)[0, 1])
+        if r > best[1]:
+            best = (start, r)
+    return best
+
+
+def sip_call_id(ivr: IvrProcess) -> str:
+    conn = sqlite3.connect(ivr.db_url.removeprefix("sqlite:///"))
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT sip_call_id FROM calls WHERE ended_at IS NOT NULL ORDER BY id DESC").fetchone()
+            if row:
+                return str(row[0])
+            time.sleep(0.1)
+    finally:
+        conn.close()
+    raise AssertionError("no finished call row")
+
+
+def callback_rows(ivr: IvrProcess) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(ivr.db_url.removeprefix("sqlite:///"))
+    conn.row_factory = sqlite3.Row
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            rows = conn.execute("SELECT * FROM callbacks ORDER BY id").fetchall()
+            if rows:
+                return rows
+            time.sleep(0.1)
+        return []
+    finally:
+        conn.close()
+
+
+def log_time(ivr: IvrProcess, event: str, call_id: str) -> datetime:
+    found = re.search(rf"timestamp='([^']+)'[^\n]*event='{event}' call_id='{re.escape(call_id)}'", ivr.log())
+    assert found, f"no {event} for {call_id} in the log"
+    return datetime.fromisoformat(found.group(1))
+
+
+def test_queued_caller_hears_music_between_announcements_and_the_expected_wait(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # agent 821 is logged in (fixed host) but its phone never answers: it stays ringing, busy, for the whole call,
+    # so the caller is first in the queue behind one busy agent: the wait is one handle time, 120 s, "约两分钟"
+    ivr = ivr_factory(extra="[queues]\nring_agent_seconds = 120\nmean_handle_seconds = 120\nposition_every_seconds = 12\n"
+                      + agents_conf(**{"821": ("junior", f"127.0.0.1:{free_port()}")}))
+    wav = tmp_path / "heard.wav"
+    call(ivr, wav, 34, keys="9@1.5,1@3")  # 9: the menu, 1: consulting -> the junior queue
+    call_id = sip_call_id(ivr)
+    row = wait_for_row(ivr, call_id)
+    assert (row["outcome"], row["seat_group"]) == ("abandoned_queue", "junior")
+    announced = [d for k, d in crm_events(ivr, call_id) if k == "announced"]
+    assert announced and announced[0].startswith("position=1 wait_s=120 agents_online=yes"), announced
+    assert len(announced) >= 2, "the announcement is repeated every position_every_seconds"
+
+    prompts = ivr_prompts(tmp_path)
+    heard = envelope(read_wav_8k(wav))
+    start, r = find_prompt(heard, prompts["wait_minutes_2"].pcm)
+    print(f"expected-wait prompt found at {start * ENVELOPE_MS / 1000:.2f} s, envelope correlation {r:.2f}")
+    assert r > 0.85, f"the caller did not hear 预计等待时间约两分钟 (best correlation {r:.2f})"
+    # queued about 3.5 s after the answer; from the end of the hold prompt on, never dead air: every 2 s
+    # window has sound in it (music between the announcements, the announcements themselves)
+    queued = int((3.5 + prompts["hold"].seconds) * FRAMES_PER_S)
+    windows = [heard[i : i + 2 * FRAMES_PER_S] for i in range(queued, len(heard) - 2 * FRAMES_PER_S, FRAMES_PER_S)]
+    quiet = [i for i, w in enumerate(windows) if np.percentile(w, 90) < 300]
+    assert len(windows) > 20 and not quiet, f"silent 2 s windows at {[queued / 50 + i for i in quiet]} s"
+    # music resumes where it stopped: it is not restarted from the top after each announcement
+    assert "music_ready" in ivr.log()
+
+
+def test_no_agent_logged_in_offers_the_callback_at_once_and_hash_stores_it(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ivr = ivr_factory(extra="[queues]\nmax_wait_seconds = 300\n")  # no agents configured at all
+    wav = tmp_path / "heard.wav"
+    out = call(ivr, wav, 30, keys="9@1.5,1@3,#@19")
+    call_id = sip_call_id(ivr)
+    row = wait_for_row(ivr, call_id)
+    assert (row["outcome"], row["hangup_by"], row["seat_group"]) == ("callback_requested", "ivr", "junior")
+    assert "state DISCONNECTED" in out
+    # offered within 10 s of joining the queue
+    offered = log_time(ivr, "announced", call_id) - log_time(ivr, "queued", call_id)
+    assert offered < timedelta(seconds=10), offered
+    kinds = dict(crm_events(ivr, call_id))
+    assert kinds["announced"].endswith("agents_online=no")
+    prompts = ivr_prompts(tmp_path)
+    heard = envelope(read_wav_8k(wav))
+    # the confirmation's last moments may be cut off by the BYE that follows it: its first 2.5 s
+    for pid, seconds in (("no_agent", None), ("callback_offer", None), ("callback_confirmed", 2.5)):
+        _, r = find_prompt(heard, prompts[pid].pcm, seconds)
+        assert r > 0.85, f"{pid} not heard (correlation {r:.2f})"
+
+    (callback,) = callback_rows(ivr)
+    assert (callback["number"], callback["tier"], callback["service"], callback["seat_group"]) == (
+        CALLER, "junior", "consulting", "junior")
+    assert (callback["status"], callback["attempts"], callback["result"]) == ("pending", 0, None)
+    assert callback["request_key"] == call_id and callback["call_ids"] == call_id
+
+
+def test_outside_business_hours_the_caller_hears_the_closed_message_and_may_leave_a_callback(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # a window that starts two hours from now: the hotline is closed now whatever the time of day
+    now = datetime.now(ZoneInfo("Asia/Shanghai"))
+    opens = (now + timedelta(hours=2)).replace(second=0, microsecond=0)
+    closes = opens + timedelta(hours=1)
+    window = f"{opens:%H:%M}-{closes:%H:%M}"
+    ivr = ivr_factory(extra=f"[hours]\ndefault = {window}\n")
+    wav = tmp_path / "heard.wav"
+    call(ivr, wav, 30, keys="#@17")  # after the closed message (12.5 s) and the callback offer
+    call_id = sip_call_id(ivr)
+    row = wait_for_row(ivr, call_id)
+    assert (row["outcome"], row["hangup_by"]) == ("closed", "ivr")
+    assert row["answered_at"] is not None
+    prompts = ivr_prompts(tmp_path)
+    heard = envelope(read_wav_8k(wav))
+    _, r = find_prompt(heard, prompts["closed_default"].pcm)
+    assert r > 0.85, f"the closed message was not heard (correlation {r:.2f})"
+    assert "我们的服务时间是每天" in prompts["closed_default"].text  # the opening times, in words
+
+    (callback,) = callback_rows(ivr)
+    assert (callback["number"], callback["status"]) == (CALLER, "pending")
+    due = datetime.fromisoformat(callback["due_at"])
+    due = (due if due.tzinfo else due.replace(tzinfo=UTC)).astimezone(ZoneInfo("Asia/Shanghai"))  # SQLite: UTC, naive
+    assert due == opens, "the callback is due when the hotline opens"
+
+
+def test_outside_business_hours_without_a_key_the_call_ends_closed(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    now = datetime.now(ZoneInfo("Asia/Shanghai"))
+    opens = (now + timedelta(hours=3)).replace(second=0, microsecond=0)
+    ivr = ivr_factory(extra=f"[hours]\ndefault = {opens:%H:%M}-{opens + timedelta(hours=1):%H:%M}\n")
+    call(ivr, tmp_path / "heard.wav", 40)
+    row = wait_for_row(ivr, sip_call_id(ivr))
+    assert (row["outcome"], row["hangup_by"]) == ("closed", "ivr")
+    assert "closed" in dict(crm_events(ivr, row["sip_call_id"]))
