@@ -5,4 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
-exec .venv/bin/python -m pytest "$@"
+# Test files run in parallel (pytest-xdist), each file's tests in one worker, in order:
+# most end-to-end time is waiting on calls (rings, prompts, silent waits), so three workers
+# fit two cores. TEST_WORKERS=0 runs everything in this process, one test after another.
+exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-3}" --dist loadfile "$@"

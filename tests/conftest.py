@@ -20,6 +20,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "loadtest" / "scenarios"
+# One prompt cache per pytest-xdist worker: IVRs started at the same moment in two workers
+# would otherwise render into, and clear stale renders from, the same folder at once.
+PROMPT_CACHE = ROOT / "var" / ("prompts-" + os.environ["PYTEST_XDIST_WORKER"] if "PYTEST_XDIST_WORKER" in os.environ
+                               else "prompts")
 
 
 def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:
@@ -155,7 +159,7 @@ ring_seconds = {ring_seconds}
 numbers = 95000
 {general}
 [prompts]
-cache_dir = {ROOT / "var" / "prompts"}
+cache_dir = {PROMPT_CACHE}
 recorded_dir = {tmp / "recorded"}
 [database]
 url = {db_url}
