@@ -16,6 +16,7 @@ binding then moves on to the next free port instead of refusing the call.
 from __future__ import annotations
 
 import asyncio
+import struct
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -39,6 +40,7 @@ TICK_SWITCH_INTERVAL_S = 0.05  # other threads wait for a media tick (see MediaC
 BIND_ATTEMPTS = 32  # ports tried before a call is refused for want of media
 
 RtpSession = aiortp.RTPSession
+_RTP_HEADER = struct.Struct("!BBHII")  # V=2 P X CC, M PT, sequence, timestamp, SSRC (RFC 3550 §5.1)
 
 
 def _closed_transport(_data: bytes, _addr: tuple[str, int]) -> None:
@@ -55,6 +57,31 @@ class CycleFreeRtpSession(aiortp.RTPSession):
     call leg its on_audio/on_dtmf name, every object of the call. The IVR runs
     that collection only when no call is up (ivr.gcpolicy), so cut the knot here.
     """
+
+    def send_audio(self, payload: bytes, timestamp: int) -> None:
+        """aiortp's send_audio without building an RtpPacket object per packet.
+
+        The media clock sends one packet per call every 20 ms (1000 calls: 50k a
+        second); aiortp 0.8.0 spends as long on the packet object as on the
+        sendto itself. Same bytes on the wire (RTP version 2, no marker, no
+        extension, the sender's sequence and SSRC) and the same counters for its
+        RTCP reports; through the session's transport, so SRTP still protects it.
+        aiortp's own path stays for what this skips: NACK history, duplicate
+        sending and paced mode, none of which the IVR turns on.
+        """
+        sender, transport = self._sender, self._rtp_transport
+        if sender is None or transport is None or self._closed:
+            return
+        if sender._enable_history or sender._duplicate_tx or self._paced_sender is not None:
+            super().send_audio(payload, timestamp)
+            return
+        seq = sender._sequence_number
+        header = _RTP_HEADER.pack(0x80, sender._payload_type, seq, timestamp, sender._ssrc)
+        transport.send(header + payload, self._remote_addr)
+        sender._sequence_number = (seq + 1) & 0xFFFF
+        sender._packets_sent += 1
+        sender._octets_sent += len(payload)
+        sender._last_rtp_timestamp = timestamp
 
     async def close(self) -> None:
         await super().close()
