@@ -137,8 +137,11 @@ class Baresip:
             self.proc.stdin.close()
 
 
-def start_baresip(home: Path, account: str) -> Baresip:
-    """Start baresip with `account` (one accounts line, e.g. `<sip:801@127.0.0.1:5060>;auth_pass=…`)."""
+def start_baresip(home: Path, account: str, config: str = "") -> Baresip:
+    """Start baresip with `account` (one accounts line, e.g. `<sip:801@127.0.0.1:5060>;auth_pass=…`).
+
+    `config`: more lines for its config file, e.g. `module srtp.so` for an account with `;mediaenc=srtp-mand`.
+    """
     binary = require_baresip()
     home.mkdir(parents=True, exist_ok=True)
     sip_port, ctrl_port = free_sip_port(), free_sip_port()
@@ -159,7 +162,7 @@ module ctrl_tcp.so
 module_tmp account.so
 module_app menu.so
 ctrl_tcp_listen 127.0.0.1:{ctrl_port}
-""",
+{config}""",
         encoding="utf-8",
     )
     # the account is added over ctrl_tcp once connected, so its registration events are seen too
