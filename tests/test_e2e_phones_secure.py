@@ -18,6 +18,7 @@ certificate at all. `sip_cafile` names the test's self-signed one anyway.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import os
@@ -35,6 +36,7 @@ from typing import Any
 
 import pytest
 from aiortp.codecs import get_codec
+from pylibsrtp import Policy, Session
 
 from ivr.greeting import greeting_prompt_id
 from prompts.library import PromptLibrary
@@ -50,8 +52,9 @@ pytestmark = pytest.mark.e2e
 SILENT_CALLER = "13900000001"
 SRTP_TAG = 10  # AES_CM_128_HMAC_SHA1_80, the suite baresip 1.0.0 offers: an 80-bit tag on every packet
 G711_FRAME = 160  # 20 ms at 8 kHz, one byte a sample
-PHONES, RTP_PORTS_EACH = 8, 8  # each baresip takes its RTP (and RTCP) ports from its own block of 8
+PHONES, RTP_PORTS_EACH = 9, 8  # each baresip takes its RTP (and RTCP) ports from its own block of 8
 SO_ATTACH_FILTER, SO_RCVBUFFORCE = 26, 33  # <asm-generic/socket.h>; the socket module lacks them
+CRYPTO = re.compile(r"^a=crypto:(\d+) (\S+) inline:(\S+)$", re.M)  # tag, suite, key (RFC 4568)
 SILENCE = {b"\xff" * G711_FRAME, b"\xd5" * G711_FRAME}  # PCMU and PCMA of baresip's silent WAV
 
 # The IVR answers a dialog over TLS with `Contact: <sips:127.0.0.1:TLS_PORT>` (its contact for any TLS
@@ -277,7 +280,7 @@ def start_bench_ivr(bench: Bench, name: str, *, srtp: str, extra: str = "", with
         if with_customers:
             with MIGRATING:
                 customers(folder, db_url)
-        # five IVRs and eight phones start at once: a late event loop must not turn the calls away (503)
+        # five IVRs and nine phones start at once: a late event loop must not turn the calls away (503)
         conf = write_ivr_config(folder, sip_port=port, db_url=db_url, general=general,
                                 extra=f"[media]\nsrtp = {srtp}\n[limits]\nmax_loop_lag_ms = 5000\n{extra}")
         return start_ivr(folder, conf, port, db_url)
@@ -393,6 +396,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
             "srtp-required": caller_scenario(bench, "required", "srtp-required", params=";mediaenc=srtp-mand",
                                              hang_up_after=5),
             "srtp-off": caller_scenario(bench, "off", "srtp-off", params=";mediaenc=srtp-mand", hang_up_after=5),
+            "plain-required": caller_scenario(bench, "required", "plain-required", hang_up_after=5),
         }
         bench.scenarios = {name: pool.submit(run) for name, run in scenarios.items()}
         try:
@@ -517,6 +521,14 @@ def prompt_frames(call: Call, prompt: str | None = None) -> set[bytes]:
     return {frame for p in prompts for pt in (0, 8) for frame in library.frames(p, pt) if len(frame) == G711_FRAME}
 
 
+def unprotect(packets: list[bytes], inline: str) -> list[bytes]:
+    """SRTP packets decrypted and authenticated with an a=crypto line's key; raises on any that fails."""
+    key = base64.b64decode(inline.split("|")[0], validate=True)  # master key||salt, before any |lifetime|MKI
+    session = Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND,
+                                    srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80))
+    return [session.unprotect(p) for p in packets]
+
+
 @pytest.mark.parametrize("mode", ["optional", "required"])
 def test_baresip_srtp_mandatory_call_is_answered_savp_and_no_g711_crosses_the_wire(bench: Bench, mode: str) -> None:
     call = bench.result(f"srtp-{mode}")
@@ -526,23 +538,28 @@ def test_baresip_srtp_mandatory_call_is_answered_savp_and_no_g711_crosses_the_wi
     media = media_of(bench, call)
     assert re.search(r"^m=audio \d+ RTP/SAVP ", media.offer, re.M), media.offer
     assert re.search(r"^m=audio \d+ RTP/SAVP ", media.answer, re.M), media.answer
-    crypto = re.findall(r"^a=crypto:(\d+) (\S+) inline:(\S+)$", media.answer, re.M)
-    offered = dict((tag, suite) for tag, suite, _ in re.findall(r"^a=crypto:(\d+) (\S+) inline:(\S+)$",
-                                                                  media.offer, re.M))
-    assert len(crypto) == 1 and offered.get(crypto[0][0]) == crypto[0][1] == "AES_CM_128_HMAC_SHA1_80", crypto
-    assert "srtp: audio: SRTP is Enabled (cryptosuite=AES_CM_128_HMAC_SHA1_80)" in phone.log()
+    offered = {tag: (suite, inline) for tag, suite, inline in CRYPTO.findall(media.offer)}
+    answered = CRYPTO.findall(media.answer)
+    assert len(answered) == 1, answered
+    tag, suite, ivr_inline = answered[0]
+    assert suite == "AES_CM_128_HMAC_SHA1_80" and offered[tag][0] == suite, (answered, offered)
+    assert f"srtp: audio: SRTP is Enabled (cryptosuite={suite})" in phone.log()
     # 5 s of the call: the greeting (after the ring) from the IVR, baresip's silence to it
     assert len(media.from_ivr) >= 150 and len(media.to_ivr) >= 150, (len(media.from_ivr), len(media.to_ivr))
     for packets in (media.from_ivr, media.to_ivr):
         assert {len(p) for p in packets} == {12 + G711_FRAME + SRTP_TAG}, "20 ms of G.711 and an 80-bit tag each"
-    greeting = prompt_frames(call)
-    assert len(greeting) > 1000
-    clear = [p for p in media.from_ivr if p[12:12 + G711_FRAME] in greeting | SILENCE]
+    prompts = prompt_frames(call)
+    assert len(prompts) > 1000
+    clear = [p for p in media.from_ivr if p[12:12 + G711_FRAME] in prompts | SILENCE]
     assert not clear, f"{len(clear)} packets from the IVR carry a prompt's G.711 in clear"
     assert not [p for p in media.to_ivr if p[12:12 + G711_FRAME] in SILENCE], "baresip's silence in clear"
+    # and what did cross is SRTP under the SDP's keys: the greeting with the IVR's, the silence with baresip's
     row = wait_for_row(call.ivr, established["id"])
+    greeting = prompt_frames(call, greeting_prompt_id(row["greeting"])) - SILENCE
+    spoken = [p[12:] for p in unprotect(media.from_ivr, ivr_inline)]
+    assert len([f for f in spoken if f in greeting]) >= 100, "the greeting, once decrypted"
+    assert {p[12:] for p in unprotect(media.to_ivr, offered[tag][1])} <= SILENCE
     assert (row["outcome"], row["hangup_by"]) == ("caller_hangup", "caller")
-    assert "prompt" in [k for k, _ in crm_events(call.ivr, established["id"])]
 
 
 def test_the_same_capture_of_a_plain_call_finds_the_greeting_in_clear(bench: Bench) -> None:
@@ -560,19 +577,22 @@ def test_the_same_capture_of_a_plain_call_finds_the_greeting_in_clear(bench: Ben
     assert [p for p in media.to_ivr if p[12:] in SILENCE], "baresip's silence in clear"
 
 
-def test_baresip_srtp_mandatory_call_to_an_ivr_with_srtp_off_is_refused_488(bench: Bench) -> None:
-    call = bench.result("srtp-off")
+@pytest.mark.parametrize(("scenario", "reason"), [
+    ("srtp-off", r"secure media \(RTP/SAVP\) offered but \[media\] srtp = off"),
+    ("plain-required", r"plain media \(RTP/AVP\) offered but \[media\] srtp = required"),
+])
+def test_baresip_call_the_srtp_mode_cannot_honour_is_refused_488(bench: Bench, scenario: str, reason: str) -> None:
+    call = bench.result(scenario)
     phone = call.phone
     assert seen(phone, "CALL_ESTABLISHED") is None
     closed = seen(phone, "CALL_CLOSED")
     assert closed is not None and closed["param"] == "488 Not Acceptable Here", phone.events
     assert "session closed: 488 Not Acceptable Here" in phone.log()
     log = call.ivr.log()
-    assert re.search(r"event='invite_rejected' call_id='\S+' status=488 reason='secure media \(RTP/SAVP\) offered "
-                     r"but \[media\] srtp = off'", log), log[-2000:]
-    assert not crm_rows(call.ivr)
+    assert re.search(rf"event='invite_rejected' call_id='{closed['id']}' status=488 reason='{reason}'", log), log[-2000:]
+    assert not crm_rows(call.ivr, f"sip_call_id = '{closed['id']}'")
     offer = first(sip_trace(phone), "INVITE sip:95000@").body
-    phone_port = int(re.search(r"^m=audio (\d+) RTP/SAVP ", offer, re.M).group(1))  # type: ignore[union-attr]
+    phone_port = int(re.search(r"^m=audio (\d+) ", offer, re.M).group(1))  # type: ignore[union-attr]
     wire = bench.wire()
     wire.sync()
     assert not [d for d in wire.datagrams if d.destination == phone_port], "no media for a refused call"
