@@ -462,17 +462,27 @@ class SipTransactions:
         self._heap: list[_HeapEntry] = []
         self._sequence = 0
         self._live_timers = 0
+        self._last_matched: tuple[SipRequest, TopVia | None, TransactionKey | None] | None = None
 
     def __len__(self) -> int:
         return len(self._server) + len(self._client)
 
     def is_retransmission(self, request: SipRequest) -> bool:
         """True when `request` repeats one a server transaction already holds (O(1), nothing changes)."""
-        via = _top_via(request)
-        if via is None or request.method == "ACK":
+        if request.method == "ACK":
             return False
-        key = _server_key(request, via, request.method)
+        _, key = self._matching(request)
         return key is not None and key in self._server
+
+    def _matching(self, request: SipRequest) -> tuple[TopVia | None, TransactionKey | None]:
+        """The top Via and server key of a request; the endpoint asks twice per message, parsed once."""
+        last = self._last_matched
+        if last is not None and last[0] is request:
+            return last[1], last[2]
+        via = _top_via(request)
+        key = _server_key(request, via, request.method) if via is not None else None
+        self._last_matched = (request, via, key)
+        return via, key
 
     # --- door 1: receive ------------------------------------------------------
 
@@ -484,13 +494,12 @@ class SipTransactions:
         A request without a usable top Via or CSeq is dropped: check
         `aiosipua.message.missing_required_headers` first to answer 400.
         """
-        via = _top_via(request)
-        if via is None:
-            return None
         if request.method == "ACK":
-            return self._receive_ack(request, source, via, now)
-        key = _server_key(request, via, request.method)
-        if key is None:
+            via = _top_via(request)
+            return self._receive_ack(request, source, via, now) if via is not None else None
+        via, key = self._matching(request)
+        self._last_matched = None  # holds no message beyond this call
+        if via is None or key is None:
             return None
         known = self._server.get(key)
         if known is not None:
