@@ -6,14 +6,18 @@ each test waits for its own scenario and asserts on what it left behind:
 baresip's events and SIP trace, the IVR's log, the CRM row.
 
 What crosses the wire is checked on the wire: as root, a raw AF_PACKET socket
-on lo records every UDP datagram while the module runs, and an SRTP test picks
+on lo records the UDP datagrams to and from the phones' RTP ports (each
+baresip gets its own `rtp_ports`) while the module runs, and an SRTP test picks
 its call's RTP by the ports of the SDP offer and answer in baresip's trace.
 The same capture of a plain RTP/AVP call finds the greeting's G.711 frames in
 clear, so the SRTP tests would notice clear audio.
 
-baresip 1.0.0 has no option to skip the server certificate check
-(`sip_verify_server` came later): its libre never verifies a SIP/TLS server
-certificate at all. `sip_cafile` names the test's self-signed one anyway.
+TLS with baresip 1.0.0: it has no option to skip the server certificate check
+(`sip_verify_server` came later) and needs none, as it never asks libre to
+verify a SIP/TLS server (the handshake with the test's self-signed certificate
+succeeds without `sip_cafile`, which names that certificate anyway). It cannot
+dial a `sips:` URI (it reads it as a user part, "sip:sips:95000@…"), so the
+calls dial `sip:…;transport=tls`.
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ SILENCE = {b"\xff" * G711_FRAME, b"\xd5" * G711_FRAME}  # PCMU and PCMA of bares
 # The IVR answers a dialog over TLS with `Contact: <sips:127.0.0.1:TLS_PORT>` (its contact for any TLS
 # peer, also on the INVITE that rings an agent). baresip 1.0.0's libre (1.1.0) refuses to send any
 # request whose next hop is not a `sip:` URI: sip_request() returns ENOSYS.
-SIPS_CONTACT = "the IVR's Contact for a dialog over TLS is <sips:127.0.0.1:TLS_PORT>, and libre 1.1.0 (baresip 1.0.0) sends no request to a sips: URI (ENOSYS)"
+SIPS_CONTACT = ("the IVR's Contact for a dialog over TLS is <sips:127.0.0.1:TLS_PORT>, and libre 1.1.0 "
+                "(baresip 1.0.0) sends no request to a sips: URI (ENOSYS)")
 TLS_CALLER_XFAIL = (SIPS_CONTACT + ": baresip never sends the ACK for the IVR's 200 OK and closes the call "
                     "at once with 'Function not implemented'; the IVR goes on with a call nobody hears")
 TLS_AGENT_XFAIL = (SIPS_CONTACT + ": registered over TLS and rung on that connection, baresip answers, "
@@ -110,7 +115,7 @@ def seen(phone: Baresip, kind: str) -> dict[str, Any] | None:
     return next((e for e in phone.events if e["type"] == kind), None)
 
 
-# --- the wire: every UDP datagram on lo ----------------------------------------------------
+# --- the wire: the phones' UDP on lo --------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +241,7 @@ class Call:
     tls_port: int = 0
     caller: SippRun | None = None
     caller_rc: int | None = None
-    notes: dict[str, Any] = field(default_factory=dict)
+    agent_bye: bool = False  # the IVR logged the agent's BYE (within 5 s of its hanging up)
 
 
 @dataclass
@@ -355,8 +360,8 @@ def agent_scenario(bench: Bench, ivr_name: str, transport: str) -> Callable[[], 
             deadline = time.monotonic() + 5
             while "agent_bye" not in [k for k, _ in crm_events(ivr, sipp_call)] and time.monotonic() < deadline:
                 time.sleep(0.1)
-            call.notes["agent_bye"] = "agent_bye" in [k for k, _ in crm_events(ivr, sipp_call)]
-            if call.notes["agent_bye"]:
+            call.agent_bye = "agent_bye" in [k for k, _ in crm_events(ivr, sipp_call)]
+            if call.agent_bye:
                 call.caller_rc = call.caller.wait(40)
         finally:
             if call.caller is not None and call.caller.proc.poll() is None:
@@ -402,12 +407,12 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
         try:
             yield bench
         finally:
-            for future in bench.scenarios.values():
+            for scenario in bench.scenarios.values():
                 with contextlib.suppress(Exception):
-                    future.result(120)
-            for future in bench.ivrs.values():
+                    scenario.result(120)
+            for ivr in bench.ivrs.values():
                 with contextlib.suppress(Exception):
-                    future.result(60).stop()
+                    ivr.result(60).stop()
             if isinstance(capture, LoopbackCapture):
                 capture.close()
 
@@ -465,7 +470,7 @@ def test_baresip_agent_801_registered_over_a_stream_is_rung_on_it_and_serves_a_s
     assert registered is not None, f"{phone.events}\n{phone.log()[-2500:]}"
     assert seen(phone, "CALL_ESTABLISHED") is not None
     assert call.caller is not None
-    assert call.notes["agent_bye"], "the IVR saw the agent's BYE"
+    assert call.agent_bye, "the IVR saw the agent's BYE"
     assert call.caller_rc == 0, f"SIPp: {call.caller.errors()}"
     row = wait_for_row(ivr, f"1-{call.caller.proc.pid}@127.0.0.1")
     assert (row["caller"], row["tier"], row["seat_group"], row["agent_number"]) == (SENIOR, "senior", "senior", "801")
@@ -589,7 +594,8 @@ def test_baresip_call_the_srtp_mode_cannot_honour_is_refused_488(bench: Bench, s
     assert closed is not None and closed["param"] == "488 Not Acceptable Here", phone.events
     assert "session closed: 488 Not Acceptable Here" in phone.log()
     log = call.ivr.log()
-    assert re.search(rf"event='invite_rejected' call_id='{closed['id']}' status=488 reason='{reason}'", log), log[-2000:]
+    rejected = rf"event='invite_rejected' call_id='{closed['id']}' status=488 reason='{reason}'"
+    assert re.search(rejected, log), log[-2000:]
     assert not crm_rows(call.ivr, f"sip_call_id = '{closed['id']}'")
     offer = first(sip_trace(phone), "INVITE sip:95000@").body
     phone_port = int(re.search(r"^m=audio (\d+) ", offer, re.M).group(1))  # type: ignore[union-attr]
