@@ -333,9 +333,10 @@ class MediaClock:
         deadline = loop.time()
         while True:
             late = loop.time() - deadline
-            self.lateness.append(late)
-            if late > self.worst_lateness:
-                self.worst_lateness = late
+            if self._served:  # a late tick with no call to send for (an idle full GC) delays nobody
+                self.lateness.append(late)
+                if late > self.worst_lateness:
+                    self.worst_lateness = late
             self.tick += 1
             # A tick sends every served call's frame: about 8 ms for 500 calls. A
             # thread that wants the GIL meanwhile (the CRM writer) would get it every

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -50,6 +51,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python 3.11 does not name it
 PAGE = os.sysconf("SC_PAGE_SIZE")
 LATENESS = "hotline_media_clock_lateness_seconds"
+KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -152,9 +154,6 @@ class Ivr:
     metrics_port: int
     db: Path
     work: Path
-    samples: list[tuple[float, float, int, int]] = field(default_factory=list)  # (t, cpu s, rss, calls)
-    # (t, pacer stats) from the status file: the media clock's lateness over its last 3000 ticks (60 s)
-    pacer: list[tuple[float, dict[str, float]]] = field(default_factory=list)
 
     def pacer_stats(self) -> dict[str, float]:
         """The status file's `pacer` entry (ivr.media.MediaClock.stats); {} when none was written yet."""
@@ -186,18 +185,136 @@ class Ivr:
         return self.proc.wait(60)
 
 
-def start_ivr(work: Path, opts: argparse.Namespace) -> Ivr:
+def _session_pids(session: int) -> list[int]:
+    """The processes of a session (Kamailio forks its workers)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[3]) == session:
+                    pids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return pids
+
+
+@dataclass
+class Target:
+    """What the callers dial: one IVR, or `--workers` IVRs behind Kamailio's dispatcher."""
+
+    workers: list[Ivr]
+    port: int  # the SIP entry: the IVR's own port, or Kamailio's
+    work: Path
+    balancer: subprocess.Popen[bytes] | None = None
+    samples: list[tuple[float, float, int, int]] = field(default_factory=list)  # (t, cpu s, rss, calls) of the IVRs
+    balancer_cpu: list[tuple[float, float]] = field(default_factory=list)  # (t, cpu s) of all Kamailio processes
+    # (t, pacer stats) from the status files, the worst worker's: the media clock's lateness over its last 3000 ticks
+    pacer: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        """The workers' metrics added up (the lateness quantiles: the worst worker's)."""
+        out: dict[str, float] = {}
+        for ivr in self.workers:
+            for name, value in ivr.metrics().items():
+                out[name] = max(out.get(name, 0.0), value) if name.startswith(LATENESS) else out.get(name, 0.0) + value
+        return out
+
+    def crm_rows(self, where: str = "1=1") -> int:
+        return sum(ivr.crm_rows(where) for ivr in self.workers)
+
+    def rss(self) -> int:
+        return sum(proc_sample(ivr.proc.pid)[1] for ivr in self.workers)
+
+    def pacer_stats(self) -> dict[str, float]:
+        stats = [s for s in (ivr.pacer_stats() for ivr in self.workers) if "lateness_ms_max" in s]
+        keys = ("lateness_ms_p99", "lateness_ms_max", "lateness_ms_max_ever")
+        return {k: max(s[k] for s in stats) for k in keys} if stats else {}
+
+    def stop(self) -> list[int]:
+        if self.balancer is not None:
+            os.killpg(self.balancer.pid, signal.SIGTERM)  # its own session: Kamailio and the workers it forked
+            self.balancer.wait(10)
+        return [ivr.stop() for ivr in self.workers]
+
+    def tracebacks(self) -> int:
+        return sum((ivr.work / "ivr.log").read_text().count("Traceback") for ivr in self.workers)
+
+
+def start_target(work: Path, opts: argparse.Namespace) -> Target:
+    """Start the IVR (or `--workers` of them behind Kamailio) and a sampler of CPU, RSS, calls and lateness."""
+    if opts.workers == 1:
+        ivr = start_ivr(work, opts, 0)
+        target = Target([ivr], ivr.port, work)
+    else:
+        workers = []
+        for n in range(opts.workers):
+            home = work / f"worker{n + 1}"
+            home.mkdir()
+            workers.append(start_ivr(home, opts, n))
+        target = start_balancer(work, workers)
+
+    def sampler() -> None:
+        start = time.monotonic()
+        while all(ivr.proc.poll() is None for ivr in target.workers):
+            time.sleep(0.5)
+            try:
+                cpu = rss = calls = 0
+                for ivr in target.workers:
+                    c, r = proc_sample(ivr.proc.pid)
+                    cpu, rss = cpu + c, rss + r
+                    calls += int(ivr.metrics().get("hotline_calls_active", 0))
+            except (OSError, ValueError):
+                continue
+            now = time.monotonic() - start
+            target.samples.append((now, cpu, rss, calls))
+            if stats := target.pacer_stats():
+                target.pacer.append((now, stats))
+            if target.balancer is not None:
+                used = 0.0
+                for pid in _session_pids(target.balancer.pid):
+                    try:
+                        used += proc_sample(pid)[0]
+                    except (OSError, ValueError):
+                        continue
+                target.balancer_cpu.append((now, used))
+
+    threading.Thread(target=sampler, daemon=True).start()
+    time.sleep(1.5)
+    return target
+
+
+def start_balancer(work: Path, workers: list[Ivr]) -> Target:
+    """Kamailio with loadtest/kamailio/kamailio.cfg in front of the workers (as tests/test_e2e_kamailio.py runs it)."""
+    kamailio = shutil.which("kamailio") or "/usr/sbin/kamailio"
+    if not os.path.exists(kamailio):
+        raise SystemExit("--workers needs kamailio (scripts/bootstrap.sh installs Debian's)")
+    port = free_port()
+    dslist = work / "dispatcher.list"
+    dslist.write_text("".join(f"1 sip:127.0.0.1:{w.port}\n" for w in workers))
+    proc = subprocess.Popen(
+        [kamailio, "-DD", "-E", "-f", str(ROOT / "loadtest" / "kamailio" / "kamailio.cfg"), "-L", KAMAILIO_MODULES,
+         "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DSLIST="{dslist}"', "-P", str(work / "kamailio.pid")],
+        stdout=open(work / "kamailio.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
+    )
+    time.sleep(3)  # up, and a first OPTIONS round to the workers
+    if proc.poll() is not None:
+        raise SystemExit(f"kamailio did not start:\n{(work / 'kamailio.log').read_text()[-2000:]}")
+    return Target(workers, port, work, proc)
+
+
+def start_ivr(work: Path, opts: argparse.Namespace, n: int) -> Ivr:
     port, metrics_port = free_port(), free_port(socket.SOCK_STREAM)
     db = work / "crm.db"
     silence = "[silence]\nwait_seconds = 1\n" if opts.smoke else ""
+    rtp = 30000 + 10000 * n  # each worker its own RTP range
     (work / "sip.conf").write_text(
         f"[general]\nbind = 127.0.0.1\nport = {port}\nring_seconds = 0\nnumbers = 95000\n"
-        f"rtp_port_min = 30000\nrtp_port_max = 40000\nmax_calls = {opts.max_calls}\n"
+        f"rtp_port_min = {rtp}\nrtp_port_max = {rtp + 9999}\nmax_calls = {opts.max_calls}\n"
         f"status_file = {work / 'status.json'}\n{silence}"
         f"[limits]\ntrusted = 127.0.0.1\nmax_invites_per_second = {opts.capacity}\n"
         f"[metrics]\nport = {metrics_port}\n"
         f"[prompts]\ncache_dir = {ROOT / 'var' / 'prompts'}\n"
-        f"[database]\nurl = sqlite:///{db}\n[log]\nlevel = warning\n",
+        f"[database]\nurl = sqlite:///{db}\noutbox_dir = {work / 'outbox'}\n[log]\nlevel = warning\n",
         encoding="utf-8",
     )
     proc = subprocess.Popen(
@@ -207,25 +324,7 @@ def start_ivr(work: Path, opts: argparse.Namespace) -> Ivr:
     assert proc.stdout is not None
     if "ready on" not in proc.stdout.readline():
         raise SystemExit(f"the IVR did not start:\n{(work / 'ivr.log').read_text()}")
-    ivr = Ivr(proc, port, metrics_port, db, work)
-
-    def sampler() -> None:
-        start = time.monotonic()
-        while proc.poll() is None:
-            time.sleep(0.5)
-            try:
-                cpu, rss = proc_sample(proc.pid)
-                calls = int(ivr.metrics().get("hotline_calls_active", 0))
-            except (OSError, ValueError):
-                continue
-            now = time.monotonic() - start
-            ivr.samples.append((now, cpu, rss, calls))
-            if stats := ivr.pacer_stats():
-                ivr.pacer.append((now, stats))
-
-    threading.Thread(target=sampler, daemon=True).start()
-    time.sleep(1.5)
-    return ivr
+    return Ivr(proc, port, metrics_port, db, work)
 
 
 def sipp(work: Path, target: str, args: list[str], timeout: float) -> dict[str, int]:
@@ -242,6 +341,17 @@ def sipp(work: Path, target: str, args: list[str], timeout: float) -> dict[str, 
             "failed": int(last[header.index("FailedCall(C)")]), "exit": done.returncode}
 
 
+def balancer_cpu(target: Target, t0: float, t1: float) -> dict[str, float]:
+    """Kamailio's CPU (all its processes) between two sample times; {} with one IVR and no balancer."""
+    if target.balancer is None:
+        return {}
+    window = [s for s in target.balancer_cpu if t0 <= s[0] <= t1]
+    if len(window) < 2:
+        return {}
+    used = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
+    return {"kamailio_cpu_percent_of_one_core": round(100 * used, 1)}
+
+
 def cpu_between(samples: list[tuple[float, float, int, int]], t0: float, t1: float) -> float:
     """Percent of one core used between two sample times."""
     window = [s for s in samples if t0 <= s[0] <= t1]
@@ -253,10 +363,10 @@ def cpu_between(samples: list[tuple[float, float, int, int]], t0: float, t1: flo
 # --- phases ------------------------------------------------------------------------------
 
 
-def media_step(ivr: Ivr, sink: RtpSink, calls: int, opts: argparse.Namespace) -> dict[str, object]:
+def media_step(ivr: Target, sink: RtpSink, calls: int, opts: argparse.Namespace) -> dict[str, object]:
     before_rows = ivr.crm_rows("outcome = 'silent' AND silent_attempts = 3")
     t0 = ivr.samples[-1][0] if ivr.samples else 0.0
-    rss_idle = proc_sample(ivr.proc.pid)[1]
+    rss_idle = ivr.rss()
     target = f"127.0.0.1:{ivr.port}"
     sink.take()
     result: dict[str, dict[str, int]] = {}
@@ -290,6 +400,7 @@ def media_step(ivr: Ivr, sink: RtpSink, calls: int, opts: argparse.Namespace) ->
         "crm_rows": rows,
         "crm_matches_sipp": rows == ok,
         "cpu_percent_of_one_core_at_peak": cpu_between(step, busy[0][0], busy[-1][0]) if len(busy) > 1 else 0.0,
+        **(balancer_cpu(ivr, busy[0][0], busy[-1][0]) if len(busy) > 1 else {}),
         "rss_peak_mb": round(max((s[2] for s in step), default=rss_idle) / 2**20, 1),
         "rss_per_call_kb": round((max((s[2] for s in step), default=rss_idle) - rss_idle) / 1024 / max(1, peak), 1),
         **lateness(ivr, t0, t1, m),
@@ -297,7 +408,7 @@ def media_step(ivr: Ivr, sink: RtpSink, calls: int, opts: argparse.Namespace) ->
     }
 
 
-def lateness(ivr: Ivr, t0: float, t1: float, m: dict[str, float]) -> dict[str, float]:
+def lateness(ivr: Target, t0: float, t1: float, m: dict[str, float]) -> dict[str, float]:
     """The media clock's wake-up lateness during a step, from the status file sampled every 0.5 s.
 
     Each sample covers the clock's last 3000 ticks (60 s), so the worst of the samples taken
@@ -313,7 +424,7 @@ def lateness(ivr: Ivr, t0: float, t1: float, m: dict[str, float]) -> dict[str, f
     }
 
 
-def cps_step(ivr: Ivr | None, uas_port: int | None, rate: int, seconds: float, work: Path) -> dict[str, object]:
+def cps_step(ivr: Target | None, uas_port: int | None, rate: int, seconds: float, work: Path) -> dict[str, object]:
     """`rate` calls/s for `seconds` against the IVR (ivr) or SIPp's UAS (uas_port)."""
     calls = int(rate * seconds)
     if ivr is not None:
@@ -321,7 +432,7 @@ def cps_step(ivr: Ivr | None, uas_port: int | None, rate: int, seconds: float, w
                                                      "-inf", str(SCENARIOS / "callers.csv"), "-s", "95000"]
         before = ivr.metrics()
         t0 = ivr.samples[-1][0]
-        rss0 = proc_sample(ivr.proc.pid)[1]
+        rss0 = ivr.rss()
     else:
         target, scenario = f"127.0.0.1:{uas_port}", ["-sn", "uac", "-s", "95000"]
     started = time.monotonic()
@@ -344,7 +455,8 @@ def cps_step(ivr: Ivr | None, uas_port: int | None, rate: int, seconds: float, w
             "answered": int(answered), "refused_503": int(refused),
             "achieved_cps": round(answered / max(wall, seconds), 1),
             "cpu_percent_of_one_core": cpu_between(ivr.samples, t0, t1),
-            "rss_before_mb": round(rss0 / 2**20, 1), "rss_after_mb": round(proc_sample(ivr.proc.pid)[1] / 2**20, 1),
+            **balancer_cpu(ivr, t0, t1),
+            "rss_before_mb": round(rss0 / 2**20, 1), "rss_after_mb": round(ivr.rss() / 2**20, 1),
         })
     return out
 
@@ -402,7 +514,9 @@ def main() -> int:
                    help="calls/s offered to SIPp's own UAS alone, as the ceiling")
     p.add_argument("--cps-seconds", type=float, default=10)
     p.add_argument("--capacity", type=int, default=250, help="the IVR's max_invites_per_second (overload is 2x this)")
-    p.add_argument("--max-calls", type=int, default=1000)
+    p.add_argument("--max-calls", type=int, default=1000, help="each worker's max_calls")
+    p.add_argument("--workers", type=int, default=1,
+                   help="IVR processes; 2 or more behind Kamailio (loadtest/kamailio/), each with its own SQLite CRM")
     p.add_argument("--smoke", action="store_true", help="small and quick (CI): 20 calls, 100 cps, capacity 100")
     p.add_argument("--report", type=Path, help="JSON path (the chart goes beside it as .png)")
     opts = p.parse_args()
@@ -413,8 +527,8 @@ def main() -> int:
     report_path = opts.report or ROOT / "loadtest" / "reports" / f"bench-{stamp}.json"
     work = Path(tempfile.mkdtemp(prefix="ivr-bench-"))
 
-    ivr = start_ivr(work, opts)
-    idle_rss = proc_sample(ivr.proc.pid)[1]
+    ivr = start_target(work, opts)
+    idle_rss = ivr.rss()
     try:
         sink = RtpSink()
     except OSError:
@@ -422,9 +536,10 @@ def main() -> int:
         raise
     sipp_version = subprocess.run(["sipp", "-v"], capture_output=True, text=True).stdout.strip().splitlines()
     report: dict[str, object] = {
-        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0],
+        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0], "loadavg_at_start": os.getloadavg(),
                     "sipp": sipp_version[0] if sipp_version else "?"},
-        "config": {"capacity_invites_per_second": opts.capacity, "max_calls": opts.max_calls, "smoke": opts.smoke},
+        "config": {"capacity_invites_per_second": opts.capacity, "max_calls": opts.max_calls, "smoke": opts.smoke,
+                   "workers": opts.workers, "sip_entry": "kamailio" if ivr.balancer is not None else "ivr"},
         "rss_idle_mb": round(idle_rss / 2**20, 1),
         "media_steps": [],
         "signalling_steps": [],
@@ -455,14 +570,16 @@ def main() -> int:
             subprocess.run(["pkill", "-f", f"sipp -sn uas -i 127.0.0.1 -p {uas_port}"], check=False)
             uas.wait(10)
 
-        over = cps_step(ivr, None, 2 * opts.capacity, opts.cps_seconds, work)
+        over = cps_step(ivr, None, 2 * opts.capacity * opts.workers, opts.cps_seconds, work)  # each has `capacity`
         over["accepted_then_lost"] = int(over["sipp_failed"])  # type: ignore[arg-type]
         report["overload"] = over
-        print(f"overload {2 * opts.capacity}/s: {json.dumps(over)}", flush=True)
+        print(f"overload {2 * opts.capacity * opts.workers}/s: {json.dumps(over)}", flush=True)
     finally:
         sink.close()
-        report["ivr_exit"] = ivr.stop()
-        report["ivr_log_tracebacks"] = (work / "ivr.log").read_text().count("Traceback")
+        report["loadavg_at_end"] = os.getloadavg()  # other work on the machine competes for its 2 cores
+        exits = ivr.stop()
+        report["ivr_exit"] = max(exits, key=abs)
+        report["ivr_log_tracebacks"] = ivr.tracebacks()
 
     steps = report["media_steps"]
     top = max(steps, key=lambda s: s["peak_concurrent_calls"])  # type: ignore[arg-type, return-value]
