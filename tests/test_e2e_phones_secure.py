@@ -63,14 +63,16 @@ SILENCE = {b"\xff" * G711_FRAME, b"\xd5" * G711_FRAME}  # PCMU and PCMA of bares
 
 # The IVR answers a dialog over TLS with `Contact: <sips:127.0.0.1:TLS_PORT>` (its contact for any TLS
 # peer, also on the INVITE that rings an agent). baresip 1.0.0's libre (1.1.0) refuses to send any
-# request whose next hop is not a `sip:` URI: sip_request() returns ENOSYS.
+# request whose next hop is not a `sip:` URI: sip_request() returns ENOSYS. RFC 3261 §8.1.1.8 asks
+# for a SIPS Contact only when the Request-URI or top Route is SIPS; baresip's are `sip:…;transport=tls`.
 SIPS_CONTACT = ("the IVR's Contact for a dialog over TLS is <sips:127.0.0.1:TLS_PORT>, and libre 1.1.0 "
                 "(baresip 1.0.0) sends no request to a sips: URI (ENOSYS)")
-TLS_CALLER_XFAIL = (SIPS_CONTACT + ": baresip never sends the ACK for the IVR's 200 OK and closes the call "
-                    "at once with 'Function not implemented'; the IVR goes on with a call nobody hears")
-TLS_AGENT_XFAIL = (SIPS_CONTACT + ": registered over TLS and rung on that connection, baresip answers, "
-                   "but its BYE on hanging up never leaves; the IVR logs no agent_bye, the caller stays "
-                   "bridged to nobody and hears no survey")
+TLS_CALLER_XFAIL = (SIPS_CONTACT + ": baresip sends no ACK for the IVR's 200 OK and closes the call and its "
+                    "TLS connection at once ('Function not implemented'); the IVR resends the 200 OK into the gone "
+                    "connection, plays the silent routine to nobody and records the call 'silent'")
+TLS_AGENT_XFAIL = (SIPS_CONTACT + ": registered over TLS and rung on that connection, baresip answers, but its "
+                   "BYE on hanging up never leaves (an RTCP BYE does); the IVR logs no agent_bye and keeps the "
+                   "caller bridged, even once the agent unregisters and closes the connection: no survey")
 
 
 # --- baresip's SIP trace (-s) -------------------------------------------------------------
