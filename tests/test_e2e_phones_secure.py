@@ -593,7 +593,7 @@ def test_the_same_capture_of_a_plain_call_finds_the_greeting_in_clear(bench: Ben
 @pytest.mark.parametrize(("scenario", "reason"), [
     ("srtp-off", r"secure media \(RTP/SAVP\) offered but \[media\] srtp = off"),
     ("plain-required", r"plain media \(RTP/AVP\) offered but \[media\] srtp = required"),
-])
+], ids=["srtp-off", "plain-required"])
 def test_baresip_call_the_srtp_mode_cannot_honour_is_refused_488(bench: Bench, scenario: str, reason: str) -> None:
     call = bench.result(scenario)
     phone = call.phone
