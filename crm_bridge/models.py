@@ -16,6 +16,8 @@ OUTCOMES = (
     "abandoned_ringing", "silent", "caller_hangup", "completed", "abandoned_queue", "failed",
     "closed",  # outside business hours ([hours]): the closed message, a callback request if the caller asked
     "callback_requested",  # the caller left the queue to be called back (table callbacks)
+    # the IVR calling a customer back (the call row of each attempt; the request's row in callbacks)
+    "callback_completed", "callback_no_answer", "callback_busy", "callback_declined", "callback_failed",
 )
 HANGUP_BY = ("caller", "ivr", "agent")
 

@@ -29,7 +29,7 @@ from aiosipua import build_sdp
 
 from ivr.acd import AgentState, Offer, Seat, Waiting
 from ivr.config import AgentConfig, Config
-from ivr.events import AgentAnswered, AgentHungUp, AgentNoAnswer, AgentRinging
+from ivr.events import AgentAnswered, AgentHungUp, AgentNoAnswer, AgentRinging, WhisperFinished
 from ivr.media import CODEC_NAMES, SAMPLES_PER_FRAME, RtpPortPool, RtpSession, open_rtp
 from ivr.screenpop import DeskLink, desk_call_url, screen_pop
 from ivr.sip.endpoint import OutboundCall, SipEndpoint
@@ -87,10 +87,28 @@ class AgentLeg:
         self.ended = False
         self.ts_offset = random.getrandbits(32)
         self._ts = self.ts_offset
+        self.whisper: tuple[bytes, ...] = ()  # frames only the agent hears (a callback's whisper), sent on the media clock
+        self.whisper_index = 0
+        self.on_whispered: Callable[[], None] | None = None
 
     def next_timestamp(self) -> int:
         self._ts = (self._ts + SAMPLES_PER_FRAME) & 0xFFFFFFFF
         return self._ts
+
+    def send_next_frame(self, tick: int) -> bool:
+        """The media clock's tick while the whisper plays; True once it has played out."""
+        if self.rtp is None or self.ended:
+            return True
+        if self.whisper_index < len(self.whisper):
+            self.rtp.send_audio(self.whisper[self.whisper_index], self.next_timestamp())
+            self.whisper_index += 1
+            return False
+        return True
+
+    def prompt_done(self) -> None:
+        done, self.on_whispered = self.on_whispered, None
+        if done is not None:
+            done()
 
 
 class Agents:
@@ -328,6 +346,18 @@ class Agents:
         self.pool.no_answer(agent_leg.agent, utc_now())
         agent_leg.caller.dispatch(AgentNoAnswer(utc_now(), agent_leg.agent))
         self.assign()
+
+    def whisper(self, agent_leg: AgentLeg, frames: tuple[bytes, ...], pacer: Any) -> None:
+        """Play `frames` to the agent alone on the shared media clock, then tell the caller's flow."""
+        agent_leg.whisper, agent_leg.whisper_index = frames, 0
+
+        def done() -> None:
+            pacer.stop(agent_leg)
+            if not agent_leg.ended:
+                agent_leg.caller.dispatch(WhisperFinished(utc_now()))
+
+        agent_leg.on_whispered = done
+        pacer.serve(agent_leg)
 
     def hung_up(self, out: OutboundCall) -> bool:
         """The agent's BYE; False when the call is not an agent leg of ours."""

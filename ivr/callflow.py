@@ -45,6 +45,7 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, get_args
 
+from ivr.callbacks import is_diallable
 from ivr.events import (
     Aborted,
     Action,
@@ -55,10 +56,14 @@ from ivr.events import (
     AnnouncePosition,
     Answer,
     Bridge,
+    CallbackStarted,
     CallerIdentified,
     CallRecord,
     Cancelled,
     CancelTimer,
+    CustomerAnswered,
+    CustomerFailed,
+    DialCustomer,
     Digit,
     Event,
     HangUp,
@@ -84,13 +89,21 @@ from ivr.events import (
     StartTimer,
     StopPlayback,
     TimerFired,
+    TransferRequested,
     Unbridge,
+    Whisper,
+    WhisperFinished,
 )
-from ivr.callbacks import is_diallable
 from ivr.greeting import Greeting
 from ivr.hours import BusinessHours
 from ivr.service import MenuConfig
-from ivr.waiting import CALLBACK_CONFIRMED_PROMPT, CALLBACK_OFFER_PROMPT, queue_announcement
+from ivr.waiting import (
+    CALLBACK_CONFIRMED_PROMPT,
+    CALLBACK_OFFER_PROMPT,
+    TRANSFER_PROMPT,
+    queue_announcement,
+    whisper_prompts,
+)
 
 GREETING = "{greeting}"  # placeholder in SilentRoutine.prompts for the chosen greeting
 HOLD_PROMPT = "hold"  # [004] "现在为您查询,请稍等…"
@@ -102,6 +115,7 @@ MENU_TIMER = "menu"
 POSITION_TIMER = "position"
 SURVEY_TIMER = "survey"
 CLOSED_TIMER = "closed"  # listening for the callback key after the closed message
+DIAL_TIMER = "dial"  # a callback's wait for an agent of its group to answer
 MAX_POSITION_PROMPT = 9  # beyond this the caller hears "多位"
 TICKET_FEEDBACK_DUE = timedelta(hours=24)  # [002] "坚持至少每天反馈一次"
 
@@ -147,6 +161,7 @@ class FlowSettings:
     # [hours]: None is always open. Outside them the closed message, then `closed_listen_seconds` for the key.
     hours: BusinessHours | None = None
     closed_listen_seconds: float = 8.0
+    callback_agent_seconds: float = 120.0  # a callback that finds no agent in this time is an attempt failed
 
 
 class State(enum.Enum):
@@ -162,6 +177,8 @@ class State(enum.Enum):
     CLOSING = "closing"  # thanks and goodbye, then BYE
     CLOSED = "closed"  # outside business hours: the closed message, then listening for the callback key
     CALLBACK = "callback"  # a callback was requested: the confirmation, then BYE
+    DIALLING = "dialling"  # calling back: an agent is rung and whispered to, then the customer is rung
+    TRANSFERRING = "transferring"  # the agent transferred the caller: music while the next agent rings
     ENDED = "ended"
 
 
@@ -213,6 +230,8 @@ class CallFlow:
         self.playlist: tuple[str, ...] = ()  # prompts still to play after the current one
         self.announced = False  # the first position announcement (on entering the queue) was made
         self.closed_outcome = "callback_requested"  # the outcome once the callback confirmation ends
+        self.callback = False  # this call is the IVR calling a customer back
+        self.talk_before = 0.0  # seconds talked with agents before a transfer
 
     # --- public API -------------------------------------------------------------
 
@@ -244,6 +263,8 @@ class CallFlow:
         actions.append(RecordCall(self.record))
 
     def _end(self, actions: list[Action], at: datetime, outcome: str, hangup_by: str) -> None:
+        if self.callback and outcome == "completed":
+            outcome = "callback_completed"
         self.state = State.ENDED
         self._update(actions, ended_at=at, outcome=outcome, hangup_by=hangup_by)
         self._step(actions, at, "ended", f"outcome={outcome} hangup_by={hangup_by}")
@@ -487,7 +508,9 @@ class CallFlow:
         actions.append(RelayDigit(event.digit))
 
     def _talk_s(self, at: datetime) -> float:
-        return round((at - self.bridged_at).total_seconds(), 3) if self.bridged_at else 0.0
+        """Seconds bridged with agents so far, every agent of a transferred call counted."""
+        now = (at - self.bridged_at).total_seconds() if self.bridged_at else 0.0
+        return round(self.talk_before + now, 3)
 
     def _on_caller_bye_with_agent(self, event: HungUp, actions: list[Action]) -> None:
         bridged = self.state is State.BRIDGED
@@ -594,17 +617,97 @@ class CallFlow:
         self._step(actions, event.at, "caller_bye")
         self._end(actions, event.at, self.closed_outcome, "caller")
 
+    # --- a blind transfer by the agent (REFER) ---
+
+    def _on_transfer(self, event: TransferRequested, actions: list[Action]) -> None:
+        assert self.record is not None
+        self.talk_before, self.bridged_at = self._talk_s(event.at), None
+        # the agent is released now (the IVR carries the transfer out); the caller hears music, not silence
+        actions.extend((Unbridge(), HangUpAgent(), Music(True)))
+        self._update(actions, talk_s=self.talk_before)
+        self._step(actions, event.at, "transferred",
+                   f"from={event.by_agent} to={event.target} seat_group={event.seat_group}")
+        actions.append(JoinQueue(event.seat_group, self.record.service or self.settings.menu.default_service))
+        self.state = State.TRANSFERRING
+        self._play(actions, TRANSFER_PROMPT)  # "正在为您转接,请稍候。"
+
+    def _on_transfer_prompt_finished(self, event: PromptFinished, actions: list[Action]) -> None:
+        self.playing = False  # music until the next agent answers
+
+    def _on_transfer_answered(self, event: AgentAnswered, actions: list[Action]) -> None:
+        if self.playing:
+            actions.append(StopPlayback())
+        actions.append(Music(False))
+        # the survey afterwards rates this agent: the last one the caller talked with
+        self._update(actions, agent_number=event.agent, seat_group=event.seat_group)
+        self._step(actions, event.at, "agent_answered", f"agent={event.agent} seat_group={event.seat_group} transfer=yes")
+        self.state = State.ANNOUNCING
+        self._play(actions, agent_prompt(event.agent))
+
+    def _on_transfer_bye(self, event: HungUp, actions: list[Action]) -> None:
+        actions.extend((LeaveQueue(), Music(False), StopPlayback()))
+        self._step(actions, event.at, "caller_bye")
+        self._end(actions, event.at, "abandoned_queue", "caller")
+
+    # --- calling a customer back: the agent first, then the customer ---
+
+    def _on_callback_started(self, event: CallbackStarted, actions: list[Action]) -> None:
+        self.callback, self.tier, self.queued_at = True, event.tier, event.at
+        self.record = CallRecord(self.sip_call_id, event.number, event.callee, started_at=event.at, tier=event.tier,
+                                 service=event.service, seat_group=event.seat_group)
+        actions.append(RecordCall(self.record))
+        self._step(actions, event.at, "callback_dialling", f"number={event.number} seat_group={event.seat_group}")
+        self.state = State.DIALLING
+        actions.extend((JoinQueue(event.seat_group, event.service),
+                        StartTimer(DIAL_TIMER, self.settings.callback_agent_seconds)))
+
+    def _on_callback_agent_answered(self, event: AgentAnswered, actions: list[Action]) -> None:
+        assert self.record is not None
+        actions.append(CancelTimer(DIAL_TIMER))
+        self._update(actions, agent_number=event.agent, seat_group=event.seat_group)
+        self._step(actions, event.at, "agent_answered", f"agent={event.agent} seat_group={event.seat_group}")
+        # the agent knows who is called back before the customer's phone rings: "高端客户,业务咨询。回拨。"
+        actions.append(Whisper(whisper_prompts(self.tier, self.record.service or "consulting", callback=True)))
+
+    def _on_whispered(self, event: WhisperFinished, actions: list[Action]) -> None:
+        actions.append(DialCustomer())
+        self._step(actions, event.at, "customer_dialled")
+
+    def _on_customer_answered(self, event: CustomerAnswered, actions: list[Action]) -> None:
+        assert self.record is not None and self.queued_at is not None
+        wait = round((event.at - self.queued_at).total_seconds(), 3)
+        self._update(actions, answered_at=event.at, queue_wait_s=wait)
+        self._step(actions, event.at, "customer_answered")
+        if self.record.service == "complaint":
+            actions.append(OpenTicket(self.sip_call_id, event.at, self.record.caller, self.record.agent_number,
+                                      self.record.seat_group, event.at + TICKET_FEEDBACK_DUE))
+        self.state = State.ANNOUNCING
+        self._play(actions, agent_prompt(self.record.agent_number or ""))  # [004] "您好,801号客服为您服务"
+
+    def _on_customer_failed(self, event: CustomerFailed, actions: list[Action]) -> None:
+        actions.append(HangUpAgent())
+        self._step(actions, event.at, "customer_not_reached", f"outcome={event.outcome} status={event.status}")
+        self._end(actions, event.at, f"callback_{event.outcome}", "ivr")
+
+    def _on_callback_agent_gone(self, event: AgentHungUp | TimerFired, actions: list[Action]) -> None:
+        # the agent hung up before the customer answered, or no agent answered in time
+        actions.extend((CancelTimer(DIAL_TIMER), LeaveQueue(), HangUpAgent(), HangUp()))
+        self._step(actions, event.at, "agent_bye" if isinstance(event, AgentHungUp) else "no_agent_answered")
+        self._end(actions, event.at, "callback_failed", "agent" if isinstance(event, AgentHungUp) else "ivr")
+
     def _on_aborted(self, event: Aborted, actions: list[Action]) -> None:
         self._step(actions, event.at, "aborted", event.reason)
         if self.state is State.RINGING:
             actions.append(CancelTimer(RING_TIMER))
             actions.append(Reject(503, "Service Unavailable"))
         else:
-            for timer in (SILENCE_TIMER, MENU_TIMER, POSITION_TIMER, SURVEY_TIMER, CLOSED_TIMER):
+            for timer in (SILENCE_TIMER, MENU_TIMER, POSITION_TIMER, SURVEY_TIMER, CLOSED_TIMER, DIAL_TIMER):
                 actions.append(CancelTimer(timer))
             actions.extend((Listen(False), StopPlayback()))
-            if self.state is State.QUEUED:
+            if self.state in (State.QUEUED, State.TRANSFERRING):
                 actions.extend((LeaveQueue(), Music(False)))
+            if self.state is State.DIALLING:
+                actions.extend((LeaveQueue(), HangUpAgent()))
             if self.state in (State.ANNOUNCING, State.BRIDGED):
                 actions.extend((Unbridge(), HangUpAgent()))
             actions.append(HangUp())
@@ -652,10 +755,21 @@ _EVENT_DETAIL: dict[type, Callable[[Event], str]] = {TimerFired: lambda event: e
 INIT, RINGING, PROMPTING, WAITING, MENU = State.INIT, State.RINGING, State.PROMPTING, State.WAITING, State.MENU
 QUEUED, ANNOUNCING, BRIDGED, SURVEY = State.QUEUED, State.ANNOUNCING, State.BRIDGED, State.SURVEY
 CLOSING, ENDED = State.CLOSING, State.ENDED
-CLOSED, CALLBACK = State.CLOSED, State.CALLBACK
+CLOSED, CALLBACK, DIALLING, TRANSFERRING = State.CLOSED, State.CALLBACK, State.DIALLING, State.TRANSFERRING
 
 _TRANSITIONS: dict[TransitionKey, Transition] = {
     (INIT, Invited):                        Transition(CallFlow._on_invited, {RINGING}),
+    (INIT, CallbackStarted):                Transition(CallFlow._on_callback_started, {DIALLING}),  # the IVR calls back
+
+    (DIALLING, AgentRinging):               Transition(CallFlow._on_agent_ringing, {DIALLING}),
+    (DIALLING, AgentNoAnswer):              Transition(CallFlow._on_agent_no_answer, {DIALLING}),
+    (DIALLING, AgentAnswered):              Transition(CallFlow._on_callback_agent_answered, {DIALLING}),  # the whisper
+    (DIALLING, WhisperFinished):            Transition(CallFlow._on_whispered, {DIALLING}),  # the customer is rung
+    (DIALLING, CustomerAnswered):           Transition(CallFlow._on_customer_answered, {ANNOUNCING}),
+    (DIALLING, CustomerFailed):             Transition(CallFlow._on_customer_failed, {ENDED}),
+    (DIALLING, AgentHungUp):                Transition(CallFlow._on_callback_agent_gone, {ENDED}),
+    (DIALLING, TimerFired, DIAL_TIMER):     Transition(CallFlow._on_callback_agent_gone, {ENDED}),
+    (DIALLING, Aborted):                    Transition(CallFlow._on_aborted, {ENDED}),
 
     (RINGING, TimerFired, RING_TIMER):      Transition(CallFlow._on_ring_timer, {PROMPTING, CLOSED}),  # CLOSED: outside [hours]
     (RINGING, CallerIdentified):            Transition(CallFlow._on_identified, {RINGING}),
@@ -704,12 +818,22 @@ _TRANSITIONS: dict[TransitionKey, Transition] = {
     (ANNOUNCING, Aborted):                  Transition(CallFlow._on_aborted, {ENDED}),
 
     (BRIDGED, Digit):                       Transition(CallFlow._on_bridged_digit, {BRIDGED}),
+    (BRIDGED, TransferRequested):           Transition(CallFlow._on_transfer, {TRANSFERRING}),  # the agent's REFER
     (BRIDGED, AgentHungUp):                 Transition(CallFlow._on_agent_bye, {SURVEY}),
     (BRIDGED, HungUp):                      Transition(CallFlow._on_caller_bye_with_agent, {ENDED}),  # the survey is skipped
     (BRIDGED, Aborted):                     Transition(CallFlow._on_aborted, {ENDED}),
     (BRIDGED, CallerIdentified):            Transition(CallFlow._ignore_late, {BRIDGED}),
     (BRIDGED, TimerFired):                  Transition(CallFlow._ignore_late, {BRIDGED}),
     (BRIDGED, PromptFinished):              Transition(CallFlow._ignore_late, {BRIDGED}),
+
+    (TRANSFERRING, PromptFinished):         Transition(CallFlow._on_transfer_prompt_finished, {TRANSFERRING}),
+    (TRANSFERRING, AgentRinging):           Transition(CallFlow._on_agent_ringing, {TRANSFERRING}),
+    (TRANSFERRING, AgentNoAnswer):          Transition(CallFlow._on_agent_no_answer, {TRANSFERRING}),
+    (TRANSFERRING, AgentAnswered):          Transition(CallFlow._on_transfer_answered, {ANNOUNCING}),
+    (TRANSFERRING, Digit):                  Transition(CallFlow._ignore_late, {TRANSFERRING}),
+    (TRANSFERRING, CallerIdentified):       Transition(CallFlow._ignore_late, {TRANSFERRING}),
+    (TRANSFERRING, HungUp):                 Transition(CallFlow._on_transfer_bye, {ENDED}),
+    (TRANSFERRING, Aborted):                Transition(CallFlow._on_aborted, {ENDED}),
 
     (SURVEY, PromptFinished):               Transition(CallFlow._on_survey_prompt_finished, {SURVEY}),
     (SURVEY, Digit):                        Transition(CallFlow._on_survey_digit, {SURVEY, CLOSING}),  # SURVEY: not a rating key
@@ -745,6 +869,7 @@ _TRANSITIONS: dict[TransitionKey, Transition] = {
     **{(ENDED, event): Transition(CallFlow._ignore_late, {ENDED}) for event in (  # late events after the end
         HungUp, TimerFired, PromptFinished, SpeechStarted, Digit, Aborted, Cancelled, CallerIdentified,
         QueuePosition, AgentRinging, AgentNoAnswer, AgentAnswered, AgentHungUp,
+        WhisperFinished, CustomerAnswered, CustomerFailed, TransferRequested,
     )},
 }
 

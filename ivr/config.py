@@ -134,6 +134,7 @@ class CallbacksConfig:
 
     max_attempts: int = 3
     retry_seconds: float = 300.0
+    gateway: tuple[str, int] | None = None  # the SIP trunk/gateway customers are dialled through; None: no dialling
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +263,7 @@ _KNOWN: dict[str, set[str]] = {
         "music", "music_volume", "announce_wait", "mean_handle_seconds", "max_wait_seconds", "callback_key",
     },
     "hours": {"timezone", DEFAULT_SCHEDULE},  # plus a seat group or a [general] number per schedule
-    "callbacks": {"max_attempts", "retry_seconds"},
+    "callbacks": {"max_attempts", "retry_seconds", "gateway"},
     "survey": {"timeout_seconds", *"0123456789"},
 }
 # Sections of the same file read by other programs, which validate them (`python -m desk`: desk/config.py).
@@ -495,6 +496,7 @@ def load_config(path: Path) -> Config:
         callbacks=CallbacksConfig(
             max_attempts=int(r.number("callbacks", "max_attempts", c.max_attempts, 1, 10, int)),
             retry_seconds=r.number("callbacks", "retry_seconds", c.retry_seconds, 30, 86_400),
+            gateway=r.get("callbacks", "gateway", None, _gateway, "host:port of the SIP gateway"),
         ),
         greet_senior_by_name=r.get("tiers", "greet_senior_by_name", False, _bool, "yes or no"),
         outbox_dir=r.file_path("database", "outbox_dir", path.parent / "var" / "outbox") or Path("var/outbox"),
@@ -552,6 +554,15 @@ def _host(raw: str) -> tuple[str, int] | None:
     host, _, port = raw.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError("write dynamic, or IP:port of the softphone")
+    return host, int(port)
+
+
+def _gateway(raw: str) -> tuple[str, int] | None:
+    if not raw:
+        return None
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("write host:port of the SIP trunk or gateway, e.g. 10.0.0.5:5060, or leave it empty")
     return host, int(port)
 
 

@@ -28,6 +28,7 @@ import structlog
 from aiosipua import (
     SdpNegotiationError,
     SipRequest,
+    build_sdp,
     negotiate_sdp,
     parse_address,
     parse_auth,
@@ -36,10 +37,10 @@ from aiosipua import (
 
 from crm_bridge.customers import CallerDirectory
 from crm_bridge.writer import CrmWriter
-from ivr.acd import Acd
+from ivr.acd import Acd, AgentState
 from ivr.agents import AgentLeg, AgentPool, Agents
 from ivr.callbacks import CallbackError, CallbackRequest, CallbackScheduler
-from ivr.callflow import CallFlow, CallFlowBug, CallFlowError
+from ivr.callflow import CallFlow, CallFlowBug, CallFlowError, State
 from ivr.config import Config
 from ivr.events import (
     Aborted,
@@ -47,9 +48,13 @@ from ivr.events import (
     AnnouncePosition,
     Answer,
     Bridge,
+    CallbackStarted,
     CallerIdentified,
     Cancelled,
     CancelTimer,
+    CustomerAnswered,
+    CustomerFailed,
+    DialCustomer,
     Digit,
     Event,
     HangUp,
@@ -76,13 +81,16 @@ from ivr.events import (
     StartTimer,
     StopPlayback,
     TimerFired,
+    TransferRequested,
     Unbridge,
+    Whisper,
 )
 from ivr.gcpolicy import FullGcPolicy
 from ivr.greeting import Greeter
 from ivr.guard import SourceGuard, Verdict
 from ivr.hours import BusinessHours
 from ivr.media import (
+    CODEC_NAMES,
     SAMPLES_PER_FRAME,
     SILENCE_FRAMES,
     MediaClock,
@@ -97,6 +105,7 @@ from ivr.registrar import Challenge, Refused, Registered, Registrar
 from ivr.sanity import check_request
 from ivr.screenpop import DeskLink
 from ivr.service import SEAT_GROUPS
+from ivr.sip.dialogs import new_call_id
 from ivr.sip.endpoint import Address, Headers, InboundCall, OutboundCall, SipEndpoint
 from ivr.srtp import SrtpContext, SrtpRefused, negotiate_srtp, secure_answer
 from ivr.vad import SpeechDetector
@@ -111,6 +120,26 @@ LAG_PROBE_S = 0.05
 # Agents dial these from their registered phone to pause (not offered calls) or resume.
 FEATURE_CODES = {"*46": True, "*47": False}
 LOOKUP_TIMEOUT_S = 2.0  # a caller the CRM cannot name in time is served as unknown
+CUSTOMER_RING_S = 30.0  # a called-back customer who has not answered by then: no_answer
+# a called-back customer's final response -> the attempt's outcome (ivr.callbacks.OUTCOMES)
+_CUSTOMER_REFUSALS = {486: "busy", 600: "busy", 603: "declined", 408: "no_answer", 480: "no_answer", 487: "no_answer"}
+
+
+class CustomerCall:
+    """The customer's side of a callback, as `Leg` drives a call: the INVITE to the gateway once dialled."""
+
+    def __init__(self, call_id: str, number: str, gateway: Address) -> None:
+        self.call_id = call_id
+        self.caller = number
+        self.source_addr = gateway
+        self.out: OutboundCall | None = None
+
+    def hangup(self) -> None:
+        if self.out is not None:
+            if self.out.final:
+                self.out.hangup()
+            else:
+                self.out.cancel()  # still ringing
 
 
 def utc_now() -> datetime:
@@ -120,7 +149,7 @@ def utc_now() -> datetime:
 class Leg:
     """One caller's call: its SIP dialog, RTP session, flow, timers and playback."""
 
-    def __init__(self, engine: Engine, call: InboundCall) -> None:
+    def __init__(self, engine: Engine, call: InboundCall | CustomerCall) -> None:
         self.engine = engine
         self.call = call
         self.call_id = call.call_id
@@ -147,6 +176,8 @@ class Leg:
         # hold music: the shared pre-encoded loop, and where this caller is in it (resumes after announcements)
         self.music: MusicCursor | None = engine.music.cursor() if engine.music is not None else None
         self.music_on = False
+        self.callback: int | None = None  # the callback request this call dials (a CustomerCall)
+        self.customer_timer: asyncio.TimerHandle | None = None
 
     def next_timestamp(self) -> int:
         """RTP timestamp for a relayed frame: follows the media clock, never repeats."""
@@ -223,6 +254,8 @@ class Leg:
                 self.log.info(action.kind, **({"detail": action.detail} if action.detail else {}))
             case RecordCall(record=record):
                 self.engine.writer.submit(action)
+                if record.ended_at is not None and self.callback is not None:
+                    self.engine.callback_attempt_ended(self, record.outcome or "", record.answered_at is not None)
                 if record.ended_at is not None:
                     metrics = self.engine.metrics
                     metrics.calls.labels(record.outcome or "unknown").inc()
@@ -250,6 +283,8 @@ class Leg:
             case Listen(on=on):
                 self.listen(on)
             case HangUp():
+                if self.customer_timer is not None:
+                    self.customer_timer.cancel()
                 self.call.hangup()
             case JoinQueue(seat_group=group, service=service):
                 self.engine.agents.join(self, group, service)
@@ -265,6 +300,12 @@ class Leg:
                     self.engine.pacer.serve(self)
             case RequestCallback():
                 self.engine.request_callback(action, self.log)
+            case Whisper(prompts=prompts):
+                if self.agent is not None:
+                    frames = tuple(f for p in prompts for f in self.engine.prompts.frames(p, self.payload_type))
+                    self.engine.agents.whisper(self.agent, frames, self.engine.pacer)
+            case DialCustomer():
+                self.engine._spawn(self.engine.dial_customer(self))
             case Bridge():
                 if self.agent is not None and self.agent.rtp is not None and self.rtp is not None:
                     self.rtp.on_audio = self.relay_to_agent
@@ -581,6 +622,95 @@ class Engine:
             else:
                 self._spawn(self._identify(leg, caller))
 
+    # --- calling customers back ------------------------------------------------------------
+
+    def dial_callbacks(self) -> None:
+        """Once a second: a due callback request whose seat group has a free agent (and no caller waiting) is taken."""
+        gateway = self.config.callbacks.gateway
+        if gateway is None or not self.accepting:
+            return  # [callbacks] gateway unset: requests are kept (and in the CRM) but not dialled
+        now = utc_now()
+        free = {s.seat_group for s in self.acd.seats.values() if s.state is AgentState.AVAILABLE}
+        free -= {group for group, waiting in self.acd.queues.items() if waiting}  # callers on the line go first
+        request = self.callbacks.next_due(now, free)
+        if request is None:
+            return
+        call_id = new_call_id(self.endpoint.host)
+        request = self.callbacks.attempt_started(request.id, call_id, now)
+        self.writer.submit(callback_row(request))
+        leg = Leg(self, CustomerCall(call_id, request.number, gateway))
+        leg.callback = request.id
+        self.legs[call_id] = leg
+        leg.log.info("callback_attempt", callback=request.id, attempt=request.attempts, seat_group=request.seat_group)
+        callee = min(self.config.general.numbers) if self.config.general.numbers else ""
+        leg.dispatch(CallbackStarted(now, request.number, callee, request.tier, request.service, request.seat_group))
+
+    async def dial_customer(self, leg: Leg) -> None:
+        """INVITE the callback's stored number through the gateway, with its own RTP session."""
+        assert leg.callback is not None and isinstance(leg.call, CustomerCall)
+        # the guard of ivr.callbacks: only the stored number of the request being dialled, nothing a caller typed
+        number = self.callbacks.number_to_dial(leg.callback)
+        gateway = leg.call.source_addr
+        g = self.config.general
+        try:
+            rtp, leg.rtp_port = await open_rtp(self.ports, g.bind, gateway, leg.payload_type, strict=False)
+        except (OSError, RuntimeError) as exc:
+            leg.log.error("callback_media_failed", error=str(exc))
+            leg.dispatch(CustomerFailed(utc_now(), "failed"))
+            return
+        if leg.closed:
+            await rtp.close()
+            self._release_port(leg)
+            return
+        leg.rtp = rtp
+        rtp.on_dtmf = leg.on_dtmf
+        sdp = build_sdp(self.media_ip, leg.rtp_port, leg.payload_type, CODEC_NAMES[leg.payload_type])
+        callee = leg.flow.record.callee if leg.flow.record else ""
+        out = self.endpoint.invite(
+            from_uri=f"sip:{callee}@{self.endpoint.host}:{g.port}", from_display=None,
+            request_uri=f"sip:{number}@{gateway[0]}:{gateway[1]}", destination=gateway, sdp=sdp,
+            headers={"Call-ID": leg.call_id},
+        )
+        leg.call.out = out
+        out.on_answer = lambda _out: self._customer_answered(leg, out)
+        out.on_rejected = lambda _out, code, reason: self._customer_refused(leg, code, reason)
+        leg.customer_timer = asyncio.get_running_loop().call_later(CUSTOMER_RING_S, self._customer_refused, leg, 0, "no answer")
+
+    def _customer_answered(self, leg: Leg, out: OutboundCall) -> None:
+        if leg.customer_timer is not None:
+            leg.customer_timer.cancel()
+        remote = out.sdp_answer.rtp_address if out.sdp_answer is not None else None
+        if remote is not None and leg.rtp is not None:
+            leg.rtp.update_remote(remote)
+        leg.dispatch(CustomerAnswered(utc_now()))
+
+    def _customer_refused(self, leg: Leg, status: int, reason: str) -> None:
+        if leg.customer_timer is not None:
+            leg.customer_timer.cancel()
+        if leg.flow.state is not State.DIALLING:
+            return  # our own CANCEL's 487, or an answer already taken
+        if status == 0 and isinstance(leg.call, CustomerCall) and leg.call.out is not None:
+            leg.call.out.cancel()
+        outcome = "no_answer" if status == 0 else _CUSTOMER_REFUSALS.get(status, "failed")
+        leg.log.info("customer_not_reached", status=status, reason=reason, outcome=outcome)
+        leg.dispatch(CustomerFailed(utc_now(), outcome, status))
+
+    def callback_attempt_ended(self, leg: Leg, outcome: str, answered: bool) -> None:
+        """The attempt's call has ended: the request completes, waits for its retry, or closes."""
+        request_id, leg.callback = leg.callback, None
+        assert request_id is not None
+        attempt = outcome.removeprefix("callback_") if outcome.startswith("callback_") else "failed"
+        if answered or attempt == "completed":
+            attempt = "answered"
+        try:
+            request = self.callbacks.attempt_result(request_id, attempt, utc_now())
+        except CallbackError as exc:
+            leg.log.error("callback_result_refused", reason=str(exc))
+            return
+        self.writer.submit(callback_row(request))
+        leg.log.info("callback_result", callback=request.id, attempt=request.attempts, status=request.status,
+                     result=request.result or "", due_at=request.due_at.isoformat())
+
     def request_callback(self, action: RequestCallback, leg_log: Any) -> None:
         """A caller asked to be called back: keep the request for the dialler, and its row in the CRM."""
         try:
@@ -655,12 +785,29 @@ class Engine:
         self._reject(call, 480, f"Agent {agent} {state.replace('_', ' ')}", "feature code")
 
     def on_bye(self, call: InboundCall | OutboundCall) -> None:
-        if isinstance(call, InboundCall):
-            leg = self.legs.get(call.call_id)
-            if leg is not None:
-                leg.dispatch(HungUp(utc_now()))
+        if isinstance(call, OutboundCall) and self.agents.hung_up(call):
             return
-        self.agents.hung_up(call)
+        leg = self.legs.get(call.call_id)  # a caller, or a called-back customer
+        if leg is not None:
+            leg.dispatch(HungUp(utc_now()))
+
+    def on_refer(self, call: OutboundCall, request: SipRequest) -> tuple[int, str, Callable[[], None] | None]:
+        """An agent's blind transfer (RFC 3515): to a seat group (`sip:group-senior@…`, `sip:senior@…`) or to the
+        complaint specialists (`sip:complaint@…`, [queues] complaint_group). Anything else is refused."""
+        agent_leg = self.agents.legs_by_agent_call.get(call.call_id)
+        if agent_leg is None or agent_leg.caller.flow.state is not State.BRIDGED:
+            return 403, "Forbidden", None  # only the agent talking with a caller may transfer them
+        target = _refer_target(request.get_header("refer-to") or "")
+        if target is None:
+            agent_leg.caller.log.warning("refer_refused", agent=agent_leg.agent, reason="malformed Refer-To")
+            return 400, "Bad Request (Refer-To)", None
+        name = target.lower().removeprefix("group-")
+        group = self.config.queues.complaint_group if name in ("complaint", "complaints") else name
+        if group not in SEAT_GROUPS:
+            agent_leg.caller.log.warning("refer_refused", agent=agent_leg.agent, target=target[:40], reason="not configured")
+            return 403, "Forbidden", None
+        leg = agent_leg.caller
+        return 202, "Accepted", lambda: leg.dispatch(TransferRequested(utc_now(), agent_leg.agent, group, name))
 
     def on_cancel(self, call: InboundCall) -> None:
         leg = self.legs.get(call.call_id)
@@ -743,6 +890,7 @@ class Engine:
             self.guard.expire()
             full_gc.tick(time.monotonic(), len(self.legs))  # the full GC run_ivr.py took off automatic: ivr.gcpolicy
             self.agents.tick()
+            self.dial_callbacks()
             if self.desk_commands is not None and not self._taking_commands:
                 self._spawn(self._apply_desk_commands())
             if self.status_file is not None and (self.agents.dirty or self.legs):
@@ -811,6 +959,24 @@ def _user(uri: str) -> str:
         return parse_uri(text).user or ""
     except Exception:
         return ""
+
+
+def _refer_target(refer_to: str) -> str | None:
+    """The user part of a Refer-To's SIP URI (`<sip:group-senior@host>`), None when it is not one."""
+    text = refer_to.strip()
+    if text.startswith("<") != text.endswith(">") and ">" not in text:
+        return None
+    if "<" in text:
+        if ">" not in text:
+            return None
+        text = text[text.index("<") + 1 : text.index(">")]
+    if not text.lower().startswith(("sip:", "sips:")) or "@" not in text:
+        return None
+    try:
+        user = parse_uri(text.split("?")[0]).user or ""
+    except Exception:
+        return None
+    return user if user and all(ch.isalnum() or ch in "-_.+" for ch in user) else None
 
 
 _DTMF_KEYS = set("0123456789*#ABCD")

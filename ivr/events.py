@@ -131,9 +131,55 @@ class AgentHungUp:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class CallbackStarted:
+    """The dialler takes a callback request: an agent of its group first, then the customer ("回拨")."""
+
+    at: datetime
+    number: str  # the stored number of the request, the only one this call may dial
+    callee: str  # the hotline number the call row names
+    tier: str
+    service: str
+    seat_group: str
+
+
+@dataclass(frozen=True, slots=True)
+class WhisperFinished:
+    """The agent has heard the whisper (tier, service, "回拨"); the customer can be dialled."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerAnswered:
+    """The customer answered the callback (200 OK from the gateway)."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerFailed:
+    """The customer did not take the callback: no_answer, busy, declined or failed (ivr.callbacks.OUTCOMES)."""
+
+    at: datetime
+    outcome: str
+    status: int = 0  # the SIP final response, 0 when none came
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRequested:
+    """The bridged agent transferred the caller (SIP REFER, accepted): to a seat group's queue."""
+
+    at: datetime
+    by_agent: str
+    seat_group: str
+    target: str  # as the agent asked: the group, or "complaint" for [queues] complaint_group
+
+
 Event = (
     Invited | CallerIdentified | Cancelled | TimerFired | PromptFinished | SpeechStarted | Digit | HungUp | Aborted
     | QueuePosition | AgentRinging | AgentNoAnswer | AgentAnswered | AgentHungUp
+    | CallbackStarted | WhisperFinished | CustomerAnswered | CustomerFailed | TransferRequested
 )
 
 # --- actions: what the adapter must do --------------------------------------
@@ -307,6 +353,18 @@ class OpenTicket:
 
 
 @dataclass(frozen=True, slots=True)
+class Whisper:
+    """Play these prompts to the agent (not the caller), then report `WhisperFinished`."""
+
+    prompts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DialCustomer:
+    """Call the callback's stored number through `[callbacks] gateway`; `CustomerAnswered` or `CustomerFailed` follows."""
+
+
+@dataclass(frozen=True, slots=True)
 class RequestCallback:
     """The caller asked to be called back (table `callbacks`): store the request, dial it when an agent is free."""
 
@@ -359,4 +417,6 @@ Action = (
     | OpenTicket
     | Music
     | RequestCallback
+    | Whisper
+    | DialCustomer
 )

@@ -32,6 +32,11 @@ from ivr.callflow import (
 )
 from ivr.events import (
     Aborted,
+    CallbackStarted,
+    CustomerAnswered,
+    CustomerFailed,
+    TransferRequested,
+    WhisperFinished,
     AgentAnswered,
     AgentHungUp,
     AgentNoAnswer,
@@ -77,12 +82,16 @@ ENDED_ = [*RINGING_, (Cancelled,)]
 CLOSED_NUMBER = "95999"  # the flows below are never open on this number (see HOURS)
 CLOSED_ = [(Invited, "13800000001", CLOSED_NUMBER), (TimerFired, "ring")]
 CALLBACK_ = [*QUEUED_, (Digit, "#")]
+DIALLING_ = [(CallbackStarted, "13800000001", "95000", "senior", "consulting", "senior")]
+TRANSFERRING_ = [*BRIDGED_, (TransferRequested, "801", "middle", "complaint")]
+CALLED_BACK_ = [*DIALLING_, (AgentRinging, "801"), (AgentAnswered, "801", "senior"), (WhisperFinished,)]
 
 PATH_TO: dict[State, list[Step]] = {
     State.INIT: [], State.RINGING: RINGING_, State.PROMPTING: PROMPTING_, State.WAITING: WAITING_,
     State.MENU: MENU_, State.QUEUED: QUEUED_, State.ANNOUNCING: ANNOUNCING_, State.BRIDGED: BRIDGED_,
     State.SURVEY: SURVEY_, State.CLOSING: CLOSING_, State.ENDED: ENDED_,
-    State.CLOSED: CLOSED_, State.CALLBACK: CALLBACK_,
+    State.CLOSED: CLOSED_, State.CALLBACK: CALLBACK_, State.DIALLING: DIALLING_,
+    State.TRANSFERRING: TRANSFERRING_,
 }
 
 # One event of each type, for the rows a state does not have.
@@ -101,6 +110,11 @@ SAMPLE: dict[type, Step] = {
     AgentNoAnswer: (AgentNoAnswer, "801"),
     AgentAnswered: (AgentAnswered, "801", "senior"),
     AgentHungUp: (AgentHungUp,),
+    CallbackStarted: DIALLING_[0],
+    WhisperFinished: (WhisperFinished,),
+    CustomerAnswered: (CustomerAnswered,),
+    CustomerFailed: (CustomerFailed, "no_answer", 480),
+    TransferRequested: (TransferRequested, "801", "middle", "middle"),
 }
 
 
@@ -185,7 +199,24 @@ SCENARIOS: dict[str, Scenario] = {
     ], State.ENDED),
     "closed: hangs up": Scenario([*CLOSED_, (HungUp,)], State.ENDED),
     "closed: aborted": Scenario([*CLOSED_, (Aborted, "shutdown")], State.ENDED),
-    "late events after the end": Scenario([*ENDED_, *(step for t, step in SAMPLE.items() if t is not Invited)], State.ENDED),
+    "callback: an agent misses it, the next is whispered to, the customer answers, is served": Scenario([
+        *DIALLING_, (AgentRinging, "801"), (AgentNoAnswer, "801"), (AgentRinging, "802"),
+        (AgentAnswered, "802", "senior"), (WhisperFinished,), (CustomerAnswered,), (PromptFinished, "agent_802"),
+        (AgentHungUp,),
+    ], State.SURVEY),
+    "callback: the customer does not answer": Scenario([*CALLED_BACK_, (CustomerFailed, "no_answer", 480)], State.ENDED),
+    "callback: the agent hangs up before the customer answers": Scenario([*CALLED_BACK_, (AgentHungUp,)], State.ENDED),
+    "callback: no agent answers in time": Scenario([*DIALLING_, (TimerFired, "dial")], State.ENDED),
+    "callback: aborted": Scenario([*DIALLING_, (Aborted, "shutdown")], State.ENDED),
+    "transferred: music and the transfer prompt, a missed agent, the next answers, the caller rates them": Scenario([
+        *TRANSFERRING_, (PromptFinished, "transfer"), (Digit, "5"), (CallerIdentified, "senior", True),
+        (AgentRinging, "811"), (AgentNoAnswer, "811"), (AgentRinging, "812"), (AgentAnswered, "812", "middle"),
+        (PromptFinished, "agent_812"), (AgentHungUp,), (Digit, "1"),
+    ], State.CLOSING),
+    "transferred: hangs up while the next agent rings": Scenario([*TRANSFERRING_, (HungUp,)], State.ENDED),
+    "transferred: aborted": Scenario([*TRANSFERRING_, (Aborted, "shutdown")], State.ENDED),
+    "late events after the end": Scenario(
+        [*ENDED_, *(step for t, step in SAMPLE.items() if t not in (Invited, CallbackStarted))], State.ENDED),
 }
 
 # (row, next state) pairs that the table keeps for safety but no event sequence

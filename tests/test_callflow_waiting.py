@@ -8,33 +8,51 @@ import pytest
 
 from ivr.callflow import CallFlow, FlowSettings, State
 from ivr.events import (
+    AgentAnswered,
+    AgentHungUp,
     AnnouncePosition,
     Answer,
+    CallbackStarted,
     CancelTimer,
+    CustomerAnswered,
+    CustomerFailed,
+    DialCustomer,
     Digit,
     HangUp,
+    HangUpAgent,
     HungUp,
     Invited,
     JoinQueue,
     LeaveQueue,
     Listen,
     Music,
+    OpenTicket,
     Play,
     PromptFinished,
     QueuePosition,
     RecordEvent,
+    RecordSurvey,
     RequestCallback,
     StartTimer,
     StopPlayback,
     TimerFired,
+    TransferRequested,
+    Unbridge,
+    Whisper,
+    WhisperFinished,
 )
 from ivr.greeting import Greeting
 from ivr.hours import BusinessHours, HoursConfig, parse_schedule
 from ivr.service import MenuConfig
 
-from .test_callflow import FakeClock, clock, control, last_record  # noqa: F401 (clock: the fixture)
+from .test_callflow import FakeClock, control, last_record
 
 CALLER = "13800000001"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 def greeter(_moment: datetime) -> Greeting:
@@ -185,3 +203,79 @@ def test_outside_business_hours_a_caller_who_hangs_up_is_closed(clock: FakeClock
     flow, _ = closed_call(clock)
     actions = flow.handle(HungUp(clock.advance(2)))
     assert (last_record(actions).outcome, last_record(actions).hangup_by) == ("closed", "caller")
+
+
+# --- calling back ------------------------------------------------------------------------
+
+
+def dialling(clock: FakeClock) -> tuple[CallFlow, list]:
+    flow = CallFlow("cb1", settings(), greeter)
+    return flow, flow.handle(CallbackStarted(clock.now, CALLER, "95000", "senior", "complaint", "senior"))
+
+
+def test_a_callback_rings_an_agent_of_the_group_first_and_whispers_to_them(clock: FakeClock) -> None:
+    flow, actions = dialling(clock)
+    assert control(actions) == [JoinQueue("senior", "complaint"), StartTimer("dial", 120.0)]
+    record = last_record(actions)
+    assert (record.caller, record.callee, record.tier, record.seat_group, record.answered_at) == (
+        CALLER, "95000", "senior", "senior", None)
+    actions = flow.handle(AgentAnswered(clock.advance(2), "801", "senior"))
+    assert control(actions) == [CancelTimer("dial"), Whisper(("whisper_senior", "whisper_complaint", "whisper_callback"))]
+    assert control(flow.handle(WhisperFinished(clock.advance(3)))) == [DialCustomer()]
+    assert flow.state is State.DIALLING
+
+
+def test_the_customer_answers_hears_the_agent_number_then_is_bridged_and_rates(clock: FakeClock) -> None:
+    flow, _ = dialling(clock)
+    flow.handle(AgentAnswered(clock.advance(2), "801", "senior"))
+    flow.handle(WhisperFinished(clock.advance(3)))
+    actions = flow.handle(CustomerAnswered(clock.advance(4)))
+    assert Play("agent_801") in actions and any(isinstance(a, OpenTicket) for a in actions)  # a complaint: a ticket
+    assert last_record(actions).answered_at == clock.now
+    flow.handle(PromptFinished(clock.advance(3), "agent_801"))
+    flow.handle(AgentHungUp(clock.advance(60)))
+    assert flow.state is State.SURVEY
+    actions = flow.handle(Digit(clock.advance(3), "1"))
+    survey = next(a for a in actions if isinstance(a, RecordSurvey))
+    assert (survey.agent_number, survey.score) == ("801", 1)
+    actions = flow.handle(PromptFinished(clock.advance(2), "thanks"))
+    assert last_record(actions).outcome == "callback_completed"
+
+
+@pytest.mark.parametrize("outcome", ["no_answer", "busy", "declined", "failed"])
+def test_a_customer_not_reached_frees_the_agent_and_records_why(clock: FakeClock, outcome: str) -> None:
+    flow, _ = dialling(clock)
+    flow.handle(AgentAnswered(clock.advance(2), "801", "senior"))
+    flow.handle(WhisperFinished(clock.advance(3)))
+    actions = flow.handle(CustomerFailed(clock.advance(30), outcome, 480))
+    assert control(actions) == [HangUpAgent()]
+    assert (last_record(actions).outcome, flow.state) == (f"callback_{outcome}", State.ENDED)
+
+
+def test_a_callback_no_agent_takes_in_time_is_a_failed_attempt(clock: FakeClock) -> None:
+    flow, _ = dialling(clock)
+    actions = flow.handle(TimerFired(clock.advance(120), "dial"))
+    assert LeaveQueue() in actions and HangUpAgent() in actions
+    assert last_record(actions).outcome == "callback_failed"
+
+
+# --- transfers ---------------------------------------------------------------------------
+
+
+def test_a_transfer_releases_the_agent_plays_music_and_the_survey_rates_the_last_agent(clock: FakeClock) -> None:
+    flow, _ = queued(clock)
+    flow.handle(AgentAnswered(clock.advance(5), "801", "junior"))
+    flow.handle(PromptFinished(clock.advance(3), "agent_801"))
+    actions = flow.handle(TransferRequested(clock.advance(40), "801", "middle", "complaint"))
+    assert control(actions) == [Unbridge(), HangUpAgent(), Music(True), JoinQueue("middle", "consulting"), Play("transfer")]
+    assert RecordEvent("c1", clock.now, "transferred", "from=801 to=complaint seat_group=middle") in actions
+    assert flow.state is State.TRANSFERRING
+    assert control(flow.handle(PromptFinished(clock.advance(2), "transfer"))) == []  # music until someone answers
+    actions = flow.handle(AgentAnswered(clock.advance(8), "811", "middle"))
+    assert control(actions) == [Music(False), Play("agent_811")]
+    flow.handle(PromptFinished(clock.advance(3), "agent_811"))
+    actions = flow.handle(AgentHungUp(clock.advance(20)))
+    assert last_record(actions).talk_s == 60.0  # both agents' talk
+    actions = flow.handle(Digit(clock.advance(3), "3"))
+    survey = next(a for a in actions if isinstance(a, RecordSurvey))
+    assert (survey.agent_number, survey.seat_group, survey.score) == ("811", "middle", 3)

@@ -52,7 +52,9 @@ log = structlog.get_logger("ivr.sip")
 Address = tuple[str, int]
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER"
 # Methods we know and do not take (405 with Allow); a method nobody knows is the
-# request checks' 501. REFER from a caller is refused outright: no toll-fraud path.
+# request checks' 501. REFER (RFC 3515) is taken only from the agent inside a
+# bridged call (a blind transfer); from a caller it is refused outright (501):
+# no toll-fraud path.
 NOT_ALLOWED = {"MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "PRACK", "UPDATE"}
 DialogKey = tuple[str, str, str]
 Headers = list[tuple[str, str]]  # in order; a name may repeat (two WWW-Authenticate challenges)
@@ -89,6 +91,10 @@ class EndpointOwner(Protocol):
     def on_info(self, call: InboundCall, request: SipRequest) -> None: ...
 
     def on_register(self, request: SipRequest, source: Address) -> tuple[int, str, Headers]: ...
+
+    def on_refer(self, call: OutboundCall, request: SipRequest) -> tuple[int, str, Callable[[], None] | None]:
+        """A REFER from an agent's leg: (status, reason, what to do once 202 and its NOTIFY are sent)."""
+        ...
 
 
 def response_address(request: SipRequest, source: Address) -> Address:
@@ -630,9 +636,39 @@ class SipEndpoint:
             self.respond(transaction, make_response(request, status, reason, to_tag=new_tag() if status >= 200 else None,
                                                     headers=headers))
         elif method == "REFER":
-            self.respond(transaction, make_response(request, 501, "Not Implemented"))
+            self._refer(request, transaction)
         else:
             self.respond(transaction, make_response(request, 405, "Method Not Allowed", headers=[("Allow", ALLOW)]))
+
+    def _refer(self, request: SipRequest, transaction: ServerTransaction) -> None:
+        """RFC 3515: an agent's blind transfer — 202, then the outcome as a message/sipfrag NOTIFY."""
+        found = self.dialogs.get(_dialog_key(request))
+        if found is None or found.ended or found.dialog is None:
+            self.respond(transaction, make_response(request, 481, "Call/Transaction Does Not Exist"))
+            return
+        if isinstance(found, InboundCall):  # a caller may not make the hotline call anyone: as before transfers, 501
+            log.warning("refer_refused", call_id=found.call_id, reason="REFER from a caller")
+            self.respond(transaction, make_response(request, 501, "Not Implemented"))
+            return
+        status = found.dialog.check_request(request)
+        if status is not None:
+            self.respond(transaction, make_response(request, status, "Server Internal Error"))
+            return
+        status, reason, proceed = self.owner.on_refer(found, request)
+        self.respond(transaction, make_response(request, status, reason))
+        if status != 202:
+            return
+        # RFC 3515 §2.4.4-5: the implicit subscription's one NOTIFY. The IVR carries the transfer out
+        # itself (B2BUA), so it is final at once: 200, and the subscription ends with it.
+        notify = found.dialog.create_request(
+            "NOTIFY", via=self.via(found.destination),
+            headers=[("Event", "refer"), ("Subscription-State", "terminated;reason=noresource"),
+                     ("Contact", self.contact_for(found.destination))],
+            body=b"SIP/2.0 200 OK\r\n", content_type="message/sipfrag;version=2.0",
+        )
+        self.send_request(notify, found.destination)
+        if proceed is not None:
+            proceed()
 
     def _reinvite(self, request: SipRequest, transaction: ServerTransaction, source: Address) -> None:
         """A re-INVITE (session refresh, hold): the session stays as it is; answered with the same SDP."""
