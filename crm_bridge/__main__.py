@@ -33,7 +33,8 @@ from crm_bridge.report import aware, local_today, low_scores, overdue_tickets
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m crm_bridge", description=__doc__.split("\n")[0])
     p.add_argument("--db-url", help="CRM database URL (default: from --config)")
-    p.add_argument("--config", type=Path, default=Path("sip.conf.example"), help="sip.conf for the URL and tier thresholds")
+    p.add_argument("--config", type=Path, default=Path("sip.conf.example"),
+                   help="sip.conf for the URL and tier thresholds")
     sub = p.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import-customers", help="insert/update customers from CSV: phone,name,assets,volume[,tier]")
     imp.add_argument("file", type=Path)
@@ -46,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     low = sub.add_parser("low-scores", help="yesterday's low survey scores, for the morning review ([004])")
     low.add_argument("--day", type=date.fromisoformat,
                      help="the local day to review (default: yesterday in [general] timezone)")
-    low.add_argument("--from-score", type=int, default=2, help="keypad scores counted as low: this and worse (1 satisfied, 2 average, 3 dissatisfied; default %(default)s)")
+    low.add_argument("--from-score", type=int, default=2,
+                     help="keypad scores counted as low: this and worse "
+                          "(1 satisfied, 2 average, 3 dissatisfied; default %(default)s)")
     sub.add_parser("webhook-dead", help="pushes to the external CRM that failed every attempt")
     wr = sub.add_parser("webhook-retry", help="re-queue dead-lettered pushes (all, or one call's)")
     wr.add_argument("sip_call_id", nargs="?")
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         tickets = overdue_tickets(engine)
         with Session(engine) as s:
             in_list = Call.id.in_([t.call_id for t in tickets])
-            call_ids: dict[int, str] = {row.id: row.sip_call_id for row in s.execute(select(Call.id, Call.sip_call_id).where(in_list))}
+            found = s.execute(select(Call.id, Call.sip_call_id).where(in_list))
+            call_ids: dict[int, str] = {row.id: row.sip_call_id for row in found}
         for ticket in tickets:
             due = aware(ticket.next_feedback_due).astimezone(zone)
             print(f"ticket {ticket.id}\t{ticket.customer_phone}\tagent {ticket.agent_number}\t{ticket.status}"
@@ -157,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "webhook-retry":
         from crm_bridge.webhook import retry_dead_letters
 
-        print(f"re-queued {retry_dead_letters(engine, args.sip_call_id)} push(es); a running IVR sends them within 30 s")
+        queued = retry_dead_letters(engine, args.sip_call_id)
+        print(f"re-queued {queued} push(es); a running IVR sends them within 30 s")
     return 0
 
 

@@ -97,7 +97,8 @@ class CallerDirectory:
         self.reconnect_s = reconnect_s
         self.kind = engine.dialect.name
         c = Customer.__table__.c
-        self._sql = f"SELECT {c.name.name}, {c.assets.name}, {c.volume.name}, {c.tier.name} FROM {Customer.__tablename__} WHERE {c.phone.name} = "
+        self._sql = (f"SELECT {c.name.name}, {c.assets.name}, {c.volume.name}, {c.tier.name} "
+                     f"FROM {Customer.__tablename__} WHERE {c.phone.name} = ")
         self._sqlite: sqlite3.Connection | None = None
         self._pg: Any = None  # psycopg.AsyncConnection
         self._pg_retry_at = 0.0
@@ -192,7 +193,8 @@ def import_customers(engine: Engine, path: Path) -> int:
             except ValueError as exc:
                 problems.append(f"line {line}: {exc}")
                 continue
-            rows[phone] = {"phone": phone, "name": (record["name"] or "").strip(), "assets": assets, "volume": volume, "tier": tier}
+            rows[phone] = {"phone": phone, "name": (record["name"] or "").strip(), "assets": assets, "volume": volume,
+                           "tier": tier}
     if problems:
         raise ImportError_(path, problems)
     with Session(engine) as s, s.begin():

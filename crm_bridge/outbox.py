@@ -60,7 +60,8 @@ _LOCK = "lock"
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {
-    cls: tuple(f.name for f in fields(cls)) for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket, RecordCallback)
+    cls: tuple(f.name for f in fields(cls))
+    for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket, RecordCallback)
 }
 
 

@@ -95,6 +95,6 @@ class _EngineCollector(Collector):
                                   value=e.guard.dropped)
         ports = getattr(e, "ports", None)  # absent on the stand-ins some tests pass
         if ports is not None:
-            yield CounterMetricFamily("hotline_rtp_bind_retries", "RTP ports of the range found held by another process",
-                                      value=ports.bind_retries)
+            yield CounterMetricFamily("hotline_rtp_bind_retries",
+                                      "RTP ports of the range found held by another process", value=ports.bind_retries)
             yield GaugeMetricFamily("hotline_rtp_ports_free", "RTP ports of the range not in use", value=len(ports))

@@ -133,7 +133,7 @@ def test_workers_share_one_agent_who_takes_their_calls_one_at_a_time(workers, ba
         )).all()
         agent_row = conn.execute(text("SELECT state, call_id, worker FROM agents WHERE number = '821'")).one()
     engine.dispose()
-    for earlier, later in zip(spans, spans[1:]):
+    for earlier, later in zip(spans, spans[1:], strict=False):
         assert later.rung >= earlier.bye, f"the agent was rung for {later.sip_call_id} while still on {earlier.sip_call_id}"
     assert tuple(agent_row) == ("available", None, None)
     rung_by = [len(re.findall(r"event='agent_rung'", w.log())) for w in workers]
