@@ -13,6 +13,8 @@ decisions; the engine adapter dials agents and reports back. Rules:
   offered to the configured next group (senior > middle > junior, never
   upward), except complaints unless `complaints_overflow` allows it.
 - After a call an agent is in wrap-up for `wrap_up_seconds`, then available.
+- A caller transferred to a named agent waits in that agent's own queue
+  (`agent_queue("802")`): offered to that agent only, once available.
 """
 
 from __future__ import annotations
@@ -22,6 +24,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from ivr.config import AgentConfig, QueueConfig
+
+
+AGENT_QUEUE = "agent:"  # prefix of a queue of one agent's own (a transfer to that agent by name)
+
+
+def agent_queue(number: str) -> str:
+    """The queue of callers transferred to agent `number` by name."""
+    return AGENT_QUEUE + number
 
 
 class AgentState(enum.Enum):
@@ -145,7 +155,7 @@ class Acd:
     # --- callers --------------------------------------------------------------------
 
     def join(self, call_id: str, seat_group: str, service: str, at: datetime) -> None:
-        self.queues[seat_group].append(Waiting(call_id, seat_group, service, at))
+        self.queues.setdefault(seat_group, []).append(Waiting(call_id, seat_group, service, at))
 
     def leave(self, call_id: str) -> str | None:
         """Remove a caller who hung up; returns the agent being rung for them, if any."""
@@ -200,6 +210,9 @@ class Acd:
         return groups
 
     def _pick(self, waiting: Waiting, at: datetime) -> Seat | None:
+        if waiting.seat_group.startswith(AGENT_QUEUE):  # that agent or nobody: no overflow
+            seat = self.seats.get(waiting.seat_group.removeprefix(AGENT_QUEUE))
+            return seat if seat is not None and seat.state is AgentState.AVAILABLE else None
         for group in self._groups_for(waiting, at):
             idle = [s for s in self.seats.values() if s.seat_group == group and s.state is AgentState.AVAILABLE]
             if idle:

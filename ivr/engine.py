@@ -37,7 +37,7 @@ from aiosipua import (
 
 from crm_bridge.customers import CallerDirectory
 from crm_bridge.writer import CrmWriter
-from ivr.acd import Acd, AgentState
+from ivr.acd import Acd, AgentState, agent_queue
 from ivr.agents import AgentLeg, AgentPool, Agents
 from ivr.callbacks import CallbackError, CallbackRequest, CallbackScheduler
 from ivr.callflow import CallFlow, CallFlowBug, CallFlowError, State
@@ -792,8 +792,9 @@ class Engine:
             leg.dispatch(HungUp(utc_now()))
 
     def on_refer(self, call: OutboundCall, request: SipRequest) -> tuple[int, str, Callable[[], None] | None]:
-        """An agent's blind transfer (RFC 3515): to a seat group (`sip:group-senior@…`, `sip:senior@…`) or to the
-        complaint specialists (`sip:complaint@…`, [queues] complaint_group). Anything else is refused."""
+        """An agent's blind transfer (RFC 3515): to a seat group (`sip:group-senior@…`, `sip:senior@…`), to the
+        complaint specialists (`sip:complaint@…`, [queues] complaint_group) or to a named agent (`sip:802@…`,
+        not with shared agents). Anything else is refused."""
         agent_leg = self.agents.legs_by_agent_call.get(call.call_id)
         if agent_leg is None or agent_leg.caller.flow.state is not State.BRIDGED:
             return 403, "Forbidden", None  # only the agent talking with a caller may transfer them
@@ -803,7 +804,9 @@ class Engine:
             return 400, "Bad Request (Refer-To)", None
         name = target.lower().removeprefix("group-")
         group = self.config.queues.complaint_group if name in ("complaint", "complaints") else name
-        if group not in SEAT_GROUPS:
+        if name in self.acd.seats and name != agent_leg.agent and not self.acd.shared:
+            group = agent_queue(name)  # a named agent: the caller waits for that agent alone (one process only)
+        elif group not in SEAT_GROUPS:
             agent_leg.caller.log.warning("refer_refused", agent=agent_leg.agent, target=target[:40], reason="not configured")
             return 403, "Forbidden", None
         leg = agent_leg.caller

@@ -139,3 +139,20 @@ def test_logout_after_the_call_when_the_registration_lapsed() -> None:
     assert d.seats["801"].state is AgentState.TALKING
     d.released("801", at(60))
     assert d.seats["801"].state is AgentState.LOGGED_OUT
+
+
+def test_a_caller_transferred_to_a_named_agent_waits_for_that_agent_alone() -> None:
+    from ivr.acd import agent_queue
+
+    acd = Acd.from_agents(
+        (AgentConfig("801", "senior", "", ("127.0.0.1", 5061)), AgentConfig("802", "senior", "", ("127.0.0.1", 5062))),
+        QueueConfig(), ("senior", "middle", "junior"))
+    acd.start((), T0)
+    acd.login("801", ("127.0.0.1", 5061), T0)
+    acd.login("802", ("127.0.0.1", 5062), T0)
+    acd.pause("802", True, T0)
+    acd.join("c1", agent_queue("802"), "consulting", T0)
+    assert acd.assign(T0) == [] and acd.position("c1") == 1  # 801 is free, but the caller asked for 802
+    acd.pause("802", False, T0)
+    (offer,) = acd.assign(T0)
+    assert (offer.call_id, offer.agent, offer.seat_group) == ("c1", "802", "senior")

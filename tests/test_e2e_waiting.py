@@ -273,14 +273,21 @@ def test_a_callback_nobody_answers_is_retried_then_closed_with_its_reason(ivr_fa
 SENIOR = "13800000001"  # loadtest/scenarios/callers.csv: survey_caller.xml calls from this number
 
 
-def test_agent_transfers_to_the_complaint_group_and_the_survey_rates_the_second_agent(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("refer_to", "target", "queue"), [
+    ("<sip:complaint@127.0.0.1>", "complaint", "middle"),  # [queues] complaint_group
+    ("<sip:group-middle@127.0.0.1>", "middle", "middle"),  # a seat group
+    ("<sip:811@127.0.0.1>", "811", "agent:811"),  # a named agent
+])
+def test_agent_transfers_and_the_survey_rates_the_second_agent(  # type: ignore[no-untyped-def]
+    ivr_factory, tmp_path: Path, refer_to: str, target: str, queue: str
+) -> None:
     first_port, second_port = free_port(), free_port()
     db_url = f"sqlite:///{tmp_path / 'crm.db'}"
     customers(tmp_path, db_url)
     ivr = ivr_factory(db_url=db_url, extra="[queues]\nwrap_up_seconds = 0\ncomplaint_group = middle\n" + agents_conf(
         **{"801": ("senior", f"127.0.0.1:{first_port}"), "811": ("middle", f"127.0.0.1:{second_port}")}))
     first = sipp_uas(tmp_path, ROOT / "tests" / "sipp" / "agent_refer_uas.xml", first_port,
-                     extra=("-d", "6000", "-key", "refer_to", "<sip:complaint@127.0.0.1>"))
+                     extra=("-d", "6000", "-key", "refer_to", refer_to))
     second = sipp_uas(tmp_path, ROOT / "loadtest" / "scenarios" / "agent_uas.xml", second_port, extra=("-d", "3000"))
     caller = sipp(tmp_path, "survey_caller", ivr.port, extra=("-d", "20000"))
     finished(caller)
@@ -289,7 +296,7 @@ def test_agent_transfers_to_the_complaint_group_and_the_survey_rates_the_second_
     row = wait_for_row(ivr, f"1-{caller.proc.pid}@127.0.0.1")
     assert (row["agent_number"], row["seat_group"], row["survey_score"], row["outcome"]) == ("811", "middle", 1, "completed")
     events = crm_events(ivr, row["sip_call_id"])
-    assert ("transferred", "from=801 to=complaint seat_group=middle") in events
+    assert ("transferred", f"from=801 to={target} seat_group={queue}") in events
     answered = [d.split()[0] for k, d in events if k == "agent_answered"]
     assert answered == ["agent=801", "agent=811"], "every agent leg is kept, in order"
     conn = sqlite3.connect(db_url.removeprefix("sqlite:///"))
