@@ -126,6 +126,8 @@ class QueueConfig:
     mean_handle_seconds: float = 180.0  # the prior until calls of the group have ended
     max_wait_seconds: float = 300.0  # a longer expected wait (or nobody logged in): offer a callback
     callback_key: str = "#"
+    # Short codes an agent may transfer to (REFER to sip:<code>@…): code -> seat group, or "complaint"
+    transfer_codes: MappingProxyType[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +263,7 @@ _KNOWN: dict[str, set[str]] = {
         "ring_agent_seconds", "wrap_up_seconds", "position_every_seconds",
         "overflow_after_seconds", "overflow", "complaints_overflow", "complaint_group",
         "music", "music_volume", "announce_wait", "mean_handle_seconds", "max_wait_seconds", "callback_key",
+        "transfer_codes",
     },
     "hours": {"timezone", DEFAULT_SCHEDULE},  # plus a seat group or a [general] number per schedule
     "callbacks": {"max_attempts", "retry_seconds", "gateway"},
@@ -619,6 +622,18 @@ def _queues(r: _Reader) -> QueueConfig:
             pairs[src] = dst
         return MappingProxyType(pairs)
 
+    def transfer_codes(raw: str) -> MappingProxyType[str, str]:
+        codes = {}
+        for item in raw.split(","):
+            if not item.strip():
+                continue
+            code, _, target = item.partition(">")
+            code, target = code.strip(), target.strip()
+            if not code.isdigit() or target not in (*SEAT_GROUPS, "complaint"):
+                raise ValueError(f"each item is digits>target with targets {', '.join(SEAT_GROUPS)} or complaint")
+            codes[code] = target
+        return MappingProxyType(codes)
+
     return QueueConfig(
         ring_agent_seconds=r.number("queues", "ring_agent_seconds", q.ring_agent_seconds, 3, 120),
         wrap_up_seconds=r.number("queues", "wrap_up_seconds", q.wrap_up_seconds, 0, 600),
@@ -641,6 +656,8 @@ def _queues(r: _Reader) -> QueueConfig:
             lambda s: s if len(s) == 1 and s in "0123456789*#" else _raise("one key: 0-9, * or #"),
             "a key",
         ),
+        transfer_codes=r.get("queues", "transfer_codes", q.transfer_codes, transfer_codes,
+                             "short codes like 9001>senior, 9009>complaint"),
     )
 
 

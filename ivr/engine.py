@@ -793,8 +793,8 @@ class Engine:
 
     def on_refer(self, call: OutboundCall, request: SipRequest) -> tuple[int, str, Callable[[], None] | None]:
         """An agent's blind transfer (RFC 3515): to a seat group (`sip:group-senior@…`, `sip:senior@…`), to the
-        complaint specialists (`sip:complaint@…`, [queues] complaint_group) or to a named agent (`sip:802@…`,
-        not with shared agents). Anything else is refused."""
+        complaint specialists (`sip:complaint@…`, [queues] complaint_group), to a named agent (`sip:802@…`,
+        not with shared agents), or to a short code of [queues] transfer_codes. Anything else is refused."""
         agent_leg = self.agents.legs_by_agent_call.get(call.call_id)
         if agent_leg is None or agent_leg.caller.flow.state is not State.BRIDGED:
             return 403, "Forbidden", None  # only the agent talking with a caller may transfer them
@@ -803,6 +803,7 @@ class Engine:
             agent_leg.caller.log.warning("refer_refused", agent=agent_leg.agent, reason="malformed Refer-To")
             return 400, "Bad Request (Refer-To)", None
         name = target.lower().removeprefix("group-")
+        name = self.config.queues.transfer_codes.get(name, name)  # [queues] transfer_codes: 9009 -> complaint
         group = self.config.queues.complaint_group if name in ("complaint", "complaints") else name
         if name in self.acd.seats and name != agent_leg.agent and not self.acd.shared:
             group = agent_queue(name)  # a named agent: the caller waits for that agent alone (one process only)

@@ -24,3 +24,11 @@ def test_the_gateway_is_read_as_host_and_port(tmp_path: Path) -> None:
 def test_a_bad_gateway_names_the_key(tmp_path: Path, raw: str) -> None:
     with pytest.raises(ConfigError, match=r"gateway.*host:port"):
         load_config(config_with(tmp_path, f"[callbacks]\ngateway = {raw}\n"))
+
+
+def test_transfer_short_codes_are_read_and_checked(tmp_path: Path) -> None:
+    config = load_config(config_with(tmp_path, "[queues]\ntransfer_codes = 9001>senior, 9009>complaint\n"))
+    assert dict(config.queues.transfer_codes) == {"9001": "senior", "9009": "complaint"}
+    assert not load_config(Path(__file__).resolve().parent.parent / "sip.conf.example").queues.transfer_codes
+    with pytest.raises(ConfigError, match="transfer_codes"):
+        load_config(config_with(tmp_path, "[queues]\ntransfer_codes = 9001>sales\n"))

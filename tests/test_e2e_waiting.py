@@ -277,6 +277,7 @@ SENIOR = "13800000001"  # loadtest/scenarios/callers.csv: survey_caller.xml call
     ("<sip:complaint@127.0.0.1>", "complaint", "middle"),  # [queues] complaint_group
     ("<sip:group-middle@127.0.0.1>", "middle", "middle"),  # a seat group
     ("<sip:811@127.0.0.1>", "811", "agent:811"),  # a named agent
+    ("<sip:9009@127.0.0.1>", "complaint", "middle"),  # a short code of [queues] transfer_codes
 ])
 def test_agent_transfers_and_the_survey_rates_the_second_agent(  # type: ignore[no-untyped-def]
     ivr_factory, tmp_path: Path, refer_to: str, target: str, queue: str
@@ -284,7 +285,8 @@ def test_agent_transfers_and_the_survey_rates_the_second_agent(  # type: ignore[
     first_port, second_port = free_port(), free_port()
     db_url = f"sqlite:///{tmp_path / 'crm.db'}"
     customers(tmp_path, db_url)
-    ivr = ivr_factory(db_url=db_url, extra="[queues]\nwrap_up_seconds = 0\ncomplaint_group = middle\n" + agents_conf(
+    queues = "[queues]\nwrap_up_seconds = 0\ncomplaint_group = middle\ntransfer_codes = 9009>complaint\n"
+    ivr = ivr_factory(db_url=db_url, extra=queues + agents_conf(
         **{"801": ("senior", f"127.0.0.1:{first_port}"), "811": ("middle", f"127.0.0.1:{second_port}")}))
     first = sipp_uas(tmp_path, ROOT / "tests" / "sipp" / "agent_refer_uas.xml", first_port,
                      extra=("-d", "6000", "-key", "refer_to", refer_to))
