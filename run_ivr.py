@@ -29,7 +29,7 @@ from crm_bridge.customers import CallerDirectory
 from crm_bridge.db import make_engine, migrate, reconcile_interrupted, sync_seat_groups
 from crm_bridge.outbox import Outbox, OutboxError
 from crm_bridge.webhook import WebhookPusher
-from crm_bridge.writer import CrmWriter
+from crm_bridge.writer import CrmWriter, open_callbacks
 from desk.config import load_desk_config
 from ivr.config import Config, ConfigError, load_config
 from ivr.engine import Engine
@@ -128,6 +128,8 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     desk_commands = partial(take_pending, db, taken_by=worker or "ivr", agents=own_agents)
     engine = Engine(config, prompts, writer, greeter, directory=directory, acd=acd, desk=desk, desk_commands=desk_commands,
                     music=music)
+    if not clustered:  # one IVR owns the callbacks a previous run did not finish; workers would each dial them
+        engine.restore_callbacks(await asyncio.to_thread(open_callbacks, db))
     await engine.start()
     if config.metrics_port:
         engine.metrics.serve(config.metrics_bind, config.metrics_port)

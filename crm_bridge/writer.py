@@ -36,6 +36,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_whe
 
 from crm_bridge.models import Call, Callback, CallEvent, OutboxCheckpoint, Survey, Ticket, WebhookDelivery
 from crm_bridge.outbox import Outbox, Record, shallow_fields
+from ivr.callbacks import CallbackRequest
 from ivr.events import OpenTicket, RecordCall, RecordCallback, RecordEvent, RecordSurvey
 
 log = structlog.get_logger(__name__)
@@ -312,6 +313,26 @@ class CrmWriter:
             self.on_deliveries()
         log.debug("crm_batch_written", rows=len(rows), events=len(events),
                   ms=round(1000 * (time.perf_counter() - started), 1))
+
+
+def open_callbacks(engine: Engine) -> list[CallbackRequest]:
+    """The callback requests still pending (or cut off while dialled) in the CRM, for the IVR to take back at start."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(_CALLBACKS).where(_CALLBACKS.c.status.in_(("pending", "dialling"))).order_by(_CALLBACKS.c.id)
+        ).mappings().all()
+    return [
+        CallbackRequest(
+            id=0, number=r["number"], tier=r["tier"], service=r["service"], seat_group=r["seat_group"],
+            requested_at=_aware(r["requested_at"]), due_at=_aware(r["due_at"]), status=r["status"],
+            attempts=r["attempts"], result=r["result"], call_ids=tuple(r["call_ids"].split()),
+        )
+        for r in rows
+    ]
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # SQLite keeps UTC without a zone
 
 
 def _iso(moment: datetime | None) -> str | None:

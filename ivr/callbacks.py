@@ -87,6 +87,13 @@ class CallbackScheduler:
     def __iter__(self) -> Iterator[CallbackRequest]:
         return iter(self._requests.values())
 
+    def restore(self, request: CallbackRequest) -> CallbackRequest:
+        """Take back an open request the CRM kept across a restart (a new id; one cut off while dialled is pending)."""
+        restored = replace(request, id=self._next_id, status=PENDING if request.is_open else request.status)
+        self._next_id += 1
+        self._requests[restored.id] = restored
+        return restored
+
     def get(self, request_id: int) -> CallbackRequest:
         try:
             return self._requests[request_id]

@@ -711,6 +711,14 @@ class Engine:
         leg.log.info("callback_result", callback=request.id, attempt=request.attempts, status=request.status,
                      result=request.result or "", due_at=request.due_at.isoformat())
 
+    def restore_callbacks(self, requests: list[CallbackRequest]) -> None:
+        """Open requests the CRM kept across a restart: dialled again like new ones (their rows are updated)."""
+        for request in requests:
+            restored = self.callbacks.restore(request)
+            self.writer.submit(callback_row(restored))
+        if requests:
+            log.info("callbacks_restored", count=len(requests))
+
     def request_callback(self, action: RequestCallback, leg_log: Any) -> None:
         """A caller asked to be called back: keep the request for the dialler, and its row in the CRM."""
         try:
