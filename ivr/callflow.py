@@ -442,6 +442,10 @@ class CallFlow:
                 position_prompt(event.position), wait, announce_wait=self.settings.announce_wait,
                 max_wait_seconds=self.settings.max_wait_seconds, callback_possible=self._callback_possible(),
             )
+        waited = (event.at - self.queued_at).total_seconds() if self.queued_at is not None else 0.0
+        if (waited >= self.settings.max_wait_seconds and self._callback_possible()
+                and CALLBACK_OFFER_PROMPT not in prompts):
+            prompts = (*prompts, CALLBACK_OFFER_PROMPT)  # waited max_wait_seconds already: offered whatever the estimate
         detail = f"position={event.position} wait_s={round(wait) if wait is not None else '-'}"
         self._step(actions, event.at, "announced", f"{detail} agents_online={'yes' if event.agents_online else 'no'}")
         self._play_all(actions, prompts)

@@ -279,3 +279,16 @@ def test_a_transfer_releases_the_agent_plays_music_and_the_survey_rates_the_last
     actions = flow.handle(Digit(clock.advance(3), "3"))
     survey = next(a for a in actions if isinstance(a, RecordSurvey))
     assert (survey.agent_number, survey.seat_group, survey.score) == ("811", "middle", 3)
+
+
+def test_a_caller_who_has_waited_max_wait_seconds_is_offered_the_callback_whatever_the_estimate(clock: FakeClock) -> None:
+    flow, _ = queued(clock, max_wait_seconds=60.0)
+    flow.handle(PromptFinished(clock.advance(2), "hold"))
+    assert control(flow.handle(QueuePosition(clock.now, 1, True, 20.0))) == [Play("queue_position_1")]
+    for prompt in ("queue_position_1", "wait_under_minute"):
+        flow.handle(PromptFinished(clock.advance(2), prompt))
+    flow.handle(TimerFired(clock.advance(60), "position"))
+    heard = [a.prompt for a in flow.handle(QueuePosition(clock.now, 1, True, 20.0)) if isinstance(a, Play)]
+    for _ in range(3):
+        heard += [a.prompt for a in flow.handle(PromptFinished(clock.advance(1), heard[-1])) if isinstance(a, Play)]
+    assert heard == ["queue_position_1", "wait_under_minute", "callback_offer"]
