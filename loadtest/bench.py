@@ -51,6 +51,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wallboard_clients import watch  # loadtest/, beside this script (run by path)
+
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "loadtest" / "scenarios"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -161,6 +163,7 @@ class Ivr:
     metrics_port: int
     db: Path
     work: Path
+    desk_port: int | None = None
 
     def pacer_stats(self) -> dict[str, float]:
         """The status file's `pacer` entry (ivr.media.MediaClock.stats); {} when none was written yet."""
@@ -232,6 +235,8 @@ class Target:
     def rss(self) -> int:
         return sum(proc_sample(ivr.proc.pid)[1] for ivr in self.workers)
 
+    desk: Desk | None = None  # --desk: the agent desk with supervisors on the wallboard
+
     def pacer_stats(self) -> dict[str, float]:
         stats = [s for s in (ivr.pacer_stats() for ivr in self.workers) if "lateness_ms_max" in s]
         keys = ("lateness_ms_p99", "lateness_ms_max", "lateness_ms_max_ever")
@@ -290,6 +295,38 @@ def start_target(work: Path, opts: argparse.Namespace) -> Target:
     return target
 
 
+@dataclass
+class Desk:
+    """The agent desk (python -m desk) on the IVR's sip.conf and CRM, and a supervisor account for the wallboard."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    user: str = "bench-supervisor"
+    password: str = "bench-wallboard-pw"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+def start_desk(ivr: Ivr) -> Desk:
+    conf = ivr.work / "sip.conf"
+    desk = Desk(subprocess.Popen([sys.executable, "-m", "desk", "--config", str(conf)], cwd=ROOT,
+                                 stdout=open(ivr.work / "desk.log", "w"), stderr=subprocess.STDOUT),  # noqa: SIM115
+                f"http://127.0.0.1:{ivr.desk_port}")
+    subprocess.run([sys.executable, "-m", "desk", "--config", str(conf), "add-supervisor", desk.user],
+                   input=f"{desk.password}\n".encode(), cwd=ROOT, check=True, capture_output=True)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{desk.url}/login", timeout=2).read()
+            return desk
+        except OSError:
+            if time.monotonic() > deadline or desk.proc.poll() is not None:
+                raise SystemExit(f"the desk did not start:\n{(ivr.work / 'desk.log').read_text()[-2000:]}") from None
+            time.sleep(0.3)
+
+
 def start_balancer(work: Path, workers: list[Ivr]) -> Target:
     """Kamailio with loadtest/kamailio/kamailio.cfg in front of the workers (as tests/test_e2e_kamailio.py runs it)."""
     kamailio = shutil.which("kamailio") or "/usr/sbin/kamailio"
@@ -314,6 +351,8 @@ def start_balancer(work: Path, workers: list[Ivr]) -> Target:
 
 def start_ivr(work: Path, opts: argparse.Namespace, n: int) -> Ivr:
     port, metrics_port = free_port(), free_port(socket.SOCK_STREAM)
+    desk_port = free_port(socket.SOCK_STREAM) if opts.desk and n == 0 else None
+    desk = f"[desk]\nport = {desk_port}\ncookie_secure = no\nsecret_key = {os.urandom(24).hex()}\n" if desk_port else ""
     db = work / "crm.db"
     silence = "[silence]\nwait_seconds = 1\n" if opts.smoke else ""
     rtp = 30000 + 10000 * n  # each worker its own RTP range
@@ -324,7 +363,7 @@ def start_ivr(work: Path, opts: argparse.Namespace, n: int) -> Ivr:
         f"[limits]\ntrusted = 127.0.0.1\nmax_invites_per_second = {opts.capacity}\n"
         f"[metrics]\nport = {metrics_port}\n"
         f"[prompts]\ncache_dir = {ROOT / 'var' / 'prompts'}\n"
-        f"[database]\nurl = sqlite:///{db}\noutbox_dir = {work / 'outbox'}\n[log]\nlevel = warning\n",
+        f"[database]\nurl = sqlite:///{db}\noutbox_dir = {work / 'outbox'}\n[log]\nlevel = warning\n{desk}",
         encoding="utf-8",
     )
     proc = subprocess.Popen(
@@ -334,7 +373,7 @@ def start_ivr(work: Path, opts: argparse.Namespace, n: int) -> Ivr:
     assert proc.stdout is not None
     if "ready on" not in proc.stdout.readline():
         raise SystemExit(f"the IVR did not start:\n{(work / 'ivr.log').read_text()}")
-    return Ivr(proc, port, metrics_port, db, work)
+    return Ivr(proc, port, metrics_port, db, work, desk_port)
 
 
 def sipp(work: Path, target: str, args: list[str], timeout: float) -> dict[str, int]:
@@ -389,10 +428,18 @@ def media_step(ivr: Target, sink: RtpSink, calls: int, opts: argparse.Namespace)
 
     extra = threading.Thread(target=sink_callers)
     extra.start()
+    wallboard: dict[str, object] = {}
+    if ivr.desk is not None:  # supervisors on the wallboard for the whole step (silent calls last ~32 s)
+        desk = ivr.desk
+        watcher = threading.Thread(target=lambda: wallboard.update(watch(
+            desk.url, desk.user, desk.password, clients=opts.desk, seconds=calls / opts.rate + 30, reload_every=2)))
+        watcher.start()
     result["main"] = sipp(ivr.work, target, [
         "-sf", str(SCENARIOS / "silent_caller.xml"), "-inf", str(SCENARIOS / "callers.csv"), "-s", "95000",
         "-m", str(calls), "-l", str(calls), "-r", str(opts.rate), "-mi", "127.0.0.1"], timeout=200)
     extra.join()
+    if ivr.desk is not None:
+        watcher.join()
     t1 = ivr.samples[-1][0]
     step = [s for s in ivr.samples if t0 <= s[0] <= t1]
     peak = max((s[3] for s in step), default=0)
@@ -415,6 +462,7 @@ def media_step(ivr: Target, sink: RtpSink, calls: int, opts: argparse.Namespace)
         "rss_per_call_kb": round((max((s[2] for s in step), default=rss_idle) - rss_idle) / 1024 / max(1, peak), 1),
         **lateness(ivr, t0, t1, m),
         "rtp_sink": jitter,
+        **({"wallboard": wallboard} if ivr.desk is not None else {}),
     }
 
 
@@ -529,6 +577,9 @@ def main() -> int:
                    help="IVR processes; 2 or more behind Kamailio (loadtest/kamailio/), each with its own SQLite CRM")
     p.add_argument("--smoke", action="store_true", help="small and quick (CI): 20 calls, 100 cps, capacity 100")
     p.add_argument("--report", type=Path, help="JSON path (the chart goes beside it as .png)")
+    p.add_argument("--desk", type=int, default=0, metavar="N",
+                   help="run the agent desk beside the IVR with N supervisors on the live wallboard during the media "
+                        "steps (each follows its events and reloads the page every 2 s); one worker only")
     opts = p.parse_args()
     # stopped (SIGTERM, a CI timeout): still stop the IVRs, Kamailio and SIPp's UAS in the finally blocks below
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -539,7 +590,11 @@ def main() -> int:
     report_path = opts.report or ROOT / "loadtest" / "reports" / f"bench-{stamp}.json"
     work = Path(tempfile.mkdtemp(prefix="ivr-bench-"))
 
+    if opts.desk and opts.workers != 1:
+        raise SystemExit("--desk runs with one worker (the desk reads that worker's CRM)")
     ivr = start_target(work, opts)
+    if opts.desk:
+        ivr.desk = start_desk(ivr.workers[0])
     idle_rss = ivr.rss()
     try:
         sink = RtpSink()
@@ -551,7 +606,8 @@ def main() -> int:
         "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0], "loadavg_at_start": os.getloadavg(),
                     "sipp": sipp_version[0] if sipp_version else "?"},
         "config": {"capacity_invites_per_second": opts.capacity, "max_calls": opts.max_calls, "smoke": opts.smoke,
-                   "workers": opts.workers, "sip_entry": "kamailio" if ivr.balancer is not None else "ivr"},
+                   "workers": opts.workers, "sip_entry": "kamailio" if ivr.balancer is not None else "ivr",
+                   "wallboard_clients": opts.desk},
         "rss_idle_mb": round(idle_rss / 2**20, 1),
         "media_steps": [],
         "signalling_steps": [],
@@ -589,6 +645,8 @@ def main() -> int:
     finally:
         sink.close()
         report["loadavg_at_end"] = os.getloadavg()  # other work on the machine competes for its 2 cores
+        if ivr.desk is not None:
+            ivr.desk.stop()
         exits = ivr.stop()
         report["ivr_exit"] = max(exits, key=abs)
         report["ivr_log_tracebacks"] = ivr.tracebacks()
