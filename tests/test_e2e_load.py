@@ -64,13 +64,17 @@ def test_beyond_capacity_new_calls_get_503_at_once_and_accepted_calls_complete(i
 
 def test_bench_smoke_writes_report_and_chart(tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, str(ROOT / "loadtest" / "bench.py"), "--smoke", "--report", str(report)],
+    done = subprocess.run([sys.executable, str(ROOT / "loadtest" / "bench.py"), "--smoke", "--desk", "1",
+                           "--report", str(report)],
                           capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     data = json.loads(report.read_text())
     assert report.with_suffix(".png").stat().st_size > 10_000
     step = data["media_steps"][0]
     assert step["sipp_failed"] == 0 and step["crm_matches_sipp"]
+    # a supervisor watched the live wallboard through the step: updates at least once a second, no errors
+    assert step["wallboard"]["updates"] > 10 and step["wallboard"]["errors"] == []
+    assert step["wallboard"]["longest_gap_s"] < 1.5
     assert step["rtp_sink"]["streams"] == 3 and step["rtp_sink"]["packets"] > 1000
     assert data["signalling_steps"][0]["sipp_uas"]["sipp_successful"] > 0
     over = data["overload"]
