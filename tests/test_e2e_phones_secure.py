@@ -61,18 +61,9 @@ SO_ATTACH_FILTER, SO_RCVBUFFORCE = 26, 33  # <asm-generic/socket.h>; the socket 
 CRYPTO = re.compile(r"^a=crypto:(\d+) (\S+) inline:(\S+)$", re.M)  # tag, suite, key (RFC 4568)
 SILENCE = {b"\xff" * G711_FRAME, b"\xd5" * G711_FRAME}  # PCMU and PCMA of baresip's silent WAV
 
-# The IVR answers a dialog over TLS with `Contact: <sips:127.0.0.1:TLS_PORT>` (its contact for any TLS
-# peer, also on the INVITE that rings an agent). baresip 1.0.0's libre (1.1.0) refuses to send any
-# request whose next hop is not a `sip:` URI: sip_request() returns ENOSYS. RFC 3261 §8.1.1.8 asks
-# for a SIPS Contact only when the Request-URI or top Route is SIPS; baresip's are `sip:…;transport=tls`.
-SIPS_CONTACT = ("the IVR's Contact for a dialog over TLS is <sips:127.0.0.1:TLS_PORT>, and libre 1.1.0 "
-                "(baresip 1.0.0) sends no request to a sips: URI (ENOSYS)")
-TLS_CALLER_XFAIL = (SIPS_CONTACT + ": baresip sends no ACK for the IVR's 200 OK and closes the call and its "
-                    "TLS connection at once ('Function not implemented'); the IVR resends the 200 OK into the gone "
-                    "connection, plays the silent routine to nobody and records the call 'silent'")
-TLS_AGENT_XFAIL = (SIPS_CONTACT + ": registered over TLS and rung on that connection, baresip answers, but its "
-                   "BYE on hanging up never leaves (an RTCP BYE does); the IVR logs no agent_bye and keeps the "
-                   "caller bridged, even once the agent unregisters and closes the connection: no survey")
+# Over TLS the IVR's Contact is `<sip:127.0.0.1:TLS_PORT;transport=tls>` unless the request was `sips:`
+# (RFC 3261 §8.1.1.8): baresip 1.0.0's libre (1.1.0) sends no request to a `sips:` URI (ENOSYS), so
+# with a `sips:` Contact it could neither ACK the IVR's 200 OK nor send its BYE on a dialog over TLS.
 
 
 # --- baresip's SIP trace (-s) -------------------------------------------------------------
@@ -422,8 +413,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
 # --- SIP over TCP and TLS -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("transport", ["tcp", pytest.param("tls", marks=pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason=TLS_CALLER_XFAIL))])
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
 def test_baresip_caller_over_a_stream_hears_the_greeting_and_is_hung_up_on(bench: Bench, transport: str) -> None:
     call = bench.result(f"caller-{transport}")
     phone, ivr = call.phone, call.ivr
@@ -462,8 +452,7 @@ def test_baresip_reaches_the_ivr_over_tls_and_gets_its_answer(bench: Bench) -> N
     assert call_id and f"event='answered' call_id='{call_id.group(1)}'" in log
 
 
-@pytest.mark.parametrize("transport", ["tcp", pytest.param("tls", marks=pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason=TLS_AGENT_XFAIL))])
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
 def test_baresip_agent_801_registered_over_a_stream_is_rung_on_it_and_serves_a_senior_caller(
         bench: Bench, transport: str) -> None:
     call = bench.result(f"agent-{transport}")

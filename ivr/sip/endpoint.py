@@ -135,7 +135,8 @@ class InboundCall:
 
     def _respond(self, status: int, reason: str, *, headers: dict[str, str] | None = None,
                  body: bytes = b"", content_type: str | None = None) -> None:
-        extra = [("Contact", self.endpoint.contact_for(self.source_addr))] if 100 < status < 300 else []
+        sips = self.invite.uri.lower().startswith("sips:")
+        extra = [("Contact", self.endpoint.contact_for(self.source_addr, sips=sips))] if 100 < status < 300 else []
         extra.append(("User-Agent", self.endpoint.user_agent))
         extra.extend((headers or {}).items())
         response = make_response(self.invite, status, reason, to_tag=self.local_tag if status > 100 else None,
@@ -744,13 +745,18 @@ class SipEndpoint:
         port = self.tls_port if transport == "TLS" else self.port
         return f"SIP/2.0/{transport} {self.host}:{port};branch={new_branch()};rport"
 
-    def contact_for(self, peer: Address | None) -> str:
-        """Our Contact for a dialog with `peer`: in-dialog requests come back on the same transport."""
+    def contact_for(self, peer: Address | None, *, sips: bool = False) -> str:
+        """Our Contact for a dialog with `peer`: in-dialog requests come back on the same transport.
+
+        Over TLS the Contact is a SIPS URI only when the dialog's request was (RFC 3261 §8.1.1.8);
+        otherwise `sip:…;transport=tls`, which phones that cannot send to a `sips:` URI (baresip
+        1.0.0's libre) also reach.
+        """
         transport = self.transport_to(peer)
         if transport == "TCP":
             return f"<sip:{self.host}:{self.port};transport=tcp>"
         if transport == "TLS":
-            return f"<sips:{self.host}:{self.tls_port}>"
+            return f"<sips:{self.host}:{self.tls_port}>" if sips else f"<sip:{self.host}:{self.tls_port};transport=tls>"
         return self.contact
 
     def send_request(self, request: SipRequest, destination: Address) -> ClientTransaction:
@@ -791,7 +797,7 @@ class SipEndpoint:
         h.set_single("To", f"<{request_uri}>")
         h.set_single("Call-ID", new_call_id(self.host))
         h.set_single("CSeq", "1 INVITE")
-        h.set_single("Contact", self.contact_for(destination))
+        h.set_single("Contact", self.contact_for(destination, sips=request_uri.lower().startswith("sips:")))
         h.set_single("Allow", ALLOW)
         for name, value in (headers or {}).items():
             h.set_single(name, value)
