@@ -11,6 +11,7 @@ is encoded per call.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import wave
 from collections.abc import Callable, Mapping
@@ -75,7 +76,9 @@ def trim_silence(pcm: bytes) -> bytes:
 
 def write_wav_8k(path: Path, pcm: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    # a name of this process's own: IVRs starting at once (workers on a host, parallel tests) may
+    # render the same prompt into the same cache; each replaces the file whole, none reads a half
+    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     with wave.open(str(tmp), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
@@ -106,14 +109,17 @@ def render_tts(jobs: Mapping[Path, str], voice: str, rate: int) -> None:
     engine.connect("finished-utterance", lambda name=None, completed=True: done.set())
     for path, text in jobs.items():
         path.parent.mkdir(parents=True, exist_ok=True)  # pyttsx3 fails silently on a missing folder
-        raw = path.with_suffix(".raw.wav")
+        raw = path.with_suffix(f".{os.getpid()}.raw.wav")  # this process's own (see write_wav_8k)
         done.clear()
         engine.save_to_file(text, str(raw))
         engine.runAndWait()
         if not done.wait(TTS_TIMEOUT_S) or not raw.exists():
             raise PromptError(f"TTS produced no audio for {path.name} (voice {voice!r}); check `espeak-ng --voices=cmn`")
-        write_wav_8k(path, trim_silence(read_wav_8k(raw)))
+        pcm = trim_silence(read_wav_8k(raw))
         raw.unlink()
+        if not pcm:  # seen once from pyttsx3 in a fresh cache: an empty file, which would fail the start later
+            raise PromptError(f"TTS produced an empty recording for {path.name} (voice {voice!r}); start again")
+        write_wav_8k(path, pcm)
 
 
 def load_prompts(
@@ -134,7 +140,7 @@ def load_prompts(
     render_tts(jobs, voice, rate)
     for pid, current in cached.items():  # renders of texts, voices or rates no longer in use
         for stale in cache_dir.glob(f"{pid}-*.wav"):
-            if stale != current:
+            if stale != current and stale.suffixes == [".wav"]:  # not another process's render in progress
                 stale.unlink(missing_ok=True)
 
     prompts: dict[str, Prompt] = {}

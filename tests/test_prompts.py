@@ -205,3 +205,21 @@ def test_library_holds_20ms_frames_per_codec(tmp_path: Path) -> None:
         assert {len(f) for f in frames} == {FRAME_SAMPLES}
     assert library.frames("hold", 0) != library.frames("hold", 8)
     assert library.frames("hold", 0) is library.frames("hold", 0), "encoded once, not per call"
+
+
+def test_ivrs_starting_at_once_render_into_one_cache_without_tripping_over_each_other(tmp_path: Path) -> None:
+    """Workers on one host, or IVRs a test starts together, share the prompt cache: each renders to a
+    file of its own and replaces the cached WAV whole, so none reads another's half-written file."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pathlib; sys.path.insert(0, sys.argv[1]); from prompts.library import load_prompts; "
+            "p = load_prompts({f'p{i}': f'您好,{i}号' for i in range(6)}, voice='sit/cmn', rate=240, "
+            "cache_dir=pathlib.Path(sys.argv[2]), recorded_dir=pathlib.Path(sys.argv[2]) / 'none'); "
+            "assert all(x.pcm for x in p.values())")
+    root = str(Path(__file__).resolve().parent.parent)
+    procs = [subprocess.Popen([sys.executable, "-c", code, root, str(tmp_path / "cache")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errors = [p.communicate(60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    assert not list((tmp_path / "cache").glob("*.raw.wav")) and not list((tmp_path / "cache").glob("*.tmp"))
