@@ -107,7 +107,7 @@ from ivr.screenpop import DeskLink
 from ivr.service import SEAT_GROUPS
 from ivr.sip.dialogs import new_call_id
 from ivr.sip.endpoint import Address, Headers, InboundCall, OutboundCall, SipEndpoint
-from ivr.srtp import SrtpContext, SrtpRefused, negotiate_srtp, secure_answer
+from ivr.srtp import SrtpContext, SrtpRefused, negotiate_srtp
 from ivr.vad import SpeechDetector
 from prompts.library import PromptLibrary
 from prompts.music import MusicCursor, MusicOnHold
@@ -588,11 +588,10 @@ class Engine:
             101,
         )
         try:
-            # the codec is chosen now (a 488 must not wait for a socket); the answer is
-            # written again once the RTP port is bound (see _start_leg)
+            # the codec and, with [media] srtp, the keys are chosen now (a 488 must not wait for a
+            # socket); the answer gets its RTP port once the port is bound (see _start_leg)
             answer, leg.payload_type = self._answer_sdp(offer, 0, dtmf_pt)
-            # [media] srtp: the keys are chosen now as well, and kept for the answer _start_leg writes
-            _, leg.srtp = negotiate_srtp(offer, answer, self.config.media.srtp)
+            leg.sdp_answer, leg.srtp = negotiate_srtp(offer, answer, self.config.media.srtp)
             remote = offer.rtp_address
             if remote is None:
                 raise SdpNegotiationError("offer has no audio address")
@@ -609,7 +608,7 @@ class Engine:
         leg.media_starting = True
         caller = _user(call.caller)
         leg.dispatch(Invited(utc_now(), caller, callee))
-        self._spawn(self._start_leg(leg, offer, remote, dtmf_pt))
+        self._spawn(self._start_leg(leg, remote, dtmf_pt))
         if self.directory is not None:
             try:
                 profile = self.directory.lookup_now(caller)
@@ -748,7 +747,7 @@ class Engine:
         return negotiate_sdp(offer, local_ip=self.media_ip, rtp_port=port,
                              supported_codecs=self.config.general.payload_types, dtmf_payload_type=dtmf_pt)
 
-    async def _start_leg(self, leg: Leg, offer: Any, remote: tuple[str, int], dtmf_pt: int) -> None:
+    async def _start_leg(self, leg: Leg, remote: tuple[str, int], dtmf_pt: int) -> None:
         try:
             rtp, leg.rtp_port = await open_rtp(self.ports, self.config.general.bind, remote, leg.payload_type,
                                                dtmf_payload_type=dtmf_pt, strict=self.config.general.rtp_strict,
@@ -763,7 +762,7 @@ class Engine:
             await rtp.close()
             self._release_port(leg)
             return
-        leg.sdp_answer = secure_answer(self._answer_sdp(offer, leg.rtp_port, dtmf_pt)[0], leg.srtp)
+        leg.sdp_answer.audio.port = leg.rtp_port  # the one section negotiate_sdp answered with
         leg.rtp = rtp
         rtp.on_dtmf = leg.on_dtmf
         if leg.deferred_timer is not None:

@@ -595,9 +595,15 @@ class SipEndpoint:
                             error=f"unreadable SDP: {exc}"[:200])
                 self.respond(transaction, make_response(request, 400, "Bad Request (SDP)"))
                 return
-            self.respond(transaction, make_response(request, 100, "Trying"))
             self.calls[transaction] = call
-            self.owner.on_invite(call)
+            try:
+                self.owner.on_invite(call)
+            finally:
+                # §17.2.1: a 100 only when nothing better went out at once — the IVR usually
+                # answers 180 (or refuses) while handling the INVITE, and a 100 then is a datagram
+                # and a serialisation per call for nothing
+                if transaction.last_response is None:
+                    self.respond(transaction, make_response(request, 100, "Trying"))
         elif method == "BYE":
             found = self.dialogs.get(_dialog_key(request))
             if found is None:
