@@ -132,7 +132,11 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
         engine.restore_callbacks(await asyncio.to_thread(open_callbacks, db))
     await engine.start()
     if config.metrics_port:
-        engine.metrics.serve(config.metrics_bind, config.metrics_port)
+        try:
+            engine.metrics.serve(config.metrics_bind, config.metrics_port)
+        except OSError as exc:
+            await engine.stop()
+            raise OSError(f"metrics HTTP {config.metrics_bind}:{config.metrics_port}: {exc.strerror or exc}") from None
         log.info("metrics", url=f"http://{config.metrics_bind}:{config.metrics_port}/metrics")
     # Everything built so far (prompt frames, config, ORM, libraries) lives until
     # exit: take it out of the cyclic GC, whose full collections would otherwise
@@ -163,7 +167,10 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
-    print(f"hotline IVR ready on udp:{config.general.bind}:{config.general.port}", flush=True)
+    g = config.general
+    listeners = [f"{t}:{g.bind}:{g.tls_port if t == 'tls' else g.port}"
+                 for t in ("udp", "tcp", "tls") if t in g.transports]
+    print(f"hotline IVR ready on {', '.join(listeners)}", flush=True)
     await drain.wait()
 
     left_up = await engine.drain(config.general.drain_seconds, hurry)
@@ -195,7 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         music = prepare_music(config)
         desk = DeskLink(desk_config.display_name,
                         desk_config.public_url or f"http://{desk_config.bind}:{desk_config.port}")
-        return uvloop.run(serve(config, prompts, desk, music))
+        code = uvloop.run(serve(config, prompts, desk, music))
+        # the loop and its signal handlers are gone: a late SIGTERM (a supervisor repeating itself)
+        # must not turn a clean stop into a kill by signal
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return code
     except PromptError as exc:
         log.error("prompts_failed", reason=str(exc))
         return 3

@@ -350,20 +350,28 @@ class SipEndpoint:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Listen on every configured transport; a port in use is an OSError that names the listener."""
         loop = asyncio.get_running_loop()
-        if "udp" in self.transports:
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self),
-                                                               local_addr=(self.bind, self.port))
-            self._udp = transport
-        if "tcp" in self.transports:
-            self._servers.append(await loop.create_server(lambda: _Connection(self, "TCP"), self.bind, self.port,
-                                                          reuse_address=True))
-        if "tls" in self.transports:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(self.tls_certificate or "", self.tls_key)
-            self._servers.append(await loop.create_server(lambda: _Connection(self, "TLS"), self.bind, self.tls_port,
-                                                          ssl=context, ssl_handshake_timeout=MESSAGE_SECONDS,
-                                                          reuse_address=True))
+        try:
+            if "udp" in self.transports:
+                listener = f"SIP UDP {self.bind}:{self.port}"
+                transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self),
+                                                                   local_addr=(self.bind, self.port))
+                self._udp = transport
+            if "tcp" in self.transports:
+                listener = f"SIP TCP {self.bind}:{self.port}"
+                self._servers.append(await loop.create_server(lambda: _Connection(self, "TCP"), self.bind, self.port,
+                                                              reuse_address=True))
+            if "tls" in self.transports:
+                listener = f"SIP TLS {self.bind}:{self.tls_port}"
+                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                context.load_cert_chain(self.tls_certificate or "", self.tls_key)
+                self._servers.append(await loop.create_server(
+                    lambda: _Connection(self, "TLS"), self.bind, self.tls_port, ssl=context,
+                    ssl_handshake_timeout=MESSAGE_SECONDS, reuse_address=True))
+        except OSError as exc:
+            await self.stop()
+            raise OSError(f"{listener}: {exc.strerror or exc} (is another process listening there?)") from None
         if self._servers:
             self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
 
