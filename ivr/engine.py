@@ -411,6 +411,7 @@ class Engine:
         self.guard = SourceGuard(config.limits)
         self.loop_lag = 0.0  # how late the event loop ran a 50 ms timer, last time it looked
         self.max_loop_lag = config.limits.max_loop_lag_ms / 1000
+        self._overload_refusals, self._overload_logged = 0, -1.0
         self.metrics = Metrics()
         self.metrics.watch(self)
         self._assign_task: asyncio.Task[None] | None = None
@@ -510,15 +511,21 @@ class Engine:
 
     def _admit(self, request: SipRequest, addr: tuple[str, int]) -> bool:
         """Per-source limits, the auth ban and draining; answers what it refuses."""
-        if request.method == "INVITE" and ";tag=" not in (request.get_header("to") or "") and (
-            self.loop_lag > self.max_loop_lag or not self.guard.admit_call()
-        ):
-            # overload control: beyond the configured call rate, or while the event loop
-            # is behind (the machine cannot keep up, whatever the configuration says),
-            # refuse new calls at once and cheaply instead of letting transactions pile
-            # up until everything times out
-            self._refuse(request, addr, 503, "Service Unavailable", {"Retry-After": "2"})
-            return False
+        if request.method == "INVITE" and ";tag=" not in (request.get_header("to") or ""):
+            lagging = self.loop_lag > self.max_loop_lag
+            if lagging or not self.guard.admit_call():
+                # overload control: beyond the configured call rate, or while the event loop
+                # is behind (the machine cannot keep up, whatever the configuration says),
+                # refuse new calls at once and cheaply instead of letting transactions pile
+                # up until everything times out
+                self._overload_refusals += 1
+                now = time.monotonic()
+                if now - self._overload_logged >= 1.0:  # a line a second at most, with the count since the last
+                    log.warning("overload_refused", reason="event loop lag" if lagging else "call rate",
+                                lag_ms=round(1000 * self.loop_lag), refused=self._overload_refusals)
+                    self._overload_logged, self._overload_refusals = now, 0
+                self._refuse(request, addr, 503, "Service Unavailable", {"Retry-After": "2"})
+                return False
         verdict = self.guard.admit(request.method, addr[0])
         if verdict is Verdict.ADMIT:
             if request.method == "OPTIONS" and not self.accepting:

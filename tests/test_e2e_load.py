@@ -60,6 +60,7 @@ def test_beyond_capacity_new_calls_get_503_at_once_and_accepted_calls_complete(i
     assert refused + answered == 200, (refused, answered)
     assert 70 <= answered <= 130, f"about 20 of 40 a second are taken: {answered}"
     assert ivr.proc.poll() is None
+    assert "event='overload_refused' reason='call rate'" in ivr.log(), "ops can see why callers got 503"
 
 
 def test_bench_smoke_writes_report_and_chart(tmp_path: Path) -> None:
