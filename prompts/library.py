@@ -110,15 +110,18 @@ def render_tts(jobs: Mapping[Path, str], voice: str, rate: int) -> None:
     for path, text in jobs.items():
         path.parent.mkdir(parents=True, exist_ok=True)  # pyttsx3 fails silently on a missing folder
         raw = path.with_suffix(f".{os.getpid()}.raw.wav")  # this process's own (see write_wav_8k)
-        done.clear()
-        engine.save_to_file(text, str(raw))
-        engine.runAndWait()
-        if not done.wait(TTS_TIMEOUT_S) or not raw.exists():
+        pcm = b""
+        for _ in range(2):  # pyttsx3 now and then hands back nothing (an empty file): once more, then give up
+            done.clear()
+            engine.save_to_file(text, str(raw))
+            engine.runAndWait()
+            if done.wait(TTS_TIMEOUT_S) and raw.exists():
+                pcm = trim_silence(read_wav_8k(raw))
+                raw.unlink()
+            if pcm:
+                break
+        if not pcm:
             raise PromptError(f"TTS produced no audio for {path.name} (voice {voice!r}); check `espeak-ng --voices=cmn`")
-        pcm = trim_silence(read_wav_8k(raw))
-        raw.unlink()
-        if not pcm:  # seen once from pyttsx3 in a fresh cache: an empty file, which would fail the start later
-            raise PromptError(f"TTS produced an empty recording for {path.name} (voice {voice!r}); start again")
         write_wav_8k(path, pcm)
 
 
