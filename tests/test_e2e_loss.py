@@ -93,3 +93,31 @@ def test_two_hundred_calls_through_ten_percent_loss_all_complete_and_are_recorde
     byes = received_byes(tmp_path / "lossy_silent_caller.msg")
     assert set(byes) and len(byes) == SILENT_CALLS, "every silent caller got the IVR's BYE"
     assert any(n > 1 for n in byes.values()), "some BYE was resent (its 200 was lost): Timer E at work"
+
+
+def test_sixty_calls_with_sipp_dropping_ten_percent_of_its_messages_all_complete(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """SIPp's own loss (`-lost 10`: a tenth of what it sends and receives is dropped), no namespace needed."""
+    from .conftest import free_port
+
+    ivr = ivr_factory(ring_seconds=0.5, extra="[limits]\ninvite_per_second = 100\n")
+    calls = 60
+    run = subprocess.run(
+        ["sipp", f"127.0.0.1:{ivr.port}", "-sf", str(SCENARIOS / "lossy_caller.xml"), "-inf",
+         str(SCENARIOS / "callers.csv"), "-s", "95000", "-m", str(calls), "-r", "10", "-l", str(calls), "-lost", "10",
+         "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port(even=True)), "-nostdin", "-timeout", "120s",
+         "-timeout_error", "-trace_stat", "-stf", str(tmp_path / "stat.csv"), "-trace_err", "-error_file",
+         str(tmp_path / "sipp.err")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    errors = (tmp_path / "sipp.err").read_text(errors="replace")[-2000:] if (tmp_path / "sipp.err").exists() else ""
+    assert run.returncode == 0, errors
+    header, *rows = [line.split(";") for line in (tmp_path / "stat.csv").read_text().splitlines() if line.strip()]
+    assert int(rows[-1][header.index("Retransmissions(C)")]) > 0, "messages were lost and resent"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rows_db = sqlite3.connect(ivr.db_url.removeprefix("sqlite:///")).execute(
+            "SELECT sip_call_id, outcome FROM calls").fetchall()
+        if len(rows_db) == calls and all(outcome for _, outcome in rows_db):
+            break
+        time.sleep(0.3)
+    assert len(rows_db) == calls and len({c for c, _ in rows_db}) == calls
+    assert Counter(outcome for _, outcome in rows_db) == {"caller_hangup": calls}
