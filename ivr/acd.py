@@ -25,7 +25,6 @@ from datetime import datetime, timedelta
 
 from ivr.config import AgentConfig, QueueConfig
 
-
 AGENT_QUEUE = "agent:"  # prefix of a queue of one agent's own (a transfer to that agent by name)
 
 

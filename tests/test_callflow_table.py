@@ -32,17 +32,15 @@ from ivr.callflow import (
 )
 from ivr.events import (
     Aborted,
-    CallbackStarted,
-    CustomerAnswered,
-    CustomerFailed,
-    TransferRequested,
-    WhisperFinished,
     AgentAnswered,
     AgentHungUp,
     AgentNoAnswer,
     AgentRinging,
+    CallbackStarted,
     CallerIdentified,
     Cancelled,
+    CustomerAnswered,
+    CustomerFailed,
     Digit,
     Event,
     HungUp,
@@ -51,6 +49,8 @@ from ivr.events import (
     QueuePosition,
     SpeechStarted,
     TimerFired,
+    TransferRequested,
+    WhisperFinished,
 )
 from ivr.greeting import Greeting
 from ivr.hours import ALWAYS_OPEN, BusinessHours, HoursConfig, parse_schedule
