@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, String, Table, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 OUTCOMES = (
@@ -24,6 +24,13 @@ HANGUP_BY = ("caller", "ivr", "agent")
 
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: DateTime(timezone=True)}
+
+
+def table_of(model: type[Base]) -> Table:
+    """A mapped class's Table (declared as a FromClause by SQLAlchemy; every model here maps one table)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 class Call(Base):

@@ -28,21 +28,25 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, Table, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
 
-from crm_bridge.models import Call, Callback, CallEvent, OutboxCheckpoint, Survey, Ticket, WebhookDelivery
+from crm_bridge.models import Call, Callback, CallEvent, OutboxCheckpoint, Survey, Ticket, WebhookDelivery, table_of
 from crm_bridge.outbox import Outbox, Record, shallow_fields
 from ivr.callbacks import CallbackRequest
 from ivr.events import OpenTicket, RecordCall, RecordCallback, RecordEvent, RecordSurvey
 
 log = structlog.get_logger(__name__)
 _STOP = object()
-_CALLS = Call.__table__
-_CALLBACKS = Callback.__table__
+_CALLS = table_of(Call)
+_CALLBACKS = table_of(Callback)
+_CALL_EVENTS = table_of(CallEvent)
+_SURVEYS = table_of(Survey)
+_TICKETS = table_of(Ticket)
+_OUTBOX_CHECKPOINTS = table_of(OutboxCheckpoint)
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -220,7 +224,7 @@ class CrmWriter:
             error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}" if exc else "",
         )
 
-    def _insert(self):  # type: ignore[no-untyped-def]
+    def _insert(self) -> Callable[[Table], postgresql.Insert | sqlite.Insert]:
         name = self.engine.dialect.name
         if name == "postgresql":
             return postgresql.insert
@@ -229,7 +233,7 @@ class CrmWriter:
         raise RuntimeError(f"unsupported CRM database dialect {name!r}; use SQLite or PostgreSQL")
 
     @functools.cached_property
-    def _upsert_calls(self):  # type: ignore[no-untyped-def]
+    def _upsert_calls(self) -> postgresql.Insert | sqlite.Insert:
         """INSERT … ON CONFLICT (sip_call_id) DO UPDATE, built once (and so compiled once)."""
         stmt = self._insert()(_CALLS)
         excluded = stmt.excluded  # a property that builds a new alias on every access
@@ -239,7 +243,7 @@ class CrmWriter:
         )
 
     @functools.cached_property
-    def _upsert_callbacks(self):  # type: ignore[no-untyped-def]
+    def _upsert_callbacks(self) -> postgresql.Insert | sqlite.Insert:
         """INSERT … ON CONFLICT (request_key) DO UPDATE: a callback request's row as it now stands."""
         stmt = self._insert()(_CALLBACKS)
         excluded = stmt.excluded
@@ -286,18 +290,18 @@ class CrmWriter:
                 steps = [{"call_id": ids[e.sip_call_id], "at": _utc(e.at), "kind": e.kind, "detail": e.detail}
                          for e in known if isinstance(e, RecordEvent)]
                 if steps:
-                    conn.execute(insert(CallEvent.__table__), steps)
+                    conn.execute(insert(_CALL_EVENTS), steps)
                 surveys = [{"call_id": ids[e.sip_call_id], "at": _utc(e.at), "agent_number": e.agent_number,
                             "seat_group": e.seat_group, "score": e.score, "label": e.label}
                            for e in known if isinstance(e, RecordSurvey)]
                 if surveys:
-                    conn.execute(insert(Survey.__table__), surveys)
+                    conn.execute(insert(_SURVEYS), surveys)
                 tickets = [{"call_id": ids[e.sip_call_id], "customer_phone": e.customer_phone,
                             "agent_number": e.agent_number, "seat_group": e.seat_group, "status": "open",
                             "opened_at": _utc(e.at), "next_feedback_due": _utc(e.next_feedback_due)}
                            for e in known if isinstance(e, OpenTicket)]
                 if tickets:
-                    conn.execute(insert(Ticket.__table__), tickets)
+                    conn.execute(insert(_TICKETS), tickets)
             # the "ended" step is the last record of a call, so its row and steps are all in by now
             finished = [e.sip_call_id for e in events if isinstance(e, RecordEvent) and e.kind == "ended"]
             if self.webhook and finished:
@@ -306,7 +310,7 @@ class CrmWriter:
                     s.flush()
             if self.outbox is not None:
                 values = {"stream": self.outbox.stream, "seq": batch[-1][0], "updated_at": datetime.now(UTC)}
-                stmt = self._insert()(OutboxCheckpoint.__table__).values(values)
+                stmt = self._insert()(_OUTBOX_CHECKPOINTS).values(values)
                 conn.execute(stmt.on_conflict_do_update(
                     index_elements=["stream"], set_={"seq": values["seq"], "updated_at": values["updated_at"]}))
         if self.webhook and finished and self.on_deliveries is not None:

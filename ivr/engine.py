@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 from aiosipua import (
+    SdpMessage,
     SdpNegotiationError,
     SipRequest,
     build_sdp,
@@ -157,7 +158,7 @@ class Leg:
         self.flow = CallFlow(self.call_id, engine.flow_settings, engine.greeter)
         self.rtp: RtpSession | None = None
         self.rtp_port: int | None = None
-        self.sdp_answer = None
+        self.sdp_answer: SdpMessage | None = None
         self.srtp: SrtpContext | None = None  # the call's SRTP keys (RFC 4568); None: plain RTP
         self.payload_type = 0
         self.timers: dict[str, asyncio.TimerHandle] = {}
@@ -262,11 +263,14 @@ class Leg:
                     if record.queue_wait_s is not None and record.seat_group:
                         metrics.queue_wait.labels(record.seat_group).observe(record.queue_wait_s)
             case Ring():
+                assert isinstance(self.call, InboundCall)  # a callback's customer leg is dialled, never rung
                 self.call.ringing()  # nothing after a CANCEL's 487
             case Answer():
+                assert isinstance(self.call, InboundCall)
                 self.call.accept(self.sdp_answer)
                 self.engine.pacer.serve(self)  # from now on RTP flows: prompts, else keep-alive silence
             case Reject(status=status, reason=reason):
+                assert isinstance(self.call, InboundCall)
                 self.call.reject(status, reason)
             case Play(prompt=prompt):
                 self.frames = self.engine.prompts.frames(prompt, self.payload_type)
@@ -769,7 +773,9 @@ class Engine:
             await rtp.close()
             self._release_port(leg)
             return
-        leg.sdp_answer.audio.port = leg.rtp_port  # the one section negotiate_sdp answered with
+        answer = leg.sdp_answer
+        assert answer is not None and answer.audio is not None  # set by on_invite before the leg starts
+        answer.audio.port = leg.rtp_port  # the one section negotiate_sdp answered with
         leg.rtp = rtp
         rtp.on_dtmf = leg.on_dtmf
         if leg.deferred_timer is not None:

@@ -129,7 +129,9 @@ class StrictRtpSession(CycleFreeRtpSession):
 
     @property
     def expected_from(self) -> str:
-        return f"{self._remote_addr[0]}:{self._remote_addr[1]}"
+        remote = self._remote_addr
+        assert remote is not None  # set when the session is created
+        return f"{remote[0]}:{remote[1]}"
 
 
 class SrtpRtpSession(CycleFreeRtpSession):

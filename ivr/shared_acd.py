@@ -42,15 +42,15 @@ from sqlalchemy import Connection, Engine, case, delete, func, insert, select, u
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from tenacity import Retrying, retry_if_exception, stop_when_event_set, wait_exponential
 
-from crm_bridge.models import AcdWaiting, AcdWorker, Agent
+from crm_bridge.models import AcdWaiting, AcdWorker, Agent, table_of
 from ivr.acd import Acd, AgentState, Offer, Seat, Waiting
 from ivr.config import AgentConfig, QueueConfig
 
 log = structlog.get_logger("ivr.shared_acd")
 
-agents = Agent.__table__
-workers = AcdWorker.__table__
-waiting_table = AcdWaiting.__table__
+agents = table_of(Agent)
+workers = table_of(AcdWorker)
+waiting_table = table_of(AcdWaiting)
 
 AVAILABLE, RINGING, TALKING, WRAP_UP, PAUSED, LOGGED_OUT = (
     s.value for s in (AgentState.AVAILABLE, AgentState.RINGING, AgentState.TALKING, AgentState.WRAP_UP,
@@ -217,7 +217,8 @@ class SharedAcd(Acd):
 
     def _paused_state_db(self, conn: Connection, number: str, paused: bool, at: datetime) -> str:
         self._pause_db(conn, number, paused, at)
-        return conn.execute(select(agents.c.state).where(agents.c.number == number)).scalar_one()
+        state: str = conn.execute(select(agents.c.state).where(agents.c.number == number)).scalar_one()
+        return state
 
     @staticmethod
     def _pause_db(conn: Connection, number: str, paused: bool, at: datetime) -> None:

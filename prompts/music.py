@@ -174,7 +174,8 @@ def generate_music(seconds: float = LOOP_SECONDS, rate: int = SAMPLE_RATE) -> np
         note = strike * decay * (np.sin(2 * np.pi * f * note_t) + 0.15 * np.sin(2 * np.pi * 2 * f * note_t))
         idx = (b * beat + np.arange(note.size)) % n
         np.add.at(out, idx, 0.22 * note)
-    return (out / np.max(np.abs(out))).astype(np.float32)
+    normalised: np.ndarray = (out / np.max(np.abs(out))).astype(np.float32)
+    return normalised
 
 
 # --- conversion -------------------------------------------------------------------------
@@ -201,7 +202,8 @@ def _level(x: np.ndarray, level_dbfs: float) -> np.ndarray:
 
 
 def _to_pcm(x: np.ndarray) -> bytes:
-    return np.round(np.clip(x, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    pcm: bytes = np.round(np.clip(x, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    return pcm
 
 
 def convert_music(files: list[Path], level_dbfs: float = DEFAULT_LEVEL_DBFS) -> bytes:

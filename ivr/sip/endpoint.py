@@ -621,17 +621,17 @@ class SipEndpoint:
             found.terminated()
             self.owner.on_bye(found)
         elif method == "CANCEL":
-            call = self.calls.get(event.cancels) if event.cancels is not None else None
-            if call is None or call.ended:
+            cancelled = self.calls.get(event.cancels) if event.cancels is not None else None
+            if cancelled is None or cancelled.ended:
                 # §9.2: no such INVITE -> 481; one already answered finally -> 200, and no effect
-                found = event.cancels is not None
-                self.respond(transaction, make_response(request, 200 if found else 481,
-                                                        "OK" if found else "Call/Transaction Does Not Exist"))
+                known = event.cancels is not None
+                self.respond(transaction, make_response(request, 200 if known else 481,
+                                                        "OK" if known else "Call/Transaction Does Not Exist"))
                 return
-            self.respond(transaction, make_response(request, 200, "OK", to_tag=call.local_tag))
-            call.reject(487, "Request Terminated")
-            call.terminated()
-            self.owner.on_cancel(call)
+            self.respond(transaction, make_response(request, 200, "OK", to_tag=cancelled.local_tag))
+            cancelled.reject(487, "Request Terminated")
+            cancelled.terminated()
+            self.owner.on_cancel(cancelled)
         elif method == "OPTIONS":
             self.respond(transaction, make_response(request, 200, "OK", headers=[
                 ("Allow", ALLOW), ("Accept", "application/sdp"), ("User-Agent", self.user_agent)]))
