@@ -8,6 +8,9 @@ Prints `registered`, or `register failed <error>` and exits 1; then `answered`,
 `answered <codec>`, `sent <n> frames, received <m> packets` (RTP from the IVR), `hung up`.
 With `--no-register` the phone skips REGISTER (a fixed-host agent, `host = 127.0.0.1:<sip-port>`): pyVoIP
 1.6.8 has no such option, so this swaps its SIP client's register() for a no-op.
+
+With `--call NUMBER` it is a caller instead: dials NUMBER at the IVR, prints `answered <codec>` once the
+IVR answers, listens for `--talk` seconds, prints `received <m> packets` and hangs up (`hung up`).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def main() -> int:
     args.add_argument("--talk", type=float, default=3.0, help="seconds of audio before the agent hangs up")
     args.add_argument("--timeout", type=float, default=60)
     args.add_argument("--no-register", action="store_true")
+    args.add_argument("--call", metavar="NUMBER", help="call NUMBER instead of waiting for a call")
     opts = args.parse_args()
 
     calls: queue.Queue[VoIPCall] = queue.Queue()
@@ -71,6 +75,11 @@ def main() -> int:
         phone.stop()
         return 1
     print("registered" if not opts.no_register else "listening", flush=True)
+    if opts.call:
+        try:
+            return place_call(phone, opts.call, opts.talk, opts.timeout)
+        finally:
+            phone.stop()
     try:
         call = calls.get(timeout=opts.timeout)
         received = [0]
@@ -97,6 +106,30 @@ def main() -> int:
         return 1
     finally:
         phone.stop()
+    return 0
+
+
+def place_call(phone: VoIPPhone, number: str, listen: float, timeout: float) -> int:
+    call = phone.call(number)
+    deadline = time.monotonic() + timeout
+    while call.state != CallState.ANSWERED:
+        if time.monotonic() > deadline or call.state == CallState.ENDED:
+            print(f"not answered ({call.state.name})", flush=True)
+            return 1
+        time.sleep(0.05)
+    received = [0]
+    for rtp in call.RTPClients:
+        counted(rtp, received)
+    print(f"answered {call.RTPClients[0].preference.name}", flush=True)
+    end = time.monotonic() + listen
+    while time.monotonic() < end and call.state == CallState.ANSWERED:
+        call.read_audio(FRAME, blocking=False)  # the greeting, unheard
+        time.sleep(0.02)
+    print(f"received {received[0]} packets", flush=True)
+    if call.state == CallState.ANSWERED:
+        call.hangup()
+    print("hung up", flush=True)
+    time.sleep(0.5)  # let the BYE's 200 arrive before the socket closes
     return 0
 
 

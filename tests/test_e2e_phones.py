@@ -2,7 +2,8 @@
 
 baresip calls the hotline (silent, then with RFC 4733 digits) and serves a
 senior SIPp caller as agent 801; pyVoIP, as agent 811, serves a middle-tier
-caller played by baresip, so both ends of that call are third-party phones.
+caller played by baresip, so both ends of that call are third-party phones,
+and calls the hotline itself.
 Neither registers with the strict RFC 7616 digest every agent gets by default
 (the xfail tests say why); each registers with the weaker policy its agent's
 section names (`digest = md5` for baresip, `digest = legacy` for pyVoIP), and
@@ -215,3 +216,27 @@ def test_pyvoip_registers_as_agent_811_with_digest_legacy(ivr_factory: IvrFactor
         phone.wait()
     assert status == "registered", f"{status}; IVR: {re.findall(r'event=.auth_failed.*', ivr.log())}"
     assert "event='agent_registered' agent='811'" in ivr.log()
+
+
+def test_pyvoip_caller_is_answered_hears_the_greeting_and_hangs_up(ivr_factory: IvrFactory) -> None:
+    """pyVoIP as a caller (no registration: the IVR answers anyone who dials a hotline number)."""
+    ivr = ivr_factory()
+    rtp = free_port(even=True)
+    phone = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "pyvoip_agent.py"), "--ivr-port", str(ivr.port), "--agent",
+         "13700000001", "--password", "-", "--sip-port", str(free_port()), "--rtp-low", str(rtp), "--rtp-high",
+         str(rtp + 20), "--talk", "3", "--timeout", "20", "--no-register", "--call", "95000"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_line(phone, "answered").split()[1] in ("PCMU", "PCMA")
+        received = int(re.findall(r"\d+", wait_line(phone, "received"))[0])
+        assert received > 100, f"{received} RTP packets of the greeting in 3 s"
+        assert wait_line(phone, "hung up")
+        assert phone.wait(10) == 0
+    finally:
+        phone.kill()
+    deadline = time.monotonic() + 10
+    while not crm_rows(ivr, "outcome IS NOT NULL") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (row,) = crm_rows(ivr)
+    assert (row["caller"], row["outcome"], row["hangup_by"]) == ("13700000001", "caller_hangup", "caller")
