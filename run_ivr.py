@@ -48,7 +48,8 @@ log = structlog.get_logger("run_ivr")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Hotline IVR: answers SIP calls per the service scripts.")
-    p.add_argument("--config", type=Path, default=Path("sip.conf.example"), help="sip.conf to load (default: %(default)s)")
+    p.add_argument("--config", type=Path, default=Path("sip.conf.example"),
+                   help="sip.conf to load (default: %(default)s)")
     p.add_argument("--bind", help="SIP/RTP bind address (overrides [general] bind)")
     p.add_argument("--port", type=int, help="SIP UDP port (overrides [general] port)")
     p.add_argument("--db-url", help="CRM database URL, e.g. sqlite:///var/hotline.db or postgresql+psycopg://… ")
@@ -81,7 +82,8 @@ def prepare_prompts(config: Config) -> PromptLibrary:
         load_prompts(texts, voice=p.voice, rate=p.rate, cache_dir=p.cache_dir, recorded_dir=p.recorded_dir),
         g711_encoders(config.general.payload_types),
     )
-    log.info("prompts_ready", count=len(prompts.prompts), seconds=round(sum(x.seconds for x in prompts.prompts.values()), 1))
+    log.info("prompts_ready", count=len(prompts.prompts),
+             seconds=round(sum(x.seconds for x in prompts.prompts.values()), 1))
     return prompts
 
 
@@ -102,7 +104,8 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     worker = config.cluster.worker or f"{socket.gethostname()}:{config.general.port}"
     outbox = Outbox(config.outbox_dir)
     pusher = WebhookPusher(db, config.webhook) if config.webhook.url else None
-    writer = CrmWriter(db, outbox, webhook=pusher is not None, on_deliveries=pusher.wake if pusher else None, worker=worker)
+    writer = CrmWriter(db, outbox, webhook=pusher is not None, on_deliveries=pusher.wake if pusher else None,
+                       worker=worker)
     # Order matters: records a previous process journaled but never applied go
     # in first (a call's final row among them), then what is still open was
     # really cut off and is closed as failed.
@@ -126,8 +129,8 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     # the desk's buttons (pause, resume, end wrap-up) reach the IVR through the CRM
     own_agents = None if config.cluster.shared_agents else {a.number for a in config.agents}
     desk_commands = partial(take_pending, db, taken_by=worker or "ivr", agents=own_agents)
-    engine = Engine(config, prompts, writer, greeter, directory=directory, acd=acd, desk=desk, desk_commands=desk_commands,
-                    music=music)
+    engine = Engine(config, prompts, writer, greeter, directory=directory, acd=acd, desk=desk,
+                    desk_commands=desk_commands, music=music)
     if not clustered:  # one IVR owns the callbacks a previous run did not finish; workers would each dial them
         engine.restore_callbacks(await asyncio.to_thread(open_callbacks, db))
     await engine.start()

@@ -87,7 +87,8 @@ class AgentLeg:
         self.ended = False
         self.ts_offset = random.getrandbits(32)
         self._ts = self.ts_offset
-        self.whisper: tuple[bytes, ...] = ()  # frames only the agent hears (a callback's whisper), sent on the media clock
+        # frames only the agent hears (a callback's whisper), sent on the media clock
+        self.whisper: tuple[bytes, ...] = ()
         self.whisper_index = 0
         self.on_whispered: Callable[[], None] | None = None
 
@@ -166,7 +167,8 @@ class Agents:
             state = seat.state.value
             if self._states.get(seat.number) != state:
                 self._states[seat.number] = state
-                log.info("agent_state", agent=seat.number, seat_group=seat.seat_group, state=state, call_id=seat.call_id)
+                log.info("agent_state", agent=seat.number, seat_group=seat.seat_group, state=state,
+                         call_id=seat.call_id)
         self.dirty = True
 
     # --- phones: registration and pause ------------------------------------------------
@@ -392,7 +394,8 @@ class Agents:
             if seat is not None and agent_leg.answered_at is not None:
                 # handle time = talk + wrap-up: what the next caller of this group waits behind
                 self.estimator.record(seat.seat_group, (now - agent_leg.answered_at).total_seconds(), wrap_up)
-            self._wrap_up[agent_leg.agent] = asyncio.get_running_loop().call_later(wrap_up, self._wrap_up_done, agent_leg.agent)
+            self._wrap_up[agent_leg.agent] = asyncio.get_running_loop().call_later(
+                wrap_up, self._wrap_up_done, agent_leg.agent)
             self.publish_states()
         self.spawn(self._close_media(agent_leg))
 

@@ -123,7 +123,8 @@ class CallbackScheduler:
 
     def next_due(self, now: datetime, free_groups: Collection[str]) -> CallbackRequest | None:
         """The pending request to dial now: due, its seat group has a free agent; earliest due first."""
-        due = [r for r in self._requests.values() if r.status == PENDING and r.due_at <= now and r.seat_group in free_groups]
+        due = [r for r in self._requests.values()
+               if r.status == PENDING and r.due_at <= now and r.seat_group in free_groups]
         return min(due, key=lambda r: (r.due_at, r.requested_at, r.id), default=None)
 
     def next_deadline(self) -> datetime | None:

@@ -361,7 +361,10 @@ class Whisper:
 
 @dataclass(frozen=True, slots=True)
 class DialCustomer:
-    """Call the callback's stored number through `[callbacks] gateway`; `CustomerAnswered` or `CustomerFailed` follows."""
+    """Call the callback's stored number through `[callbacks] gateway`.
+
+    `CustomerAnswered` or `CustomerFailed` follows.
+    """
 
 
 @dataclass(frozen=True, slots=True)

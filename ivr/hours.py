@@ -174,7 +174,8 @@ class BusinessHours:
         # a window from yesterday that runs past midnight (20:00-02:00)
         return any(w.start <= minute + DAY < w.end for w in self._windows(schedule, yesterday))
 
-    def next_opening(self, moment: datetime, number: str | None = None, seat_group: str | None = None) -> datetime | None:
+    def next_opening(self, moment: datetime, number: str | None = None,
+                     seat_group: str | None = None) -> datetime | None:
         """`moment` itself when open, else when the schedule next opens; None if not within LOOKAHEAD_DAYS."""
         if self.is_open(moment, number, seat_group):
             return moment

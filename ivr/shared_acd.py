@@ -147,7 +147,8 @@ class SharedAcd(Acd):
 
     def _retrying(self, op: Callable[..., Any], args: tuple[Any, ...]) -> None:
         retrying = Retrying(
-            retry=retry_if_exception(lambda exc: isinstance(exc, SQLAlchemyError) and not isinstance(exc, IntegrityError)),
+            retry=retry_if_exception(
+                lambda exc: isinstance(exc, SQLAlchemyError) and not isinstance(exc, IntegrityError)),
             wait=wait_exponential(multiplier=0.2, max=5),
             stop=stop_when_event_set(self._closing),
             before_sleep=lambda state: log.warning(
@@ -211,7 +212,8 @@ class SharedAcd(Acd):
         self._seat(number)
         super().pause(number, paused, at)
         loop = asyncio.get_running_loop()
-        state: str = await loop.run_in_executor(self._thread, self._transaction, self._paused_state_db, (number, paused, at))
+        state: str = await loop.run_in_executor(self._thread, self._transaction, self._paused_state_db,
+                                                (number, paused, at))
         self._seat(number).state = AgentState(state)
         return state
 
@@ -224,7 +226,8 @@ class SharedAcd(Acd):
     def _pause_db(conn: Connection, number: str, paused: bool, at: datetime) -> None:
         row = agents.c.number == number
         if paused:
-            conn.execute(update(agents).where(row, agents.c.state == AVAILABLE).values(state=PAUSED, state_changed_at=at))
+            conn.execute(update(agents).where(row, agents.c.state == AVAILABLE)
+                         .values(state=PAUSED, state_changed_at=at))
         else:
             conn.execute(update(agents).where(row, agents.c.state == PAUSED)
                          .values(state=AVAILABLE, idle_since=at, state_changed_at=at))
@@ -357,11 +360,13 @@ class SharedAcd(Acd):
             offers.append(Offer(call_id, number, group, (host, port), uri))
         return offers
 
-    def _claim_db(self, asks: list[tuple[str, str, datetime, list[str]]], at: datetime) -> list[tuple[str, tuple[str, str, str, int, str | None]]]:
+    def _claim_db(self, asks: list[tuple[str, str, datetime, list[str]]],
+                  at: datetime) -> list[tuple[str, tuple[str, str, str, int, str | None]]]:
         """One short transaction per claim, so a claim holds its row lock only for itself."""
         with self.db.begin() as conn:
             free = dict(conn.execute(
-                select(agents.c.seat_group, func.count()).where(agents.c.state == AVAILABLE, agents.c.contact_host.is_not(None))
+                select(agents.c.seat_group, func.count())
+                .where(agents.c.state == AVAILABLE, agents.c.contact_host.is_not(None))
                 .group_by(agents.c.seat_group)
             ).tuples().all())
         claimed: list[tuple[str, tuple[str, str, str, int, str | None]]] = []
@@ -381,7 +386,8 @@ class SharedAcd(Acd):
                         continue
                     free[group] -= 1
                     conn.execute(delete(waiting_table).where(waiting_table.c.call_id == call_id))
-                    claimed.append((call_id, (row.number, row.seat_group, row.contact_host, row.contact_port, row.contact_uri)))
+                    claimed.append((call_id, (row.number, row.seat_group, row.contact_host, row.contact_port,
+                                              row.contact_uri)))
                     break
         return claimed
 
@@ -441,7 +447,8 @@ class SharedAcd(Acd):
             )
         )
         return list(conn.execute(select(agents.c.number, agents.c.seat_group, agents.c.state, agents.c.contact_host,
-                                        agents.c.contact_port, agents.c.contact_uri, agents.c.call_id, agents.c.idle_since)))
+                                        agents.c.contact_port, agents.c.contact_uri, agents.c.call_id,
+                                        agents.c.idle_since)))
 
     def apply_snapshot(self, rows: Iterable[Any]) -> None:
         for row in rows:

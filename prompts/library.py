@@ -121,7 +121,8 @@ def render_tts(jobs: Mapping[Path, str], voice: str, rate: int) -> None:
             if pcm:
                 break
         if not pcm:
-            raise PromptError(f"TTS produced no audio for {path.name} (voice {voice!r}); check `espeak-ng --voices=cmn`")
+            raise PromptError(f"TTS produced no audio for {path.name} (voice {voice!r}); "
+                              "check `espeak-ng --voices=cmn`")
         write_wav_8k(path, pcm)
 
 

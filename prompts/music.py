@@ -159,7 +159,8 @@ def generate_music(seconds: float = LOOP_SECONDS, rate: int = SAMPLE_RATE) -> np
             # whole cycles per loop, so each partial ends where it began
             f = round(f * seconds) / seconds
             out += 0.10 * env * np.sin(2 * np.pi * f * t + k) * (1 + 0.15 * np.sin(2 * np.pi * t / seconds * (k + 2)))
-    # Chime: 32 struck tones (fundamental and octave, both under 3400 Hz, exponential decay) laid into a circular buffer.
+    # Chime: 32 struck tones (fundamental and octave, both under 3400 Hz, exponential decay)
+    # laid into a circular buffer.
     rng = np.random.default_rng(20261127)
     beat = n // 32
     decay = np.exp(-np.arange(3 * rate) / (0.6 * rate))

@@ -568,7 +568,8 @@ class SipEndpoint:
     def _request(self, request: SipRequest, source: Address) -> None:
         # a retransmission is answered from its transaction: it passed the screen once, and a
         # rate budget must not count it as a new call (its original may have been taken)
-        if not self.transactions.is_retransmission(request) and not self.owner.screen(request, source, self.request_line):
+        if (not self.transactions.is_retransmission(request)
+                and not self.owner.screen(request, source, self.request_line)):
             return
         missing = missing_required_headers(request)
         if missing:
@@ -648,8 +649,8 @@ class SipEndpoint:
             self.owner.on_info(found, request)
         elif method == "REGISTER":
             status, reason, headers = self.owner.on_register(request, source)
-            self.respond(transaction, make_response(request, status, reason, to_tag=new_tag() if status >= 200 else None,
-                                                    headers=headers))
+            self.respond(transaction, make_response(request, status, reason,
+                                                    to_tag=new_tag() if status >= 200 else None, headers=headers))
         elif method == "REFER":
             self._refer(request, transaction)
         else:
@@ -718,7 +719,8 @@ class SipEndpoint:
 
     def _response(self, response: SipResponse, source: Address) -> None:
         if not 100 <= response.status_code <= 699:
-            log.warning("sip_bad_response", source=f"{source[0]}:{source[1]}", error=f"status code {response.status_code}")
+            log.warning("sip_bad_response", source=f"{source[0]}:{source[1]}",
+                        error=f"status code {response.status_code}")
             return
         event = self.transactions.receive_response(response, source, self._now())
         if isinstance(event, ResponseReceived):
@@ -807,7 +809,8 @@ class SipEndpoint:
         h = invite.headers
         h.append("Via", self.via(destination))
         h.set_single("Max-Forwards", "70")
-        h.set_single("From", f"{from_display} <{from_uri}>;tag={new_tag()}" if from_display else f"<{from_uri}>;tag={new_tag()}")
+        h.set_single("From", f"{from_display} <{from_uri}>;tag={new_tag()}" if from_display
+                     else f"<{from_uri}>;tag={new_tag()}")
         h.set_single("To", f"<{request_uri}>")
         h.set_single("Call-ID", new_call_id(self.host))
         h.set_single("CSeq", "1 INVITE")
