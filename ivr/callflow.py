@@ -445,7 +445,8 @@ class CallFlow:
         waited = (event.at - self.queued_at).total_seconds() if self.queued_at is not None else 0.0
         if (waited >= self.settings.max_wait_seconds and self._callback_possible()
                 and CALLBACK_OFFER_PROMPT not in prompts):
-            prompts = (*prompts, CALLBACK_OFFER_PROMPT)  # waited max_wait_seconds already: offered whatever the estimate
+            # waited max_wait_seconds already: offered whatever the estimate
+            prompts = (*prompts, CALLBACK_OFFER_PROMPT)
         detail = f"position={event.position} wait_s={round(wait) if wait is not None else '-'}"
         self._step(actions, event.at, "announced", f"{detail} agents_online={'yes' if event.agents_online else 'no'}")
         self._play_all(actions, prompts)
@@ -464,7 +465,8 @@ class CallFlow:
         actions.extend((CancelTimer(POSITION_TIMER), Music(False)))
         wait = round((event.at - self.queued_at).total_seconds(), 3)
         self._update(actions, agent_number=event.agent, seat_group=event.seat_group, queue_wait_s=wait)
-        self._step(actions, event.at, "agent_answered", f"agent={event.agent} seat_group={event.seat_group} queue_wait_s={wait}")
+        self._step(actions, event.at, "agent_answered",
+                   f"agent={event.agent} seat_group={event.seat_group} queue_wait_s={wait}")
         if self.record.service == "complaint":
             # [003] "如用户有抱怨倾向将问题转给专人跟踪处理": a ticket to follow up
             actions.append(OpenTicket(self.sip_call_id, event.at, self.record.caller, event.agent,
@@ -488,8 +490,10 @@ class CallFlow:
         assert self.record is not None
         service = self.record.service or self.settings.menu.default_service
         seat_group = self.record.seat_group or self.tier
-        actions.append(RequestCallback(self.sip_call_id, at, self.record.caller, self.tier, service, seat_group, due_at))
-        self._step(actions, at, "callback_requested", f"seat_group={seat_group} service={service} due_at={due_at.isoformat()}")
+        actions.append(RequestCallback(self.sip_call_id, at, self.record.caller, self.tier, service, seat_group,
+                                       due_at))
+        self._step(actions, at, "callback_requested",
+                   f"seat_group={seat_group} service={service} due_at={due_at.isoformat()}")
         self.state, self.closed_outcome = State.CALLBACK, outcome
         self._play_all(actions, (CALLBACK_CONFIRMED_PROMPT,))  # "好的,稍后给您回过去,感谢您的来电!"
 
@@ -554,7 +558,8 @@ class CallFlow:
         actions.append(CancelTimer(SURVEY_TIMER))
         score = int(event.digit)
         self._update(actions, survey_score=score)
-        actions.append(RecordSurvey(self.sip_call_id, event.at, self.record.agent_number, self.record.seat_group, score, label))
+        actions.append(RecordSurvey(self.sip_call_id, event.at, self.record.agent_number, self.record.seat_group,
+                                    score, label))
         self._close(actions)
 
     def _on_survey_timer(self, event: TimerFired, actions: list[Action]) -> None:
@@ -644,7 +649,8 @@ class CallFlow:
         actions.append(Music(False))
         # the survey afterwards rates this agent: the last one the caller talked with
         self._update(actions, agent_number=event.agent, seat_group=event.seat_group)
-        self._step(actions, event.at, "agent_answered", f"agent={event.agent} seat_group={event.seat_group} transfer=yes")
+        self._step(actions, event.at, "agent_answered",
+                   f"agent={event.agent} seat_group={event.seat_group} transfer=yes")
         self.state = State.ANNOUNCING
         self._play(actions, agent_prompt(event.agent))
 
@@ -775,19 +781,22 @@ _TRANSITIONS: dict[TransitionKey, Transition] = {
     (DIALLING, TimerFired, DIAL_TIMER):     Transition(CallFlow._on_callback_agent_gone, {ENDED}),
     (DIALLING, Aborted):                    Transition(CallFlow._on_aborted, {ENDED}),
 
-    (RINGING, TimerFired, RING_TIMER):      Transition(CallFlow._on_ring_timer, {PROMPTING, CLOSED}),  # CLOSED: outside [hours]
+    # CLOSED: outside [hours]
+    (RINGING, TimerFired, RING_TIMER):      Transition(CallFlow._on_ring_timer, {PROMPTING, CLOSED}),
     (RINGING, CallerIdentified):            Transition(CallFlow._on_identified, {RINGING}),
     (RINGING, Cancelled):                   Transition(CallFlow._on_cancelled, {ENDED}),
     (RINGING, Aborted):                     Transition(CallFlow._on_aborted, {ENDED}),
 
     (PROMPTING, PromptFinished):            Transition(CallFlow._on_prompt_finished, {WAITING}),
-    (PROMPTING, SpeechStarted):             Transition(CallFlow._on_engaged, {MENU, QUEUED}),  # QUEUED when the menu is off
+    # QUEUED when the menu is off
+    (PROMPTING, SpeechStarted):             Transition(CallFlow._on_engaged, {MENU, QUEUED}),
     (PROMPTING, Digit):                     Transition(CallFlow._on_engaged, {MENU, QUEUED}),
     (PROMPTING, CallerIdentified):          Transition(CallFlow._on_identified, {PROMPTING}),
     (PROMPTING, HungUp):                    Transition(CallFlow._on_caller_bye, {ENDED}),
     (PROMPTING, Aborted):                   Transition(CallFlow._on_aborted, {ENDED}),
 
-    (WAITING, TimerFired, SILENCE_TIMER):   Transition(CallFlow._on_silence_timer, {PROMPTING, ENDED}),  # ENDED after the last attempt
+    # ENDED after the last attempt
+    (WAITING, TimerFired, SILENCE_TIMER):   Transition(CallFlow._on_silence_timer, {PROMPTING, ENDED}),
     (WAITING, SpeechStarted):               Transition(CallFlow._on_engaged, {MENU, QUEUED}),
     (WAITING, Digit):                       Transition(CallFlow._on_engaged, {MENU, QUEUED}),
     (WAITING, CallerIdentified):            Transition(CallFlow._on_identified, {WAITING}),
@@ -795,8 +804,10 @@ _TRANSITIONS: dict[TransitionKey, Transition] = {
     (WAITING, Aborted):                     Transition(CallFlow._on_aborted, {ENDED}),
 
     (MENU, PromptFinished):                 Transition(CallFlow._on_menu_prompt_finished, {MENU}),
-    (MENU, Digit):                          Transition(CallFlow._on_menu_digit, {MENU, QUEUED}),  # MENU: reprompt after a wrong key
-    (MENU, TimerFired, MENU_TIMER):         Transition(CallFlow._on_menu_timer, {MENU, QUEUED}),  # reprompt, then the default service
+    # MENU: reprompt after a wrong key
+    (MENU, Digit):                          Transition(CallFlow._on_menu_digit, {MENU, QUEUED}),
+    # reprompt, then the default service
+    (MENU, TimerFired, MENU_TIMER):         Transition(CallFlow._on_menu_timer, {MENU, QUEUED}),
     (MENU, SpeechStarted):                  Transition(CallFlow._ignore_late, {MENU}),
     (MENU, CallerIdentified):               Transition(CallFlow._on_identified, {MENU}),
     (MENU, HungUp):                         Transition(CallFlow._on_caller_bye, {ENDED}),
@@ -808,7 +819,8 @@ _TRANSITIONS: dict[TransitionKey, Transition] = {
     (QUEUED, AgentRinging):                 Transition(CallFlow._on_agent_ringing, {QUEUED}),
     (QUEUED, AgentNoAnswer):                Transition(CallFlow._on_agent_no_answer, {QUEUED}),
     (QUEUED, AgentAnswered):                Transition(CallFlow._on_agent_answered, {ANNOUNCING}),
-    (QUEUED, Digit):                        Transition(CallFlow._on_queue_digit, {QUEUED, CALLBACK}),  # CALLBACK: the callback key
+    # CALLBACK: the callback key
+    (QUEUED, Digit):                        Transition(CallFlow._on_queue_digit, {QUEUED, CALLBACK}),
     (QUEUED, SpeechStarted):                Transition(CallFlow._ignore_late, {QUEUED}),
     (QUEUED, CallerIdentified):             Transition(CallFlow._ignore_late, {QUEUED}),
     (QUEUED, HungUp):                       Transition(CallFlow._on_queue_bye, {ENDED}),  # abandoned_queue
@@ -824,7 +836,8 @@ _TRANSITIONS: dict[TransitionKey, Transition] = {
     (BRIDGED, Digit):                       Transition(CallFlow._on_bridged_digit, {BRIDGED}),
     (BRIDGED, TransferRequested):           Transition(CallFlow._on_transfer, {TRANSFERRING}),  # the agent's REFER
     (BRIDGED, AgentHungUp):                 Transition(CallFlow._on_agent_bye, {SURVEY}),
-    (BRIDGED, HungUp):                      Transition(CallFlow._on_caller_bye_with_agent, {ENDED}),  # the survey is skipped
+    # the survey is skipped
+    (BRIDGED, HungUp):                      Transition(CallFlow._on_caller_bye_with_agent, {ENDED}),
     (BRIDGED, Aborted):                     Transition(CallFlow._on_aborted, {ENDED}),
     (BRIDGED, CallerIdentified):            Transition(CallFlow._ignore_late, {BRIDGED}),
     (BRIDGED, TimerFired):                  Transition(CallFlow._ignore_late, {BRIDGED}),
@@ -840,8 +853,10 @@ _TRANSITIONS: dict[TransitionKey, Transition] = {
     (TRANSFERRING, Aborted):                Transition(CallFlow._on_aborted, {ENDED}),
 
     (SURVEY, PromptFinished):               Transition(CallFlow._on_survey_prompt_finished, {SURVEY}),
-    (SURVEY, Digit):                        Transition(CallFlow._on_survey_digit, {SURVEY, CLOSING}),  # SURVEY: not a rating key
-    (SURVEY, TimerFired, SURVEY_TIMER):     Transition(CallFlow._on_survey_timer, {SURVEY, CLOSING}),  # reprompt, then CLOSING
+    # SURVEY: not a rating key
+    (SURVEY, Digit):                        Transition(CallFlow._on_survey_digit, {SURVEY, CLOSING}),
+    # reprompt, then CLOSING
+    (SURVEY, TimerFired, SURVEY_TIMER):     Transition(CallFlow._on_survey_timer, {SURVEY, CLOSING}),
     (SURVEY, CallerIdentified):             Transition(CallFlow._ignore_late, {SURVEY}),
     (SURVEY, HungUp):                       Transition(CallFlow._on_caller_bye_after_agent, {ENDED}),
     (SURVEY, Aborted):                      Transition(CallFlow._on_aborted, {ENDED}),
@@ -854,7 +869,8 @@ _TRANSITIONS: dict[TransitionKey, Transition] = {
     (CLOSING, TimerFired):                  Transition(CallFlow._ignore_late, {CLOSING}),
 
     (CLOSED, PromptFinished):               Transition(CallFlow._on_closed_prompt_finished, {CLOSED}),
-    (CLOSED, Digit):                        Transition(CallFlow._on_closed_digit, {CLOSED, CALLBACK}),  # CLOSED: not the callback key
+    # CLOSED: not the callback key
+    (CLOSED, Digit):                        Transition(CallFlow._on_closed_digit, {CLOSED, CALLBACK}),
     (CLOSED, TimerFired, CLOSED_TIMER):     Transition(CallFlow._on_closed_timer, {ENDED}),
     (CLOSED, CallerIdentified):             Transition(CallFlow._ignore_late, {CLOSED}),
     (CLOSED, HungUp):                       Transition(CallFlow._on_closed_bye, {ENDED}),
@@ -865,7 +881,8 @@ _TRANSITIONS: dict[TransitionKey, Transition] = {
     (CALLBACK, Aborted):                    Transition(CallFlow._on_aborted, {ENDED}),
     (CALLBACK, Digit):                      Transition(CallFlow._ignore_late, {CALLBACK}),
     (CALLBACK, CallerIdentified):           Transition(CallFlow._ignore_late, {CALLBACK}),
-    (CALLBACK, TimerFired):                 Transition(CallFlow._ignore_late, {CALLBACK}),  # a position timer raced the key
+    # a position timer raced the key
+    (CALLBACK, TimerFired):                 Transition(CallFlow._ignore_late, {CALLBACK}),
     (CALLBACK, QueuePosition):              Transition(CallFlow._ignore_late, {CALLBACK}),
     (CALLBACK, AgentRinging):               Transition(CallFlow._ignore_late, {CALLBACK}),  # an offer raced the key
     (CALLBACK, AgentNoAnswer):              Transition(CallFlow._ignore_late, {CALLBACK}),
