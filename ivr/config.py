@@ -409,7 +409,8 @@ def load_config(path: Path) -> Config:
             agents.append(_agent(r, section))
             continue
         if section not in _KNOWN:
-            raise r.error(section, "", f"unknown section; known sections are {', '.join(_KNOWN)}, or an agent peer with type = agent")
+            raise r.error(section, "", f"unknown section; known sections are {', '.join(_KNOWN)}, "
+                                       "or an agent peer with type = agent")
         for key in parser.options(section):
             if key not in _KNOWN[section] and not (
                 (section == "prompts" and key.startswith("text."))
@@ -475,7 +476,8 @@ def load_config(path: Path) -> Config:
             raise r.error("holidays", "file", str(exc)) from None
 
     p = PromptConfig()
-    texts = {k.removeprefix("text."): v.strip() for k, v in parser.items("prompts")} if parser.has_section("prompts") else {}
+    texts = ({k.removeprefix("text."): v.strip() for k, v in parser.items("prompts")}
+             if parser.has_section("prompts") else {})
     texts = {k: v for k, v in texts.items() if k not in _KNOWN["prompts"]}
     prompts = PromptConfig(
         voice=r.get("prompts", "voice", p.voice, str, "a voice id"),
@@ -524,7 +526,8 @@ def load_config(path: Path) -> Config:
         database_url=url,
         log_level=r.get(
             "log", "level", "info",
-            lambda raw: raw.lower() if raw.lower() in ("debug", "info", "warning", "error") else _raise("choose debug, info, warning or error"),
+            lambda raw: raw.lower() if raw.lower() in ("debug", "info", "warning", "error")
+            else _raise("choose debug, info, warning or error"),
             "a log level",
         ),
         log_format=r.get(
@@ -575,7 +578,8 @@ def _agent(r: _Reader, section: str) -> AgentConfig:
             raise r.error(section, key, f"unknown key for an agent; known keys are {', '.join(sorted(_AGENT_KEYS))}")
     if not section.isdigit():
         raise r.error(section, "", "an agent section is named by the agent's number, e.g. [801]")
-    group = r.get(section, "seat_group", "", lambda s: s if s in SEAT_GROUPS else _raise(f"choose {', '.join(SEAT_GROUPS)}"), "a seat group")
+    group = r.get(section, "seat_group", "",
+                  lambda s: s if s in SEAT_GROUPS else _raise(f"choose {', '.join(SEAT_GROUPS)}"), "a seat group")
     if not group:
         raise r.error(section, "seat_group", f"missing; every agent belongs to one of {', '.join(SEAT_GROUPS)}")
     secret = r.get(section, "secret", "", str, "a password")
@@ -591,18 +595,22 @@ def _menu(r: _Reader) -> MenuConfig:
     m = MenuConfig()
     choices = dict(m.choices)
     for digit in "0123456789":
-        value = r.get("menu", digit, None, lambda s: s if s in SERVICES or s == "none" else _raise(f"choose {', '.join(SERVICES)} or none"), "a service")
+        value = r.get("menu", digit, None,
+                      lambda s: s if s in SERVICES or s == "none" else _raise(f"choose {', '.join(SERVICES)} or none"),
+                      "a service")
         if value == "none":
             choices.pop(digit, None)
         elif value is not None:
             choices[digit] = value
-    senior_only = r.get("menu", "senior_only", None, lambda s: frozenset(x.strip() for x in s.split(",") if x.strip()), "a list of services")
+    senior_only = r.get("menu", "senior_only", None, lambda s: frozenset(x.strip() for x in s.split(",") if x.strip()),
+                        "a list of services")
     allowed = dict(m.allowed) if senior_only is None else {svc: frozenset({"senior"}) for svc in senior_only}
     return MenuConfig(
         enabled=r.get("menu", "enabled", m.enabled, _bool, "yes or no"),
         timeout_seconds=r.number("menu", "timeout_seconds", m.timeout_seconds, 1, 60),
         choices=MappingProxyType(choices),
-        default_service=r.get("menu", "default", m.default_service, lambda s: s if s in SERVICES else _raise(f"choose {', '.join(SERVICES)}"), "a service"),
+        default_service=r.get("menu", "default", m.default_service,
+                              lambda s: s if s in SERVICES else _raise(f"choose {', '.join(SERVICES)}"), "a service"),
         allowed=MappingProxyType(allowed),
     )
 
@@ -643,7 +651,8 @@ def _queues(r: _Reader) -> QueueConfig:
         complaints_overflow=r.get("queues", "complaints_overflow", q.complaints_overflow, _bool, "yes or no"),
         complaint_group=r.get(
             "queues", "complaint_group", q.complaint_group,
-            lambda s: None if not s else s if s in SEAT_GROUPS else _raise(f"choose {', '.join(SEAT_GROUPS)} or leave it empty"),
+            lambda s: None if not s else s if s in SEAT_GROUPS
+            else _raise(f"choose {', '.join(SEAT_GROUPS)} or leave it empty"),
             "a seat group",
         ),
         music=_music(r),
@@ -680,7 +689,8 @@ def _hours(r: _Reader, general: GeneralConfig) -> HoursConfig:
             if key == "timezone":
                 continue
             if key.isdigit() and key not in general.numbers:
-                raise r.error("hours", key, f"not a hotline number; [general] numbers are {', '.join(sorted(general.numbers))}")
+                raise r.error("hours", key,
+                              f"not a hotline number; [general] numbers are {', '.join(sorted(general.numbers))}")
             schedule = r.get("hours", key, None, parse_schedule, "business hours like 08:00-22:00")
             if schedule is not None:
                 schedules[key] = schedule
@@ -700,7 +710,8 @@ def _limits(r: _Reader) -> LimitsConfig:
     return LimitsConfig(
         **rates,
         max_loop_lag_ms=r.number("limits", "max_loop_lag_ms", d.max_loop_lag_ms, 10, 10_000),
-        excess=r.get("limits", "excess", d.excess, lambda v: v if v in ("drop", "reply") else _raise("choose drop or reply"), "drop or reply"),
+        excess=r.get("limits", "excess", d.excess,
+                     lambda v: v if v in ("drop", "reply") else _raise("choose drop or reply"), "drop or reply"),
         auth_failures=int(r.number("limits", "auth_failures", d.auth_failures, 1, 10_000, int)),
         auth_ban_seconds=r.number("limits", "auth_ban_seconds", d.auth_ban_seconds, 0, 86_400),
         trusted=r.get("limits", "trusted", d.trusted, _addresses, "a comma-separated list of IP addresses"),
@@ -751,7 +762,8 @@ def _cluster(r: _Reader, database_url: str) -> ClusterConfig:
         if ":memory:" in database_url:
             raise r.error("cluster", "shared_agents", "needs a database the workers share; [database] url is in memory")
         if len(cluster.secret) < 16:
-            raise r.error("cluster", "secret", "needs 16 characters or more, the same on every worker (it signs digest nonces)")
+            raise r.error("cluster", "secret",
+                          "needs 16 characters or more, the same on every worker (it signs digest nonces)")
     return cluster
 
 

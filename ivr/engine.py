@@ -396,7 +396,8 @@ class Engine:
         self.music = music
         q = config.queues
         self.flow_settings = replace(
-            config.flow, announce_wait=q.announce_wait, max_wait_seconds=q.max_wait_seconds, callback_key=q.callback_key,
+            config.flow, announce_wait=q.announce_wait, max_wait_seconds=q.max_wait_seconds,
+            callback_key=q.callback_key,
             # the greeting's holiday calendar: holiday hours and holiday greetings never disagree
             hours=BusinessHours(config.hours, greeter.calendar.holiday_on),
         )
@@ -425,7 +426,11 @@ class Engine:
         self.accepting = True
         self._tasks: set[asyncio.Task[None]] = set()
         g = config.general
-        self.endpoint = SipEndpoint(g.bind, g.port, self, user_agent=g.user_agent, advertised=g.advertised_ip, transports=g.transports, tls_port=g.tls_port, tls_certificate=str(g.tls_certificate or ""), tls_key=str(g.tls_key or ""), idle_seconds=g.tcp_idle_seconds, max_connections=g.max_connections)
+        self.endpoint = SipEndpoint(
+            g.bind, g.port, self, user_agent=g.user_agent, advertised=g.advertised_ip, transports=g.transports,
+            tls_port=g.tls_port, tls_certificate=str(g.tls_certificate or ""), tls_key=str(g.tls_key or ""),
+            idle_seconds=g.tcp_idle_seconds, max_connections=g.max_connections,
+        )
         self.agents = Agents(self.acd, config, self.endpoint, self.ports, self.legs, self._spawn, self.media_ip, desk)
         self.desk_commands = desk_commands
         self._taking_commands = False
@@ -486,7 +491,8 @@ class Engine:
         try:
             commands = await asyncio.to_thread(self.desk_commands)
             for command in commands:
-                log.info("agent_command", agent=command.agent, command=command.command, requested_by=command.requested_by)
+                log.info("agent_command", agent=command.agent, command=command.command,
+                         requested_by=command.requested_by)
                 await self.agents.apply(command.command, command.agent)
         except Exception as exc:  # the database is away: the desk's buttons wait, calls do not
             log.warning("agent_commands_failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -558,7 +564,8 @@ class Engine:
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
         call.reject(status, reason, headers)
-        log.info("invite_rejected", call_id=call.call_id, status=status, reason=why, source=f"{call.source_addr[0]}:{call.source_addr[1]}")
+        log.info("invite_rejected", call_id=call.call_id, status=status, reason=why,
+                 source=f"{call.source_addr[0]}:{call.source_addr[1]}")
 
     def on_invite(self, call: InboundCall) -> None:
         self.metrics.invites.inc()
@@ -595,7 +602,8 @@ class Engine:
         leg = Leg(self, call)
         offer = call.sdp_offer
         dtmf_pt = next(
-            (c.payload_type for c in (offer.audio.codecs if offer.audio else []) if (c.encoding_name or "").lower() == "telephone-event"),
+            (c.payload_type for c in (offer.audio.codecs if offer.audio else [])
+             if (c.encoding_name or "").lower() == "telephone-event"),
             101,
         )
         try:
@@ -684,7 +692,8 @@ class Engine:
         leg.call.out = out
         out.on_answer = lambda _out: self._customer_answered(leg, out)
         out.on_rejected = lambda _out, code, reason: self._customer_refused(leg, code, reason)
-        leg.customer_timer = asyncio.get_running_loop().call_later(CUSTOMER_RING_S, self._customer_refused, leg, 0, "no answer")
+        leg.customer_timer = asyncio.get_running_loop().call_later(CUSTOMER_RING_S, self._customer_refused, leg, 0,
+                                                                   "no answer")
 
     def _customer_answered(self, leg: Leg, out: OutboundCall) -> None:
         if leg.customer_timer is not None:
@@ -739,7 +748,8 @@ class Engine:
             leg_log.warning("callback_refused", reason=str(exc))
             return
         self.writer.submit(callback_row(request))
-        leg_log.info("callback_stored", callback=request.id, seat_group=request.seat_group, due_at=request.due_at.isoformat())
+        leg_log.info("callback_stored", callback=request.id, seat_group=request.seat_group,
+                     due_at=request.due_at.isoformat())
 
     async def _identify(self, leg: Leg, caller: str) -> None:
         """Look the caller up in the CRM while it rings (crm_bridge.customers.CallerDirectory)."""
@@ -798,7 +808,8 @@ class Engine:
             # with shared agents this waits for the database: the answer tells the state every worker sees
             state = await self.agents.set_paused(agent, pause)
         except Exception as exc:  # the database is away: say so rather than guess
-            log.warning("agent_pause_failed", agent=agent, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.warning("agent_pause_failed", agent=agent,
+                        error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             self._reject(call, 503, "Agent State Unavailable", "feature code: database unavailable")
             return
         # no media needed: the final response's reason phrase tells the phone the new state
@@ -828,7 +839,8 @@ class Engine:
         if name in self.acd.seats and name != agent_leg.agent and not self.acd.shared:
             group = agent_queue(name)  # a named agent: the caller waits for that agent alone (one process only)
         elif group not in SEAT_GROUPS:
-            agent_leg.caller.log.warning("refer_refused", agent=agent_leg.agent, target=target[:40], reason="not configured")
+            agent_leg.caller.log.warning("refer_refused", agent=agent_leg.agent, target=target[:40],
+                                         reason="not configured")
             return 403, "Forbidden", None
         leg = agent_leg.caller
         return 202, "Accepted", lambda: leg.dispatch(TransferRequested(utc_now(), agent_leg.agent, group, name))
