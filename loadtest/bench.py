@@ -5,6 +5,7 @@
     .venv/bin/python loadtest/bench.py --smoke          # bounded CI version, about 1 minute
     .venv/bin/python loadtest/bench.py --steps 500,1000 --max-calls 1100 --cps 300,450,600 --capacity 700
     .venv/bin/python loadtest/bench.py --workers 2 ...  # two IVRs behind Kamailio (loadtest/kamailio/)
+    .venv/bin/python loadtest/bench.py --steps 500 --music-share 0.5   # half the callers on hold music
 
 Starts a fresh IVR (SQLite, ring_seconds 0, metrics on) and runs three phases:
 
@@ -15,7 +16,11 @@ Starts a fresh IVR (SQLite, ring_seconds 0, metrics on) and runs three phases:
    paced G.711 (RFC 3550 interarrival jitter, and the p99 of the deviation
    of each packet's spacing from 20 ms). The IVR's CPU and RSS are sampled
    from /proc; its media-clock lateness comes from its metrics. The CRM must
-   hold one finished row per call SIPp completed.
+   hold one finished row per call SIPp completed. With `--music-share F` that
+   share of the callers (and of the sink callers) are queue callers instead
+   (loadtest/scenarios/music_caller.xml, music_sink_caller.xml): they press 9
+   then 2, wait in the queue (no agent is logged in) on the announcements and
+   hold music, and hang up after ~32 s, ending as `abandoned_queue`.
 2. Signalling steps (`--cps 100,200,250`): INVITE/200/ACK/BYE at that many
    calls/s for `--cps-seconds`, against the IVR and, in the same run, against
    SIPp's own UAS (`sipp -sn uas`) as the ceiling; the ratio is printed.
@@ -412,32 +417,53 @@ def cpu_between(samples: list[tuple[float, float, int, int]], t0: float, t1: flo
 # --- phases ------------------------------------------------------------------------------
 
 
+# the CRM outcome each kind of media caller ends with: silent callers are hung up after the silent-call routine,
+# queue (music) callers hang up while they wait in the queue
+SILENT_ROWS = "outcome = 'silent' AND silent_attempts = 3"
+QUEUE_ROWS = "outcome = 'abandoned_queue' AND hangup_by = 'caller'"
+
+
 def media_step(ivr: Target, sink: RtpSink, calls: int, opts: argparse.Namespace) -> dict[str, object]:
-    before_rows = ivr.crm_rows("outcome = 'silent' AND silent_attempts = 3")
+    """`calls` concurrent callers (a --music-share of them queue callers on hold music) plus the sink callers."""
+    before = {"silent": ivr.crm_rows(SILENT_ROWS), "abandoned_queue": ivr.crm_rows(QUEUE_ROWS)}
     t0 = ivr.samples[-1][0] if ivr.samples else 0.0
     rss_idle = ivr.rss()
     target = f"127.0.0.1:{ivr.port}"
     sink.take()
     result: dict[str, dict[str, int]] = {}
+    music = round(calls * opts.music_share)
+    music_sink = round(opts.sink_calls * opts.music_share)
+    # scenario, callers, ceiling on concurrent calls, rate: the silent and music callers share --rate by their counts
+    runs = {
+        "main": ("silent_caller.xml", calls - music, calls - music, opts.rate * (calls - music) / max(1, calls), []),
+        "music": ("music_caller.xml", music, music, opts.rate * music / max(1, calls), []),
+        "sink": ("sink_caller.xml", opts.sink_calls - music_sink, None, None, ["-key", "sink_port", str(sink.port)]),
+        "music_sink": ("music_sink_caller.xml", music_sink, None, None, ["-key", "sink_port", str(sink.port)]),
+    }
 
-    def sink_callers() -> None:
-        result["sink"] = sipp(ivr.work, target, [
-            "-sf", str(SCENARIOS / "sink_caller.xml"), "-inf", str(SCENARIOS / "callers.csv"), "-s", "95000",
-            "-m", str(opts.sink_calls), "-r", str(opts.sink_calls), "-mi", "127.0.0.1",
-            "-key", "sink_port", str(sink.port)], timeout=200)
+    def run(name: str) -> None:
+        scenario, n, limit, rate, extra = runs[name]
+        if n <= 0:
+            result[name] = {"successful": 0, "failed": 0, "exit": 0}
+            return
+        args = ["-sf", str(SCENARIOS / scenario), "-inf", str(SCENARIOS / "callers.csv"), "-s", "95000",
+                "-m", str(n), "-r", str(round(rate, 2) if rate is not None else n), "-mi", "127.0.0.1", *extra]
+        if limit is not None:
+            args += ["-l", str(limit)]
+        result[name] = sipp(ivr.work, target, args, timeout=200)
 
-    extra = threading.Thread(target=sink_callers)
-    extra.start()
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("sink", "music_sink", "music")]
+    for t in threads:
+        t.start()
     wallboard: dict[str, object] = {}
     if ivr.desk is not None:  # supervisors on the wallboard for the whole step (silent calls last ~32 s)
         desk = ivr.desk
         watcher = threading.Thread(target=lambda: wallboard.update(watch(
             desk.url, desk.user, desk.password, clients=opts.desk, seconds=calls / opts.rate + 30, reload_every=2)))
         watcher.start()
-    result["main"] = sipp(ivr.work, target, [
-        "-sf", str(SCENARIOS / "silent_caller.xml"), "-inf", str(SCENARIOS / "callers.csv"), "-s", "95000",
-        "-m", str(calls), "-l", str(calls), "-r", str(opts.rate), "-mi", "127.0.0.1"], timeout=200)
-    extra.join()
+    run("main")
+    for t in threads:
+        t.join()
     if ivr.desk is not None:
         watcher.join()
     t1 = ivr.samples[-1][0]
@@ -446,16 +472,24 @@ def media_step(ivr: Target, sink: RtpSink, calls: int, opts: argparse.Namespace)
     busy = [s for s in step if s[3] >= 0.9 * max(1, peak)]
     m = ivr.metrics()
     jitter = sink.take()
-    ok = result["main"]["successful"] + result["sink"]["successful"]
+    ok = sum(r["successful"] for r in result.values())
     time.sleep(1.0)  # the writer's last batch
-    rows = ivr.crm_rows("outcome = 'silent' AND silent_attempts = 3") - before_rows
+    by_outcome = {"silent": ivr.crm_rows(SILENT_ROWS) - before["silent"],
+                  "abandoned_queue": ivr.crm_rows(QUEUE_ROWS) - before["abandoned_queue"]}
+    expected = {"silent": result["main"]["successful"] + result["sink"]["successful"],
+                "abandoned_queue": result["music"]["successful"] + result["music_sink"]["successful"]}
+    rows = sum(by_outcome.values())
     return {
         "offered_calls": calls + opts.sink_calls,
+        "music_share": opts.music_share,
+        "music_calls": music + music_sink,
         "peak_concurrent_calls": peak,
         "sipp_successful": ok,
-        "sipp_failed": result["main"]["failed"] + result["sink"]["failed"],
+        "sipp_failed": sum(r["failed"] for r in result.values()),
+        "sipp_by_scenario": {k: [r["successful"], r["failed"]] for k, r in result.items()},
         "crm_rows": rows,
-        "crm_matches_sipp": rows == ok,
+        "crm_rows_by_outcome": by_outcome,
+        "crm_matches_sipp": by_outcome == expected,
         "cpu_percent_of_one_core_at_peak": cpu_between(step, busy[0][0], busy[-1][0]) if len(busy) > 1 else 0.0,
         **(balancer_cpu(ivr, busy[0][0], busy[-1][0]) if len(busy) > 1 else {}),
         "rss_peak_mb": round(max((s[2] for s in step), default=rss_idle) / 2**20, 1),
@@ -567,6 +601,9 @@ def main() -> int:
     p.add_argument("--steps", default="100,300,500", help="concurrent silent callers per media step")
     p.add_argument("--rate", type=float, default=50, help="new calls per second in the media steps")
     p.add_argument("--sink-calls", type=int, default=10, help="extra callers whose RTP the sink measures")
+    p.add_argument("--music-share", type=float, default=0.0, metavar="F",
+                   help="share (0..1) of each media step's callers (and of the sink callers) who press 9 then 2 and "
+                        "wait in the queue on hold music until they hang up (~32 s); the rest are silent callers")
     p.add_argument("--cps", default="100,200,250", help="signalling-only calls/s per step")
     p.add_argument("--uas-ceiling", type=int, default=1500,
                    help="calls/s offered to SIPp's own UAS alone, as the ceiling")
@@ -581,6 +618,8 @@ def main() -> int:
                    help="run the agent desk beside the IVR with N supervisors on the live wallboard during the media "
                         "steps (each follows its events and reloads the page every 2 s); one worker only")
     opts = p.parse_args()
+    if not 0.0 <= opts.music_share <= 1.0:
+        p.error("--music-share is a share, 0..1")
     # stopped (SIGTERM, a CI timeout): still stop the IVRs, Kamailio and SIPp's UAS in the finally blocks below
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if opts.smoke:
@@ -607,7 +646,7 @@ def main() -> int:
                     "sipp": sipp_version[0] if sipp_version else "?"},
         "config": {"capacity_invites_per_second": opts.capacity, "max_calls": opts.max_calls, "smoke": opts.smoke,
                    "workers": opts.workers, "sip_entry": "kamailio" if ivr.balancer is not None else "ivr",
-                   "wallboard_clients": opts.desk},
+                   "wallboard_clients": opts.desk, "music_share": opts.music_share},
         "rss_idle_mb": round(idle_rss / 2**20, 1),
         "media_steps": [],
         "signalling_steps": [],
