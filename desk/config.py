@@ -11,7 +11,6 @@ validates the rest. Errors name file, line, key and reason, as the IVR's do
 
 from __future__ import annotations
 
-import configparser
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +20,10 @@ from zoneinfo import ZoneInfo
 from crm_bridge.customers import TierThresholds
 from ivr.config import (
     DEFAULT_DATABASE_URL,
-    ConfigError,
     _bool,
-    _line_index,
     _Reader,
     _zone,
+    read_sip_conf,
 )
 from ivr.screenpop import DEFAULT_TEMPLATE, TemplateError, check_template
 from ivr.service import SEAT_GROUPS
@@ -114,24 +112,8 @@ def _template(raw: str) -> str:
 def load_desk_config(path: Path) -> DeskConfig:
     """Read the desk's settings from sip.conf; raise ConfigError naming file:line, key and reason."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(path, None, "file", f"cannot read: {exc.strerror}") from None
-    parser = configparser.ConfigParser(
-        comment_prefixes=(";", "#"), inline_comment_prefixes=(";",), interpolation=None, strict=True
-    )
-    try:
-        parser.read_string(text, source=str(path))
-    except configparser.DuplicateOptionError as exc:
-        raise ConfigError(path, exc.lineno, f"[{exc.section}] {exc.option}", "set twice in this section") from None
-    except configparser.DuplicateSectionError as exc:
-        raise ConfigError(path, exc.lineno, f"[{exc.section}]", "section appears twice") from None
-    except configparser.Error as exc:
-        raise ConfigError(
-            path, getattr(exc, "lineno", None), "syntax", "expected 'key = value', '[section]' or a ; comment"
-        ) from None
-    r = _Reader(path, parser, _line_index(text))
+    parser, lines = read_sip_conf(path)
+    r = _Reader(path, parser, lines)
     if parser.has_section("desk"):
         for key in parser.options("desk"):
             if key not in DESK_KEYS:

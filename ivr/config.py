@@ -378,9 +378,12 @@ def _zone(raw: str) -> str:
     return raw
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate a sip.conf; raise ConfigError on the first problem."""
-    path = Path(path)
+def read_sip_conf(path: Path) -> tuple[configparser.ConfigParser, dict[tuple[str, str], int]]:
+    """Read and parse a sip.conf (no validation): the parser and the (section, key) -> line index.
+
+    Raises ConfigError when the file cannot be read or is not INI as sip.conf writes it.
+    The IVR's `load_config` and the desk's `load_desk_config` both start here.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -399,8 +402,14 @@ def load_config(path: Path) -> Config:
     except configparser.ParsingError as exc:
         line = exc.errors[0][0] if exc.errors else None
         raise ConfigError(path, line, "syntax", "expected 'key = value', '[section]' or a ; comment") from None
+    return parser, _line_index(text)
 
-    r = _Reader(path, parser, _line_index(text))
+
+def load_config(path: Path) -> Config:
+    """Read and validate a sip.conf; raise ConfigError on the first problem."""
+    path = Path(path)
+    parser, lines = read_sip_conf(path)
+    r = _Reader(path, parser, lines)
     agents: list[AgentConfig] = []
     for section in parser.sections():
         if section in _OTHER_READERS:

@@ -418,6 +418,7 @@ def test_supervisor_sees_wallboard_report_and_every_ticket(desk) -> None:  # typ
         ("secret_key = short", r"\[desk\] secret_key: needs 32 characters"),
         ("display_name = {name.__class__}", r"\[desk\] display_name: .*unknown field"),
         ("poll_ms = 1000", r"\[desk\] poll_ms"),
+        ("not a setting", r"sip.conf:4: syntax: expected 'key = value'"),  # read as the IVR reads sip.conf
     ],
 )
 def test_desk_config_errors_name_file_line_key_and_reason(tmp_path: Path, line: str, error: str) -> None:
