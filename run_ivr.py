@@ -118,7 +118,7 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     if pusher is not None:
         pusher.start()
 
-    sync_seat_groups(db, config.agents)
+    sync_seat_groups(db, config.agents, SEAT_GROUPS)
     greeter = Greeter(config.dayparts, config.general.zone, HolidayCalendar(config.holidays_file))
     directory = CallerDirectory(db, config.tiers)
     acd = None

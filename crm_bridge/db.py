@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -87,12 +88,10 @@ def reconcile_interrupted(engine: Engine, now: datetime | None = None, *, webhoo
     return len(open_calls)
 
 
-def sync_seat_groups(engine: Engine, agents) -> None:  # type: ignore[no-untyped-def]
-    """Mirror the configured seat groups and agents into the CRM (sip.conf is the source)."""
-    from ivr.service import SEAT_GROUPS
-
+def sync_seat_groups(engine: Engine, agents, seat_groups: Mapping[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """Mirror the seat groups (name -> label) and the configured agents into the CRM (sip.conf is the source)."""
     with Session(engine) as s, s.begin():
-        for name, label in SEAT_GROUPS.items():
+        for name, label in seat_groups.items():
             s.merge(SeatGroup(name=name, label=label))
         s.flush()
         for agent in agents:

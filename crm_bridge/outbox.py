@@ -41,7 +41,7 @@ from pathlib import Path
 import orjson
 import structlog
 
-from ivr.events import CallRecord, OpenTicket, RecordCall, RecordCallback, RecordEvent, RecordSurvey
+from crm_bridge.records import CallRecord, OpenTicket, RecordCall, RecordCallback, RecordEvent, RecordSurvey
 
 log = structlog.get_logger(__name__)
 

@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from crm_bridge.models import WebhookDeadLetter, WebhookDelivery
-from ivr.config import WebhookConfig
+from crm_bridge.settings import WebhookConfig
 
 log = structlog.get_logger(__name__)
 

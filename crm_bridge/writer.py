@@ -36,8 +36,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_whe
 
 from crm_bridge.models import Call, Callback, CallEvent, OutboxCheckpoint, Survey, Ticket, WebhookDelivery, table_of
 from crm_bridge.outbox import Outbox, Record, shallow_fields
-from ivr.callbacks import CallbackRequest
-from ivr.events import OpenTicket, RecordCall, RecordCallback, RecordEvent, RecordSurvey
+from crm_bridge.records import OpenTicket, RecordCall, RecordCallback, RecordEvent, RecordSurvey
 
 log = structlog.get_logger(__name__)
 _STOP = object()
@@ -319,17 +318,17 @@ class CrmWriter:
                   ms=round(1000 * (time.perf_counter() - started), 1))
 
 
-def open_callbacks(engine: Engine) -> list[CallbackRequest]:
+def open_callbacks(engine: Engine) -> list[RecordCallback]:
     """The callback requests still pending (or cut off while dialled) in the CRM, for the IVR to take back at start."""
     with engine.connect() as conn:
         rows = conn.execute(
             select(_CALLBACKS).where(_CALLBACKS.c.status.in_(("pending", "dialling"))).order_by(_CALLBACKS.c.id)
         ).mappings().all()
     return [
-        CallbackRequest(
-            id=0, number=r["number"], tier=r["tier"], service=r["service"], seat_group=r["seat_group"],
-            requested_at=_aware(r["requested_at"]), due_at=_aware(r["due_at"]), status=r["status"],
-            attempts=r["attempts"], result=r["result"], call_ids=tuple(r["call_ids"].split()),
+        RecordCallback(
+            request_key=r["request_key"], number=r["number"], tier=r["tier"], service=r["service"],
+            seat_group=r["seat_group"], requested_at=_aware(r["requested_at"]), due_at=_aware(r["due_at"]),
+            status=r["status"], attempts=r["attempts"], result=r["result"], call_ids=r["call_ids"],
         )
         for r in rows
     ]

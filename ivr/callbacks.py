@@ -32,6 +32,8 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from crm_bridge.records import RecordCallback
+
 PENDING, DIALLING, COMPLETED, FAILED = "pending", "dialling", "completed", "failed"
 OUTCOMES = ("answered", "no_answer", "busy", "declined", "failed")
 # Closing reasons, as the CRM records them
@@ -86,6 +88,13 @@ class CallbackScheduler:
 
     def __iter__(self) -> Iterator[CallbackRequest]:
         return iter(self._requests.values())
+
+    def restore_record(self, record: RecordCallback) -> CallbackRequest:
+        """`restore` for a request as the CRM kept it (`crm_bridge.writer.open_callbacks`)."""
+        return self.restore(CallbackRequest(
+            id=0, number=record.number, tier=record.tier, service=record.service, seat_group=record.seat_group,
+            requested_at=record.requested_at, due_at=record.due_at, status=record.status, attempts=record.attempts,
+            result=record.result, call_ids=tuple(record.call_ids.split())))
 
     def restore(self, request: CallbackRequest) -> CallbackRequest:
         """Take back an open request the CRM kept across a restart (a new id; one cut off while dialled is pending)."""

@@ -21,6 +21,7 @@ from typing import NoReturn, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from crm_bridge.customers import TierThresholds
+from crm_bridge.settings import WebhookConfig
 from ivr.callflow import GREETING, FlowSettings, SilentRoutine
 from ivr.greeting import DEFAULT_DAYPARTS, FIVE_PART_DAYPARTS, Daypart, HolidayFileError, load_holiday_file
 from ivr.hours import DEFAULT_SCHEDULE, HoursConfig, Schedule, parse_schedule
@@ -161,18 +162,6 @@ class LimitsConfig:
     auth_failures: int = 10  # failed digest attempts from one address within a minute ...
     auth_ban_seconds: float = 600.0  # ... bar it from registering for this long
     trusted: frozenset[str] = frozenset()  # addresses exempt (a SIP load balancer in front)
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookConfig:
-    """Push of each finished call to an external CRM (`[webhook]`); off without a url."""
-
-    url: str | None = None
-    secret: str = ""
-    max_attempts: int = 8
-    timeout_seconds: float = 5.0
-    backoff_seconds: float = 2.0
-    backoff_max_seconds: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -730,10 +730,10 @@ class Engine:
         leg.log.info("callback_result", callback=request.id, attempt=request.attempts, status=request.status,
                      result=request.result or "", due_at=request.due_at.isoformat())
 
-    def restore_callbacks(self, requests: list[CallbackRequest]) -> None:
+    def restore_callbacks(self, requests: list[RecordCallback]) -> None:
         """Open requests the CRM kept across a restart: dialled again like new ones (their rows are updated)."""
         for request in requests:
-            restored = self.callbacks.restore(request)
+            restored = self.callbacks.restore_record(request)
             self.writer.submit(callback_row(restored))
         if requests:
             log.info("callbacks_restored", count=len(requests))

@@ -36,7 +36,7 @@ def test_callback_rows_are_upserted_and_open_requests_come_back_after_a_restart(
                     ("call-b", "completed", 1, "callback_completed", "call-b attempt-2")]
 
     later = CallbackScheduler(max_attempts=3, retry_seconds=60)
-    (back,) = [later.restore(r) for r in open_callbacks(db)]
+    (back,) = [later.restore_record(r) for r in open_callbacks(db)]
     assert (back.number, back.status, back.attempts, back.call_ids) == ("13800000001", "pending", 1, ("call-a", "attempt-1"))
     assert back.due_at == T0 and later.next_due(T0, {"senior"}) == back
     assert callback_row(back).request_key == "call-a"  # the same row is updated from now on

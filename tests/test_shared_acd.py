@@ -39,7 +39,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 
 def workers(db: Engine, *agents: AgentConfig, wrap_up: float = 0) -> Iterator[SharedAcd]:
-    sync_seat_groups(db, agents)
+    sync_seat_groups(db, agents, SEAT_GROUPS)
     settings = QueueConfig(wrap_up_seconds=wrap_up)
     made = []
     for name in ("w1", "w2"):

@@ -1,0 +1,92 @@
+"""The records the CRM stores, as the IVR hands them over: one call's row, its steps, the survey,
+complaint tickets and callback requests.
+
+They live here, beside the writer that stores them and the outbox that journals them, so the CRM
+side needs nothing from the IVR; the call flow (`ivr.events`) emits them as actions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """The CRM row of one call (table `calls`), as it stands now."""
+
+    sip_call_id: str
+    caller: str
+    callee: str
+    started_at: datetime
+    answered_at: datetime | None = None
+    ended_at: datetime | None = None
+    greeting: str | None = None
+    silent_attempts: int = 0
+    outcome: str | None = None
+    hangup_by: str | None = None
+    tier: str | None = None
+    service: str | None = None
+    seat_group: str | None = None
+    agent_number: str | None = None
+    queue_wait_s: float | None = None
+    talk_s: float | None = None
+    survey_score: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCall:
+    """Write the call's row (insert or update) to the CRM."""
+
+    record: CallRecord
+
+
+@dataclass(frozen=True, slots=True)
+class RecordEvent:
+    """Append one step to the call's history (table `call_events`)."""
+
+    sip_call_id: str
+    at: datetime
+    kind: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSurvey:
+    """The caller's post-call rating (table `surveys`)."""
+
+    sip_call_id: str
+    at: datetime
+    agent_number: str | None
+    seat_group: str | None
+    score: int
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenTicket:
+    """A complaint to follow up (table `tickets`), feedback due within a day ([002])."""
+
+    sip_call_id: str
+    at: datetime
+    customer_phone: str
+    agent_number: str | None
+    seat_group: str | None
+    next_feedback_due: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCallback:
+    """A callback request's row (table `callbacks`, upserted on `request_key`), as it stands now."""
+
+    request_key: str  # the Call-ID of the call that asked: unique, and the same after a restart
+    number: str
+    tier: str
+    service: str
+    seat_group: str
+    requested_at: datetime
+    due_at: datetime
+    status: str
+    attempts: int = 0
+    result: str | None = None
+    call_ids: str = ""  # the call that asked, then each attempt's call, space-separated
