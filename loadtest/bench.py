@@ -376,9 +376,15 @@ def start_ivr(work: Path, opts: argparse.Namespace, n: int) -> Ivr:
         cwd=ROOT, stdout=subprocess.PIPE, stderr=open(work / "ivr.log", "w"), text=True,  # noqa: SIM115
     )
     assert proc.stdout is not None
-    if "ready on" not in proc.stdout.readline():
-        raise SystemExit(f"the IVR did not start:\n{(work / 'ivr.log').read_text()}")
-    return Ivr(proc, port, metrics_port, db, work, desk_port)
+    # the first start renders the prompts, and pyttsx3 prints a line per file before the IVR is ready
+    deadline = time.monotonic() + 120
+    while True:
+        line = proc.stdout.readline()
+        if "ready on" in line:
+            return Ivr(proc, port, metrics_port, db, work, desk_port)
+        if (not line and proc.poll() is not None) or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"the IVR did not start:\n{(work / 'ivr.log').read_text()}")
 
 
 def sipp(work: Path, target: str, args: list[str], timeout: float) -> dict[str, int]:
