@@ -637,13 +637,8 @@ class SipEndpoint:
             self.respond(transaction, make_response(request, 200, "OK", headers=[
                 ("Allow", ALLOW), ("Accept", "application/sdp"), ("User-Agent", self.user_agent)]))
         elif method == "INFO":
-            found = self.dialogs.get(_dialog_key(request))
+            found = self._in_dialog(request, transaction, callers_only=True)
             if not isinstance(found, InboundCall):
-                self.respond(transaction, make_response(request, 481, "Call/Transaction Does Not Exist"))
-                return
-            status = found.dialog.check_request(request)
-            if status is not None:
-                self.respond(transaction, make_response(request, status, "Server Internal Error"))
                 return
             self.respond(transaction, make_response(request, 200, "OK"))
             self.owner.on_info(found, request)
@@ -658,21 +653,16 @@ class SipEndpoint:
 
     def _refer(self, request: SipRequest, transaction: ServerTransaction) -> None:
         """RFC 3515: an agent's blind transfer — 202, then the outcome as a message/sipfrag NOTIFY."""
-        found = self.dialogs.get(_dialog_key(request))
-        if found is None or found.ended or found.dialog is None:
-            self.respond(transaction, make_response(request, 481, "Call/Transaction Does Not Exist"))
+        found = self._in_dialog(request, transaction)
+        if found is None:
             return
         if isinstance(found, InboundCall):  # a caller may not make the hotline call anyone: as before transfers, 501
             log.warning("refer_refused", call_id=found.call_id, reason="REFER from a caller")
             self.respond(transaction, make_response(request, 501, "Not Implemented"))
             return
-        status = found.dialog.check_request(request)
-        if status is not None:
-            self.respond(transaction, make_response(request, status, "Server Internal Error"))
-            return
         status, reason, proceed = self.owner.on_refer(found, request)
         self.respond(transaction, make_response(request, status, reason))
-        if status != 202:
+        if status != 202 or found.dialog is None:  # _in_dialog found one; the check is for the type
             return
         # RFC 3515 §2.4.4-5: the implicit subscription's one NOTIFY. The IVR carries the transfer out
         # itself (B2BUA), so it is final at once: 200, and the subscription ends with it.
@@ -686,15 +676,26 @@ class SipEndpoint:
         if proceed is not None:
             proceed()
 
-    def _reinvite(self, request: SipRequest, transaction: ServerTransaction, source: Address) -> None:
-        """A re-INVITE (session refresh, hold): the session stays as it is; answered with the same SDP."""
+    def _in_dialog(self, request: SipRequest, transaction: ServerTransaction, *,
+                   callers_only: bool = False) -> InboundCall | OutboundCall | None:
+        """The live call a request inside a dialog belongs to (§12.2.2), or None once it is answered:
+        481 for a dialog we do not have (or, with `callers_only`, one that is not a caller's),
+        500 for a CSeq out of order."""
         found = self.dialogs.get(_dialog_key(request))
-        if not isinstance(found, InboundCall) or found.ended:
+        if (found is None or found.ended or found.dialog is None
+                or (callers_only and not isinstance(found, InboundCall))):
             self.respond(transaction, make_response(request, 481, "Call/Transaction Does Not Exist"))
-            return
+            return None
         status = found.dialog.check_request(request)
         if status is not None:
             self.respond(transaction, make_response(request, status, "Server Internal Error"))
+            return None
+        return found
+
+    def _reinvite(self, request: SipRequest, transaction: ServerTransaction, source: Address) -> None:
+        """A re-INVITE (session refresh, hold): the session stays as it is; answered with the same SDP."""
+        found = self._in_dialog(request, transaction, callers_only=True)
+        if not isinstance(found, InboundCall):
             return
         answer = found.sdp_answer
         body = serialize_sdp(answer).encode() if answer is not None else b""
