@@ -95,10 +95,13 @@ def login(driver, base: str, username: str, password: str) -> None:  # type: ign
     driver.find_element("id", "username").send_keys(username)
     driver.find_element("id", "password").send_keys(password)
     driver.find_element("id", "login-submit").click()
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    # the next page load must not overtake the login's POST (it would find the browser logged out)
-    WebDriverWait(driver, 10).until(lambda d: "/login" not in d.current_url)
+    # the next page load must not overtake the login's POST (it would find the browser logged out);
+    # asked mid-navigation, Chromium may answer with an inspector error: ask again
+    WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: "/login" not in d.current_url)
 
 
 def shot(driver, name: str) -> None:  # type: ignore[no-untyped-def]
