@@ -115,16 +115,18 @@ def test_desk_pops_the_senior_caller_walks_a_complaint_and_the_wallboard_counts_
     from selenium.common.exceptions import (
         NoSuchElementException,
         StaleElementReferenceException,
+        WebDriverException,
     )
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     def wait(timeout: float, condition, poll: float = 0.1) -> None:  # type: ignore[no-untyped-def]
-        # a form post navigates: an element found on the old page may be gone by the time it is read
+        # a form post navigates: an element found on the old page may be gone by the time it is read,
+        # and Chromium may answer a read mid-navigation with an inspector error
         WebDriverWait(
             driver,
             timeout,
             poll_frequency=poll,
-            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException, WebDriverException),
         ).until(condition)
 
     driver = browser
