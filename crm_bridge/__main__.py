@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, default=Path("sip.conf.example"),
                    help="sip.conf for the URL and tier thresholds")
     sub = p.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import-customers", help="insert/update customers from CSV: phone,name,assets,volume[,tier]")
+    imp = sub.add_parser("import-customers",
+                         help="insert/update customers from CSV: phone,name,assets,volume[,tier][,gender]")
     imp.add_argument("file", type=Path)
     lst = sub.add_parser("list-customers", help="customers with their effective tier")
     lst.add_argument("--tier", choices=TIERS)

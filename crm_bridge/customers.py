@@ -49,12 +49,13 @@ class CallerProfile:
     tier: str
     name: str = ""
     known: bool = False
+    gender: str | None = None  # "male" / "female" when the CRM records it (the title of a greeting by name)
 
 
 _customers = Customer.__table__.c
 # Core, not the ORM: this runs for every call, and the ORM's per-query work was a
 # visible share of the IVR's CPU at 100 calls/s (py-spy); the statement is cached.
-_LOOKUP = select(_customers.name, _customers.assets, _customers.volume, _customers.tier).where(
+_LOOKUP = select(_customers.name, _customers.assets, _customers.volume, _customers.tier, _customers.gender).where(
     _customers.phone == bindparam("phone")
 )
 
@@ -69,8 +70,22 @@ def lookup_caller(engine: Engine, phone: str, thresholds: TierThresholds) -> Cal
 def _profile(phone: str, row: Any, thresholds: TierThresholds) -> CallerProfile:
     if row is None:
         return CallerProfile(phone, UNKNOWN_TIER)
-    name, assets, volume, tier = row
-    return CallerProfile(phone, tier_of(assets, volume, tier, thresholds), name, True)
+    name, assets, volume, tier, gender = row
+    return CallerProfile(phone, tier_of(assets, volume, tier, thresholds), name, True, gender)
+
+
+def senior_names(engine: Engine, thresholds: TierThresholds) -> list[tuple[str, str]]:
+    """(name, gender) of every senior customer whose gender is recorded: the salutations to render at start.
+
+    Senior as `tier_of` decides it: set explicitly, or by assets or volume when no tier is set.
+    """
+    c = _customers
+    derived_senior = (c.assets >= thresholds.senior_assets) | (c.volume >= thresholds.senior_volume)
+    query = select(c.name, c.gender).where(
+        c.gender.is_not(None), c.name != "", (c.tier == "senior") | (c.tier.is_(None) & derived_senior)
+    )
+    with engine.connect() as conn:
+        return [(name, gender) for name, gender in conn.execute(query)]
 
 
 class CallerDirectory:
@@ -97,7 +112,7 @@ class CallerDirectory:
         self.reconnect_s = reconnect_s
         self.kind = engine.dialect.name
         c = Customer.__table__.c
-        self._sql = (f"SELECT {c.name.name}, {c.assets.name}, {c.volume.name}, {c.tier.name} "
+        self._sql = (f"SELECT {c.name.name}, {c.assets.name}, {c.volume.name}, {c.tier.name}, {c.gender.name} "
                      f"FROM {Customer.__tablename__} WHERE {c.phone.name} = ")
         self._sqlite: sqlite3.Connection | None = None
         self._pg: Any = None  # psycopg.AsyncConnection
@@ -168,8 +183,13 @@ class ImportError_(ValueError):
         self.problems = problems
 
 
+# how a CSV may write the gender column: English, or the title or character a Chinese CRM export uses
+GENDER_WORDS = {"male": "male", "m": "male", "先生": "male", "男": "male",
+                "female": "female", "f": "female", "女士": "female", "女": "female"}
+
+
 def import_customers(engine: Engine, path: Path) -> int:
-    """Insert or update customers from `phone,name,assets,volume[,tier]`; all rows or none."""
+    """Insert or update customers from `phone,name,assets,volume[,tier][,gender]`; all rows or none."""
     problems: list[str] = []
     rows: dict[str, dict[str, object]] = {}
     with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -188,6 +208,10 @@ def import_customers(engine: Engine, path: Path) -> int:
                 tier = (record.get("tier") or "").strip().lower() or None
                 if tier is not None and tier not in TIERS:
                     raise ValueError(f"tier {tier!r} is not one of {', '.join(TIERS)}")
+                gender_word = (record.get("gender") or "").strip().lower()
+                gender = GENDER_WORDS.get(gender_word) if gender_word else None
+                if gender_word and gender is None:
+                    raise ValueError(f"gender {gender_word!r} is not male or female (or 先生, 女士, 男, 女, m, f)")
                 if phone in rows:
                     raise ValueError(f"phone {phone} appears twice")
             except ValueError as exc:
@@ -195,6 +219,8 @@ def import_customers(engine: Engine, path: Path) -> int:
                 continue
             rows[phone] = {"phone": phone, "name": (record["name"] or "").strip(), "assets": assets, "volume": volume,
                            "tier": tier}
+            if "gender" in (reader.fieldnames or []):  # a file without the column leaves genders as they are
+                rows[phone]["gender"] = gender
     if problems:
         raise ImportError_(path, problems)
     with Session(engine) as s, s.begin():

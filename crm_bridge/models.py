@@ -120,6 +120,8 @@ class Customer(Base):
     assets: Mapped[float] = mapped_column(default=0.0)
     volume: Mapped[float] = mapped_column(default=0.0)
     tier: Mapped[str | None] = mapped_column(String(16))  # explicit tier, or NULL to derive from assets/volume
+    # "male" / "female" for the title of a greeting by name (先生/女士); NULL: not known, no greeting by name
+    gender: Mapped[str | None] = mapped_column(String(8))
 
 
 class SeatGroup(Base):

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from crm_bridge.__main__ import main as crm_cli
-from crm_bridge.customers import ImportError_, TierThresholds, import_customers, lookup_caller, tier_of
+from crm_bridge.customers import ImportError_, TierThresholds, import_customers, lookup_caller, senior_names, tier_of
 from crm_bridge.db import make_engine, migrate
 
 T = TierThresholds(senior_assets=1000, senior_volume=5000, middle_assets=100, middle_volume=500)
@@ -157,3 +157,30 @@ def test_the_ivr_directory_reconnects_after_a_postgres_restart(postgres, pg_url:
     finally:
         loop.close()
         engine.dispose()
+
+
+def test_gender_is_imported_in_either_language_and_kept_when_a_file_has_no_such_column(db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = csv(tmp_path, "phone,name,assets,volume,gender\n13800000001,张敏,2000,0,女士\n13700000001,李强,0,0,male\n"
+                         "13600000001,赵,0,0,\n")
+    assert import_customers(db, path) == 3
+    assert [lookup_caller(db, p, T).gender for p in ("13800000001", "13700000001", "13600000001")] == [
+        "female", "male", None]
+    import_customers(db, csv(tmp_path, "phone,name,assets,volume\n13800000001,张敏,0,0\n"))
+    assert lookup_caller(db, "13800000001", T).gender == "female"
+
+
+def test_a_gender_that_is_not_male_or_female_is_a_bad_row(db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ImportError_) as err:
+        import_customers(db, csv(tmp_path, "phone,name,assets,volume,gender\n13800000001,张敏,0,0,x\n"))
+    assert err.value.problems == ["line 2: gender 'x' is not male or female (or 先生, 女士, 男, 女, m, f)"]
+
+
+def test_senior_names_are_the_senior_customers_with_a_known_gender(db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import_customers(db, csv(tmp_path, "phone,name,assets,volume,tier,gender\n"
+                                       "13800000001,张敏,2000,0,,female\n"  # senior by assets
+                                       "13800000002,王强,0,9000,,male\n"  # senior by volume
+                                       "13800000003,李明,0,0,senior,male\n"  # senior by decision
+                                       "13800000004,赵丽,9000,0,junior,female\n"  # set junior: not senior
+                                       "13800000005,孙伟,0,600,,male\n"  # middle
+                                       "13800000006,周杰,5000,0,,\n"))  # no gender
+    assert sorted(senior_names(db, T)) == [("张敏", "female"), ("李明", "male"), ("王强", "male")]
