@@ -11,6 +11,7 @@ prompts/chinese_numbers.py); seat numbers are read digit by digit ("八零一").
 from __future__ import annotations
 
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -148,18 +149,25 @@ def build_catalogue(
     return {pid: text.replace("{company}", company) for pid, text in texts.items()}
 
 
-def catalogue_for(config: Config) -> dict[str, str]:
-    """The catalogue for a loaded sip.conf: company, day-parts, overrides, menu, agents, callback key and hours."""
+def catalogue_for(config: Config, senior_people: Iterable[tuple[str | None, str | None]] = ()) -> dict[str, str]:
+    """The catalogue for a loaded sip.conf: company, day-parts, overrides, menu, agents, callback key and hours.
+
+    With `[tiers] greet_senior_by_name`, also a salutation per distinct title of
+    `senior_people` ((name, gender) of the CRM's senior customers).
+    """
     closed_hours = {
         name: describe(schedule)
         for name, schedule in config.hours.schedules.items()
         if schedule != ALWAYS_OPEN  # never closed: no closed message to render
     }
-    return build_catalogue(
+    texts = build_catalogue(
         config.general.company, config.dayparts, config.prompts.texts,
         menu=config.menu, agents=[a.number for a in config.agents],
         callback_key=config.queues.callback_key, closed_hours=closed_hours,
     )
+    if config.greet_senior_by_name:
+        texts.update(salutation_texts(senior_people))
+    return texts
 
 
 # --- greeting senior customers by name ([001] 个性化服务) ---------------------------------
@@ -176,7 +184,9 @@ COMPOUND_SURNAMES = frozenset(
 # misread is served worse than by the normal greeting.
 POLYPHONIC_SURNAME_CHARS = frozenset("单曾解仇区查朴盖华任种繁员乐覃缪莘尉隗俟長长秘召折藏翟祭句那")
 TITLES = {"male": "先生", "female": "女士"}
-SENIOR_GREETING = "{salutation},您好!欢迎致电{company}客服中心,请问有什么可以帮您?"
+# Distinct salutations rendered at start (surnames × 2 titles): a few hundred in practice; the bound keeps a
+# CRM full of unusual names from holding up the start. The most frequent are kept.
+MAX_SALUTATIONS = 2000
 
 
 def _is_han(ch: str) -> bool:
@@ -218,7 +228,16 @@ def senior_salutation(name: str | None, gender: str | None) -> str | None:
     return surname + title
 
 
-def senior_greeting_text(name: str | None, gender: str | None, company: str) -> str | None:
-    """The senior caller's greeting by name: "张先生,您好!欢迎致电XX客服中心,请问有什么可以帮您?" or None."""
-    salutation = senior_salutation(name, gender)
-    return None if salutation is None else SENIOR_GREETING.format(salutation=salutation, company=company)
+def salutation_prompt(salutation: str) -> str:
+    """The prompt id of a salutation ("张先生" -> "salutation_张先生"); a recorded `<id>.wav` overrides it."""
+    return f"salutation_{salutation}"
+
+
+def salutation_texts(people: Iterable[tuple[str | None, str | None]]) -> dict[str, str]:
+    """The salutation prompts for (name, gender) pairs from the CRM: one per distinct salutation, never per person.
+
+    The caller hears the salutation and then the greeting of the hour or the
+    holiday: "张先生," + "您好!XX客服中心,欢迎您的来电。请问有什么可以帮您?".
+    """
+    counts = Counter(s for name, gender in people if (s := senior_salutation(name, gender)) is not None)
+    return {salutation_prompt(s): s for s, _ in counts.most_common(MAX_SALUTATIONS)}

@@ -13,7 +13,15 @@ from ivr.config import load_config
 from ivr.greeting import DEFAULT_DAYPARTS
 from ivr.service import SEAT_GROUPS, SERVICES
 from ivr.waiting import wait_prompt, whisper_prompts
-from prompts.catalogue import build_catalogue, catalogue_for, senior_greeting_text, senior_salutation, surname_of
+from prompts.catalogue import (
+    MAX_SALUTATIONS,
+    build_catalogue,
+    catalogue_for,
+    salutation_prompt,
+    salutation_texts,
+    senior_salutation,
+    surname_of,
+)
 from prompts.library import FRAME_SAMPLES, PromptLibrary, load_prompts, read_wav_8k
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +54,8 @@ def test_default_prompts_are_quoted_in_the_service_scripts() -> None:
         assert texts[pid] in scripts, pid
     assert texts["menu"].removesuffix("。") in scripts
     assert texts["menu_invalid"].split("。")[0] in scripts
-    assert senior_greeting_text("张敏", "male", "XX") in scripts
+    # greeting by name: the salutation, then the greeting of the hour
+    assert f"{senior_salutation('张敏', 'male')},{texts['greeting_normal']}" in scripts
     assert "".join(texts[p] for p in whisper_prompts("senior", "consulting")) in scripts
     assert texts["greeting_morning"].replace("早上好", "上午好") not in scripts  # the five-part words are configuration
 
@@ -141,8 +150,33 @@ def test_example_config_renders_a_reasonable_number_of_prompts() -> None:
 )
 def test_senior_salutation_by_surname(name: str | None, gender: str | None, salutation: str | None) -> None:
     assert senior_salutation(name, gender) == salutation
-    greeting = senior_greeting_text(name, gender, "星光")
-    assert greeting == (None if salutation is None else f"{salutation},您好!欢迎致电星光客服中心,请问有什么可以帮您?")
+    texts = salutation_texts([(name, gender)])
+    assert texts == ({} if salutation is None else {f"salutation_{salutation}": salutation})
+
+
+def test_one_salutation_prompt_per_title_not_per_customer() -> None:
+    people = [("张敏", "male"), ("张伟", "male"), ("张丽", "female"), ("欧阳修", "male"), ("John", "male"), ("李强", None)]
+    assert salutation_texts(people) == {
+        "salutation_张先生": "张先生", "salutation_张女士": "张女士", "salutation_欧阳先生": "欧阳先生",
+    }
+    assert salutation_prompt("张先生") == "salutation_张先生"
+
+
+def test_salutations_are_bounded_keeping_the_most_frequent() -> None:
+    han = [chr(c) for c in range(0x4E00, 0x4E00 + 3 * MAX_SALUTATIONS) if chr(c) not in "单曾解仇区查朴盖华任种繁员乐覃缪莘尉隗俟長长秘召折藏翟祭句那"]
+    people = [(f"{ch}敏", "male") for ch in han] + [("王芳", "female")] * 3
+    texts = salutation_texts(people)
+    assert len(texts) == MAX_SALUTATIONS
+    assert "salutation_王女士" in texts
+
+
+def test_salutations_join_the_catalogue_only_when_greeting_by_name_is_on(tmp_path: Path) -> None:
+    people = [("张敏", "female")]
+    off = load_config(ROOT / "sip.conf.example")
+    assert not any(pid.startswith("salutation_") for pid in catalogue_for(off, people))
+    conf = tmp_path / "sip.conf"
+    conf.write_text("[tiers]\ngreet_senior_by_name = yes\n", encoding="utf-8")
+    assert catalogue_for(load_config(conf), people)["salutation_张女士"] == "张女士"
 
 
 def test_surname_of_fullwidth_and_compound() -> None:
