@@ -227,6 +227,7 @@ class CallFlow:
         self.queued_at: datetime | None = None
         self.bridged_at: datetime | None = None
         self._greeting: Greeting | None = None
+        self.salutation: str | None = None  # a senior caller's "张先生" before the greeting (greet_senior_by_name)
         self.playlist: tuple[str, ...] = ()  # prompts still to play after the current one
         self.announced = False  # the first position announcement (on entering the queue) was made
         self.closed_outcome = "callback_requested"  # the outcome once the callback confirmation ends
@@ -279,7 +280,12 @@ class CallFlow:
     def _play_attempt(self, actions: list[Action], at: datetime) -> None:
         prompt = self._prompt_at(self.attempt)
         self.state = State.PROMPTING
-        actions.append(Play(prompt))
+        if self.attempt == 0 and self.salutation is not None:
+            # [001] 个性化服务: the senior caller's name, then the greeting; only the first attempt says it
+            self._play_all(actions, (self.salutation, prompt))
+            self._step(actions, at, "prompt", f"attempt=1 prompt={prompt} salutation={self.salutation}")
+            return
+        self._play(actions, prompt)
         self._step(actions, at, "prompt", f"attempt={self.attempt + 1} prompt={prompt}")
 
     # --- transitions --------------------------------------------------------------
@@ -314,6 +320,8 @@ class CallFlow:
 
     def _on_identified(self, event: CallerIdentified, actions: list[Action]) -> None:
         self.tier = event.tier
+        if self.state is State.RINGING:  # a greeting already under way is not begun again by name
+            self.salutation = event.salutation
         self._update(actions, tier=event.tier)
         self._step(actions, event.at, "identified", f"tier={event.tier} known={'yes' if event.known else 'no'}")
 
@@ -323,6 +331,8 @@ class CallFlow:
         self._end(actions, event.at, "abandoned_ringing", "caller")
 
     def _on_prompt_finished(self, event: PromptFinished, actions: list[Action]) -> None:
+        if self._play_next(actions):  # the greeting after the salutation
+            return
         # [004]: the 5 s wait counts from the end of each prompt.
         self.state = State.WAITING
         actions.append(StartTimer(SILENCE_TIMER, self.settings.silent_routine.wait_seconds))
@@ -343,6 +353,7 @@ class CallFlow:
     def _on_engaged(self, event: SpeechStarted | Digit, actions: list[Action]) -> None:
         if self.state is State.PROMPTING:
             actions.append(StopPlayback())
+        self.playlist = ()  # the caller spoke over the salutation: no greeting after it
         actions.append(CancelTimer(SILENCE_TIMER))
         actions.append(Listen(False))
         if isinstance(event, Digit):
@@ -787,7 +798,8 @@ _TRANSITIONS: dict[TransitionKey, Transition] = {
     (RINGING, Cancelled):                   Transition(CallFlow._on_cancelled, {ENDED}),
     (RINGING, Aborted):                     Transition(CallFlow._on_aborted, {ENDED}),
 
-    (PROMPTING, PromptFinished):            Transition(CallFlow._on_prompt_finished, {WAITING}),
+    # PROMPTING: the greeting after a senior caller's salutation
+    (PROMPTING, PromptFinished):            Transition(CallFlow._on_prompt_finished, {PROMPTING, WAITING}),
     # QUEUED when the menu is off
     (PROMPTING, SpeechStarted):             Transition(CallFlow._on_engaged, {MENU, QUEUED}),
     (PROMPTING, Digit):                     Transition(CallFlow._on_engaged, {MENU, QUEUED}),

@@ -39,6 +39,8 @@ class CallerIdentified:
     at: datetime
     tier: str  # senior, middle or junior; unknown callers are junior ([001])
     known: bool
+    # the prompt that greets this caller by surname ("张先生,"), played before the greeting; None: not by name
+    salutation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

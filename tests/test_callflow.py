@@ -10,6 +10,7 @@ from ivr.callflow import CallFlow, CallFlowError, FlowSettings, SilentRoutine, S
 from ivr.events import (
     Aborted,
     Answer,
+    CallerIdentified,
     CallRecord,
     Cancelled,
     CancelTimer,
@@ -230,3 +231,50 @@ def test_late_events_after_the_end_are_ignored(clock: FakeClock) -> None:
     flow.handle(HungUp(clock.advance(1)))
     for late in (HungUp(clock.now), TimerFired(clock.now, "silence"), PromptFinished(clock.now, "silent_2"), Digit(clock.now, "1")):
         assert flow.handle(late) == []
+
+
+# --- greeting senior callers by name ([tiers] greet_senior_by_name) ---------------------
+
+
+def greeted_by_name(clock: FakeClock) -> tuple[CallFlow, list]:
+    flow = CallFlow("call-1", FlowSettings(ring_seconds=6), greeter)
+    flow.handle(Invited(clock.now, "13800000001", "95000"))
+    flow.handle(CallerIdentified(clock.advance(0.1), "senior", True, "salutation_张先生"))
+    return flow, flow.handle(TimerFired(clock.advance(6), "ring"))
+
+
+def test_a_senior_caller_hears_the_salutation_then_the_greeting_then_the_silent_wait(clock: FakeClock) -> None:
+    flow, actions = greeted_by_name(clock)
+    assert control(actions) == [Answer(), Listen(True), Play("salutation_张先生")]
+    assert "salutation=salutation_张先生" in [a for a in actions if isinstance(a, RecordEvent)][-1].detail
+    assert control(flow.handle(PromptFinished(clock.advance(0.8), "salutation_张先生"))) == [Play("greeting_morning")]
+    assert flow.state is State.PROMPTING, "still greeting: speech now is barge-in, not an answer to silence"
+    assert control(flow.handle(PromptFinished(clock.advance(7), "greeting_morning"))) == [StartTimer("silence", 5.0)]
+    # the routine's next attempts are not said by name
+    assert control(flow.handle(TimerFired(clock.advance(5), "silence"))) == [Play("silent_2")]
+
+
+def test_speaking_over_the_salutation_skips_the_greeting(clock: FakeClock) -> None:
+    flow, _ = greeted_by_name(clock)
+    actions = flow.handle(SpeechStarted(clock.advance(0.3)))
+    assert StopPlayback() in actions and flow.state is State.MENU
+    menu = [a.prompt for a in actions if isinstance(a, Play)]
+    assert menu == ["menu_senior"]
+    actions = flow.handle(PromptFinished(clock.advance(4), "menu_senior"))
+    assert not [a for a in actions if isinstance(a, Play)], "the greeting never follows once the caller spoke"
+
+
+def test_an_identification_after_the_greeting_began_does_not_greet_by_name(clock: FakeClock) -> None:
+    flow, actions = answered_flow(clock)
+    assert control(actions)[-1] == Play("greeting_morning")
+    flow.handle(CallerIdentified(clock.advance(0.5), "senior", True, "salutation_张先生"))
+    assert control(flow.handle(PromptFinished(clock.advance(7), "greeting_morning"))) == [StartTimer("silence", 5.0)]
+    flow.handle(TimerFired(clock.advance(5), "silence"))
+    assert flow.salutation is None
+
+
+def test_without_a_salutation_the_greeting_is_as_always(clock: FakeClock) -> None:
+    flow = CallFlow("call-1", FlowSettings(ring_seconds=6), greeter)
+    flow.handle(Invited(clock.now, "13800000001", "95000"))
+    flow.handle(CallerIdentified(clock.advance(0.1), "senior", True))
+    assert control(flow.handle(TimerFired(clock.advance(6), "ring"))) == [Answer(), Listen(True), Play("greeting_morning")]

@@ -136,6 +136,15 @@ SCENARIOS: dict[str, Scenario] = {
     "cancelled while ringing": Scenario([*RINGING_, (Cancelled,)], State.ENDED),
     "aborted while ringing": Scenario([*RINGING_, (Aborted, "shutdown")], State.ENDED),
     "speaks during the greeting": Scenario([*PROMPTING_, (SpeechStarted,)], State.MENU),
+    "senior greeted by name, then silent": Scenario([
+        (Invited, "13800000001", "95000"), (CallerIdentified, "senior", True, "salutation_张先生"),
+        (TimerFired, "ring"), (PromptFinished, "salutation_张先生"), (PromptFinished, "greeting_normal"),
+        (TimerFired, "silence"),
+    ], State.PROMPTING),
+    "speaks over the salutation": Scenario([
+        (Invited, "13800000001", "95000"), (CallerIdentified, "senior", True, "salutation_张先生"),
+        (TimerFired, "ring"), (SpeechStarted,),
+    ], State.MENU),
     "speaks in a silent wait": Scenario([*WAITING_, (SpeechStarted,)], State.MENU),
     "presses a key in a silent wait": Scenario([*WAITING_, (Digit, "5")], State.MENU),
     "hangs up during the greeting": Scenario([*PROMPTING_, (HungUp,)], State.ENDED),
