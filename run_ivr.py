@@ -23,9 +23,10 @@ from pathlib import Path
 
 import structlog
 import uvloop
+from sqlalchemy.exc import SQLAlchemyError
 
 from crm_bridge.agent_commands import take_pending
-from crm_bridge.customers import CallerDirectory
+from crm_bridge.customers import CallerDirectory, senior_names
 from crm_bridge.db import make_engine, migrate, reconcile_interrupted, sync_seat_groups
 from crm_bridge.outbox import Outbox, OutboxError
 from crm_bridge.webhook import WebhookPusher
@@ -76,7 +77,7 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
 
 def prepare_prompts(config: Config) -> PromptLibrary:
     """Render (or load) and encode every prompt; runs before the event loop starts."""
-    texts = catalogue_for(config)
+    texts = catalogue_for(config, senior_people(config))
     p = config.prompts
     prompts = PromptLibrary(
         load_prompts(texts, voice=p.voice, rate=p.rate, cache_dir=p.cache_dir, recorded_dir=p.recorded_dir),
@@ -85,6 +86,23 @@ def prepare_prompts(config: Config) -> PromptLibrary:
     log.info("prompts_ready", count=len(prompts.prompts),
              seconds=round(sum(x.seconds for x in prompts.prompts.values()), 1))
     return prompts
+
+
+def senior_people(config: Config) -> list[tuple[str, str]]:
+    """(name, gender) of the CRM's senior customers, whose salutations are rendered now, not during a call."""
+    if not config.greet_senior_by_name:
+        return []
+    db = make_engine(config.database_url)
+    try:
+        migrate(db)  # the gender column may be new
+        people = senior_names(db, config.tiers)
+    except SQLAlchemyError as exc:  # the start goes on and reports the database as it always does
+        log.warning("senior_names_failed", error=str(exc).splitlines()[0])
+        return []
+    finally:
+        db.dispose()
+    log.info("senior_names", customers=len(people))
+    return people
 
 
 def prepare_music(config: Config) -> MusicOnHold:

@@ -36,7 +36,7 @@ from aiosipua import (
     parse_uri,
 )
 
-from crm_bridge.customers import CallerDirectory
+from crm_bridge.customers import CallerDirectory, CallerProfile
 from crm_bridge.writer import CrmWriter
 from ivr.acd import Acd, AgentState, agent_queue
 from ivr.agents import AgentLeg, AgentPool, Agents
@@ -110,6 +110,7 @@ from ivr.sip.dialogs import new_call_id
 from ivr.sip.endpoint import Address, Headers, InboundCall, OutboundCall, SipEndpoint
 from ivr.srtp import SrtpContext, SrtpRefused, negotiate_srtp
 from ivr.vad import SpeechDetector
+from prompts.catalogue import salutation_prompt, senior_salutation
 from prompts.library import PromptLibrary
 from prompts.music import MusicCursor, MusicOnHold
 
@@ -635,8 +636,7 @@ class Engine:
                 leg.log.warning("caller_lookup_failed", error=str(exc))
                 return
             if profile is not None:
-                leg.customer_name = profile.name or None
-                leg.dispatch(CallerIdentified(utc_now(), profile.tier, profile.known))
+                self._identified(leg, profile)
             else:
                 self._spawn(self._identify(leg, caller))
 
@@ -761,8 +761,19 @@ class Engine:
             leg.log.warning("caller_lookup_failed", error=str(exc) or type(exc).__name__)
             return
         if not leg.closed:
-            leg.customer_name = profile.name or None
-            leg.dispatch(CallerIdentified(utc_now(), profile.tier, profile.known))
+            self._identified(leg, profile)
+
+    def _identified(self, leg: Leg, profile: CallerProfile) -> None:
+        leg.customer_name = profile.name or None
+        leg.dispatch(CallerIdentified(utc_now(), profile.tier, profile.known, self._salutation(profile)))
+
+    def _salutation(self, profile: CallerProfile) -> str | None:
+        """The prompt that greets this caller by name ([tiers] greet_senior_by_name), if one was rendered at start."""
+        if not self.config.greet_senior_by_name or profile.tier != "senior":
+            return None
+        salutation = senior_salutation(profile.name, profile.gender)
+        prompt = salutation_prompt(salutation) if salutation is not None else None
+        return prompt if prompt is not None and prompt in self.prompts else None
 
     def _answer_sdp(self, offer: Any, port: int, dtmf_pt: int) -> tuple[Any, int]:
         return negotiate_sdp(offer, local_ip=self.media_ip, rtp_port=port,
