@@ -32,7 +32,8 @@ from ivr.config import AgentConfig, Config
 from ivr.events import AgentAnswered, AgentHungUp, AgentNoAnswer, AgentRinging, WhisperFinished
 from ivr.media import CODEC_NAMES, SAMPLES_PER_FRAME, RtpPortPool, RtpSession, open_rtp
 from ivr.screenpop import DeskLink, desk_call_url, screen_pop
-from ivr.sip.endpoint import OutboundCall, SipEndpoint
+from ivr.sip.calls import OutboundCall
+from ivr.sip.endpoint import SipEndpoint
 from ivr.waiting import SeatGroupLoad, WaitEstimator
 
 if TYPE_CHECKING:

@@ -106,8 +106,9 @@ from ivr.registrar import Challenge, Refused, Registered, Registrar
 from ivr.sanity import check_request
 from ivr.screenpop import DeskLink
 from ivr.service import SEAT_GROUPS
+from ivr.sip.calls import InboundCall, OutboundCall
 from ivr.sip.dialogs import new_call_id
-from ivr.sip.endpoint import Address, Headers, InboundCall, OutboundCall, SipEndpoint
+from ivr.sip.endpoint import Address, Headers, SipEndpoint
 from ivr.srtp import SrtpContext, SrtpRefused, negotiate_srtp
 from ivr.vad import SpeechDetector
 from prompts.catalogue import salutation_prompt, senior_salutation
