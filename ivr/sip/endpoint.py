@@ -1,14 +1,17 @@
-"""The SIP endpoint: a UDP socket, TCP and TLS listeners, our transaction layer and dialogs, and the calls on them.
+"""The SIP endpoint: the UDP, TCP and TLS transports, and dispatch between them, the transaction layer and the calls.
 
 This is the edge where SIP meets the network. A datagram, or a message framed
 off a TCP/TLS connection (`ivr.sip.stream`), is parsed (the
 message syntax is aiosipua's), screened by the owner (per-source limits, RFC
 3261 request checks), and fed to the sans-IO transaction layer
-(`ivr.sip.transactions`), which absorbs retransmissions. What is new reaches
-the owner as a call object and a callback: an `InboundCall` for an INVITE,
-`on_bye`, `on_cancel`, `on_info`, `on_register`. Calls we place (agent legs)
-are `OutboundCall`s. Everything the layer wants sent is flushed after each
-datagram and each timer; one loop timer serves every transaction.
+(`ivr.sip.transactions`), which absorbs retransmissions. What is new is
+dispatched to a call (`ivr.sip.calls`) and the owner: an INVITE becomes an
+`InboundCall` and `on_invite`; a CANCEL finds the INVITE it cancels; BYE,
+INFO, REFER and re-INVITE find their call by the dialog's key; REGISTER goes to
+`on_register`. `invite` places a call (an agent leg) as an `OutboundCall`, and
+the responses to its INVITE go to it. Everything the layer wants sent is
+flushed after each datagram and each timer; one loop timer serves every
+transaction.
 
 Responses go where RFC 3261 §18.2.2 says: to the source address, at the
 port of the top Via's sent-by, or at the source port when the Via asks for
