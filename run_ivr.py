@@ -203,7 +203,8 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
         await asyncio.to_thread(pusher.close)
     # Records the database could not take are still in the outbox and go in at
     # the next start, so they do not make this an unclean exit.
-    log.info("stopped", crm_records_written=writer.written, deferred_to_outbox=unwritten)
+    pushed = {"webhook_delivered": pusher.delivered, "webhook_dead_letters": pusher.dead} if pusher else {}
+    log.info("stopped", crm_records_written=writer.written, deferred_to_outbox=unwritten, **pushed)
     return 0
 
 

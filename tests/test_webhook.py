@@ -98,6 +98,7 @@ def test_a_finished_call_is_pushed_signed_and_retried_until_accepted(db: Engine,
     with Session(db) as s:
         d = s.scalars(select(WebhookDelivery)).one()
         assert d.delivered_at is not None and d.attempts == 3
+    assert (pusher.delivered, pusher.dead) == (1, 0)  # the counts the IVR logs when it stops
 
 
 def test_a_push_that_never_gets_through_is_dead_lettered_and_can_be_requeued(db: Engine, tmp_path: Path) -> None:  # noqa: F811
@@ -126,6 +127,7 @@ def test_a_push_that_never_gets_through_is_dead_lettered_and_can_be_requeued(db:
         wait_until(lambda: receiver.bodies, timeout=20)
         assert receiver.bodies[0]["call"]["sip_call_id"] == "hook-dead"
         assert dead() == 0
+        assert (pusher.delivered, pusher.dead) == (1, 1)
     finally:
         writer.close()
         pusher.close()
