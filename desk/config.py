@@ -1,48 +1,31 @@
 """The desk's settings: `[desk]` of the IVR's sip.conf, plus what it shares with the IVR.
 
 Read from the same file as the IVR (`python -m desk --config sip.conf`):
-`[desk]` itself, and of the IVR's settings only what the desk needs —
-`[database] url`, `[general] timezone` and `status_file`, `[tiers]`,
+`[desk]` itself, described once by `DeskConfig`'s fields as the IVR's
+sections are (ivr/config.py), and of the IVR's settings only what the desk
+needs — `[database] url`, `[general] timezone` and `status_file`, `[tiers]`,
 `[cluster] shared_agents` and the agent sections (seat number, group, name,
-and the SIP secret that seeds an agent's first desk password). The IVR
-validates the rest. Errors name file, line, key and reason, as the IVR's do
-(the same `ConfigError` and line index).
+and the SIP secret that seeds an agent's first desk password), read with the
+IVR's own section models. The IVR validates the rest. Errors name file,
+line, key and reason, as the IVR's do (the same `SipConf` and `ConfigError`).
 """
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Annotated
 from zoneinfo import ZoneInfo
 
+from pydantic import AfterValidator
+from pydantic.dataclasses import dataclass as section_model
+
 from crm_bridge.customers import TierThresholds
-from ivr.config import (
-    DEFAULT_DATABASE_URL,
-    _bool,
-    _Reader,
-    _zone,
-    read_sip_conf,
-)
+from ivr.config import ClusterConfig, DatabaseSection, GeneralConfig, TiersSection
 from ivr.screenpop import DEFAULT_TEMPLATE, TemplateError, check_template
 from ivr.service import SEAT_GROUPS
+from ivr.sipconf import GIVEN, SECTION, IPAddress, Port, SipConf, YesNo, known_keys, number, text, whole
 
-DESK_KEYS = {
-    "bind",
-    "port",
-    "secret_key",
-    "supervisors",
-    "service_level_seconds",
-    "departments",
-    "display_name",
-    "wrap_up_codes",
-    "public_url",
-    "cookie_secure",
-    "login_attempts_per_minute",
-    "poll_ms",
-}
-NO_NAMES: tuple[str, ...] = ()
 DEFAULT_DEPARTMENTS = ("客服部", "技术部", "财务部", "售后服务部", "合规部")
 DEFAULT_WRAP_UP_CODES = ("已解决", "需回访", "转投诉", "咨询", "无效来电", "其他")
 
@@ -55,27 +38,70 @@ class DeskAgent:
     secret: str  # the SIP digest password: seeds the first desk password, never shown
 
 
-@dataclass(frozen=True, slots=True)
+def _names(raw: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
+    if not names:
+        raise ValueError("empty")
+    if any(len(n) > 64 for n in names):
+        raise ValueError("each entry at most 64 characters")
+    return names
+
+
+def _name_set(raw: str) -> frozenset[str]:
+    return frozenset(_names(raw))
+
+
+def _template(raw: str) -> str:
+    try:
+        return check_template(raw)
+    except TemplateError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _public_url(raw: str) -> str:
+    if raw and not raw.startswith(("http://", "https://")):
+        raise ValueError("start with http:// or https://")
+    return raw.rstrip("/")
+
+
+def _signing_key(key: str) -> str:
+    if key and len(key) < 32:
+        raise ValueError("needs 32 characters or more (it signs the session cookies)")
+    return key
+
+
+@section_model(config=SECTION, slots=True)
 class DeskConfig:
-    path: Path
-    database_url: str = DEFAULT_DATABASE_URL
-    timezone: str = "Asia/Shanghai"
-    status_file: Path | None = None
-    shared_agents: bool = False
-    tiers: TierThresholds = TierThresholds()  # noqa: RUF009 - frozen, shared safely
-    agents: tuple[DeskAgent, ...] = ()
-    bind: str = "127.0.0.1"  # loopback by default: put a TLS reverse proxy in front for other machines
-    port: int = 8080
-    secret_key: str = ""  # empty: a random key per start (everyone logs in again after a restart)
-    supervisors: frozenset[str] = frozenset()  # empty: every supervisor account may log in
-    service_level_seconds: float = 20.0
-    departments: tuple[str, ...] = DEFAULT_DEPARTMENTS
-    display_name: str = DEFAULT_TEMPLATE
-    wrap_up_codes: tuple[str, ...] = DEFAULT_WRAP_UP_CODES
-    public_url: str = ""  # how phones and browsers reach the desk (Call-Info); default http://bind:port
-    cookie_secure: bool = True
-    login_attempts_per_minute: int = 5
-    poll_ms: int = 250  # the screen-pop polls the CRM this often (≤ 300 ms keeps the pop within 1 s)
+    """`[desk]`'s keys, and the IVR's settings the desk shares (`GIVEN`: not keys of [desk])."""
+
+    # Shared with the IVR: load_desk_config reads them from the IVR's sections.
+    path: Annotated[Path, GIVEN]
+    database_url: Annotated[str, GIVEN]
+    timezone: Annotated[str, GIVEN]
+    status_file: Annotated[Path | None, GIVEN]
+    shared_agents: Annotated[bool, GIVEN]
+    tiers: Annotated[TierThresholds, GIVEN]
+    agents: Annotated[tuple[DeskAgent, ...], GIVEN]
+    # [desk]
+    # loopback by default: put a TLS reverse proxy in front for other machines
+    bind: IPAddress = "127.0.0.1"
+    port: Port = 8080
+    # empty: a random key per start (everyone logs in again after a restart)
+    secret_key: Annotated[str, AfterValidator(_signing_key)] = ""
+    # empty: every supervisor account may log in
+    supervisors: Annotated[frozenset[str], text("a comma-separated list of names", _name_set)] = frozenset()
+    service_level_seconds: Annotated[float, number(1, 600)] = 20.0
+    departments: Annotated[tuple[str, ...], text("a comma-separated list of departments", _names)] = (
+        DEFAULT_DEPARTMENTS
+    )
+    display_name: Annotated[str, text("a display-name template", _template)] = DEFAULT_TEMPLATE
+    wrap_up_codes: Annotated[tuple[str, ...], text("a comma-separated list of codes", _names)] = DEFAULT_WRAP_UP_CODES
+    # how phones and browsers reach the desk (Call-Info); default http://bind:port
+    public_url: Annotated[str, text("a URL", _public_url)] = ""
+    cookie_secure: YesNo = True
+    login_attempts_per_minute: Annotated[int, whole(1, 1000)] = 5
+    # the screen-pop polls the CRM this often (≤ 300 ms keeps the pop within 1 s)
+    poll_ms: Annotated[int, whole(50, 300)] = 250
 
     @property
     def zone(self) -> ZoneInfo:
@@ -89,94 +115,36 @@ class DeskConfig:
         return next((a for a in self.agents if a.number == number), None)
 
 
-def _names(raw: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
-    if not names:
-        raise ValueError("empty")
-    if any(len(n) > 64 for n in names):
-        raise ValueError("each entry at most 64 characters")
-    return names
+DESK_KEYS = known_keys(DeskConfig)
 
 
-def _address(raw: str) -> str:
-    return str(ipaddress.ip_address(raw))
-
-
-def _template(raw: str) -> str:
-    try:
-        return check_template(raw)
-    except TemplateError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def load_desk_config(path: Path) -> DeskConfig:
-    """Read the desk's settings from sip.conf; raise ConfigError naming file:line, key and reason."""
-    path = Path(path)
-    parser, lines = read_sip_conf(path)
-    r = _Reader(path, parser, lines)
-    if parser.has_section("desk"):
-        for key in parser.options("desk"):
-            if key not in DESK_KEYS:
-                raise r.error("desk", key, f"unknown key; known keys are {', '.join(sorted(DESK_KEYS))}")
-
+def _agents(conf: SipConf) -> tuple[DeskAgent, ...]:
+    """The agent sections, read loosely: the IVR checks the rest of them."""
     agents = []
+    parser = conf.parser
     for section in parser.sections():
         if parser.get(section, "type", fallback="") == "agent" and section.isdigit():
             group = parser.get(section, "seat_group", fallback="")
             if group not in SEAT_GROUPS:
-                raise r.error(section, "seat_group", f"choose {', '.join(SEAT_GROUPS)}")
-            agents.append(
-                DeskAgent(
-                    section,
-                    group,
-                    parser.get(section, "name", fallback="").strip(),
-                    parser.get(section, "secret", fallback="").strip(),
-                )
-            )
+                raise conf.error(section, "seat_group", f"choose {', '.join(SEAT_GROUPS)}")
+            name, secret = parser.get(section, "name", fallback=""), parser.get(section, "secret", fallback="")
+            agents.append(DeskAgent(section, group, name.strip(), secret.strip()))
+    return tuple(agents)
 
-    url = r.get("database", "url", DEFAULT_DATABASE_URL, lambda raw: raw or _raise("empty"), "a database URL")
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
-        url = "sqlite:///" + str((path.parent / url.removeprefix("sqlite:///")).resolve())
-    d = DeskConfig(path)
-    secret_key = r.get("desk", "secret_key", "", str, "a secret")
-    if secret_key and len(secret_key) < 32:
-        raise r.error("desk", "secret_key", "needs 32 characters or more (it signs the session cookies)")
-    public_url = r.get(
+
+def load_desk_config(path: Path) -> DeskConfig:
+    """Read the desk's settings from sip.conf; raise ConfigError naming file:line, key and reason."""
+    conf = SipConf.read(path)
+    agents = _agents(conf)
+    general = conf.section("general", GeneralConfig, only=("timezone", "status_file"))
+    return conf.section(
         "desk",
-        "public_url",
-        "",
-        lambda v: v if v.startswith(("http://", "https://")) or not v else _raise("start with http:// or https://"),
-        "a URL",
+        DeskConfig,
+        path=conf.path,
+        database_url=conf.section("database", DatabaseSection, only=("url",)).url,
+        timezone=general.timezone,
+        status_file=general.status_file,
+        shared_agents=conf.section("cluster", ClusterConfig, only=("shared_agents",)).shared_agents,
+        tiers=conf.section("tiers", TiersSection).thresholds(),
+        agents=agents,
     )
-    return DeskConfig(
-        path=path,
-        database_url=url,
-        timezone=r.get("general", "timezone", d.timezone, _zone, "a time zone such as Asia/Shanghai"),
-        status_file=r.file_path("general", "status_file", path.parent / "var" / "ivr-status.json"),
-        shared_agents=r.get("cluster", "shared_agents", False, _bool, "yes or no"),
-        tiers=TierThresholds(
-            **{
-                key: r.number("tiers", key, getattr(TierThresholds(), key), 0, 1e15)
-                for key in ("senior_assets", "senior_volume", "middle_assets", "middle_volume")
-            }
-        ),
-        agents=tuple(agents),
-        bind=r.get("desk", "bind", d.bind, _address, "an IP address"),
-        port=int(r.number("desk", "port", d.port, 1, 65535, int)),
-        secret_key=secret_key,
-        supervisors=frozenset(r.get("desk", "supervisors", NO_NAMES, _names, "a comma-separated list of names")),
-        service_level_seconds=r.number("desk", "service_level_seconds", d.service_level_seconds, 1, 600),
-        departments=r.get("desk", "departments", d.departments, _names, "a comma-separated list of departments"),
-        display_name=r.get("desk", "display_name", d.display_name, _template, "a display-name template"),
-        wrap_up_codes=r.get("desk", "wrap_up_codes", d.wrap_up_codes, _names, "a comma-separated list of codes"),
-        public_url=public_url.rstrip("/"),
-        cookie_secure=r.get("desk", "cookie_secure", d.cookie_secure, _bool, "yes or no"),
-        login_attempts_per_minute=int(
-            r.number("desk", "login_attempts_per_minute", d.login_attempts_per_minute, 1, 1000, int)
-        ),
-        poll_ms=int(r.number("desk", "poll_ms", d.poll_ms, 50, 300, int)),
-    )
-
-
-def _raise(reason: str) -> NoReturn:
-    raise ValueError(reason)
