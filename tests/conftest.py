@@ -114,6 +114,24 @@ def pg_url(postgres: PgServer) -> Iterator[str]:
     admin.dispose()
 
 
+# --- the CRM's customers --------------------------------------------------------------
+
+
+def load_customers(tmp: Path, db_url: str, csv_text: str) -> None:
+    """Import customers from CSV text into the CRM at db_url (migrated first), as ops would before a start."""
+    from crm_bridge.customers import import_customers
+    from crm_bridge.db import make_engine, migrate
+
+    path = tmp / "customers.csv"
+    path.write_text(csv_text, encoding="utf-8")
+    engine = make_engine(db_url)
+    try:
+        migrate(engine)
+        assert import_customers(engine, path) == csv_text.strip().count("\n")
+    finally:
+        engine.dispose()
+
+
 # --- the IVR as a process -----------------------------------------------------------
 
 

@@ -21,10 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from crm_bridge.customers import import_customers
-from crm_bridge.db import make_engine, migrate
-
-from .conftest import ROOT, free_port, sipp
+from .conftest import ROOT, free_port, load_customers, sipp
 from .test_e2e_sip import finished, wait_for_row
 
 pytestmark = pytest.mark.e2e
@@ -131,13 +128,7 @@ def test_desk_pops_the_senior_caller_walks_a_complaint_and_the_wallboard_counts_
 
     driver = browser
     db_url = f"sqlite:///{tmp_path / 'crm.db'}"
-    engine = make_engine(db_url)
-    migrate(engine)
-    (tmp_path / "customers.csv").write_text(
-        f"phone,name,assets,volume\n{CUSTOMER},{NAME},9000000,0\n", encoding="utf-8"
-    )
-    assert import_customers(engine, tmp_path / "customers.csv") == 1
-    engine.dispose()
+    load_customers(tmp_path, db_url, f"phone,name,assets,volume\n{CUSTOMER},{NAME},9000000,0\n")
     agent_port, desk_port = free_port(), free_port(socket.SOCK_STREAM)
     agents = (
         f"[801]\ntype = agent\nseat_group = senior\nhost = 127.0.0.1:{agent_port}\n"

@@ -13,14 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from crm_bridge.customers import import_customers
-from crm_bridge.db import make_engine, migrate
 from ivr.config import load_config
 from ivr.greeting import greeting_prompt_id
 from prompts.catalogue import catalogue_for
 from prompts.library import load_prompts
 
-from .conftest import sipp
+from .conftest import load_customers, sipp
 from .test_e2e_sip import call_id_of, crm_events, finished, wait_for_row
 
 pytestmark = pytest.mark.e2e
@@ -28,12 +26,7 @@ CALLER = "13800000001"  # the first caller of loadtest/scenarios/callers.csv
 
 
 def import_one(tmp: Path, db_url: str, row: str) -> None:
-    csv = tmp / "customers.csv"
-    csv.write_text(f"phone,name,assets,volume,tier,gender\n{row}\n", encoding="utf-8")
-    engine = make_engine(db_url)
-    migrate(engine)
-    assert import_customers(engine, csv) == 1
-    engine.dispose()
+    load_customers(tmp, db_url, f"phone,name,assets,volume,tier,gender\n{row}\n")
 
 
 def prompt_seconds(tmp: Path, people: list[tuple[str, str]]) -> dict[str, float]:

@@ -10,10 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from crm_bridge.customers import import_customers
-from crm_bridge.db import make_engine, migrate
-
-from .conftest import ROOT, IvrProcess, SippRun, free_port, sipp
+from .conftest import ROOT, IvrProcess, SippRun, free_port, load_customers, sipp
 from .test_e2e_sip import crm_events, crm_rows, finished, ivr_prompts, wait_for_row
 
 pytestmark = pytest.mark.e2e
@@ -21,12 +18,7 @@ SENIOR, MIDDLE = "13800000001", "13700000001"  # loadtest/scenarios/callers.csv 
 
 
 def customers(tmp: Path, db_url: str) -> None:
-    csv = tmp / "customers.csv"
-    csv.write_text(f"phone,name,assets,volume\n{SENIOR},王总,9000000,0\n{MIDDLE},李先生,800000,0\n", encoding="utf-8")
-    engine = make_engine(db_url)
-    migrate(engine)
-    assert import_customers(engine, csv) == 2
-    engine.dispose()
+    load_customers(tmp, db_url, f"phone,name,assets,volume\n{SENIOR},王总,9000000,0\n{MIDDLE},李先生,800000,0\n")
 
 
 def agents_conf(**agents: tuple[str, str]) -> str:
