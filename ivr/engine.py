@@ -88,7 +88,7 @@ from ivr.events import (
 )
 from ivr.gcpolicy import FullGcPolicy
 from ivr.greeting import Greeter
-from ivr.guard import SourceGuard, Verdict
+from ivr.guard import Admission, SourceGuard
 from ivr.hours import BusinessHours
 from ivr.media import (
     CODEC_NAMES,
@@ -117,9 +117,6 @@ from prompts.music import MusicCursor, MusicOnHold
 
 log = structlog.get_logger("ivr.engine")
 
-# aiosipua 0.7.1 leaves rejected INVITEs in SipUAS._calls until an ACK that a
-# scanner never sends; forget them after Timer H (64 x T1 = 32 s).
-LAG_PROBE_S = 0.05
 # Agents dial these from their registered phone to pause (not offered calls) or resume.
 FEATURE_CODES = {"*46": True, "*47": False}
 LOOKUP_TIMEOUT_S = 2.0  # a caller the CRM cannot name in time is served as unknown
@@ -416,9 +413,7 @@ class Engine:
         self.registrar = Registrar({a.number: a.secret for a in config.agents if a.secret}, key=secret,
                                    policies={a.number: a.digest for a in config.agents})
         self.guard = SourceGuard(config.limits)
-        self.loop_lag = 0.0  # how late the event loop ran a 50 ms timer, last time it looked
-        self.max_loop_lag = config.limits.max_loop_lag_ms / 1000
-        self._overload_refusals, self._overload_logged = 0, -1.0
+        self.admission = Admission(self.guard, self._refuse)
         self.metrics = Metrics()
         self.metrics.watch(self)
         self._assign_task: asyncio.Task[None] | None = None
@@ -452,7 +447,7 @@ class Engine:
         await self.agents.start()
         # overflow eligibility grows with waiting time: re-run the ACD every second
         self._assign_task = asyncio.get_running_loop().create_task(self._assign_every_second())
-        self._lag_task = asyncio.get_running_loop().create_task(self._watch_loop_lag())
+        self._lag_task = asyncio.get_running_loop().create_task(self.admission.watch_loop_lag())
 
     async def drain(self, limit_s: float, hurry: asyncio.Event) -> int:
         """Take no new calls (503) and wait for the calls up to finish, at most `limit_s`.
@@ -510,7 +505,7 @@ class Engine:
 
     def screen(self, request: SipRequest, source: Address, request_line: str) -> bool:
         """Limits and RFC 3261 checks for a request off the wire; answers what it refuses."""
-        if not self._admit(request, source):
+        if not self.admission.admit(request, source, accepting=self.accepting):
             return False
         refusal = check_request(request, request_line)
         if refusal is not None:
@@ -520,35 +515,6 @@ class Engine:
                 self._refuse(request, source, refusal.status, refusal.reason, refusal.headers)
             return False
         return True
-
-    def _admit(self, request: SipRequest, addr: tuple[str, int]) -> bool:
-        """Per-source limits, the auth ban and draining; answers what it refuses."""
-        if request.method == "INVITE" and ";tag=" not in (request.get_header("to") or ""):
-            lagging = self.loop_lag > self.max_loop_lag
-            if lagging or not self.guard.admit_call():
-                # overload control: beyond the configured call rate, or while the event loop
-                # is behind (the machine cannot keep up, whatever the configuration says),
-                # refuse new calls at once and cheaply instead of letting transactions pile
-                # up until everything times out
-                self._overload_refusals += 1
-                now = time.monotonic()
-                if now - self._overload_logged >= 1.0:  # a line a second at most, with the count since the last
-                    log.warning("overload_refused", reason="event loop lag" if lagging else "call rate",
-                                lag_ms=round(1000 * self.loop_lag), refused=self._overload_refusals)
-                    self._overload_logged, self._overload_refusals = now, 0
-                self._refuse(request, addr, 503, "Service Unavailable", {"Retry-After": "2"})
-                return False
-        verdict = self.guard.admit(request.method, addr[0])
-        if verdict is Verdict.ADMIT:
-            if request.method == "OPTIONS" and not self.accepting:
-                # a load balancer probing with OPTIONS takes this worker out of rotation
-                self._refuse(request, addr, 503, "Service Unavailable", {"Retry-After": "30"})
-                return False
-            return True
-        if verdict is Verdict.REFUSE:
-            self._refuse(request, addr, 503, "Service Unavailable", {"Retry-After": "5"})
-        # DROP and BANNED: no answer at all, so a password guesser learns nothing more
-        return False
 
     def _refuse(self, request: SipRequest, source: Address, status: int, reason: str, headers: dict[str, str]) -> None:
         self.metrics.refused.labels(str(status)).inc()
@@ -923,13 +889,6 @@ class Engine:
         raise AssertionError(decision)
 
     # --- ACD and agent legs ------------------------------------------------------------
-
-    async def _watch_loop_lag(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            await asyncio.sleep(LAG_PROBE_S)
-            self.loop_lag = loop.time() - started - LAG_PROBE_S
 
     async def _assign_every_second(self) -> None:
         full_gc = FullGcPolicy(time.monotonic())

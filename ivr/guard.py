@@ -1,7 +1,15 @@
-"""Per-source admission: request rate limits and the auth-failure ban.
+"""Admission: whether a SIP request off the wire goes on to the stack.
 
-Every SIP request passes `SourceGuard.admit` before the stack sees it. Each
-source address has a moving-window budget per method group (INVITE,
+Every request passes `Admission.admit` before the stack sees it. First,
+overload control: a new call (an INVITE without a To tag) beyond the global
+INVITE budget (`max_invites_per_second`, all sources together), or while the
+event loop runs more than `max_loop_lag_ms` late (the machine cannot keep up,
+whatever the configuration says), is refused at once with 503 + Retry-After
+and logged as `overload_refused` (a line a second at most). Then
+`SourceGuard.admit`, the per-source checks below; and while the IVR drains,
+OPTIONS get 503, so a load balancer's probe takes the worker out of rotation.
+
+Each source address has a moving-window budget per method group (INVITE,
 REGISTER, OPTIONS, everything else; `[limits]` in sip.conf). Over budget, the
 request is dropped silently (`excess = drop`, the default: a scanner learns
 nothing, and a real client's retransmission timers back off by themselves),
@@ -20,12 +28,15 @@ firewall.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
 import structlog
+from aiosipua import SipRequest
 from limits import RateLimitItem, RateLimitItemPerMinute, RateLimitItemPerSecond
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
@@ -33,8 +44,14 @@ from limits.strategies import MovingWindowRateLimiter
 from ivr.config import LimitsConfig
 
 log = structlog.get_logger("ivr.security")
+# overload_refused keeps the logger it was first written under (its logger= field is unchanged)
+overload_log = structlog.get_logger("ivr.engine")
 REPLY_PER_SECOND = 5
 SUMMARY_EVERY_S = 10.0
+LAG_PROBE_S = 0.05  # how often the event loop's lag is measured: a timer of this length, and how late it fires
+
+# answers a refused request: (request, source, status, reason, headers); the engine's, which counts it too
+Refuse = Callable[[SipRequest, tuple[str, int], int, str, dict[str, str]], None]
 
 
 class Verdict(Enum):
@@ -155,3 +172,51 @@ class SourceGuard:
                         over_s=round(now - tally.since, 1))
             tally.refused = tally.dropped = 0
             tally.since = now
+
+
+class Admission:
+    """Overload control for new calls, then the per-source `SourceGuard`; answers what it refuses."""
+
+    def __init__(self, guard: SourceGuard, refuse: Refuse) -> None:
+        self.guard = guard
+        self.loop_lag = 0.0  # how late the event loop ran a 50 ms timer, last time it looked
+        self.max_loop_lag = guard.config.max_loop_lag_ms / 1000
+        self._refuse = refuse
+        self._overload_refusals, self._overload_logged = 0, -1.0
+
+    async def watch_loop_lag(self) -> None:
+        """Measure the event loop's lag for ever (a task the engine starts and cancels)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            self.loop_lag = loop.time() - started - LAG_PROBE_S
+
+    def admit(self, request: SipRequest, addr: tuple[str, int], *, accepting: bool) -> bool:
+        """Overload, per-source limits, the auth ban and draining (`accepting` False); answers what it refuses."""
+        if request.method == "INVITE" and ";tag=" not in (request.get_header("to") or ""):
+            lagging = self.loop_lag > self.max_loop_lag
+            if lagging or not self.guard.admit_call():
+                # overload control: beyond the configured call rate, or while the event loop
+                # is behind (the machine cannot keep up, whatever the configuration says),
+                # refuse new calls at once and cheaply instead of letting transactions pile
+                # up until everything times out
+                self._overload_refusals += 1
+                now = time.monotonic()
+                if now - self._overload_logged >= 1.0:  # a line a second at most, with the count since the last
+                    overload_log.warning("overload_refused", reason="event loop lag" if lagging else "call rate",
+                                         lag_ms=round(1000 * self.loop_lag), refused=self._overload_refusals)
+                    self._overload_logged, self._overload_refusals = now, 0
+                self._refuse(request, addr, 503, "Service Unavailable", {"Retry-After": "2"})
+                return False
+        verdict = self.guard.admit(request.method, addr[0])
+        if verdict is Verdict.ADMIT:
+            if request.method == "OPTIONS" and not accepting:
+                # a load balancer probing with OPTIONS takes this worker out of rotation
+                self._refuse(request, addr, 503, "Service Unavailable", {"Retry-After": "30"})
+                return False
+            return True
+        if verdict is Verdict.REFUSE:
+            self._refuse(request, addr, 503, "Service Unavailable", {"Retry-After": "5"})
+        # DROP and BANNED: no answer at all, so a password guesser learns nothing more
+        return False

@@ -1,4 +1,4 @@
-"""Per-source limits, the auth ban, the fail2ban filter, and the RFC 3261 request checks."""
+"""Overload control, per-source limits, the auth ban, the fail2ban filter, and the RFC 3261 request checks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import structlog
 from aiosipua import SipMessage
 
 from ivr.config import LimitsConfig
-from ivr.guard import SourceGuard, Verdict
+from ivr.guard import Admission, SourceGuard, Verdict
 from ivr.logs import configure_logging
 from ivr.sanity import check_request
 
@@ -48,6 +48,41 @@ def test_repeated_auth_failures_bar_the_source_from_registering() -> None:
     assert guard.admit("INVITE", "192.0.2.9") is Verdict.ADMIT, "callers from that address still get through"
     assert guard.admit("REGISTER", "192.0.2.10") is Verdict.ADMIT
 
+
+
+def admission(limits: LimitsConfig) -> tuple[Admission, list[tuple[int, dict[str, str]]]]:
+    answered: list[tuple[int, dict[str, str]]] = []
+    return Admission(SourceGuard(limits), lambda _r, _a, status, _reason, h: answered.append((status, h))), answered
+
+
+def test_new_calls_beyond_the_global_budget_get_503_and_one_log_line() -> None:
+    gate, answered = admission(LimitsConfig(max_invites_per_second=2, invite_per_second=1000))
+    invite, _ = request(OK)
+    err = io.StringIO()
+    with redirect_stderr(err):
+        configure_logging("info", "console")
+        admitted = [gate.admit(invite, (f"192.0.2.{i}", 5060), accepting=True) for i in range(10)]
+    configure_logging("info", "console")
+    assert admitted.count(True) == 2, "all sources together"
+    assert answered == [(503, {"Retry-After": "2"})] * 8
+    lines = [line for line in err.getvalue().splitlines() if "overload_refused" in line]
+    assert len(lines) == 1 and "reason='call rate'" in lines[0] and "logger='ivr.engine'" in lines[0], lines
+    in_dialog, _ = request(OK.replace("To: <sip:95000@127.0.0.1>", "To: <sip:95000@127.0.0.1>;tag=9"))
+    assert gate.admit(in_dialog, ("192.0.2.1", 5060), accepting=True), "a re-INVITE is no new call"
+
+
+def test_a_lagging_event_loop_refuses_new_calls_and_a_draining_ivr_answers_options_with_503() -> None:
+    gate, answered = admission(LimitsConfig())
+    invite, _ = request(OK)
+    gate.loop_lag = gate.max_loop_lag + 0.01
+    assert not gate.admit(invite, ("192.0.2.1", 5060), accepting=True)
+    assert answered == [(503, {"Retry-After": "2"})]
+    gate.loop_lag = 0.0
+    assert gate.admit(invite, ("192.0.2.1", 5060), accepting=True)
+    options, _ = request(OK.replace("INVITE", "OPTIONS"))
+    assert gate.admit(options, ("192.0.2.1", 5060), accepting=True)
+    assert not gate.admit(options, ("192.0.2.1", 5060), accepting=False)
+    assert answered[-1] == (503, {"Retry-After": "30"})
 
 def test_fail2ban_filter_matches_both_log_formats() -> None:
     patterns = [line.split("=", 1)[-1].strip() for line in FILTER.read_text().split("[Definition]")[1].splitlines()
