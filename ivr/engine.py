@@ -32,7 +32,6 @@ from aiosipua import (
     build_sdp,
     negotiate_sdp,
     parse_address,
-    parse_auth,
     parse_uri,
 )
 
@@ -102,12 +101,12 @@ from ivr.media import (
     open_rtp,
 )
 from ivr.metrics import Metrics
-from ivr.registrar import Challenge, Refused, Registered, Registrar
+from ivr.registrar import RegisterHandler, Registrar, phone_address
 from ivr.sanity import check_request
 from ivr.screenpop import DeskLink
 from ivr.service import SEAT_GROUPS
 from ivr.sip.calls import InboundCall, OutboundCall
-from ivr.sip.dialogs import new_call_id
+from ivr.sip.dialogs import address_user, new_call_id
 from ivr.sip.endpoint import Address, Headers, SipEndpoint
 from ivr.srtp import SrtpContext, SrtpRefused, negotiate_srtp
 from ivr.vad import SpeechDetector
@@ -408,10 +407,6 @@ class Engine:
         self.legs: dict[str, Leg] = {}
         # One process: agents in memory. Workers behind a balancer: a SharedAcd (ivr.shared_acd).
         self.acd: AgentPool = acd or Acd.from_agents(config.agents, config.queues, tuple(SEAT_GROUPS))
-        # Workers that share agents share the nonce key, so a challenge from one is answered to any.
-        secret = config.cluster.secret.encode() if config.cluster.shared_agents else None
-        self.registrar = Registrar({a.number: a.secret for a in config.agents if a.secret}, key=secret,
-                                   policies={a.number: a.digest for a in config.agents})
         self.guard = SourceGuard(config.limits)
         self.admission = Admission(self.guard, self._refuse)
         self.metrics = Metrics()
@@ -429,6 +424,11 @@ class Engine:
             idle_seconds=g.tcp_idle_seconds, max_connections=g.max_connections,
         )
         self.agents = Agents(self.acd, config, self.endpoint, self.ports, self.legs, self._spawn, self.media_ip, desk)
+        # Workers that share agents share the nonce key, so a challenge from one is answered to any.
+        secret = config.cluster.secret.encode() if config.cluster.shared_agents else None
+        digest = Registrar({a.number: a.secret for a in config.agents if a.secret}, key=secret,
+                           policies={a.number: a.digest for a in config.agents})
+        self.registrar = RegisterHandler(digest, config.limits.trusted, self.guard.auth_failed, self.agents.bind)
         self.desk_commands = desk_commands
         self._taking_commands = False
 
@@ -593,7 +593,7 @@ class Engine:
             self.config.general.max_call_seconds, lambda: leg.dispatch(Aborted(utc_now(), "max_call_seconds reached"))
         )
         leg.media_starting = True
-        caller = _user(call.caller)
+        caller = address_user(call.caller)
         leg.dispatch(Invited(utc_now(), caller, callee))
         self._spawn(self._start_leg(leg, remote, dtmf_pt))
         if self.directory is not None:
@@ -772,7 +772,8 @@ class Engine:
     def _feature_code(self, call: InboundCall, pause: bool) -> bool:
         """An agent's phone dialled *46/*47: pause or resume that agent. False if not an agent's phone."""
         try:
-            phone = self._phone_address(call.source_addr, parse_address(call.invite.get_header("contact") or "").uri)
+            contact = parse_address(call.invite.get_header("contact") or "").uri
+            phone = phone_address(call.source_addr, contact, self.config.limits.trusted)
         except Exception:
             return False
         agent = self.agents.agent_at(phone)
@@ -839,54 +840,8 @@ class Engine:
         if digit is not None and leg is not None:
             leg.dispatch(Digit(utc_now(), digit, "info"))
 
-    # --- registrar (agents' softphones) ------------------------------------------------
-
     def on_register(self, request: SipRequest, source: Address) -> tuple[int, str, Headers]:
-        # retransmissions never get here: the transaction layer answers them with the
-        # response already sent, so their credentials never count as a replay
-        return self._register_decision(request, source)
-
-    def _phone_address(self, source: tuple[str, int], contact: Any) -> tuple[str, int]:
-        """Where an agent's phone is: where its request came from (works through NAT, RFC 3581's
-        spirit) — unless it came through the balancer in front; then its Contact URI says."""
-        if source[0] in self.config.limits.trusted and contact.host:
-            return (contact.host, contact.port or 5060)
-        return source
-
-    def _register_decision(self, request: SipRequest, addr: tuple[str, int]) -> tuple[int, str, Headers]:
-        raw_auth = request.get_header("authorization")
-        auth = parse_auth(raw_auth) if raw_auth else None
-        # credentials of a scheme we do not speak are no credentials: challenge (RFC 3261 §22.4)
-        params = auth.params if auth is not None and auth.scheme.lower() == "digest" else None
-        expires_raw = request.get_header("expires")
-        contact: tuple[str, int] | None = None
-        contact_raw = (request.get_header("contact") or "").strip()
-        if contact_raw == "*":
-            expires: int | None = 0
-        else:
-            try:
-                address = parse_address(contact_raw)
-                raw = address.params.get("expires") or expires_raw
-                expires = int(raw) if raw else None
-            except Exception:
-                return 400, "Bad Contact", []
-            contact = self._phone_address(addr, address.uri)
-        decision = self.registrar.register(request.method, params, contact, expires, request_uri=request.uri,
-                                           user=_user(request.get_header("to") or ""))
-        match decision:
-            case Challenge(headers=challenges):
-                # RFC 7616 §3.7: one challenge per algorithm, the preferred (SHA-256) first
-                return 401, "Unauthorized", [("WWW-Authenticate", h) for h in challenges]
-            case Refused(user=user, reason=reason):
-                self.guard.auth_failed(addr[0], addr[1], user, reason)
-                return 403, "Forbidden", []
-            case Registered(agent=agent, contact=where, expires=granted):
-                uri = contact_raw[: contact_raw.index(">") + 1] if ">" in contact_raw else contact_raw.split(";")[0]
-                self.agents.bind(agent, where, granted, uri.strip().removeprefix("<").removesuffix(">") or None)
-                if where is None:
-                    return 200, "OK", []
-                return 200, "OK", [("Contact", f"{uri};expires={granted}")]
-        raise AssertionError(decision)
+        return self.registrar.handle(request, source)
 
     # --- ACD and agent legs ------------------------------------------------------------
 
@@ -955,17 +910,6 @@ def write_status(path: Path, acd: AgentPool, calls: int = 0, pacer: MediaClock |
         tmp.replace(path)
     except OSError as exc:
         log.warning("status_file_failed", path=str(path), error=str(exc))
-
-
-def _user(uri: str) -> str:
-    """The user part of a SIP URI or name-addr ("Alice <sip:1001@host>" -> "1001")."""
-    text = uri.strip()
-    if "<" in text:
-        text = text[text.index("<") + 1 : text.index(">") if ">" in text else None]
-    try:
-        return parse_uri(text).user or ""
-    except Exception:
-        return ""
 
 
 def _refer_target(refer_to: str) -> str | None:

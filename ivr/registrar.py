@@ -1,7 +1,12 @@
 """The built-in registrar for agents' softphones: digest authentication and bindings.
 
-Sans-IO: the engine adapter hands in the REGISTER's fields and sends what
-comes back. Digest per RFC 7616 as SIP uses it (RFC 3261 22.4, RFC 8760):
+Sans-IO. `RegisterHandler` takes a REGISTER as the endpoint parsed it and
+returns the response to send (status, reason, headers): it reads the
+credentials, the Contact (the phone's address is where the request came
+from, or the Contact's behind a trusted balancer: `phone_address`) and the
+expiry, lets `Registrar` decide, reports a refusal to the guard (the ban) and
+a binding to the agents, both handed in as callables. `Registrar` decides on
+those fields alone. Digest per RFC 7616 as SIP uses it (RFC 3261 22.4, RFC 8760):
 
 * the challenge offers SHA-256 first and MD5 second, one WWW-Authenticate
   header each with the same nonce; a client answers the first it supports;
@@ -33,8 +38,13 @@ import hashlib
 import hmac
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
+
+from aiosipua import SipRequest, parse_address, parse_auth
+
+from ivr.sip.dialogs import address_user
 
 REALM = "hotline"
 NONCE_TTL_S = 300
@@ -181,3 +191,62 @@ class Registrar:
             return Registered(user, None, 0)
         granted = DEFAULT_EXPIRES if expires is None else max(MIN_EXPIRES, min(MAX_EXPIRES, expires))
         return Registered(user, contact, granted)
+
+
+def phone_address(source: tuple[str, int], contact: Any, trusted: Collection[str]) -> tuple[str, int]:
+    """Where an agent's phone is: where its request came from (works through NAT, RFC 3581's
+    spirit) — unless it came through the balancer in front (`trusted`); then its Contact URI says."""
+    if source[0] in trusted and contact.host:
+        return (contact.host, contact.port or 5060)
+    return source
+
+
+class RegisterHandler:
+    """A REGISTER in, the response out: see the module docstring."""
+
+    def __init__(self, registrar: Registrar, trusted: Collection[str],
+                 auth_failed: Callable[[str, int, str, str], None],
+                 bind: Callable[[str, tuple[str, int] | None, int, str | None], None]) -> None:
+        """`auth_failed(host, port, user, reason)`: the guard's count towards a ban; `bind(agent, where,
+        expires, contact URI)`: the agent logged in at `where` (None: logged out)."""
+        self.registrar = registrar
+        self.trusted = trusted
+        self.auth_failed = auth_failed
+        self.bind = bind
+
+    def handle(self, request: SipRequest, addr: tuple[str, int]) -> tuple[int, str, list[tuple[str, str]]]:
+        """The response to a REGISTER from `addr`. Retransmissions never get here: the transaction
+        layer answers them with the response already sent, so their credentials never count as a replay."""
+        raw_auth = request.get_header("authorization")
+        auth = parse_auth(raw_auth) if raw_auth else None
+        # credentials of a scheme we do not speak are no credentials: challenge (RFC 3261 §22.4)
+        params = auth.params if auth is not None and auth.scheme.lower() == "digest" else None
+        expires_raw = request.get_header("expires")
+        contact: tuple[str, int] | None = None
+        contact_raw = (request.get_header("contact") or "").strip()
+        if contact_raw == "*":
+            expires: int | None = 0
+        else:
+            try:
+                address = parse_address(contact_raw)
+                raw = address.params.get("expires") or expires_raw
+                expires = int(raw) if raw else None
+            except Exception:
+                return 400, "Bad Contact", []
+            contact = phone_address(addr, address.uri, self.trusted)
+        decision = self.registrar.register(request.method, params, contact, expires, request_uri=request.uri,
+                                           user=address_user(request.get_header("to") or ""))
+        match decision:
+            case Challenge(headers=challenges):
+                # RFC 7616 §3.7: one challenge per algorithm, the preferred (SHA-256) first
+                return 401, "Unauthorized", [("WWW-Authenticate", h) for h in challenges]
+            case Refused(user=user, reason=reason):
+                self.auth_failed(addr[0], addr[1], user, reason)
+                return 403, "Forbidden", []
+            case Registered(agent=agent, contact=where, expires=granted):
+                uri = contact_raw[: contact_raw.index(">") + 1] if ">" in contact_raw else contact_raw.split(";")[0]
+                self.bind(agent, where, granted, uri.strip().removeprefix("<").removesuffix(">") or None)
+                if where is None:
+                    return 200, "OK", []
+                return 200, "OK", [("Contact", f"{uri};expires={granted}")]
+        raise AssertionError(decision)

@@ -9,8 +9,20 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from aiosipua import SipMessage, SipRequest, parse_address
 
-from ivr.registrar import DEFAULT_EXPIRES, MAX_EXPIRES, NONCE_TTL_S, REALM, Challenge, Refused, Registered, Registrar
+from ivr.registrar import (
+    DEFAULT_EXPIRES,
+    MAX_EXPIRES,
+    NONCE_TTL_S,
+    REALM,
+    Challenge,
+    Refused,
+    Registered,
+    RegisterHandler,
+    Registrar,
+    phone_address,
+)
 
 PHONE = ("127.0.0.1", 5090)
 URI = "sip:127.0.0.1:5060"
@@ -228,3 +240,44 @@ def test_digest_legacy_takes_rfc2069_once_per_nonce_and_a_uri_differing_in_param
     assert reg.register("REGISTER", wrong, PHONE, 300, request_uri=URI, user="811") == Refused("811", "wrong password")
     other = {**creds, "uri": "sip:elsewhere.example"}
     assert isinstance(reg.register("REGISTER", other, PHONE, 300, request_uri=URI, user="811"), Refused)
+
+
+# --- RegisterHandler: the REGISTER request in, the response out ---------------------------
+
+
+def register_request(contact: str, authorization: str | None = None) -> SipRequest:
+    text = (f"REGISTER {URI} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK1\r\n"
+            f"From: <sip:801@127.0.0.1>;tag=1\r\nTo: <sip:801@127.0.0.1>\r\nCall-ID: r1\r\nCSeq: 1 REGISTER\r\n"
+            f"Contact: {contact}\r\n" + (f"Authorization: {authorization}\r\n" if authorization else "")
+            + "Content-Length: 0\r\n\r\n")
+    request = SipMessage.parse(text.encode())
+    assert isinstance(request, SipRequest)
+    return request
+
+
+def test_the_handler_challenges_binds_and_reports_refusals() -> None:
+    failed: list[tuple[str, int, str, str]] = []
+    bound: list[tuple[str, tuple[str, int] | None, int, str | None]] = []
+    handler = RegisterHandler(Registrar({"801": "s3cret"}), frozenset({"10.0.0.5"}),
+                              lambda *a: failed.append(a), lambda *a: bound.append(a))
+    contact = "<sip:801@192.0.2.7:5070>;expires=300"
+    status, _, headers = handler.handle(register_request(contact), ("10.0.0.5", 5060))
+    assert status == 401 and [name for name, _ in headers] == ["WWW-Authenticate", "WWW-Authenticate"]
+    challenge = Challenge(tuple(value for _, value in headers))
+    good = answer(challenge, "801", "s3cret")
+    authorization = "Digest " + ", ".join(
+        f"{k}={v}" if k in ("algorithm", "qop", "nc") else f'{k}="{v}"' for k, v in good.items())
+    # through the trusted balancer in front: the phone is where its Contact says
+    assert handler.handle(register_request(contact, authorization), ("10.0.0.5", 5060)) == (
+        200, "OK", [("Contact", "<sip:801@192.0.2.7:5070>;expires=300")])
+    assert bound == [("801", ("192.0.2.7", 5070), 300, "sip:801@192.0.2.7:5070")]
+    wrong = authorization.replace(good["response"], "0" * 64)
+    assert handler.handle(register_request(contact, wrong), ("198.51.100.9", 5062))[:2] == (403, "Forbidden")
+    assert failed == [("198.51.100.9", 5062, "801", "wrong password")]
+    assert handler.handle(register_request("<sip:801@192.0.2.7>;expires=soon"), ("198.51.100.9", 5062)) == (400, "Bad Contact", [])
+
+
+def test_a_phone_is_where_its_request_came_from_unless_a_trusted_balancer_sent_it() -> None:
+    contact = parse_address("<sip:801@192.0.2.7:5070>").uri
+    assert phone_address(("198.51.100.9", 5062), contact, frozenset({"10.0.0.5"})) == ("198.51.100.9", 5062)
+    assert phone_address(("10.0.0.5", 5060), contact, frozenset({"10.0.0.5"})) == ("192.0.2.7", 5070)

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from aiosipua import parse_uri
 from aiosipua.message import SipMessage, SipRequest, SipResponse
 
 from ivr.sip.transactions import MAGIC_COOKIE, Overloaded, cseq_number, header_tag
@@ -89,6 +90,17 @@ def address_uri(value: str) -> str:
         return value[lt + 1 : gt if gt >= 0 else len(value)].strip()
     # §20.10: an addr-spec cannot carry URI parameters, so ";" ends the URI.
     return value.partition(";")[0].strip()
+
+
+def address_user(value: str) -> str:
+    """The user part of a SIP URI or name-addr ("Alice <sip:1001@host>" -> "1001"); "" if there is none."""
+    text = value.strip()
+    if "<" in text:
+        text = text[text.index("<") + 1 : text.index(">") if ">" in text else None]
+    try:
+        return parse_uri(text).user or ""
+    except Exception:
+        return ""
 
 
 def without_tag(value: str) -> str:
