@@ -150,7 +150,7 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     engine = Engine(config, prompts, writer, greeter, directory=directory, acd=acd, desk=desk,
                     desk_commands=desk_commands, music=music)
     if not clustered:  # one IVR owns the callbacks a previous run did not finish; workers would each dial them
-        engine.restore_callbacks(await asyncio.to_thread(open_callbacks, db))
+        engine.dialler.restore(await asyncio.to_thread(open_callbacks, db))
     await engine.start()
     if config.metrics_port:
         try:

@@ -29,7 +29,6 @@ from aiosipua import (
     SdpMessage,
     SdpNegotiationError,
     SipRequest,
-    build_sdp,
     negotiate_sdp,
     parse_address,
     parse_uri,
@@ -37,23 +36,21 @@ from aiosipua import (
 
 from crm_bridge.customers import CallerDirectory, CallerProfile
 from crm_bridge.writer import CrmWriter
-from ivr.acd import Acd, AgentState, agent_queue
+from ivr.acd import Acd, agent_queue
 from ivr.agents import AgentLeg, AgentPool, Agents
-from ivr.callbacks import CallbackError, CallbackRequest, CallbackScheduler
+from ivr.callbacks import CallbackScheduler
 from ivr.callflow import CallFlow, CallFlowBug, CallFlowError, State
 from ivr.config import Config
+from ivr.dialler import CustomerCall, Dialler
 from ivr.events import (
     Aborted,
     Action,
     AnnouncePosition,
     Answer,
     Bridge,
-    CallbackStarted,
     CallerIdentified,
     Cancelled,
     CancelTimer,
-    CustomerAnswered,
-    CustomerFailed,
     DialCustomer,
     Digit,
     Event,
@@ -70,7 +67,6 @@ from ivr.events import (
     PromptFinished,
     QueuePosition,
     RecordCall,
-    RecordCallback,
     RecordEvent,
     RecordSurvey,
     Reject,
@@ -90,7 +86,6 @@ from ivr.greeting import Greeter
 from ivr.guard import Admission, SourceGuard
 from ivr.hours import BusinessHours
 from ivr.media import (
-    CODEC_NAMES,
     SAMPLES_PER_FRAME,
     SILENCE_FRAMES,
     MediaClock,
@@ -106,7 +101,7 @@ from ivr.sanity import check_request
 from ivr.screenpop import DeskLink
 from ivr.service import SEAT_GROUPS
 from ivr.sip.calls import InboundCall, OutboundCall
-from ivr.sip.dialogs import address_user, new_call_id
+from ivr.sip.dialogs import address_user
 from ivr.sip.endpoint import Address, Headers, SipEndpoint
 from ivr.srtp import SrtpContext, SrtpRefused, negotiate_srtp
 from ivr.vad import SpeechDetector
@@ -119,26 +114,6 @@ log = structlog.get_logger("ivr.engine")
 # Agents dial these from their registered phone to pause (not offered calls) or resume.
 FEATURE_CODES = {"*46": True, "*47": False}
 LOOKUP_TIMEOUT_S = 2.0  # a caller the CRM cannot name in time is served as unknown
-CUSTOMER_RING_S = 30.0  # a called-back customer who has not answered by then: no_answer
-# a called-back customer's final response -> the attempt's outcome (ivr.callbacks.OUTCOMES)
-_CUSTOMER_REFUSALS = {486: "busy", 600: "busy", 603: "declined", 408: "no_answer", 480: "no_answer", 487: "no_answer"}
-
-
-class CustomerCall:
-    """The customer's side of a callback, as `Leg` drives a call: the INVITE to the gateway once dialled."""
-
-    def __init__(self, call_id: str, number: str, gateway: Address) -> None:
-        self.call_id = call_id
-        self.caller = number
-        self.source_addr = gateway
-        self.out: OutboundCall | None = None
-
-    def hangup(self) -> None:
-        if self.out is not None:
-            if self.out.final:
-                self.out.hangup()
-            else:
-                self.out.cancel()  # still ringing
 
 
 def utc_now() -> datetime:
@@ -254,7 +229,7 @@ class Leg:
             case RecordCall(record=record):
                 self.engine.writer.submit(action)
                 if record.ended_at is not None and self.callback is not None:
-                    self.engine.callback_attempt_ended(self, record.outcome or "", record.answered_at is not None)
+                    self.engine.dialler.attempt_ended(self, record.outcome or "", record.answered_at is not None)
                 if record.ended_at is not None:
                     metrics = self.engine.metrics
                     metrics.calls.labels(record.outcome or "unknown").inc()
@@ -301,13 +276,13 @@ class Leg:
                 if on:
                     self.engine.pacer.serve(self)
             case RequestCallback():
-                self.engine.request_callback(action, self.log)
+                self.engine.dialler.request(action, self.log)
             case Whisper(prompts=prompts):
                 if self.agent is not None:
                     frames = tuple(f for p in prompts for f in self.engine.prompts.frames(p, self.payload_type))
                     self.engine.agents.whisper(self.agent, frames, self.engine.pacer)
             case DialCustomer():
-                self.engine._spawn(self.engine.dial_customer(self))
+                self.engine.dialler.dial(self)
             case Bridge():
                 if self.agent is not None and self.agent.rtp is not None and self.rtp is not None:
                     self.rtp.on_audio = self.relay_to_agent
@@ -359,6 +334,11 @@ class Leg:
             rtp.send_audio(SILENCE_FRAMES[self.payload_type], timestamp)  # keep-alive: never a gap in RTP
         return self.prompt is not None
 
+    def release_port(self) -> None:
+        if self.rtp_port is not None:
+            self.engine.ports.release(self.rtp_port)
+            self.rtp_port = None
+
     async def close_media(self) -> None:
         if self.media_starting:
             return  # Engine._start_leg closes it when the bind completes
@@ -369,7 +349,7 @@ class Leg:
             self.log.warning("rtp_dropped", stray=rtp.stray, malformed=rtp.malformed, expected_from=rtp.expected_from)
         if isinstance(rtp, SrtpRtpSession) and (rtp.unauthenticated or rtp.unprotectable):
             self.log.warning("srtp_dropped", unauthenticated=rtp.unauthenticated, unprotectable=rtp.unprotectable)
-        self.engine._release_port(self)
+        self.release_port()
 
 
 class Engine:
@@ -399,7 +379,6 @@ class Engine:
             # the greeting's holiday calendar: holiday hours and holiday greetings never disagree
             hours=BusinessHours(config.hours, greeter.calendar.holiday_on),
         )
-        self.callbacks = CallbackScheduler(config.callbacks.max_attempts, config.callbacks.retry_seconds)
         self.prompts = prompts
         self.writer = writer
         self.greeter = greeter
@@ -429,6 +408,10 @@ class Engine:
         digest = Registrar({a.number: a.secret for a in config.agents if a.secret}, key=secret,
                            policies={a.number: a.digest for a in config.agents})
         self.registrar = RegisterHandler(digest, config.limits.trusted, self.guard.auth_failed, self.agents.bind)
+        self.dialler = Dialler(
+            config, self.endpoint, CallbackScheduler(config.callbacks.max_attempts, config.callbacks.retry_seconds),
+            writer, self.acd, self.ports, self.media_ip, self.legs, lambda call: Leg(self, call), self._spawn,
+        )
         self.desk_commands = desk_commands
         self._taking_commands = False
 
@@ -607,117 +590,6 @@ class Engine:
             else:
                 self._spawn(self._identify(leg, caller))
 
-    # --- calling customers back ------------------------------------------------------------
-
-    def dial_callbacks(self) -> None:
-        """Once a second: a due callback request whose seat group has a free agent (and no caller waiting) is taken."""
-        gateway = self.config.callbacks.gateway
-        if gateway is None or not self.accepting:
-            return  # [callbacks] gateway unset: requests are kept (and in the CRM) but not dialled
-        now = utc_now()
-        free = {s.seat_group for s in self.acd.seats.values() if s.state is AgentState.AVAILABLE}
-        free -= {group for group, waiting in self.acd.queues.items() if waiting}  # callers on the line go first
-        request = self.callbacks.next_due(now, free)
-        if request is None:
-            return
-        call_id = new_call_id(self.endpoint.host)
-        request = self.callbacks.attempt_started(request.id, call_id, now)
-        self.writer.submit(callback_row(request))
-        leg = Leg(self, CustomerCall(call_id, request.number, gateway))
-        leg.callback = request.id
-        self.legs[call_id] = leg
-        leg.log.info("callback_attempt", callback=request.id, attempt=request.attempts, seat_group=request.seat_group)
-        callee = min(self.config.general.numbers) if self.config.general.numbers else ""
-        leg.dispatch(CallbackStarted(now, request.number, callee, request.tier, request.service, request.seat_group))
-
-    async def dial_customer(self, leg: Leg) -> None:
-        """INVITE the callback's stored number through the gateway, with its own RTP session."""
-        assert leg.callback is not None and isinstance(leg.call, CustomerCall)
-        # the guard of ivr.callbacks: only the stored number of the request being dialled, nothing a caller typed
-        number = self.callbacks.number_to_dial(leg.callback)
-        gateway = leg.call.source_addr
-        g = self.config.general
-        try:
-            rtp, leg.rtp_port = await open_rtp(self.ports, g.bind, gateway, leg.payload_type, strict=False)
-        except (OSError, RuntimeError) as exc:
-            leg.log.error("callback_media_failed", error=str(exc))
-            leg.dispatch(CustomerFailed(utc_now(), "failed"))
-            return
-        if leg.closed:
-            await rtp.close()
-            self._release_port(leg)
-            return
-        leg.rtp = rtp
-        rtp.on_dtmf = leg.on_dtmf
-        sdp = build_sdp(self.media_ip, leg.rtp_port, leg.payload_type, CODEC_NAMES[leg.payload_type])
-        callee = leg.flow.record.callee if leg.flow.record else ""
-        out = self.endpoint.invite(
-            from_uri=f"sip:{callee}@{self.endpoint.host}:{g.port}", from_display=None,
-            request_uri=f"sip:{number}@{gateway[0]}:{gateway[1]}", destination=gateway, sdp=sdp,
-            headers={"Call-ID": leg.call_id},
-        )
-        leg.call.out = out
-        out.on_answer = lambda _out: self._customer_answered(leg, out)
-        out.on_rejected = lambda _out, code, reason: self._customer_refused(leg, code, reason)
-        leg.customer_timer = asyncio.get_running_loop().call_later(CUSTOMER_RING_S, self._customer_refused, leg, 0,
-                                                                   "no answer")
-
-    def _customer_answered(self, leg: Leg, out: OutboundCall) -> None:
-        if leg.customer_timer is not None:
-            leg.customer_timer.cancel()
-        remote = out.sdp_answer.rtp_address if out.sdp_answer is not None else None
-        if remote is not None and leg.rtp is not None:
-            leg.rtp.update_remote(remote)
-        leg.dispatch(CustomerAnswered(utc_now()))
-
-    def _customer_refused(self, leg: Leg, status: int, reason: str) -> None:
-        if leg.customer_timer is not None:
-            leg.customer_timer.cancel()
-        if leg.flow.state is not State.DIALLING:
-            return  # our own CANCEL's 487, or an answer already taken
-        if status == 0 and isinstance(leg.call, CustomerCall) and leg.call.out is not None:
-            leg.call.out.cancel()
-        outcome = "no_answer" if status == 0 else _CUSTOMER_REFUSALS.get(status, "failed")
-        leg.log.info("customer_not_reached", status=status, reason=reason, outcome=outcome)
-        leg.dispatch(CustomerFailed(utc_now(), outcome, status))
-
-    def callback_attempt_ended(self, leg: Leg, outcome: str, answered: bool) -> None:
-        """The attempt's call has ended: the request completes, waits for its retry, or closes."""
-        request_id, leg.callback = leg.callback, None
-        assert request_id is not None
-        attempt = outcome.removeprefix("callback_") if outcome.startswith("callback_") else "failed"
-        if answered or attempt == "completed":
-            attempt = "answered"
-        try:
-            request = self.callbacks.attempt_result(request_id, attempt, utc_now())
-        except CallbackError as exc:
-            leg.log.error("callback_result_refused", reason=str(exc))
-            return
-        self.writer.submit(callback_row(request))
-        leg.log.info("callback_result", callback=request.id, attempt=request.attempts, status=request.status,
-                     result=request.result or "", due_at=request.due_at.isoformat())
-
-    def restore_callbacks(self, requests: list[RecordCallback]) -> None:
-        """Open requests the CRM kept across a restart: dialled again like new ones (their rows are updated)."""
-        for request in requests:
-            restored = self.callbacks.restore_record(request)
-            self.writer.submit(callback_row(restored))
-        if requests:
-            log.info("callbacks_restored", count=len(requests))
-
-    def request_callback(self, action: RequestCallback, leg_log: Any) -> None:
-        """A caller asked to be called back: keep the request for the dialler, and its row in the CRM."""
-        try:
-            request = self.callbacks.request(action.number, tier=action.tier, service=action.service,
-                                             seat_group=action.seat_group, call_id=action.sip_call_id, now=action.at,
-                                             due_at=action.due_at)
-        except CallbackError as exc:  # the flow offers callbacks only to diallable numbers: a bug if seen
-            leg_log.warning("callback_refused", reason=str(exc))
-            return
-        self.writer.submit(callback_row(request))
-        leg_log.info("callback_stored", callback=request.id, seat_group=request.seat_group,
-                     due_at=request.due_at.isoformat())
-
     async def _identify(self, leg: Leg, caller: str) -> None:
         """Look the caller up in the CRM while it rings (crm_bridge.customers.CallerDirectory)."""
         assert self.directory is not None
@@ -759,7 +631,7 @@ class Engine:
         leg.media_starting = False
         if leg.closed:  # CANCELled while the socket was being bound
             await rtp.close()
-            self._release_port(leg)
+            leg.release_port()
             return
         answer = leg.sdp_answer
         assert answer is not None and answer.audio is not None  # set by on_invite before the leg starts
@@ -852,7 +724,8 @@ class Engine:
             self.guard.expire()
             full_gc.tick(time.monotonic(), len(self.legs))  # the full GC run_ivr.py took off automatic: ivr.gcpolicy
             self.agents.tick()
-            self.dial_callbacks()
+            if self.accepting:
+                self.dialler.dial_due()
             if self.desk_commands is not None and not self._taking_commands:
                 self._spawn(self._apply_desk_commands())
             if self.status_file is not None and (self.agents.dirty or self.legs):
@@ -860,11 +733,6 @@ class Engine:
                 write_status(self.status_file, self.acd, len(self.legs), self.pacer)
 
     # --- teardown ---------------------------------------------------------------------
-
-    def _release_port(self, leg: Leg) -> None:
-        if leg.rtp_port is not None:
-            self.ports.release(leg.rtp_port)
-            leg.rtp_port = None
 
     def release(self, leg: Leg) -> None:
         """The flow has ended: free timers, playback, media and SIP state."""
@@ -879,15 +747,6 @@ class Engine:
         self.pacer.stop(leg)
         self.legs.pop(leg.call_id, None)
         self._spawn(leg.close_media())
-
-
-def callback_row(request: CallbackRequest) -> RecordCallback:
-    """The CRM row of a callback request; its key is the Call-ID of the call that asked."""
-    return RecordCallback(
-        request_key=request.call_ids[0], number=request.number, tier=request.tier, service=request.service,
-        seat_group=request.seat_group, requested_at=request.requested_at, due_at=request.due_at,
-        status=request.status, attempts=request.attempts, result=request.result, call_ids=" ".join(request.call_ids),
-    )
 
 
 def write_status(path: Path, acd: AgentPool, calls: int = 0, pacer: MediaClock | None = None) -> None:

@@ -9,7 +9,7 @@ from crm_bridge.db import make_engine, migrate
 from crm_bridge.outbox import Outbox, decode, encode
 from crm_bridge.writer import CrmWriter, open_callbacks
 from ivr.callbacks import CallbackScheduler
-from ivr.engine import callback_row
+from ivr.dialler import callback_row
 
 T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 
