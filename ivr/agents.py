@@ -20,24 +20,22 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import structlog
 from aiosipua import build_sdp
 
 from ivr.acd import AgentState, Offer, Seat, Waiting
+from ivr.callflow import CallFlow
 from ivr.config import AgentConfig, Config
-from ivr.events import AgentAnswered, AgentHungUp, AgentNoAnswer, AgentRinging, WhisperFinished
+from ivr.events import AgentAnswered, AgentHungUp, AgentNoAnswer, AgentRinging, Event, WhisperFinished
 from ivr.media import CODEC_NAMES, SAMPLES_PER_FRAME, RtpPortPool, RtpSession, open_rtp
 from ivr.screenpop import DeskLink, desk_call_url, screen_pop
 from ivr.sip.calls import OutboundCall
 from ivr.sip.endpoint import SipEndpoint
 from ivr.waiting import SeatGroupLoad, WaitEstimator
-
-if TYPE_CHECKING:
-    from ivr.engine import Leg
 
 log = structlog.get_logger("ivr.agents")
 
@@ -72,10 +70,24 @@ class AgentPool(Protocol):
     def describe(self) -> list[str]: ...
 
 
+class Caller(Protocol):
+    """A caller's call as the agent side sees it (`ivr.leg.Leg`): its flow, its media's codec, the agent rung."""
+
+    call_id: str
+    flow: CallFlow
+    payload_type: int
+    customer_name: str | None  # from the CRM, for the agent's screen-pop
+    agent: AgentLeg | None  # the agent being rung for this caller, or talking
+    closed: bool
+    log: Any  # the call's logger
+
+    def dispatch(self, event: Event) -> None: ...
+
+
 class AgentLeg:
     """The IVR's call to an agent (UAC side of the B2BUA) for one caller."""
 
-    def __init__(self, caller: Leg, offer: Offer) -> None:
+    def __init__(self, caller: Caller, offer: Offer) -> None:
         self.caller = caller
         self.offer = offer
         self.agent = offer.agent
@@ -117,7 +129,7 @@ class Agents:
     """The agent side of the hotline; see the module docstring."""
 
     def __init__(self, pool: AgentPool, config: Config, endpoint: SipEndpoint, ports: RtpPortPool,
-                 legs: dict[str, Leg], spawn: Callable[[Coroutine[Any, Any, None]], None], media_ip: str,
+                 legs: Mapping[str, Caller], spawn: Callable[[Coroutine[Any, Any, None]], None], media_ip: str,
                  desk: DeskLink | None = None) -> None:
         self.pool = pool
         self.config = config
@@ -209,11 +221,11 @@ class Agents:
 
     # --- callers in the queues ---------------------------------------------------------
 
-    def join(self, leg: Leg, seat_group: str, service: str) -> None:
+    def join(self, leg: Caller, seat_group: str, service: str) -> None:
         self.pool.join(leg.call_id, seat_group, service, utc_now())
         self.assign()
 
-    def position(self, leg: Leg) -> int | None:
+    def position(self, leg: Caller) -> int | None:
         return self.pool.position(leg.call_id)
 
     def _load(self, seat_group: str, now: datetime) -> SeatGroupLoad:
@@ -227,7 +239,7 @@ class Agents:
         )
         return SeatGroupLoad(len(online), busy)
 
-    def expected_wait(self, leg: Leg, position: int) -> tuple[bool, float | None]:
+    def expected_wait(self, leg: Caller, position: int) -> tuple[bool, float | None]:
         """(anyone logged in to serve this caller, seconds until an agent takes them or None)."""
         now = utc_now()
         record = leg.flow.record
@@ -250,7 +262,7 @@ class Agents:
             overflow = q.overflow.get(overflow)
         return False, None
 
-    def leave(self, leg: Leg) -> None:
+    def leave(self, leg: Caller) -> None:
         self.pool.leave(leg.call_id)
         if leg.agent is not None:  # an agent was being rung for this caller
             self.end_leg(leg.agent, hang_up=True, release=False)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from aiosipua import build_sdp
@@ -30,13 +30,11 @@ from ivr.callbacks import CallbackError, CallbackRequest, CallbackScheduler
 from ivr.callflow import State
 from ivr.config import Config
 from ivr.events import CallbackStarted, CustomerAnswered, CustomerFailed, RecordCallback, RequestCallback
+from ivr.leg import Leg
 from ivr.media import CODEC_NAMES, RtpPortPool, open_rtp
 from ivr.sip.calls import OutboundCall
 from ivr.sip.dialogs import new_call_id
 from ivr.sip.endpoint import Address, SipEndpoint
-
-if TYPE_CHECKING:
-    from ivr.engine import Leg
 
 # the lines of callbacks keep the logger name they have always had (logger=ivr.engine)
 log = structlog.get_logger("ivr.engine")

@@ -1,22 +1,22 @@
-"""The engine adapter: aiosipua (SIP) and aiortp (RTP) on one side, the call flow on the other.
+"""The engine: wires the SIP endpoint, media, agents, callbacks and the CRM to one `CallFlow` per call.
 
-This is the only module that imports the SIP/RTP libraries. It turns SIP
-dialogs, RTP audio and DTMF into `ivr.events`, feeds them to each call's
-`CallFlow`, and carries out the actions that come back. Library quirks are
-worked around here, each once, with a comment naming the version and the
-symptom (search for "aiosipua 0.7.1" / "aiortp 0.8.0").
-
-Media (`ivr.media`): every answered call is served by one shared 20 ms
-media clock, not a timer per call: prompt frames that were encoded once at
-start-up (`prompts.library`), silence when nothing plays. Inbound audio is
-decoded and run through VAD only while the flow listens (`Listen(True)`).
+It builds the parts, starts and stops them, and dispatches what the SIP
+endpoint (`ivr.sip.endpoint`) reports. A request off the wire passes
+admission (`ivr.guard`) and the RFC 3261 checks (`ivr.sanity`) first. A new
+call's INVITE is checked (feature codes, the number, its SDP offer, free RTP
+ports) and gets a `Leg` (`ivr.leg`, which runs the call's flow) with its RTP
+session, while the caller is looked up in the CRM; BYE, CANCEL, INFO, a
+missing ACK and an agent's REFER become events for that call's leg.
+REGISTERs are answered by `ivr.registrar`; agents and the calls to them are
+`ivr.agents`, calls back to customers `ivr.dialler`. Once a second it expires
+the guard's windows, runs the ACD and the dialler, takes the desk's commands
+and writes the status file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -25,76 +25,23 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from aiosipua import (
-    SdpMessage,
-    SdpNegotiationError,
-    SipRequest,
-    negotiate_sdp,
-    parse_address,
-    parse_uri,
-)
+from aiosipua import SdpNegotiationError, SipRequest, negotiate_sdp, parse_address, parse_uri
 
 from crm_bridge.customers import CallerDirectory, CallerProfile
 from crm_bridge.writer import CrmWriter
 from ivr.acd import Acd, agent_queue
-from ivr.agents import AgentLeg, AgentPool, Agents
+from ivr.agents import AgentPool, Agents
 from ivr.callbacks import CallbackScheduler
-from ivr.callflow import CallFlow, CallFlowBug, CallFlowError, State
+from ivr.callflow import State
 from ivr.config import Config
-from ivr.dialler import CustomerCall, Dialler
-from ivr.events import (
-    Aborted,
-    Action,
-    AnnouncePosition,
-    Answer,
-    Bridge,
-    CallerIdentified,
-    Cancelled,
-    CancelTimer,
-    DialCustomer,
-    Digit,
-    Event,
-    HangUp,
-    HangUpAgent,
-    HungUp,
-    Invited,
-    JoinQueue,
-    LeaveQueue,
-    Listen,
-    Music,
-    OpenTicket,
-    Play,
-    PromptFinished,
-    QueuePosition,
-    RecordCall,
-    RecordEvent,
-    RecordSurvey,
-    Reject,
-    RelayDigit,
-    RequestCallback,
-    Ring,
-    SpeechStarted,
-    StartTimer,
-    StopPlayback,
-    TimerFired,
-    TransferRequested,
-    Unbridge,
-    Whisper,
-)
+from ivr.dialler import Dialler
+from ivr.events import Aborted, CallerIdentified, Cancelled, Digit, HungUp, Invited, TransferRequested
 from ivr.gcpolicy import FullGcPolicy
 from ivr.greeting import Greeter
 from ivr.guard import Admission, SourceGuard
 from ivr.hours import BusinessHours
-from ivr.media import (
-    SAMPLES_PER_FRAME,
-    SILENCE_FRAMES,
-    MediaClock,
-    RtpPortPool,
-    RtpSession,
-    SrtpRtpSession,
-    StrictRtpSession,
-    open_rtp,
-)
+from ivr.leg import Leg
+from ivr.media import MediaClock, RtpPortPool, open_rtp
 from ivr.metrics import Metrics
 from ivr.registrar import RegisterHandler, Registrar, phone_address
 from ivr.sanity import check_request
@@ -103,11 +50,10 @@ from ivr.service import SEAT_GROUPS
 from ivr.sip.calls import InboundCall, OutboundCall
 from ivr.sip.dialogs import address_user
 from ivr.sip.endpoint import Address, Headers, SipEndpoint
-from ivr.srtp import SrtpContext, SrtpRefused, negotiate_srtp
-from ivr.vad import SpeechDetector
+from ivr.srtp import SrtpRefused, negotiate_srtp
 from prompts.catalogue import salutation_prompt, senior_salutation
 from prompts.library import PromptLibrary
-from prompts.music import MusicCursor, MusicOnHold
+from prompts.music import MusicOnHold
 
 log = structlog.get_logger("ivr.engine")
 
@@ -118,238 +64,6 @@ LOOKUP_TIMEOUT_S = 2.0  # a caller the CRM cannot name in time is served as unkn
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class Leg:
-    """One caller's call: its SIP dialog, RTP session, flow, timers and playback."""
-
-    def __init__(self, engine: Engine, call: InboundCall | CustomerCall) -> None:
-        self.engine = engine
-        self.call = call
-        self.call_id = call.call_id
-        self.log = log.bind(call_id=self.call_id)
-        self.flow = CallFlow(self.call_id, engine.flow_settings, engine.greeter)
-        self.rtp: RtpSession | None = None
-        self.rtp_port: int | None = None
-        self.sdp_answer: SdpMessage | None = None
-        self.srtp: SrtpContext | None = None  # the call's SRTP keys (RFC 4568); None: plain RTP
-        self.payload_type = 0
-        self.timers: dict[str, asyncio.TimerHandle] = {}
-        self.detector = SpeechDetector(engine.config.silence.vad_aggressiveness, engine.config.silence.speech_ms)
-        self.frames: tuple[bytes, ...] = ()
-        self.frame_index = 0
-        self.prompt: str | None = None
-        self.ts_offset = random.getrandbits(32)
-        self.media_starting = False
-        self.deferred_timer: str | None = None
-        self.closed = False
-        self.max_duration: asyncio.TimerHandle | None = None
-        self.agent: AgentLeg | None = None  # the agent being rung for this caller, or talking
-        self.customer_name: str | None = None  # from the CRM, for the agent's screen-pop
-        self._last_ts = self.ts_offset
-        # hold music: the shared pre-encoded loop, and where this caller is in it (resumes after announcements)
-        self.music: MusicCursor | None = engine.music.cursor() if engine.music is not None else None
-        self.music_on = False
-        self.callback: int | None = None  # the callback request this call dials (a CustomerCall)
-        self.customer_timer: asyncio.TimerHandle | None = None
-
-    def next_timestamp(self) -> int:
-        """RTP timestamp for a relayed frame: follows the media clock, never repeats."""
-        clock = (self.ts_offset + self.engine.pacer.tick * SAMPLES_PER_FRAME) & 0xFFFFFFFF
-        ahead = (clock - self._last_ts) & 0xFFFFFFFF
-        self._last_ts = clock if 0 < ahead < 0x80000000 else (self._last_ts + SAMPLES_PER_FRAME) & 0xFFFFFFFF
-        return self._last_ts
-
-    # --- events in ----------------------------------------------------------------
-
-    def dispatch(self, event: Event) -> None:
-        if self.closed:
-            return
-        try:
-            actions = self.flow.handle(event)
-        except CallFlowError as exc:
-            self.log.warning("event_not_allowed", event=type(event).__name__, state=exc.state.value)
-            return
-        except CallFlowBug:  # a handler broke the transition table: end the call, keep its record
-            self.log.exception("call_flow_bug", event=type(event).__name__)
-            if not isinstance(event, Aborted):
-                self.dispatch(Aborted(utc_now(), "call flow bug"))
-            return
-        try:
-            for action in actions:
-                self.execute(action)
-        except Exception as exc:  # an engine failure must not lose the call's record
-            self.log.exception("engine_error", action=type(action).__name__)
-            if not self.flow.ended:
-                self.dispatch(Aborted(utc_now(), f"engine error: {exc!r}"))
-        if self.flow.ended:
-            self.engine.release(self)
-
-    def fire_timer(self, name: str) -> None:
-        self.timers.pop(name, None)
-        if self.rtp is None and self.media_starting:
-            self.deferred_timer = name  # answer only once the RTP socket is bound
-            return
-        self.deferred_timer = None
-        self.dispatch(TimerFired(utc_now(), name))
-
-    def prompt_done(self) -> None:
-        prompt, self.prompt = self.prompt, None
-        if prompt is not None:
-            self.dispatch(PromptFinished(utc_now(), prompt))
-
-    def on_audio(self, pcm: bytes, _timestamp: int) -> None:
-        if self.detector.feed(pcm):
-            self.listen(False)
-            self.dispatch(SpeechStarted(utc_now()))
-
-    def on_dtmf(self, digit: str, _duration: int) -> None:
-        self.dispatch(Digit(utc_now(), digit, "rfc4733"))
-
-    def relay_to_agent(self, pcm: bytes, _timestamp: int) -> None:
-        agent = self.agent
-        if agent is not None and agent.rtp is not None:
-            agent.rtp.send_audio_pcm(pcm, agent.next_timestamp())
-
-    def relay_digit_to_caller(self, digit: str, _duration: int) -> None:
-        if self.rtp is not None:
-            self.rtp.send_dtmf(digit)
-
-    def relay_to_caller(self, pcm: bytes, _timestamp: int) -> None:
-        if self.rtp is not None:
-            self.rtp.send_audio_pcm(pcm, self.next_timestamp())
-
-    # --- actions out ----------------------------------------------------------------
-
-    def execute(self, action: Action) -> None:
-        match action:
-            case RecordEvent():
-                self.engine.writer.submit(action)
-                self.log.info(action.kind, **({"detail": action.detail} if action.detail else {}))
-            case RecordCall(record=record):
-                self.engine.writer.submit(action)
-                if record.ended_at is not None and self.callback is not None:
-                    self.engine.dialler.attempt_ended(self, record.outcome or "", record.answered_at is not None)
-                if record.ended_at is not None:
-                    metrics = self.engine.metrics
-                    metrics.calls.labels(record.outcome or "unknown").inc()
-                    if record.queue_wait_s is not None and record.seat_group:
-                        metrics.queue_wait.labels(record.seat_group).observe(record.queue_wait_s)
-            case Ring():
-                assert isinstance(self.call, InboundCall)  # a callback's customer leg is dialled, never rung
-                self.call.ringing()  # nothing after a CANCEL's 487
-            case Answer():
-                assert isinstance(self.call, InboundCall)
-                self.call.accept(self.sdp_answer)
-                self.engine.pacer.serve(self)  # from now on RTP flows: prompts, else keep-alive silence
-            case Reject(status=status, reason=reason):
-                assert isinstance(self.call, InboundCall)
-                self.call.reject(status, reason)
-            case Play(prompt=prompt):
-                self.frames = self.engine.prompts.frames(prompt, self.payload_type)
-                self.frame_index = 0
-                self.prompt = prompt
-                self.engine.pacer.serve(self)
-            case StopPlayback():
-                self.frames, self.prompt = (), None  # the clock goes on with keep-alive frames
-            case StartTimer(timer=name, seconds=seconds):
-                self.cancel_timer(name)
-                self.timers[name] = asyncio.get_running_loop().call_later(seconds, self.fire_timer, name)
-            case CancelTimer(timer=name):
-                self.cancel_timer(name)
-            case Listen(on=on):
-                self.listen(on)
-            case HangUp():
-                if self.customer_timer is not None:
-                    self.customer_timer.cancel()
-                self.call.hangup()
-            case JoinQueue(seat_group=group, service=service):
-                self.engine.agents.join(self, group, service)
-            case LeaveQueue():
-                self.engine.agents.leave(self)
-            case AnnouncePosition():
-                position = self.engine.agents.position(self) or 1
-                online, wait = self.engine.agents.expected_wait(self, position)
-                asyncio.get_running_loop().call_soon(self.dispatch, QueuePosition(utc_now(), position, online, wait))
-            case Music(on=on):
-                self.music_on = on
-                if on:
-                    self.engine.pacer.serve(self)
-            case RequestCallback():
-                self.engine.dialler.request(action, self.log)
-            case Whisper(prompts=prompts):
-                if self.agent is not None:
-                    frames = tuple(f for p in prompts for f in self.engine.prompts.frames(p, self.payload_type))
-                    self.engine.agents.whisper(self.agent, frames, self.engine.pacer)
-            case DialCustomer():
-                self.engine.dialler.dial(self)
-            case Bridge():
-                if self.agent is not None and self.agent.rtp is not None and self.rtp is not None:
-                    self.rtp.on_audio = self.relay_to_agent
-                    self.agent.rtp.on_audio = self.relay_to_caller
-                    self.agent.rtp.on_dtmf = self.relay_digit_to_caller
-                    self.engine.pacer.stop(self)  # the agent's audio paces the caller's stream now
-            case Unbridge():
-                if self.rtp is not None:
-                    self.rtp.on_audio = None
-                    self.engine.pacer.serve(self)
-                if self.agent is not None and self.agent.rtp is not None:
-                    self.agent.rtp.on_audio = None
-                    self.agent.rtp.on_dtmf = None
-            case RelayDigit(digit=digit):
-                if self.agent is not None and self.agent.rtp is not None:
-                    self.agent.rtp.send_dtmf(digit)
-            case HangUpAgent():
-                if self.agent is not None:
-                    self.engine.agents.end_leg(self.agent, hang_up=True)
-            case RecordSurvey() | OpenTicket():
-                self.engine.writer.submit(action)
-            case _:
-                raise TypeError(f"unknown action {action!r}")
-
-    def cancel_timer(self, name: str) -> None:
-        handle = self.timers.pop(name, None)
-        if handle is not None:
-            handle.cancel()
-
-    def listen(self, on: bool) -> None:
-        self.detector.reset()
-        if self.rtp is not None:
-            # aiortp 0.8.0 decodes inbound audio only when on_audio is set: no VAD, no decode.
-            self.rtp.on_audio = self.on_audio if on else None
-
-    def send_next_frame(self, tick: int) -> bool:
-        """Send this tick's frame on the shared clock; True once the prompt has played out."""
-        rtp = self.rtp
-        if rtp is None:
-            return False
-        timestamp = (self.ts_offset + tick * SAMPLES_PER_FRAME) & 0xFFFFFFFF
-        if self.frame_index < len(self.frames):
-            rtp.send_audio(self.frames[self.frame_index], timestamp)
-            self.frame_index += 1
-            return False
-        if self.music_on and self.music is not None:
-            rtp.send_audio(self.music.next_frame(self.payload_type), timestamp)  # between announcements
-        else:
-            rtp.send_audio(SILENCE_FRAMES[self.payload_type], timestamp)  # keep-alive: never a gap in RTP
-        return self.prompt is not None
-
-    def release_port(self) -> None:
-        if self.rtp_port is not None:
-            self.engine.ports.release(self.rtp_port)
-            self.rtp_port = None
-
-    async def close_media(self) -> None:
-        if self.media_starting:
-            return  # Engine._start_leg closes it when the bind completes
-        rtp, self.rtp = self.rtp, None
-        if rtp is not None:
-            await rtp.close()
-        if isinstance(rtp, StrictRtpSession) and (rtp.stray or rtp.malformed):
-            self.log.warning("rtp_dropped", stray=rtp.stray, malformed=rtp.malformed, expected_from=rtp.expected_from)
-        if isinstance(rtp, SrtpRtpSession) and (rtp.unauthenticated or rtp.unprotectable):
-            self.log.warning("srtp_dropped", unauthenticated=rtp.unauthenticated, unprotectable=rtp.unprotectable)
-        self.release_port()
 
 
 class Engine:
@@ -715,7 +429,7 @@ class Engine:
     def on_register(self, request: SipRequest, source: Address) -> tuple[int, str, Headers]:
         return self.registrar.handle(request, source)
 
-    # --- ACD and agent legs ------------------------------------------------------------
+    # --- once a second ----------------------------------------------------------------
 
     async def _assign_every_second(self) -> None:
         full_gc = FullGcPolicy(time.monotonic())

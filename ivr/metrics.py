@@ -24,19 +24,35 @@ engine when Prometheus scrapes, so the call path pays nothing for it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sized
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from crm_bridge.writer import CrmWriter
 from ivr.acd import AgentState
-
-if TYPE_CHECKING:
-    from ivr.engine import Engine
+from ivr.agents import AgentPool
+from ivr.guard import SourceGuard
+from ivr.media import MediaClock
 
 WAIT_BUCKETS = (5, 10, 20, 30, 60, 120, 300, 600)
+
+
+class Watched(Protocol):
+    """What a scrape reads of the engine (`ivr.engine.Engine`); its RTP `ports` too, where it has them."""
+
+    @property
+    def legs(self) -> Sized: ...
+    @property
+    def acd(self) -> AgentPool: ...
+    @property
+    def pacer(self) -> MediaClock: ...
+    @property
+    def writer(self) -> CrmWriter: ...
+    @property
+    def guard(self) -> SourceGuard: ...
 
 
 class Metrics:
@@ -49,7 +65,7 @@ class Metrics:
         self.queue_wait = Histogram("hotline_queue_wait_seconds", "Time callers spent queued", ["seat_group"],
                                     buckets=WAIT_BUCKETS, registry=self.registry)
 
-    def watch(self, engine: Engine) -> None:
+    def watch(self, engine: Watched) -> None:
         self.registry.register(_EngineCollector(engine))
 
     def serve(self, bind: str, port: int) -> None:
@@ -57,7 +73,7 @@ class Metrics:
 
 
 class _EngineCollector(Collector):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Watched) -> None:
         self.engine = engine
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
