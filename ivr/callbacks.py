@@ -3,9 +3,9 @@
 Theory of operation. A waiting caller presses `[queues] callback_key` (or
 no agent is logged in) and hears "好的,稍后给您回过去,感谢您的来电!". That
 stores a `CallbackRequest` for the caller's own number, tier, service and
-seat group. When an agent of that group is free, the adapter asks
-`next_due(now, free_groups)`, calls `attempt_started` and dials; the outcome
-comes back through `attempt_result`:
+seat group. When an agent of that group is free, the dialler
+(`ivr.dialler`) asks `next_due(now, free_groups)`, calls `attempt_started`
+and dials; the outcome comes back through `attempt_result`:
 
     pending --attempt_started--> dialling --answered--> completed (callback_completed)
                                     |  no_answer / busy / failed, attempts left:

@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-The engine adapter turns SIP and RTP happenings into events (`ivr.events`)
-and feeds them to `CallFlow.handle`, which returns the actions to carry out.
+The engine adapter (`ivr.engine`, and `ivr.leg` for each call) turns SIP and
+RTP happenings into events (`ivr.events`) and feeds them to `CallFlow.handle`,
+which returns the actions to carry out.
 The flow owns no socket and reads no clock: each event says when it happened,
 and waits are `StartTimer` actions that come back as `TimerFired` events.
 
