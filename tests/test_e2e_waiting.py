@@ -8,6 +8,7 @@ with the prompts the IVR rendered, as tests/test_e2e_softphone.py does.
 from __future__ import annotations
 
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -208,29 +209,65 @@ def wait_callback(ivr: IvrProcess, status: str, timeout: float = 90) -> sqlite3.
     raise AssertionError(f"callback not {status}: {[dict(r) for r in callback_rows(ivr)]}\n{ivr.log()[-3000:]}")
 
 
-def sipp_uas(tmp: Path, scenario: Path, port: int, *, calls: int = 1, extra: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+def sipp_uas(tmp: Path, scenario: Path, port: int, *, calls: int = 1, extra: tuple[str, ...] = (),
+             timeout_s: int = 150) -> subprocess.Popen[str]:
     """A SIPp UAS on 127.0.0.1:port standing in for the gateway and the customer's phone."""
     return subprocess.Popen(
         ["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1",
-         "-mp", str(free_port(even=True)), "-m", str(calls), "-nostdin", "-timeout", "150s", "-trace_err",
+         "-mp", str(free_port(even=True)), "-m", str(calls), "-nostdin", "-timeout", f"{timeout_s}s", "-trace_err",
          "-error_file", str(tmp / f"uas-{port}.err"), *extra],
-        cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        cwd=tmp, stdout=subprocess.DEVNULL, stderr=open(tmp / f"uas-{port}.stderr", "w"), text=True,  # noqa: SIM115
     )
 
 
+def customer_gateway(tmp: Path, scenario: Path, *, calls: int = 1,
+                     extra: tuple[str, ...] = ()) -> tuple[int, subprocess.Popen[str]]:
+    """The callback gateway (a SIPp UAS), listening before the IVR that is to dial it starts: (its port, SIPp).
+
+    A port found free and bound only later (after the IVR's start and a call) may be taken meanwhile; SIPp
+    then exits at once, the customer's INVITE goes unanswered, and the agent, who hangs up before the IVR
+    gives up ringing the customer (ivr.dialler.CUSTOMER_RING_S), turns the attempt into callback_failed.
+    """
+    errors = []
+    for _ in range(5):
+        port = free_port()
+        proc = sipp_uas(tmp, scenario, port, calls=calls, extra=extra, timeout_s=240)
+        started = time.monotonic()
+        while proc.poll() is None and time.monotonic() - started < 5:
+            if time.monotonic() - started > 0.3 and not port_is_free(port):
+                return port, proc  # up, and still up after the moment a failed bind would have ended it
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        errors.append((tmp / f"uas-{port}.stderr").read_text(errors="replace")[-300:])
+    raise AssertionError(f"the customer gateway (SIPp) would not start: {errors}")
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def test_an_agent_logging_in_is_rung_first_then_the_customer_is_called_back_and_bridged(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    customer_port = free_port()
-    ivr = ivr_factory(extra=f"[queues]\nwrap_up_seconds = 0\n[callbacks]\ngateway = 127.0.0.1:{customer_port}\n"
-                      + agents_conf(**{"821": ("junior", "dynamic")}))
-    asked = leave_callback(ivr, tmp_path)
-    customer = sipp_uas(tmp_path, ROOT / "loadtest" / "scenarios" / "agent_uas.xml", customer_port, extra=("-d", "20000"))
-    phone = softphone_agent(ivr.port, "821", "pw821", talk=10)
+    customer_port, customer = customer_gateway(tmp_path, ROOT / "loadtest" / "scenarios" / "agent_uas.xml",
+                                               extra=("-d", "20000"))
+    phone = None
     try:
+        ivr = ivr_factory(extra=f"[queues]\nwrap_up_seconds = 0\n[callbacks]\ngateway = 127.0.0.1:{customer_port}\n"
+                          + agents_conf(**{"821": ("junior", "dynamic")}))
+        asked = leave_callback(ivr, tmp_path)
+        phone = softphone_agent(ivr.port, "821", "pw821", talk=10)
         assert wait_line(phone, "registered") == "registered 200"
         done = wait_callback(ivr, "completed")
-    finally:
-        phone.kill()
         customer.wait(60)
+    finally:
+        if phone is not None:
+            phone.kill()
+        customer.kill()
     assert (done["number"], done["attempts"], done["result"]) == (CALLER, 1, "callback_completed")
     first, attempt = done["call_ids"].split()
     assert first == asked
@@ -245,17 +282,18 @@ def test_an_agent_logging_in_is_rung_first_then_the_customer_is_called_back_and_
 
 
 def test_a_callback_nobody_answers_is_retried_then_closed_with_its_reason(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    customer_port = free_port()
-    ivr = ivr_factory(extra=f"[queues]\nwrap_up_seconds = 0\n[callbacks]\ngateway = 127.0.0.1:{customer_port}\n"
-                      "max_attempts = 2\nretry_seconds = 30\n" + agents_conf(**{"821": ("junior", "dynamic")}))
-    leave_callback(ivr, tmp_path)
-    customer = sipp_uas(tmp_path, ROOT / "tests" / "sipp" / "customer_unavailable.xml", customer_port, calls=2)
-    phone = softphone_agent(ivr.port, "821", "pw821", talk=30, calls=2)
+    customer_port, customer = customer_gateway(tmp_path, ROOT / "tests" / "sipp" / "customer_unavailable.xml", calls=2)
+    phone = None
     try:
+        ivr = ivr_factory(extra=f"[queues]\nwrap_up_seconds = 0\n[callbacks]\ngateway = 127.0.0.1:{customer_port}\n"
+                          "max_attempts = 2\nretry_seconds = 30\n" + agents_conf(**{"821": ("junior", "dynamic")}))
+        leave_callback(ivr, tmp_path)
+        phone = softphone_agent(ivr.port, "821", "pw821", talk=30, calls=2)
         assert wait_line(phone, "registered") == "registered 200"
         done = wait_callback(ivr, "failed", timeout=120)
     finally:
-        phone.kill()
+        if phone is not None:
+            phone.kill()
         customer.kill()
     assert (done["attempts"], done["result"]) == (2, "callback_no_answer")
     _, first, second = done["call_ids"].split()
