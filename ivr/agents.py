@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
@@ -30,7 +30,7 @@ from aiosipua import build_sdp
 from ivr.acd import AgentState, Offer, Seat, Waiting
 from ivr.callflow import CallFlow
 from ivr.config import AgentConfig, Config
-from ivr.events import AgentAnswered, AgentHungUp, AgentNoAnswer, AgentRinging, Event, WhisperFinished
+from ivr.events import AgentAnswered, AgentHungUp, AgentNoAnswer, AgentRinging, Event, WhisperFinished, utc_now
 from ivr.media import CODEC_NAMES, SAMPLES_PER_FRAME, RtpPortPool, RtpSession, open_rtp
 from ivr.screenpop import DeskLink, desk_call_url, screen_pop
 from ivr.sip.calls import OutboundCall
@@ -38,10 +38,6 @@ from ivr.sip.endpoint import SipEndpoint
 from ivr.waiting import SeatGroupLoad, WaitEstimator
 
 log = structlog.get_logger("ivr.agents")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class AgentPool(Protocol):

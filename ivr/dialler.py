@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -29,7 +28,7 @@ from ivr.agents import AgentPool
 from ivr.callbacks import CallbackError, CallbackRequest, CallbackScheduler
 from ivr.callflow import State
 from ivr.config import Config
-from ivr.events import CallbackStarted, CustomerAnswered, CustomerFailed, RecordCallback, RequestCallback
+from ivr.events import CallbackStarted, CustomerAnswered, CustomerFailed, RecordCallback, RequestCallback, utc_now
 from ivr.leg import Leg
 from ivr.media import CODEC_NAMES, RtpPortPool, open_rtp
 from ivr.sip.calls import OutboundCall
@@ -42,10 +41,6 @@ log = structlog.get_logger("ivr.engine")
 CUSTOMER_RING_S = 30.0  # a called-back customer who has not answered by then: no_answer
 # a called-back customer's final response -> the attempt's outcome (ivr.callbacks.OUTCOMES)
 _CUSTOMER_REFUSALS = {486: "busy", 600: "busy", 603: "declined", 408: "no_answer", 480: "no_answer", 487: "no_answer"}
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class CustomerCall:

@@ -20,7 +20,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from ivr.callbacks import CallbackScheduler
 from ivr.callflow import State
 from ivr.config import Config
 from ivr.dialler import Dialler
-from ivr.events import Aborted, CallerIdentified, Cancelled, Digit, HungUp, Invited, TransferRequested
+from ivr.events import Aborted, CallerIdentified, Cancelled, Digit, HungUp, Invited, TransferRequested, utc_now
 from ivr.gcpolicy import FullGcPolicy
 from ivr.greeting import Greeter
 from ivr.guard import Admission, SourceGuard
@@ -60,10 +59,6 @@ log = structlog.get_logger("ivr.engine")
 # Agents dial these from their registered phone to pause (not offered calls) or resume.
 FEATURE_CODES = {"*46": True, "*47": False}
 LOOKUP_TIMEOUT_S = 2.0  # a caller the CRM cannot name in time is served as unknown
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Engine:

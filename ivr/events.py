@@ -9,7 +9,7 @@ itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 # the records the CRM stores are the CRM's types; the flow emits them as actions (re-exported here)
@@ -19,6 +19,12 @@ from crm_bridge.records import RecordCall as RecordCall
 from crm_bridge.records import RecordCallback as RecordCallback
 from crm_bridge.records import RecordEvent as RecordEvent
 from crm_bridge.records import RecordSurvey as RecordSurvey
+
+
+def utc_now() -> datetime:
+    """The time events carry: aware, in UTC (the CRM stores UTC; ivr.greeting converts for the caller)."""
+    return datetime.now(UTC)
+
 
 # --- events: what happened on the call ------------------------------------
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
@@ -61,6 +60,7 @@ from ivr.events import (
     TimerFired,
     Unbridge,
     Whisper,
+    utc_now,
 )
 from ivr.greeting import Greeter
 from ivr.media import (
@@ -81,10 +81,6 @@ from prompts.music import MusicCursor, MusicOnHold
 
 # a call's lines (its steps among them) keep the logger name they have always had (logger=ivr.engine)
 log = structlog.get_logger("ivr.engine")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Call(Protocol):
