@@ -268,7 +268,7 @@ def start_target(work: Path, opts: argparse.Namespace) -> Target:
             home = work / f"worker{n + 1}"
             home.mkdir()
             workers.append(start_ivr(home, opts, n))
-        target = start_balancer(work, workers)
+        target = start_balancer(work, workers, opts.balancer_cps or opts.capacity * len(workers))
 
     def sampler() -> None:
         start = time.monotonic()
@@ -332,8 +332,11 @@ def start_desk(ivr: Ivr) -> Desk:
             time.sleep(0.3)
 
 
-def start_balancer(work: Path, workers: list[Ivr]) -> Target:
-    """Kamailio with loadtest/kamailio/kamailio.cfg in front of the workers (as tests/test_e2e_kamailio.py runs it)."""
+def start_balancer(work: Path, workers: list[Ivr], max_cps: int) -> Target:
+    """Kamailio with loadtest/kamailio/kamailio.cfg in front of the workers (as tests/test_e2e_kamailio.py runs it).
+
+    `max_cps`: new calls a second it relays, the workers' capacity added up; beyond, it answers 503 itself.
+    """
     kamailio = shutil.which("kamailio") or "/usr/sbin/kamailio"
     if not os.path.exists(kamailio):
         raise SystemExit("--workers needs kamailio (scripts/bootstrap.sh installs Debian's)")
@@ -345,7 +348,8 @@ def start_balancer(work: Path, workers: list[Ivr]) -> Target:
         # 500s and lost calls) at some hundred calls/s, each transaction lingering for its wait timer
         [kamailio, "-DD", "-E", "-m", str(KAMAILIO_SHM_MB), "-f", str(ROOT / "loadtest" / "kamailio" / "kamailio.cfg"),
          "-L", KAMAILIO_MODULES,
-         "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DSLIST="{dslist}"', "-P", str(work / "kamailio.pid")],
+         "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DSLIST="{dslist}"', "-A", f"MAX_CPS={max_cps}",
+         "-P", str(work / "kamailio.pid")],
         stdout=open(work / "kamailio.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
     )
     time.sleep(3)  # up, and a first OPTIONS round to the workers
@@ -616,6 +620,9 @@ def main() -> int:
     p.add_argument("--cps-seconds", type=float, default=10)
     p.add_argument("--capacity", type=int, default=250, help="the IVR's max_invites_per_second (overload is 2x this)")
     p.add_argument("--max-calls", type=int, default=1000, help="each worker's max_calls")
+    p.add_argument("--balancer-cps", type=int, default=0,
+                   help="with --workers: new calls a second Kamailio relays before answering 503 itself "
+                        "(default: --capacity times --workers)")
     p.add_argument("--workers", type=int, default=1,
                    help="IVR processes; 2 or more behind Kamailio (loadtest/kamailio/), each with its own SQLite CRM")
     p.add_argument("--smoke", action="store_true", help="small and quick (CI): 20 calls, 100 cps, capacity 100")
