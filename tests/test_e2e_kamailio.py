@@ -56,7 +56,12 @@ def workers(tmp_path: Path, pg_url: str, worker_settings: str) -> Iterator[list[
 
 
 @pytest.fixture
-def balancer(tmp_path: Path, workers: list[IvrProcess]) -> Iterator[int]:
+def max_cps() -> int:
+    return 1200  # kamailio.cfg's default
+
+
+@pytest.fixture
+def balancer(tmp_path: Path, workers: list[IvrProcess], max_cps: int) -> Iterator[int]:
     if not os.path.exists(KAMAILIO):
         if os.environ.get("CI"):
             pytest.fail("kamailio not installed: scripts/bootstrap.sh installs Debian's kamailio")
@@ -67,7 +72,8 @@ def balancer(tmp_path: Path, workers: list[IvrProcess]) -> Iterator[int]:
     log = open(tmp_path / "kamailio.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [KAMAILIO, "-DD", "-E", "-f", str(ROOT / "loadtest" / "kamailio" / "kamailio.cfg"), "-L", MODULES,
-         "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DSLIST="{dslist}"', "-P", str(tmp_path / "kamailio.pid")],
+         "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DSLIST="{dslist}"', "-A", f"MAX_CPS={max_cps}",
+         "-P", str(tmp_path / "kamailio.pid")],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     time.sleep(3)  # up, and a first OPTIONS round to the workers
@@ -94,6 +100,18 @@ def test_calls_spread_over_two_workers_and_survive_one_draining(workers, balance
     assert invited(second) == split[1] + 10, "the remaining worker took every new call"
     time.sleep(1.0)
     assert outcomes(pg_url) == Counter({"caller_hangup": 30}), "one CRM, every call in it"
+
+
+@pytest.mark.parametrize("max_cps", [5])
+def test_the_balancer_refuses_new_calls_past_its_limit_with_503_and_loses_none(workers, balancer, pg_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """30 calls in about a second against MAX_CPS = 5: the rest get the balancer's own 503, every call ends."""
+    run = sipp(tmp_path, "signalling_call", balancer, calls=30, extra=("-d", "500", "-r", "30"), timeout_s=60)
+    finished(run, 90)  # SIPp exits 0 only if each call was answered and hung up, or refused with 503
+    relayed = sum(invited(w) for w in workers)
+    assert 5 <= relayed <= 12, f"about 5 a second relayed while SIPp sent 30 in ~1 s: {relayed}"
+    time.sleep(1.0)
+    assert outcomes(pg_url) == Counter({"caller_hangup": relayed}), "every relayed call answered and recorded"
+    assert not any(re.search(r"event='overload_refused'", w.log()) for w in workers), "the workers never had to refuse"
 
 
 AGENT_PORT = free_port()
