@@ -35,8 +35,7 @@ from ivr.sip.calls import OutboundCall
 from ivr.sip.dialogs import new_call_id
 from ivr.sip.endpoint import Address, SipEndpoint
 
-# the lines of callbacks keep the logger name they have always had (logger=ivr.engine)
-log = structlog.get_logger("ivr.engine")
+log = structlog.get_logger("ivr.dialler")
 
 CUSTOMER_RING_S = 30.0  # a called-back customer who has not answered by then: no_answer
 # a called-back customer's final response -> the attempt's outcome (ivr.callbacks.OUTCOMES)

@@ -44,8 +44,7 @@ from limits.strategies import MovingWindowRateLimiter
 from ivr.config import LimitsConfig
 
 log = structlog.get_logger("ivr.security")
-# overload_refused keeps the logger it was first written under (its logger= field is unchanged)
-overload_log = structlog.get_logger("ivr.engine")
+overload_log = structlog.get_logger("ivr.overload")  # not an attack: the machine or the call rate
 REPLY_PER_SECOND = 5
 SUMMARY_EVERY_S = 10.0
 LAG_PROBE_S = 0.05  # how often the event loop's lag is measured: a timer of this length, and how late it fires

@@ -79,8 +79,7 @@ from ivr.vad import SpeechDetector
 from prompts.library import PromptLibrary
 from prompts.music import MusicCursor, MusicOnHold
 
-# a call's lines (its steps among them) keep the logger name they have always had (logger=ivr.engine)
-log = structlog.get_logger("ivr.engine")
+log = structlog.get_logger("ivr.leg")  # a call's lines, each with its call_id
 
 
 class Call(Protocol):

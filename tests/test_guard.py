@@ -66,7 +66,7 @@ def test_new_calls_beyond_the_global_budget_get_503_and_one_log_line() -> None:
     assert admitted.count(True) == 2, "all sources together"
     assert answered == [(503, {"Retry-After": "2"})] * 8
     lines = [line for line in err.getvalue().splitlines() if "overload_refused" in line]
-    assert len(lines) == 1 and "reason='call rate'" in lines[0] and "logger='ivr.engine'" in lines[0], lines
+    assert len(lines) == 1 and "reason='call rate'" in lines[0] and "logger='ivr.overload'" in lines[0], lines
     in_dialog, _ = request(OK.replace("To: <sip:95000@127.0.0.1>", "To: <sip:95000@127.0.0.1>;tag=9"))
     assert gate.admit(in_dialog, ("192.0.2.1", 5060), accepting=True), "a re-INVITE is no new call"
 
