@@ -77,15 +77,13 @@ def _profile(phone: str, row: Any, thresholds: TierThresholds) -> CallerProfile:
 def senior_names(engine: Engine, thresholds: TierThresholds) -> list[tuple[str, str]]:
     """(name, gender) of every senior customer whose gender is recorded: the salutations to render at start.
 
-    Senior as `tier_of` decides it: set explicitly, or by assets or volume when no tier is set.
+    Senior as `tier_of` decides it (the one place that does), once at start, not per call.
     """
     c = _customers
-    derived_senior = (c.assets >= thresholds.senior_assets) | (c.volume >= thresholds.senior_volume)
-    query = select(c.name, c.gender).where(
-        c.gender.is_not(None), c.name != "", (c.tier == "senior") | (c.tier.is_(None) & derived_senior)
-    )
+    query = select(c.name, c.gender, c.assets, c.volume, c.tier).where(c.gender.is_not(None), c.name != "")
     with engine.connect() as conn:
-        return [(name, gender) for name, gender in conn.execute(query)]
+        return [(name, gender) for name, gender, assets, volume, tier in conn.execute(query)
+                if tier_of(assets, volume, tier, thresholds) == "senior"]
 
 
 class CallerDirectory:
