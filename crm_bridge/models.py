@@ -334,3 +334,53 @@ class WebhookDeadLetter(Base):
     failed_at: Mapped[datetime]
     attempts: Mapped[int]
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+RECORDING_STATES = ("recording", "complete", "interrupted", "deleted")
+
+
+class Recording(Base):
+    """One recording file of a bridged call: stereo, the caller on the left and the agent on the right.
+
+    `path` is relative to `[recording] directory` and is made by the IVR from
+    the call's row id and the time, never from caller-supplied text. A row is
+    `recording` while the file is written under a temporary name, `complete`
+    once renamed with its size and SHA-256, `interrupted` when the process
+    died meanwhile (found at the next start), `deleted` after retention.
+    """
+
+    __tablename__ = "recordings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sip_call_id: Mapped[str] = mapped_column(String(255), index=True)
+    agent_number: Mapped[str | None] = mapped_column(String(32), index=True)
+    seat_group: Mapped[str | None] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(512), unique=True)
+    format: Mapped[str] = mapped_column(String(16))  # wav-pcm16, wav-alaw, wav-ulaw, flac, ogg-opus
+    channels: Mapped[int] = mapped_column(default=2)
+    started_at: Mapped[datetime] = mapped_column(index=True)
+    ended_at: Mapped[datetime | None]
+    duration_s: Mapped[float | None]
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), index=True)  # one of RECORDING_STATES
+    error: Mapped[str | None] = mapped_column(Text)  # why it is interrupted, or a write error
+    # conversation characteristics computed after the call (talk times, silences, over-talk), JSON
+    characteristics: Mapped[str | None] = mapped_column(Text)
+    deleted_at: Mapped[datetime | None]
+    pauses: Mapped[list[RecordingPause]] = relationship(
+        back_populates="recording", order_by="RecordingPause.started_at")
+
+
+class RecordingPause(Base):
+    """A span of a recording paused for sensitive data (silence in the file): who paused it, when, how long."""
+
+    __tablename__ = "recording_pauses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recording_id: Mapped[int] = mapped_column(ForeignKey("recordings.id"), index=True)
+    paused_by: Mapped[str] = mapped_column(String(64))  # the agent number, or a desk user name
+    started_at: Mapped[datetime]
+    offset_s: Mapped[float]  # where the pause starts in the file
+    duration_s: Mapped[float | None]  # None while still paused
+    recording: Mapped[Recording] = relationship(back_populates="pauses")
