@@ -31,7 +31,7 @@ from ivr.acd import AgentState, Offer, Seat, Waiting
 from ivr.callflow import CallFlow
 from ivr.config import AgentConfig, Config
 from ivr.events import AgentAnswered, AgentHungUp, AgentNoAnswer, AgentRinging, Event, WhisperFinished, utc_now
-from ivr.media import CODEC_NAMES, SAMPLES_PER_FRAME, RtpPortPool, RtpSession, open_rtp
+from ivr.media import CODEC_NAMES, SAMPLES_PER_FRAME, SILENCE_FRAMES, MediaClock, RtpPortPool, RtpSession, open_rtp
 from ivr.screenpop import DeskLink, desk_call_url, screen_pop
 from ivr.sip.calls import OutboundCall
 from ivr.sip.endpoint import SipEndpoint
@@ -101,19 +101,29 @@ class AgentLeg:
         self.whisper_index = 0
         self.on_whispered: Callable[[], None] | None = None
 
+    @property
+    def payload_type(self) -> int:
+        return self.caller.payload_type  # the agent is offered the caller's codec
+
     def next_timestamp(self) -> int:
         self._ts = (self._ts + SAMPLES_PER_FRAME) & 0xFFFFFFFF
         return self._ts
 
     def send_next_frame(self, tick: int) -> bool:
-        """The media clock's tick while the whisper plays; True once it has played out."""
+        """The media clock's tick from answer until the bridge: a whisper's frame, else silence.
+
+        True once a whisper has played out. The agent's phone gets a frame every
+        tick while the caller hears the agent's announcement, so a phone that
+        ends calls without RTP never sees a silent line.
+        """
         if self.rtp is None or self.ended:
-            return True
+            return False
         if self.whisper_index < len(self.whisper):
             self.rtp.send_audio(self.whisper[self.whisper_index], self.next_timestamp())
             self.whisper_index += 1
-            return False
-        return True
+            return self.whisper_index == len(self.whisper)
+        self.rtp.send_audio(SILENCE_FRAMES[self.payload_type], self.next_timestamp())
+        return False
 
     def prompt_done(self) -> None:
         done, self.on_whispered = self.on_whispered, None
@@ -126,7 +136,7 @@ class Agents:
 
     def __init__(self, pool: AgentPool, config: Config, endpoint: SipEndpoint, ports: RtpPortPool,
                  legs: Mapping[str, Caller], spawn: Callable[[Coroutine[Any, Any, None]], None], media_ip: str,
-                 desk: DeskLink | None = None) -> None:
+                 pacer: MediaClock, desk: DeskLink | None = None) -> None:
         self.pool = pool
         self.config = config
         self.endpoint = endpoint
@@ -134,6 +144,7 @@ class Agents:
         self.legs = legs  # the engine's calls, by Call-ID
         self.spawn = spawn
         self.media_ip = media_ip
+        self.pacer = pacer  # serves each answered agent leg until its bridge does
         self.desk = desk or DeskLink()
         self.legs_by_agent_call: dict[str, AgentLeg] = {}  # by the agent call's Call-ID
         self.registrations: dict[str, asyncio.TimerHandle] = {}
@@ -344,6 +355,7 @@ class Agents:
         if remote is not None and agent_leg.rtp is not None:
             agent_leg.rtp.update_remote(remote)
         agent_leg.answered = True
+        self.pacer.serve(agent_leg)  # RTP to the agent from answer on: silence during the caller's announcement
         agent_leg.answered_at = self.busy_since[agent_leg.agent] = utc_now()
         self.pool.answered(agent_leg.agent)
         self.publish_states()
@@ -358,17 +370,16 @@ class Agents:
         agent_leg.caller.dispatch(AgentNoAnswer(utc_now(), agent_leg.agent))
         self.assign()
 
-    def whisper(self, agent_leg: AgentLeg, frames: tuple[bytes, ...], pacer: Any) -> None:
+    def whisper(self, agent_leg: AgentLeg, frames: tuple[bytes, ...]) -> None:
         """Play `frames` to the agent alone on the shared media clock, then tell the caller's flow."""
         agent_leg.whisper, agent_leg.whisper_index = frames, 0
 
         def done() -> None:
-            pacer.stop(agent_leg)
             if not agent_leg.ended:
                 agent_leg.caller.dispatch(WhisperFinished(utc_now()))
 
         agent_leg.on_whispered = done
-        pacer.serve(agent_leg)
+        self.pacer.serve(agent_leg)
 
     def hung_up(self, out: OutboundCall) -> bool:
         """The agent's BYE; False when the call is not an agent leg of ours."""
@@ -384,6 +395,7 @@ class Agents:
         if agent_leg.ended:
             return
         agent_leg.ended = True
+        self.pacer.stop(agent_leg)
         if agent_leg.ring_timer is not None:
             agent_leg.ring_timer.cancel()
         out = agent_leg.out

@@ -102,6 +102,8 @@ class Engine:
         self._assign_task: asyncio.Task[None] | None = None
         self.status_file = config.status_file
         self.pacer = MediaClock()
+        # called with each leg whose caller and agent are bridged (Engine.bridged)
+        self.bridge_hooks: list[Callable[[Leg], None]] = []
         self.ports = RtpPortPool(*config.general.rtp_ports)
         self.accepting = True
         self._tasks: set[asyncio.Task[None]] = set()
@@ -111,7 +113,8 @@ class Engine:
             tls_port=g.tls_port, tls_certificate=str(g.tls_certificate or ""), tls_key=str(g.tls_key or ""),
             idle_seconds=g.tcp_idle_seconds, max_connections=g.max_connections,
         )
-        self.agents = Agents(self.acd, config, self.endpoint, self.ports, self.legs, self._spawn, self.media_ip, desk)
+        self.agents = Agents(self.acd, config, self.endpoint, self.ports, self.legs, self._spawn, self.media_ip,
+                             self.pacer, desk)
         # Workers that share agents share the nonce key, so a challenge from one is answered to any.
         secret = config.cluster.secret.encode() if config.cluster.shared_agents else None
         digest = Registrar({a.number: a.secret for a in config.agents if a.secret}, key=secret,
@@ -441,6 +444,14 @@ class Engine:
                 self.agents.dirty = False
                 write_status(self.status_file, self.acd, len(self.legs), self.pacer)
 
+    def bridged(self, leg: Leg) -> None:
+        """A caller and an agent talk (`leg.bridge`): each hook (recorder, live monitoring) may tap or inject."""
+        for hook in self.bridge_hooks:
+            try:
+                hook(leg)
+            except Exception:  # a recorder that cannot start must not break the call
+                leg.log.exception("bridge_hook_failed", hook=getattr(hook, "__qualname__", repr(hook)))
+
     # --- teardown ---------------------------------------------------------------------
 
     def release(self, leg: Leg) -> None:
@@ -453,6 +464,7 @@ class Engine:
             leg.max_duration = None  # its callback holds the leg: a cycle only a full GC would free
         for name in list(leg.timers):
             leg.cancel_timer(name)
+        leg.unbridge()  # every path out of a bridge unbridges first; this is the safety net
         self.pacer.stop(leg)
         self.legs.pop(leg.call_id, None)
         self._spawn(leg.close_media())

@@ -25,6 +25,7 @@ from aiosipua import SdpMessage
 
 from crm_bridge.writer import CrmWriter
 from ivr.agents import AgentLeg, Agents
+from ivr.bridge import MediaBridge
 from ivr.callflow import CallFlow, CallFlowBug, CallFlowError, FlowSettings
 from ivr.config import Config
 from ivr.events import (
@@ -131,6 +132,10 @@ class Host(Protocol):
         """The flow has ended: free the leg's timers, playback, media and SIP state."""
         ...
 
+    def bridged(self, leg: Leg) -> None:
+        """The caller and the agent talk now (`leg.bridge`): where recorders and listeners attach."""
+        ...
+
 
 class Leg:
     """One caller's call: its SIP dialog, RTP session, flow, timers and playback."""
@@ -157,6 +162,7 @@ class Leg:
         self.closed = False
         self.max_duration: asyncio.TimerHandle | None = None
         self.agent: AgentLeg | None = None  # the agent being rung for this caller, or talking
+        self.bridge: MediaBridge | None = None  # while the caller talks with the agent
         self.customer_name: str | None = None  # from the CRM, for the agent's screen-pop
         self._last_ts = self.ts_offset
         # hold music: the shared pre-encoded loop, and where this caller is in it (resumes after announcements)
@@ -218,18 +224,23 @@ class Leg:
     def on_dtmf(self, digit: str, _duration: int) -> None:
         self.dispatch(Digit(utc_now(), digit, "rfc4733"))
 
-    def relay_to_agent(self, pcm: bytes, _timestamp: int) -> None:
-        agent = self.agent
-        if agent is not None and agent.rtp is not None:
-            agent.rtp.send_audio_pcm(pcm, agent.next_timestamp())
-
     def relay_digit_to_caller(self, digit: str, _duration: int) -> None:
         if self.rtp is not None:
             self.rtp.send_dtmf(digit)
 
-    def relay_to_caller(self, pcm: bytes, _timestamp: int) -> None:
-        if self.rtp is not None:
-            self.rtp.send_audio_pcm(pcm, self.next_timestamp())
+    def unbridge(self) -> None:
+        """End the bridge (hang-up, transfer): the clock serves the caller again, and the agent until released."""
+        bridge, self.bridge = self.bridge, None
+        if bridge is not None:
+            self.engine.pacer.stop(bridge)
+            bridge.close()
+            if self.rtp is not None:
+                self.engine.pacer.serve(self)
+            agent = bridge.agent
+            if isinstance(agent, AgentLeg) and not agent.ended:
+                self.engine.pacer.serve(agent)
+        if self.agent is not None and self.agent.rtp is not None:
+            self.agent.rtp.on_dtmf = None
 
     # --- actions out ----------------------------------------------------------------
 
@@ -292,22 +303,21 @@ class Leg:
             case Whisper(prompts=prompts):
                 if self.agent is not None:
                     frames = tuple(f for p in prompts for f in self.engine.prompts.frames(p, self.payload_type))
-                    self.engine.agents.whisper(self.agent, frames, self.engine.pacer)
+                    self.engine.agents.whisper(self.agent, frames)
             case DialCustomer():
                 self.engine.dialler.dial(self)
             case Bridge():
                 if self.agent is not None and self.agent.rtp is not None and self.rtp is not None:
-                    self.rtp.on_audio = self.relay_to_agent
-                    self.agent.rtp.on_audio = self.relay_to_caller
+                    self.bridge = MediaBridge(self, self.agent, self.log)
+                    self.bridge.connect()
                     self.agent.rtp.on_dtmf = self.relay_digit_to_caller
-                    self.engine.pacer.stop(self)  # the agent's audio paces the caller's stream now
+                    # the bridge sends both sides from now on, one frame a tick each
+                    self.engine.pacer.stop(self)
+                    self.engine.pacer.stop(self.agent)
+                    self.engine.pacer.serve(self.bridge)
+                    self.engine.bridged(self)
             case Unbridge():
-                if self.rtp is not None:
-                    self.rtp.on_audio = None
-                    self.engine.pacer.serve(self)
-                if self.agent is not None and self.agent.rtp is not None:
-                    self.agent.rtp.on_audio = None
-                    self.agent.rtp.on_dtmf = None
+                self.unbridge()
             case RelayDigit(digit=digit):
                 if self.agent is not None and self.agent.rtp is not None:
                     self.agent.rtp.send_dtmf(digit)
