@@ -23,8 +23,8 @@ to a thread or a queue, it never writes a file here. A tap or injection that
 raises is removed and logged; the call goes on. With neither, a tick costs a
 buffer slice and an encode per side, as the packet relay it replaces did.
 
-Each side's received audio waits in a small byte buffer (any packet time
-works: 20 ms or 30 ms packets are cut into 20 ms frames). It holds at most
+Each side's received audio waits in a short queue of 20 ms frames (any
+packet time works: 30 ms packets are cut into 20 ms frames). It holds at most
 `MAX_BUFFERED_FRAMES`; past that the oldest audio is dropped, so a sender
 whose clock runs fast, or a burst after a network stall, never builds up
 delay in the conversation.
@@ -32,6 +32,7 @@ delay in the conversation.
 
 from __future__ import annotations
 
+from collections import deque
 from enum import Enum
 from typing import Protocol
 
@@ -97,34 +98,37 @@ def mix(a: bytes | None, b: bytes) -> bytes:
 
 
 class _Inbound:
-    """Audio received from one party, waiting for the clock."""
+    """Audio received from one party, in 20 ms frames waiting for the clock."""
 
-    __slots__ = ("buffer", "frames", "underruns", "dropped")
+    __slots__ = ("queue", "partial", "frames", "underruns", "dropped")
 
     def __init__(self) -> None:
-        self.buffer = bytearray()
+        self.queue: deque[bytes] = deque()
+        self.partial = bytearray()  # the rest of a packet that was not a whole number of frames
         self.frames = 0  # frames taken on the clock
         self.underruns = 0  # ticks with nothing received: silence sent instead
         self.dropped = 0  # frames dropped to keep the delay bounded
 
     def put(self, pcm: bytes, _timestamp: int) -> None:
-        buffer = self.buffer
-        buffer += pcm
-        excess = len(buffer) - MAX_BUFFERED_FRAMES * FRAME_BYTES
-        if excess > 0:
-            excess = -(-excess // FRAME_BYTES) * FRAME_BYTES  # whole frames, oldest first
-            del buffer[:excess]
-            self.dropped += excess // FRAME_BYTES
+        queue = self.queue
+        if len(pcm) == FRAME_BYTES and not self.partial:
+            queue.append(pcm)  # 20 ms packets, nearly every phone: no copy
+        else:
+            partial = self.partial
+            partial += pcm
+            while len(partial) >= FRAME_BYTES:
+                queue.append(bytes(partial[:FRAME_BYTES]))
+                del partial[:FRAME_BYTES]
+        while len(queue) > MAX_BUFFERED_FRAMES:
+            queue.popleft()
+            self.dropped += 1
 
     def take(self) -> bytes | None:
-        buffer = self.buffer
-        if len(buffer) < FRAME_BYTES:
-            self.underruns += 1
-            return None
-        frame = bytes(buffer[:FRAME_BYTES])
-        del buffer[:FRAME_BYTES]
-        self.frames += 1
-        return frame
+        if self.queue:
+            self.frames += 1
+            return self.queue.popleft()
+        self.underruns += 1
+        return None
 
 
 class MediaBridge:
