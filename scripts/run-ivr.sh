@@ -32,14 +32,18 @@ fi
 desk=$!
 "$PY" run_ivr.py --config "$CONFIG" "$@" &
 ivr=$!
-trap 'kill "$desk" 2>/dev/null || true' EXIT
+trap 'kill "$desk" 2>/dev/null && { wait "$desk" 2>/dev/null || true; }' EXIT
 # SIGTERM to this script drains the IVR. Ctrl-C reaches the IVR and the desk from the terminal
 # itself: forwarding it as well would count as the second signal, which skips the drain.
 trap 'kill -TERM "$ivr" 2>/dev/null || true' TERM
 trap ':' INT
-while :; do
-  status=0
-  wait "$ivr" || status=$?
-  kill -0 "$ivr" 2>/dev/null || break
+# a trapped signal interrupts `wait` (status 128+n) while the IVR drains: wait again until it is gone,
+# then take its own exit status (bash keeps it for the asking)
+while kill -0 "$ivr" 2>/dev/null; do
+  wait "$ivr" || true
 done
+status=0
+wait "$ivr" || status=$?
+trap - EXIT
+kill "$desk" 2>/dev/null && { wait "$desk" 2>/dev/null || true; }
 exit "$status"
