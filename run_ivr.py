@@ -48,7 +48,16 @@ log = structlog.get_logger("run_ivr")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Hotline IVR: answers SIP calls per the service scripts.")
+    p = argparse.ArgumentParser(
+        description="Hotline IVR: answers SIP calls per the service scripts.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python run_ivr.py --config sip.conf.example     # 127.0.0.1:5060, SQLite var/hotline.db\n"
+               "  python run_ivr.py --config sip.conf --ring-seconds 0 --log-level debug\n\n"
+               "SIGTERM or Ctrl-C drains (new calls get 503, calls in progress finish for up to\n"
+               "[general] drain_seconds); a second signal skips the wait. scripts/run-ivr.sh sets up\n"
+               "and starts the desk beside it.",
+    )
     p.add_argument("--config", type=Path, default=Path("sip.conf.example"),
                    help="sip.conf to load (default: %(default)s)")
     p.add_argument("--bind", help="SIP/RTP bind address (overrides [general] bind)")

@@ -8,6 +8,7 @@
     python -m crm_bridge --db-url URL report --date 2026-11-24 [--html FILE] [--csv DIR]
     python -m crm_bridge --db-url URL webhook-dead
     python -m crm_bridge --db-url URL webhook-retry [SIP_CALL_ID]
+    python -m crm_bridge --db-url URL migrate
 
 `--config sip.conf` takes the database URL, tier thresholds and time zone from the IVR's config;
 days are local days of `[general] timezone` (Asia/Shanghai by default), not UTC days.
@@ -29,32 +30,58 @@ from crm_bridge.db import make_engine, migrate
 from crm_bridge.models import TIERS, Call, Customer, WebhookDeadLetter
 from crm_bridge.report import aware, local_today, low_scores, overdue_tickets
 
+EXAMPLES = """examples:
+  python -m crm_bridge --config sip.conf.example import-customers loadtest/customers.csv
+  python -m crm_bridge --config sip.conf.example list-customers --tier senior
+  python -m crm_bridge --config sip.conf.example report --date 2026-11-26 --html var/report.html
+  python -m crm_bridge --db-url sqlite:///var/hotline.db overdue-tickets
+
+`--config sip.conf` takes the database URL, tier thresholds and time zone from the IVR's config;
+days are local days of [general] timezone (Asia/Shanghai by default), not UTC days.
+"""
+
+
+def _command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, what: str,
+             example: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help says what it does and shows an example."""
+    return sub.add_parser(name, help=what, description=what, formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog=f"example:\n  python -m crm_bridge --config sip.conf.example {example}")
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m crm_bridge", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m crm_bridge", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
     p.add_argument("--db-url", help="CRM database URL (default: from --config)")
     p.add_argument("--config", type=Path, default=Path("sip.conf.example"),
-                   help="sip.conf for the URL and tier thresholds")
+                   help="sip.conf for the URL and tier thresholds (default: %(default)s)")
     sub = p.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import-customers",
-                         help="insert/update customers from CSV: phone,name,assets,volume[,tier][,gender]")
+    imp = _command(sub, "import-customers",
+                   "insert/update customers from CSV: phone,name,assets,volume[,tier][,gender]; "
+                   "a bad row is reported with its line and nothing is imported",
+                   "import-customers loadtest/customers.csv")
     imp.add_argument("file", type=Path)
-    lst = sub.add_parser("list-customers", help="customers with their effective tier")
+    lst = _command(sub, "list-customers", "customers with their effective tier", "list-customers --tier senior")
     lst.add_argument("--tier", choices=TIERS)
-    st = sub.add_parser("set-tier", help="set a customer's tier explicitly ('auto' derives it again)")
+    st = _command(sub, "set-tier", "set a customer's tier explicitly ('auto' derives it again)",
+                  "set-tier 13800000001 senior")
     st.add_argument("phone")
     st.add_argument("tier", choices=[*TIERS, "auto"])
-    sub.add_parser("overdue-tickets", help="complaints not closed whose daily feedback is due ([002])")
-    low = sub.add_parser("low-scores", help="yesterday's low survey scores, for the morning review ([004])")
+    _command(sub, "overdue-tickets", "complaints not closed whose daily feedback is due ([002])", "overdue-tickets")
+    low = _command(sub, "low-scores", "yesterday's low survey scores, for the morning review ([004])",
+                   "low-scores --day 2026-11-26")
     low.add_argument("--day", type=date.fromisoformat,
                      help="the local day to review (default: yesterday in [general] timezone)")
     low.add_argument("--from-score", type=int, default=2,
                      help="keypad scores counted as low: this and worse "
                           "(1 satisfied, 2 average, 3 dissatisfied; default %(default)s)")
-    sub.add_parser("webhook-dead", help="pushes to the external CRM that failed every attempt")
-    wr = sub.add_parser("webhook-retry", help="re-queue dead-lettered pushes (all, or one call's)")
+    _command(sub, "webhook-dead", "pushes to the external CRM that failed every attempt", "webhook-dead")
+    wr = _command(sub, "webhook-retry", "re-queue dead-lettered pushes (all, or one call's)",
+                  "webhook-retry 1-5663@127.0.0.1")
     wr.add_argument("sip_call_id", nargs="?")
-    rep = sub.add_parser("report", help="the daily report per seat group and agent, for one local day")
+    _command(sub, "migrate", "bring the CRM's schema to the newest revision (the IVR and the desk also do it at start)",
+             "migrate")
+    rep = _command(sub, "report", "the daily report per seat group and agent, for one local day",
+                   "report --date 2026-11-26 --html var/report.html --csv var/report/")
     rep.add_argument("--date", type=date.fromisoformat, help="YYYY-MM-DD (default: yesterday in [general] timezone)")
     rep.add_argument("--html", type=Path, help="also write a self-contained HTML file with the charts")
     rep.add_argument("--csv", type=Path, help="also write seat_groups-DAY.csv and agents-DAY.csv into this directory")
@@ -84,7 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     engine = make_engine(url)
     migrate(engine)
 
-    if args.command == "import-customers":
+    if args.command == "migrate":
+        from alembic.runtime.migration import MigrationContext
+
+        with engine.connect() as conn:
+            print(f"CRM schema at revision {MigrationContext.configure(conn).get_current_revision()}")
+    elif args.command == "import-customers":
         try:
             count = import_customers(engine, args.file)
         except (ImportError_, OSError) as exc:

@@ -5,6 +5,8 @@
     python -m desk --config sip.conf add-supervisor 王经理  # a supervisor account (same)
 
 A separate process from the IVR: it reads and writes the CRM database only.
+On its first start every agent of sip.conf gets a desk account whose password
+is the agent's SIP secret.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 
 from crm_bridge.db import make_engine, migrate
-from desk.auth import PasswordError, seed_agents, set_password
+from desk.auth import PasswordError, account_exists, seed_agents, set_password
 from desk.config import DeskConfig, load_desk_config
 from ivr.config import ConfigError
 
@@ -55,15 +57,41 @@ def serve(config: DeskConfig, engine) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
+EXAMPLES = """examples:
+  python -m desk --config sip.conf.example                       # http://127.0.0.1:8080 (801 / change-me-801)
+  python -m desk --config sip.conf.example add-supervisor 王经理  # asks for a password (or reads one line on stdin)
+  python -m desk --config sip.conf.example set-password 801      # an agent's desk password
+
+A separate process from the IVR: it reads and writes the CRM database only.
+On its first start every agent of sip.conf gets a desk account whose password
+is the agent's SIP secret.
+"""
+
+
+def _command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, what: str,
+             example: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help says what it does and shows an example."""
+    return sub.add_parser(name, help=what, description=what, formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog=f"example:\n  {example}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m desk", description=__doc__.split("\n")[0])
-    p.add_argument("--config", type=Path, default=Path("sip.conf"), help="the IVR's sip.conf, with a [desk] section")
+    p = argparse.ArgumentParser(prog="python -m desk", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
+    p.add_argument("--config", type=Path, default=Path("sip.conf"),
+                   help="the IVR's sip.conf, with a [desk] section (default: %(default)s)")
     sub = p.add_subparsers(dest="command")
-    sub.add_parser("serve", help="run the desk (the default)")
-    sp = sub.add_parser("set-password", help="set an agent's desk password")
+    _command(sub, "serve", "run the desk on [desk] bind:port (the default command)",
+             "python -m desk --config sip.conf.example serve")
+    sp = _command(sub, "set-password", "set an agent's desk password (prompted twice, or one line on stdin)",
+                  "python -m desk --config sip.conf.example set-password 801")
     sp.add_argument("agent")
-    su = sub.add_parser("add-supervisor", help="create a supervisor account, or set its password")
+    su = _command(sub, "add-supervisor",
+                  "create a supervisor account, or set its password (prompted twice, or one line on stdin)",
+                  "printf 'a-long-password\\n' | python -m desk --config sip.conf.example add-supervisor 王经理")
     su.add_argument("name")
+    su.add_argument("--if-missing", action="store_true",
+                    help="only create the account: leave an existing one and its password alone")
     args = p.parse_args(argv)
     try:
         config = load_desk_config(args.config)
@@ -87,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 1
+            if args.if_missing and account_exists(engine, name):
+                print(f"supervisor {name} exists: left as it is")
+                return 0
             created = set_password(engine, name, _password(name), role="supervisor")
             print(f"supervisor {name} {'created' if created else 'password changed'}")
         else:

@@ -56,6 +56,11 @@ def set_password(engine: Engine, username: str, password: str, *, role: str, age
     return created
 
 
+def account_exists(engine: Engine, username: str) -> bool:
+    with Session(engine) as s:
+        return s.scalar(select(DeskUser.id).where(DeskUser.username == username)) is not None
+
+
 def seed_agents(engine: Engine, config: DeskConfig) -> list[str]:
     """Give each configured agent without a desk account one whose password is their SIP secret (first start)."""
     created = []

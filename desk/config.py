@@ -76,32 +76,46 @@ class DeskConfig:
 
     # Shared with the IVR: load_desk_config reads them from the IVR's sections.
     path: Annotated[Path, GIVEN]
+    """The sip.conf read (not a key)."""
     database_url: Annotated[str, GIVEN]
+    """[database] url (not a key of [desk])."""
     timezone: Annotated[str, GIVEN]
+    """[general] timezone (not a key of [desk])."""
     status_file: Annotated[Path | None, GIVEN]
+    """[general] status_file (not a key of [desk])."""
     shared_agents: Annotated[bool, GIVEN]
+    """[cluster] shared_agents (not a key of [desk])."""
     tiers: Annotated[TierThresholds, GIVEN]
+    """[tiers]' thresholds (not keys of [desk])."""
     agents: Annotated[tuple[DeskAgent, ...], GIVEN]
+    """The agent sections (not keys of [desk])."""
     # [desk]
-    # loopback by default: put a TLS reverse proxy in front for other machines
     bind: IPAddress = "127.0.0.1"
+    """Address the desk listens on; loopback by default: put a TLS reverse proxy in front for other machines."""
     port: Port = 8080
-    # empty: a random key per start (everyone logs in again after a restart)
+    """Port the desk listens on."""
     secret_key: Annotated[str, AfterValidator(_signing_key)] = ""
-    # empty: every supervisor account may log in
+    """32+ random characters that sign the session cookies; empty: a new key per start (everyone logs in again)."""
     supervisors: Annotated[frozenset[str], text("a comma-separated list of names", _name_set)] = frozenset()
+    """Supervisor accounts allowed to log in, comma-separated; empty: every supervisor account."""
     service_level_seconds: Annotated[float, number(1, 600)] = 20.0
+    """The wallboard's and report's service level: calls answered within this many seconds."""
     departments: Annotated[tuple[str, ...], text("a comma-separated list of departments", _names)] = (
         DEFAULT_DEPARTMENTS
     )
+    """Departments complaints are forwarded to, comma-separated."""
     display_name: Annotated[str, text("a display-name template", _template)] = DEFAULT_TEMPLATE
+    """The softphone's screen-pop display name: {name} {tier_label} {service_label} {tier} {service} {phone}."""
     wrap_up_codes: Annotated[tuple[str, ...], text("a comma-separated list of codes", _names)] = DEFAULT_WRAP_UP_CODES
-    # how phones and browsers reach the desk (Call-Info); default http://bind:port
+    """Wrap-up codes an agent picks after a call, comma-separated."""
     public_url: Annotated[str, text("a URL", _public_url)] = ""
+    """How phones and browsers reach the desk (SIP Call-Info); empty: http://bind:port."""
     cookie_secure: YesNo = True
+    """Secure session cookies (browsers accept them on http://127.0.0.1 too); no only for plain-HTTP hosts."""
     login_attempts_per_minute: Annotated[int, whole(1, 1000)] = 5
-    # the screen-pop polls the CRM this often (≤ 300 ms keeps the pop within 1 s)
+    """Login attempts a minute per account; four times as many per client address."""
     poll_ms: Annotated[int, whole(50, 300)] = 250
+    """How often the screen-pop polls the CRM, in milliseconds (300 or less keeps the pop within 1 s)."""
 
     @property
     def zone(self) -> ZoneInfo:

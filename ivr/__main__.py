@@ -10,11 +10,26 @@ from pathlib import Path
 
 from ivr.config import ConfigError, load_config
 
+EXAMPLES = """commands:
+  status    the running IVR's agents (logged out, available, ringing, talking, wrap-up, paused)
+            and the callers waiting per seat group, read from [general] status_file
+
+example:
+  python -m ivr status --config sip.conf.example
+  # senior  801    available
+  # senior  802    talking     call 1-5663@127.0.0.1
+  # queue senior: 0 waiting
+
+To start the IVR itself: scripts/run-ivr.sh, or python run_ivr.py --config sip.conf.
+"""
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ivr", description=__doc__)
-    p.add_argument("command", choices=["status"])
-    p.add_argument("--config", type=Path, default=Path("sip.conf.example"))
+    p = argparse.ArgumentParser(prog="python -m ivr", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
+    p.add_argument("command", choices=["status"], help="what to show (status: agents and queues)")
+    p.add_argument("--config", type=Path, default=Path("sip.conf.example"),
+                   help="the running IVR's sip.conf (default: %(default)s)")
     args = p.parse_args(argv)
     try:
         config = load_config(args.config)

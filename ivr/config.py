@@ -230,31 +230,50 @@ def _at_most(length: int) -> AfterValidator:
 @section_model(config=SECTION, slots=True)
 class GeneralConfig:
     bind: str = "127.0.0.1"
+    """Address the IVR listens on for SIP; RTP binds to the same address."""
     port: Port = 5060
+    """Port for SIP over UDP and TCP."""
     advertised_ip: Annotated[str | None, text("an address", lambda s: s or None)] = None
+    """Address written into SDP when the IVR sits behind NAT; empty: the bind address."""
     rtp_port_min: Annotated[int, whole(1024, 65534)] = 20000
+    """Lowest RTP port; one even/odd pair per call, so the range bounds concurrent calls."""
     rtp_port_max: Annotated[int, whole(1025, 65535)] = 30000
+    """Highest RTP port (at least rtp_port_min + 2)."""
     codecs: Annotated[tuple[str, ...], text("a codec list", _codecs)] = ("pcmu", "pcma")
+    """Codecs offered, preferred first (pcmu: G.711 u-law, pcma: A-law); the caller's order wins, others get 488."""
     # [002] "在铃响三声之内": the third ring of the 1 s on / 4 s off cadence ends at 11 s.
     ring_seconds: Annotated[float, number(0, 11)] = 6.0
+    """Seconds of ringing before answering: 6 ends the second ring (1 s on, 4 s off), 11 the third."""
     company: Annotated[str, text("a company name", nonempty)] = "XX"
+    """Company name spoken in the greetings ("XX客服中心")."""
     timezone: TimeZone = "Asia/Shanghai"
+    """Time zone (IANA name) of the time-of-day greeting, the holiday dates and the desk's and report's days."""
     numbers: Annotated[frozenset[str], text("a comma-separated list of numbers", _numbers)] = frozenset({"95000"})
+    """Hotline numbers answered (user part of the request URI); others get 404."""
     user_agent: str = "hotline-ivr"
-    # agents' states and the queues for `python -m ivr status` and the desk; None: not written
+    """Value of the User-Agent and Server headers."""
     status_file: OptionalPath = Field(default=Path("var/ivr-status.json"), validate_default=True)
+    """Agents' states and queues, rewritten each second for `python -m ivr status` and the desk; empty: none."""
     max_calls: Annotated[int, whole(1, 100_000)] = 500
+    """Calls handled at once; beyond this new INVITEs get 503 + Retry-After (the RTP range bounds it too)."""
     max_call_seconds: Annotated[float, number(60, 86_400)] = 3600.0
+    """A call still up after this many seconds is ended (BYE), outcome failed."""
     drain_seconds: Annotated[float, number(0, 86_400)] = 120.0
+    """On SIGTERM or Ctrl-C, how long calls in progress may finish (new calls get 503) before the rest get a BYE."""
     rtp_strict: YesNo = True
-    # SIP transports (RFC 3261 §18): UDP and TCP on `port`, TLS on `tls_port` with a PEM certificate and key.
+    """Take RTP only from the address its SDP named (others dropped, counted); no for callers behind NAT without SBC."""
     transports: Annotated[frozenset[str], text("a list of udp, tcp, tls", _transports)] = frozenset({"udp", "tcp"})
+    """SIP transports (RFC 3261 §18): udp and tcp listen on port, tls on tls_port."""
     tls_port: Port = 5061
+    """Port for SIP over TLS (with tls in transports)."""
     tls_certificate: OptionalPath = None
+    """PEM certificate (chain) for TLS, relative to sip.conf; checked at start-up; required with tls."""
     tls_key: OptionalPath = None
-    # a connection without a complete message this long is closed
+    """PEM private key of tls_certificate, relative to sip.conf; required with tls."""
     tcp_idle_seconds: Annotated[float, number(10, 86_400)] = 300.0
-    max_connections: Annotated[int, whole(1, 100_000)] = 1000  # TCP and TLS together; more are refused
+    """A TCP/TLS connection without a complete message or keep-alive this long is closed, unless a call runs on it."""
+    max_connections: Annotated[int, whole(1, 100_000)] = 1000
+    """TCP and TLS connections at once; more are refused."""
 
     @property
     def rtp_ports(self) -> tuple[int, int]:
@@ -300,27 +319,32 @@ class GeneralConfig:
 class MediaConfig:
     """Media security (`[media]`): whether calls may, or must, use SRTP with SDES keys (RFC 4568)."""
 
-    # off: an RTP/SAVP offer gets 488; optional: RTP/SAVP is answered RTP/SAVP, RTP/AVP plain;
-    # required: an RTP/AVP offer gets 488. An RTP/SAVP offer is never answered in clear.
     # The modes are ivr.srtp.SRTP_MODES, not imported: no libsrtp is needed to read a file.
     srtp: Annotated[str, choice(("off", "optional", "required"), "an SRTP mode", "choose off, optional or required",
                                 any_case=True)] = "optional"
+    """SRTP (SDES keys, RFC 4568): off (SAVP offers get 488), optional (either), required (plain offers get 488)."""
 
 
 @section_model(config=SECTION, slots=True)
 class GreetingSection:
     dayparts: Annotated[tuple[Daypart, ...], text("a day-part list", _dayparts)] = DEFAULT_DAYPARTS
+    """Greeting day-parts: 'HH:MM name word, …' from 00:00 on, or a preset: hotline or five_part."""
 
 
 @section_model(config=SECTION, slots=True)
 class SilenceConfig:
     wait_seconds: Annotated[float, number(1, 60)] = 5.0
+    """Seconds of silence after each prompt of the silent-call routine before the next."""
     # [004] "严禁未做到重复三次就挂线": never fewer than three attempts.
     attempts: Annotated[int, whole(3, 10)] = 3
+    """Prompts played to a silent caller before hanging up; never fewer than 3 ("严禁未做到重复三次就挂线")."""
     last_prompt: Annotated[str, choice(("silent_3", "silent_3_alt"), "a prompt id",
                                        "choose silent_3 or silent_3_alt")] = "silent_3"
+    """The silent routine's last prompt: silent_3 ([004] wording) or silent_3_alt ([000]: 对不起您的电话无声…)."""
     vad_aggressiveness: Annotated[int, whole(0, 3)] = 2
+    """Voice activity detection on the caller's audio: 0 (least) to 3 (most aggressive in rejecting non-speech)."""
     speech_ms: Annotated[int, whole(20, 2000)] = 200
+    """Milliseconds of voiced audio that count as the caller speaking."""
 
     @property
     def routine(self) -> SilentRoutine:
@@ -331,18 +355,21 @@ class SilenceConfig:
 @section_model(config=SECTION, slots=True)
 class HolidaysSection:
     file: Annotated[OptionalPath, AfterValidator(_readable_holidays)] = None
+    """Ops' TOML file of holiday periods (holidays.toml.example), re-read within a second of a save; empty: none."""
 
 
 @section_model(config=SECTION, slots=True)
 class HoursSection:
     """`[hours]`, built into ivr.hours' HoursConfig; its numbers are checked against [general]'s by load_config."""
 
-    timezone: TimeZone = ""  # "": [general]'s
+    timezone: TimeZone = ""
+    """Time zone of the business hours; empty: [general] timezone."""
     schedules: Annotated[
         MappingProxyType[str, Schedule],
         Collects((DEFAULT_SCHEDULE,), pattern=rf"{'|'.join(SEAT_GROUPS)}|\d+", shown_as="a seat group or number"),
         each("business hours like 08:00-22:00", parse_schedule, MappingProxyType),
     ] = field(default_factory=lambda: MappingProxyType({}))
+    """Hours per seat group, hotline number or default: 08:00-22:00, mon-fri 08:30-17:30, holiday closed, …."""
 
     def config(self, general_timezone: str) -> HoursConfig:
         return HoursConfig(self.timezone or general_timezone, self.schedules or HoursConfig().schedules)
@@ -355,15 +382,19 @@ def _prompt_texts(parsed: dict[str, str]) -> MappingProxyType[str, str]:
 @section_model(config=SECTION, slots=True)
 class PromptConfig:
     voice: str = "sit/cmn"
+    """espeak-ng voice of the TTS prompts (sit/cmn: Mandarin)."""
     rate: Annotated[int, whole(60, 400)] = 240
+    """TTS speed in words per minute."""
     cache_dir: FilePath = Field(default=Path("var/prompts"), validate_default=True)
+    """Where rendered TTS audio is cached (built at the first start, never committed)."""
     recorded_dir: FilePath = Field(default=Path("prompts/recorded"), validate_default=True)
-    # text.<prompt id> = ...: prompt id -> the text spoken instead of the catalogue's
+    """Recorded WAVs named <prompt id>.wav here replace the TTS audio at the next start."""
     texts: Annotated[
         MappingProxyType[str, str],
         Collects(pattern=r"text\..+", shown_as="text.<prompt id>"),
         each("a prompt text", str, _prompt_texts),
     ] = field(default_factory=lambda: MappingProxyType({}))
+    """text.<prompt id> = the text spoken instead of the catalogue's ({company} is filled in)."""
 
 
 @section_model(config=SECTION, slots=True)
@@ -371,7 +402,9 @@ class DatabaseSection:
     url: Annotated[str, text("a database URL", nonempty), in_folder(_sqlite_file_in)] = Field(
         default=DEFAULT_DATABASE_URL, validate_default=True
     )
+    """CRM database URL: sqlite:///file (relative to sip.conf) or postgresql+psycopg://user:pass@host/db."""
     outbox_dir: FilePath = Field(default=Path("var/outbox"), validate_default=True)
+    """Journal of every CRM record before the database has it (replayed at start); one per IVR process."""
 
 
 Rate = Annotated[float, number(0.1, 100_000)]
@@ -382,23 +415,33 @@ class LimitsConfig:
     """Per-source request rates (`[limits]`); excess requests get 503 + Retry-After."""
 
     invite_per_second: Rate = 20.0
+    """INVITEs a second from one source address (fractions allowed: 0.5 = one per 2 s)."""
     register_per_second: Rate = 10.0
+    """REGISTERs a second from one source address."""
     options_per_second: Rate = 10.0
-    other_per_second: Rate = 50.0  # every other method, in-dialog requests included
-    # drop, or reply: 503 + Retry-After (at most 5 a second per source)
+    """OPTIONS a second from one source address."""
+    other_per_second: Rate = 50.0
+    """Other requests (BYE, CANCEL, INFO, …; never ACK) a second from one source address."""
     excess: Annotated[str, choice(("drop", "reply"), "drop or reply", "choose drop or reply")] = "drop"
-    max_invites_per_second: Rate = 250.0  # all sources together: overload control (503 beyond)
-    max_loop_lag_ms: Annotated[float, number(10, 10_000)] = 100.0  # new calls get 503 while the loop runs this late
-    auth_failures: Annotated[int, whole(1, 10_000)] = 10  # failed digest attempts from one address within a minute ...
-    auth_ban_seconds: Annotated[float, number(0, 86_400)] = 600.0  # ... bar it from registering for this long
-    # addresses exempt (a SIP load balancer in front)
+    """A request over its rate: drop (no answer) or reply (503 + Retry-After, at most 5 a second per source)."""
+    max_invites_per_second: Rate = 250.0
+    """Overload control, all sources together: INVITEs beyond this rate get 503 + Retry-After at once."""
+    max_loop_lag_ms: Annotated[float, number(10, 10_000)] = 100.0
+    """New calls get 503 while the event loop runs this many milliseconds behind."""
+    auth_failures: Annotated[int, whole(1, 10_000)] = 10
+    """Failed digest logins from one address within a minute that bar it from registering for auth_ban_seconds."""
+    auth_ban_seconds: Annotated[float, number(0, 86_400)] = 600.0
+    """How long an address with too many failed logins is barred from registering (0: never)."""
     trusted: Annotated[frozenset[str], text("a comma-separated list of IP addresses", _addresses)] = frozenset()
+    """Addresses exempt from these limits, comma-separated: a SIP load balancer in front, a monitoring probe."""
 
 
 @section_model(config=SECTION, slots=True)
 class MetricsSection:
     bind: IPAddress = "127.0.0.1"
-    port: Annotated[int, whole(0, 65535)] = 0  # 0: no metrics endpoint
+    """Address of the Prometheus metrics endpoint (http://bind:port/metrics)."""
+    port: Annotated[int, whole(0, 65535)] = 0
+    """Port of the Prometheus metrics endpoint; 0: off."""
 
 
 @section_model(config=SECTION, slots=True)
@@ -406,11 +449,13 @@ class ClusterConfig:
     """Several IVR workers behind a SIP load balancer (`[cluster]`), sharing agents through the CRM database."""
 
     shared_agents: YesNo = False
-    worker: Annotated[str, _at_most(128)] = ""  # this worker's name; "" = host:port
-    # the same on every worker: digest nonces from one are valid on all
+    """Workers behind a load balancer share the agents through the CRM (PostgreSQL); same agent sections on each."""
+    worker: Annotated[str, _at_most(128)] = ""
+    """This worker's name, unique and stable, stamped on its call rows (calls.ivr_worker); empty: host:port."""
     secret: str = ""
-    # a worker silent this long: its calls are presumed gone
+    """The same on every worker, 16+ characters: signs digest nonces, so any worker accepts a phone's answer."""
     worker_timeout_seconds: Annotated[float, number(3, 3600)] = 10.0
+    """A worker that has not beaten in the database this long is presumed gone: the agents on its calls are freed."""
 
 
 _WEBHOOK = WebhookConfig()
@@ -421,11 +466,17 @@ class WebhookSection:
     """`[webhook]`, built into crm_bridge's WebhookConfig (whose defaults these are)."""
 
     url: Annotated[str | None, text("an http(s) URL", _webhook_url)] = _WEBHOOK.url
+    """Where each finished call is pushed (JSON, HMAC-SHA256 signed); empty: off."""
     secret: str = _WEBHOOK.secret
+    """Shared secret of the push's signature, 16 characters or more (required with a url)."""
     max_attempts: Annotated[int, whole(1, 100)] = _WEBHOOK.max_attempts
+    """Attempts before a push goes to the webhook_dead_letters table."""
     timeout_seconds: Annotated[float, number(0.5, 120)] = _WEBHOOK.timeout_seconds
+    """Seconds to wait for the external CRM's answer; no 2xx in time counts as a failure."""
     backoff_seconds: Annotated[float, number(0.1, 3600)] = _WEBHOOK.backoff_seconds
+    """First wait between attempts, doubling each time."""
     backoff_max_seconds: Annotated[float, number(1, 86_400)] = _WEBHOOK.backoff_max_seconds
+    """The longest wait between attempts."""
 
     @model_validator(mode="after")
     def _signed(self) -> Self:
@@ -448,7 +499,9 @@ class WebhookSection:
 class LogSection:
     level: Annotated[str, choice(("debug", "info", "warning", "error"), "a log level",
                                  "choose debug, info, warning or error", any_case=True)] = "info"
+    """Log level: debug, info, warning or error."""
     format: Annotated[str, choice(("console", "json"), "a log format", "choose console or json")] = "console"
+    """Log format: console (key=value lines) or json (one JSON object per line)."""
 
 
 _TIERS = TierThresholds()
@@ -460,10 +513,15 @@ class TiersSection:
     """`[tiers]`: crm_bridge's TierThresholds (whose defaults these are), and the greeting by name."""
 
     senior_assets: Amount = _TIERS.senior_assets
+    """Assets (市值, yuan) from which a customer is senior (高端)."""
     senior_volume: Amount = _TIERS.senior_volume
+    """Trading volume (交易量, yuan) from which a customer is senior."""
     middle_assets: Amount = _TIERS.middle_assets
+    """Assets (yuan) from which a customer is middle (中端); below both middle thresholds: junior (低端)."""
     middle_volume: Amount = _TIERS.middle_volume
+    """Trading volume (yuan) from which a customer is middle."""
     greet_senior_by_name: YesNo = False
+    """Greet senior customers by surname and title ("张先生,您好!…") when the CRM knows their name and gender."""
 
     def thresholds(self) -> TierThresholds:
         return TierThresholds(self.senior_assets, self.senior_volume, self.middle_assets, self.middle_volume)
@@ -477,14 +535,17 @@ class MenuSection:
     """`[menu]`, built into ivr.service's MenuConfig (whose defaults these are)."""
 
     enabled: YesNo = _MENU.enabled
+    """Offer the service menu once the caller speaks or presses a key; no: straight to the queue, default service."""
     timeout_seconds: Annotated[float, number(1, 60)] = _MENU.timeout_seconds
+    """Seconds to wait for a key after the menu prompt; one reprompt, then the default."""
     default: Annotated[str, choice(SERVICES, "a service")] = _MENU.default_service
-    # services only senior customers may choose; None: MenuConfig's
+    """Service used when the caller chooses nothing valid."""
     senior_only: Annotated[frozenset[str] | None, text("a list of services", _comma_set)] = None
-    # digit = service, or none to take the digit out of the menu
+    """Services only senior customers may choose (comma-separated); default personalised."""
     digits: Annotated[
         MappingProxyType[str, str], Collects(DIGITS), each("a service", _service_or_none, MappingProxyType)
     ] = field(default_factory=lambda: MappingProxyType({}))
+    """digit = service, or none to remove the digit; default 1 consulting … 5 personalised, as in sip.conf.example."""
 
     def config(self) -> MenuConfig:
         choices = {**_MENU.choices, **self.digits}
@@ -502,28 +563,38 @@ class MenuSection:
 @section_model(config=SECTION, slots=True)
 class QueueConfig:
     ring_agent_seconds: Annotated[float, number(3, 120)] = 15.0
+    """Seconds an agent's phone rings before the next agent is tried."""
     wrap_up_seconds: Annotated[float, number(0, 600)] = 10.0
+    """Seconds after a call before the agent gets the next one."""
     position_every_seconds: Annotated[float, number(5, 600)] = 30.0
-    overflow_after_seconds: Annotated[float, number(0, 3600)] = 60.0  # 0: never
+    """How often waiting callers hear their position ("您前面还有N位客户…")."""
+    overflow_after_seconds: Annotated[float, number(0, 3600)] = 60.0
+    """After this many seconds a waiting caller may also be offered to the overflow group; 0: never."""
     overflow: Annotated[MappingProxyType[str, str], text("an overflow list like senior>middle", _overflow)] = field(
         default_factory=lambda: MappingProxyType({"senior": "middle", "middle": "junior"})
     )
+    """Overflow groups, group>group comma-separated (never upward)."""
     complaints_overflow: YesNo = False
-    # complaints go to this group's specialists ([003]); None: the caller's group
+    """Whether complaints overflow too."""
     complaint_group: Annotated[str | None, text("a seat group", _complaint_group)] = None
+    """Group whose specialists take complaints and transfers to sip:complaint@; empty: caller's group, no transfer."""
     # Never dead air: music between announcements, the expected wait, a callback instead of a long wait.
-    # a WAV or a folder of WAVs; None: the generated piece
     music: Annotated[OptionalPath, AfterValidator(_readable_music)] = None
-    music_volume: Annotated[float, number(-40, -10)] = -24.0  # RMS dBFS; prompts.music.DEFAULT_LEVEL_DBFS
+    """Music on hold: a WAV file or folder of WAVs (in name order); empty: the IVR's own generated chime piece."""
+    music_volume: Annotated[float, number(-40, -10)] = -24.0  # prompts.music.DEFAULT_LEVEL_DBFS
+    """Level of the music on hold, RMS in dBFS."""
     announce_wait: YesNo = True
-    mean_handle_seconds: Annotated[float, number(10, 3600)] = 180.0  # the prior until calls of the group have ended
-    # a longer expected wait (or nobody logged in): offer a callback
+    """Tell waiting callers the expected wait after their position ("预计等待时间约两分钟")."""
+    mean_handle_seconds: Annotated[float, number(10, 3600)] = 180.0
+    """Expected handle time (talk + wrap-up) until the group has ended calls; then the recent calls' mean."""
     max_wait_seconds: Annotated[float, number(0, 7200)] = 300.0
+    """Expected or actual wait from which a callback is offered (also when nobody is logged in); 0: to everyone."""
     callback_key: Annotated[str, text("a key", _callback_key)] = "#"
-    # Short codes an agent may transfer to (REFER to sip:<code>@…): code -> seat group, or "complaint"
+    """The key that asks for a callback in the queue: 0-9, * or #."""
     transfer_codes: Annotated[
         MappingProxyType[str, str], text("short codes like 9001>senior, 9009>complaint", _transfer_codes)
     ] = field(default_factory=lambda: MappingProxyType({}))
+    """Short codes agents may transfer to, code>target with targets senior, middle, junior or complaint; empty: none."""
 
 
 @section_model(config=SECTION, slots=True)
@@ -531,9 +602,11 @@ class CallbacksConfig:
     """`[callbacks]`: attempts per request and the first retry delay (doubling after each)."""
 
     max_attempts: Annotated[int, whole(1, 10)] = 3
+    """Attempts to call a customer back before the request closes as callback_no_answer."""
     retry_seconds: Annotated[float, number(30, 86_400)] = 300.0
-    # the SIP trunk/gateway customers are dialled through; None: no dialling
+    """Seconds before the first retry, doubled after each unanswered attempt."""
     gateway: Annotated[tuple[str, int] | None, text("host:port of the SIP gateway", _gateway)] = None
+    """host:port of the SIP trunk or gateway for calling back; empty: requests are stored, never dialled."""
 
 
 SURVEY_LABELS = MappingProxyType({"1": "satisfied", "2": "average", "3": "dissatisfied"})
@@ -546,10 +619,12 @@ def _survey_labels(parsed: dict[str, str]) -> MappingProxyType[str, str]:
 @section_model(config=SECTION, slots=True)
 class SurveyConfig:
     timeout_seconds: Annotated[float, number(2, 60)] = 8.0
+    """Seconds to wait for the caller's rating key; one reprompt."""
     # digit = label stored with the score (over the default labels)
     labels: Annotated[
         MappingProxyType[str, str], Collects(DIGITS), each("a label", nonempty, _survey_labels)
     ] = field(default_factory=lambda: SURVEY_LABELS)
+    """digit = label stored with the score; default 1 satisfied, 2 average, 3 dissatisfied."""
 
 
 @section_model(config=SECTION, slots=True)
@@ -557,16 +632,21 @@ class AgentConfig:
     """An agent peer: `[801]` with `type = agent`."""
 
     number: Annotated[str, GIVEN]  # the section's name
+    """The agent's seat number: the section's name, e.g. [801] (callers hear "801号客服")."""
     seat_group: Annotated[
         str,
         choice(SEAT_GROUPS, "a seat group"),
         Field(description=f"every agent belongs to one of {', '.join(SEAT_GROUPS)}"),
     ]
+    """The agent's seat group: senior (高级坐席组), middle (中级坐席组) or junior (初级坐席组)."""
     secret: str = ""
-    host: Annotated[tuple[str, int] | None, text("a host", _agent_host)] = None  # None: `host = dynamic`, it REGISTERs
+    """Digest password the softphone registers with; also the agent's first desk password."""
+    host: Annotated[tuple[str, int] | None, text("a host", _agent_host)] = None
+    """dynamic: the softphone REGISTERs; or IP:port of a phone that is always logged in."""
     name: str = ""
-    # strict | md5 | legacy: see ivr.registrar (for phones that cannot do RFC 7616)
+    """The agent's name, shown in the CRM, the logs and the screen-pop."""
     digest: Annotated[str, choice(DIGEST_POLICIES, "a policy")] = "strict"
+    """Phone's digest: strict (RFC 7616), md5 (MD5 only: baresip 1.0.0), legacy (RFC 2069 too: pyVoIP 1.6.8)."""
 
     @model_validator(mode="after")
     def _registering_phone_authenticates(self) -> Self:

@@ -80,7 +80,16 @@ def _explain(raw: str, what: str, parse: Callable[[str], T]) -> T:
         raise ValueError(f"{raw!r} is not {what}{detail}") from None
 
 
-def text(what: str, parse: Callable[[str], object]) -> BeforeValidator:
+@dataclass(frozen=True, slots=True)
+class TextParser(BeforeValidator):
+    """A key's parser, and what it takes in words: `what` for error messages, `allowed` (a range, the choices)
+    for the configuration reference (scripts/config_reference.py)."""
+
+    what: str = ""
+    allowed: str = ""
+
+
+def text(what: str, parse: Callable[[str], object], allowed: str = "") -> TextParser:
     """A key's parser: sip.conf text -> value. On failure the reason reads "'<text>' is not <what> (<why>)"."""
 
     def validate(value: object, info: ValidationInfo) -> object:
@@ -88,7 +97,7 @@ def text(what: str, parse: Callable[[str], object]) -> BeforeValidator:
             return value
         return _explain(value.strip(), what, parse)
 
-    return BeforeValidator(validate)
+    return TextParser(validate, what=what, allowed=allowed)
 
 
 def in_folder(resolve: Callable[[Any, Path], object]) -> AfterValidator:
@@ -113,15 +122,15 @@ def _between(kind: Callable[[str], float], lo: float, hi: float) -> Callable[[st
     return convert
 
 
-def number(lo: float, hi: float) -> BeforeValidator:
-    return text(f"a number from {lo} to {hi}", _between(float, lo, hi))
+def number(lo: float, hi: float) -> TextParser:
+    return text(f"a number from {lo} to {hi}", _between(float, lo, hi), allowed=f"{lo:g} to {hi:g}")
 
 
-def whole(lo: int, hi: int) -> BeforeValidator:
-    return text(f"a whole number from {lo} to {hi}", _between(int, lo, hi))
+def whole(lo: int, hi: int) -> TextParser:
+    return text(f"a whole number from {lo} to {hi}", _between(int, lo, hi), allowed=f"{lo} to {hi}")
 
 
-def choice(options: Collection[str], what: str, reason: str = "", *, any_case: bool = False) -> BeforeValidator:
+def choice(options: Collection[str], what: str, reason: str = "", *, any_case: bool = False) -> TextParser:
     """One of `options` (lower-cased first with any_case); `reason` replaces the default "choose a, b, c"."""
     why = reason or f"choose {', '.join(options)}"
 
@@ -131,7 +140,7 @@ def choice(options: Collection[str], what: str, reason: str = "", *, any_case: b
             raise ValueError(why)
         return value
 
-    return text(what, pick)
+    return text(what, pick, allowed=", ".join(options))
 
 
 def nonempty(raw: str) -> str:
@@ -164,7 +173,7 @@ def _path_in(path: Path | None, folder: Path) -> Path | None:
     return None if path is None else folder / path
 
 
-YesNo = Annotated[bool, text("yes or no", _yes_no)]
+YesNo = Annotated[bool, text("yes or no", _yes_no, allowed="yes, no")]
 Port = Annotated[int, whole(1, 65535)]
 TimeZone = Annotated[str, text("a time zone such as Asia/Shanghai", _zone)]
 IPAddress = Annotated[str, text("an IP address", ip_address)]
@@ -195,7 +204,7 @@ class Given:
 GIVEN = Given()
 
 
-def each(what: str, parse: Callable[[str], T], combine: Callable[[dict[str, T]], object]) -> BeforeValidator:
+def each(what: str, parse: Callable[[str], T], combine: Callable[[dict[str, T]], object]) -> TextParser:
     """The parser of a `Collects` field: every gathered key's text, then `combine` of the parsed {key: value}."""
 
     def validate(value: object, info: ValidationInfo) -> object:
@@ -209,7 +218,7 @@ def each(what: str, parse: Callable[[str], T], combine: Callable[[dict[str, T]],
                 raise SettingError(key, str(exc)) from None
         return combine(parsed)
 
-    return BeforeValidator(validate)
+    return TextParser(validate, what=what)
 
 
 def _fields(model: type) -> dict[str, FieldInfo]:

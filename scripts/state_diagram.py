@@ -1,7 +1,7 @@
 """Draw the call flow's states from its transition table (Mermaid stateDiagram-v2).
 
     .venv/bin/python scripts/state_diagram.py            # print the diagram
-    .venv/bin/python scripts/state_diagram.py --readme   # rewrite it in README.md, between its markers
+    .venv/bin/python scripts/state_diagram.py --write    # rewrite it in docs/architecture.md, between its markers
 
 Each arrow is one change of state a row of `ivr.callflow._TRANSITIONS` allows,
 labelled with the events (and timers) that take it. Rows that leave the state
@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from ivr.callflow import _TRANSITIONS, FINAL_STATE, State
 
-README = ROOT / "README.md"
+DOC = ROOT / "docs" / "architecture.md"
 BEGIN = "<!-- state-diagram:begin -->"
 END = "<!-- state-diagram:end -->"
 
@@ -43,22 +43,23 @@ def mermaid() -> str:
     return "\n".join(lines) + "\n"
 
 
-def readme_block() -> str:
-    """What stands between the README's markers."""
+def doc_block() -> str:
+    """What stands between the markers in docs/architecture.md."""
     return f"{BEGIN}\n```mermaid\n{mermaid()}```\n{END}"
 
 
 def replace_block(text: str) -> str:
     begin, end = text.index(BEGIN), text.index(END) + len(END)
-    return text[:begin] + readme_block() + text[end:]
+    return text[:begin] + doc_block() + text[end:]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--readme", action="store_true", help="rewrite the diagram in README.md between its markers")
+    parser.add_argument("--write", action="store_true",
+                        help="rewrite the diagram in docs/architecture.md between its markers")
     args = parser.parse_args()
-    if args.readme:
-        README.write_text(replace_block(README.read_text(encoding="utf-8")), encoding="utf-8")
+    if args.write:
+        DOC.write_text(replace_block(DOC.read_text(encoding="utf-8")), encoding="utf-8")
     else:
         sys.stdout.write(mermaid())
 

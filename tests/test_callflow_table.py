@@ -393,16 +393,16 @@ def test_a_timer_the_state_does_not_name_is_refused() -> None:
     assert flow.state is State.PROMPTING
 
 
-# --- the README's diagram -----------------------------------------------------------
+# --- the diagram in docs/architecture.md ---------------------------------------------
 
 
-def test_readme_diagram_is_the_one_generated_from_the_table() -> None:
+def test_architecture_doc_diagram_is_the_one_generated_from_the_table() -> None:
     spec = importlib.util.spec_from_file_location("state_diagram", ROOT / "scripts" / "state_diagram.py")
     assert spec is not None and spec.loader is not None
     state_diagram = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(state_diagram)
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    begin, end = readme.index(state_diagram.BEGIN), readme.index(state_diagram.END) + len(state_diagram.END)
-    assert readme[begin:end] == state_diagram.readme_block(), (
-        "README.md's call flow diagram is stale: run .venv/bin/python scripts/state_diagram.py --readme"
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    begin, end = doc.index(state_diagram.BEGIN), doc.index(state_diagram.END) + len(state_diagram.END)
+    assert doc[begin:end] == state_diagram.doc_block(), (
+        "docs/architecture.md's call flow diagram is stale: run .venv/bin/python scripts/state_diagram.py --write"
     )

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ivr.config import _KNOWN, SECTIONS, ConfigError, GeneralConfig, QueueConfig, load_config
-from ivr.sipconf import Collects
+from desk.config import DeskConfig
+from ivr.config import _KNOWN, SECTIONS, AgentConfig, ConfigError, GeneralConfig, QueueConfig, load_config
+from ivr.sipconf import Collects, Given
 
 from .test_config import EXAMPLE, config_with
 
@@ -117,3 +118,35 @@ def test_objects_built_in_code_are_frozen_and_take_values_as_given() -> None:
         QueueConfig(wrap_up=5)  # type: ignore[call-arg]
     with pytest.raises(ValidationError, match="rtp_port_min"):
         GeneralConfig(rtp_port_min=30000, rtp_port_max=30001)
+
+
+def example_keys() -> dict[str, set[str]]:
+    """The keys sip.conf.example shows per section, commented out (`;key = value`) or not, [desk] included;
+    the agent peers' keys under "agent" (their sections and the `;   key` list above them)."""
+    shown: dict[str, set[str]] = {}
+    section = ""
+    for line in EXAMPLE.read_text(encoding="utf-8").splitlines():
+        if m := re.match(r"^\[([^\]]+)\]", line):
+            section = "agent" if m.group(1).isdigit() else m.group(1)
+        elif m := re.match(r"^;?([\w.]+)\s*=", line):
+            shown.setdefault(section, set()).add(m.group(1))
+        elif m := re.match(r"^;   (\w+)", line):  # the agent peers' key list
+            shown.setdefault("agent", set()).add(m.group(1))
+    return shown
+
+
+@pytest.mark.parametrize(
+    ("section", "model"),
+    [pytest.param(s, m, id=s) for s, m in [*SECTIONS.items(), ("agent", AgentConfig), ("desk", DeskConfig)]],
+)
+def test_every_key_of_every_section_model_is_shown_in_the_example(section: str, model: type) -> None:
+    """sip.conf.example is where ops meet each key first: a field without a line there is a key nobody finds."""
+    shown = example_keys().get(section, set())
+    collected = gatherers(model)
+    for name, info in model.__pydantic_fields__.items():  # type: ignore[attr-defined]
+        if any(isinstance(meta, Given) for meta in info.metadata):
+            continue
+        if name in collected:
+            assert any(collected[name].takes(key) for key in shown), f"[{section}] no key of {name} in the example"
+        else:
+            assert name in shown, f"[{section}] {name} is not in sip.conf.example"

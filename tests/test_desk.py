@@ -471,3 +471,25 @@ def test_accounts_from_the_command_line(tmp_path: Path, monkeypatch: pytest.Monk
         hashes = s.scalars(select(DeskUser.password_hash)).all()
     assert all(h.startswith("$argon2id$") for h in hashes) and not any("password" in h for h in hashes)
     engine.dispose()
+
+
+def test_add_supervisor_if_missing_creates_once_and_then_leaves_the_password_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What scripts/run-ivr.sh relies on to create the demo supervisor without resetting a changed password."""
+    import io
+
+    from desk.__main__ import main as desk_main
+    from desk.auth import authenticate
+
+    conf = tmp_path / "sip.conf"
+    conf.write_text(CONF, encoding="utf-8")
+    for password in ("first-password", "second-password"):
+        monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
+        assert desk_main(["--config", str(conf), "add-supervisor", "值班主管", "--if-missing"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["supervisor 值班主管 created", "supervisor 值班主管 exists: left as it is"]
+    config = load_desk_config(conf)
+    engine = make_engine(config.database_url)
+    assert authenticate(engine, config, "值班主管", "first-password") is not None
+    assert authenticate(engine, config, "值班主管", "second-password") is None
+    engine.dispose()

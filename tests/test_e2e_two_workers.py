@@ -1,4 +1,4 @@
-"""Two IVR workers on one host, from the example config, differing only where the README says.
+"""Two IVR workers on one host, from the example config, differing only where docs/operations.md says.
 
 Both take RTP ports from the same range (`rtp_port_min`/`max` are not in the
 per-worker list): a port the other worker holds must not refuse a call — the
@@ -26,7 +26,7 @@ CALLS = 20
 
 
 def worker_config(tmp: Path, n: int) -> tuple[Path, int, int]:
-    """sip.conf.example with the per-worker settings of the README's list changed."""
+    """sip.conf.example with the per-worker settings of docs/operations.md's list changed."""
     sip_port, metrics_port = free_port(), free_port(socket.SOCK_STREAM)
     text = (ROOT / "sip.conf.example").read_text(encoding="utf-8")
     for key, value in (("port", str(sip_port)), ("url", f"sqlite:///{tmp / f'crm-{n}.db'}"),
