@@ -444,7 +444,6 @@ class EvaluationAnswer(Base):
     points: Mapped[float | None]  # 0-1 of the weight
     weight: Mapped[float]
     auto: Mapped[bool]  # the answer its auto rule gave from the recording's characteristics (kept as is)
-    note: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     evaluation: Mapped[Evaluation] = relationship(back_populates="answers")
 

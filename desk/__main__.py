@@ -17,6 +17,7 @@ from pathlib import Path
 from crm_bridge.db import make_engine, migrate
 from desk.auth import PasswordError, seed_agents, set_password
 from desk.config import DeskConfig, load_desk_config
+from desk.quality import FormError
 from ivr.config import ConfigError
 
 
@@ -39,7 +40,11 @@ def serve(config: DeskConfig, engine) -> int:  # type: ignore[no-untyped-def]
         print(f"desk: accounts for agent(s) {', '.join(created)}, first password = their SIP secret", flush=True)
     if not config.secret_key:
         print("desk: no [desk] secret_key: sessions end when the desk restarts", flush=True)
-    app = create_app(config, engine)
+    try:
+        app = create_app(config, engine)
+    except FormError as exc:  # [quality] form: refused at start with file, line and reason
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"desk: ready on http://{config.bind}:{config.port}", flush=True)
     server = uvicorn.Server(
         uvicorn.Config(

@@ -50,7 +50,6 @@ def upgrade() -> None:
         sa.Column("points", sa.Float()),
         sa.Column("weight", sa.Float(), nullable=False),
         sa.Column("auto", sa.Boolean(), nullable=False),
-        sa.Column("note", sa.Text(), nullable=False, server_default=""),
         sa.UniqueConstraint("evaluation_id", "criterion", name="uq_evaluation_answers_criterion"),
     )
     op.create_table(
