@@ -378,7 +378,15 @@ class ReviewItem:
     evaluation_id: int | None
     total: float | None
     passed: bool | None
-    recorded: bool
+    recording: str  # 有, 录音中, 已删除, 无
+
+
+def _recording_word(states: set[str]) -> str:
+    if states & {"complete", "interrupted"}:
+        return "有"
+    if "recording" in states:
+        return "录音中"
+    return "已删除" if "deleted" in states else "无"
 
 
 def review_queue(engine: Engine, monday: date, zone: ZoneInfo, *, per_agent: int, seed: str) -> list[ReviewItem]:
@@ -400,8 +408,11 @@ def review_queue(engine: Engine, monday: date, zone: ZoneInfo, *, per_agent: int
                                .where(Evaluation.call_id.in_(ids)).order_by(Evaluation.id)):
                 evaluated[row.call_id] = (row.id, row.total, row.passed)
         sip_ids = [c.sip_call_id for c in calls]
-        recorded = set(s.scalars(select(Recording.sip_call_id).where(Recording.sip_call_id.in_(sip_ids)))) \
-            if sip_ids else set()
+        recorded: dict[str, set[str]] = defaultdict(set)
+        if sip_ids:
+            for sip_call_id, state in s.execute(select(Recording.sip_call_id, Recording.state)
+                                                .where(Recording.sip_call_id.in_(sip_ids))):
+                recorded[sip_call_id].add(state)
     reasons: dict[int, list[str]] = defaultdict(list)
     candidates: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for c in calls:
@@ -431,7 +442,7 @@ def review_queue(engine: Engine, monday: date, zone: ZoneInfo, *, per_agent: int
                 evaluation_id=e[0] if e else None,
                 total=e[1] if e else None,
                 passed=e[2] if e else None,
-                recorded=c.sip_call_id in recorded,
+                recording=_recording_word(recorded.get(c.sip_call_id, set())),
             )
         )
     # what is left to do first, then the rule-chosen calls before the sample, oldest first

@@ -97,9 +97,10 @@ def add_call(s: Session, sip_call_id: str, agent: str | None, at: datetime, *, s
 
 
 def add_recording(s: Session, sip_call_id: str, agent: str | None, path: str, at: datetime, *,
-                  state: str = "complete", characteristics: dict[str, float] | None = None) -> int:
+                  state: str = "complete", characteristics: dict[str, float] | None = None,
+                  duration_s: float = 3.0) -> int:
     rec = Recording(sip_call_id=sip_call_id, agent_number=agent, seat_group="senior", path=path, format="wav-pcm16",
-                    channels=2, started_at=at, duration_s=3.0, state=state,
+                    channels=2, started_at=at, duration_s=duration_s, state=state,
                     characteristics=json.dumps(characteristics) if characteristics else None)
     s.add(rec)
     s.flush()
@@ -454,6 +455,9 @@ def test_the_review_page_lists_the_dissatisfied_call_and_marks_it_done_once_scor
         page = client.get("/review").text
         row = page.split(f'id="review-{ids["call801"]}"')[1].split("</tr>")[0]
         assert "不满意" in row and f'href="/calls/{ids["call801"]}/evaluate"' in row
+        assert '<td class="recording-state">有</td>' in row
+        row = page.split(f'id="review-{ids["call802"]}"')[1].split("</tr>")[0]  # 802's only call: the sample
+        assert "抽检" in row
         assert client.get("/review?week=2026-W99").status_code == 400
         assert client.get("/review?week=x' OR 1=1").status_code == 400
         token = csrf_of(client, "/review")
