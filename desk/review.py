@@ -393,26 +393,24 @@ def review_queue(engine: Engine, monday: date, zone: ZoneInfo, *, per_agent: int
     """The calls of a week (Monday to Sunday in `zone`) to review: every 不满意, every complaint, a sample per agent."""
     start = datetime.combine(monday, time(0), zone).astimezone(UTC)
     end = datetime.combine(monday + timedelta(days=7), time(0), zone).astimezone(UTC)
+    # joins on the week rather than IN lists of its calls: a busy week has more calls than SQLite takes parameters
+    week = (Call.started_at >= start) & (Call.started_at < end) & Call.agent_number.is_not(None)
     with Session(engine) as s:
         calls = s.execute(
             select(Call.id, Call.sip_call_id, Call.started_at, Call.caller, Call.agent_number, Call.seat_group,
                    Call.survey_score, Call.outcome)
-            .where(Call.started_at >= start, Call.started_at < end, Call.agent_number.is_not(None))
+            .where(week)
             .order_by(Call.started_at)
         ).all()
-        ids = [c.id for c in calls]
-        complaints = set(s.scalars(select(Ticket.call_id).where(Ticket.call_id.in_(ids)))) if ids else set()
+        complaints = set(s.scalars(select(Ticket.call_id).join(Call, Call.id == Ticket.call_id).where(week)))
         evaluated: dict[int, tuple[int, float, bool]] = {}
-        if ids:
-            for row in s.execute(select(Evaluation.call_id, Evaluation.id, Evaluation.total, Evaluation.passed)
-                               .where(Evaluation.call_id.in_(ids)).order_by(Evaluation.id)):
-                evaluated[row.call_id] = (row.id, row.total, row.passed)
-        sip_ids = [c.sip_call_id for c in calls]
+        for row in s.execute(select(Evaluation.call_id, Evaluation.id, Evaluation.total, Evaluation.passed)
+                             .join(Call, Call.id == Evaluation.call_id).where(week).order_by(Evaluation.id)):
+            evaluated[row.call_id] = (row.id, row.total, row.passed)  # the latest evaluation of the call
         recorded: dict[str, set[str]] = defaultdict(set)
-        if sip_ids:
-            for sip_call_id, state in s.execute(select(Recording.sip_call_id, Recording.state)
-                                                .where(Recording.sip_call_id.in_(sip_ids))):
-                recorded[sip_call_id].add(state)
+        for sip_call_id, state in s.execute(select(Recording.sip_call_id, Recording.state)
+                                            .join(Call, Call.sip_call_id == Recording.sip_call_id).where(week)):
+            recorded[sip_call_id].add(state)
     reasons: dict[int, list[str]] = defaultdict(list)
     candidates: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for c in calls:
