@@ -3,6 +3,7 @@
     python -m desk --config sip.conf                       # serve on [desk] bind:port (127.0.0.1:8080)
     python -m desk --config sip.conf set-password 801      # an agent's desk password (prompted, or one line on stdin)
     python -m desk --config sip.conf add-supervisor 王经理  # a supervisor account (same)
+    python -m desk --config sip.conf check-form [FILE]     # check the QA evaluation form ([quality] form)
 
 A separate process from the IVR: it reads and writes the CRM database only.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from crm_bridge.db import make_engine, migrate
 from desk.auth import PasswordError, seed_agents, set_password
 from desk.config import DeskConfig, load_desk_config
-from desk.quality import FormError
+from desk.quality import FormError, read_form
 from ivr.config import ConfigError
 
 
@@ -60,6 +61,18 @@ def serve(config: DeskConfig, engine) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
+def check_form(path: Path) -> int:
+    try:
+        form = read_form(path)
+    except FormError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    fatal = sum(c.fatal for c in form.criteria)
+    print(f"{path}: {form.name}: {len(form.sections)} sections, {len(form.criteria)} criteria ({fatal} fatal), "
+          f"pass {form.pass_score:g}, version {form.version[:12]}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m desk", description=__doc__.split("\n")[0])
     p.add_argument("--config", type=Path, default=Path("sip.conf"), help="the IVR's sip.conf, with a [desk] section")
@@ -69,12 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("agent")
     su = sub.add_parser("add-supervisor", help="create a supervisor account, or set its password")
     su.add_argument("name")
+    cf = sub.add_parser("check-form", help="check the QA evaluation form ([quality] form, or FILE)")
+    cf.add_argument("file", nargs="?", type=Path)
     args = p.parse_args(argv)
     try:
         config = load_desk_config(args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "check-form":
+        return check_form(args.file or config.quality.form_path)
     engine = make_engine(config.database_url)
     migrate(engine)
     try:

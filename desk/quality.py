@@ -378,7 +378,10 @@ class _Lines:
         return keys.get(key, header) if key is not None else header
 
     def top(self, key: str) -> int | None:
-        return self.tables[0][2].get(key)
+        """A top-level key's line, or the first header of a table under it (`[scale.x]` for `scale`)."""
+        if key in self.tables[0][2]:
+            return self.tables[0][2][key]
+        return next((line for name, line, _ in self.tables[1:] if name == key or name.startswith(key + ".")), None)
 
 
 def _number(value: object) -> float | None:

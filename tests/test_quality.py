@@ -148,6 +148,8 @@ def test_the_version_is_the_content_not_the_spelling_and_a_stored_version_reads_
         (SMALL.replace("<= 30", "<= 30; import os"), 35, "cannot read"),
         (SMALL.replace("weight = 40\nscale = \"yes_no\"", "weight = -40\nscale = \"yes_no\""), 20, "weight, a number above 0"),
         (SMALL.replace('name = "小表"', 'name = "小表'), 1, "not TOML"),
+        (SMALL.replace("[scales.grade]", "[scale.grade]"), 8, "unknown key 'scale'; known keys are"),
+        (SMALL.replace("[[sections]]\nkey = \"red\"", "[[section]]\nkey = \"red\""), 37, "unknown key 'section'"),
     ],
 )
 def test_a_bad_form_is_refused_with_file_line_and_reason(text: str, line: int, reason: str) -> None:

@@ -389,7 +389,7 @@ def test_changing_the_form_never_rewrites_a_past_evaluation(tmp_path: Path) -> N
     desk.engine.dispose()
 
 
-def test_a_bad_form_stops_the_desk_at_start_with_file_line_and_reason(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_form_stops_the_desk_at_start_and_check_form_says_file_line_and_reason(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     from desk.__main__ import main
 
     form = tmp_path / "form.toml"
@@ -399,6 +399,11 @@ def test_a_bad_form_stops_the_desk_at_start_with_file_line_and_reason(tmp_path: 
     assert main(["--config", str(conf)]) == 2
     err = capsys.readouterr().err
     assert re.search(rf"error: {re.escape(str(form))}:\d+: the weights add up to 101, not 100", err), err
+    # ops check a form before restarting the desk: the same words, and the version of a good one
+    assert main(["--config", str(conf), "check-form"]) == 2
+    assert "the weights add up to 101, not 100" in capsys.readouterr().err
+    assert main(["--config", str(conf), "check-form", str(DEFAULT_FORM)]) == 0
+    assert f"13 criteria (3 fatal), pass 80, version {read_form(DEFAULT_FORM).version[:12]}" in capsys.readouterr().out
 
 
 # --- the review queue --------------------------------------------------------------------------------
