@@ -193,6 +193,7 @@ def routes(h: Helpers, form: Form, form_id: int) -> list[Route]:
             answers=answers,
             fatal_keys=set(e.fatal.split()),
             recordings=[x for x in found.recordings if x.agent_number in (e.agent_number, None)] if hear else [],
+            hear=hear,
             status_labels=review.STATUS_LABELS,
             agent_names={a.number: a.name for a in config.agents},
         )

@@ -52,6 +52,7 @@ from typing import Any
 DEFAULT_FORM = Path(__file__).parent / "evaluation_form.toml"
 NA = "不适用"
 FATAL_CLEAR, FATAL_VIOLATED = "未发生", "发生"
+MAX_CRITERIA = 40
 _KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _TOP_KEYS = {"name", "pass_score", "description", "scales", "sections"}
 _SECTION_KEYS = {"key", "title", "criteria"}
@@ -538,6 +539,9 @@ def parse_form(text: str, path: Path | str = "<form>") -> Form:
             criteria.append(Criterion(ckey, ctitle, weight, scales[scale], allow_na, False, rule, hint))
         sections.append(FormSection(key, title, tuple(criteria)))
 
+    if n > MAX_CRITERIA:
+        raise fail(lines.line("sections.criteria", MAX_CRITERIA), f"{n} criteria; a form has at most {MAX_CRITERIA} "
+                                                                    "(one answer each in a desk post of 50 fields)")
     total = sum(c.weight for s in sections for c in s.criteria)
     if not math.isclose(total, 100, abs_tol=1e-6):
         parts = ", ".join(f"{s.key} {sum(c.weight for c in s.criteria):g}" for s in sections)

@@ -159,6 +159,13 @@ def test_a_bad_form_is_refused_with_file_line_and_reason(text: str, line: int, r
     assert str(err).startswith(f"form.toml:{line}: ")
 
 
+def test_a_form_has_at_most_40_criteria() -> None:
+    many = "".join(f'[[sections.criteria]]\nkey = "c{n}"\ntitle = "第{n}项"\nweight = 2.5\nscale = "yes_no"\n'
+                   for n in range(41))
+    err = form_error(SMALL.split("[[sections]]")[0] + '[[sections]]\nkey = "all"\ntitle = "全部"\n' + many)
+    assert "41 criteria; a form has at most 40" in err.reason and err.line == 16 + 5 * 40
+
+
 def test_a_missing_form_file_is_refused_with_its_name(tmp_path: Path) -> None:
     with pytest.raises(FormError, match="nope.toml: cannot read"):
         read_form(tmp_path / "nope.toml")

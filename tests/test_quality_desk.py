@@ -334,7 +334,8 @@ def test_the_agent_sees_only_their_own_evaluations_and_acknowledges_or_disputes(
         login(client, "801", "pw801-secret")
         listing = client.get("/evaluations").text
         assert f'href="{mine}"' in listing and f'href="{theirs}"' not in listing
-        assert client.get(mine).status_code == 200
+        page = client.get(mine).text
+        assert 'id="no-hearing">录音只对班长开放' in page and "<audio" not in page  # agents_hear_own_recordings = no
         r = client.get(theirs)
         assert r.status_code == 403 and "只能查看自己的质检评分" in r.text
         # supervisors' pages stay closed to agents
