@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 from typing import Any, TypeVar
 
 import structlog
@@ -163,7 +163,10 @@ def routes(h: Helpers, form: Form, form_id: int) -> list[Route]:
         if user.role == "agent" and mine is None:
             raise HTTPException(403)
         rows = await db(review.evaluation_list, engine, mine)
-        return h.render(request, "evaluations.html", rows=rows, status_labels=review.STATUS_LABELS)
+        since = datetime.combine(local_today(config.zone) - timedelta(days=29), time(0), config.zone)
+        summary = await db(review.evaluation_summary, engine, since) if mine is None else []
+        return h.render(request, "evaluations.html", rows=rows, status_labels=review.STATUS_LABELS, summary=summary,
+                        agent_names={a.number: a.name for a in config.agents})
 
     def _evaluation(evaluation_id: int, user: SignedIn) -> tuple[Any, review.CallReview, Form, str]:
         e = review.load_evaluation(engine, evaluation_id)

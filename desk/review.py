@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -298,6 +298,36 @@ def load_evaluation(engine: Engine, evaluation_id: int) -> Evaluation | None:
         return e
 
 
+@dataclass(frozen=True, slots=True)
+class AgentSummary:
+    agent_number: str
+    evaluations: int
+    average: float
+    passed: int
+    fatal: int  # failed by a red line
+    disputed: int  # disputes waiting for a supervisor's answer
+
+
+def evaluation_summary(engine: Engine, since: datetime) -> list[AgentSummary]:
+    """Per agent, the evaluations made since `since`: how many, the average total, passed, red lines, open disputes."""
+    with Session(engine) as s:
+        rows = s.execute(
+            select(
+                Evaluation.agent_number,
+                func.count(),
+                func.avg(Evaluation.total),
+                func.sum(case((Evaluation.passed, 1), else_=0)),
+                func.sum(case((Evaluation.fatal != "", 1), else_=0)),
+                func.sum(case((Evaluation.status == "disputed", 1), else_=0)),
+            )
+            .where(Evaluation.created_at >= since)
+            .group_by(Evaluation.agent_number)
+            .order_by(Evaluation.agent_number)
+        ).all()
+    return [AgentSummary(a, int(n), round(float(avg), 1), int(p or 0), int(f or 0), int(d or 0))
+            for a, n, avg, p, f, d in rows]
+
+
 class ResponseError(ValueError):
     """A response the evaluation's state does not allow; the message is for the user (Chinese)."""
 
@@ -412,16 +442,18 @@ def review_queue(engine: Engine, monday: date, zone: ZoneInfo, *, per_agent: int
                                             .join(Call, Call.sip_call_id == Recording.sip_call_id).where(week)):
             recorded[sip_call_id].add(state)
     reasons: dict[int, list[str]] = defaultdict(list)
-    candidates: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    candidates: dict[str, list[tuple[bool, str, int]]] = defaultdict(list)
     for c in calls:
         if c.survey_score == DISSATISFIED:
             reasons[c.id].append("不满意")
         if c.id in complaints:
             reasons[c.id].append("投诉工单")
         if c.id not in reasons and c.outcome in SERVED:
-            candidates[c.agent_number].append((sample_rank(seed, c.sip_call_id), c.id))
+            # a call with a recording to listen to is drawn before one without (the recorder may skip calls)
+            heard = bool(recorded.get(c.sip_call_id, set()) & {"complete", "interrupted", "recording"})
+            candidates[c.agent_number].append((not heard, sample_rank(seed, c.sip_call_id), c.id))
     for drawn in candidates.values():
-        for _, call_id in sorted(drawn)[:per_agent]:
+        for *_, call_id in sorted(drawn)[:per_agent]:
             reasons[call_id].append("抽检")
     items = []
     for c in calls:

@@ -454,6 +454,40 @@ def test_the_review_queue_takes_every_dissatisfied_and_complaint_call_and_a_seed
     engine.dispose()
 
 
+def test_the_sample_draws_a_recorded_call_before_one_without_a_recording(tmp_path: Path) -> None:
+    engine: Engine = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    migrate(engine)
+    start = datetime(2026, 11, 30, 9, tzinfo=SHANGHAI)
+    calls = [f"r-{n}" for n in range(6)]
+    lowest, *others = sorted(calls, key=lambda c: sample_rank("s", c))
+    with Session(engine) as s, s.begin():
+        for n, name in enumerate(calls):
+            add_call(s, name, "801", start + timedelta(minutes=n))
+        for name in others:
+            add_recording(s, name, "801", f"{name}.wav", start)
+    items = review_queue(engine, date(2026, 11, 30), SHANGHAI, per_agent=1, seed="s")
+    with Session(engine) as s:
+        drawn = s.get_one(Call, items[0].call_id).sip_call_id
+    assert len(items) == 1 and drawn == min(others, key=lambda c: sample_rank("s", c)) and drawn != lowest
+    engine.dispose()
+
+
+def test_supervisors_see_each_agents_last_30_days_in_figures(world) -> None:  # type: ignore[no-untyped-def]
+    desk, ids = world
+    with desk.client() as client:
+        login(client, "王经理", "supervisor-pw")
+        token = csrf_of(client, "/review")
+        for changes in ({}, {"rude_language": FATAL_VIOLATED}, {"greeting": "未做到", "courtesy": "差"}):
+            client.post(f"/calls/{ids['call801']}/evaluations",
+                        data={**best_answers(desk, **changes), "csrf": token, "agent": "801"})
+        page = client.get("/evaluations").text
+    row = page.split('id="summary-801"')[1].split("</tr>")[0]
+    # 100, 0 (red line) and 100 - 10 - 15 = 75: three evaluations, average 58.3, one passed, one red line
+    cells = re.findall(r"<td>([^<]*)</td>", row)
+    assert cells == ["801 张敏", "3", "58.3", "33%", "1", "0"], cells
+    assert 'id="summary-802"' not in page
+
+
 def test_the_review_page_lists_the_dissatisfied_call_and_marks_it_done_once_scored(world) -> None:  # type: ignore[no-untyped-def]
     desk, ids = world
     with desk.client() as client:
