@@ -36,6 +36,7 @@ from desk.auth import seed_agents, set_password
 from desk.config import load_desk_config
 from desk.quality import DEFAULT_FORM, FATAL_CLEAR, FATAL_VIOLATED, read_form
 from desk.review import parse_week, review_queue, sample_rank, week_label, week_of
+from ivr.config import ConfigError
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 CONF = """[general]
@@ -405,6 +406,26 @@ def test_a_bad_form_stops_the_desk_at_start_and_check_form_says_file_line_and_re
     assert "the weights add up to 101, not 100" in capsys.readouterr().err
     assert main(["--config", str(conf), "check-form", str(DEFAULT_FORM)]) == 0
     assert f"13 criteria (3 fatal), pass 80, version {read_form(DEFAULT_FORM).version[:12]}" in capsys.readouterr().out
+
+
+def test_the_examples_quality_settings_are_the_models_keys_and_parse(tmp_path: Path) -> None:
+    from desk.config import QUALITY_KEYS
+
+    example = (Path(__file__).parent.parent / "sip.conf.example").read_text(encoding="utf-8")
+    section = example.split("\n[quality]\n", 1)[1].split("\n[", 1)[0]
+    shown = dict(re.findall(r"^;(\w+) = (\S*)", section, flags=re.M))
+    assert set(shown) == QUALITY_KEYS
+    hear = re.search(r"^;(agents_hear_own_recordings) = (\S+)", example, flags=re.M)
+    assert hear is not None
+    conf = tmp_path / "sip.conf"
+    body = "".join(f"{k} = {v}\n" for k, v in shown.items() if v)
+    conf.write_text(f"[desk]\n{hear[1]} = {hear[2]}\n[quality]\n{body}", encoding="utf-8")
+    config = load_desk_config(conf)
+    assert config.quality.form_path == DEFAULT_FORM and config.agents_hear_own_recordings is False
+    assert config.recording_directory == tmp_path / "var/recordings"
+    conf.write_text("[quality]\nsample_per_agent_week = lots\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"sip.conf:2: \[quality\] sample_per_agent_week: 'lots' is not a whole number"):
+        load_desk_config(conf)
 
 
 # --- the review queue --------------------------------------------------------------------------------
