@@ -35,7 +35,7 @@ from crm_bridge.report import local_today
 from desk import review
 from desk.auth import SignedIn
 from desk.config import DeskConfig
-from desk.quality import NA, AnswerError, Form
+from desk.quality import AnswerError, Form
 
 log = structlog.get_logger("desk.quality")
 T = TypeVar("T")
@@ -104,16 +104,17 @@ def routes(h: Helpers, form: Form, form_id: int) -> list[Route]:
             raise HTTPException(400, "所选坐席无效,请从列表中选择。")
         return request_value
 
-    async def evaluate_page(request: Request) -> Response:
-        h.need(request, "supervisor")
-        call_id = h.int_param(request, "call_id")
-        found = await db(_call_review, call_id)
-        agent = _agent_of(request.query_params.get("agent", ""), found)
+    def _auto(found: review.CallReview, agent: str) -> dict[str, str]:
+        """The answers the form's auto rules give for this agent's part of the call."""
         values = review.rule_values(found, agent)
-        auto = {c.key: a for c in form.criteria if (a := c.auto_answer(values)) is not None}
+        return {c.key: a for c in form.criteria if (a := c.auto_answer(values)) is not None}
+
+    def _form_page(request: Request, found: review.CallReview, agent: str, auto: dict[str, str],
+                   chosen: dict[str, str], error: str | None = None, comment: str = "") -> Response:
         return h.render(
             request,
             "evaluate.html",
+            400 if error else 200,
             r=found,
             call=found.call,
             agent=agent,
@@ -121,11 +122,17 @@ def routes(h: Helpers, form: Form, form_id: int) -> list[Route]:
             recordings=[x for x in found.recordings if x.agent_number in (agent, None)],
             form=form,
             auto=auto,
-            values=values,
-            na=NA,
-            error=None,
-            chosen=auto,
+            chosen=chosen,
+            error=error,
+            comment=comment,
         )
+
+    async def evaluate_page(request: Request) -> Response:
+        h.need(request, "supervisor")
+        found = await db(_call_review, h.int_param(request, "call_id"))
+        agent = _agent_of(request.query_params.get("agent", ""), found)
+        auto = _auto(found, agent)
+        return _form_page(request, found, agent, auto, chosen=auto)
 
     async def save_evaluation(request: Request) -> Response:
         data = await h.form(request)  # CSRF first, before anything else
@@ -136,21 +143,15 @@ def routes(h: Helpers, form: Form, form_id: int) -> list[Route]:
         answers = {c.key: h.choice(data, f"answer.{c.key}", c.answers(), f"「{c.title}」的答案")
                    for c in form.criteria if data.get(f"answer.{c.key}", "") != ""}
         comment = h.text(data, "comment", limit=MAX_COMMENT, what="评语")
-        values = review.rule_values(found, agent)
-        auto = {c.key: a for c in form.criteria if (a := c.auto_answer(values)) is not None}
+        auto = _auto(found, agent)
         recording = next((x.id for x in found.recordings if x.agent_number in (agent, None) and x.playable), None)
         try:
             evaluation_id = await db(
                 review.save_evaluation, engine, form_id=form_id, form=form, call_id=call_id, agent_number=agent,
                 recording_id=recording, evaluator=user.username, answers=answers, auto=auto, comment=comment,
             )
-        except AnswerError as exc:
-            return h.render(
-                request, "evaluate.html", 400, r=found, call=found.call, agent=agent,
-                agent_names={a.number: a.name for a in config.agents},
-                recordings=[x for x in found.recordings if x.agent_number in (agent, None)],
-                form=form, auto=auto, values=values, na=NA, error=str(exc), chosen=answers,
-            )
+        except AnswerError as exc:  # the form again, as filled in, with what is missing
+            return _form_page(request, found, agent, auto, chosen=answers, error=str(exc), comment=comment)
         log.info("evaluation_saved", call_id=found.call.sip_call_id, evaluation=evaluation_id, agent=agent,
                  evaluator=user.username)
         return RedirectResponse(f"/evaluations/{evaluation_id}", 303)

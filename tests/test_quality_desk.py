@@ -311,8 +311,12 @@ def test_an_incomplete_or_forged_form_is_refused_and_nothing_is_stored(world) ->
         token = csrf_of(client, "/review")
         data = best_answers(desk)
         del data["answer.thanks"]
-        r = client.post(f"/calls/{ids['call801']}/evaluations", data={**data, "csrf": token, "agent": "801"})
+        r = client.post(f"/calls/{ids['call801']}/evaluations", data={**data, "csrf": token, "agent": "801",
+                                                                        "comment": "<b>冷场</b>"})
         assert r.status_code == 400 and "「致谢道别」未作答" in r.text
+        # the form comes back as filled in (the comment escaped), so nothing typed is lost
+        assert ">&lt;b&gt;冷场&lt;/b&gt;</textarea>" in r.text
+        assert re.search(r'name="answer.greeting" value="做到" id="[^"]+" checked', r.text)
         for bad in ({"answer.thanks": "<script>"}, {"answer.greeting": "不适用"}, {"agent": "802"}, {"agent": "x"}):
             r = client.post(f"/calls/{ids['call801']}/evaluations", data={**best_answers(desk), "csrf": token,
                                                                             "agent": "801", **bad})
