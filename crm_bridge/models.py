@@ -384,3 +384,82 @@ class RecordingPause(Base):
     offset_s: Mapped[float]  # where the pause starts in the file
     duration_s: Mapped[float | None]  # None while still paused
     recording: Mapped[Recording] = relationship(back_populates="pauses")
+
+
+# --- QA review (质检): evaluation forms, evaluations, the agent's answer ------------------------
+
+EVALUATION_STATUSES = ("open", "acknowledged", "disputed", "resolved")
+EVALUATION_ACTIONS = ("acknowledged", "disputed", "resolved")
+
+
+class EvaluationForm(Base):
+    """One version of an evaluation form, as read from its TOML file (desk/quality.py).
+
+    `version` is the SHA-256 of the canonical JSON in `definition`: an edited
+    file is a new row, and every evaluation keeps the version it was made with.
+    """
+
+    __tablename__ = "evaluation_forms"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64), unique=True)
+    definition: Mapped[str] = mapped_column(Text)  # the form as JSON: sections, criteria, weights, scales
+    source: Mapped[str] = mapped_column(String(512))  # the file it was first read from
+    first_loaded_at: Mapped[datetime]
+
+
+class Evaluation(Base):
+    """A supervisor's scoring of one agent's handling of a call, with the form version used."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    form_id: Mapped[int] = mapped_column(ForeignKey("evaluation_forms.id"))
+    recording_id: Mapped[int | None] = mapped_column(ForeignKey("recordings.id"))  # the file listened to
+    agent_number: Mapped[str] = mapped_column(String(32), index=True)  # the agent evaluated
+    evaluator: Mapped[str] = mapped_column(String(64))  # the supervisor's desk name
+    created_at: Mapped[datetime]
+    total: Mapped[float]  # 0-100, weighted over the applicable criteria; 0 when a fatal criterion failed it
+    passed: Mapped[bool]
+    fatal: Mapped[str] = mapped_column(Text, default="", server_default="")  # keys of fatal criteria violated
+    comment: Mapped[str] = mapped_column(Text, default="", server_default="")
+    status: Mapped[str] = mapped_column(String(16), default="open")  # one of EVALUATION_STATUSES
+
+    answers: Mapped[list[EvaluationAnswer]] = relationship(back_populates="evaluation", order_by="EvaluationAnswer.id")
+    responses: Mapped[list[EvaluationResponse]] = relationship(
+        back_populates="evaluation", order_by="EvaluationResponse.id")
+
+
+class EvaluationAnswer(Base):
+    """The answer to one criterion of an evaluation; `points` is None for 不适用 (its weight dropped out)."""
+
+    __tablename__ = "evaluation_answers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), index=True)
+    criterion: Mapped[str] = mapped_column(String(64))  # the criterion's key in the form version
+    answer: Mapped[str] = mapped_column(String(64))  # the scale's label, 不适用, or 未发生 / 发生 (fatal)
+    points: Mapped[float | None]  # 0-1 of the weight
+    weight: Mapped[float]
+    auto: Mapped[bool]  # the answer its auto rule gave from the recording's characteristics (kept as is)
+
+    evaluation: Mapped[Evaluation] = relationship(back_populates="answers")
+
+    __table_args__ = (UniqueConstraint("evaluation_id", "criterion", name="uq_evaluation_answers_criterion"),)
+
+
+class EvaluationResponse(Base):
+    """The agent acknowledging or disputing an evaluation, and the supervisor's answer to a dispute."""
+
+    __tablename__ = "evaluation_responses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))  # one of EVALUATION_ACTIONS
+    comment: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+    evaluation: Mapped[Evaluation] = relationship(back_populates="responses")

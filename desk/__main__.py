@@ -3,6 +3,7 @@
     python -m desk --config sip.conf                       # serve on [desk] bind:port (127.0.0.1:8080)
     python -m desk --config sip.conf set-password 801      # an agent's desk password (prompted, or one line on stdin)
     python -m desk --config sip.conf add-supervisor 王经理  # a supervisor account (same)
+    python -m desk --config sip.conf check-form [FILE]     # check the QA evaluation form ([quality] form)
 
 A separate process from the IVR: it reads and writes the CRM database only.
 On its first start every agent of sip.conf gets a desk account whose password
@@ -19,6 +20,7 @@ from pathlib import Path
 from crm_bridge.db import make_engine, migrate
 from desk.auth import PasswordError, account_exists, seed_agents, set_password
 from desk.config import DeskConfig, load_desk_config
+from desk.quality import FormError, read_form
 from ivr.config import ConfigError
 
 
@@ -41,7 +43,11 @@ def serve(config: DeskConfig, engine) -> int:  # type: ignore[no-untyped-def]
         print(f"desk: accounts for agent(s) {', '.join(created)}, first password = their SIP secret", flush=True)
     if not config.secret_key:
         print("desk: no [desk] secret_key: sessions end when the desk restarts", flush=True)
-    app = create_app(config, engine)
+    try:
+        app = create_app(config, engine)
+    except FormError as exc:  # [quality] form: refused at start with file, line and reason
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"desk: ready on http://{config.bind}:{config.port}", flush=True)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -75,6 +81,18 @@ def _command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str
                           epilog=f"example:\n  {example}")
 
 
+def check_form(path: Path) -> int:
+    try:
+        form = read_form(path)
+    except FormError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    fatal = sum(c.fatal for c in form.criteria)
+    print(f"{path}: {form.name}: {len(form.sections)} sections, {len(form.criteria)} criteria ({fatal} fatal), "
+          f"pass {form.pass_score:g}, version {form.version[:12]}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m desk", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
@@ -92,12 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     su.add_argument("name")
     su.add_argument("--if-missing", action="store_true",
                     help="only create the account: leave an existing one and its password alone")
+    cf = _command(sub, "check-form", "check the QA evaluation form ([quality] form, or FILE) before a restart",
+                  "python -m desk --config sip.conf.example check-form desk/evaluation_form.toml")
+    cf.add_argument("file", nargs="?", type=Path)
     args = p.parse_args(argv)
     try:
         config = load_desk_config(args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "check-form":
+        return check_form(args.file or config.quality.form_path)
     engine = make_engine(config.database_url)
     migrate(engine)
     try:

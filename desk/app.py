@@ -51,9 +51,10 @@ from crm_bridge.report import (
     overdue_tickets,
     tables_html,
 )
-from desk import queries, tickets
+from desk import qa_pages, queries, review, tickets
 from desk.auth import LoginLimiter, SignedIn, authenticate
 from desk.config import DeskConfig
+from desk.quality import read_form
 from ivr.service import SERVICES
 
 HERE = Path(__file__).parent
@@ -557,6 +558,11 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         Route("/report/{day}/{name}", report_chart),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
+    # QA review (质检): the form is read and checked at start (FormError: file:line: reason), its version stored
+    form = read_form(config.quality.form_path)
+    form_id = review.register_form(engine, form, str(config.quality.form_path))
+    helpers = qa_pages.Helpers(config, engine, db, need, render, _form, text, choice, int_param)
+    routes += qa_pages.routes(helpers, form, form_id)
     middleware = [
         Middleware(SecurityHeaders),
         Middleware(

@@ -12,7 +12,7 @@ line, key and reason, as the IVR's do (the same `SipConf` and `ConfigError`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo
@@ -21,10 +21,23 @@ from pydantic import AfterValidator
 from pydantic.dataclasses import dataclass as section_model
 
 from crm_bridge.customers import TierThresholds
+from desk.quality import DEFAULT_FORM
 from ivr.config import ClusterConfig, DatabaseSection, GeneralConfig, TiersSection
 from ivr.screenpop import DEFAULT_TEMPLATE, TemplateError, check_template
 from ivr.service import SEAT_GROUPS
-from ivr.sipconf import GIVEN, SECTION, IPAddress, Port, SipConf, YesNo, known_keys, number, text, whole
+from ivr.sipconf import (
+    GIVEN,
+    SECTION,
+    IPAddress,
+    OptionalPath,
+    Port,
+    SipConf,
+    YesNo,
+    known_keys,
+    number,
+    text,
+    whole,
+)
 
 DEFAULT_DEPARTMENTS = ("客服部", "技术部", "财务部", "售后服务部", "合规部")
 DEFAULT_WRAP_UP_CODES = ("已解决", "需回访", "转投诉", "咨询", "无效来电", "其他")
@@ -64,10 +77,32 @@ def _public_url(raw: str) -> str:
     return raw.rstrip("/")
 
 
+def _seed(raw: str) -> str:
+    if not 1 <= len(raw) <= 64:
+        raise ValueError("1-64 characters")
+    return raw
+
+
 def _signing_key(key: str) -> str:
     if key and len(key) < 32:
         raise ValueError("needs 32 characters or more (it signs the session cookies)")
     return key
+
+
+@section_model(config=SECTION, slots=True)
+class QualityConfig:
+    """`[quality]`: QA review of recorded calls (质检), read by the desk."""
+
+    form: OptionalPath = None
+    """The evaluation form (TOML, relative to sip.conf); empty: the shipped desk/evaluation_form.toml."""
+    sample_per_agent_week: Annotated[int, whole(0, 100)] = 2
+    """Calls per agent and week drawn at random into the review queue, besides every 不满意 and complaint call."""
+    sample_seed: Annotated[str, text("a seed of 1-64 characters", _seed)] = "hotline"
+    """The sample's seed: the same seed and calls give the same sample; change it to draw other calls."""
+
+    @property
+    def form_path(self) -> Path:
+        return self.form or DEFAULT_FORM
 
 
 @section_model(config=SECTION, slots=True)
@@ -116,6 +151,13 @@ class DeskConfig:
     """Login attempts a minute per account; four times as many per client address."""
     poll_ms: Annotated[int, whole(50, 300)] = 250
     """How often the screen-pop polls the CRM, in milliseconds (300 or less keeps the pop within 1 s)."""
+    agents_hear_own_recordings: YesNo = False
+    """An agent may play the recordings of their own calls (never another agent's); supervisors hear all."""
+    # where the recorder writes ([recording] directory, relative to sip.conf); files are served from here only
+    recording_directory: Annotated[Path, GIVEN] = Path("var/recordings")
+    """Read from [recording] directory: the desk serves recordings from this folder only."""
+    quality: Annotated[QualityConfig, GIVEN] = field(default_factory=lambda: QualityConfig())
+    """Read from the [quality] section: the QA evaluation form and the review sample."""
 
     @property
     def zone(self) -> ZoneInfo:
@@ -130,6 +172,7 @@ class DeskConfig:
 
 
 DESK_KEYS = known_keys(DeskConfig)
+QUALITY_KEYS = known_keys(QualityConfig)
 
 
 def _agents(conf: SipConf) -> tuple[DeskAgent, ...]:
@@ -161,4 +204,12 @@ def load_desk_config(path: Path) -> DeskConfig:
         shared_agents=conf.section("cluster", ClusterConfig, only=("shared_agents",)).shared_agents,
         tiers=conf.section("tiers", TiersSection).thresholds(),
         agents=agents,
+        recording_directory=_recording_directory(conf),
+        quality=conf.section("quality", QualityConfig),
     )
+
+
+def _recording_directory(conf: SipConf) -> Path:
+    """`[recording] directory` (the recorder's setting, checked by the IVR), relative to sip.conf like its paths."""
+    raw = conf.parser.get("recording", "directory", fallback="").strip() or "var/recordings"
+    return conf.path.parent / raw

@@ -677,7 +677,7 @@ SECTIONS: dict[str, type] = {
 }
 _KNOWN: dict[str, set[str]] = {name: known_keys(model) for name, model in SECTIONS.items()}
 # Sections of the same file read by other programs, which validate them (`python -m desk`: desk/config.py).
-_OTHER_READERS = {"desk"}
+_OTHER_READERS = {"desk", "quality"}  # read by python -m desk
 # `type = agent` is what makes a section an agent peer; the number is the section's name.
 AGENT_KEYS = {"type"} | known_keys(AgentConfig)
 

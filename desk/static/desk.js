@@ -19,3 +19,22 @@
     });
   });
 })();
+// QA review: the 播放 button plays its recording; a step's time seeks the player to that moment.
+(function () {
+  "use strict";
+  document.addEventListener("click", function (e) {
+    var target = e.target;
+    if (!(target instanceof HTMLElement)) return;
+    var play = target.getAttribute("data-play");
+    var seek = target.getAttribute("data-seek");
+    var audio = document.getElementById(play || seek || "");
+    if (!(audio instanceof HTMLMediaElement)) return;
+    if (seek) audio.currentTime = parseFloat(target.getAttribute("data-at") || "0");
+    if (audio.paused) {
+      var started = audio.play();
+      if (started && started.catch) started.catch(function () {});
+    } else if (play) {
+      audio.pause();
+    }
+  });
+})();
