@@ -8,6 +8,7 @@
     python -m crm_bridge --db-url URL report --date 2026-11-24 [--html FILE] [--csv DIR]
     python -m crm_bridge --db-url URL webhook-dead
     python -m crm_bridge --db-url URL webhook-retry [SIP_CALL_ID]
+    python -m crm_bridge --db-url URL characteristics --directory DIR (--all-missing | RECORDING_ID ...)
 
 `--config sip.conf` takes the database URL, tier thresholds and time zone from the IVR's config;
 days are local days of `[general] timezone` (Asia/Shanghai by default), not UTC days.
@@ -21,7 +22,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from crm_bridge.customers import ImportError_, TierThresholds, import_customers, tier_of
@@ -60,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--csv", type=Path, help="also write seat_groups-DAY.csv and agents-DAY.csv into this directory")
     rep.add_argument("--service-level-seconds", type=float, default=20,
                      help="answered within this many seconds (default %(default)s)")
+    ch = sub.add_parser("characteristics",
+                        help="talk times, silences and over-talk of recorded calls (stored in recordings)")
+    ch.add_argument("recording_ids", nargs="*", type=int, metavar="RECORDING_ID")
+    ch.add_argument("--all-missing", action="store_true",
+                    help="every complete recording without characteristics (or with an older version)")
+    ch.add_argument("--directory", type=Path, help="the recording directory the rows' paths are relative to")
+    ch.add_argument("--silence-seconds", type=float, default=3.0,
+                    help="silences at least this long are listed with who spoke last (default %(default)s)")
     args = p.parse_args(argv)
 
     thresholds = TierThresholds()
@@ -84,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     engine = make_engine(url)
     migrate(engine)
 
+    if args.command == "characteristics":
+        return _characteristics(engine, args)
     if args.command == "import-customers":
         try:
             count = import_customers(engine, args.file)
@@ -165,6 +176,37 @@ def main(argv: list[str] | None = None) -> int:
         queued = retry_dead_letters(engine, args.sip_call_id)
         print(f"re-queued {queued} push(es); a running IVR sends them within 30 s")
     return 0
+
+
+def _characteristics(engine: Engine, args: argparse.Namespace) -> int:
+    from crm_bridge.characteristics import Settings, compute_and_store, missing
+
+    if args.directory is None:
+        print("error: give --directory (the recording directory)", file=sys.stderr)
+        return 2
+    if not args.directory.is_dir():
+        print(f"error: {args.directory}: not a directory", file=sys.stderr)
+        return 2
+    if not args.all_missing and not args.recording_ids:
+        print("error: give RECORDING_ID ... or --all-missing", file=sys.stderr)
+        return 2
+    if args.silence_seconds <= 0:
+        print("error: --silence-seconds must be positive", file=sys.stderr)
+        return 2
+    settings = Settings(silence_s=args.silence_seconds)
+    ids = [*args.recording_ids, *(missing(engine) if args.all_missing else [])]
+    failed = 0
+    for rid in dict.fromkeys(ids):
+        found = compute_and_store(engine, rid, args.directory, settings)
+        if found is None:
+            failed += 1
+            print(f"recording {rid}: not computed (see the log line above)")
+        else:
+            print(f"recording {rid}: caller {found.caller_talk_s:.1f}s agent {found.agent_talk_s:.1f}s "
+                  f"non-talk {found.non_talk_s:.1f}s longest silence {found.longest_silence_s:.1f}s "
+                  f"over-talk {found.overtalk_count}x {found.overtalk_s:.1f}s")
+    print(f"{len(ids) - failed} computed, {failed} failed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
