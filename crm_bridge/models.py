@@ -384,3 +384,29 @@ class RecordingPause(Base):
     offset_s: Mapped[float]  # where the pause starts in the file
     duration_s: Mapped[float | None]  # None while still paused
     recording: Mapped[Recording] = relationship(back_populates="pauses")
+
+
+AGENT_STATES = ("logged_out", "available", "ringing", "talking", "wrap_up", "paused")  # ivr.acd.AgentState
+
+
+class AgentStateChange(Base):
+    """An agent's state from `at` until their next row: the log time-by-state and occupancy are computed from.
+
+    Written by the IVR through its durable writer (`RecordAgentState`) each
+    time it sees an agent's state change. With shared agents every worker logs
+    the changes it sees, so a change may appear once per worker, seconds
+    apart; spans are measured from each row to the agent's next row, so a
+    repeated state only splits a span in two.
+    """
+
+    __tablename__ = "agent_states"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agent_number: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))  # one of AGENT_STATES
+    at: Mapped[datetime]
+    seat_group: Mapped[str | None] = mapped_column(String(32))
+    sip_call_id: Mapped[str | None] = mapped_column(String(255))  # the caller's call while ringing or talking
+    worker: Mapped[str | None] = mapped_column(String(128))  # the IVR process that saw the change
+
+    __table_args__ = (Index("ix_agent_states_agent_at", "agent_number", "at"),)
