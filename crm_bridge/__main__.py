@@ -8,6 +8,7 @@
     python -m crm_bridge --db-url URL report --date 2026-11-24 [--html FILE] [--csv DIR]
     python -m crm_bridge --db-url URL webhook-dead
     python -m crm_bridge --db-url URL webhook-retry [SIP_CALL_ID]
+    python -m crm_bridge --db-url URL scorecard --from 2026-12-01 --to 2026-12-07 [--html FILE] [--csv FILE]
     python -m crm_bridge --db-url URL characteristics --directory DIR (--all-missing | RECORDING_ID ...)
 
 `--config sip.conf` takes the database URL, tier thresholds and time zone from the IVR's config;
@@ -61,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--csv", type=Path, help="also write seat_groups-DAY.csv and agents-DAY.csv into this directory")
     rep.add_argument("--service-level-seconds", type=float, default=20,
                      help="answered within this many seconds (default %(default)s)")
+    sc = sub.add_parser("scorecard", help="per-agent scorecards (绩效考核) for local days FROM to TO, inclusive")
+    sc.add_argument("--from", dest="first", type=date.fromisoformat, required=True, help="YYYY-MM-DD, first local day")
+    sc.add_argument("--to", dest="last", type=date.fromisoformat, required=True, help="YYYY-MM-DD, last local day")
+    sc.add_argument("--html", type=Path, help="also write a self-contained HTML file with the charts")
+    sc.add_argument("--csv", type=Path, help="also write the figures as CSV (one row per agent)")
     ch = sub.add_parser("characteristics",
                         help="talk times, silences and over-talk of recorded calls (stored in recordings)")
     ch.add_argument("recording_ids", nargs="*", type=int, metavar="RECORDING_ID")
@@ -95,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "characteristics":
         return _characteristics(engine, args)
+    if args.command == "scorecard":
+        return _scorecard(engine, args, zone, agent_names)
     if args.command == "import-customers":
         try:
             count = import_customers(engine, args.file)
@@ -175,6 +183,31 @@ def main(argv: list[str] | None = None) -> int:
 
         queued = retry_dead_letters(engine, args.sip_call_id)
         print(f"re-queued {queued} push(es); a running IVR sends them within 30 s")
+    return 0
+
+
+def _scorecard(engine: Engine, args: argparse.Namespace, zone: ZoneInfo, agent_names: dict[str, str]) -> int:
+    from crm_bridge import scorecards as sc
+
+    try:
+        period = sc.Period(args.first, args.last, zone)
+    except sc.PeriodError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cards = sc.scorecards(engine, period, agent_names=agent_names)
+    print(f"scorecards {period.first} to {period.last} ({zone}): "
+          f"UTC {period.start_utc:%Y-%m-%d %H:%M} to {period.end_utc:%Y-%m-%d %H:%M}")
+    for row in sc.rows(cards):
+        print("\t".join(row))
+    text = sc.csv_text(cards)
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        args.csv.write_text(text, encoding="utf-8-sig")  # BOM: Excel opens the Chinese names right
+        print(f"wrote {args.csv}")
+    if args.html:
+        args.html.parent.mkdir(parents=True, exist_ok=True)
+        args.html.write_text(sc.standalone_html(cards, sc.charts(cards)), encoding="utf-8")
+        print(f"wrote {args.html}")
     return 0
 
 
