@@ -18,6 +18,7 @@ from crm_bridge.models import Recording
 
 WIDTH = 900  # viewBox units; the SVG scales to the page
 LABEL_W = 44  # the lane names at the left
+RIGHT_PAD = 16  # room for the last tick's label
 LANE_H = 18
 CALLER_Y, AGENT_Y = 8, 42
 AXIS_Y = 72
@@ -65,7 +66,7 @@ def _clock(seconds: float) -> str:
 def timeline(figures: Characteristics, recording_id: int = 0) -> Timeline:
     """Where each bar goes: seconds mapped onto the lanes' width."""
     duration = max(figures.duration_s, 1.0)
-    scale = (WIDTH - LABEL_W) / duration
+    scale = (WIDTH - LABEL_W - RIGHT_PAD) / duration
 
     def bars(spans: tuple[Span, ...], what: str) -> tuple[Bar, ...]:
         return tuple(

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 with warnings.catch_warnings():  # as tests/test_desk.py: Starlette's TestClient over httpx
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")  # its deprecation warning class is Starlette's own
     from starlette.testclient import TestClient
 
 from crm_bridge.characteristics import FRAME_S, from_masks
@@ -21,7 +21,7 @@ from crm_bridge.models import Call, Recording
 from desk.app import create_app
 from desk.auth import seed_agents, set_password
 from desk.config import load_desk_config
-from desk.timeline import timeline
+from desk.timeline import RIGHT_PAD, timeline
 from tests.test_desk import login
 from tests.test_scorecards import seed
 
@@ -121,7 +121,7 @@ def test_the_call_page_draws_the_two_lane_timeline_of_its_recording(desk) -> Non
 
 def test_the_timeline_places_each_span_in_proportion() -> None:
     t = timeline(FIGURES)
-    usable = t.width - t.label_w
+    usable = t.width - t.label_w - RIGHT_PAD
     first = t.caller[0]
     assert first.x == pytest.approx(t.label_w + usable * 1 / 20) and first.width == pytest.approx(usable * 4 / 20)
     assert t.overtalk[0].x == pytest.approx(t.label_w + usable * 4.5 / 20)
