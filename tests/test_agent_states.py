@@ -6,7 +6,9 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
+from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -65,3 +67,42 @@ def test_the_agent_side_logs_each_change_once_and_logs_everyone_out_when_it_stop
         ("801", "logged_out"), ("802", "logged_out"), ("801", "available"), ("801", "paused")]
     asyncio.run(agents.close())
     assert [(r.agent_number, r.state) for r in logged[4:]] == [("801", "logged_out")]
+
+
+@pytest.mark.e2e
+def test_a_real_call_leaves_the_agents_states_in_the_crm_and_the_scorecard_counts_it(  # type: ignore[no-untyped-def]
+        ivr_factory, tmp_path: Path) -> None:
+    from crm_bridge.scorecards import Period, scorecards
+
+    from .conftest import free_port, sipp
+    from .test_e2e_routing import agent_uas, agents_conf, customers
+    from .test_e2e_sip import finished, wait_for_row
+
+    agent_port = free_port()
+    db_url = f"sqlite:///{tmp_path / 'crm.db'}"
+    customers(tmp_path, db_url)
+    ivr = ivr_factory(db_url=db_url, extra="[queues]\nwrap_up_seconds = 1\n"
+                      + agents_conf(**{"801": ("senior", f"127.0.0.1:{agent_port}")}))
+    agent = agent_uas(tmp_path, ivr, agent_port, talk_ms=3000)
+    caller = sipp(tmp_path, "survey_caller", ivr.port, extra=("-d", "11000"))
+    finished(caller)
+    finished(agent)
+    wait_for_row(ivr, f"1-{caller.proc.pid}@127.0.0.1")
+    assert ivr.stop() == 0
+    engine = make_engine(db_url)
+    with Session(engine) as s:
+        rows = s.execute(select(AgentStateChange.state, AgentStateChange.at, AgentStateChange.sip_call_id)
+                         .where(AgentStateChange.agent_number == "801").order_by(AgentStateChange.id)).all()
+    assert [r.state for r in rows] == ["available", "ringing", "talking", "wrap_up", "available", "logged_out"]
+    assert rows[2].sip_call_id == f"1-{caller.proc.pid}@127.0.0.1"  # talking with that caller
+    talked = (rows[3].at - rows[2].at).total_seconds()
+    assert talked == pytest.approx(3.0, abs=1.5)  # the agent's 3 s of media, give or take signalling
+    assert (rows[4].at - rows[3].at).total_seconds() == pytest.approx(1.0, abs=0.5)  # wrap_up_seconds
+
+    today = datetime.now(ZoneInfo("Asia/Shanghai")).date()
+    period = Period(today - timedelta(days=1), today, ZoneInfo("Asia/Shanghai"))  # a call at midnight is in it too
+    card = {c.agent: c for c in scorecards(engine, period).cards}["801"]
+    assert card["calls_answered"] == 1
+    assert card["talking_s"] == pytest.approx(talked, abs=0.01)
+    assert card["aht_s"] == pytest.approx(talked + (rows[4].at - rows[3].at).total_seconds(), abs=0.01)
+    engine.dispose()
