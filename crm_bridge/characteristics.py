@@ -21,7 +21,9 @@ Then, frame by frame: non-talk is neither channel speaking; a silence is a
 non-talk run of at least `silence_s`; over-talk is a run where both speak of
 at least `min_overtalk_s`, and its interruption is charged to whoever started
 last (the agent interrupts when an agent segment starts while a caller
-segment is under way, and the overlap is at least `min_overtalk_s`).
+segment is under way, and the overlap is at least `min_overtalk_s`). Spans
+the recording was paused for sensitive data are silent by design: they are
+left out of non-talk time and silences, and counted as `paused_s`.
 
 `characteristics(path)` returns a frozen `Characteristics`; `to_json()` is
 what `recordings.characteristics` holds (QA forms read those keys).
@@ -98,6 +100,7 @@ class Characteristics:
     agent_segments: tuple[Span, ...]
     overtalk: tuple[Span, ...]
     silence_threshold_s: float
+    paused_s: float = 0.0  # spans paused for sensitive data: neither non-talk nor silence
     version: int = VERSION
 
     def to_json(self) -> str:
@@ -116,6 +119,7 @@ class Characteristics:
             "agent_interruptions": self.agent_interruptions,
             "caller_interruptions": self.caller_interruptions,
             "silence_threshold_s": self.silence_threshold_s,
+            "paused_s": self.paused_s,
             "silences": [
                 {"start_s": s.start_s, "duration_s": s.duration_s, "last_speaker": s.last_speaker}
                 for s in self.silences
@@ -149,6 +153,7 @@ class Characteristics:
                 agent_segments=tuple((float(a), float(b)) for a, b in segments["agent"]),
                 overtalk=tuple((float(a), float(b)) for a, b in d.get("overtalk", [])),
                 silence_threshold_s=float(d.get("silence_threshold_s", SILENCE_S)),
+                paused_s=float(d.get("paused_s", 0.0)),
                 version=int(d["version"]),
             )
         except (ValueError, KeyError, TypeError) as exc:
@@ -234,12 +239,23 @@ def _interruptions(by: NDArray[np.intp], over: NDArray[np.bool_], overlap: NDArr
     return count
 
 
-def from_masks(caller: NDArray[np.bool_], agent: NDArray[np.bool_], settings: Settings = Settings()) -> Characteristics:
-    """The figures from two per-frame speech masks (of equal length)."""
+def from_masks(caller: NDArray[np.bool_], agent: NDArray[np.bool_], settings: Settings = Settings(),
+               paused: Sequence[Span] = ()) -> Characteristics:
+    """The figures from two per-frame speech masks (of equal length).
+
+    `paused`: (start, end) seconds where the recording was paused for
+    sensitive data: the file is silent there by design, so those frames are
+    neither non-talk time nor part of a silence (an agent taking a card
+    number is not leaving the caller in silence).
+    """
     n = min(len(caller), len(agent))
     caller, agent = caller[:n], agent[:n]
     both = caller & agent
+    held = np.zeros(n, dtype=bool)
+    for a, b in paused:
+        held[max(0, round(a / FRAME_S)):max(0, round(b / FRAME_S))] = True
     anyone = caller | agent
+    quiet_frames = ~anyone & ~held
     least_overtalk = max(1, round(settings.min_overtalk_s / FRAME_S))
     overtalk = np.array([r for r in _runs(both) if r[1] - r[0] >= least_overtalk], dtype=np.intp).reshape(-1, 2)
     caller_runs, agent_runs = _runs(caller), _runs(agent)
@@ -248,7 +264,7 @@ def from_masks(caller: NDArray[np.bool_], agent: NDArray[np.bool_], settings: Se
     last_caller = np.maximum.accumulate(np.where(caller, index, -1)) if n else index
     last_agent = np.maximum.accumulate(np.where(agent, index, -1)) if n else index
     silences: list[Silence] = []
-    quiet = _runs(~anyone)
+    quiet = _runs(quiet_frames)
     longest = int(max((end - start for start, end in quiet), default=0))
     least_silence = round(settings.silence_s / FRAME_S)
     for start, end in quiet:
@@ -262,7 +278,7 @@ def from_masks(caller: NDArray[np.bool_], agent: NDArray[np.bool_], settings: Se
         duration_s=_s(n),
         caller_talk_s=_s(int(caller.sum())),
         agent_talk_s=_s(int(agent.sum())),
-        non_talk_s=_s(int((~anyone).sum())),
+        non_talk_s=_s(int(quiet_frames.sum())),
         longest_silence_s=_s(longest),
         overtalk_count=len(overtalk),
         overtalk_s=_s(int(sum(end - start for start, end in overtalk))),
@@ -273,6 +289,7 @@ def from_masks(caller: NDArray[np.bool_], agent: NDArray[np.bool_], settings: Se
         agent_segments=_spans(agent_runs),
         overtalk=_spans(overtalk),
         silence_threshold_s=settings.silence_s,
+        paused_s=_s(int(held.sum())),
     )
 
 
@@ -283,10 +300,10 @@ def _started_later(caller_runs: NDArray[np.intp], agent_runs: NDArray[np.intp], 
     return "agent" if began(agent_runs) > began(caller_runs) else "caller"
 
 
-def characteristics(path: Path, settings: Settings = Settings()) -> Characteristics:
+def characteristics(path: Path, settings: Settings = Settings(), paused: Sequence[Span] = ()) -> Characteristics:
     """The conversation characteristics of one stereo recording (CharacteristicsError when unreadable)."""
     left, right = read_stereo(path)
-    return from_masks(speech_mask(left, settings), speech_mask(right, settings), settings)
+    return from_masks(speech_mask(left, settings), speech_mask(right, settings), settings, paused)
 
 
 # --- storing ----------------------------------------------------------------------------------
@@ -322,12 +339,13 @@ def compute_and_store(
             log.warning("characteristics_skipped", recording_id=recording_id, reason="no such recording")
             return None
         call_id, state, relative = row.sip_call_id, row.state, row.path
+        paused = [(p.offset_s, p.offset_s + p.duration_s) for p in row.pauses if p.duration_s is not None]
     if state != "complete":
         log.warning("characteristics_skipped", recording_id=recording_id, call_id=call_id,
                     reason=f"recording is {state}")
         return None
     try:
-        found = characteristics(recording_file(Path(directory), relative), settings)
+        found = characteristics(recording_file(Path(directory), relative), settings, paused)
     except CharacteristicsError as exc:
         log.warning("characteristics_failed", recording_id=recording_id, call_id=call_id, error=str(exc))
         return None

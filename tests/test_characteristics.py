@@ -211,3 +211,24 @@ def test_the_command_computes_every_missing_recording_and_says_which_failed(  # 
     assert "1 computed, 1 failed" in out
     assert main([*config, "characteristics", "--all-missing"]) == 2  # no directory: a clear error, not a crash
     assert missing(engine) == [absent]
+
+
+def test_a_span_paused_for_sensitive_data_is_neither_silence_nor_non_talk(phrases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from crm_bridge.models import RecordingPause
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    migrate(engine)
+    placed = build_call(phrases, tmp_path / "1.wav")
+    unpaused = characteristics(tmp_path / "1.wav")
+    quiet_from = placed[1].end  # the 6 s after the agent's greeting: the agent paused the recording for a card number
+    with Session(engine) as s, s.begin():
+        rid = _recording(s, "1.wav")
+        s.add(RecordingPause(recording_id=rid, paused_by="801", started_at=datetime(2026, 12, 1, 2, 1, tzinfo=UTC),
+                             offset_s=quiet_from, duration_s=6.0))
+    found = compute_and_store(engine, rid, tmp_path)
+    assert found is not None
+    assert [(s.last_speaker, round(s.duration_s)) for s in found.silences] == [("caller", 4)]
+    assert found.longest_silence_s == pytest.approx(4.0, abs=0.3)
+    assert found.paused_s == pytest.approx(6.0, abs=0.05)
+    assert found.non_talk_s == pytest.approx(unpaused.non_talk_s - 6.0, abs=0.1)
+    assert (found.caller_talk_s, found.agent_talk_s) == (unpaused.caller_talk_s, unpaused.agent_talk_s)
