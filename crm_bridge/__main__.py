@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ch.add_argument("recording_ids", nargs="*", type=int, metavar="RECORDING_ID")
     ch.add_argument("--all-missing", action="store_true",
                     help="every complete recording without characteristics (or with an older version)")
-    ch.add_argument("--directory", type=Path, help="the recording directory the rows' paths are relative to")
+    ch.add_argument("--directory", type=Path,
+                    help="the recording directory the rows' paths are relative to (default: [recording] directory)")
     ch.add_argument("--silence-seconds", type=float, default=3.0,
                     help="silences at least this long are listed with who spoke last (default %(default)s)")
     args = p.parse_args(argv)
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     thresholds = TierThresholds()
     zone = ZoneInfo("Asia/Shanghai")
     agent_names: dict[str, str] = {}
+    recordings: Path | None = None
     url = args.db_url
     if args.config.exists():
         from ivr.config import ConfigError, load_config
@@ -93,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         zone = config.general.zone
         agent_names = {a.number: a.name for a in config.agents}
         url = url or config.database_url
+        # [recording] directory, once the IVR records calls: what the rows' paths are relative to
+        recordings = getattr(getattr(config, "recording", None), "directory", None)
     if not url:
         print("error: give --db-url or --config", file=sys.stderr)
         return 2
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     migrate(engine)
 
     if args.command == "characteristics":
-        return _characteristics(engine, args)
+        return _characteristics(engine, args, recordings)
     if args.command == "scorecard":
         return _scorecard(engine, args, zone, agent_names)
     if args.command == "import-customers":
@@ -211,14 +215,15 @@ def _scorecard(engine: Engine, args: argparse.Namespace, zone: ZoneInfo, agent_n
     return 0
 
 
-def _characteristics(engine: Engine, args: argparse.Namespace) -> int:
+def _characteristics(engine: Engine, args: argparse.Namespace, recordings: Path | None) -> int:
     from crm_bridge.characteristics import Settings, compute_and_store, missing
 
-    if args.directory is None:
+    directory = args.directory or (Path(recordings) if recordings else None)
+    if directory is None:
         print("error: give --directory (the recording directory)", file=sys.stderr)
         return 2
-    if not args.directory.is_dir():
-        print(f"error: {args.directory}: not a directory", file=sys.stderr)
+    if not directory.is_dir():
+        print(f"error: {directory}: not a directory", file=sys.stderr)
         return 2
     if not args.all_missing and not args.recording_ids:
         print("error: give RECORDING_ID ... or --all-missing", file=sys.stderr)
@@ -230,7 +235,7 @@ def _characteristics(engine: Engine, args: argparse.Namespace) -> int:
     ids = [*args.recording_ids, *(missing(engine) if args.all_missing else [])]
     failed = 0
     for rid in dict.fromkeys(ids):
-        found = compute_and_store(engine, rid, args.directory, settings)
+        found = compute_and_store(engine, rid, directory, settings)
         if found is None:
             failed += 1
             print(f"recording {rid}: not computed (see the log line above)")
