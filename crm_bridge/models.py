@@ -76,6 +76,9 @@ class CallEvent(Base):
 
     call: Mapped[Call] = relationship(back_populates="events")
 
+    # the scorecards read one kind of step over a period (agent_answered, transferred)
+    __table_args__ = (Index("ix_call_events_kind_at", "kind", "at"),)
+
 
 class Callback(Base):
     """A caller's request to be called back ("稍后给您回过去"), and how the calls back went.

@@ -1,4 +1,5 @@
-"""agent_states: each agent state change the IVR sees, for time-by-state and occupancy in the scorecards
+"""agent_states: each agent state change the IVR sees, for time-by-state and occupancy in the scorecards;
+an index of call_events by kind and time for the scorecards' step counts
 
 Revision ID: 0013
 Revises: 0009
@@ -26,8 +27,10 @@ def upgrade() -> None:
         sa.Column("worker", sa.String(128)),
     )
     op.create_index("ix_agent_states_agent_at", "agent_states", ["agent_number", "at"])
+    op.create_index("ix_call_events_kind_at", "call_events", ["kind", "at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_call_events_kind_at", table_name="call_events")
     op.drop_index("ix_agent_states_agent_at", table_name="agent_states")
     op.drop_table("agent_states")
