@@ -32,11 +32,13 @@ from jinja2 import Environment
 from sqlalchemy import Engine, Table, func, select
 from sqlalchemy.orm import Session
 
-from crm_bridge.models import AgentStateChange, Base, Call, CallEvent, Survey, Ticket
+from crm_bridge.models import OUTCOMES, AgentStateChange, Base, Call, CallEvent, Survey, Ticket
 from crm_bridge.report import aware, day_bounds
 
 Value = int | float | None
 REPEAT_WINDOW = timedelta(days=7)
+# the hotline calling a customer back is not the customer calling again (callback_requested is: they called in)
+CALLS_OUT = tuple(o for o in OUTCOMES if o.startswith("callback_") and o != "callback_requested")
 MAX_DAYS = 366  # a longer period is refused: one query pass over a year is the most a page should ask for
 TIMED_STATES = ("available", "ringing", "talking", "wrap_up", "paused")  # logged_out is not counted
 HANDLING = ("talking", "wrap_up")
@@ -140,7 +142,8 @@ class Sources:
         later: dict[str, list[datetime]] = defaultdict(list)
         for caller, at in self.s.execute(
             select(Call.caller, Call.started_at)
-            .where(Call.caller.in_(callers), Call.started_at >= self.start, Call.started_at < self.end + REPEAT_WINDOW)
+            .where(Call.caller.in_(callers), Call.started_at >= self.start, Call.started_at < self.end + REPEAT_WINDOW,
+                   Call.outcome.is_(None) | Call.outcome.not_in(CALLS_OUT))
         ).tuples():
             later[caller].append(aware(at))
         out: dict[str, tuple[int, int]] = {}
@@ -308,7 +311,8 @@ FIGURES: tuple[Figure, ...] = (
            lambda src: _count(src.complaints)),
     Figure("repeat_calls", "7天内重复来电", "count",
            "Calls answered by the agent after which the same caller number called the hotline again within 7 days "
-           "(a first-contact-resolution proxy; the later call may fall after the period).",
+           "(a first-contact-resolution proxy; the later call may fall after the period; the hotline's own calls "
+           "back to the number do not count).",
            _repeat_calls),
     Figure("repeat_rate", "重复来电率", "share",
            "Repeat calls over the agent's answered calls that have a caller number.",

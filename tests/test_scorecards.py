@@ -44,6 +44,7 @@ CALLS = [
     ("c8", utc(2, 3, 0), "13800000006", "completed", "801"),  # its caller called before (c0), never after
     ("c7", utc(2, 16, 10), "13800000002", "completed", "802"),  # 00:10 Dec 3: outside
     ("c9", utc(5, 9, 0), "13800000001", "completed", None),  # c3's caller again within 7 days
+    ("c10", utc(3, 2, 0), "13800000006", "callback_completed", "801"),  # the hotline calls c8's caller: no repeat
 ]
 # (call key, at, kind, detail)
 STEPS = [
