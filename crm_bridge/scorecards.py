@@ -422,8 +422,9 @@ def definitions_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def charts(cards: Scorecards) -> dict[str, bytes]:
-    """PNG charts: time by state per agent (stacked), survey scores per agent (stacked), calls and AHT."""
+def charts(cards: Scorecards, names: Iterable[str] = ("calls.png", "states.png", "surveys.png")) -> dict[str, bytes]:
+    """PNG charts (those of `names`): calls answered, time by state (stacked) and survey scores (stacked) per agent."""
+    wanted = set(names)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -462,16 +463,20 @@ def charts(cards: Scorecards) -> dict[str, bytes]:
         ax.legend(fontsize=7, ncol=len(keys), loc="lower right")
         save(name, fig)
 
-    stacked("states.png", ("talking_s", "wrap_up_s", "ringing_s", "available_s", "paused_s"),
-            ("#c62828", "#f9a825", "#8e24aa", "#2e7d32", "#9e9e9e"),
-            "各状态时长(小时)" if cjk else "time by state (hours)", scale=3600)
-    stacked("surveys.png", ("survey_1", "survey_2", "survey_3"), ("#2e7d32", "#f9a825", "#c62828"),
-            "满意度评价" if cjk else "survey scores")
-    fig, ax = plt.subplots(figsize=(6, height))
-    ax.barh([c.agent for c in cards.cards], [float(c["calls_answered"] or 0) for c in cards.cards], color="#1565c0")
-    ax.invert_yaxis()
-    ax.set_title("接听量" if cjk else "calls answered")
-    save("calls.png", fig)
+    if "calls.png" in wanted:
+        fig, ax = plt.subplots(figsize=(6, height))
+        ax.barh([c.agent for c in cards.cards], [float(c["calls_answered"] or 0) for c in cards.cards],
+                color="#1565c0")
+        ax.invert_yaxis()
+        ax.set_title("接听量" if cjk else "calls answered")
+        save("calls.png", fig)
+    if "states.png" in wanted:
+        stacked("states.png", ("talking_s", "wrap_up_s", "ringing_s", "available_s", "paused_s"),
+                ("#c62828", "#f9a825", "#8e24aa", "#2e7d32", "#9e9e9e"),
+                "各状态时长(小时)" if cjk else "time by state (hours)", scale=3600)
+    if "surveys.png" in wanted:
+        stacked("surveys.png", ("survey_1", "survey_2", "survey_3"), ("#2e7d32", "#f9a825", "#c62828"),
+                "满意度评价" if cjk else "survey scores")
     return out
 
 

@@ -554,7 +554,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         name = request.path_params["name"]
         if name not in scorecards.CHART_NAMES:
             raise HTTPException(404)
-        images = await db(scorecards.charts, await db(_cards, period))
+        images = await db(scorecards.charts, await db(_cards, period), (name,))
         return Response(images[name], media_type="image/png", headers={"Cache-Control": "no-store"})
 
     # --- errors ------------------------------------------------------------------------
