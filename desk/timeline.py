@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select
+from sqlalchemy import ColumnElement, Engine, select
 from sqlalchemy.orm import Session
 
 from crm_bridge.characteristics import Characteristics, CharacteristicsError, Span
@@ -88,11 +88,19 @@ def timeline(figures: Characteristics, recording_id: int = 0) -> Timeline:
 
 def timeline_for_call(engine: Engine, sip_call_id: str) -> Timeline | None:
     """The timeline of the call's latest recording that has characteristics, if any (blocking)."""
+    return _timeline_of(engine, Recording.sip_call_id == sip_call_id)
+
+
+def timeline_for_recording(engine: Engine, recording_id: int) -> Timeline | None:
+    """The timeline of one recording, if it is complete and has characteristics (blocking)."""
+    return _timeline_of(engine, Recording.id == recording_id)
+
+
+def _timeline_of(engine: Engine, which: ColumnElement[bool]) -> Timeline | None:
     with Session(engine) as s:
         row = s.execute(
             select(Recording.id, Recording.characteristics)
-            .where(Recording.sip_call_id == sip_call_id, Recording.characteristics.is_not(None),
-                   Recording.state == "complete")
+            .where(which, Recording.characteristics.is_not(None), Recording.state == "complete")
             .order_by(Recording.started_at.desc(), Recording.id.desc()).limit(1)
         ).first()
     if row is None or row.characteristics is None:

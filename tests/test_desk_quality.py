@@ -21,7 +21,7 @@ from crm_bridge.models import Call, Recording
 from desk.app import create_app
 from desk.auth import seed_agents, set_password
 from desk.config import load_desk_config
-from desk.timeline import RIGHT_PAD, timeline
+from desk.timeline import RIGHT_PAD, timeline, timeline_for_recording
 from tests.test_desk import login
 from tests.test_scorecards import seed
 
@@ -126,3 +126,19 @@ def test_the_timeline_places_each_span_in_proportion() -> None:
     assert first.x == pytest.approx(t.label_w + usable * 1 / 20) and first.width == pytest.approx(usable * 4 / 20)
     assert t.overtalk[0].x == pytest.approx(t.label_w + usable * 4.5 / 20)
     assert [tick.label for tick in t.ticks] == ["0:00", "0:05", "0:10", "0:15", "0:20"]
+
+
+def test_a_recording_without_characteristics_or_with_a_broken_record_has_no_timeline(desk) -> None:  # type: ignore[no-untyped-def]
+    _, engine = desk
+    with Session(engine) as s, s.begin():
+        rows = [Recording(sip_call_id="c5@seed", path=f"x/{n}.wav", format="wav-pcm16", state="complete",
+                          started_at=datetime(2026, 12, 1, 16, 22, tzinfo=UTC), characteristics=text)
+                for n, text in enumerate((None, '{"version": 1}'))]
+        s.add_all(rows)
+        s.flush()
+        ids = [r.id for r in rows]
+    assert [timeline_for_recording(engine, i) for i in ids] == [None, None]
+    with Session(engine) as s:
+        good = s.query(Recording.id).filter(Recording.sip_call_id == "c4@seed").scalar()
+    found = timeline_for_recording(engine, good)
+    assert found is not None and found.figures == FIGURES
