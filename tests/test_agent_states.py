@@ -97,7 +97,7 @@ def test_a_real_call_leaves_the_agents_states_in_the_crm_and_the_scorecard_count
     assert rows[2].sip_call_id == f"1-{caller.proc.pid}@127.0.0.1"  # talking with that caller
     talked = (rows[3].at - rows[2].at).total_seconds()
     assert talked == pytest.approx(3.0, abs=1.5)  # the agent's 3 s of media, give or take signalling
-    assert (rows[4].at - rows[3].at).total_seconds() == pytest.approx(1.0, abs=0.5)  # wrap_up_seconds
+    assert 0.95 <= (rows[4].at - rows[3].at).total_seconds() < 2.5  # wrap_up_seconds, and a busy machine's lag
 
     today = datetime.now(ZoneInfo("Asia/Shanghai")).date()
     period = Period(today - timedelta(days=1), today, ZoneInfo("Asia/Shanghai"))  # a call at midnight is in it too
