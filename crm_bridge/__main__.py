@@ -9,6 +9,8 @@
     python -m crm_bridge --db-url URL webhook-dead
     python -m crm_bridge --db-url URL webhook-retry [SIP_CALL_ID]
     python -m crm_bridge --db-url URL migrate
+    python -m crm_bridge --db-url URL scorecard --from 2026-12-01 --to 2026-12-07 [--html FILE] [--csv FILE]
+    python -m crm_bridge --db-url URL characteristics --directory DIR (--all-missing | RECORDING_ID ...)
 
 `--config sip.conf` takes the database URL, tier thresholds and time zone from the IVR's config;
 days are local days of `[general] timezone` (Asia/Shanghai by default), not UTC days.
@@ -22,7 +24,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from crm_bridge.customers import ImportError_, TierThresholds, import_customers, tier_of
@@ -87,11 +89,28 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--csv", type=Path, help="also write seat_groups-DAY.csv and agents-DAY.csv into this directory")
     rep.add_argument("--service-level-seconds", type=float, default=20,
                      help="answered within this many seconds (default %(default)s)")
+    sc = _command(sub, "scorecard", "per-agent scorecards (绩效考核) for local days FROM to TO, inclusive",
+                  "scorecard --from 2026-12-01 --to 2026-12-07 --csv week.csv")
+    sc.add_argument("--from", dest="first", type=date.fromisoformat, required=True, help="YYYY-MM-DD, first local day")
+    sc.add_argument("--to", dest="last", type=date.fromisoformat, required=True, help="YYYY-MM-DD, last local day")
+    sc.add_argument("--html", type=Path, help="also write a self-contained HTML file with the charts")
+    sc.add_argument("--csv", type=Path, help="also write the figures as CSV (one row per agent)")
+    ch = _command(sub, "characteristics",
+                  "talk times, silences and over-talk of recorded calls (stored in recordings)",
+                  "characteristics --all-missing")
+    ch.add_argument("recording_ids", nargs="*", type=int, metavar="RECORDING_ID")
+    ch.add_argument("--all-missing", action="store_true",
+                    help="every complete recording without characteristics (or with an older version)")
+    ch.add_argument("--directory", type=Path,
+                    help="the recording directory the rows' paths are relative to (default: [recording] directory)")
+    ch.add_argument("--silence-seconds", type=float, default=3.0,
+                    help="silences at least this long are listed with who spoke last (default %(default)s)")
     args = p.parse_args(argv)
 
     thresholds = TierThresholds()
     zone = ZoneInfo("Asia/Shanghai")
     agent_names: dict[str, str] = {}
+    recordings: Path | None = None
     url = args.db_url
     if args.config.exists():
         from ivr.config import ConfigError, load_config
@@ -105,12 +124,18 @@ def main(argv: list[str] | None = None) -> int:
         zone = config.general.zone
         agent_names = {a.number: a.name for a in config.agents}
         url = url or config.database_url
+        # [recording] directory, once the IVR records calls: what the rows' paths are relative to
+        recordings = getattr(getattr(config, "recording", None), "directory", None)
     if not url:
         print("error: give --db-url or --config", file=sys.stderr)
         return 2
     engine = make_engine(url)
     migrate(engine)
 
+    if args.command == "characteristics":
+        return _characteristics(engine, args, recordings)
+    if args.command == "scorecard":
+        return _scorecard(engine, args, zone, agent_names)
     if args.command == "migrate":
         from alembic.runtime.migration import MigrationContext
 
@@ -197,6 +222,63 @@ def main(argv: list[str] | None = None) -> int:
         queued = retry_dead_letters(engine, args.sip_call_id)
         print(f"re-queued {queued} push(es); a running IVR sends them within 30 s")
     return 0
+
+
+def _scorecard(engine: Engine, args: argparse.Namespace, zone: ZoneInfo, agent_names: dict[str, str]) -> int:
+    from crm_bridge import scorecards as sc
+
+    try:
+        period = sc.Period(args.first, args.last, zone)
+    except sc.PeriodError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cards = sc.scorecards(engine, period, agent_names=agent_names)
+    print(f"scorecards {period.first} to {period.last} ({zone}): "
+          f"UTC {period.start_utc:%Y-%m-%d %H:%M} to {period.end_utc:%Y-%m-%d %H:%M}")
+    for row in sc.rows(cards):
+        print("\t".join(row))
+    text = sc.csv_text(cards)
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        args.csv.write_text(text, encoding="utf-8-sig")  # BOM: Excel opens the Chinese names right
+        print(f"wrote {args.csv}")
+    if args.html:
+        args.html.parent.mkdir(parents=True, exist_ok=True)
+        args.html.write_text(sc.standalone_html(cards, sc.charts(cards)), encoding="utf-8")
+        print(f"wrote {args.html}")
+    return 0
+
+
+def _characteristics(engine: Engine, args: argparse.Namespace, recordings: Path | None) -> int:
+    from crm_bridge.characteristics import Settings, compute_and_store, missing
+
+    directory = args.directory or (Path(recordings) if recordings else None)
+    if directory is None:
+        print("error: give --directory (the recording directory)", file=sys.stderr)
+        return 2
+    if not directory.is_dir():
+        print(f"error: {directory}: not a directory", file=sys.stderr)
+        return 2
+    if not args.all_missing and not args.recording_ids:
+        print("error: give RECORDING_ID ... or --all-missing", file=sys.stderr)
+        return 2
+    if args.silence_seconds <= 0:
+        print("error: --silence-seconds must be positive", file=sys.stderr)
+        return 2
+    settings = Settings(silence_s=args.silence_seconds)
+    ids = [*args.recording_ids, *(missing(engine) if args.all_missing else [])]
+    failed = 0
+    for rid in dict.fromkeys(ids):
+        found = compute_and_store(engine, rid, directory, settings)
+        if found is None:
+            failed += 1
+            print(f"recording {rid}: not computed (see the log line above)")
+        else:
+            print(f"recording {rid}: caller {found.caller_talk_s:.1f}s agent {found.agent_talk_s:.1f}s "
+                  f"non-talk {found.non_talk_s:.1f}s longest silence {found.longest_silence_s:.1f}s "
+                  f"over-talk {found.overtalk_count}x {found.overtalk_s:.1f}s")
+    print(f"{len(ids) - failed} computed, {failed} failed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

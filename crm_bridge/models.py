@@ -76,6 +76,9 @@ class CallEvent(Base):
 
     call: Mapped[Call] = relationship(back_populates="events")
 
+    # the scorecards read one kind of step over a period (agent_answered, transferred)
+    __table_args__ = (Index("ix_call_events_kind_at", "kind", "at"),)
+
 
 class Callback(Base):
     """A caller's request to be called back ("稍后给您回过去"), and how the calls back went.
@@ -463,3 +466,28 @@ class EvaluationResponse(Base):
     comment: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     evaluation: Mapped[Evaluation] = relationship(back_populates="responses")
+
+AGENT_STATES = ("logged_out", "available", "ringing", "talking", "wrap_up", "paused")  # ivr.acd.AgentState
+
+
+class AgentStateChange(Base):
+    """An agent's state from `at` until their next row: the log time-by-state and occupancy are computed from.
+
+    Written by the IVR through its durable writer (`RecordAgentState`) each
+    time it sees an agent's state change. With shared agents every worker logs
+    the changes it sees, so a change may appear once per worker, seconds
+    apart; spans are measured from each row to the agent's next row, so a
+    repeated state only splits a span in two.
+    """
+
+    __tablename__ = "agent_states"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agent_number: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))  # one of AGENT_STATES
+    at: Mapped[datetime]
+    seat_group: Mapped[str | None] = mapped_column(String(32))
+    sip_call_id: Mapped[str | None] = mapped_column(String(255))  # the caller's call while ringing or talking
+    worker: Mapped[str | None] = mapped_column(String(128))  # the IVR process that saw the change
+
+    __table_args__ = (Index("ix_agent_states_agent_at", "agent_number", "at"),)

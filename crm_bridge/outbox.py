@@ -41,19 +41,28 @@ from pathlib import Path
 import orjson
 import structlog
 
-from crm_bridge.records import CallRecord, OpenTicket, RecordCall, RecordCallback, RecordEvent, RecordSurvey
+from crm_bridge.records import (
+    CallRecord,
+    OpenTicket,
+    RecordAgentState,
+    RecordCall,
+    RecordCallback,
+    RecordEvent,
+    RecordSurvey,
+)
 
 log = structlog.get_logger(__name__)
 
-Record = RecordCall | RecordEvent | RecordSurvey | OpenTicket | RecordCallback
+Record = RecordCall | RecordEvent | RecordSurvey | OpenTicket | RecordCallback | RecordAgentState
 _KINDS: dict[type, str] = {RecordCall: "call", RecordEvent: "event", RecordSurvey: "survey", OpenTicket: "ticket",
-                           RecordCallback: "callback"}
+                           RecordCallback: "callback", RecordAgentState: "agent_state"}
 _TIMES = {
     "call": ("started_at", "answered_at", "ended_at"),
     "event": ("at",),
     "survey": ("at",),
     "ticket": ("at", "next_feedback_due"),
     "callback": ("requested_at", "due_at"),
+    "agent_state": ("at",),
 }
 _SUFFIX = ".jsonl"
 _LOCK = "lock"
@@ -61,7 +70,7 @@ _LOCK = "lock"
 
 _FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls))
-    for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket, RecordCallback)
+    for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket, RecordCallback, RecordAgentState)
 }
 
 
@@ -119,6 +128,8 @@ def decode(line: bytes) -> tuple[int, Record]:
         record = RecordSurvey(**fields)
     elif kind == "callback":
         record = RecordCallback(**fields)
+    elif kind == "agent_state":
+        record = RecordAgentState(**fields)
     else:
         record = OpenTicket(**fields)
     return int(doc["seq"]), record

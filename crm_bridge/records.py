@@ -90,3 +90,14 @@ class RecordCallback:
     attempts: int = 0
     result: str | None = None
     call_ids: str = ""  # the call that asked, then each attempt's call, space-separated
+
+
+@dataclass(frozen=True, slots=True)
+class RecordAgentState:
+    """An agent's state changed (table `agent_states`): time-by-state and occupancy come from these."""
+
+    agent_number: str
+    state: str
+    at: datetime
+    seat_group: str | None = None
+    sip_call_id: str | None = None

@@ -34,9 +34,19 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
 
-from crm_bridge.models import Call, Callback, CallEvent, OutboxCheckpoint, Survey, Ticket, WebhookDelivery, table_of
+from crm_bridge.models import (
+    AgentStateChange,
+    Call,
+    Callback,
+    CallEvent,
+    OutboxCheckpoint,
+    Survey,
+    Ticket,
+    WebhookDelivery,
+    table_of,
+)
 from crm_bridge.outbox import Outbox, Record, shallow_fields
-from crm_bridge.records import OpenTicket, RecordCall, RecordCallback, RecordEvent, RecordSurvey
+from crm_bridge.records import OpenTicket, RecordAgentState, RecordCall, RecordCallback, RecordEvent, RecordSurvey
 
 log = structlog.get_logger(__name__)
 _STOP = object()
@@ -46,6 +56,7 @@ _CALL_EVENTS = table_of(CallEvent)
 _SURVEYS = table_of(Survey)
 _TICKETS = table_of(Ticket)
 _OUTBOX_CHECKPOINTS = table_of(OutboxCheckpoint)
+_AGENT_STATES = table_of(AgentStateChange)
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -259,8 +270,11 @@ class CrmWriter:
         rows: dict[str, dict[str, object]] = {}
         callbacks: dict[str, dict[str, object]] = {}  # by request_key: the latest row of each request
         events: list[RecordEvent | RecordSurvey | OpenTicket] = []
+        agent_states: list[dict[str, object]] = []
         for _, record in batch:
-            if isinstance(record, RecordCallback):
+            if isinstance(record, RecordAgentState):
+                agent_states.append({**shallow_fields(record), "at": _utc(record.at), "worker": self.worker})
+            elif isinstance(record, RecordCallback):
                 row = shallow_fields(record)
                 row["requested_at"], row["due_at"] = _utc(record.requested_at), _utc(record.due_at)
                 callbacks[record.request_key] = row
@@ -278,6 +292,8 @@ class CrmWriter:
                 conn.execute(self._upsert_calls, list(rows.values()))
             if callbacks:
                 conn.execute(self._upsert_callbacks, list(callbacks.values()))
+            if agent_states:
+                conn.execute(insert(_AGENT_STATES), agent_states)
             if events:
                 wanted = {e.sip_call_id for e in events}
                 found = select(_CALLS.c.sip_call_id, _CALLS.c.id).where(_CALLS.c.sip_call_id.in_(wanted))

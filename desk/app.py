@@ -40,6 +40,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from crm_bridge import scorecards
 from crm_bridge.agent_commands import request_command
 from crm_bridge.models import AGENT_COMMANDS, Call, CallNote, Ticket, TicketHistory
 from crm_bridge.report import (
@@ -55,6 +56,7 @@ from desk import qa_pages, queries, review, tickets
 from desk.auth import LoginLimiter, SignedIn, authenticate
 from desk.config import DeskConfig
 from desk.quality import read_form
+from desk.timeline import timeline_for_call
 from ivr.service import SERVICES
 
 HERE = Path(__file__).parent
@@ -307,7 +309,8 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         call_id = int_param(request, "call_id")
         call, _, call_tickets = await db(_load_call, call_id, user)
         pop = await db(queries.pop_for, engine, config, call_id, 0, user.agent_number)
-        return render(request, "call.html", call=call, pop=pop, call_tickets=call_tickets)
+        timeline = await db(timeline_for_call, engine, call.sip_call_id)  # when recorded and analysed
+        return render(request, "call.html", call=call, pop=pop, call_tickets=call_tickets, timeline=timeline)
 
     def _call_by_sip(sip_call_id: str) -> int | None:
         with Session(engine) as s:
@@ -523,6 +526,38 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
             raise HTTPException(404)
         return Response(images[name], media_type="image/png", headers={"Cache-Control": "no-store"})
 
+    # --- agent scorecards (crm_bridge.scorecards) ---------------------------------------
+
+    def _period(request: Request) -> scorecards.Period:
+        last = _day(request.query_params.get("to"))
+        first = _day(request.query_params.get("from")) if request.query_params.get("from") else last - timedelta(6)
+        try:
+            return scorecards.Period(first, last, zone)
+        except scorecards.PeriodError:
+            why = "结束日期早于开始日期。" if last < first else f"一次最多查看{scorecards.MAX_DAYS}天。"
+            raise HTTPException(400, why) from None
+
+    def _cards(period: scorecards.Period) -> scorecards.Scorecards:
+        return scorecards.scorecards(engine, period, agent_names={a.number: a.name for a in config.agents})
+
+    async def scorecards_page(request: Request) -> Response:
+        need(request, "supervisor")
+        period = _period(request)
+        cards = await db(_cards, period)
+        from markupsafe import Markup
+
+        return render(request, "scorecards.html", period=period, table=Markup(scorecards.table_html(cards)),
+                      charts=scorecards.CHART_NAMES, figures=scorecards.FIGURES)
+
+    async def scorecards_chart(request: Request) -> Response:
+        need(request, "supervisor")
+        period = _period(request)
+        name = request.path_params["name"]
+        if name not in scorecards.CHART_NAMES:
+            raise HTTPException(404)
+        images = await db(scorecards.charts, await db(_cards, period), (name,))
+        return Response(images[name], media_type="image/png", headers={"Cache-Control": "no-store"})
+
     # --- errors ------------------------------------------------------------------------
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -556,6 +591,8 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         Route("/wallboard/events", wallboard_events),
         Route("/report", report_page),
         Route("/report/{day}/{name}", report_chart),
+        Route("/scorecards", scorecards_page),
+        Route("/scorecards/{name}", scorecards_chart),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     # QA review (质检): the form is read and checked at start (FormError: file:line: reason), its version stored

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import structlog
 from aiosipua import build_sdp
 
+from crm_bridge.records import RecordAgentState
 from ivr.acd import AgentState, Offer, Seat, Waiting
 from ivr.callflow import CallFlow
 from ivr.config import AgentConfig, Config
@@ -155,6 +156,8 @@ class Agents:
         # the expected wait: handle times (talk + wrap-up) per seat group, and when each busy agent took a call
         self.estimator = WaitEstimator(config.queues.mean_handle_seconds)
         self.busy_since: dict[str, datetime] = {}
+        # each state change seen, to the CRM's agent_states log (the engine hands in its durable writer)
+        self.state_log: Callable[[RecordAgentState], None] | None = None
 
     # --- start, stop, once a second ----------------------------------------------------
 
@@ -165,6 +168,13 @@ class Agents:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.pool.close, utc_now())
+        if not self.pool.shared and self.state_log is not None:
+            # agents in memory end with this process: their time stops counting now, not at the next start
+            now = utc_now()
+            for seat in self.pool.seats.values():
+                if self._states.get(seat.number, "logged_out") != "logged_out":
+                    self._states[seat.number] = "logged_out"
+                    self.state_log(RecordAgentState(seat.number, "logged_out", now, seat.seat_group))
 
     def tick(self) -> None:
         """The once-a-second pass: refresh shared state, and offer again (overflow grows with waiting)."""
@@ -183,12 +193,15 @@ class Agents:
 
     def publish_states(self) -> None:
         """Log each agent whose state changed since the last call; mark the status file stale."""
+        now = utc_now()
         for seat in self.pool.seats.values():
             state = seat.state.value
             if self._states.get(seat.number) != state:
                 self._states[seat.number] = state
                 log.info("agent_state", agent=seat.number, seat_group=seat.seat_group, state=state,
                          call_id=seat.call_id)
+                if self.state_log is not None:
+                    self.state_log(RecordAgentState(seat.number, state, now, seat.seat_group, seat.call_id))
         self.dirty = True
 
     # --- phones: registration and pause ------------------------------------------------

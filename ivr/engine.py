@@ -115,6 +115,7 @@ class Engine:
         )
         self.agents = Agents(self.acd, config, self.endpoint, self.ports, self.legs, self._spawn, self.media_ip,
                              self.pacer, desk)
+        self.agents.state_log = writer.submit  # agent_states: time-by-state and occupancy for the scorecards
         # Workers that share agents share the nonce key, so a challenge from one is answered to any.
         secret = config.cluster.secret.encode() if config.cluster.shared_agents else None
         digest = Registrar({a.number: a.secret for a in config.agents if a.secret}, key=secret,

@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from desk.config import DeskConfig
+from desk.config import DeskConfig, QualityConfig
 from ivr.config import SECTIONS, AgentConfig
 from ivr.greeting import Daypart
 from ivr.sipconf import Collects, Given, TextParser
@@ -204,6 +204,12 @@ def reference() -> str:
         "Read by the desk (`python -m desk --config sip.conf`), a process of its own; the IVR leaves it alone.",
         "",
         *table(DeskConfig),
+        "",
+        "## [quality]",
+        "",
+        "Read by the desk: the QA evaluation form and the review queue's sample (see [quality.md](quality.md)).",
+        "",
+        *table(QualityConfig),
         "",
     ]
     return "\n".join(out)
