@@ -41,19 +41,31 @@ from pathlib import Path
 import orjson
 import structlog
 
-from crm_bridge.records import CallRecord, OpenTicket, RecordCall, RecordCallback, RecordEvent, RecordSurvey
+from crm_bridge.records import (
+    CallRecord,
+    OpenTicket,
+    RecordCall,
+    RecordCallback,
+    RecordEvent,
+    RecordSurvey,
+    RecordSurveyAnswer,
+    RecordSurveyRun,
+)
 
 log = structlog.get_logger(__name__)
 
-Record = RecordCall | RecordEvent | RecordSurvey | OpenTicket | RecordCallback
+Record = RecordCall | RecordEvent | RecordSurvey | OpenTicket | RecordCallback | RecordSurveyAnswer | RecordSurveyRun
 _KINDS: dict[type, str] = {RecordCall: "call", RecordEvent: "event", RecordSurvey: "survey", OpenTicket: "ticket",
-                           RecordCallback: "callback"}
+                           RecordCallback: "callback", RecordSurveyAnswer: "survey_answer",
+                           RecordSurveyRun: "survey_run"}
 _TIMES = {
     "call": ("started_at", "answered_at", "ended_at"),
     "event": ("at",),
     "survey": ("at",),
     "ticket": ("at", "next_feedback_due"),
     "callback": ("requested_at", "due_at"),
+    "survey_answer": ("at",),
+    "survey_run": ("at",),
 }
 _SUFFIX = ".jsonl"
 _LOCK = "lock"
@@ -61,7 +73,7 @@ _LOCK = "lock"
 
 _FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls))
-    for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket, RecordCallback)
+    for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket, RecordCallback, RecordSurveyAnswer, RecordSurveyRun)
 }
 
 
@@ -119,6 +131,10 @@ def decode(line: bytes) -> tuple[int, Record]:
         record = RecordSurvey(**fields)
     elif kind == "callback":
         record = RecordCallback(**fields)
+    elif kind == "survey_answer":
+        record = RecordSurveyAnswer(**fields)
+    elif kind == "survey_run":
+        record = RecordSurveyRun(**fields)
     else:
         record = OpenTicket(**fields)
     return int(doc["seq"]), record

@@ -50,6 +50,8 @@ from ivr.events import (
     RecordCall,
     RecordEvent,
     RecordSurvey,
+    RecordSurveyAnswer,
+    RecordSurveyRun,
     Reject,
     RelayDigit,
     RequestCallback,
@@ -314,7 +316,7 @@ class Leg:
             case HangUpAgent():
                 if self.agent is not None:
                     self.engine.agents.end_leg(self.agent, hang_up=True)
-            case RecordSurvey() | OpenTicket():
+            case RecordSurvey() | OpenTicket() | RecordSurveyAnswer() | RecordSurveyRun():
                 self.engine.writer.submit(action)
             case _:
                 raise TypeError(f"unknown action {action!r}")
