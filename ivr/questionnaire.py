@@ -48,7 +48,7 @@ MAX_TRIES = 2  # a question is asked at most twice: once, and one reprompt on no
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
+class Choice:
     """One key of a question and what it means."""
 
     key: str
@@ -64,7 +64,7 @@ class Question:
     id: str
     prompt_id: str  # the prompt played: rendered from `text`, or prompts/recorded/<prompt_id>.wav
     text: str
-    answers: MappingProxyType[str, Answer]  # by key
+    answers: MappingProxyType[str, Choice]  # by key
     timeout_seconds: float | None = None  # None: [survey] timeout_seconds
 
     @property
@@ -81,7 +81,7 @@ class Questionnaire:
     def question(self, question_id: str) -> Question:
         return next(q for q in self.questions if q.id == question_id)
 
-    def after(self, question: Question, answer: Answer | None) -> Question | None:
+    def after(self, question: Question, answer: Choice | None) -> Question | None:
         """The question asked after `question` was answered with `answer` (None: not answered); None at the end."""
         target = answer.next if answer is not None else None
         if target == END:
@@ -125,7 +125,7 @@ class QuestionnaireSet:
         default = self.questionnaires[self.default]
         questions = tuple(
             Question(q.id, q.prompt_id, q.text, MappingProxyType({
-                k: Answer(a.key, values.get(k, a.value), a.label, a.score, a.followup, a.next)
+                k: Choice(a.key, values.get(k, a.value), a.label, a.score, a.followup, a.next)
                 for k, a in q.answers.items()
             }), q.timeout_seconds) if q.scored else q
             for q in default.questions
@@ -291,7 +291,7 @@ def _questionnaire(qn: _QuestionnaireModel, where: tuple[str | int, ...],
         if prompt_id in prompt_ids:
             raise _Problem((*here, "prompt_id"), f"prompt {prompt_id!r} is used by two questions")
         prompt_ids[prompt_id] = here
-        answers: dict[str, Answer] = {}
+        answers: dict[str, Choice] = {}
         for k, a in enumerate(q.answers):
             at = (*here, "answers", k)
             if a.key in answers:
@@ -303,7 +303,7 @@ def _questionnaire(qn: _QuestionnaireModel, where: tuple[str | int, ...],
                 if order[a.next] <= n:
                     raise _Problem((*at, "next"), f"skip rule to {a.next!r}, which is not after {q.id!r}: "
                                                   "a questionnaire only moves forward")
-            answers[a.key] = Answer(a.key, a.value, a.label or a.value, a.score, a.followup, a.next)
+            answers[a.key] = Choice(a.key, a.value, a.label or a.value, a.score, a.followup, a.next)
         if any(a.score is not None for a in answers.values()):
             if scored is not None:
                 raise _Problem((*here, "answers"), f"scores are given in questions {scored!r} and {q.id!r}; "

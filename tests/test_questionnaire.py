@@ -136,3 +136,52 @@ def test_end_is_a_skip_target(tmp_path: Path) -> None:
     short = load_questionnaires(write(tmp_path, GOOD.replace('next = "quality"', f'next = "{END}"')))
     first = short.questionnaires["short"].questions[0]
     assert short.questionnaires["short"].after(first, first.answers["1"]) is None
+
+
+# --- sip.conf: [survey] questionnaires ---------------------------------------------------------
+
+
+def sip_conf(tmp_path: Path, survey: str, extra: str = "") -> Path:
+    path = tmp_path / "sip.conf"
+    path.write_text(f"[survey]\n{survey}{extra}", encoding="utf-8")
+    return path
+
+
+def test_sip_conf_names_the_file_relative_to_itself_and_the_flow_and_prompts_get_it(tmp_path: Path) -> None:
+    from ivr.config import load_config
+    from prompts.catalogue import catalogue_for
+
+    (tmp_path / "q.toml").write_text((ROOT / "questionnaires.toml.example").read_text(encoding="utf-8"))
+    config = load_config(sip_conf(tmp_path, "questionnaires = q.toml\n",
+                                  "[prompts]\ntext.survey_after_sales_quality = 产品质量请按1到5。\n"))
+    assert config.flow.questionnaires.for_call("after_sales", "junior").id == "after_sales"
+    texts = catalogue_for(config)
+    assert texts["survey_after_sales_resolved"] == "您的问题是否已经解决?已解决请按1,未解决请按2。"
+    assert texts["survey_after_sales_quality"] == "产品质量请按1到5。", "[prompts] text.<id> replaces a question's text"
+    assert texts["survey"] == "请您对本次服务进行评价,满意请按1,一般请按2,不满意请按3。"
+
+
+def test_a_broken_questionnaire_file_stops_the_start_naming_that_file_and_line(tmp_path: Path) -> None:
+    from ivr.config import load_config
+
+    write(tmp_path, GOOD.replace('id = "callback"', 'id = "resolved"'))
+    error = pytest.raises(ConfigError, load_config, sip_conf(tmp_path, "questionnaires = questionnaires.toml\n")).value
+    assert (error.file, error.line) == (tmp_path / "questionnaires.toml", 15)
+    assert "appears twice" in error.reason
+
+
+def test_a_missing_questionnaire_file_is_refused_under_its_sip_conf_key(tmp_path: Path) -> None:
+    from ivr.config import load_config
+
+    error = pytest.raises(ConfigError, load_config, sip_conf(tmp_path, "questionnaires = none.toml\n")).value
+    assert (error.key, error.line) == ("[survey] questionnaires", 2) and "no such file" in error.reason
+
+
+def test_without_a_file_the_old_digit_labels_are_the_values_of_the_single_question(tmp_path: Path) -> None:
+    from ivr.config import load_config
+
+    config = load_config(sip_conf(tmp_path, "1 = good\n"))
+    rating = config.flow.questionnaires.for_call(None, None).questions[0]
+    assert [(a.key, a.value) for a in rating.answers.values()] == [("1", "good"), ("2", "average"),
+                                                                   ("3", "dissatisfied")]
+    assert load_config(sip_conf(tmp_path, "")).questionnaires is default_questionnaires()
