@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("phone")
     st.add_argument("tier", choices=[*TIERS, "auto"])
     sub.add_parser("overdue-tickets", help="complaints not closed whose daily feedback is due ([002])")
-    low = sub.add_parser("low-scores", help="yesterday's low survey scores, for the morning review ([004])")
+    low = sub.add_parser("low-scores", help="yesterday's low survey scores (the scored questionnaire answers), "
+                                             "for the morning review ([004])")
     low.add_argument("--day", type=date.fromisoformat,
                      help="the local day to review (default: yesterday in [general] timezone)")
     low.add_argument("--from-score", type=int, default=2,
@@ -121,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "low-scores":
         day = args.day or (local_today(zone) - timedelta(days=1))
         rows = low_scores(engine, day, zone, from_score=args.from_score)
-        for survey, caller, sip_call_id in rows:
-            at = aware(survey.at).astimezone(zone)
-            print(f"{at:%H:%M}\tscore {survey.score} ({survey.label})\tagent {survey.agent_number}"
-                  f"\t{survey.seat_group}\tcaller {caller}\tcall {sip_call_id}")
+        for score, caller, sip_call_id in rows:
+            at = score.at.astimezone(zone)
+            print(f"{at:%H:%M}\tscore {score.score} ({score.value})\t{score.questionnaire}/{score.question} {score.label}"
+                  f"\tagent {score.agent_number}\t{score.seat_group}\tcaller {caller}\tcall {sip_call_id}")
         print(f"{len(rows)} low score(s) on {day}")
     elif args.command == "report":
         from crm_bridge.report import (
@@ -146,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
             cells = csv_row(f)
             print(f"{f.label}\t{f.calls}\t{f.answered}\t{cells[4]}\t{cells[6]}\t{cells[11]}\t{cells[12]}\t{cells[13]}"
                   f"\t{cells[14]}/{cells[15]}/{cells[16]}\t{cells[8]}\t{cells[18]}/{cells[19]}/{cells[20]}")
+        for q in report.questions:
+            keys = "  ".join(f"{key} {label} {n}" for key, label, n in q.keys)
+            print(f"{q.questionnaire}/{q.question}\tanswered {q.answered}\t{keys}"
+                  + (f"\tfollowups {q.followups}" if q.followups else ""))
+        for run in report.survey_runs:
+            print(f"{run.questionnaire}\t" + "\t".join(f"{status} {n}" for status, n in run.statuses.items()))
         if args.csv:
             for path in write_csv(report, args.csv):
                 print(f"wrote {path}")
