@@ -122,10 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "low-scores":
         day = args.day or (local_today(zone) - timedelta(days=1))
         rows = low_scores(engine, day, zone, from_score=args.from_score)
-        for found, caller, sip_call_id in rows:
-            at = found.at.astimezone(zone)
-            print(f"{at:%H:%M}\tscore {found.score} ({found.value})\t{found.questionnaire}/{found.question}"
-                  f" {found.label}\tagent {found.agent_number}\t{found.seat_group}\tcaller {caller}\tcall {sip_call_id}")
+        for low_score, caller, sip_call_id in rows:
+            at = low_score.at.astimezone(zone)
+            where = f"{low_score.questionnaire}/{low_score.question} {low_score.label}"
+            print(f"{at:%H:%M}\tscore {low_score.score} ({low_score.value})\t{where}\tagent {low_score.agent_number}"
+                  f"\t{low_score.seat_group}\tcaller {caller}\tcall {sip_call_id}")
         print(f"{len(rows)} low score(s) on {day}")
     elif args.command == "report":
         from crm_bridge.report import (
