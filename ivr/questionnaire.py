@@ -121,15 +121,21 @@ class QuestionnaireSet:
         return {q.prompt_id: q.text for qn in self.questionnaires.values() for q in qn.questions}
 
     def relabelled(self, values: Mapping[str, str]) -> QuestionnaireSet:
-        """The default questionnaire with `[survey] <digit> = value` applied to its scored question (old sip.conf)."""
+        """The default questionnaire with an old sip.conf's `[survey] <digit> = value` applied to its scored question.
+
+        As before questionnaires, a digit sets the value stored for that key, and a digit the question
+        lacks becomes a key of its own whose score is the digit.
+        """
         default = self.questionnaires[self.default]
-        questions = tuple(
-            Question(q.id, q.prompt_id, q.text, MappingProxyType({
-                k: Choice(a.key, values.get(k, a.value), a.label, a.score, a.followup, a.next)
-                for k, a in q.answers.items()
-            }), q.timeout_seconds) if q.scored else q
-            for q in default.questions
-        )
+
+        def relabel(q: Question) -> Question:
+            answers = {k: Choice(a.key, values.get(k, a.value), a.label, a.score, a.followup, a.next)
+                       for k, a in q.answers.items()}
+            answers.update({k: Choice(k, v, v, int(k)) for k, v in values.items() if k not in answers})
+            return Question(q.id, q.prompt_id, q.text, MappingProxyType(dict(sorted(answers.items()))),
+                            q.timeout_seconds)
+
+        questions = tuple(relabel(q) if q.scored else q for q in default.questions)
         changed = Questionnaire(default.id, _version(questions), questions)
         return QuestionnaireSet(self.path, MappingProxyType({**self.questionnaires, default.id: changed}),
                                 self.default, self.routes)

@@ -180,8 +180,8 @@ def test_a_missing_questionnaire_file_is_refused_under_its_sip_conf_key(tmp_path
 def test_without_a_file_the_old_digit_labels_are_the_values_of_the_single_question(tmp_path: Path) -> None:
     from ivr.config import load_config
 
-    config = load_config(sip_conf(tmp_path, "1 = good\n"))
+    config = load_config(sip_conf(tmp_path, "1 = good\n4 = terrible\n"))
     rating = config.flow.questionnaires.for_call(None, None).questions[0]
-    assert [(a.key, a.value) for a in rating.answers.values()] == [("1", "good"), ("2", "average"),
-                                                                   ("3", "dissatisfied")]
+    assert [(a.key, a.value, a.score) for a in rating.answers.values()] == [
+        ("1", "good", 1), ("2", "average", 2), ("3", "dissatisfied", 3), ("4", "terrible", 4)]
     assert load_config(sip_conf(tmp_path, "")).questionnaires is default_questionnaires()
