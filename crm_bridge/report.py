@@ -31,6 +31,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, overload
@@ -295,19 +296,44 @@ def daily_report(
 
 
 def _question_figures(answers: Sequence[Any]) -> tuple[QuestionFigures, ...]:
-    """Per (questionnaire, question), in the order first answered: each key's count; the newest label names it."""
+    """Per (questionnaire, question): each key's count, the newest label naming it.
+
+    Questionnaires by name; their questions in the order callers were asked
+    them (skip rules only move forward, so the order of one call's answers is
+    the file's), else in the order first answered.
+    """
     pressed: dict[tuple[str, str], Counter[str]] = {}
     labels: dict[tuple[str, str, str], str] = {}
     followups: Counter[tuple[str, str]] = Counter()
+    walks: dict[tuple[int, str], list[str]] = {}  # (call, questionnaire) -> its questions in answer order
     for a in answers:
         pressed.setdefault((a.questionnaire, a.question), Counter())[a.key] += 1
         labels[(a.questionnaire, a.question, a.key)] = a.label
         followups[(a.questionnaire, a.question)] += bool(a.followup)
+        walks.setdefault((a.call_id, a.questionnaire), []).append(a.question)
+    ordered: list[tuple[str, str]] = []
+    for questionnaire in sorted({qn for qn, _ in pressed}):
+        seen = [q for qn, q in pressed if qn == questionnaire]
+        sorter: TopologicalSorter[str] = TopologicalSorter({q: set() for q in seen})
+        for (_, qn), questions in walks.items():
+            if qn == questionnaire:
+                for before, after in zip(questions, questions[1:], strict=False):
+                    sorter.add(after, before)
+        try:
+            sorter.prepare()
+            order: list[str] = []
+            while sorter.is_active():
+                ready = sorted(sorter.get_ready(), key=seen.index)
+                order.extend(ready)
+                sorter.done(*ready)
+        except CycleError:  # the file's order changed between versions: first answered first
+            order = seen
+        ordered.extend((questionnaire, q) for q in order)
     return tuple(
-        QuestionFigures(qn, q, sum(keys.values()),
-                        tuple((k, labels[(qn, q, k)], n) for k, n in sorted(keys.items())),
+        QuestionFigures(qn, q, sum(pressed[qn, q].values()),
+                        tuple((k, labels[(qn, q, k)], n) for k, n in sorted(pressed[qn, q].items())),
                         followups[(qn, q)])
-        for (qn, q), keys in pressed.items()
+        for qn, q in ordered
     )
 
 
@@ -564,7 +590,8 @@ _QUESTIONS = """\
 <thead><tr><th>问卷</th><th>问题</th><th>按键</th><th>含义</th><th>次数</th><th>占比</th></tr></thead>
 <tbody>
 {% for q in r.questions %}{% for key, label, n in q.keys %}<tr>
-<td>{{ q.questionnaire }}</td><td>{{ q.question }}</td><td>{{ key }}</td><td>{{ label }}</td><td>{{ n }}</td>
+<td>{{ q.questionnaire }}</td><td class="mix">{{ q.question }}</td><td>{{ key }}</td><td class="mix">{{ label }}</td>
+<td>{{ n }}</td>
 <td>{{ pct(q.share(n)) }}</td></tr>
 {% endfor %}{% endfor %}</tbody></table>
 <table class="report runs">

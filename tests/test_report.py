@@ -219,4 +219,7 @@ def test_the_report_counts_each_questions_keys_and_how_the_questionnaires_ended(
     assert rows[0] == "questionnaire,question,key,label,answers,share,followups"
     assert "after_sales,callback,1,需要回访,1,1.000,1" in rows
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
-    assert "<td>after_sales</td><td>callback</td><td>1</td><td>需要回访</td><td>1</td>" in page
+    assert '<td>after_sales</td><td class="mix">callback</td><td>1</td><td class="mix">需要回访</td>\n<td>1</td>' in page
+    # questionnaires by name, questions in the order they were asked
+    assert [(q.questionnaire, q.question) for q in r.questions] == [
+        ("after_sales", "resolved"), ("after_sales", "callback"), ("satisfaction", "rating")]
