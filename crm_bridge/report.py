@@ -31,8 +31,8 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from graphlib import CycleError, TopologicalSorter
 from datetime import UTC, date, datetime, time, timedelta
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any, overload
 from zoneinfo import ZoneInfo
