@@ -163,7 +163,8 @@ class _QuestionModel(BaseModel):
     model_config = _STRICT
     id: Ident
     prompt: Annotated[str, Field(min_length=1, max_length=500)]
-    prompt_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,64}$")] | None = None
+    # survey…: never the id of another prompt of the catalogue (a question's text would replace it)
+    prompt_id: Annotated[str, Field(pattern=r"^survey(_[A-Za-z0-9_]{1,57})?$")] | None = None
     timeout_seconds: Annotated[float, Field(ge=2, le=60, strict=False)] | None = None
     answers: Annotated[list[_AnswerModel], Field(min_length=1)]
 
@@ -240,7 +241,7 @@ def _explain(error: ErrorDetails) -> tuple[tuple[str | int, ...], str]:
         if field == "key":
             return loc, f"{error['input']!r} is not a key: one of 0-9, * or #"
         if field == "prompt_id":
-            return loc, f"{error['input']!r} is not a prompt id: letters, digits and _"
+            return loc, f"{error['input']!r} is not a question's prompt id: survey, or survey_ then letters, digits, _"
         return loc, f"{error['input']!r} is not an id: lower-case letters, digits and _, starting with a letter"
     return loc, f"{error['input']!r}: {error['msg']}" if kind != "too_short" else error["msg"]
 

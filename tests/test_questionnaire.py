@@ -118,6 +118,10 @@ def test_the_version_changes_with_the_content_and_only_with_it(tmp_path: Path) -
     (lambda t: t.replace('{ key = "2", value = "no", label = "否" },', '{ key = "2", value = "no", label = "否", score = 2 },'), 25,
      "questionnaire[1].question[3].answers", "scores are given in questions 'resolved' and 'quality'"),
     (lambda t: t.replace('id = "callback"', 'id = callback'), 15, "syntax", "not TOML"),
+    (lambda t: t.replace('id = "callback"\n', 'id = "callback"\nprompt_id = "thanks"\n'), 16,
+     "questionnaire[1].question[2].prompt_id", "'thanks' is not a question's prompt id: survey, or survey_"),
+    (lambda t: t.replace('id = "callback"\n', 'id = "callback"\nprompt_id = "survey_short_resolved"\n'), 16,
+     "questionnaire[1].question[2].prompt_id", "prompt 'survey_short_resolved' is used by two questions"),
 ])
 def test_a_mistake_stops_the_start_with_file_line_key_and_reason(tmp_path: Path, edit, line, key, reason) -> None:  # type: ignore[no-untyped-def]
     error = problem(tmp_path, edit(GOOD))
