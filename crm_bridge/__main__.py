@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("phone")
     st.add_argument("tier", choices=[*TIERS, "auto"])
     _command(sub, "overdue-tickets", "complaints not closed whose daily feedback is due ([002])", "overdue-tickets")
-    low = _command(sub, "low-scores", "yesterday's low survey scores, for the morning review ([004])",
-                   "low-scores --day 2026-11-26")
+    low = _command(sub, "low-scores", "yesterday's low survey scores (the scored questionnaire answers), "
+                   "for the morning review ([004])", "low-scores --day 2026-11-26")
     low.add_argument("--day", type=date.fromisoformat,
                      help="the local day to review (default: yesterday in [general] timezone)")
     low.add_argument("--from-score", type=int, default=2,
@@ -178,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "low-scores":
         day = args.day or (local_today(zone) - timedelta(days=1))
         rows = low_scores(engine, day, zone, from_score=args.from_score)
-        for survey, caller, sip_call_id in rows:
-            at = aware(survey.at).astimezone(zone)
-            print(f"{at:%H:%M}\tscore {survey.score} ({survey.label})\tagent {survey.agent_number}"
-                  f"\t{survey.seat_group}\tcaller {caller}\tcall {sip_call_id}")
+        for low_score, caller, sip_call_id in rows:
+            at = low_score.at.astimezone(zone)
+            where = f"{low_score.questionnaire}/{low_score.question} {low_score.label}"
+            print(f"{at:%H:%M}\tscore {low_score.score} ({low_score.value})\t{where}\tagent {low_score.agent_number}"
+                  f"\t{low_score.seat_group}\tcaller {caller}\tcall {sip_call_id}")
         print(f"{len(rows)} low score(s) on {day}")
     elif args.command == "report":
         from crm_bridge.report import (
@@ -203,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
             cells = csv_row(f)
             print(f"{f.label}\t{f.calls}\t{f.answered}\t{cells[4]}\t{cells[6]}\t{cells[11]}\t{cells[12]}\t{cells[13]}"
                   f"\t{cells[14]}/{cells[15]}/{cells[16]}\t{cells[8]}\t{cells[18]}/{cells[19]}/{cells[20]}")
+        for q in report.questions:
+            keys = "  ".join(f"{key} {label} {n}" for key, label, n in q.keys)
+            print(f"{q.questionnaire}/{q.question}\tanswered {q.answered}\t{keys}"
+                  + (f"\tfollowups {q.followups}" if q.followups else ""))
+        for run in report.survey_runs:
+            print(f"{run.questionnaire}\t" + "\t".join(f"{status} {n}" for status, n in run.statuses.items()))
         if args.csv:
             for path in write_csv(report, args.csv):
                 print(f"wrote {path}")

@@ -491,3 +491,47 @@ class AgentStateChange(Base):
     worker: Mapped[str | None] = mapped_column(String(128))  # the IVR process that saw the change
 
     __table_args__ = (Index("ix_agent_states_agent_at", "agent_number", "at"),)
+
+
+SURVEY_STATUSES = ("complete", "partial", "skipped")  # crm_bridge.records.RecordSurveyRun
+
+
+class SurveyAnswer(Base):
+    """One answer of a post-call questionnaire: which questionnaire (and its version), which question, which key.
+
+    `version` is the questionnaire's content hash when it was asked, so a
+    changed file never changes what a stored answer meant; rows carried over
+    from the single-question `surveys` table (migration 0010) have `legacy`.
+    `score` is set for the scored question only (1 satisfied … 3
+    dissatisfied, as calls.survey_score); `followup`: the customer asked to be
+    called back.
+    """
+
+    __tablename__ = "survey_answers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    questionnaire: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(16))
+    question: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(4))
+    value: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(64))
+    score: Mapped[int | None]
+    followup: Mapped[bool] = mapped_column(default=False)
+    answered_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class SurveyRun(Base):
+    """How a call's questionnaire ended: complete, partial (hung up midway) or skipped (no answer)."""
+
+    __tablename__ = "survey_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    questionnaire: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # one of SURVEY_STATUSES
+    asked: Mapped[int]
+    answered: Mapped[int]
+    ended_at: Mapped[datetime] = mapped_column(index=True)

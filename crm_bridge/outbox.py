@@ -49,13 +49,17 @@ from crm_bridge.records import (
     RecordCallback,
     RecordEvent,
     RecordSurvey,
+    RecordSurveyAnswer,
+    RecordSurveyRun,
 )
 
 log = structlog.get_logger(__name__)
 
-Record = RecordCall | RecordEvent | RecordSurvey | OpenTicket | RecordCallback | RecordAgentState
+Record = (RecordCall | RecordEvent | RecordSurvey | OpenTicket | RecordCallback | RecordAgentState
+          | RecordSurveyAnswer | RecordSurveyRun)
 _KINDS: dict[type, str] = {RecordCall: "call", RecordEvent: "event", RecordSurvey: "survey", OpenTicket: "ticket",
-                           RecordCallback: "callback", RecordAgentState: "agent_state"}
+                           RecordCallback: "callback", RecordAgentState: "agent_state",
+                           RecordSurveyAnswer: "survey_answer", RecordSurveyRun: "survey_run"}
 _TIMES = {
     "call": ("started_at", "answered_at", "ended_at"),
     "event": ("at",),
@@ -63,6 +67,8 @@ _TIMES = {
     "ticket": ("at", "next_feedback_due"),
     "callback": ("requested_at", "due_at"),
     "agent_state": ("at",),
+    "survey_answer": ("at",),
+    "survey_run": ("at",),
 }
 _SUFFIX = ".jsonl"
 _LOCK = "lock"
@@ -70,7 +76,8 @@ _LOCK = "lock"
 
 _FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls))
-    for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket, RecordCallback, RecordAgentState)
+    for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket, RecordCallback, RecordAgentState,
+                RecordSurveyAnswer, RecordSurveyRun)
 }
 
 
@@ -130,6 +137,10 @@ def decode(line: bytes) -> tuple[int, Record]:
         record = RecordCallback(**fields)
     elif kind == "agent_state":
         record = RecordAgentState(**fields)
+    elif kind == "survey_answer":
+        record = RecordSurveyAnswer(**fields)
+    elif kind == "survey_run":
+        record = RecordSurveyRun(**fields)
     else:
         record = OpenTicket(**fields)
     return int(doc["seq"]), record

@@ -101,3 +101,36 @@ class RecordAgentState:
     at: datetime
     seat_group: str | None = None
     sip_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSurveyAnswer:
+    """One answer to a question of the post-call questionnaire (table `survey_answers`), written as it is given."""
+
+    sip_call_id: str
+    at: datetime
+    questionnaire: str
+    version: str  # the questionnaire's content hash when it was asked (ivr.questionnaire)
+    question: str
+    key: str
+    value: str
+    label: str
+    score: int | None = None  # 1 satisfied, 2 average, 3 dissatisfied: the scored question's answer only
+    followup: bool = False  # the customer asks to be called back
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSurveyRun:
+    """How a call's questionnaire ended (table `survey_runs`): one of crm_bridge.models.SURVEY_STATUSES.
+
+    complete: walked to its end; partial: the caller hung up (or the call failed) after one answer or more;
+    skipped: no answer at all (hung up before answering, or before the agent).
+    """
+
+    sip_call_id: str
+    at: datetime
+    questionnaire: str
+    version: str
+    status: str
+    asked: int  # questions asked (reprompts not counted)
+    answered: int

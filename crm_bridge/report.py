@@ -14,6 +14,10 @@ started in. Definitions, so the figures can be checked by hand:
 - complaints: opened (opened that day), closed (closed that day), overdue (not
   closed at the day's end and no feedback to the caller in the 24 h before
   it: [002] asks for feedback at least daily).
+- surveys 1/2/3 and their average: the scored answers of the post-call
+  questionnaires (`survey_answers.score`, 1 satisfied … 3 dissatisfied) of
+  the row's calls; per question, how often each key was pressed
+  (`questions`), and per questionnaire how its walks ended (`survey_runs`).
 
 Also the shared "what is overdue now" and "low scores of a day" queries used
 by the CLI and the desk.
@@ -28,6 +32,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any, overload
 from zoneinfo import ZoneInfo
@@ -36,7 +41,7 @@ from jinja2 import Environment
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from crm_bridge.models import Call, Survey, Ticket, TicketHistory
+from crm_bridge.models import SURVEY_STATUSES, Call, SurveyAnswer, SurveyRun, Ticket, TicketHistory
 
 SEAT_GROUP_LABELS = {"senior": "高级坐席组", "middle": "中级坐席组", "junior": "初级坐席组"}
 SURVEY_LABELS = {1: "满意", 2: "一般", 3: "不满意"}
@@ -122,6 +127,32 @@ class Figures:
 
 
 @dataclass(frozen=True, slots=True)
+class QuestionFigures:
+    """One question of a questionnaire on the day: how often each key was pressed (every version together)."""
+
+    questionnaire: str
+    question: str
+    answered: int
+    keys: tuple[tuple[str, str, int], ...]  # (key, label, answers) in key order
+    followups: int  # answers asking to be called back
+
+    def share(self, count: int) -> float | None:
+        return count / self.answered if self.answered else None
+
+
+@dataclass(frozen=True, slots=True)
+class RunFigures:
+    """One questionnaire on the day: how its walks ended (complete, partial, skipped)."""
+
+    questionnaire: str
+    statuses: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.statuses.values())
+
+
+@dataclass(frozen=True, slots=True)
 class DailyReport:
     day: date
     timezone: str
@@ -132,6 +163,8 @@ class DailyReport:
     seat_groups: tuple[Figures, ...]
     agents: tuple[Figures, ...]
     calls_by_hour: tuple[int, ...] = field(default=(0,) * 24)
+    questions: tuple[QuestionFigures, ...] = ()
+    survey_runs: tuple[RunFigures, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +176,10 @@ class _TicketFacts:
     overdue: bool
 
 
-def _figures(key: str, label: str, calls: Sequence[Call], tickets: Sequence[_TicketFacts], sl_s: float) -> Figures:
+def _figures(key: str, label: str, calls: Sequence[Call], tickets: Sequence[_TicketFacts], sl_s: float,
+             scores: dict[int, list[int]]) -> Figures:
+    """`scores`: the scored questionnaire answers by call row id."""
+    scored = [score for c in calls for score in scores.get(c.id, ())]
     waits = [c.queue_wait_s for c in calls if c.queue_wait_s is not None]
     talks = [c.talk_s for c in calls if c.talk_s is not None]
     answered_in_time = sum(
@@ -161,7 +197,7 @@ def _figures(key: str, label: str, calls: Sequence[Call], tickets: Sequence[_Tic
         wait_avg=mean(waits),
         wait_p90=p90(waits),
         talk_avg=mean(talks),
-        surveys={score: sum(1 for c in calls if c.survey_score == score) for score in SURVEY_LABELS},
+        surveys={score: scored.count(score) for score in SURVEY_LABELS},
         greetings=dict(Counter(c.greeting or "-" for c in calls).most_common()),
         complaints_opened=sum(t.opened for t in tickets),
         complaints_overdue=sum(t.overdue for t in tickets),
@@ -189,7 +225,24 @@ def daily_report(
                 .group_by(TicketHistory.ticket_id)
             ).all()
         }
+        answers = s.execute(
+            select(SurveyAnswer.call_id, SurveyAnswer.questionnaire, SurveyAnswer.question, SurveyAnswer.key,
+                   SurveyAnswer.label, SurveyAnswer.score, SurveyAnswer.followup)
+            .join(Call, Call.id == SurveyAnswer.call_id)
+            .where(Call.started_at >= start, Call.started_at < end)
+            .order_by(SurveyAnswer.id)
+        ).all()
+        runs = s.execute(
+            select(SurveyRun.questionnaire, SurveyRun.status, func.count())
+            .join(Call, Call.id == SurveyRun.call_id)
+            .where(Call.started_at >= start, Call.started_at < end)
+            .group_by(SurveyRun.questionnaire, SurveyRun.status)
+        ).all()
         s.expunge_all()
+    scores: dict[int, list[int]] = {}
+    for a in answers:
+        if a.score is not None:
+            scores.setdefault(a.call_id, []).append(a.score)
     tickets: list[_TicketFacts] = []
     for t in relevant:
         opened_at, closed_at = aware(t.opened_at), aware(t.closed_at)
@@ -207,7 +260,8 @@ def daily_report(
             tickets.append(facts)
     sl = service_level_seconds
     groups = tuple(
-        _figures(g, label, [c for c in calls if c.seat_group == g], [t for t in tickets if t.seat_group == g], sl)
+        _figures(g, label, [c for c in calls if c.seat_group == g], [t for t in tickets if t.seat_group == g], sl,
+                 scores)
         for g, label in SEAT_GROUP_LABELS.items()
     )
     names = agent_names or {}
@@ -221,6 +275,7 @@ def daily_report(
             [c for c in calls if c.agent_number == a],
             [t for t in tickets if t.agent_number == a],
             sl,
+            scores,
         )
         for a in numbers
     )
@@ -231,11 +286,62 @@ def daily_report(
         start,
         end,
         sl,
-        _figures("all", "全部", calls, tickets, sl),
+        _figures("all", "全部", calls, tickets, sl, scores),
         groups,
         agents,
         tuple(hours.get(h, 0) for h in range(24)),
+        _question_figures(answers),
+        _run_figures(runs),
     )
+
+
+def _question_figures(answers: Sequence[Any]) -> tuple[QuestionFigures, ...]:
+    """Per (questionnaire, question): each key's count, the newest label naming it.
+
+    Questionnaires by name; their questions in the order callers were asked
+    them (skip rules only move forward, so the order of one call's answers is
+    the file's), else in the order first answered.
+    """
+    pressed: dict[tuple[str, str], Counter[str]] = {}
+    labels: dict[tuple[str, str, str], str] = {}
+    followups: Counter[tuple[str, str]] = Counter()
+    walks: dict[tuple[int, str], list[str]] = {}  # (call, questionnaire) -> its questions in answer order
+    for a in answers:
+        pressed.setdefault((a.questionnaire, a.question), Counter())[a.key] += 1
+        labels[(a.questionnaire, a.question, a.key)] = a.label
+        followups[(a.questionnaire, a.question)] += bool(a.followup)
+        walks.setdefault((a.call_id, a.questionnaire), []).append(a.question)
+    ordered: list[tuple[str, str]] = []
+    for questionnaire in sorted({qn for qn, _ in pressed}):
+        seen = [q for qn, q in pressed if qn == questionnaire]
+        sorter: TopologicalSorter[str] = TopologicalSorter({q: set() for q in seen})
+        for (_, qn), questions in walks.items():
+            if qn == questionnaire:
+                for before, after in zip(questions, questions[1:], strict=False):
+                    sorter.add(after, before)
+        try:
+            sorter.prepare()
+            order: list[str] = []
+            while sorter.is_active():
+                ready = sorted(sorter.get_ready(), key=seen.index)
+                order.extend(ready)
+                sorter.done(*ready)
+        except CycleError:  # the file's order changed between versions: first answered first
+            order = seen
+        ordered.extend((questionnaire, q) for q in order)
+    return tuple(
+        QuestionFigures(qn, q, sum(pressed[qn, q].values()),
+                        tuple((k, labels[(qn, q, k)], n) for k, n in sorted(pressed[qn, q].items())),
+                        followups[(qn, q)])
+        for qn, q in ordered
+    )
+
+
+def _run_figures(runs: Sequence[Any]) -> tuple[RunFigures, ...]:
+    by: dict[str, dict[str, int]] = {}
+    for questionnaire, status, count in runs:
+        by.setdefault(questionnaire, dict.fromkeys(SURVEY_STATUSES, 0))[status] = count
+    return tuple(RunFigures(q, statuses) for q, statuses in sorted(by.items()))
 
 
 # --- follow-up lists ---------------------------------------------------------------
@@ -253,18 +359,41 @@ def overdue_tickets(engine: Engine, now: datetime | None = None, *, agent_number
     return list(rows)
 
 
-def low_scores(engine: Engine, day: date, zone: ZoneInfo, *, from_score: int = 2) -> list[tuple[Survey, str, str]]:
-    """The day's surveys scored `from_score` or worse (一般/不满意), with caller and Call-ID ([004] morning review)."""
+@dataclass(frozen=True, slots=True)
+class LowScore:
+    """A scored questionnaire answer of 一般 or worse, with the call's agent ([004] morning review)."""
+
+    at: datetime
+    score: int
+    value: str
+    label: str
+    questionnaire: str
+    question: str
+    agent_number: str | None
+    seat_group: str | None
+
+
+def low_scores(engine: Engine, day: date, zone: ZoneInfo, *, from_score: int = 2) -> list[tuple[LowScore, str, str]]:
+    """The day's answers scored `from_score` or worse (一般/不满意), with caller and Call-ID ([004] morning review).
+
+    Read from `survey_answers` (the scored question of each questionnaire; the
+    single-question ratings before it were carried over by migration 0010).
+    """
     start, end = day_bounds(day, zone)
     with Session(engine) as s:
         rows = s.execute(
-            select(Survey, Call.caller, Call.sip_call_id)
-            .join(Call, Call.id == Survey.call_id)
-            .where(Survey.at >= start, Survey.at < end, Survey.score >= from_score)
-            .order_by(Survey.at)
+            select(SurveyAnswer, Call.agent_number, Call.seat_group, Call.caller, Call.sip_call_id)
+            .join(Call, Call.id == SurveyAnswer.call_id)
+            .where(SurveyAnswer.answered_at >= start, SurveyAnswer.answered_at < end,
+                   SurveyAnswer.score >= from_score)
+            .order_by(SurveyAnswer.answered_at, SurveyAnswer.id)
         ).all()
-        s.expunge_all()
-    return [(survey, caller, sip_call_id) for survey, caller, sip_call_id in rows]
+        found = [
+            (LowScore(aware(a.answered_at), a.score or 0, a.value, a.label, a.questionnaire, a.question, agent, group),
+             caller, sip_call_id)
+            for a, agent, group, caller, sip_call_id in rows
+        ]
+    return found
 
 
 # --- output ------------------------------------------------------------------------------
@@ -327,7 +456,7 @@ def csv_row(f: Figures) -> list[str]:
 
 
 def write_csv(report: DailyReport, directory: Path) -> list[Path]:
-    """seat_groups-DAY.csv (with the day's total last) and agents-DAY.csv in `directory`."""
+    """seat_groups-DAY.csv (with the day's total last), agents-DAY.csv and questions-DAY.csv in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, rows in (("seat_groups", (*report.seat_groups, report.total)), ("agents", report.agents)):
@@ -338,7 +467,25 @@ def write_csv(report: DailyReport, directory: Path) -> list[Path]:
         writer.writerows(csv_row(f) for f in rows)
         path.write_text(buffer.getvalue(), encoding="utf-8-sig")  # BOM: Excel opens the Chinese labels right
         written.append(path)
+    path = directory / f"questions-{report.day.isoformat()}.csv"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(QUESTION_COLUMNS)
+    writer.writerows(question_rows(report))
+    path.write_text(buffer.getvalue(), encoding="utf-8-sig")
+    written.append(path)
     return written
+
+
+QUESTION_COLUMNS = ("questionnaire", "question", "key", "label", "answers", "share", "followups")
+
+
+def question_rows(report: DailyReport) -> list[list[str]]:
+    return [
+        [q.questionnaire, q.question, key, label, str(n), _round(q.share(n)), str(q.followups)]
+        for q in report.questions
+        for key, label, n in q.keys
+    ]
 
 
 def charts(report: DailyReport) -> dict[str, bytes]:
@@ -438,6 +585,23 @@ _TABLES = """\
 {% endfor %}</tbody></table>
 """
 
+_QUESTIONS = """\
+<table class="report questions">
+<thead><tr><th>问卷</th><th>问题</th><th>按键</th><th>含义</th><th>次数</th><th>占比</th></tr></thead>
+<tbody>
+{% for q in r.questions %}{% for key, label, n in q.keys %}<tr>
+<td>{{ q.questionnaire }}</td><td class="mix">{{ q.question }}</td><td>{{ key }}</td><td class="mix">{{ label }}</td>
+<td>{{ n }}</td>
+<td>{{ pct(q.share(n)) }}</td></tr>
+{% endfor %}{% endfor %}</tbody></table>
+<table class="report runs">
+<thead><tr><th>问卷</th><th>完成</th><th>中途挂机</th><th>未作答</th></tr></thead>
+<tbody>
+{% for run in r.survey_runs %}<tr><td>{{ run.questionnaire }}</td><td>{{ run.statuses['complete'] }}</td>
+<td>{{ run.statuses['partial'] }}</td><td>{{ run.statuses['skipped'] }}</td></tr>
+{% endfor %}</tbody></table>
+"""
+
 _PAGE = """\
 <!doctype html><html lang="zh-CN"><head><meta charset="utf-8"><title>日报 {{ r.day }}</title>
 <style>body{font-family:"WenQuanYi Micro Hei","Noto Sans CJK SC",sans-serif;margin:1em}
@@ -447,7 +611,7 @@ td:first-child,th:first-child,td.mix{text-align:left}tr.total{font-weight:bold;b
 <h1>热线日报 {{ r.day }}</h1>
 <p>{{ r.timezone }} 当日(UTC {{ r.start_utc.strftime('%Y-%m-%d %H:%M') }}
 至 {{ r.end_utc.strftime('%Y-%m-%d %H:%M') }})</p>
-{{ groups }}{{ agents }}
+{{ groups }}{{ agents }}{{ questions }}
 {% for name, uri in images %}<img alt="{{ name }}" src="{{ uri }}">{% endfor %}
 </body></html>
 """
@@ -461,6 +625,12 @@ def _env() -> Environment:
         num=lambda v: "–" if v is None else f"{v:.2f}",
     )
     return env
+
+
+def questions_html(report: DailyReport) -> str:
+    """Per question of each questionnaire, the keys pressed; per questionnaire, how its walks ended (escaped HTML)."""
+    html: str = _env().from_string(_QUESTIONS).render(r=report)
+    return html
 
 
 def tables_html(report: DailyReport) -> tuple[str, str]:
@@ -479,5 +649,6 @@ def standalone_html(report: DailyReport, images: dict[str, bytes]) -> str:
 
     groups, agents = tables_html(report)
     uris = [(name, "data:image/png;base64," + base64.b64encode(png).decode()) for name, png in images.items()]
-    page: str = _env().from_string(_PAGE).render(r=report, groups=Markup(groups), agents=Markup(agents), images=uris)
+    page: str = _env().from_string(_PAGE).render(r=report, groups=Markup(groups), agents=Markup(agents),
+                                                 questions=Markup(questions_html(report)), images=uris)
     return page

@@ -41,12 +41,23 @@ from crm_bridge.models import (
     CallEvent,
     OutboxCheckpoint,
     Survey,
+    SurveyAnswer,
+    SurveyRun,
     Ticket,
     WebhookDelivery,
     table_of,
 )
 from crm_bridge.outbox import Outbox, Record, shallow_fields
-from crm_bridge.records import OpenTicket, RecordAgentState, RecordCall, RecordCallback, RecordEvent, RecordSurvey
+from crm_bridge.records import (
+    OpenTicket,
+    RecordAgentState,
+    RecordCall,
+    RecordCallback,
+    RecordEvent,
+    RecordSurvey,
+    RecordSurveyAnswer,
+    RecordSurveyRun,
+)
 
 log = structlog.get_logger(__name__)
 _STOP = object()
@@ -55,6 +66,8 @@ _CALLBACKS = table_of(Callback)
 _CALL_EVENTS = table_of(CallEvent)
 _SURVEYS = table_of(Survey)
 _TICKETS = table_of(Ticket)
+_SURVEY_ANSWERS = table_of(SurveyAnswer)
+_SURVEY_RUNS = table_of(SurveyRun)
 _OUTBOX_CHECKPOINTS = table_of(OutboxCheckpoint)
 _AGENT_STATES = table_of(AgentStateChange)
 
@@ -269,7 +282,7 @@ class CrmWriter:
         started = time.perf_counter()
         rows: dict[str, dict[str, object]] = {}
         callbacks: dict[str, dict[str, object]] = {}  # by request_key: the latest row of each request
-        events: list[RecordEvent | RecordSurvey | OpenTicket] = []
+        events: list[RecordEvent | RecordSurvey | OpenTicket | RecordSurveyAnswer | RecordSurveyRun] = []
         agent_states: list[dict[str, object]] = []
         for _, record in batch:
             if isinstance(record, RecordAgentState):
@@ -317,6 +330,17 @@ class CrmWriter:
                            for e in known if isinstance(e, OpenTicket)]
                 if tickets:
                     conn.execute(insert(_TICKETS), tickets)
+                answers = [{"call_id": ids[e.sip_call_id], "questionnaire": e.questionnaire, "version": e.version,
+                            "question": e.question, "key": e.key, "value": e.value, "label": e.label,
+                            "score": e.score, "followup": e.followup, "answered_at": _utc(e.at)}
+                           for e in known if isinstance(e, RecordSurveyAnswer)]
+                if answers:
+                    conn.execute(insert(_SURVEY_ANSWERS), answers)
+                runs = [{"call_id": ids[e.sip_call_id], "questionnaire": e.questionnaire, "version": e.version,
+                         "status": e.status, "asked": e.asked, "answered": e.answered, "ended_at": _utc(e.at)}
+                        for e in known if isinstance(e, RecordSurveyRun)]
+                if runs:
+                    conn.execute(insert(_SURVEY_RUNS), runs)
             # the "ended" step is the last record of a call, so its row and steps are all in by now
             finished = [e.sip_call_id for e in events if isinstance(e, RecordEvent) and e.kind == "ended"]
             if self.webhook and finished:

@@ -50,6 +50,7 @@ from crm_bridge.report import (
     daily_report,
     local_today,
     overdue_tickets,
+    questions_html,
     tables_html,
 )
 from desk import qa_pages, queries, review, tickets
@@ -512,6 +513,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
             report=report,
             groups=Markup(groups),
             agents=Markup(agents),
+            questions=Markup(questions_html(report)),
             prev=(day - timedelta(days=1)).isoformat(),
             next=(day + timedelta(days=1)).isoformat(),
         )

@@ -29,8 +29,10 @@ routine with fewer than three prompts.
 A caller who speaks or presses a key leaves the routine for the service menu
 (spec §4), then the queue of the seat group that serves their tier. When an
 agent answers, the caller hears the agent's number ([003]/[004]) and the two
-are bridged. If the agent hangs up first, the caller stays for the rating
-survey ([000]/[003]); if the caller hangs up first, the survey is skipped.
+are bridged. If the agent hangs up first, the caller stays for the post-call
+questionnaire ([000]/[003]) that `FlowSettings.questionnaires` chooses for
+the call's service or seat group, walked question by question as data; if
+the caller hangs up first, it is skipped.
 
 Every step appends a `RecordEvent`; every change to the call's row is a
 `RecordCall` with the whole row, so the writer can apply them in any batch.
@@ -43,7 +45,6 @@ from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from types import MappingProxyType
 from typing import Any, get_args
 
 from ivr.callbacks import is_diallable
@@ -82,6 +83,8 @@ from ivr.events import (
     RecordCall,
     RecordEvent,
     RecordSurvey,
+    RecordSurveyAnswer,
+    RecordSurveyRun,
     Reject,
     RelayDigit,
     RequestCallback,
@@ -97,6 +100,7 @@ from ivr.events import (
 )
 from ivr.greeting import Greeting
 from ivr.hours import BusinessHours
+from ivr.questionnaire import MAX_TRIES, Choice, Question, Questionnaire, QuestionnaireSet, default_questionnaires
 from ivr.service import MenuConfig
 from ivr.waiting import (
     CALLBACK_CONFIRMED_PROMPT,
@@ -108,7 +112,6 @@ from ivr.waiting import (
 
 GREETING = "{greeting}"  # placeholder in SilentRoutine.prompts for the chosen greeting
 HOLD_PROMPT = "hold"  # [004] "现在为您查询,请稍等…"
-SURVEY_PROMPT = "survey"
 THANKS_PROMPT = "thanks"  # [000] "感谢您的来电,祝您生活愉快!"
 RING_TIMER = "ring"
 SILENCE_TIMER = "silence"
@@ -151,10 +154,9 @@ class FlowSettings:
     silent_routine: SilentRoutine = SilentRoutine()
     menu: MenuConfig = MenuConfig()
     position_every_seconds: float = 30.0
-    survey_timeout_seconds: float = 8.0
-    survey_labels: MappingProxyType[str, str] = field(
-        default_factory=lambda: MappingProxyType({"1": "satisfied", "2": "average", "3": "dissatisfied"})
-    )
+    survey_timeout_seconds: float = 8.0  # a question without its own timeout_seconds
+    # the post-call questionnaires and which follows a call; default: today's single question
+    questionnaires: QuestionnaireSet = field(default_factory=default_questionnaires)
     # Waiting callers ([queues]): the expected wait in each announcement, and the callback key.
     announce_wait: bool = True
     max_wait_seconds: float = 300.0
@@ -234,6 +236,10 @@ class CallFlow:
         self.closed_outcome = "callback_requested"  # the outcome once the callback confirmation ends
         self.callback = False  # this call is the IVR calling a customer back
         self.talk_before = 0.0  # seconds talked with agents before a transfer
+        self.questionnaire: Questionnaire | None = None  # the one that follows this call, once the agent hung up
+        self.question: Question | None = None  # the question being asked (SURVEY)
+        self.survey_asked = 0  # questions asked so far (a reprompt is the same question)
+        self.survey_answered = 0
 
     # --- public API -------------------------------------------------------------
 
@@ -540,6 +546,10 @@ class CallFlow:
         self._update(actions, talk_s=self._talk_s(event.at))
         self._step(actions, event.at, "caller_bye")
         self._step(actions, event.at, "survey_skipped", "caller hung up first")
+        if bridged:  # talked with an agent: the questionnaire that would have followed counts as skipped
+            assert self.record is not None
+            self.questionnaire = self.settings.questionnaires.for_call(self.record.service, self.record.seat_group)
+            self._end_survey(actions, event.at, finished=False)
         self._end(actions, event.at, "completed" if bridged else "caller_hangup", "caller")
 
     def _on_agent_bye(self, event: AgentHungUp, actions: list[Action]) -> None:
@@ -549,38 +559,102 @@ class CallFlow:
         self._update(actions, talk_s=self._talk_s(event.at), hangup_by="agent")
         self._step(actions, event.at, "agent_bye")
         # [000]/[003]: the caller stays on the line to rate the service
-        self.state, self.tries = State.SURVEY, 0
-        self._play(actions, SURVEY_PROMPT)
-        self._step(actions, event.at, "survey_prompt")
+        self._start_survey(actions, event.at)
 
-    # --- survey ---
+    # --- survey: the call's questionnaire, walked as data (ivr.questionnaire) ---
+    #
+    # SURVEY is "a question is being asked": `self.question` says which. An answer key
+    # records the answer and asks the question its skip rule (or the order) names; no key
+    # in time or a key the question does not know asks it once more, then the walk goes on
+    # without an answer. After the last question, the thanks (CLOSING).
+
+    def _start_survey(self, actions: list[Action], at: datetime) -> None:
+        assert self.record is not None
+        questionnaire = self.settings.questionnaires.for_call(self.record.service, self.record.seat_group)
+        self.questionnaire, self.survey_asked, self.survey_answered = questionnaire, 0, 0
+        self.state = State.SURVEY
+        self._step(actions, at, "survey_started", f"questionnaire={questionnaire.id} version={questionnaire.version}")
+        self._ask(actions, at, questionnaire.questions[0])
+
+    def _ask(self, actions: list[Action], at: datetime, question: Question) -> None:
+        self.question, self.tries = question, 0
+        self.survey_asked += 1
+        self._play(actions, question.prompt_id)
+        self._step(actions, at, "survey_prompt", f"question={question.id} prompt={question.prompt_id}")
 
     def _on_survey_prompt_finished(self, event: PromptFinished, actions: list[Action]) -> None:
+        assert self.question is not None
         self.playing = False
-        actions.append(StartTimer(SURVEY_TIMER, self.settings.survey_timeout_seconds))
+        timeout = self.question.timeout_seconds or self.settings.survey_timeout_seconds
+        actions.append(StartTimer(SURVEY_TIMER, timeout))
 
     def _on_survey_digit(self, event: Digit, actions: list[Action]) -> None:
-        assert self.record is not None
-        self._step(actions, event.at, "survey_digit", f"digit={event.digit}")
-        label = self.settings.survey_labels.get(event.digit)
-        if label is None:
-            return  # not a rating key; the timer still runs
+        question = self.question
+        assert question is not None
+        self._step(actions, event.at, "survey_digit", f"question={question.id} digit={event.digit}")
         if self.playing:
             actions.append(StopPlayback())
+            self.playing = False
         actions.append(CancelTimer(SURVEY_TIMER))
-        score = int(event.digit)
-        self._update(actions, survey_score=score)
-        actions.append(RecordSurvey(self.sip_call_id, event.at, self.record.agent_number, self.record.seat_group,
-                                    score, label))
-        self._close(actions)
+        answer = question.answers.get(event.digit)
+        if answer is None:
+            self._survey_retry(actions, event.at, "survey_invalid")
+            return
+        self._record_answer(actions, event.at, question, answer)
+        self._next_question(actions, event.at, answer)
 
     def _on_survey_timer(self, event: TimerFired, actions: list[Action]) -> None:
+        self._survey_retry(actions, event.at, "survey_no_input")
+
+    def _survey_retry(self, actions: list[Action], at: datetime, why: str) -> None:
+        assert self.question is not None
         self.tries += 1
-        self._step(actions, event.at, "survey_no_input", f"tries={self.tries}")
-        if self.tries < 2:  # one reprompt
-            self._play(actions, SURVEY_PROMPT)
+        self._step(actions, at, why, f"question={self.question.id} tries={self.tries}")
+        if self.tries < MAX_TRIES:  # one reprompt
+            self._play(actions, self.question.prompt_id)
+            self._step(actions, at, "survey_reprompt", f"question={self.question.id} prompt={self.question.prompt_id}")
         else:
-            self._close(actions)
+            self._next_question(actions, at, None)
+
+    def _record_answer(self, actions: list[Action], at: datetime, question: Question, answer: Choice) -> None:
+        assert self.record is not None and self.questionnaire is not None
+        qn = self.questionnaire
+        self.survey_answered += 1
+        actions.append(RecordSurveyAnswer(self.sip_call_id, at, qn.id, qn.version, question.id, answer.key,
+                                          answer.value, answer.label, answer.score, answer.followup))
+        self._step(actions, at, "survey_answer", f"question={question.id} key={answer.key} value={answer.value}"
+                                                 + (" followup=yes" if answer.followup else ""))
+        if answer.score is not None:
+            # the scored question keeps calls.survey_score and the single-question table as they were
+            self._update(actions, survey_score=answer.score)
+            actions.append(RecordSurvey(self.sip_call_id, at, self.record.agent_number, self.record.seat_group,
+                                        answer.score, answer.value))
+
+    def _next_question(self, actions: list[Action], at: datetime, answer: Choice | None) -> None:
+        assert self.questionnaire is not None and self.question is not None
+        following = self.questionnaire.after(self.question, answer)
+        if following is not None:
+            self._ask(actions, at, following)
+            return
+        self._end_survey(actions, at, finished=True)
+        self._close(actions)
+
+    def _end_survey(self, actions: list[Action], at: datetime, *, finished: bool) -> None:
+        """The walk is over: complete (to its end), partial (left midway after an answer), skipped (no answer)."""
+        assert self.questionnaire is not None
+        status = "skipped" if not self.survey_answered else "complete" if finished else "partial"
+        qn = self.questionnaire
+        actions.append(RecordSurveyRun(self.sip_call_id, at, qn.id, qn.version, status, self.survey_asked,
+                                       self.survey_answered))
+        self._step(actions, at, "survey_ended",
+                   f"questionnaire={qn.id} status={status} asked={self.survey_asked} answered={self.survey_answered}")
+        self.question = None
+
+    def _on_survey_bye(self, event: HungUp, actions: list[Action]) -> None:
+        actions.extend((CancelTimer(SURVEY_TIMER), StopPlayback()))
+        self._step(actions, event.at, "caller_bye")
+        self._end_survey(actions, event.at, finished=False)
+        self._end(actions, event.at, "completed", "agent")
 
     def _close(self, actions: list[Action]) -> None:
         self.state = State.CLOSING
@@ -732,6 +806,8 @@ class CallFlow:
                 actions.extend((LeaveQueue(), HangUpAgent()))
             if self.state in (State.ANNOUNCING, State.BRIDGED):
                 actions.extend((Unbridge(), HangUpAgent()))
+            if self.state is State.SURVEY:
+                self._end_survey(actions, event.at, finished=False)
             actions.append(HangUp())
         self._end(actions, event.at, "failed", "ivr")
 
@@ -866,12 +942,12 @@ _TRANSITIONS: dict[TransitionKey, Transition] = {
     (TRANSFERRING, Aborted):                Transition(CallFlow._on_aborted, {ENDED}),
 
     (SURVEY, PromptFinished):               Transition(CallFlow._on_survey_prompt_finished, {SURVEY}),
-    # SURVEY: not a rating key
+    # SURVEY: the next question, or a wrong key's reprompt
     (SURVEY, Digit):                        Transition(CallFlow._on_survey_digit, {SURVEY, CLOSING}),
-    # reprompt, then CLOSING
+    # reprompt, then the next question or CLOSING
     (SURVEY, TimerFired, SURVEY_TIMER):     Transition(CallFlow._on_survey_timer, {SURVEY, CLOSING}),
     (SURVEY, CallerIdentified):             Transition(CallFlow._ignore_late, {SURVEY}),
-    (SURVEY, HungUp):                       Transition(CallFlow._on_caller_bye_after_agent, {ENDED}),
+    (SURVEY, HungUp):                       Transition(CallFlow._on_survey_bye, {ENDED}),  # partial or skipped
     (SURVEY, Aborted):                      Transition(CallFlow._on_aborted, {ENDED}),
 
     (CLOSING, PromptFinished):              Transition(CallFlow._on_thanks_finished, {ENDED}),

@@ -40,6 +40,7 @@ from crm_bridge.settings import WebhookConfig
 from ivr.callflow import GREETING, FlowSettings, SilentRoutine
 from ivr.greeting import DEFAULT_DAYPARTS, FIVE_PART_DAYPARTS, Daypart, HolidayFileError, load_holiday_file
 from ivr.hours import DEFAULT_SCHEDULE, HoursConfig, Schedule, parse_schedule
+from ivr.questionnaire import QuestionnaireSet, default_questionnaires, load_questionnaires
 from ivr.service import SEAT_GROUPS, SERVICES, MenuConfig
 from ivr.sipconf import (
     GIVEN,
@@ -201,6 +202,13 @@ def _readable_holidays(path: Path | None) -> Path | None:
             load_holiday_file(path)
         except HolidayFileError as exc:
             raise ValueError(str(exc)) from None
+    return path
+
+
+def _readable_file(path: Path | None) -> Path | None:
+    """A file named in sip.conf that is read later (its content's errors name their own file and line)."""
+    if path is not None and not path.is_file():
+        raise ValueError(f"{path}: no such file")
     return path
 
 
@@ -625,6 +633,16 @@ class SurveyConfig:
         MappingProxyType[str, str], Collects(DIGITS), each("a label", nonempty, _survey_labels)
     ] = field(default_factory=lambda: SURVEY_LABELS)
     """digit = label stored with the score; default 1 satisfied, 2 average, 3 dissatisfied."""
+    questionnaires: Annotated[OptionalPath, AfterValidator(_readable_file)] = None
+    """The TOML file of post-call questionnaires (see questionnaires.toml.example); empty: the single question."""
+
+    def questionnaire_set(self) -> QuestionnaireSet:
+        """The questionnaires file read and checked (ConfigError naming its line), or the shipped default."""
+        if self.questionnaires is not None:
+            return load_questionnaires(self.questionnaires)
+        default = default_questionnaires()
+        # an old sip.conf's `1 = satisfied` digit labels: the values stored for the single question's keys
+        return default if self.labels == SURVEY_LABELS else default.relabelled(self.labels)
 
 
 @section_model(config=SECTION, slots=True)
@@ -710,6 +728,7 @@ class Config:
     callbacks: CallbacksConfig
     survey: SurveyConfig
     agents: tuple[AgentConfig, ...]
+    questionnaires: QuestionnaireSet = field(default_factory=default_questionnaires)
 
     @property
     def status_file(self) -> Path | None:
@@ -722,7 +741,7 @@ class Config:
             silent_routine=self.silence.routine,
             menu=self.menu,
             survey_timeout_seconds=self.survey.timeout_seconds,
-            survey_labels=self.survey.labels,
+            questionnaires=self.questionnaires,
             position_every_seconds=self.queues.position_every_seconds,
         )
 
@@ -740,6 +759,8 @@ def load_config(path: Path) -> Config:
     metrics = conf.section("metrics", MetricsSection)
     log = conf.section("log", LogSection)
     tiers = conf.section("tiers", TiersSection)
+    survey = conf.section("survey", SurveyConfig)
+    questionnaires = survey.questionnaire_set()
     return Config(
         path=conf.path,
         general=general,
@@ -763,8 +784,9 @@ def load_config(path: Path) -> Config:
         menu=conf.section("menu", MenuSection).config(),
         queues=conf.section("queues", QueueConfig),
         callbacks=conf.section("callbacks", CallbacksConfig),
-        survey=conf.section("survey", SurveyConfig),
+        survey=survey,
         agents=agents,
+        questionnaires=questionnaires,
     )
 
 

@@ -19,6 +19,8 @@ from crm_bridge.records import RecordCall as RecordCall
 from crm_bridge.records import RecordCallback as RecordCallback
 from crm_bridge.records import RecordEvent as RecordEvent
 from crm_bridge.records import RecordSurvey as RecordSurvey
+from crm_bridge.records import RecordSurveyAnswer as RecordSurveyAnswer
+from crm_bridge.records import RecordSurveyRun as RecordSurveyRun
 
 
 def utc_now() -> datetime:
@@ -357,4 +359,6 @@ Action = (
     | RequestCallback
     | Whisper
     | DialCustomer
+    | RecordSurveyAnswer
+    | RecordSurveyRun
 )

@@ -51,6 +51,8 @@ from ivr.events import (
     RecordCall,
     RecordEvent,
     RecordSurvey,
+    RecordSurveyAnswer,
+    RecordSurveyRun,
     Reject,
     RelayDigit,
     RequestCallback,
@@ -324,7 +326,7 @@ class Leg:
             case HangUpAgent():
                 if self.agent is not None:
                     self.engine.agents.end_leg(self.agent, hang_up=True)
-            case RecordSurvey() | OpenTicket():
+            case RecordSurvey() | OpenTicket() | RecordSurveyAnswer() | RecordSurveyRun():
                 self.engine.writer.submit(action)
             case _:
                 raise TypeError(f"unknown action {action!r}")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ivr.callflow import MAX_POSITION_PROMPT, agent_prompt
 from ivr.greeting import HOLIDAY_KINDS, Daypart, greeting_prompt_id
 from ivr.hours import ALWAYS_OPEN, DEFAULT_SCHEDULE, closed_prompt, describe, parse_schedule
+from ivr.questionnaire import QuestionnaireSet, default_questionnaires
 from ivr.service import SEAT_GROUPS, SERVICES, MenuConfig
 from ivr.waiting import (
     CALLBACK_CONFIRMED_PROMPT,
@@ -55,8 +56,6 @@ FIXED = {
     # [004] while the caller waits
     "hold": "现在为您查询,请稍等。",
     "queue_position_many": "您前面还有多位客户在等待,请您稍候,不好意思让您久等了。",
-    # [000]/[003]: the caller rates the service before the line closes
-    "survey": "请您对本次服务进行评价,满意请按1,一般请按2,不满意请按3。",
     # [000] closing
     "thanks": "感谢您的来电,祝您生活愉快!",
     # Never dead air ([002] "时间一过,就不是服务了"): say how long, offer a callback, say why nobody answers.
@@ -113,8 +112,13 @@ def build_catalogue(
     agents: Iterable[str] = (),
     callback_key: str = "#",
     closed_hours: Mapping[str, str] | None = None,
+    questionnaires: QuestionnaireSet | None = None,
 ) -> dict[str, str]:
     """Every prompt the IVR may play, with its final text.
+
+    `questionnaires`: the post-call questions ([000]/[003]: the caller rates
+    the service before the line closes); default: the shipped single question
+    ("survey": "请您对本次服务进行评价,满意请按1,一般请按2,不满意请按3。").
 
     `closed_hours` maps each business-hours schedule (`default`, a seat group,
     a called number) to its opening times in words; default: the hotline's
@@ -142,6 +146,7 @@ def build_catalogue(
     for kind, text in HOLIDAY_GREETINGS.items():
         texts[greeting_prompt_id(f"holiday:{kind}")] = text
     texts.update(FIXED)
+    texts.update((questionnaires or default_questionnaires()).prompts())
     unknown = set(overrides) - set(texts)
     if unknown:
         raise KeyError(f"[prompts] text overrides name unknown prompts: {', '.join(sorted(unknown))}")
@@ -163,7 +168,7 @@ def catalogue_for(config: Config, senior_people: Iterable[tuple[str | None, str 
     texts = build_catalogue(
         config.general.company, config.dayparts, config.prompts.texts,
         menu=config.menu, agents=[a.number for a in config.agents],
-        callback_key=config.queues.callback_key, closed_hours=closed_hours,
+        callback_key=config.queues.callback_key, closed_hours=closed_hours, questionnaires=config.questionnaires,
     )
     if config.greet_senior_by_name:
         texts.update(salutation_texts(senior_people))

@@ -23,6 +23,8 @@ from ivr.events import (
     PromptFinished,
     RecordCall,
     RecordEvent,
+    RecordSurveyAnswer,
+    RecordSurveyRun,
     Reject,
     Ring,
     SpeechStarted,
@@ -50,7 +52,7 @@ def greeter(_moment: datetime) -> Greeting:
 
 def control(actions: list) -> list:
     """The actions that drive the call (records left out)."""
-    return [a for a in actions if not isinstance(a, (RecordCall, RecordEvent))]
+    return [a for a in actions if not isinstance(a, (RecordCall, RecordEvent, RecordSurveyAnswer, RecordSurveyRun))]
 
 
 def last_record(actions: list) -> CallRecord:

@@ -62,6 +62,8 @@ def test_every_setting_shown_in_the_example_parses(tmp_path: Path, section: str,
     if (section, key) in {("queues", "music"), ("general", "tls_certificate"), ("general", "tls_key")}:
         value = ""  # files the example names but does not ship
     (tmp_path / "holidays.toml.example").write_text((EXAMPLE.parent / "holidays.toml.example").read_text())
+    # the questionnaires file the example names is the shipped example, copied
+    (tmp_path / "questionnaires.toml").write_text((EXAMPLE.parent / "questionnaires.toml.example").read_text())
     numbers = "" if section == "general" else "[general]\nnumbers = 95000, 4008000000\n"  # for [hours] 4008000000
     companion = "secret = a-secret-of-16-chars\n" if (section, key) == ("webhook", "url") else ""  # a url needs one
     load_config(config_with(tmp_path, f"{numbers}[{section}]\n{key} = {value}\n{companion}"))

@@ -76,7 +76,7 @@ def test_overdue_tickets_and_yesterdays_low_scores(tmp_path: Path, capsys: pytes
     from datetime import UTC, datetime, timedelta
 
     from crm_bridge.writer import CrmWriter
-    from ivr.events import CallRecord, OpenTicket, RecordCall, RecordSurvey
+    from ivr.events import CallRecord, OpenTicket, RecordCall, RecordSurvey, RecordSurveyAnswer
 
     url = f"sqlite:///{tmp_path / 'crm.db'}"
     engine = make_engine(url)
@@ -87,8 +87,12 @@ def test_overdue_tickets_and_yesterdays_low_scores(tmp_path: Path, capsys: pytes
     writer.start()
     for n, (score, opened) in enumerate([(1, now - timedelta(hours=30)), (3, now - timedelta(hours=2))]):
         call = f"call-{n}"
-        writer.submit(RecordCall(CallRecord(call, f"1380000000{n}", "95000", started_at=yesterday)))
-        writer.submit(RecordSurvey(call, yesterday, "801", "senior", score, {1: "satisfied", 3: "dissatisfied"}[score]))
+        writer.submit(RecordCall(CallRecord(call, f"1380000000{n}", "95000", started_at=yesterday,
+                                            agent_number="801", seat_group="senior")))
+        value = {1: "satisfied", 3: "dissatisfied"}[score]
+        writer.submit(RecordSurvey(call, yesterday, "801", "senior", score, value))
+        writer.submit(RecordSurveyAnswer(call, yesterday, "satisfaction", "v1", "rating", str(score), value,
+                                         {1: "满意", 3: "不满意"}[score], score))
         writer.submit(OpenTicket(call, opened, f"1380000000{n}", "801", "senior", opened + timedelta(hours=24)))
     assert writer.close() == 0
 
@@ -100,7 +104,8 @@ def test_overdue_tickets_and_yesterdays_low_scores(tmp_path: Path, capsys: pytes
     shanghai_day = yesterday.astimezone(ZoneInfo("Asia/Shanghai")).date()
     assert crm_cli([*cli, "low-scores", "--day", shanghai_day.isoformat()]) == 0
     out = capsys.readouterr().out
-    assert "score 3 (dissatisfied)" in out and "score 1" not in out and "1 low score(s)" in out
+    assert "score 3 (dissatisfied)\tsatisfaction/rating 不满意\tagent 801" in out
+    assert "score 1" not in out and "1 low score(s)" in out
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -495,3 +495,24 @@ def test_add_supervisor_if_missing_creates_once_and_then_leaves_the_password_alo
     assert authenticate(engine, config, "值班主管", "first-password") is not None
     assert authenticate(engine, config, "值班主管", "second-password") is None
     engine.dispose()
+
+
+def test_the_wallboard_average_and_bad_ratings_read_the_questionnaire_answers(desk) -> None:  # type: ignore[no-untyped-def]
+    from crm_bridge.models import SurveyAnswer
+
+    client, engine, _ = desk
+    now = datetime.now(UTC)
+    with Session(engine) as s, s.begin():
+        calls = dict(s.execute(select(Call.agent_number, Call.id)).all())
+        # 801's caller: 服务态度 2 (score 3, 不满意) and an unscored answer; 802's: 5 (score 1)
+        for agent, question, key, label, score in (("801", "attitude", "2", "不满意", 3),
+                                                   ("801", "quality", "1", "非常不满意", None),
+                                                   ("802", "attitude", "5", "非常满意", 1)):
+            s.add(SurveyAnswer(call_id=calls[agent], questionnaire="after_sales", version="v1", question=question,
+                               key=key, value=key, label=label, score=score, answered_at=now))
+    assert login(client, "王经理", "supervisor-pw").status_code == 200
+    board = client.get("/wallboard").text
+    assert 'id="survey-avg-senior">2.00<' in board, "the mean of the scored answers, 3 and 1"
+    bad = re.search(r'id="bad-ratings">(.*?)</ul>', board, re.S).group(1)  # type: ignore[union-attr]
+    assert "不满意 坐席801 客户 13800000001" in bad and "坐席802" not in bad
+    assert "after_sales" in client.get("/report").text  # the report's questionnaire table

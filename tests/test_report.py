@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from crm_bridge.__main__ import main as crm_cli
 from crm_bridge.db import make_engine, migrate
-from crm_bridge.models import Call, Survey, Ticket, TicketHistory
+from crm_bridge.models import Call, Survey, SurveyAnswer, SurveyRun, Ticket, TicketHistory
 from crm_bridge.report import daily_report, day_bounds, low_scores, overdue_tickets, p90
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -70,6 +70,12 @@ def seeded(request, tmp_path: Path):  # type: ignore[no-untyped-def]
                         label={1: "satisfied", 2: "average", 3: "dissatisfied"}[score],
                     )
                 )
+                # as the IVR writes it: the questionnaire's scored answer (which the figures read) and the run
+                s.add(SurveyAnswer(call_id=call.id, questionnaire="satisfaction", version="v1", question="rating",
+                                   key=str(score), value={1: "satisfied", 2: "average", 3: "dissatisfied"}[score],
+                                   label={1: "满意", 2: "一般", 3: "不满意"}[score], score=score, answered_at=at))
+                s.add(SurveyRun(call_id=call.id, questionnaire="satisfaction", version="v1", status="complete",
+                                asked=1, answered=1, ended_at=at))
         first = 1
         tickets = [  # (opened, group, agent, status, closed_at, feedback)
             (utc(2026, 11, 25, 17, 0), "senior", "801", "open", None, None),  # opened on the day, not yet due
@@ -178,3 +184,42 @@ def test_report_cli_writes_csv_html_and_charts(seeded, tmp_path: Path, capsys: p
     page = html.read_text(encoding="utf-8")
     assert "热线日报 2026-11-26" in page and page.count("data:image/png;base64,") == 3
     assert "<td>高级坐席组</td><td>3</td><td>2</td>" in page
+
+
+def test_the_report_counts_each_questions_keys_and_how_the_questionnaires_ended(seeded, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    engine, url = seeded
+    with Session(engine) as s, s.begin():
+        junior = s.query(Call).filter_by(sip_call_id="c7").one()  # 821's call at 23:59:59 local, no score
+        for question, key, label, followup in (("resolved", "2", "否", False), ("callback", "1", "需要回访", True)):
+            s.add(SurveyAnswer(call_id=junior.id, questionnaire="after_sales", version="v2", question=question,
+                               key=key, value=key, label=label, followup=followup, answered_at=junior.started_at))
+        s.add(SurveyRun(call_id=junior.id, questionnaire="after_sales", version="v2", status="partial", asked=3,
+                        answered=2, ended_at=junior.started_at))
+    r = daily_report(engine, DAY, SHANGHAI)
+    questions = {(q.questionnaire, q.question): q for q in r.questions}
+    assert questions["satisfaction", "rating"].keys == (("1", "满意", 1), ("2", "一般", 1), ("3", "不满意", 1))
+    assert questions["satisfaction", "rating"].answered == 3  # the day's three scored calls; the 27th's is not in
+    assert (questions["after_sales", "callback"].keys, questions["after_sales", "callback"].followups) == (
+        (("1", "需要回访", 1),), 1)
+    assert {run.questionnaire: run.statuses for run in r.survey_runs} == {
+        "after_sales": {"complete": 0, "partial": 1, "skipped": 0},
+        "satisfaction": {"complete": 3, "partial": 0, "skipped": 0},
+    }
+    # answers without a score change no score figure
+    assert {g.key: g.surveys for g in r.seat_groups}["junior"] == {1: 0, 2: 0, 3: 0}
+
+    cli = ["--db-url", url, "--config", str(tmp_path / "none.conf")]
+    assert crm_cli([*cli, "report", "--date", "2026-11-26", "--csv", str(tmp_path / "csv"),
+                    "--html", str(tmp_path / "r.html")]) == 0
+    out = capsys.readouterr().out
+    assert "satisfaction/rating\tanswered 3\t1 满意 1  2 一般 1  3 不满意 1" in out
+    assert "after_sales\tcomplete 0\tpartial 1\tskipped 0" in out
+    rows = (tmp_path / "csv" / "questions-2026-11-26.csv").read_text(encoding="utf-8-sig").splitlines()
+    assert rows[0] == "questionnaire,question,key,label,answers,share,followups"
+    assert "after_sales,callback,1,需要回访,1,1.000,1" in rows
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert '<td>after_sales</td><td class="mix">callback</td><td>1</td><td class="mix">需要回访</td>\n<td>1</td>' in page
+    # questionnaires by name, questions in the order they were asked
+    assert [(q.questionnaire, q.question) for q in r.questions] == [
+        ("after_sales", "resolved"), ("after_sales", "callback"), ("satisfaction", "rating")]
