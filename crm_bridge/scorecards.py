@@ -29,10 +29,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment
-from sqlalchemy import Engine, Table, func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from crm_bridge.models import OUTCOMES, AgentStateChange, Base, Call, CallEvent, Survey, Ticket
+from crm_bridge.models import OUTCOMES, AgentStateChange, Call, CallEvent, Evaluation, Survey, Ticket
 from crm_bridge.report import aware, day_bounds
 
 Value = int | float | None
@@ -42,7 +42,6 @@ CALLS_OUT = tuple(o for o in OUTCOMES if o.startswith("callback_") and o != "cal
 MAX_DAYS = 366  # a longer period is refused: one query pass over a year is the most a page should ask for
 TIMED_STATES = ("available", "ringing", "talking", "wrap_up", "paused")  # logged_out is not counted
 HANDLING = ("talking", "wrap_up")
-QA_TABLE = "qa_evaluations"  # agent_number, score, fatal, evaluated_at (when the QA forms are installed)
 _AGENT = re.compile(r"(?:^|\s)agent=(\S+)")
 _FROM = re.compile(r"(?:^|\s)from=(\S+)")
 
@@ -192,16 +191,11 @@ class Sources:
         return out
 
     @functools.cached_property
-    def qa(self) -> dict[str, list[tuple[float, bool]]] | None:
-        """QA evaluations (score, fatal) by agent, when the QA tables exist; None before they do."""
-        table = Base.metadata.tables.get(QA_TABLE)
-        wanted = {"agent_number", "score", "fatal", "evaluated_at"}
-        if not isinstance(table, Table) or not wanted <= set(table.c.keys()):
-            return None
-        c = table.c
-        return _by((agent, (float(score), bool(fatal))) for agent, score, fatal in self.s.execute(
-            select(c.agent_number, c.score, c.fatal)
-            .where(c.evaluated_at >= self.start, c.evaluated_at < self.end, c.score.is_not(None))
+    def qa(self) -> dict[str, list[tuple[float, bool]]]:
+        """QA evaluations made in the period (total, whether a fatal criterion failed it) by agent."""
+        return _by((agent, (float(total), bool(fatal))) for agent, total, fatal in self.s.execute(
+            select(Evaluation.agent_number, Evaluation.total, Evaluation.fatal)
+            .where(Evaluation.created_at >= self.start, Evaluation.created_at < self.end)
         ).tuples())
 
 
@@ -243,14 +237,12 @@ def _csat(src: Sources) -> Mapping[str, Value]:
 
 
 def _qa_avg(src: Sources) -> Mapping[str, Value] | None:
-    if src.qa is None:
-        return None
     return {a: sum(score for score, _ in v) / len(v) for a, v in src.qa.items() if v}
 
 
 def _qa_fatal(src: Sources) -> Mapping[str, Value] | None:
-    if src.qa is None:
-        return None
+    if not src.qa:
+        return None  # nobody was evaluated in the period: —, not a count of 0 fatal errors
     return {a: sum(fatal for _, fatal in v) for a, v in src.qa.items()}
 
 
@@ -285,8 +277,8 @@ FIGURES: tuple[Figure, ...] = (
            "calls answered.",
            _aht),
     Figure("holds", "保持次数", "count",
-           "Times the agent put a caller on hold (`held` steps). The IVR does not record holds yet: shown as — "
-           "until it writes the first.",
+           "Times the agent put a caller on hold: `held` steps, written when the agent's phone sends a hold "
+           "re-INVITE (a=sendonly or inactive). — for a CRM that has none yet (older IVR versions wrote none).",
            lambda src: _count(src.holds)),
     Figure("transfers", "转接次数", "count",
            "Blind transfers the agent made: `transferred` steps whose `from=` is the agent.",
@@ -300,11 +292,11 @@ FIGURES: tuple[Figure, ...] = (
            "Mean keypad score of the agent's surveys (1 satisfied … 3 dissatisfied: lower is better).",
            _survey_avg),
     Figure("qa_avg", "质检均分", "score",
-           f"Mean score of the agent's QA evaluations made in the period (table `{QA_TABLE}`); — while the QA forms "
-           "are not installed.",
+           "Mean total (0-100) of the agent's QA evaluations made in the period (table `evaluations`; a fatal "
+           "criterion makes an evaluation's total 0).",
            _qa_avg),
     Figure("qa_fatal", "质检致命项", "count",
-           "QA evaluations of the agent in the period with a fatal error; — while the QA forms are not installed.",
+           "QA evaluations of the agent made in the period that a fatal criterion failed.",
            _qa_fatal),
     Figure("complaints", "投诉", "count",
            "Complaint tickets opened in the period against the agent's calls (`tickets.agent_number`).",

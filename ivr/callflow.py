@@ -52,6 +52,7 @@ from ivr.events import (
     Aborted,
     Action,
     AgentAnswered,
+    AgentHold,
     AgentHungUp,
     AgentNoAnswer,
     AgentRinging,
@@ -530,6 +531,10 @@ class CallFlow:
         actions.append(Bridge())
         self._step(actions, event.at, "bridged")
 
+    def _on_agent_hold(self, event: AgentHold, actions: list[Action]) -> None:
+        # the call stays bridged; the steps count holds per agent (scorecards)
+        self._step(actions, event.at, "held" if event.held else "resumed", f"agent={event.agent}")
+
     def _on_bridged_digit(self, event: Digit, actions: list[Action]) -> None:
         actions.append(RelayDigit(event.digit))
 
@@ -924,6 +929,8 @@ _TRANSITIONS: dict[TransitionKey, Transition] = {
 
     (BRIDGED, Digit):                       Transition(CallFlow._on_bridged_digit, {BRIDGED}),
     (BRIDGED, TransferRequested):           Transition(CallFlow._on_transfer, {TRANSFERRING}),  # the agent's REFER
+    (BRIDGED, AgentHold):                   Transition(CallFlow._on_agent_hold, {BRIDGED}),  # the phone's re-INVITE
+    (ANNOUNCING, AgentHold):                Transition(CallFlow._on_agent_hold, {ANNOUNCING}),
     (BRIDGED, AgentHungUp):                 Transition(CallFlow._on_agent_bye, {SURVEY}),
     # the survey is skipped
     (BRIDGED, HungUp):                      Transition(CallFlow._on_caller_bye_with_agent, {ENDED}),
@@ -979,7 +986,7 @@ _TRANSITIONS: dict[TransitionKey, Transition] = {
     **{(ENDED, event): Transition(CallFlow._ignore_late, {ENDED}) for event in (  # late events after the end
         HungUp, TimerFired, PromptFinished, SpeechStarted, Digit, Aborted, Cancelled, CallerIdentified,
         QueuePosition, AgentRinging, AgentNoAnswer, AgentAnswered, AgentHungUp,
-        WhisperFinished, CustomerAnswered, CustomerFailed, TransferRequested,
+        WhisperFinished, CustomerAnswered, CustomerFailed, TransferRequested, AgentHold,
     )},
 }
 

@@ -34,7 +34,17 @@ from ivr.callbacks import CallbackScheduler
 from ivr.callflow import State
 from ivr.config import Config
 from ivr.dialler import Dialler
-from ivr.events import Aborted, CallerIdentified, Cancelled, Digit, HungUp, Invited, TransferRequested, utc_now
+from ivr.events import (
+    Aborted,
+    AgentHold,
+    CallerIdentified,
+    Cancelled,
+    Digit,
+    HungUp,
+    Invited,
+    TransferRequested,
+    utc_now,
+)
 from ivr.gcpolicy import FullGcPolicy
 from ivr.greeting import Greeter
 from ivr.guard import Admission, SourceGuard
@@ -408,6 +418,11 @@ class Engine:
             return 403, "Forbidden", None
         leg = agent_leg.caller
         return 202, "Accepted", lambda: leg.dispatch(TransferRequested(utc_now(), agent_leg.agent, group, name))
+
+    def on_hold(self, call: OutboundCall, held: bool) -> None:
+        agent_leg = self.agents.legs_by_agent_call.get(call.call_id)
+        if agent_leg is not None and not agent_leg.ended:
+            agent_leg.caller.dispatch(AgentHold(utc_now(), agent_leg.agent, held))
 
     def on_cancel(self, call: InboundCall) -> None:
         leg = self.legs.get(call.call_id)

@@ -194,10 +194,19 @@ class TransferRequested:
     target: str  # as the agent asked: the group, or "complaint" for [queues] complaint_group
 
 
+@dataclass(frozen=True, slots=True)
+class AgentHold:
+    """The agent's phone put the caller on hold (re-INVITE sendonly or inactive), or took them off it."""
+
+    at: datetime
+    agent: str
+    held: bool
+
+
 Event = (
     Invited | CallerIdentified | Cancelled | TimerFired | PromptFinished | SpeechStarted | Digit | HungUp | Aborted
     | QueuePosition | AgentRinging | AgentNoAnswer | AgentAnswered | AgentHungUp
-    | CallbackStarted | WhisperFinished | CustomerAnswered | CustomerFailed | TransferRequested
+    | CallbackStarted | WhisperFinished | CustomerAnswered | CustomerFailed | TransferRequested | AgentHold
 )
 
 # --- actions: what the adapter must do --------------------------------------

@@ -33,6 +33,7 @@ from ivr.callflow import (
 from ivr.events import (
     Aborted,
     AgentAnswered,
+    AgentHold,
     AgentHungUp,
     AgentNoAnswer,
     AgentRinging,
@@ -115,6 +116,7 @@ SAMPLE: dict[type, Step] = {
     CustomerAnswered: (CustomerAnswered,),
     CustomerFailed: (CustomerFailed, "no_answer", 480),
     TransferRequested: (TransferRequested, "801", "middle", "middle"),
+    AgentHold: (AgentHold, "801", True),
 }
 
 
@@ -181,6 +183,10 @@ SCENARIOS: dict[str, Scenario] = {
         (PromptFinished, "agent_801"), (HungUp,),
     ], State.ENDED),
     "aborted while bridged": Scenario([*BRIDGED_, (Aborted, "shutdown")], State.ENDED),
+    "the agent holds during the announcement, then resumes and holds while bridged": Scenario([
+        *ANNOUNCING_, (AgentHold, "801", True), (AgentHold, "801", False), (PromptFinished, "agent_801"),
+        (AgentHold, "801", True), (HungUp,),
+    ], State.ENDED),
     "survey: a wrong key, a rating, late events, thanks": Scenario([
         *SURVEY_, (CallerIdentified, "senior", True), (PromptFinished, "survey"), (Digit, "7"), (Digit, "1"),
         (CallerIdentified, "senior", True), (Digit, "2"), (TimerFired, "survey"), (PromptFinished, "thanks"),

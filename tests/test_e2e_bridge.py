@@ -12,7 +12,7 @@ import pytest
 
 from .conftest import free_port, sipp
 from .test_e2e_routing import agents_conf, customers
-from .test_e2e_sip import finished, wait_for_row
+from .test_e2e_sip import crm_events, finished, wait_for_row
 
 pytestmark = pytest.mark.e2e
 
@@ -75,3 +75,22 @@ def test_agent_phone_behind_a_silent_caller_gets_a_frame_every_20_ms(ivr_factory
     assert all((b - a) & 0xFFFF == 1 for a, b in zip(sequence, sequence[1:], strict=False)), "one stream, no sequence jumps"
     # the silent caller is heard as silence (µ-law 0xFF), not as noise or stale audio
     assert all(set(payload) <= {0xFF, 0x7F} for _, _, payload in packets)
+
+
+def test_an_agent_who_puts_the_caller_on_hold_and_back_keeps_the_call(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A phone's hold (re-INVITE a=sendonly) is answered recvonly, not 481 (which ends the call), and counted."""
+    agent_port = free_port()
+    db_url = f"sqlite:///{tmp_path / 'crm.db'}"
+    customers(tmp_path, db_url)
+    ivr = ivr_factory(db_url=db_url, extra="[queues]\nwrap_up_seconds = 0\n" + agents_conf(
+        **{"801": ("senior", f"127.0.0.1:{agent_port}")}))
+    agent = sipp(tmp_path, "agent_hold_uas", ivr.port, extra=("-d", "2000", "-p", str(agent_port)), timeout_s=120)
+    caller = sipp(tmp_path, "survey_caller", ivr.port, extra=("-d", "11000"))
+    finished(caller)
+    finished(agent)
+    logged = agent.logged()
+    assert "sendonly answered recvonly" in logged and "sendrecv answered sendrecv" in logged, logged[-2000:]
+    row = wait_for_row(ivr, f"1-{caller.proc.pid}@127.0.0.1")
+    assert (row["outcome"], row["hangup_by"], row["survey_score"]) == ("completed", "agent", 1)
+    steps = [(kind, detail) for kind, detail in crm_events(ivr, row["sip_call_id"]) if kind in ("held", "resumed")]
+    assert steps == [("held", "agent=801"), ("resumed", "agent=801")]

@@ -15,7 +15,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from crm_bridge.db import make_engine, migrate
@@ -230,3 +230,24 @@ def test_the_command_writes_the_same_csv_and_an_html_with_charts(crm, tmp_path: 
 def test_the_documentation_quotes_every_definition_as_the_code_has_it() -> None:
     docs = (ROOT / "docs" / "quality.md").read_text(encoding="utf-8")
     assert definitions_markdown() in docs, "paste crm_bridge.scorecards.definitions_markdown() into the docs"
+
+
+def test_qa_figures_come_from_the_evaluations_of_the_local_day(crm) -> None:  # type: ignore[no-untyped-def]
+    """801 scored 90 and failed by a red line (total 0) on Dec 2 Shanghai; an evaluation on Dec 1 is not counted."""
+    from crm_bridge.models import Evaluation, EvaluationForm
+
+    engine = crm[0]
+    with Session(engine) as s, s.begin():
+        form = EvaluationForm(name="f", version="v" * 64, definition="{}", source="f.toml",
+                              first_loaded_at=utc(1, 0, 0))
+        s.add(form)
+        s.flush()
+        call_id = s.execute(select(Call.id).where(Call.sip_call_id == "c3@seed")).scalar_one()
+        for at, total, fatal in ((utc(1, 16, 30), 90.0, ""), (utc(2, 15, 59), 0.0, "rude_language"),
+                                 (utc(1, 15, 59), 50.0, "")):  # the last one: 23:59 on Dec 1 in Shanghai
+            s.add(Evaluation(call_id=call_id, form_id=form.id, agent_number="801", evaluator="王经理",
+                             created_at=at, total=total, passed=not fatal and total >= 80, fatal=fatal))
+    card = {c.agent: c for c in scorecards(engine, DEC2, agent_names=NAMES, now=NOW).cards}
+    assert card["801"].values["qa_avg"] == 45.0
+    assert card["801"].values["qa_fatal"] == 1
+    assert card["802"].values["qa_avg"] is None

@@ -114,6 +114,23 @@ class InboundCall:
         self.endpoint.forget_dialog(self.dialog)
 
 
+# RFC 3264 §6.1: the direction an answer takes to each direction of an offer
+ANSWER_DIRECTIONS = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive", "sendrecv": "sendrecv"}
+
+
+def answer_direction(offer: str) -> str:
+    """Our answer's direction to an SDP offer (its first direction attribute; none means sendrecv).
+
+    An offer with `c=IN IP4 0.0.0.0` is the RFC 2543 way to hold, still sent by some phones: inactive."""
+    for line in offer.splitlines():
+        line = line.strip()
+        if line.startswith("a=") and line[2:] in ANSWER_DIRECTIONS:
+            return ANSWER_DIRECTIONS[line[2:]]
+        if line.startswith("c=") and line.endswith(" 0.0.0.0"):
+            return "inactive"
+    return "sendrecv"
+
+
 class OutboundCall:
     """A call the IVR places (to an agent's phone): the INVITE's client transaction, then a dialog."""
 
@@ -131,6 +148,32 @@ class OutboundCall:
         self.cancelled = False
         self.on_answer: Callable[[OutboundCall], None] | None = None
         self.on_rejected: Callable[[OutboundCall, int, str], None] | None = None
+        self.direction = "sendrecv"  # the media direction of our last SDP (a re-INVITE's hold changes it)
+        self.sdp_version = 0  # added to our offer's o= version, once per changed answer (RFC 3264 §8)
+
+    def reoffered(self, offer: str) -> str:
+        """Our answer to the far end's re-INVITE (hold, resume, session refresh): our session as offered in
+        the INVITE, its direction mirroring the offer's (RFC 3264 §6.1: sendonly -> recvonly, inactive ->
+        inactive), its o= version raised only when the description changed (§8)."""
+        direction = answer_direction(offer)
+        if direction != self.direction:
+            self.direction = direction
+            self.sdp_version += 1
+        lines = [line for line in self.invite.text.split("\r\n")
+                 if line and line.removeprefix("a=") not in ANSWER_DIRECTIONS]
+        if self.sdp_version:
+            for i, line in enumerate(lines):
+                if line.startswith("o="):
+                    fields = line.split(" ")
+                    if len(fields) >= 3 and fields[2].isdigit():
+                        fields[2] = str(int(fields[2]) + self.sdp_version)
+                        lines[i] = " ".join(fields)
+        return "\r\n".join([*lines, f"a={direction}", ""])
+
+    @property
+    def held(self) -> bool:
+        """The far end put the call on hold (its last re-INVITE offered sendonly or inactive)."""
+        return self.direction in ("recvonly", "inactive")
 
     def response(self, response: SipResponse) -> None:
         status = response.status_code

@@ -100,6 +100,10 @@ class EndpointOwner(Protocol):
         """A REFER from an agent's leg: (status, reason, what to do once 202 and its NOTIFY are sent)."""
         ...
 
+    def on_hold(self, call: OutboundCall, held: bool) -> None:
+        """An agent's phone put its call on hold (re-INVITE sendonly or inactive), or took it off hold."""
+        ...
+
 
 def response_address(request: SipRequest, source: Address) -> Address:
     """Where a response to `request` goes (RFC 3261 §18.2.2, RFC 3581)."""
@@ -543,8 +547,19 @@ class SipEndpoint:
         return found
 
     def _reinvite(self, request: SipRequest, transaction: ServerTransaction, source: Address) -> None:
-        """A re-INVITE (session refresh, hold): the session stays as it is; answered with the same SDP."""
-        found = self._in_dialog(request, transaction, callers_only=True)
+        """A re-INVITE (session refresh, hold): the session stays as it is; answered with the same SDP.
+
+        From an agent's phone (the leg the IVR placed), hold and resume are answered with the direction
+        the offer asks for, and the engine is told: a 481 would make the phone end the call (§14.2)."""
+        found = self._in_dialog(request, transaction)
+        if isinstance(found, OutboundCall):
+            was_held = found.held
+            body = found.reoffered(request.text if request.body else "").encode()
+            self.respond(transaction, make_response(request, 200, "OK", headers=[("Contact", self.contact_for(source))],
+                                                    body=body, content_type="application/sdp"))
+            if found.held != was_held:
+                self.owner.on_hold(found, found.held)
+            return
         if not isinstance(found, InboundCall):
             return
         answer = found.sdp_answer
