@@ -58,7 +58,7 @@ NOT_REACHED = ("no_answer", "busy", "failed", "declined")
 SATISFIED, DISSATISFIED, AGENT, DO_NOT_CALL, NO_INPUT = "satisfied", "dissatisfied", "agent", "do_not_call", "no_input"
 RESULT_LABELS = {
     SATISFIED: "满意", DISSATISFIED: "不满意", AGENT: "要求人工服务", DO_NOT_CALL: "谢绝回访", NO_INPUT: "未作选择",
-    "heard": "已收听进度", "no_answer": "未接通", "busy": "占线", "failed": "呼叫失败", "declined": "拒接",
+    "heard": "已收听进度", "hung_up": "接听后挂断", "no_answer": "未接通", "busy": "占线", "failed": "呼叫失败", "declined": "拒接",
     "customer_deleted": "客户已删除", "not_diallable": "号码不可外呼", "on_do_not_call": "谢绝来电",
     "ticket_closed": "工单已结案", "ticket_moved": "工单状态已变", "ticket_deleted": "工单已删除",
     "feedback_logged": "当天已反馈", "expired": "已过期", "call_unknown": "来电不存在",
