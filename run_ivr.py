@@ -148,7 +148,7 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     own_agents = None if config.cluster.shared_agents else {a.number for a in config.agents}
     desk_commands = partial(take_pending, db, taken_by=worker or "ivr", agents=own_agents)
     engine = Engine(config, prompts, writer, greeter, directory=directory, acd=acd, desk=desk,
-                    desk_commands=desk_commands, music=music)
+                    desk_commands=desk_commands, music=music, followup_db=db, worker=worker)
     if not clustered:  # one IVR owns the callbacks a previous run did not finish; workers would each dial them
         engine.dialler.restore(await asyncio.to_thread(open_callbacks, db))
     await engine.start()

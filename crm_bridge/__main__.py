@@ -8,6 +8,8 @@
     python -m crm_bridge --db-url URL report --date 2026-11-24 [--html FILE] [--csv DIR]
     python -m crm_bridge --db-url URL webhook-dead
     python -m crm_bridge --db-url URL webhook-retry [SIP_CALL_ID]
+    python -m crm_bridge --db-url URL dnc add|remove|list [NUMBER]
+    python -m crm_bridge --db-url URL followups [--status due] [--kind resolved]
 
 `--config sip.conf` takes the database URL, tier thresholds and time zone from the IVR's config;
 days are local days of `[general] timezone` (Asia/Shanghai by default), not UTC days.
@@ -21,7 +23,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from crm_bridge.customers import ImportError_, TierThresholds, import_customers, tier_of
@@ -60,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--csv", type=Path, help="also write seat_groups-DAY.csv and agents-DAY.csv into this directory")
     rep.add_argument("--service-level-seconds", type=float, default=20,
                      help="answered within this many seconds (default %(default)s)")
+    dnc = sub.add_parser("dnc", help="the do-not-call list (谢绝来电): numbers follow-up calls never dial")
+    dnc.add_argument("action", choices=("add", "remove", "list"))
+    dnc.add_argument("number", nargs="?")
+    fu = sub.add_parser("followups", help="follow-up calls (回访): due, dialling, done, unreachable, closed")
+    fu.add_argument("--status", choices=("due", "dialling", "done", "unreachable", "closed"))
+    fu.add_argument("--kind", choices=("resolved", "wrap_up", "daily", "survey"))
     args = p.parse_args(argv)
 
     thresholds = TierThresholds()
@@ -164,7 +172,49 @@ def main(argv: list[str] | None = None) -> int:
 
         queued = retry_dead_letters(engine, args.sip_call_id)
         print(f"re-queued {queued} push(es); a running IVR sends them within 30 s")
+    elif args.command == "dnc":
+        return _dnc(engine, args.action, args.number, zone)
+    elif args.command == "followups":
+        _followups(engine, args.status, args.kind, zone)
     return 0
+
+
+def _dnc(engine: Engine, action: str, number: str | None, zone: ZoneInfo) -> int:
+    from crm_bridge import followups
+
+    if action == "list":
+        rows = followups.do_not_call_list(engine)
+        for row in rows:
+            print(f"{row.number}\t{aware(row.added_at).astimezone(zone):%Y-%m-%d %H:%M}\t{row.source}\t{row.added_by}")
+        print(f"{len(rows)} number(s) on the do-not-call list")
+        return 0
+    if not number:
+        print(f"error: dnc {action} needs a NUMBER", file=sys.stderr)
+        return 2
+    if action == "add":
+        try:
+            added = followups.add_do_not_call(engine, number, by="cli", source="cli")
+        except followups.FollowupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{number}: {'added to' if added else 'already on'} the do-not-call list")
+    else:
+        removed = followups.remove_do_not_call(engine, number)
+        print(f"{number}: {'removed from' if removed else 'was not on'} the do-not-call list")
+    return 0
+
+
+def _followups(engine: Engine, status: str | None, kind: str | None, zone: ZoneInfo) -> None:
+    from crm_bridge import followups
+
+    rows = followups.listing(engine, status=status, kind=kind)
+    for row in rows:
+        due = aware(row.due_at).astimezone(zone)
+        print(f"followup {row.id}\t{row.kind}\t{row.number}\tticket {row.ticket_id or '-'}\t{row.status}"
+              f"\tdue {due:%Y-%m-%d %H:%M}\tattempts {row.attempts}\t{row.result or ''}\t{row.answers}")
+    totals = followups.counts(engine)
+    summary = ", ".join(f"{k}/{s} {n}" for (k, s), n in sorted(totals.items()))
+    print(f"{len(rows)} listed; all: {summary or 'none'}")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ NOT_REACHED = ("no_answer", "busy", "failed", "declined")
 SATISFIED, DISSATISFIED, AGENT, DO_NOT_CALL, NO_INPUT = "satisfied", "dissatisfied", "agent", "do_not_call", "no_input"
 RESULT_LABELS = {
     SATISFIED: "满意", DISSATISFIED: "不满意", AGENT: "要求人工服务", DO_NOT_CALL: "谢绝回访", NO_INPUT: "未作选择",
-    "heard": "已收听进度", "hung_up": "接听后挂断", "no_answer": "未接通", "busy": "占线", "failed": "呼叫失败", "declined": "拒接",
+    "heard": "已收听进度", "hung_up": "接听后挂断",
+    "no_answer": "未接通", "busy": "占线", "failed": "呼叫失败", "declined": "拒接",
     "customer_deleted": "客户已删除", "not_diallable": "号码不可外呼", "on_do_not_call": "谢绝来电",
     "ticket_closed": "工单已结案", "ticket_moved": "工单状态已变", "ticket_deleted": "工单已删除",
     "feedback_logged": "当天已反馈", "expired": "已过期", "call_unknown": "来电不存在",
@@ -150,7 +151,8 @@ def scan(engine: Engine, rules: FollowupRules, now: datetime | None = None, *, l
                 ticket_id = s.scalar(select(Ticket.id).where(Ticket.call_id == call_id).order_by(Ticket.id.desc()))
                 added += _add(s, _values(f"wrap_up:{note_id}", "wrap_up", number, aware(at) + rules.delay, now,
                                          ticket_id=ticket_id, sip_call_id=sip_call_id,
-                                         customer_id=_customer_id(s, number), reason=f"话后代码「{rules.wrap_up_code}」"))
+                                         customer_id=_customer_id(s, number),
+                                         reason=f"话后代码「{rules.wrap_up_code}」"))
         if rules.on_daily:
             zone = rules.window.zone
             local = now.astimezone(zone)

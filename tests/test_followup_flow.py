@@ -21,8 +21,8 @@ from ivr.events import (
     TimerFired,
 )
 from ivr.followup_flow import (
-    ANSWER_TIMER,
     _TRANSITIONS,
+    ANSWER_TIMER,
     Choice,
     DialFollowup,
     FollowupEnded,
