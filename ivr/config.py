@@ -592,6 +592,12 @@ def _calling_hours(raw: str) -> tuple[clock_time, clock_time]:
     return hours
 
 
+def _caller_id(raw: str) -> str:
+    if raw and not raw.isdigit():
+        raise ValueError("digits only, or empty for the first of [general] numbers")
+    return raw
+
+
 @section_model(config=SECTION, slots=True)
 class FollowupConfig:
     """`[followup]`: calls the IVR places by itself to customers (回访), see crm_bridge.followups."""
@@ -639,7 +645,7 @@ class FollowupConfig:
     """How often each worker looks for new triggers and due follow-ups in the CRM."""
     gateway: Annotated[tuple[str, int] | None, text("host:port of the SIP gateway", _gateway)] = None
     """The SIP trunk or gateway to dial through, host:port; empty: [callbacks] gateway."""
-    caller_id: Annotated[str, text("a number", nonempty)] = ""
+    caller_id: Annotated[str, text("a number", _caller_id)] = ""
     """The number the customer sees; empty: the hotline's first number of [general] numbers."""
 
 
