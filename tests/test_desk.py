@@ -193,6 +193,7 @@ def test_every_form_refuses_a_missing_or_wrong_csrf_token_and_changes_nothing(de
         f"/tickets/{i['ticket801']}/edit": {"description": "changed", "department": "客服部"},
         f"/tickets/{i['ticket801']}/move": {"to": "forwarded", "note": ""},
         f"/tickets/{i['ticket801']}/feedback": {"text": "x"},
+        f"/tickets/{i['ticket801']}/dnc": {"action": "add"},
         "/logout": {},
         "/login": {"username": "801", "password": "pw801-secret"},
     }
