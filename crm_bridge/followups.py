@@ -58,7 +58,7 @@ NOT_REACHED = ("no_answer", "busy", "failed", "declined")
 SATISFIED, DISSATISFIED, AGENT, DO_NOT_CALL, NO_INPUT = "satisfied", "dissatisfied", "agent", "do_not_call", "no_input"
 RESULT_LABELS = {
     SATISFIED: "满意", DISSATISFIED: "不满意", AGENT: "要求人工服务", DO_NOT_CALL: "谢绝回访", NO_INPUT: "未作选择",
-    "heard": "已收听进度", "hung_up": "接听后挂断",
+    "heard": "已收听进度", "hung_up": "接听后挂断", "transferred": "已转人工坐席",
     "no_answer": "未接通", "busy": "占线", "failed": "呼叫失败", "declined": "拒接",
     "customer_deleted": "客户已删除", "not_diallable": "号码不可外呼", "on_do_not_call": "谢绝来电",
     "ticket_closed": "工单已结案", "ticket_moved": "工单状态已变", "ticket_deleted": "工单已删除",
@@ -101,6 +101,8 @@ class Claimed:
     month: int  # of the complaint (or call) being followed up, local
     day: int
     department: str | None
+    agent_number: str | None = None  # who handled the ticket (or the call): pressing 0 queues to them …
+    seat_group: str | None = None  # … or to their seat group
 
 
 def _now(now: datetime | None) -> datetime:
@@ -316,8 +318,12 @@ def _check(s: Session, row: Followup, rules: FollowupRules, now: datetime) -> Cl
     else:
         about = aware(row.created_at)
     local = about.astimezone(rules.window.zone)
+    agent, group = (ticket.agent_number, ticket.seat_group) if ticket is not None else (None, None)
+    if ticket is None and row.sip_call_id is not None:
+        agent, group = s.execute(select(Call.agent_number, Call.seat_group)
+                                 .where(Call.sip_call_id == row.sip_call_id)).one_or_none() or (None, None)
     return Claimed(row.id, row.kind, row.number, row.ticket_id, row.attempts, local.month, local.day,
-                   ticket.department if ticket is not None else None)
+                   ticket.department if ticket is not None else None, agent, group)
 
 
 def attempt_call(engine: Engine, followup_id: int, sip_call_id: str) -> bool:
@@ -378,7 +384,7 @@ def finish(engine: Engine, followup_id: int, outcome: str, rules: FollowupRules,
             tickets.move(s, ticket, "forwarded", actor=ACTOR, note=detail, now=now)
         else:
             _note(s, ticket, now, detail)
-        if outcome == AGENT:
+        if outcome == AGENT:  # no agent was put through (agent_transfer = no): one must call back
             ticket.needs_agent = "回访中客户要求人工服务"
         if outcome == DO_NOT_CALL:
             _note(s, ticket, now, "客户在回访中按9谢绝来电,已加入谢绝来电名单")

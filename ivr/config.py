@@ -643,6 +643,8 @@ class FollowupConfig:
     """No new follow-up while more inbound callers than this wait for an agent (inbound first)."""
     scan_seconds: Annotated[float, number(1, 3600)] = 10.0
     """How often each worker looks for new triggers and due follow-ups in the CRM."""
+    agent_transfer: YesNo = True
+    """Pressing 0 puts the customer through to the ticket's agent (else their seat group); no: an agent calls back."""
     gateway: Annotated[tuple[str, int] | None, text("host:port of the SIP gateway", _gateway)] = None
     """The SIP trunk or gateway to dial through, host:port; empty: [callbacks] gateway."""
     caller_id: Annotated[str, text("a number", _caller_id)] = ""

@@ -35,7 +35,7 @@ from ivr.callflow import State
 from ivr.config import Config
 from ivr.dialler import Dialler
 from ivr.events import Aborted, CallerIdentified, Cancelled, Digit, HungUp, Invited, TransferRequested, utc_now
-from ivr.followup_dialler import FollowupDialler
+from ivr.followup_dialler import FollowupDialler, FollowupLeg
 from ivr.gcpolicy import FullGcPolicy
 from ivr.greeting import Greeter
 from ivr.guard import Admission, SourceGuard
@@ -134,7 +134,7 @@ class Engine:
             self.followups = FollowupDialler(
                 config, self.endpoint, followup_db, prompts, self.pacer, self.ports, self.media_ip, greeter.calendar,
                 departments_of(config), worker, inbound_waiting=self.acd.waiting, overloaded=self._overloaded,
-                spawn=self._spawn)
+                spawn=self._spawn, acd=self.acd, legs=self.legs, new_leg=lambda call: FollowupLeg(self, call))
 
     def _overloaded(self) -> bool:
         """No follow-up starts while the event loop runs late or the IVR is near max_calls."""

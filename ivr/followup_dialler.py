@@ -36,18 +36,27 @@ from sqlalchemy import Engine as Database
 
 from crm_bridge import followups
 from crm_bridge.followups import Claimed, FollowupRules
+from ivr.acd import AgentState, agent_queue
+from ivr.agents import AgentPool
+from ivr.callflow import State as CallState
 from ivr.campaign import CallingWindow, Pacer
 from ivr.config import Config
+from ivr.dialler import CustomerCall
 from ivr.events import (
     Aborted,
+    Action,
+    CallbackStarted,
     CancelTimer,
     CustomerAnswered,
     CustomerFailed,
+    DialCustomer,
     Digit,
+    Event,
     HangUp,
     HungUp,
     Play,
     PromptFinished,
+    RecordEvent,
     StartTimer,
     StopPlayback,
     TimerFired,
@@ -64,16 +73,21 @@ from ivr.followup_flow import (
     FollowupStarted,
     FollowupStep,
     State,
+    TransferToAgent,
     script_for,
 )
 from ivr.greeting import HolidayCalendar
+from ivr.leg import Leg
 from ivr.media import CODEC_NAMES, SAMPLES_PER_FRAME, SILENCE_FRAMES, MediaClock, RtpPortPool, RtpSession, open_rtp
+from ivr.service import SEAT_GROUPS
 from ivr.sip.calls import OutboundCall
 from ivr.sip.dialogs import new_call_id
 from ivr.sip.endpoint import Address, SipEndpoint
 from prompts.library import PromptLibrary
 
 log = structlog.get_logger("ivr.followup")
+TRANSFER_SERVICE = "after_sales"  # a follow-up put through to an agent: 售后服务 (never "complaint": no new ticket)
+DEFAULT_GROUP = "junior"  # the seat group of a follow-up whose ticket or call names none
 
 # a customer's final response -> how the attempt failed (as ivr.dialler maps a callback's)
 _REFUSALS = {486: "busy", 600: "busy", 603: "declined", 408: "no_answer", 480: "no_answer", 487: "no_answer"}
@@ -169,6 +183,8 @@ class FollowupCall:
                 self.hang_up()
             case FollowupEnded():
                 self.dialler.ended(self, action)
+            case TransferToAgent():
+                self.dialler.transfer(self)
             case _:
                 raise TypeError(f"unknown action {action!r}")
 
@@ -206,6 +222,30 @@ class FollowupCall:
             self.dispatch(PromptFinished(utc_now(), prompt))
 
 
+class FollowupLeg(Leg):
+    """A follow-up call the customer asked to hand to an agent (pressed 0), run by the callback flow.
+
+    `CallbackStarted` queues it for an agent of the group (or the ticket's agent by name); the agent
+    is rung and hears the whisper ("…回拨。"); then the flow asks for the customer, who is on the line
+    already: answered at once, "您好,801号客服为您服务", bridged. Meanwhile the customer hears the hold
+    music. A customer who hangs up while no agent has answered ends the attempt (the callback flow
+    itself takes no BYE before it has dialled).
+    """
+
+    def dispatch(self, event: Event) -> None:
+        if isinstance(event, HungUp) and self.flow.state is CallState.DIALLING:
+            super().dispatch(Aborted(event.at, "customer hung up while waiting for an agent"))
+            return
+        super().dispatch(event)
+
+    def execute(self, action: Action) -> None:
+        if isinstance(action, DialCustomer):
+            self.music_on = False
+            asyncio.get_running_loop().call_soon(self.dispatch, CustomerAnswered(utc_now()))
+            return
+        super().execute(action)
+
+
 class FollowupDialler:
     """Due follow-ups in, calls to customers out: see the module docstring."""
 
@@ -225,7 +265,12 @@ class FollowupDialler:
         inbound_waiting: Callable[[], int],
         overloaded: Callable[[], bool],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
+        acd: AgentPool | None = None,
+        legs: dict[str, Leg] | None = None,
+        new_leg: Callable[[CustomerCall], Leg] | None = None,
     ) -> None:
+        """`acd`, `legs`, `new_leg`: the engine's agents, calls and a leg factory, for a customer who
+        presses 0 (None: no transfer; the ticket is flagged for an agent to call back)."""
         self.config = config
         self.endpoint = endpoint
         self.db = db
@@ -238,6 +283,9 @@ class FollowupDialler:
         self.inbound_waiting = inbound_waiting
         self.overloaded = overloaded
         self.spawn = spawn
+        self.acd = acd
+        self.legs = legs
+        self.new_leg = new_leg
         f = config.followup
         self.rules = rules_for(config, calendar)
         self.pacing = Pacer(f.max_concurrent, f.calls_per_second, f.queue_threshold)
@@ -298,8 +346,9 @@ class FollowupDialler:
         self.calls[call.call_id] = call
         self.started += 1
         call.log.info("followup_attempt", attempt=claimed.attempt, ticket=claimed.ticket_id)
+        transfer = self.config.followup.agent_transfer and self.new_leg is not None
         script = script_for(claimed.kind, claimed.month, claimed.day, claimed.department, self.departments,
-                            timeout_seconds=self.config.followup.answer_seconds)
+                            timeout_seconds=self.config.followup.answer_seconds, transfer=transfer)
         call.dispatch(FollowupStarted(utc_now(), claimed.id, claimed.number, script))
 
     async def dial(self, call: FollowupCall) -> None:
@@ -389,6 +438,42 @@ class FollowupDialler:
                           due_at=row.due_at.isoformat())
             return
         call.log.error("followup_finish_lost", outcome=result.outcome)
+
+    def queue_for(self, claimed: Claimed) -> str:
+        """The ticket's agent when free right now (one process only), else the ticket's seat group."""
+        acd = self.acd
+        group = claimed.seat_group if claimed.seat_group in SEAT_GROUPS else DEFAULT_GROUP
+        if acd is None or acd.shared or claimed.agent_number is None:
+            return group
+        seat = acd.seats.get(claimed.agent_number)
+        return agent_queue(seat.number) if seat is not None and seat.state is AgentState.AVAILABLE else group
+
+    def transfer(self, call: FollowupCall) -> None:
+        """The customer pressed 0: the call, its SIP dialog and RTP session, go to a leg queued for an agent."""
+        if self.new_leg is None or self.legs is None or call.out is None or call.out.ended or call.rtp is None:
+            call.log.warning("followup_transfer_failed", reason="no call to hand over")
+            call.hang_up()
+            return
+        assert self.gateway is not None
+        customer = CustomerCall(call.call_id, call.claimed.number, self.gateway)
+        customer.out = call.out
+        leg = self.new_leg(customer)
+        leg.rtp, leg.rtp_port, leg.payload_type = call.rtp, call.rtp_port, call.payload_type
+        call.rtp = call.rtp_port = None  # the leg owns them now: its release closes them
+        call.out = None
+        self.pacer.stop(call)
+        self.calls.pop(call.call_id, None)
+        assert leg.rtp is not None
+        leg.rtp.on_dtmf = leg.on_dtmf
+        self.legs[leg.call_id] = leg
+        queue = self.queue_for(call.claimed)
+        now = utc_now()
+        leg.dispatch(CallbackStarted(now, call.claimed.number, self.caller_id, "junior", TRANSFER_SERVICE, queue))
+        # the agent's screen-pop names the ticket: this event, on the transferred call's row
+        detail = f"ticket={call.claimed.ticket_id or ''} followup={call.claimed.id} queue={queue}"
+        leg.execute(RecordEvent(leg.call_id, now, "followup_transfer", detail))
+        leg.music_on = True  # hold music until the agent is put through
+        self.pacer.serve(leg)
 
     def release(self, call: FollowupCall) -> None:
         if call.closed:

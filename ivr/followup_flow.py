@@ -61,6 +61,7 @@ class Choice:
     result: str  # what pressing it means: satisfied, dissatisfied, agent, do_not_call …
     reply: str  # the prompt played before the call ends
     final: bool = True  # ends the questions (False: the next question follows)
+    transfer: bool = False  # after the reply the customer is put through to an agent instead of BYE
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,13 @@ class FollowupEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferToAgent:
+    """Hand the answered call to an agent (the ticket's, else its seat group) instead of hanging up."""
+
+    followup: int
+
+
+@dataclass(frozen=True, slots=True)
 class FollowupStep:
     """A step for the log (the follow-up's call_id is the adapter's)."""
 
@@ -120,7 +128,7 @@ class FollowupStep:
 
 
 FlowEvent = FollowupStarted | CustomerAnswered | CustomerFailed | PromptFinished | Digit | TimerFired | HungUp | Aborted
-FlowAction = Action | DialFollowup | FollowupEnded | FollowupStep
+FlowAction = Action | DialFollowup | FollowupEnded | FollowupStep | TransferToAgent
 
 
 class State(enum.Enum):
@@ -155,6 +163,7 @@ class FollowupFlow:
         self.answers: list[tuple[str, str]] = []
         self.outcome: str | None = None
         self.answered_at: datetime | None = None
+        self.transfer = False  # the reply being played leads to an agent
 
     @property
     def ended(self) -> bool:
@@ -229,6 +238,9 @@ class FollowupFlow:
             self._ask(actions)
         elif self.state is State.ASKING:
             actions.append(StartTimer(ANSWER_TIMER, self.script.questions[self.question].timeout_seconds))
+        elif self.transfer:  # REPLYING "正在为您转接": the call goes on with an agent, not ended by us
+            actions.append(TransferToAgent(self.followup))
+            self._end(actions, event.at, "transferred")
         else:  # REPLYING: the goodbye has been said
             actions.append(HangUp())
             self._end(actions, event.at, self.outcome or "no_input")
@@ -249,6 +261,7 @@ class FollowupFlow:
             self.question, self.tries = self.question + 1, 0
             self._ask(actions, (choice.reply,))
             return
+        self.transfer = choice.transfer
         self._reply(actions, choice.reply, choice.result)
 
     def _on_answer_timer(self, event: TimerFired, actions: list[FlowAction]) -> None:
@@ -343,14 +356,21 @@ PROGRESS = Question(  # the daily status call: nothing to rate yet
 )
 
 
+TRANSFER = Choice("0", "agent", "followup_transfer", transfer=True)  # "正在为您转接人工客服,请稍候。"
+
+
 def script_for(kind: str, month: int, day: int, department: str | None, departments: tuple[str, ...],
-               *, timeout_seconds: float = 8.0) -> Script:
-    """The follow-up's script, composed of pre-rendered fragments only (no TTS during a call)."""
+               *, timeout_seconds: float = 8.0, transfer: bool = False) -> Script:
+    """The follow-up's script, composed of pre-rendered fragments only (no TTS during a call).
+
+    `transfer`: 0 puts the customer through to an agent; else an agent calls back (the ticket is flagged).
+    """
     parts = KIND_PROMPTS.get(kind, KIND_PROMPTS["survey"])
     intro: tuple[str, ...] = (INTRO_PROMPT, MONTH_PROMPT.format(month), DAY_PROMPT.format(day), parts[0])
     if len(parts) > 1:
         place = departments.index(department) if department in departments else None
         intro += (OTHER_DEPARTMENT_PROMPT if place is None else DEPARTMENT_PROMPT.format(place + 1), parts[1])
     question = PROGRESS if kind == "daily" else SATISFACTION
-    return Script(intro, (Question(question.name, question.prompt, question.choices, timeout_seconds,
+    choices = tuple(TRANSFER if transfer and c.key == "0" else c for c in question.choices)
+    return Script(intro, (Question(question.name, question.prompt, choices, timeout_seconds,
                                    question.retries, question.invalid_prompt, question.no_input_reply),))

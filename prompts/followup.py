@@ -38,6 +38,7 @@ FOLLOWUP_TEXTS = {
     "followup_thanks": "感谢您的认可,祝您生活愉快,再见!",
     "followup_sorry": "非常抱歉,我们会重新处理您的问题,并及时与您联系,再见!",
     "followup_agent": "好的,稍后由客服人员与您联系,感谢您的接听,再见!",
+    "followup_transfer": "正在为您转接人工客服,请稍候。",
     "followup_do_not_call": "好的,今后不再给您回访,打扰您了,再见!",
     "followup_goodbye": "感谢您的接听,祝您生活愉快,再见!",
 }

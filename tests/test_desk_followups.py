@@ -85,3 +85,26 @@ def test_supervisors_see_follow_ups_by_status_and_type_and_the_ticket_shows_its_
     assert client.get("/followups?kind=<script>").status_code == 400
     with Session(engine) as s:
         assert s.get_one(Ticket, ticket_id).needs_agent is not None
+
+
+def test_the_screen_pop_of_a_follow_up_put_through_to_an_agent_names_its_ticket(desk) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from crm_bridge.models import Call, CallEvent
+    from desk.queries import pop_for
+
+    client, engine, config = desk
+    ticket_id = ids(engine)["ticket801"]
+    now = datetime.now(UTC)
+    with Session(engine) as s, s.begin():
+        call = Call(sip_call_id="fu-transfer", caller="13800000001", callee="95000", started_at=now,
+                    seat_group="senior", agent_number="801", service="after_sales")
+        s.add(call)
+        s.flush()
+        s.add(CallEvent(call_id=call.id, at=now, kind="followup_transfer",
+                        detail=f"ticket={ticket_id} followup=3 queue=agent:801"))
+        s.add(CallEvent(call_id=call.id, at=now, kind="agent_rung", detail="agent=801"))
+        call_id = call.id
+    pop = pop_for(engine, config, call_id, 0, "801")
+    assert pop is not None and pop.followup_ticket == ticket_id
+    login(client, "801", "pw801-secret")
+    page = client.get(f"/calls/{call_id}")
+    assert 'id="pop-followup"' in page.text and f"工单 #{ticket_id}" in page.text

@@ -361,3 +361,39 @@ def test_no_follow_up_starts_while_more_inbound_callers_wait_than_the_threshold(
     left = sorted(log_time(ivr, "ended"))
     assert len(left) >= 10 and first_dialled > left[4], (first_dialled, left)
     db.dispose()
+
+
+def test_pressing_0_puts_the_customer_through_to_the_tickets_agent_with_the_ticket_named(
+        ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from .conftest import free_port
+    from .test_e2e_routing import agents_conf
+
+    port, gateway = start_gateway(tmp_path, customer_scenario(tmp_path, "0", after_ms=1500, hang_up_after_ms=25000))
+    agent_port = free_port()
+    try:
+        ivr = ivr_factory(extra=followup_conf(port) + "[queues]\nwrap_up_seconds = 0\n"
+                          + agents_conf(**{"821": ("junior", f"127.0.0.1:{agent_port}")}))
+        agent = sipp(tmp_path, "agent_uas", ivr.port, extra=("-d", "12000", "-p", str(agent_port)), timeout_s=120)
+        db = crm(ivr)
+        ticket_id, _ = informed_ticket(db)
+        wait_for(lambda: [r for r in followup_rows(db) if r.status == "done"], "follow-up done", ivr)
+        call_id = followup_rows(db)[0].call_ids.split()[0]
+        assert agent.wait(60) == 0, agent.errors()[-2000:]
+        assert gateway.wait(60) == 0
+    finally:
+        gateway.kill()
+    [row] = followup_rows(db)
+    assert (row.result, row.answers) == ("transferred", "satisfaction=0")
+    t, history = ticket_now(db, ticket_id)
+    assert t.needs_agent is None and "已转人工坐席" in history[-1].detail and history[-1].actor == "回访"
+    with Session(db) as s:
+        transferred = s.scalars(select(Call).where(Call.sip_call_id == call_id)).one()
+        kinds = [e.kind for e in transferred.events]
+        detail = next(e.detail for e in transferred.events if e.kind == "followup_transfer")
+    assert (transferred.caller, transferred.agent_number, transferred.service) == (CUSTOMER, "821", "after_sales")
+    assert transferred.talk_s and transferred.talk_s > 0
+    order = ["callback_dialling", "followup_transfer", "agent_rung", "agent_answered", "customer_answered", "bridged"]
+    assert [k for k in kinds if k in order] == order, kinds
+    # the agent's screen-pop names the ticket
+    assert f"ticket={ticket_id} " in detail and "queue=agent:821" in detail
+    db.dispose()

@@ -32,6 +32,7 @@ from ivr.followup_flow import (
     Question,
     Script,
     State,
+    TransferToAgent,
     script_for,
 )
 from prompts.followup import followup_texts
@@ -198,3 +199,15 @@ def test_events_the_table_does_not_list_are_refused_and_late_ones_ignored() -> N
     flow.handle(Aborted(clock(1), "shutdown"))
     assert flow.handle(HungUp(clock(1))) == []
     assert all(key[0] in State for key in _TRANSITIONS)
+
+
+def test_with_agent_transfer_0_says_so_and_hands_the_call_over_instead_of_hanging_up() -> None:
+    flow, clock = FollowupFlow(), Clock()
+    script = script_for("resolved", 11, 25, "售后服务部", DEPARTMENTS, transfer=True)
+    flow.handle(FollowupStarted(clock(), 7, "13800000001", script))
+    play_out(flow, clock, flow.handle(CustomerAnswered(clock(5))))
+    assert Play("followup_transfer") in flow.handle(Digit(clock(1), "0", "rfc4733"))
+    actions = flow.handle(PromptFinished(clock(2), "followup_transfer"))
+    assert TransferToAgent(7) in actions and HangUp() not in actions
+    assert (ended(actions).outcome, ended(actions).answers) == ("transferred", (("satisfaction", "0"),))
+    assert "followup_transfer" in followup_texts(DEPARTMENTS)

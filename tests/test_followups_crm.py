@@ -295,3 +295,16 @@ def test_a_follow_up_due_on_a_spring_festival_evening_waits_for_the_first_workin
     assert CallingWindow(zone=SHANGHAI, day_off=HolidayCalendar().is_day_off, on_holidays=True,
                          on_weekends=True).next_opening(due) == datetime(2027, 2, 7, 9, 0, tzinfo=SHANGHAI)
     assert window.start == time(9, 0)
+
+
+def test_a_follow_up_due_at_2130_on_a_spring_festival_holiday_is_dialled_at_0900_on_the_first_working_day(
+        db: Engine) -> None:
+    due = datetime(2027, 2, 6, 21, 30, tzinfo=SHANGHAI)  # 春节 (the holidays library's 2027 dates)
+    with Session(db) as s, s.begin():
+        s.add(Followup(trigger_key="t", kind="survey", number=CUSTOMER, status="due", created_at=due, due_at=due,
+                       attempts=0))
+    for moment in (datetime(2027, 2, 6, 21, 30), datetime(2027, 2, 7, 9, 0), datetime(2027, 2, 8, 10, 0),
+                   datetime(2027, 2, 10, 19, 59), datetime(2027, 2, 11, 8, 59)):
+        assert followups.claim(db, RULES, "w1", 5, moment.replace(tzinfo=SHANGHAI)) == [], moment
+    [claimed] = followups.claim(db, RULES, "w1", 5, datetime(2027, 2, 11, 9, 0, tzinfo=SHANGHAI))
+    assert claimed.attempt == 1
