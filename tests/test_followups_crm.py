@@ -308,3 +308,13 @@ def test_a_follow_up_due_at_2130_on_a_spring_festival_holiday_is_dialled_at_0900
         assert followups.claim(db, RULES, "w1", 5, moment.replace(tzinfo=SHANGHAI)) == [], moment
     [claimed] = followups.claim(db, RULES, "w1", 5, datetime(2027, 2, 11, 9, 0, tzinfo=SHANGHAI))
     assert claimed.attempt == 1
+
+
+def test_the_ops_holiday_file_decides_calling_days_first() -> None:
+    calendar = HolidayCalendar(overrides={date(2027, 2, 13): "workday", date(2027, 4, 5): "other",
+                                          date(2027, 2, 8): "none"})
+    window = CallingWindow(zone=SHANGHAI, day_off=calendar.is_day_off)
+    assert window.calling_day(date(2027, 2, 13))  # a Saturday worked for the Spring Festival (调休)
+    assert calendar.holiday_on(date(2027, 2, 13)) is None  # and no holiday greeting that day
+    assert not window.calling_day(date(2027, 4, 5)) and calendar.holiday_on(date(2027, 4, 5)) is None  # 清明
+    assert not window.calling_day(date(2027, 2, 8))  # "none" only drops the greeting: still the libraries' holiday
