@@ -287,8 +287,7 @@ class FollowupFlow:
     def _on_aborted(self, event: Aborted, actions: list[FlowAction]) -> None:
         actions.append(CancelTimer(ANSWER_TIMER))
         actions.append(FollowupStep("aborted", event.reason))
-        if self.state is not State.DIALLING:
-            actions.append(HangUp())
+        actions.append(HangUp())  # BYE, or CANCEL while it still rings
         self._end(actions, event.at, self.outcome or ("failed" if self.answered_at is None else "hung_up"))
 
     def _ignore(self, event: object, actions: list[FlowAction]) -> None:
