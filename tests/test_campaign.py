@@ -52,3 +52,21 @@ def test_calling_hours_are_local_and_the_end_is_exclusive() -> None:
     # Friday evening: the next working day is Monday (weekends off by default)
     friday = datetime(2026, 11, 27, 21, tzinfo=SHANGHAI)
     assert window.next_opening(friday).astimezone(UTC) == datetime(2026, 11, 30, 1, tzinfo=UTC)
+
+
+def test_followup_settings_are_checked_with_file_line_and_reason(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from ivr.config import ConfigError, load_config
+
+    from .test_config import config_with
+
+    for text, reason in (("calling_hours = 20:00-09:00", "the start must be before the end"),
+                         ("calling_hours = 9-20", "write a time of day like 17:00"),
+                         ("caller_id = +8695000", "digits only"),
+                         ("max_concurrent = 0", "from 1 to 1000")):
+        with pytest.raises(ConfigError) as err:
+            load_config(config_with(tmp_path, f"[followup]\n\n{text}\n"))
+        assert f":3: [followup] {text.split()[0]}" in str(err.value) and reason in str(err.value), str(err.value)
+    config = load_config(config_with(tmp_path, "[followup]\nenabled = yes\ncalling_hours = 08:30-21:00\n"))
+    assert config.followup.enabled and config.followup.calling_hours == (time(8, 30), time(21, 0))
