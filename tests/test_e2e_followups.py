@@ -397,3 +397,37 @@ def test_pressing_0_puts_the_customer_through_to_the_tickets_agent_with_the_tick
     # the agent's screen-pop names the ticket
     assert f"ticket={ticket_id} " in detail and "queue=agent:821" in detail
     db.dispose()
+
+
+@pytest.mark.postgres
+def test_two_workers_sharing_a_postgresql_crm_dial_each_follow_up_once(tmp_path: Path, pg_url: str) -> None:
+    from .conftest import free_port, start_ivr, write_ivr_config
+
+    calls = 30
+    port, gateway = start_gateway(tmp_path, customer_scenario(tmp_path, "5", after_ms=200, hang_up_after_ms=1000),
+                                  calls=calls)
+    workers: list[IvrProcess] = []
+    try:
+        for n in (1, 2):
+            home = tmp_path / f"w{n}"
+            home.mkdir()
+            sip_port = free_port()
+            conf = write_ivr_config(home, sip_port=sip_port, db_url=pg_url, extra=(
+                f"[cluster]\nworker = w{n}\n" + followup_conf(port, max_concurrent=5, calls_per_second=5)))
+            workers.append(start_ivr(home, conf, sip_port, pg_url))
+        db = make_engine(pg_url)
+        due_followups(db, calls)
+        wait_for(lambda: all(r.status == "done" for r in followup_rows(db)), "all done", workers[0], 120)
+        assert gateway.wait(30) == 0
+    finally:
+        gateway.kill()
+        for ivr in workers:
+            ivr.stop()
+    seen = "".join(p.read_text(errors="replace") for p in tmp_path.glob("*_logs.log"))
+    called = re.findall(r"^invite \S+ \d+ from .* to +<sip:(\d+)@", seen, re.M)
+    assert len(called) == len(set(called)) == calls  # each number dialled once, by one worker or the other
+    rows = followup_rows(db)
+    assert {r.attempts for r in rows} == {1} and all(len(r.call_ids.split()) == 1 for r in rows)
+    per_worker = [ivr.log().count("event='customer_dialled'") for ivr in workers]
+    assert sum(per_worker) == calls and min(per_worker) > 0, per_worker
+    db.dispose()
