@@ -167,7 +167,7 @@ class Engine:
         """
         self.accepting = False
         deadline = asyncio.get_running_loop().time() + limit_s
-        while self.legs and not hurry.is_set():
+        while (self.legs or (self.followups is not None and self.followups.calls)) and not hurry.is_set():
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 break
@@ -175,7 +175,7 @@ class Engine:
                 await asyncio.wait_for(hurry.wait(), timeout=min(0.2, left))
             except TimeoutError:
                 pass
-        return len(self.legs)
+        return len(self.legs) + (len(self.followups.calls) if self.followups is not None else 0)
 
     async def stop(self) -> None:
         """End every call politely (BYE or 503), close media, stop listening."""
