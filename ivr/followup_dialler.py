@@ -16,7 +16,9 @@ session is bound and the number is INVITEd at the gateway with the hotline's
 number as caller ID. The answer, refusal or `ring_seconds` of ringing go to
 the flow; prompts are played on the shared media clock (pre-rendered
 frames only); RFC 4733 keys come back as `Digit`. When the flow ends, its
-outcome goes to the CRM (`finish`), in a thread.
+outcome goes to the CRM (`finish`), in a thread. A customer who presses 0
+is handed, call and RTP session, to a `FollowupLeg`: the callback flow of
+`ivr.callflow` queues them for the ticket's agent or seat group.
 
 Database work runs in threads (`asyncio.to_thread`); a CRM that is away
 costs follow-ups, never the calls in progress.
@@ -28,6 +30,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -96,8 +99,6 @@ _REFUSALS = {486: "busy", 600: "busy", 603: "declined", 408: "no_answer", 480: "
 def rules_for(config: Config, calendar: HolidayCalendar) -> FollowupRules:
     """`[followup]` as the CRM side applies it; the calendar is the greeting's (holidays, 调休)."""
     f = config.followup
-    from datetime import timedelta
-
     window = CallingWindow(start=f.calling_hours[0], end=f.calling_hours[1], zone=config.general.zone,
                            day_off=calendar.is_day_off, on_holidays=f.call_on_holidays,
                            on_weekends=f.call_on_weekends)
