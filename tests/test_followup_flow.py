@@ -211,3 +211,28 @@ def test_with_agent_transfer_0_says_so_and_hands_the_call_over_instead_of_hangin
     assert TransferToAgent(7) in actions and HangUp() not in actions
     assert (ended(actions).outcome, ended(actions).answers) == ("transferred", (("satisfaction", "0"),))
     assert "followup_transfer" in followup_texts(DEPARTMENTS)
+
+
+def followup_diagram() -> str:
+    """The follow-up flow's states from its table, drawn as scripts/state_diagram.py draws the call flow's."""
+    edges: dict[tuple[State, State], list[str]] = {}
+    for key, (_, next_states) in _TRANSITIONS.items():
+        state, event_type, *detail = key
+        label = f"{event_type.__name__}({detail[0]})" if detail else event_type.__name__
+        for after in sorted(next_states, key=list(State).index):
+            if after is not state and label not in edges.setdefault((state, after), []):
+                edges[state, after].append(label)
+    order = list(State).index
+    lines = ["stateDiagram-v2", f"    [*] --> {State.INIT.name}"]
+    for source, target in sorted(edges, key=lambda edge: (order(edge[0]), order(edge[1]))):
+        lines.append(f"    {source.name} --> {target.name} : {', '.join(edges[source, target])}")
+    lines.append(f"    {State.ENDED.name} --> [*]")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_documented_diagram_is_the_transition_table() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "surveys-and-followups.md").read_text(encoding="utf-8")
+    drawn = doc.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    assert drawn == followup_diagram(), followup_diagram()
