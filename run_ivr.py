@@ -132,7 +132,7 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     outbox = Outbox(config.outbox_dir)
     pusher = WebhookPusher(db, config.webhook) if config.webhook.url else None
     writer = CrmWriter(db, outbox, webhook=pusher is not None, on_deliveries=pusher.wake if pusher else None,
-                       worker=worker)
+                       worker=worker, followup_on_survey=config.followup.enabled and config.followup.on_survey)
     # Order matters: records a previous process journaled but never applied go
     # in first (a call's final row among them), then what is still open was
     # really cut off and is closed as failed.
@@ -157,7 +157,7 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     own_agents = None if config.cluster.shared_agents else {a.number for a in config.agents}
     desk_commands = partial(take_pending, db, taken_by=worker or "ivr", agents=own_agents)
     engine = Engine(config, prompts, writer, greeter, directory=directory, acd=acd, desk=desk,
-                    desk_commands=desk_commands, music=music)
+                    desk_commands=desk_commands, music=music, followup_db=db, worker=worker)
     if not clustered:  # one IVR owns the callbacks a previous run did not finish; workers would each dial them
         engine.dialler.restore(await asyncio.to_thread(open_callbacks, db))
     await engine.start()

@@ -11,6 +11,8 @@
     python -m crm_bridge --db-url URL migrate
     python -m crm_bridge --db-url URL scorecard --from 2026-12-01 --to 2026-12-07 [--html FILE] [--csv FILE]
     python -m crm_bridge --db-url URL characteristics --directory DIR (--all-missing | RECORDING_ID ...)
+    python -m crm_bridge --db-url URL dnc add|remove|list [NUMBER]
+    python -m crm_bridge --db-url URL followups [--status due] [--kind resolved]
 
 `--config sip.conf` takes the database URL, tier thresholds and time zone from the IVR's config;
 days are local days of `[general] timezone` (Asia/Shanghai by default), not UTC days.
@@ -105,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="the recording directory the rows' paths are relative to (default: [recording] directory)")
     ch.add_argument("--silence-seconds", type=float, default=3.0,
                     help="silences at least this long are listed with who spoke last (default %(default)s)")
+    dnc = _command(sub, "dnc", "the do-not-call list (谢绝来电): numbers follow-up calls never dial",
+                  "dnc add 13800000001")
+    dnc.add_argument("action", choices=("add", "remove", "list"))
+    dnc.add_argument("number", nargs="?")
+    fu = _command(sub, "followups", "follow-up calls (回访): due, dialling, done, unreachable, closed",
+                 "followups --status unreachable")
+    fu.add_argument("--status", choices=("due", "dialling", "done", "unreachable", "closed"))
+    fu.add_argument("--kind", choices=("resolved", "wrap_up", "daily", "survey"))
     args = p.parse_args(argv)
 
     thresholds = TierThresholds()
@@ -228,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
 
         queued = retry_dead_letters(engine, args.sip_call_id)
         print(f"re-queued {queued} push(es); a running IVR sends them within 30 s")
+    elif args.command == "dnc":
+        return _dnc(engine, args.action, args.number, zone)
+    elif args.command == "followups":
+        _followups(engine, args.status, args.kind, zone)
     return 0
 
 
@@ -286,6 +300,44 @@ def _characteristics(engine: Engine, args: argparse.Namespace, recordings: Path 
                   f"over-talk {found.overtalk_count}x {found.overtalk_s:.1f}s")
     print(f"{len(ids) - failed} computed, {failed} failed")
     return 1 if failed else 0
+
+
+def _dnc(engine: Engine, action: str, number: str | None, zone: ZoneInfo) -> int:
+    from crm_bridge import followups
+
+    if action == "list":
+        rows = followups.do_not_call_list(engine)
+        for row in rows:
+            print(f"{row.number}\t{aware(row.added_at).astimezone(zone):%Y-%m-%d %H:%M}\t{row.source}\t{row.added_by}")
+        print(f"{len(rows)} number(s) on the do-not-call list")
+        return 0
+    if not number:
+        print(f"error: dnc {action} needs a NUMBER", file=sys.stderr)
+        return 2
+    if action == "add":
+        try:
+            added = followups.add_do_not_call(engine, number, by="cli", source="cli")
+        except followups.FollowupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{number}: {'added to' if added else 'already on'} the do-not-call list")
+    else:
+        removed = followups.remove_do_not_call(engine, number)
+        print(f"{number}: {'removed from' if removed else 'was not on'} the do-not-call list")
+    return 0
+
+
+def _followups(engine: Engine, status: str | None, kind: str | None, zone: ZoneInfo) -> None:
+    from crm_bridge import followups
+
+    rows = followups.listing(engine, status=status, kind=kind)
+    for row in rows:
+        due = aware(row.due_at).astimezone(zone)
+        print(f"followup {row.id}\t{row.kind}\t{row.number}\tticket {row.ticket_id or '-'}\t{row.status}"
+              f"\tdue {due:%Y-%m-%d %H:%M}\tattempts {row.attempts}\t{row.result or ''}\t{row.answers}")
+    totals = followups.counts(engine)
+    summary = ", ".join(f"{k}/{s} {n}" for (k, s), n in sorted(totals.items()))
+    print(f"{len(rows)} listed; all: {summary or 'none'}")
 
 
 if __name__ == "__main__":

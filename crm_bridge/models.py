@@ -220,6 +220,8 @@ class Ticket(Base):
     caller_satisfied: Mapped[bool | None]  # asked when the result was reported to the caller
     updated_at: Mapped[datetime | None]
     closed_at: Mapped[datetime | None]
+    # why an agent should call the customer in person (a follow-up call found nobody, or they asked for one)
+    needs_agent: Mapped[str | None] = mapped_column(String(128))
 
     history: Mapped[list[TicketHistory]] = relationship(back_populates="ticket", order_by="TicketHistory.id")
 
@@ -535,3 +537,56 @@ class SurveyRun(Base):
     asked: Mapped[int]
     answered: Mapped[int]
     ended_at: Mapped[datetime] = mapped_column(index=True)
+
+
+# --- follow-up calls (回访) ------------------------------------------------------------
+
+FOLLOWUP_KINDS = ("resolved", "wrap_up", "daily", "survey")  # what asked for the call
+FOLLOWUP_STATUSES = ("due", "dialling", "done", "unreachable", "closed")
+
+
+class Followup(Base):
+    """A call the IVR places to a customer by itself (回访), and how its attempts went.
+
+    Written by `crm_bridge.followups`: one row per trigger (`trigger_key`
+    unique, so several IVR workers scanning the same tickets add it once).
+    An IVR worker claims a `due` row atomically before it dials (`dialling`,
+    `claimed_by`); the attempt ends `done` with the customer's answer, `due`
+    again for a retry, `unreachable` once the attempts are used up, or
+    `closed` with its reason when it must not be dialled (谢绝来电, a number
+    that is not domestic, a deleted customer, the ticket moved on).
+    """
+
+    __tablename__ = "followups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trigger_key: Mapped[str] = mapped_column(String(255), unique=True)  # resolved:<ticket>:<history id> …
+    kind: Mapped[str] = mapped_column(String(16))  # one of FOLLOWUP_KINDS
+    number: Mapped[str] = mapped_column(String(32), index=True)  # the customer's number, as the CRM has it
+    ticket_id: Mapped[int | None] = mapped_column(index=True)  # no foreign key: a deleted ticket closes it
+    customer_id: Mapped[int | None]  # the customer row when scheduled; NULL for a caller the CRM did not know
+    sip_call_id: Mapped[str | None] = mapped_column(String(255))  # the call it follows up, if any
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    status: Mapped[str] = mapped_column(String(16))  # one of FOLLOWUP_STATUSES
+    created_at: Mapped[datetime]
+    due_at: Mapped[datetime]  # not dialled before this (nor outside the calling hours)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_attempt_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(128))  # the IVR worker dialling it
+    result: Mapped[str | None] = mapped_column(String(32))  # satisfied, dissatisfied, agent, do_not_call, …
+    answers: Mapped[str] = mapped_column(Text, default="", server_default="")  # the keys pressed, as label=key
+    call_ids: Mapped[str] = mapped_column(Text, default="", server_default="")  # each attempt's SIP Call-ID
+    closed_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_followups_status_due", "status", "due_at"),)
+
+
+class DoNotCall(Base):
+    """谢绝来电: a number the IVR never dials by itself (follow-ups); checked again at dial time."""
+
+    __tablename__ = "do_not_call"
+
+    number: Mapped[str] = mapped_column(String(32), primary_key=True)
+    added_at: Mapped[datetime]
+    added_by: Mapped[str] = mapped_column(String(128))  # a desk user, "cli", or "回访" (pressed 9 in a call)
+    source: Mapped[str] = mapped_column(String(16))  # cli, desk, ivr

@@ -89,8 +89,11 @@ class CrmWriter:
         webhook: bool = False,
         on_deliveries: Callable[[], None] | None = None,
         worker: str | None = None,
+        followup_on_survey: bool = False,
     ) -> None:
         self.engine = engine
+        # an answer with followup = true ("需要回访请按1") schedules a follow-up call, in the same transaction
+        self.followup_on_survey = followup_on_survey
         self.worker = worker  # stamped on each call row, so a restart reconciles only its own calls
         self.outbox = outbox
         self.batch_max = batch_max
@@ -336,6 +339,14 @@ class CrmWriter:
                            for e in known if isinstance(e, RecordSurveyAnswer)]
                 if answers:
                     conn.execute(insert(_SURVEY_ANSWERS), answers)
+                asked = sorted({e.sip_call_id for e in known if isinstance(e, RecordSurveyAnswer) and e.followup})
+                if asked and self.followup_on_survey:
+                    from crm_bridge.followups import request_for_call  # the follow-up schedule (crm_bridge.followups)
+
+                    with Session(bind=conn) as s:
+                        for sip_call_id in asked:
+                            request_for_call(s, sip_call_id, "问卷中要求回访")
+                        s.flush()
                 runs = [{"call_id": ids[e.sip_call_id], "questionnaire": e.questionnaire, "version": e.version,
                          "status": e.status, "asked": e.asked, "answered": e.answered, "ended_at": _utc(e.at)}
                         for e in known if isinstance(e, RecordSurveyRun)]

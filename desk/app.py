@@ -40,9 +40,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from crm_bridge import scorecards
+from crm_bridge import followups, scorecards
 from crm_bridge.agent_commands import request_command
-from crm_bridge.models import AGENT_COMMANDS, Call, CallNote, Ticket, TicketHistory
+from crm_bridge.models import AGENT_COMMANDS, Call, CallNote, Followup, Ticket, TicketHistory
 from crm_bridge.report import (
     SEAT_GROUP_LABELS,
     aware,
@@ -119,6 +119,9 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         departments=config.departments,
         group_counts=queries.group_counts,
         wrap_up_codes=config.wrap_up_codes,
+        followup_kinds=followups.KIND_LABELS,
+        followup_statuses=followups.STATUS_LABELS,
+        followup_results=followups.RESULT_LABELS,
     )
     env.filters["local"] = lambda at, fmt="%m-%d %H:%M": aware(at).astimezone(zone).strftime(fmt) if at else "–"
     env.filters["secs"] = lambda v: "–" if v is None else (f"{v:.0f}秒" if v < 120 else f"{v / 60:.0f}分")
@@ -385,6 +388,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
     async def ticket_page(request: Request) -> Response:
         user = need(request)
         t, history = await db(_ticket, int_param(request, "ticket_id"), user)
+        dnc, ticket_followups = await db(_ticket_followups, t)
         return render(
             request,
             "ticket.html",
@@ -392,6 +396,8 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
             history=history,
             transitions=tickets.TRANSITIONS[t.status],
             overdue=t.status != "closed" and aware(t.next_feedback_due) <= datetime.now(UTC),
+            dnc=dnc,
+            followups=ticket_followups,
         )
 
     def _change(ticket_id: int, user: SignedIn, change: Callable[[Session, Ticket], None]) -> None:
@@ -458,6 +464,39 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         user = need(request)
         rows, overdue = await db(_ticket_list, user)
         return render(request, "tickets.html", rows=rows, overdue_ids={t.id for t in overdue})
+
+    # --- follow-up calls (回访) and the do-not-call list (谢绝来电) ------------------------------
+
+    def _ticket_followups(t: Ticket) -> tuple[bool, list[Followup]]:
+        with Session(engine, expire_on_commit=False) as s:
+            dnc = followups.on_do_not_call(s, t.customer_phone)
+            rows = list(s.scalars(select(Followup).where(Followup.ticket_id == t.id).order_by(Followup.id)))
+            s.expunge_all()
+        return dnc, rows
+
+    async def ticket_dnc(request: Request) -> Response:
+        """谢绝来电 for the ticket's customer: follow-up calls never dial the number (or may again)."""
+        user = need(request)
+        ticket_id = int_param(request, "ticket_id")
+        form = await _form(request)
+        action = choice(form, "action", ("add", "remove"), "操作")
+        t, _ = await db(_ticket, ticket_id, user)
+        if action == "add":
+            await db(followups.add_do_not_call, engine, t.customer_phone, by=user.username, source="desk")
+        else:
+            await db(followups.remove_do_not_call, engine, t.customer_phone)
+        return RedirectResponse(f"/tickets/{ticket_id}", 303)
+
+    async def followups_page(request: Request) -> Response:
+        need(request, "supervisor")
+        kind = request.query_params.get("kind") or None
+        if kind is not None and kind not in followups.KIND_LABELS:
+            raise HTTPException(400, "回访类型无效。")
+        rows = await db(followups.listing, engine, kind=kind)
+        counts = await db(followups.counts, engine)
+        return render(request, "followups.html", rows=rows, counts=counts, kind=kind,
+                      kinds=followups.KIND_LABELS, statuses=followups.STATUS_LABELS,
+                      results=followups.RESULT_LABELS)
 
     board_cache: dict[str, Any] = {"at": 0.0, "board": None}
     board_lock = asyncio.Lock()
@@ -595,6 +634,8 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         Route("/report/{day}/{name}", report_chart),
         Route("/scorecards", scorecards_page),
         Route("/scorecards/{name}", scorecards_chart),
+        post("/tickets/{ticket_id}/dnc", ticket_dnc),
+        Route("/followups", followups_page),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     # QA review (质检): the form is read and checked at start (FormError: file:line: reason), its version stored

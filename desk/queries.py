@@ -98,6 +98,7 @@ class Pop:
     history: tuple[PastCall, ...]
     open_tickets: tuple[Ticket, ...]
     note: CallNote | None = None
+    followup_ticket: int | None = None  # a follow-up call (回访) the customer asked to hand to an agent: its ticket
 
 
 def last_event_id(engine: Engine) -> int:
@@ -175,8 +176,11 @@ def pop_for(engine: Engine, config: DeskConfig, call_id: int, event_id: int, age
         )
         s.expunge_all()
     tier, service, queued_at, rung_at = call.tier, call.service, None, None
+    followup_ticket: int | None = None
     for eid, at, kind, detail in events:
         d = _detail(detail)
+        if kind == "followup_transfer" and d.get("ticket", "").isdigit():
+            followup_ticket = int(d["ticket"])
         if kind == "identified" and "tier" in d:
             tier = tier or d["tier"]
         elif kind == "queued":
@@ -204,6 +208,7 @@ def pop_for(engine: Engine, config: DeskConfig, call_id: int, event_id: int, age
         history=tuple(PastCall(r[0], aware(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in past),
         open_tickets=tuple(tickets),
         note=note,
+        followup_ticket=followup_ticket,
     )
 
 

@@ -673,6 +673,84 @@ class AgentConfig:
         return self
 
 
+def _clock_time(raw: str) -> clock_time:
+    try:
+        return clock_time.fromisoformat(raw.strip())
+    except ValueError:
+        raise ValueError("write a time of day like 17:00") from None
+
+
+def _calling_hours(raw: str) -> tuple[clock_time, clock_time]:
+    start, sep, end = raw.partition("-")
+    if not sep:
+        raise ValueError("write start-end like 09:00-20:00")
+    hours = _clock_time(start), _clock_time(end)
+    if hours[0] >= hours[1]:
+        raise ValueError("the start must be before the end, within one day")
+    return hours
+
+
+def _caller_id(raw: str) -> str:
+    if raw and not raw.isdigit():
+        raise ValueError("digits only, or empty for the first of [general] numbers")
+    return raw
+
+
+@section_model(config=SECTION, slots=True)
+class FollowupConfig:
+    """`[followup]`: calls the IVR places by itself to customers (回访), see crm_bridge.followups."""
+
+    enabled: YesNo = False
+    """Place follow-up calls at all (no: nothing is scanned, scheduled or dialled)."""
+    on_resolved: YesNo = True
+    """Follow up a complaint ticket once it reaches 已告知客户 (satisfied? close it : forward again)."""
+    on_wrap_up: YesNo = True
+    """Follow up a call the agent gave the wrap-up code `wrap_up_code` at the desk."""
+    on_daily: YesNo = True
+    """A short status call for an open complaint nobody has given feedback on that day ([002])."""
+    on_survey: YesNo = True
+    """Follow up a call whose questionnaire answer asked for it (an answer with `followup = true`)."""
+    wrap_up_code: Annotated[str, text("a wrap-up code", nonempty)] = "需回访"
+    """The desk's wrap-up code that asks for a follow-up call."""
+    delay_seconds: Annotated[float, number(0, 7 * 86_400)] = 1800.0
+    """Seconds from the trigger (ticket told its result, wrap-up saved) to the first attempt."""
+    daily_at: Annotated[clock_time, text("a time of day", _clock_time)] = clock_time(17, 0)
+    """Local time after which an open complaint without feedback that day gets its status call."""
+    calling_hours: Annotated[tuple[clock_time, clock_time], text("hours", _calling_hours)] = (
+        clock_time(9, 0), clock_time(20, 0))
+    """When customers may be called, in [general] timezone: start-end like 09:00-20:00."""
+    call_on_holidays: YesNo = False
+    """Call on public holidays too (the greeting's holiday calendar, 调休 rest days included)."""
+    call_on_weekends: YesNo = False
+    """Call on ordinary Saturdays and Sundays too (a 调休 make-up working day is always a calling day)."""
+    min_gap_seconds: Annotated[float, number(0, 7 * 86_400)] = 7200.0
+    """Seconds at least between two calls to the same customer."""
+    daily_cap: Annotated[int, whole(1, 20)] = 3
+    """Calls at most a day to the same customer."""
+    max_attempts: Annotated[int, whole(1, 10)] = 3
+    """Attempts of one follow-up before it is unreachable and its ticket is flagged for an agent."""
+    retry_seconds: Annotated[float, number(1, 86_400)] = 1800.0
+    """Seconds before retrying a follow-up not answered or busy; doubled after each attempt."""
+    ring_seconds: Annotated[float, number(5, 120)] = 30.0
+    """Seconds the customer's phone rings before the attempt counts as not answered."""
+    answer_seconds: Annotated[float, number(2, 60)] = 8.0
+    """Seconds to wait for a key after the question; asked once more, then goodbye."""
+    max_concurrent: Annotated[int, whole(1, 1000)] = 10
+    """Follow-up calls up at once, per IVR worker."""
+    calls_per_second: Annotated[float, number(0.1, 100)] = 1.0
+    """New follow-up calls a second, per IVR worker."""
+    queue_threshold: Annotated[int, whole(0, 10_000)] = 5
+    """No new follow-up while more inbound callers than this wait for an agent (inbound first)."""
+    scan_seconds: Annotated[float, number(1, 3600)] = 10.0
+    """How often each worker looks for new triggers and due follow-ups in the CRM."""
+    agent_transfer: YesNo = True
+    """Pressing 0 puts the customer through to the ticket's agent (else their seat group); no: an agent calls back."""
+    gateway: Annotated[tuple[str, int] | None, text("host:port of the SIP gateway", _gateway)] = None
+    """The SIP trunk or gateway to dial through, host:port; empty: [callbacks] gateway."""
+    caller_id: Annotated[str, text("a number", _caller_id)] = ""
+    """The number the customer sees; empty: the hotline's first number of [general] numbers."""
+
+
 SECTIONS: dict[str, type] = {
     "general": GeneralConfig,
     "greeting": GreetingSection,
@@ -692,6 +770,7 @@ SECTIONS: dict[str, type] = {
     "hours": HoursSection,
     "callbacks": CallbacksConfig,
     "survey": SurveyConfig,
+    "followup": FollowupConfig,
 }
 _KNOWN: dict[str, set[str]] = {name: known_keys(model) for name, model in SECTIONS.items()}
 # Sections of the same file read by other programs, which validate them (`python -m desk`: desk/config.py).
@@ -729,6 +808,7 @@ class Config:
     survey: SurveyConfig
     agents: tuple[AgentConfig, ...]
     questionnaires: QuestionnaireSet = field(default_factory=default_questionnaires)
+    followup: FollowupConfig = field(default_factory=FollowupConfig)
 
     @property
     def status_file(self) -> Path | None:
@@ -787,6 +867,7 @@ def load_config(path: Path) -> Config:
         survey=survey,
         agents=agents,
         questionnaires=questionnaires,
+        followup=conf.section("followup", FollowupConfig),
     )
 
 

@@ -45,6 +45,7 @@ from ivr.events import (
     TransferRequested,
     utc_now,
 )
+from ivr.followup_dialler import FollowupDialler, FollowupLeg
 from ivr.gcpolicy import FullGcPolicy
 from ivr.greeting import Greeter
 from ivr.guard import Admission, SourceGuard
@@ -85,6 +86,8 @@ class Engine:
         desk: DeskLink | None = None,
         desk_commands: Callable[[], list[Any]] | None = None,
         music: MusicOnHold | None = None,
+        followup_db: Any = None,
+        worker: str = "",
     ) -> None:
         """`desk`: how agents' phones are told who calls; `desk_commands`: takes the desk's pending
         agent commands from the CRM (blocking; run in a thread once a second); `music`: the hold
@@ -137,6 +140,20 @@ class Engine:
         )
         self.desk_commands = desk_commands
         self._taking_commands = False
+        # follow-up calls (回访, [followup]): the CRM's due follow-ups, dialled with inbound callers first
+        self.followups: FollowupDialler | None = None
+        if config.followup.enabled and followup_db is not None:
+            from prompts.followup import departments_of
+
+            self.followups = FollowupDialler(
+                config, self.endpoint, followup_db, prompts, self.pacer, self.ports, self.media_ip, greeter.calendar,
+                departments_of(config), worker, inbound_waiting=self.acd.waiting, overloaded=self._overloaded,
+                spawn=self._spawn, acd=self.acd, legs=self.legs, new_leg=lambda call: FollowupLeg(self, call))
+
+    def _overloaded(self) -> bool:
+        """No follow-up starts while the event loop runs late or the IVR is near max_calls."""
+        a = self.admission
+        return a.loop_lag > a.max_loop_lag or len(self.legs) >= self.config.general.max_calls
 
     @property
     def media_ip(self) -> str:
@@ -151,6 +168,8 @@ class Engine:
             if agent.digest != "strict":  # ops should know which phones accept weaker credentials
                 log.warning("agent_digest_weakened", agent=agent.number, digest=agent.digest)
         await self.agents.start()
+        if self.followups is not None:
+            await self.followups.start()
         # overflow eligibility grows with waiting time: re-run the ACD every second
         self._assign_task = asyncio.get_running_loop().create_task(self._assign_every_second())
         self._lag_task = asyncio.get_running_loop().create_task(self.admission.watch_loop_lag())
@@ -162,7 +181,7 @@ class Engine:
         """
         self.accepting = False
         deadline = asyncio.get_running_loop().time() + limit_s
-        while self.legs and not hurry.is_set():
+        while (self.legs or (self.followups is not None and self.followups.calls)) and not hurry.is_set():
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 break
@@ -170,7 +189,7 @@ class Engine:
                 await asyncio.wait_for(hurry.wait(), timeout=min(0.2, left))
             except TimeoutError:
                 pass
-        return len(self.legs)
+        return len(self.legs) + (len(self.followups.calls) if self.followups is not None else 0)
 
     async def stop(self) -> None:
         """End every call politely (BYE or 503), close media, stop listening."""
@@ -180,6 +199,8 @@ class Engine:
             self._lag_task.cancel()
         for leg in list(self.legs.values()):
             leg.dispatch(Aborted(utc_now(), "shutdown"))
+        if self.followups is not None:
+            self.followups.stop()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         await self.pacer.close()
@@ -392,6 +413,8 @@ class Engine:
     def on_bye(self, call: InboundCall | OutboundCall) -> None:
         if isinstance(call, OutboundCall) and self.agents.hung_up(call):
             return
+        if isinstance(call, OutboundCall) and self.followups is not None and self.followups.hung_up(call):
+            return
         leg = self.legs.get(call.call_id)  # a caller, or a called-back customer
         if leg is not None:
             leg.dispatch(HungUp(utc_now()))
@@ -454,6 +477,8 @@ class Engine:
             self.agents.tick()
             if self.accepting:
                 self.dialler.dial_due()
+                if self.followups is not None:
+                    self.followups.tick()
             if self.desk_commands is not None and not self._taking_commands:
                 self._spawn(self._apply_desk_commands())
             if self.status_file is not None and (self.agents.dirty or self.legs):

@@ -31,6 +31,8 @@ log = structlog.get_logger(__name__)
 HOLIDAY_KINDS = ("new_year", "spring_festival", "labour_day", "mid_autumn", "national_day")
 # An override may also say "none": no holiday greeting on those days.
 NO_HOLIDAY = "none"
+# … or "workday": a 调休 make-up working day (a weekend day worked); no holiday greeting either.
+WORKDAY = "workday"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,7 @@ _HOLIDAYS_NAMES = {
     "国庆节": "national_day",
 }
 _OTHER = "other"  # a statutory holiday without its own opening (清明, 端午)
+OTHER_HOLIDAY = _OTHER  # an override may name one: a day off without a greeting of its own
 
 
 @functools.lru_cache(maxsize=8)
@@ -175,8 +178,8 @@ def load_holiday_file(path: Path) -> dict[date, str]:
     for index, period in enumerate(data.get("period", []), start=1):
         where = f"{path}: [[period]] #{index}"
         kind = period.get("holiday")
-        if kind not in (*HOLIDAY_KINDS, NO_HOLIDAY):
-            allowed = ", ".join((*HOLIDAY_KINDS, NO_HOLIDAY))
+        if kind not in (*HOLIDAY_KINDS, NO_HOLIDAY, WORKDAY, OTHER_HOLIDAY):
+            allowed = ", ".join((*HOLIDAY_KINDS, OTHER_HOLIDAY, NO_HOLIDAY, WORKDAY))
             raise HolidayFileError(f"{where}: key 'holiday': {kind!r} is not one of {allowed}")
         start, end = period.get("start"), period.get("end", period.get("start"))
         for key, value in (("start", start), ("end", end)):
@@ -234,8 +237,53 @@ class HolidayCalendar:
         self._refresh()
         if day in self._overrides:
             kind = self._overrides[day]
-            return None if kind == NO_HOLIDAY else kind
+            return None if kind in (NO_HOLIDAY, WORKDAY, OTHER_HOLIDAY) else kind
         return library_holiday(day)
+
+    def is_day_off(self, day: date, *, weekends: bool = True) -> bool:
+        """True on a public holiday (清明 and 端午 too, and 调休 rest days); with `weekends`, also on a Saturday
+        or Sunday that is not a 调休 make-up working day. Ops overrides first, as for the greeting."""
+        self._refresh()
+        kind = self._overrides.get(day)
+        if kind is not None and kind != NO_HOLIDAY:
+            off: bool | None = kind != WORKDAY
+        else:
+            off = library_day_off(day)
+        if off is not None:
+            return off
+        return weekends and day.weekday() >= 5
+
+
+@functools.lru_cache(maxsize=8)
+def _rest_days_year(year: int) -> dict[date, bool]:
+    """Per date: True for a statutory rest day, False for a 调休 make-up working day; from the libraries."""
+    import chinese_calendar
+
+    days: dict[date, bool] = {}
+    try:
+        chinese_calendar.get_holiday_detail(date(year, 1, 1))
+    except NotImplementedError:
+        import holidays
+
+        for day, name in holidays.country_holidays("CN", years=range(year - 1, year + 2)).items():
+            days[day] = True
+            # "Day off (substituted from 02/14/2026)": that Saturday or Sunday is worked
+            if "substituted from " in name:
+                month, mday, yr = name.rsplit("substituted from ", 1)[1].rstrip(")").split("/")
+                days[date(int(yr), int(month), int(mday))] = False
+        return {d: off for d, off in days.items() if d.year == year}
+    day = date(year, 1, 1)
+    while day.year == year:
+        rest, name = chinese_calendar.get_holiday_detail(day)
+        if name is not None:  # a named day: the holiday's rest day, or the weekend day worked for it
+            days[day] = bool(rest)
+        day += timedelta(days=1)
+    return days
+
+
+def library_day_off(day: date) -> bool | None:
+    """True on a statutory rest day, False on a 调休 make-up working day, None on an ordinary day."""
+    return _rest_days_year(day.year).get(day)
 
 
 class Greeter:

@@ -31,6 +31,7 @@ from ivr.waiting import (
     WHISPER_CALLBACK_PROMPT,
 )
 from prompts.chinese_numbers import callers, minutes
+from prompts.followup import departments_of, followup_texts
 
 if TYPE_CHECKING:
     from ivr.config import Config
@@ -113,6 +114,7 @@ def build_catalogue(
     callback_key: str = "#",
     closed_hours: Mapping[str, str] | None = None,
     questionnaires: QuestionnaireSet | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Every prompt the IVR may play, with its final text.
 
@@ -147,6 +149,7 @@ def build_catalogue(
         texts[greeting_prompt_id(f"holiday:{kind}")] = text
     texts.update(FIXED)
     texts.update((questionnaires or default_questionnaires()).prompts())
+    texts.update(extra or {})  # e.g. the follow-up call's fragments (prompts/followup.py)
     unknown = set(overrides) - set(texts)
     if unknown:
         raise KeyError(f"[prompts] text overrides name unknown prompts: {', '.join(sorted(unknown))}")
@@ -169,6 +172,7 @@ def catalogue_for(config: Config, senior_people: Iterable[tuple[str | None, str 
         config.general.company, config.dayparts, config.prompts.texts,
         menu=config.menu, agents=[a.number for a in config.agents],
         callback_key=config.queues.callback_key, closed_hours=closed_hours, questionnaires=config.questionnaires,
+        extra=followup_texts(departments_of(config)) if config.followup.enabled else None,
     )
     if config.greet_senior_by_name:
         texts.update(salutation_texts(senior_people))

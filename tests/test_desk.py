@@ -195,6 +195,7 @@ def test_every_form_refuses_a_missing_or_wrong_csrf_token_and_changes_nothing(de
         f"/tickets/{i['ticket801']}/feedback": {"text": "x"},
         f"/calls/{i['call801']}/evaluations": {"agent": "801", "comment": "x"},  # QA review (desk/qa_pages.py)
         "/evaluations/1/respond": {"action": "acknowledged", "comment": ""},
+        f"/tickets/{i['ticket801']}/dnc": {"action": "add"},
         "/logout": {},
         "/login": {"username": "801", "password": "pw801-secret"},
     }

@@ -52,6 +52,20 @@ def test_the_writer_stores_each_answer_with_its_version_and_followup_flag_and_th
         assert (run.call_id, run.status, run.asked, run.answered) == (call_id, "partial", 4, 3)
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_an_answer_asking_for_a_follow_up_schedules_one_when_follow_ups_are_on(db: Engine, enabled: bool) -> None:  # noqa: F811
+    from crm_bridge.models import Followup
+
+    writer = CrmWriter(db, followup_on_survey=enabled)
+    writer.start()
+    for record in [*call_records("s1"), *ANSWERS, RUN]:
+        writer.submit(record)
+    assert writer.close() == 0
+    with Session(db) as s:
+        followups = s.scalars(select(Followup)).all()
+        assert [(f.kind, f.sip_call_id) for f in followups] == ([("survey", "s1")] if enabled else [])
+
+
 def test_answers_journaled_before_a_crash_are_applied_at_the_next_start(db: Engine, tmp_path: Path) -> None:  # noqa: F811
     crashed = CrmWriter(db, Outbox(tmp_path / "outbox"))  # its thread never runs
     for record in [*call_records("s1"), *ANSWERS[:1]]:
