@@ -41,19 +41,32 @@ from pathlib import Path
 import orjson
 import structlog
 
-from crm_bridge.records import CallRecord, OpenTicket, RecordCall, RecordCallback, RecordEvent, RecordSurvey
+from crm_bridge.records import (
+    CallRecord,
+    OpenTicket,
+    RecordCall,
+    RecordCallback,
+    RecordEvent,
+    RecordMonitoring,
+    RecordMonitoringMode,
+    RecordSurvey,
+)
 
 log = structlog.get_logger(__name__)
 
-Record = RecordCall | RecordEvent | RecordSurvey | OpenTicket | RecordCallback
+Record = (RecordCall | RecordEvent | RecordSurvey | OpenTicket | RecordCallback | RecordMonitoring
+          | RecordMonitoringMode)
 _KINDS: dict[type, str] = {RecordCall: "call", RecordEvent: "event", RecordSurvey: "survey", OpenTicket: "ticket",
-                           RecordCallback: "callback"}
+                           RecordCallback: "callback", RecordMonitoring: "monitoring",
+                           RecordMonitoringMode: "monitoring_mode"}
 _TIMES = {
     "call": ("started_at", "answered_at", "ended_at"),
     "event": ("at",),
     "survey": ("at",),
     "ticket": ("at", "next_feedback_due"),
     "callback": ("requested_at", "due_at"),
+    "monitoring": ("started_at", "ended_at"),
+    "monitoring_mode": ("at",),
 }
 _SUFFIX = ".jsonl"
 _LOCK = "lock"
@@ -61,7 +74,8 @@ _LOCK = "lock"
 
 _FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls))
-    for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket, RecordCallback)
+    for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket, RecordCallback, RecordMonitoring,
+                RecordMonitoringMode)
 }
 
 
@@ -119,6 +133,10 @@ def decode(line: bytes) -> tuple[int, Record]:
         record = RecordSurvey(**fields)
     elif kind == "callback":
         record = RecordCallback(**fields)
+    elif kind == "monitoring":
+        record = RecordMonitoring(**fields)
+    elif kind == "monitoring_mode":
+        record = RecordMonitoringMode(**fields)
     else:
         record = OpenTicket(**fields)
     return int(doc["seq"]), record
