@@ -283,7 +283,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
     async def desk_command(request: Request) -> Response:
         user, seat = need_agent(request)
         form = await _form(request)
-        command = choice(form, "command", AGENT_COMMANDS, "操作")
+        command = choice(form, "command", AGENT_COMMANDS[:3], "操作")  # monitor: supervisors, /monitor
         await db(request_command, engine, seat, command, requested_by=user.username)
         return RedirectResponse("/desk?sent=" + command, 303)
 
