@@ -577,9 +577,9 @@ class AgentConfig:
 
 def _supervisors(raw: str) -> frozenset[str]:
     found = _comma_set(raw)
-    for number in found:
-        if not number.isdigit():
-            raise ValueError(f"{number!r} is not an agent number")
+    for agent in found:
+        if not agent.isdigit():
+            raise ValueError(f"{agent!r} is not an agent number")
     return found
 
 
@@ -775,4 +775,5 @@ def _check_monitoring(conf: SipConf, monitoring: MonitoringConfig, agents: tuple
     unknown = sorted(monitoring.supervisors - {a.number for a in agents})
     if unknown:
         raise conf.error("monitoring", "supervisors",
-                         f"{', '.join(unknown)}: no agent section; a supervisor's phone is an agent peer ([880] type = agent)")
+                         f"{', '.join(unknown)}: no agent section; a supervisor's phone is an agent peer "
+                         "([880] type = agent)")
