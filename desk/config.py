@@ -21,7 +21,7 @@ from pydantic import AfterValidator
 from pydantic.dataclasses import dataclass as section_model
 
 from crm_bridge.customers import TierThresholds
-from ivr.config import ClusterConfig, DatabaseSection, GeneralConfig, TiersSection
+from ivr.config import ClusterConfig, DatabaseSection, GeneralConfig, MonitoringConfig, TiersSection
 from ivr.screenpop import DEFAULT_TEMPLATE, TemplateError, check_template
 from ivr.service import SEAT_GROUPS
 from ivr.sipconf import GIVEN, SECTION, IPAddress, Port, SipConf, YesNo, known_keys, number, text, whole
@@ -82,6 +82,8 @@ class DeskConfig:
     shared_agents: Annotated[bool, GIVEN]
     tiers: Annotated[TierThresholds, GIVEN]
     agents: Annotated[tuple[DeskAgent, ...], GIVEN]
+    # [monitoring] supervisors: the phones a supervisor may have rung into a call (the wallboard's monitor button)
+    monitoring_phones: Annotated[frozenset[str], GIVEN] = frozenset()
     # [desk]
     # loopback by default: put a TLS reverse proxy in front for other machines
     bind: IPAddress = "127.0.0.1"
@@ -147,4 +149,5 @@ def load_desk_config(path: Path) -> DeskConfig:
         shared_agents=conf.section("cluster", ClusterConfig, only=("shared_agents",)).shared_agents,
         tiers=conf.section("tiers", TiersSection).thresholds(),
         agents=agents,
+        monitoring_phones=conf.section("monitoring", MonitoringConfig, only=("supervisors",)).supervisors,
     )

@@ -237,3 +237,40 @@ def test_a_supervisor_listens_whispers_and_barges_and_a_non_supervisor_is_refuse
 
     assert monitoring_rows(db) == [("880", "801", "phone", "supervisor hung up", "listen,whisper,barge")]
     assert re.search(r"event='monitoring_refused'.*reason='802 is not a supervisor'", ivr.log())
+
+
+def test_the_desk_button_rings_the_supervisors_phone_into_the_call(monitored_call, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A supervisor's POST on the desk (with its CSRF token) queues a monitor command; the IVR takes it within a
+    second, rings the supervisor's registered phone and, once answered, the phone hears both sides."""
+    from starlette.testclient import TestClient
+
+    from crm_bridge.db import make_engine
+    from desk.app import create_app
+    from desk.auth import set_password
+    from desk.config import load_desk_config
+
+    from .test_desk import csrf_of, login
+
+    ivr, db, caller, agent = monitored_call
+    heard = tmp_path / "heard-desk.wav"
+    phone = supervisor_phone(tmp_path, ivr, "880", "--answer", "--record", str(heard), "--keys", "5@2",
+                             "--hangup-after", "4", "--timeout", "40")
+    wait_for_log(ivr, r"event='agent_registered' agent='880'")
+    engine = make_engine(f"sqlite:///{db}")
+    set_password(engine, "王经理", "supervisor-pw", role="supervisor")
+    app = create_app(load_desk_config(tmp_path / "sip.conf"), engine)
+    with TestClient(app, base_url="https://testserver") as client:
+        login(client, "王经理", "supervisor-pw")
+        r = client.post("/monitor", data={"csrf": csrf_of(client, "/wallboard"), "agent": "801", "phone": "880",
+                                          "mode": "listen", "back": "/wallboard"})
+        assert r.status_code == 200 and "已发送" in r.text
+    engine.dispose()
+
+    out, _ = phone.communicate(timeout=60)
+    [answered], [recording_at] = times(out, "confirmed"), times(out, "recording")
+    rate, samples = read_recording(heard)
+    start = int((answered + 0.7 - recording_at) * rate)
+    mix = samples[start:start + int(1.0 * rate)]
+    assert strength(mix, CALLER_HZ, rate) > 0.05 and strength(mix, AGENT_HZ, rate) > 0.05, out
+    assert monitoring_rows(db) == [("880", "801", "desk", "supervisor hung up", "listen,whisper")]
+    assert re.search(r"event='monitoring_ringing'", ivr.log())
