@@ -429,6 +429,8 @@ class Engine:
             leg.dispatch(Cancelled(utc_now()))
 
     def on_ack_timeout(self, call: InboundCall) -> None:
+        if self.monitoring.hung_up(call, "no ACK for 200 OK"):
+            return
         leg = self.legs.get(call.call_id)
         if leg is not None:
             leg.dispatch(Aborted(utc_now(), "no ACK for 200 OK"))

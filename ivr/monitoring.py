@@ -479,12 +479,12 @@ class Monitoring:
                     and not monitor.ended:
                 monitor.attach(leg.bridge)
 
-    def hung_up(self, call: InboundCall | OutboundCall) -> bool:
+    def hung_up(self, call: InboundCall | OutboundCall, why: str = "supervisor hung up") -> bool:
         """A BYE (or CANCEL) from a supervisor's phone; False when the call is not a monitoring session."""
         monitor = self.sessions.get(call.call_id)
         if monitor is None:
             return False
-        monitor.end("supervisor hung up", hang_up=False)
+        monitor.end(why, hang_up=False)
         return True
 
     def forget(self, monitor: Monitor) -> None:

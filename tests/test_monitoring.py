@@ -365,3 +365,20 @@ def test_feature_code_refusals_answer_403_404_480() -> None:
     assert status("*222999", "880") == 404
     assert status("*222801", "880") == 480  # 801 is not talking
     assert not monitoring.feature_code(Rejected(), "*46")  # type: ignore[arg-type]
+
+
+def test_two_supervisors_monitor_one_call_each_in_their_own_mode() -> None:
+    first, bridge, caller, agent, supervisor, owner, leg = monitored(Mode.WHISPER)
+    call = FakeCall()
+    call.call_id = "sup-2"
+    second = Monitor(owner, call, "881", "801", Mode.LISTEN, "desk", leg)  # type: ignore[arg-type]
+    second_rtp = FakeRtp()
+    second.rtp = second_rtp  # type: ignore[assignment]
+    second.attach(bridge)
+    to_caller, to_agent, to_first = tick(bridge, caller, agent, supervisor)
+    assert (to_caller, to_agent, to_first) == (tone(2000), tone(5000), tone(3000))
+    assert second_rtp.sent == [("pcm", tone(3000))]  # the second listener hears the call, not the first's whisper
+    second.on_digit("6", 160)
+    assert second_rtp.on_audio is not None
+    second_rtp.on_audio(tone(100), 0)
+    assert tick(bridge, caller, agent, supervisor)[:2] == (tone(2100), tone(5100))
