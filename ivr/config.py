@@ -701,7 +701,7 @@ def load_config(path: Path) -> Config:
     log = conf.section("log", LogSection)
     tiers = conf.section("tiers", TiersSection)
     monitoring = conf.section("monitoring", MonitoringConfig)
-    _check_monitoring(conf, monitoring, agents)
+    _check_monitoring(conf, monitoring, agents, general)
     return Config(
         path=conf.path,
         general=general,
@@ -771,7 +771,14 @@ def _check_hours(conf: SipConf, hours: HoursSection, general: GeneralConfig) -> 
                              f"not a hotline number; [general] numbers are {', '.join(sorted(general.numbers))}")
 
 
-def _check_monitoring(conf: SipConf, monitoring: MonitoringConfig, agents: tuple[AgentConfig, ...]) -> None:
+def _check_monitoring(conf: SipConf, monitoring: MonitoringConfig, agents: tuple[AgentConfig, ...],
+                      general: GeneralConfig) -> None:
+    for key in ("listen_prefix", "whisper_prefix", "barge_prefix"):
+        prefix = getattr(monitoring, key)
+        # a code is matched by its prefix before the hotline's numbers and *46/*47: it must not take them
+        taken = sorted(n for n in (*general.numbers, "*46", "*47") if n.startswith(prefix))
+        if taken:
+            raise conf.error("monitoring", key, f"{prefix} would take calls to {', '.join(taken)}")
     unknown = sorted(monitoring.supervisors - {a.number for a in agents})
     if unknown:
         raise conf.error("monitoring", "supervisors",

@@ -74,6 +74,10 @@ def test_prefixes_that_overlap_are_refused(tmp_path: Path) -> None:
         load_config(_conf(tmp_path, "[monitoring]\nlisten_prefix = *22\n"))
     with pytest.raises(ConfigError, match="keypad"):
         load_config(_conf(tmp_path, "[monitoring]\nbarge_prefix = 2x\n"))
+    with pytest.raises(ConfigError, match=r"\[monitoring\] listen_prefix: \*4 would take calls to \*46, \*47"):
+        load_config(_conf(tmp_path, "[monitoring]\nlisten_prefix = *4\n"))
+    with pytest.raises(ConfigError, match=r"\[monitoring\] barge_prefix: 9 would take calls to 95000"):
+        load_config(_conf(tmp_path, "[monitoring]\nbarge_prefix = 9\n"))
 
 
 # --- media: what each party hears ------------------------------------------------------------------
