@@ -12,7 +12,8 @@ the call is up it plays `--play` into the call (looped), records what it hears
 to `--record`, presses each `--keys` digit (RFC 4733) at its second after the
 answer and hangs up after `--hangup-after` seconds. Prints `registered <code>`,
 `dialled <code> <status> <reason>` for each refused attempt, `confirmed <t>`,
-`recording <t>`, `key <digit> <t>` and `hung up <t>` (t: time.monotonic(), the
+`recording <t>`, `key <digit> <t>`, `hung up <t>` (this phone hung up) or
+`disconnected <t>` (the IVR did) (t: time.monotonic(), the
 same clock as the test's), then exits.
 """
 
@@ -47,6 +48,8 @@ class SupervisorCall(pj.Call):
             self.status, self.reason = info.lastStatusCode, info.lastReason
             if self.confirmed_at is None:
                 print(f"dialled {self.opts.dial} {self.status} {self.reason}", flush=True)
+            else:
+                print(f"disconnected {time.monotonic()}", flush=True)
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:  # noqa: N802
         info = self.getInfo()

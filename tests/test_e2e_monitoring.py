@@ -274,3 +274,47 @@ def test_the_desk_button_rings_the_supervisors_phone_into_the_call(monitored_cal
     assert strength(mix, CALLER_HZ, rate) > 0.05 and strength(mix, AGENT_HZ, rate) > 0.05, out
     assert monitoring_rows(db) == [("880", "801", "desk", "supervisor hung up", "listen,whisper")]
     assert re.search(r"event='monitoring_ringing'", ivr.log())
+
+
+def test_the_supervisor_follows_a_transferred_caller_and_is_hung_up_when_the_caller_leaves(  # type: ignore[no-untyped-def]
+        ivr_factory, tmp_path: Path) -> None:
+    """801 (silent) transfers the caller to 811 (1500 Hz): the supervisor listening to 801 hears 811 next, and the
+    IVR hangs the supervisor up once 811 has hung up and the caller is in the survey."""
+    from .test_e2e_waiting import sipp_uas
+
+    first_port, second_port = free_port(), free_port()
+    db = tmp_path / "crm.db"
+    customers(tmp_path, f"sqlite:///{db}")
+    ivr = ivr_factory(db_url=f"sqlite:///{db}", extra=(
+        "[queues]\nwrap_up_seconds = 0\n[survey]\ntimeout_seconds = 2\n[monitoring]\nsupervisors = 880\n"
+        + agents_conf(**{"801": ("senior", f"127.0.0.1:{first_port}"), "811": ("middle", f"127.0.0.1:{second_port}")})
+        + "[880]\ntype = agent\nseat_group = junior\nsecret = pw880\nhost = dynamic\n"))
+    caller_peer, second_peer = RtpPeer(CALLER_HZ), RtpPeer(AGENT_HZ)
+    first = sipp_uas(tmp_path, ROOT / "tests" / "sipp" / "agent_refer_uas.xml", first_port,
+                     extra=("-d", "8000", "-key", "refer_to", "<sip:811@127.0.0.1>"))
+    second = sipp(tmp_path, "agent_sink_uas", ivr.port,
+                  extra=("-d", "8000", "-p", str(second_port), "-key", "sink_port", str(second_peer.port)),
+                  timeout_s=120)
+    caller = sipp(tmp_path, "monitored_caller", ivr.port, extra=("-key", "sink_port", str(caller_peer.port)),
+                  timeout_s=120)
+    heard = tmp_path / "heard.wav"
+    try:
+        wait_for_log(ivr, r"event='bridged'")
+        caller_peer.talking.set()
+        second_peer.talking.set()
+        phone = supervisor_phone(tmp_path, ivr, "880", "--dial", "*222801", "--record", str(heard),
+                                 "--hangup-after", "40", "--timeout", "60")
+        out, _ = phone.communicate(timeout=90)
+    finally:
+        for peer in (caller_peer, second_peer):
+            peer.stop()
+        for run in (first, second.proc, caller.proc):
+            if run.poll() is None:
+                run.kill()
+    [recording_at], [gone] = times(out, "recording"), times(out, "disconnected")  # the IVR hung up, not the phone
+    rate, samples = read_recording(heard)
+    # the last seconds of the conversation with 811, before the IVR hung the supervisor up
+    window = samples[int((gone - 2.5 - recording_at) * rate):int((gone - 0.6 - recording_at) * rate)]
+    assert strength(window, AGENT_HZ, rate) > 0.05 and strength(window, CALLER_HZ, rate) > 0.05, out
+    assert re.search(r"event='monitoring_followed'.*to_agent='811'", ivr.log())
+    assert monitoring_rows(db) == [("880", "801", "phone", "call ended", "listen")]
