@@ -8,7 +8,8 @@ ports) and gets a `Leg` (`ivr.leg`, which runs the call's flow) with its RTP
 session, while the caller is looked up in the CRM; BYE, CANCEL, INFO, a
 missing ACK and an agent's REFER become events for that call's leg.
 REGISTERs are answered by `ivr.registrar`; agents and the calls to them are
-`ivr.agents`, calls back to customers `ivr.dialler`. Once a second it expires
+`ivr.agents`, calls back to customers `ivr.dialler`, supervisors listening
+in on calls `ivr.monitoring` (its feature codes are tried first). Once a second it expires
 the guard's windows, runs the ACD and the dialler, takes the desk's commands
 and writes the status file.
 """
