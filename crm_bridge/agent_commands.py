@@ -1,4 +1,4 @@
-"""Commands from the agent desk to the IVR: pause, resume, end wrap-up.
+"""Commands from the agent desk to the IVR: pause, resume, end wrap-up, and a supervisor's monitor.
 
 The IVR holds agent state (in memory, or in the `agents` table when workers
 share agents), so the desk — a separate process — never changes it. It adds a
@@ -8,6 +8,10 @@ is claimed by one conditional UPDATE per row (`… WHERE taken_at IS NULL`), so
 two workers polling together never both apply it. A command nobody took
 within `max_age` is stale (the agent pressed the button while no IVR ran) and
 is marked `expired` instead of being applied much later.
+
+`monitor` (the wallboard's and call page's button, supervisors only) names
+the agent whose call is monitored, the supervisor whose registered phone the
+IVR rings into it and the mode (listen, whisper, barge): `ivr.monitoring`.
 """
 
 from __future__ import annotations
@@ -19,20 +23,24 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Engine, select, update
 from sqlalchemy.orm import Session
 
-from crm_bridge.models import AGENT_COMMANDS, AgentCommand
+from crm_bridge.models import AGENT_COMMANDS, MONITORING_MODES, AgentCommand
 
 EXPIRED = "expired"
 
 
 def request_command(
-    engine: Engine, agent: str, command: str, *, requested_by: str | None = None, now: datetime | None = None
+    engine: Engine, agent: str, command: str, *, requested_by: str | None = None, now: datetime | None = None,
+    supervisor: str | None = None, mode: str | None = None,
 ) -> int:
-    """Queue `command` for `agent`; returns the row id."""
+    """Queue `command` for `agent`; returns the row id. A `monitor` command needs `supervisor` and `mode`."""
     if command not in AGENT_COMMANDS:
         raise ValueError(f"unknown agent command {command!r}; one of {', '.join(AGENT_COMMANDS)}")
+    if command == "monitor" and (not supervisor or mode not in MONITORING_MODES):
+        raise ValueError(f"a monitor command names the supervisor's phone and a mode ({', '.join(MONITORING_MODES)})")
     with Session(engine) as s, s.begin():
         row = AgentCommand(
-            agent=agent, command=command, requested_at=now or datetime.now(UTC), requested_by=requested_by
+            agent=agent, command=command, requested_at=now or datetime.now(UTC), requested_by=requested_by,
+            supervisor=supervisor, mode=mode,
         )
         s.add(row)
         s.flush()

@@ -263,7 +263,8 @@ class CallNote(Base):
     __table_args__ = (UniqueConstraint("call_id", "agent_number", name="uq_call_notes_call_agent"),)
 
 
-AGENT_COMMANDS = ("pause", "resume", "end_wrap_up")  # what the desk may ask of the IVR (as *46 / *47 do)
+AGENT_COMMANDS = ("pause", "resume", "end_wrap_up",  # what the desk may ask of the IVR (as *46 / *47 do)
+                  "monitor")  # ring a supervisor's phone into the agent's call (ivr.monitoring)
 
 
 class AgentCommand(Base):
@@ -278,6 +279,9 @@ class AgentCommand(Base):
     requested_by: Mapped[str | None] = mapped_column(String(128))
     taken_at: Mapped[datetime | None]
     taken_by: Mapped[str | None] = mapped_column(String(128))  # the IVR worker, or "expired"
+    # a monitor command: the supervisor's phone (agent number) to ring, and listen | whisper | barge
+    supervisor: Mapped[str | None] = mapped_column(String(32))
+    mode: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (Index("ix_agent_commands_pending", "taken_at", "requested_at"),)
 
@@ -590,3 +594,43 @@ class DoNotCall(Base):
     added_at: Mapped[datetime]
     added_by: Mapped[str] = mapped_column(String(128))  # a desk user, "cli", or "回访" (pressed 9 in a call)
     source: Mapped[str] = mapped_column(String(16))  # cli, desk, ivr
+
+
+MONITORING_MODES = ("listen", "whisper", "barge")
+MONITORING_VIA = ("phone", "desk")  # a feature code dialled from the supervisor's phone, or the desk's button
+
+
+class MonitoringSession(Base):
+    """A supervisor monitoring an agent's call (ivr.monitoring): who, whose call, how reached, from when to when.
+
+    Written through the durable write path, upserted on `session_key` (the
+    supervisor's own SIP Call-ID) as the session goes on; `mode` is the mode
+    it is in now (or ended in), its history is in `monitoring_mode_changes`.
+    """
+
+    __tablename__ = "monitoring_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_key: Mapped[str] = mapped_column(String(255), unique=True)
+    sip_call_id: Mapped[str] = mapped_column(String(255), index=True)  # the monitored caller's call
+    agent_number: Mapped[str] = mapped_column(String(32), index=True)
+    supervisor: Mapped[str] = mapped_column(String(32), index=True)
+    via: Mapped[str] = mapped_column(String(8))  # one of MONITORING_VIA
+    mode: Mapped[str] = mapped_column(String(16))  # one of MONITORING_MODES
+    started_at: Mapped[datetime] = mapped_column(index=True)
+    ended_at: Mapped[datetime | None]
+    end_reason: Mapped[str | None] = mapped_column(String(64))  # supervisor hung up, call ended, ...
+    changes: Mapped[list[MonitoringModeChange]] = relationship(
+        back_populates="session", order_by="MonitoringModeChange.at")
+
+
+class MonitoringModeChange(Base):
+    """One mode a monitoring session entered (the first row is the mode it started in)."""
+
+    __tablename__ = "monitoring_mode_changes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("monitoring_sessions.id"), index=True)
+    at: Mapped[datetime]
+    mode: Mapped[str] = mapped_column(String(16))  # one of MONITORING_MODES
+    session: Mapped[MonitoringSession] = relationship(back_populates="changes")

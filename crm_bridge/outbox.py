@@ -48,6 +48,8 @@ from crm_bridge.records import (
     RecordCall,
     RecordCallback,
     RecordEvent,
+    RecordMonitoring,
+    RecordMonitoringMode,
     RecordSurvey,
     RecordSurveyAnswer,
     RecordSurveyRun,
@@ -56,10 +58,11 @@ from crm_bridge.records import (
 log = structlog.get_logger(__name__)
 
 Record = (RecordCall | RecordEvent | RecordSurvey | OpenTicket | RecordCallback | RecordAgentState
-          | RecordSurveyAnswer | RecordSurveyRun)
+          | RecordSurveyAnswer | RecordSurveyRun | RecordMonitoring | RecordMonitoringMode)
 _KINDS: dict[type, str] = {RecordCall: "call", RecordEvent: "event", RecordSurvey: "survey", OpenTicket: "ticket",
                            RecordCallback: "callback", RecordAgentState: "agent_state",
-                           RecordSurveyAnswer: "survey_answer", RecordSurveyRun: "survey_run"}
+                           RecordSurveyAnswer: "survey_answer", RecordSurveyRun: "survey_run",
+                           RecordMonitoring: "monitoring", RecordMonitoringMode: "monitoring_mode"}
 _TIMES = {
     "call": ("started_at", "answered_at", "ended_at"),
     "event": ("at",),
@@ -69,6 +72,8 @@ _TIMES = {
     "agent_state": ("at",),
     "survey_answer": ("at",),
     "survey_run": ("at",),
+    "monitoring": ("started_at", "ended_at"),
+    "monitoring_mode": ("at",),
 }
 _SUFFIX = ".jsonl"
 _LOCK = "lock"
@@ -77,7 +82,7 @@ _LOCK = "lock"
 _FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls))
     for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket, RecordCallback, RecordAgentState,
-                RecordSurveyAnswer, RecordSurveyRun)
+                RecordSurveyAnswer, RecordSurveyRun, RecordMonitoring, RecordMonitoringMode)
 }
 
 
@@ -141,6 +146,10 @@ def decode(line: bytes) -> tuple[int, Record]:
         record = RecordSurveyAnswer(**fields)
     elif kind == "survey_run":
         record = RecordSurveyRun(**fields)
+    elif kind == "monitoring":
+        record = RecordMonitoring(**fields)
+    elif kind == "monitoring_mode":
+        record = RecordMonitoringMode(**fields)
     else:
         record = OpenTicket(**fields)
     return int(doc["seq"]), record

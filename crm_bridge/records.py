@@ -134,3 +134,27 @@ class RecordSurveyRun:
     status: str
     asked: int  # questions asked (reprompts not counted)
     answered: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMonitoring:
+    """A supervisor's monitoring session (table `monitoring_sessions`, upserted on `session_key`), as it stands now."""
+
+    session_key: str  # the supervisor's own call's SIP Call-ID: unique, and the same in every update
+    sip_call_id: str  # the monitored caller's call
+    agent_number: str
+    supervisor: str
+    via: str  # phone | desk
+    mode: str  # listen | whisper | barge: the mode now
+    started_at: datetime
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMonitoringMode:
+    """A monitoring session entered a mode (table `monitoring_mode_changes`); its first is the starting mode."""
+
+    session_key: str
+    at: datetime
+    mode: str

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy import Engine, Table, insert, select
+from sqlalchemy import Connection, Engine, Table, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -39,6 +39,8 @@ from crm_bridge.models import (
     Call,
     Callback,
     CallEvent,
+    MonitoringModeChange,
+    MonitoringSession,
     OutboxCheckpoint,
     Survey,
     SurveyAnswer,
@@ -54,6 +56,8 @@ from crm_bridge.records import (
     RecordCall,
     RecordCallback,
     RecordEvent,
+    RecordMonitoring,
+    RecordMonitoringMode,
     RecordSurvey,
     RecordSurveyAnswer,
     RecordSurveyRun,
@@ -70,6 +74,8 @@ _SURVEY_ANSWERS = table_of(SurveyAnswer)
 _SURVEY_RUNS = table_of(SurveyRun)
 _OUTBOX_CHECKPOINTS = table_of(OutboxCheckpoint)
 _AGENT_STATES = table_of(AgentStateChange)
+_MONITORING = table_of(MonitoringSession)
+_MONITORING_MODES = table_of(MonitoringModeChange)
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -278,6 +284,16 @@ class CrmWriter:
             set_={c.name: excluded[c.name] for c in _CALLBACKS.c if c.name not in ("id", "request_key")},
         )
 
+    @functools.cached_property
+    def _upsert_monitoring(self) -> postgresql.Insert | sqlite.Insert:
+        """INSERT … ON CONFLICT (session_key) DO UPDATE: a monitoring session's row as it now stands."""
+        stmt = self._insert()(_MONITORING)
+        excluded = stmt.excluded
+        return stmt.on_conflict_do_update(
+            index_elements=[_MONITORING.c.session_key],
+            set_={c.name: excluded[c.name] for c in _MONITORING.c if c.name not in ("id", "session_key")},
+        )
+
     def _apply(self, batch: list[tuple[int, Record]]) -> None:
         # SQLAlchemy Core on one connection, not the ORM: the writer competes with
         # the event loop for the GIL, and the ORM's bookkeeping per row was most of
@@ -287,9 +303,17 @@ class CrmWriter:
         callbacks: dict[str, dict[str, object]] = {}  # by request_key: the latest row of each request
         events: list[RecordEvent | RecordSurvey | OpenTicket | RecordSurveyAnswer | RecordSurveyRun] = []
         agent_states: list[dict[str, object]] = []
+        sessions: dict[str, dict[str, object]] = {}  # monitoring sessions by session_key: the latest row
+        modes: list[RecordMonitoringMode] = []
         for _, record in batch:
             if isinstance(record, RecordAgentState):
                 agent_states.append({**shallow_fields(record), "at": _utc(record.at), "worker": self.worker})
+            elif isinstance(record, RecordMonitoring):
+                row = shallow_fields(record)
+                row["started_at"], row["ended_at"] = _utc(record.started_at), _utc(record.ended_at)
+                sessions[record.session_key] = row
+            elif isinstance(record, RecordMonitoringMode):
+                modes.append(record)
             elif isinstance(record, RecordCallback):
                 row = shallow_fields(record)
                 row["requested_at"], row["due_at"] = _utc(record.requested_at), _utc(record.due_at)
@@ -310,6 +334,10 @@ class CrmWriter:
                 conn.execute(self._upsert_callbacks, list(callbacks.values()))
             if agent_states:
                 conn.execute(insert(_AGENT_STATES), agent_states)
+            if sessions:
+                conn.execute(self._upsert_monitoring, list(sessions.values()))
+            if modes:
+                self._insert_modes(conn, modes)
             if events:
                 wanted = {e.sip_call_id for e in events}
                 found = select(_CALLS.c.sip_call_id, _CALLS.c.id).where(_CALLS.c.sip_call_id.in_(wanted))
@@ -367,6 +395,21 @@ class CrmWriter:
             self.on_deliveries()
         log.debug("crm_batch_written", rows=len(rows), events=len(events),
                   ms=round(1000 * (time.perf_counter() - started), 1))
+
+
+    @staticmethod
+    def _insert_modes(conn: Connection, modes: list[RecordMonitoringMode]) -> None:
+        """Mode changes, each under its session's row (always submitted before its modes)."""
+        keys = {m.session_key for m in modes}
+        found = select(_MONITORING.c.session_key, _MONITORING.c.id).where(_MONITORING.c.session_key.in_(keys))
+        ids: dict[str, int] = dict(conn.execute(found).all())  # type: ignore[arg-type]
+        missing = keys - ids.keys()
+        if missing:  # cannot happen: a session's row is submitted before its first mode
+            log.error("crm_modes_without_session", session_keys=sorted(missing))
+        rows = [{"session_id": ids[m.session_key], "at": _utc(m.at), "mode": m.mode}
+                for m in modes if m.session_key in ids]
+        if rows:
+            conn.execute(insert(_MONITORING_MODES), rows)
 
 
 def open_callbacks(engine: Engine) -> list[RecordCallback]:

@@ -42,7 +42,7 @@ from starlette.templating import Jinja2Templates
 
 from crm_bridge import followups, scorecards
 from crm_bridge.agent_commands import request_command
-from crm_bridge.models import AGENT_COMMANDS, Call, CallNote, Followup, Ticket, TicketHistory
+from crm_bridge.models import AGENT_COMMANDS, MONITORING_MODES, Call, CallNote, Followup, Ticket, TicketHistory
 from crm_bridge.report import (
     SEAT_GROUP_LABELS,
     aware,
@@ -122,6 +122,8 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         followup_kinds=followups.KIND_LABELS,
         followup_statuses=followups.STATUS_LABELS,
         followup_results=followups.RESULT_LABELS,
+        monitoring_phones=sorted(config.monitoring_phones),
+        monitoring_labels={"listen": "监听", "whisper": "耳语", "barge": "强插"},
     )
     env.filters["local"] = lambda at, fmt="%m-%d %H:%M": aware(at).astimezone(zone).strftime(fmt) if at else "–"
     env.filters["secs"] = lambda v: "–" if v is None else (f"{v:.0f}秒" if v < 120 else f"{v / 60:.0f}分")
@@ -290,7 +292,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
     async def desk_command(request: Request) -> Response:
         user, seat = need_agent(request)
         form = await _form(request)
-        command = choice(form, "command", AGENT_COMMANDS, "操作")
+        command = choice(form, "command", AGENT_COMMANDS[:3], "操作")  # monitor: supervisors, /monitor
         await db(request_command, engine, seat, command, requested_by=user.username)
         return RedirectResponse("/desk?sent=" + command, 303)
 
@@ -599,6 +601,23 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         images = await db(scorecards.charts, await db(_cards, period), (name,))
         return Response(images[name], media_type="image/png", headers={"Cache-Control": "no-store"})
 
+    # --- live monitoring -------------------------------------------------------------------
+
+    async def monitor(request: Request) -> Response:
+        """A supervisor's listen / whisper / barge button: the IVR rings their phone into the agent's call."""
+        form = await _form(request)  # the token first: a forged post is refused as such, whoever is logged in
+        user = need(request, "supervisor")
+        agent = form.get("agent", "")
+        if not isinstance(agent, str) or config.agent(agent) is None:
+            raise HTTPException(400, "坐席工号无效。")
+        mode = choice(form, "mode", MONITORING_MODES, "监听方式")
+        phone = choice(form, "phone", tuple(sorted(config.monitoring_phones)), "班长话机")
+        await db(request_command, engine, agent, "monitor", supervisor=phone, mode=mode, requested_by=user.username)
+        back = form.get("back", "")
+        # back to the page the button was on: a path of this site only, never another host
+        target = back if isinstance(back, str) and back.startswith("/") and not back.startswith("//") else "/wallboard"
+        return RedirectResponse(f"{target}{'&' if '?' in target else '?'}monitor={mode}", 303)
+
     # --- errors ------------------------------------------------------------------------
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -636,6 +655,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         Route("/scorecards/{name}", scorecards_chart),
         post("/tickets/{ticket_id}/dnc", ticket_dnc),
         Route("/followups", followups_page),
+        post("/monitor", monitor),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     # QA review (质检): the form is read and checked at start (FormError: file:line: reason), its version stored

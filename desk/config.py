@@ -22,7 +22,7 @@ from pydantic.dataclasses import dataclass as section_model
 
 from crm_bridge.customers import TierThresholds
 from desk.quality import DEFAULT_FORM
-from ivr.config import ClusterConfig, DatabaseSection, GeneralConfig, TiersSection
+from ivr.config import ClusterConfig, DatabaseSection, GeneralConfig, MonitoringConfig, TiersSection
 from ivr.screenpop import DEFAULT_TEMPLATE, TemplateError, check_template
 from ivr.service import SEAT_GROUPS
 from ivr.sipconf import (
@@ -124,6 +124,8 @@ class DeskConfig:
     """[tiers]' thresholds (not keys of [desk])."""
     agents: Annotated[tuple[DeskAgent, ...], GIVEN]
     """The agent sections (not keys of [desk])."""
+    monitoring_phones: Annotated[frozenset[str], GIVEN] = frozenset()
+    """Read from [monitoring] supervisors: the phones a supervisor may have rung into a call (monitor buttons)."""
     # [desk]
     bind: IPAddress = "127.0.0.1"
     """Address the desk listens on; loopback by default: put a TLS reverse proxy in front for other machines."""
@@ -206,6 +208,7 @@ def load_desk_config(path: Path) -> DeskConfig:
         agents=agents,
         recording_directory=_recording_directory(conf),
         quality=conf.section("quality", QualityConfig),
+        monitoring_phones=conf.section("monitoring", MonitoringConfig, only=("supervisors",)).supervisors,
     )
 
 

@@ -696,6 +696,20 @@ def _caller_id(raw: str) -> str:
     return raw
 
 
+def _supervisors(raw: str) -> frozenset[str]:
+    found = _comma_set(raw)
+    for agent in found:
+        if not agent.isdigit():
+            raise ValueError(f"{agent!r} is not an agent number")
+    return found
+
+
+def _prefix(raw: str) -> str:
+    if not raw or len(raw) > 8 or not all(ch in "0123456789*#" for ch in raw):
+        raise ValueError("1-8 keypad characters, e.g. *222")
+    return raw
+
+
 @section_model(config=SECTION, slots=True)
 class FollowupConfig:
     """`[followup]`: calls the IVR places by itself to customers (回访), see crm_bridge.followups."""
@@ -751,6 +765,30 @@ class FollowupConfig:
     """The number the customer sees; empty: the hotline's first number of [general] numbers."""
 
 
+@section_model(config=SECTION, slots=True)
+class MonitoringConfig:
+    """`[monitoring]`: supervisors listening to, coaching (whisper) or joining (barge) agents' calls."""
+
+    supervisors: Annotated[frozenset[str], text("a comma-separated list of agent numbers", _supervisors)] = frozenset()
+    """Agent numbers (registered accounts) allowed to monitor; empty: nobody may."""
+    listen_prefix: Annotated[str, text("a feature-code prefix", _prefix)] = "*222"
+    """Dialled before an agent's number (*222801): listen to that agent's call, heard by nobody."""
+    whisper_prefix: Annotated[str, text("a feature-code prefix", _prefix)] = "*223"
+    """Dialled before an agent's number: speak to the agent alone (coaching); the caller does not hear."""
+    barge_prefix: Annotated[str, text("a feature-code prefix", _prefix)] = "*224"
+    """Dialled before an agent's number: join the call, caller and agent both hear the supervisor."""
+    beep: YesNo = False
+    """Play the agent a short beep when a supervisor starts monitoring (the caller never hears it)."""
+
+    @model_validator(mode="after")
+    def _distinct_prefixes(self) -> Self:
+        prefixes = (self.listen_prefix, self.whisper_prefix, self.barge_prefix)
+        for name, prefix in zip(("listen_prefix", "whisper_prefix", "barge_prefix"), prefixes, strict=True):
+            if any(other != prefix and other.startswith(prefix) for other in prefixes) or prefixes.count(prefix) > 1:
+                raise SettingError(name, "the three prefixes must differ and none may begin another")
+        return self
+
+
 SECTIONS: dict[str, type] = {
     "general": GeneralConfig,
     "greeting": GreetingSection,
@@ -771,6 +809,7 @@ SECTIONS: dict[str, type] = {
     "callbacks": CallbacksConfig,
     "survey": SurveyConfig,
     "followup": FollowupConfig,
+    "monitoring": MonitoringConfig,
 }
 _KNOWN: dict[str, set[str]] = {name: known_keys(model) for name, model in SECTIONS.items()}
 # Sections of the same file read by other programs, which validate them (`python -m desk`: desk/config.py).
@@ -809,6 +848,7 @@ class Config:
     agents: tuple[AgentConfig, ...]
     questionnaires: QuestionnaireSet = field(default_factory=default_questionnaires)
     followup: FollowupConfig = field(default_factory=FollowupConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
 
     @property
     def status_file(self) -> Path | None:
@@ -841,6 +881,8 @@ def load_config(path: Path) -> Config:
     tiers = conf.section("tiers", TiersSection)
     survey = conf.section("survey", SurveyConfig)
     questionnaires = survey.questionnaire_set()
+    monitoring = conf.section("monitoring", MonitoringConfig)
+    _check_monitoring(conf, monitoring, agents, general)
     return Config(
         path=conf.path,
         general=general,
@@ -868,6 +910,7 @@ def load_config(path: Path) -> Config:
         agents=agents,
         questionnaires=questionnaires,
         followup=conf.section("followup", FollowupConfig),
+        monitoring=monitoring,
     )
 
 
@@ -909,3 +952,18 @@ def _check_hours(conf: SipConf, hours: HoursSection, general: GeneralConfig) -> 
         if key.isdigit() and key not in general.numbers:
             raise conf.error("hours", key,
                              f"not a hotline number; [general] numbers are {', '.join(sorted(general.numbers))}")
+
+
+def _check_monitoring(conf: SipConf, monitoring: MonitoringConfig, agents: tuple[AgentConfig, ...],
+                      general: GeneralConfig) -> None:
+    for key in ("listen_prefix", "whisper_prefix", "barge_prefix"):
+        prefix = getattr(monitoring, key)
+        # a code is matched by its prefix before the hotline's numbers and *46/*47: it must not take them
+        taken = sorted(n for n in (*general.numbers, "*46", "*47") if n.startswith(prefix))
+        if taken:
+            raise conf.error("monitoring", key, f"{prefix} would take calls to {', '.join(taken)}")
+    unknown = sorted(monitoring.supervisors - {a.number for a in agents})
+    if unknown:
+        raise conf.error("monitoring", "supervisors",
+                         f"{', '.join(unknown)}: no agent section; a supervisor's phone is an agent peer "
+                         "([880] type = agent)")

@@ -8,7 +8,8 @@ ports) and gets a `Leg` (`ivr.leg`, which runs the call's flow) with its RTP
 session, while the caller is looked up in the CRM; BYE, CANCEL, INFO, a
 missing ACK and an agent's REFER become events for that call's leg.
 REGISTERs are answered by `ivr.registrar`; agents and the calls to them are
-`ivr.agents`, calls back to customers `ivr.dialler`. Once a second it expires
+`ivr.agents`, calls back to customers `ivr.dialler`, supervisors listening
+in on calls `ivr.monitoring` (its feature codes are tried first). Once a second it expires
 the guard's windows, runs the ACD and the dialler, takes the desk's commands
 and writes the status file.
 """
@@ -53,6 +54,7 @@ from ivr.hours import BusinessHours
 from ivr.leg import Leg
 from ivr.media import MediaClock, RtpPortPool, open_rtp
 from ivr.metrics import Metrics
+from ivr.monitoring import Monitoring
 from ivr.registrar import RegisterHandler, Registrar, phone_address
 from ivr.sanity import check_request
 from ivr.screenpop import DeskLink
@@ -140,6 +142,10 @@ class Engine:
         )
         self.desk_commands = desk_commands
         self._taking_commands = False
+        # supervisors listening, whispering, barging ([monitoring]): feature codes, desk commands, bridges
+        self.monitoring = Monitoring(config, self.endpoint, self.ports, self.pacer, self.legs, self.agents, writer,
+                                     self._spawn, self.media_ip)
+        self.bridge_hooks.append(self.monitoring.bridged)
         # follow-up calls (回访, [followup]): the CRM's due follow-ups, dialled with inbound callers first
         self.followups: FollowupDialler | None = None
         if config.followup.enabled and followup_db is not None:
@@ -197,6 +203,7 @@ class Engine:
         if self._assign_task is not None:
             self._assign_task.cancel()
             self._lag_task.cancel()
+        self.monitoring.stop()
         for leg in list(self.legs.values()):
             leg.dispatch(Aborted(utc_now(), "shutdown"))
         if self.followups is not None:
@@ -217,6 +224,9 @@ class Engine:
             for command in commands:
                 log.info("agent_command", agent=command.agent, command=command.command,
                          requested_by=command.requested_by)
+                if command.command == "monitor":
+                    self.monitoring.from_desk(command.supervisor or "", command.agent, command.mode or "")
+                    continue
                 await self.agents.apply(command.command, command.agent)
         except Exception as exc:  # the database is away: the desk's buttons wait, calls do not
             log.warning("agent_commands_failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -271,6 +281,8 @@ class Engine:
             self._reject(call, 503, "Service Unavailable", "max_calls reached", retry_after=5)
             return
         callee = parse_uri(call.invite.uri).user or ""
+        if self.monitoring.feature_code(call, callee):
+            return
         if callee in FEATURE_CODES and self._feature_code(call, FEATURE_CODES[callee]):
             return
         if callee not in self.config.general.numbers:
@@ -411,6 +423,8 @@ class Engine:
         self._reject(call, 480, f"Agent {agent} {state.replace('_', ' ')}", "feature code")
 
     def on_bye(self, call: InboundCall | OutboundCall) -> None:
+        if self.monitoring.hung_up(call):
+            return
         if isinstance(call, OutboundCall) and self.agents.hung_up(call):
             return
         if isinstance(call, OutboundCall) and self.followups is not None and self.followups.hung_up(call):
@@ -448,11 +462,15 @@ class Engine:
             agent_leg.caller.dispatch(AgentHold(utc_now(), agent_leg.agent, held))
 
     def on_cancel(self, call: InboundCall) -> None:
+        if self.monitoring.hung_up(call):
+            return
         leg = self.legs.get(call.call_id)
         if leg is not None and leg.flow.record is not None:
             leg.dispatch(Cancelled(utc_now()))
 
     def on_ack_timeout(self, call: InboundCall) -> None:
+        if self.monitoring.hung_up(call, "no ACK for 200 OK"):
+            return
         leg = self.legs.get(call.call_id)
         if leg is not None:
             leg.dispatch(Aborted(utc_now(), "no ACK for 200 OK"))

@@ -66,6 +66,8 @@ def test_every_setting_shown_in_the_example_parses(tmp_path: Path, section: str,
     (tmp_path / "questionnaires.toml").write_text((EXAMPLE.parent / "questionnaires.toml.example").read_text())
     numbers = "" if section == "general" else "[general]\nnumbers = 95000, 4008000000\n"  # for [hours] 4008000000
     companion = "secret = a-secret-of-16-chars\n" if (section, key) == ("webhook", "url") else ""  # a url needs one
+    if (section, key) == ("monitoring", "supervisors"):  # supervisors are agent peers
+        companion = "".join(f"[{n}]\ntype = agent\nseat_group = junior\nsecret = pw{n}\n" for n in value.split(", "))
     load_config(config_with(tmp_path, f"{numbers}[{section}]\n{key} = {value}\n{companion}"))
 
 
