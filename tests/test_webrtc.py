@@ -1,0 +1,461 @@
+"""Browser agent legs' media: ICE-lite, DTLS-SRTP, rtcp-mux on one port.
+
+The far end in the end-to-end tests is aiortc, a second and independent
+WebRTC implementation, doing what a browser does with our offer: full ICE as
+the controlling agent, DTLS as the active side, SRTP from exported keys.
+Only 127.0.0.1 is used (aiortc's candidate gathering is pinned to loopback,
+no STUN/TURN server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import math
+import re
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import aioice.ice
+import av
+import numpy as np
+import pytest
+from aioice import stun
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortp.codecs import get_codec
+
+from ivr.media import MediaClock, RtpPortPool, WebRtcFailed, WebRtcSession, open_webrtc
+from ivr.webrtc import (
+    AnswerError,
+    DtlsCertificate,
+    PeerState,
+    WebRtcPeer,
+    classify,
+    local_certificate,
+    offer_sdp,
+    parse_answer,
+)
+from tests.conftest import free_port
+
+RATE = 8000
+FRAME = 160
+
+
+def tone(freq: float, start: int, n: int = FRAME, amplitude: float = 8000.0) -> np.ndarray:
+    t = (np.arange(n) + start) / RATE
+    return (amplitude * np.sin(2 * math.pi * freq * t)).astype(np.int16)
+
+
+def energy_at(samples: np.ndarray, freq: float) -> float:
+    """Share of the signal's energy within 50 Hz of `freq`."""
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64))) ** 2
+    freqs = np.fft.rfftfreq(len(samples), 1 / RATE)
+    total = float(spectrum.sum())
+    return float(spectrum[np.abs(freqs - freq) < 50].sum()) / total if total else 0.0
+
+
+def pool() -> RtpPortPool:
+    first = free_port(even=True)
+    return RtpPortPool(first, first + 2)
+
+
+# --- unit: demultiplexing, STUN, SDP, the fingerprint ----------------------------------------
+
+
+def test_first_byte_tells_stun_dtls_and_rtp_apart() -> None:
+    assert classify(bytes([0, 1]) + bytes(18)) == "stun"
+    assert classify(bytes([3])) == "stun"
+    assert classify(bytes([22, 0xFE, 0xFD])) == "dtls"  # handshake record, DTLS 1.2
+    assert classify(bytes([20])) == "dtls" and classify(bytes([63])) == "dtls"
+    assert classify(bytes([0x80, 0])) == "rtp" and classify(bytes([191])) == "rtp"
+    for first in (4, 19, 64, 127, 192, 255):
+        assert classify(bytes([first])) == "other"
+    assert classify(b"") == "other"
+
+
+def binding_request(ufrag: str, pwd: str, *, use_candidate: bool = False) -> bytes:
+    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST,
+                           attributes={"USERNAME": f"{ufrag}:browser", "PRIORITY": 1853817087,
+                                       "ICE-CONTROLLING": 12345})
+    if use_candidate:
+        request.attributes["USE-CANDIDATE"] = None
+    request.add_message_integrity(pwd.encode())
+    return bytes(request)
+
+
+def test_binding_request_is_answered_with_integrity_and_fingerprint() -> None:
+    sent: list[tuple[bytes, tuple[str, int]]] = []
+    peer = WebRtcPeer(local_certificate(), lambda data, addr: sent.append((data, addr)))
+    peer.stun(binding_request(peer.ufrag, peer.pwd, use_candidate=True), ("127.0.0.1", 5000))
+    assert len(sent) == 1 and sent[0][1] == ("127.0.0.1", 5000)
+    response = stun.parse_message(sent[0][0])  # raises when the FINGERPRINT is wrong
+    assert "FINGERPRINT" in response.attributes
+    assert response.message_class == stun.Class.RESPONSE
+    assert response.check_message_integrity(peer.pwd.encode())
+    assert not response.check_message_integrity(b"another password")
+    assert response.attributes["XOR-MAPPED-ADDRESS"] == ("127.0.0.1", 5000)
+    assert peer.selected == ("127.0.0.1", 5000) and ("127.0.0.1", 5000) in peer.consented
+
+
+def test_check_without_our_password_gets_no_answer_and_no_consent() -> None:
+    sent: list[bytes] = []
+    peer = WebRtcPeer(local_certificate(), lambda data, addr: sent.append(data))
+    peer.stun(binding_request(peer.ufrag, "not-the-password-at-all!"), ("127.0.0.1", 5000))
+    peer.stun(binding_request("otheruf", peer.pwd), ("127.0.0.1", 5001))
+    peer.stun(b"\x00\x01\x00\x00garbage", ("127.0.0.1", 5002))
+    assert sent == [] and not peer.consented and peer.stun_rejected == 3
+    peer.dtls(bytes([22]) + bytes(20), ("127.0.0.1", 5000))  # DTLS from an unconsented address
+    assert peer.dtls_dropped == 1
+
+
+def test_offer_is_dtls_srtp_ice_lite_rtcp_mux_g711() -> None:
+    cert = local_certificate()
+    sdp = offer_sdp(address="127.0.0.1", port=40000, payload_type=8, ufrag="abcd", pwd="p" * 24,
+                    fingerprint=cert.fingerprint, ssrc=1234)
+    lines = sdp.split("\r\n")
+    assert "m=audio 40000 UDP/TLS/RTP/SAVPF 8 101" in lines
+    assert lines.index("a=ice-lite") < lines.index("m=audio 40000 UDP/TLS/RTP/SAVPF 8 101")  # session level
+    for line in ("a=rtcp-mux", "a=setup:actpass", "a=ice-ufrag:abcd", f"a=ice-pwd:{'p' * 24}",
+                 "a=rtpmap:8 PCMA/8000", "a=rtpmap:101 telephone-event/8000", "c=IN IP4 127.0.0.1",
+                 "a=candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host", "a=sendrecv"):
+        assert line in lines, line
+    fingerprint = next(x for x in lines if x.startswith("a=fingerprint:"))
+    assert re.fullmatch(r"a=fingerprint:sha-256 ([0-9A-F]{2}:){31}[0-9A-F]{2}", fingerprint)
+    assert "crypto" not in sdp  # never SDES to a browser
+    with pytest.raises(ValueError, match="PCMU"):
+        offer_sdp(address="127.0.0.1", port=40000, payload_type=111, ufrag="abcd", pwd="p" * 24,
+                  fingerprint=cert.fingerprint, ssrc=1)
+
+
+def test_certificate_is_ecdsa_p256_and_one_per_process() -> None:
+    cert = local_certificate()
+    assert cert is local_certificate()
+    assert cert.key.curve.name == "secp256r1"
+    assert cert.fingerprint.startswith("sha-256 ")
+
+
+ANSWER = """v=0\r
+o=- 1 2 IN IP4 127.0.0.1\r
+s=-\r
+t=0 0\r
+a=fingerprint:sha-256 {fp}\r
+m=audio 9 UDP/TLS/RTP/SAVPF 0 101\r
+c=IN IP4 0.0.0.0\r
+a=ice-ufrag:brws\r
+a=ice-pwd:browserpasswordbrowserpw\r
+a=setup:{setup}\r
+a=rtcp-mux\r
+"""
+FP = ":".join(["AB"] * 32)
+
+
+def test_answer_gives_fingerprint_credentials_and_role() -> None:
+    answer = parse_answer(ANSWER.format(fp=FP.lower(), setup="active"), 0)
+    assert answer.fingerprint == FP and answer.ice_ufrag == "brws" and answer.setup == "active"
+    assert answer.ice_pwd == "browserpasswordbrowserpw"
+    # several hashes of the same certificate (aiortc, Firefox): the SHA-256 one is checked
+    several = ANSWER.format(fp=FP, setup="passive").replace(
+        f"a=fingerprint:sha-256 {FP}", "a=fingerprint:sha-384 " + ":".join(["CD"] * 48) + f"\r\na=fingerprint:sha-256 {FP}")
+    assert parse_answer(several, 0).fingerprint == FP and parse_answer(several, 0).setup == "passive"
+
+
+@pytest.mark.parametrize(("sdp", "why"), [
+    (ANSWER.format(fp=FP, setup="actpass"), "setup"),
+    (ANSWER.format(fp=FP[:-3], setup="active"), "malformed"),
+    (ANSWER.format(fp=FP, setup="active").replace("a=ice-pwd:browserpasswordbrowserpw\r\n", ""), "ice-pwd"),
+    (ANSWER.format(fp=FP, setup="active").replace("SAVPF 0 101", "SAVPF 8 101"), "PCMU"),
+    (ANSWER.format(fp=FP, setup="active").replace("m=audio 9", "m=audio 0"), "rejected"),
+    (ANSWER.format(fp=FP, setup="active").replace("UDP/TLS/RTP/SAVPF", "RTP/AVP"), "profile"),
+    (ANSWER.format(fp=FP, setup="active").replace("sha-256", "md5"), "algorithm"),
+    ("v=0\r\n", "no media"),
+])
+def test_unusable_answer_is_refused_with_the_reason(sdp: str, why: str) -> None:
+    with pytest.raises(AnswerError, match=why):
+        parse_answer(sdp, 0)
+
+
+def test_wrong_fingerprint_fails_the_handshake_and_gives_no_keys() -> None:
+    """Two peers in memory; the browser's answer names a certificate other than the one it presents."""
+    ours: WebRtcPeer
+    theirs: WebRtcPeer
+    us, them = ("127.0.0.1", 1), ("127.0.0.1", 2)
+    ours = WebRtcPeer(local_certificate(), lambda data, _addr: theirs.dtls(data, us))
+    browser_cert, impostor = DtlsCertificate.generate(), DtlsCertificate.generate()
+    theirs = WebRtcPeer(browser_cert, lambda data, _addr: ours.dtls(data, them))
+    failures: list[str] = []
+    keys: list[object] = []
+    ours.on_failed = failures.append
+    ours.on_connected = lambda srtp, addr: keys.append(srtp)
+    ours.consented.add(them)
+    ours.selected = them
+    theirs.consented.add(us)
+    theirs.selected = us
+    fp = impostor.fingerprint.split()[1]
+    ours.accept(parse_answer(ANSWER.format(fp=fp, setup="active"), 0))  # we are the DTLS server
+    theirs.accept(parse_answer(ANSWER.format(fp=local_certificate().fingerprint.split()[1], setup="passive"), 0))
+    assert keys == [] and ours.state is PeerState.FAILED
+    assert failures and "does not match the a=fingerprint" in failures[0]
+
+
+def test_matching_fingerprint_gives_both_sides_the_same_keys() -> None:
+    ours: WebRtcPeer
+    theirs: WebRtcPeer
+    us, them = ("127.0.0.1", 1), ("127.0.0.1", 2)
+    ours = WebRtcPeer(local_certificate(), lambda data, _addr: theirs.dtls(data, us))
+    browser_cert = DtlsCertificate.generate()
+    theirs = WebRtcPeer(browser_cert, lambda data, _addr: ours.dtls(data, them))
+    got: dict[str, Any] = {}
+    ours.on_connected = lambda srtp, addr: got.setdefault("ours", srtp)
+    theirs.on_connected = lambda srtp, addr: got.setdefault("theirs", srtp)
+    ours.consented.add(them)
+    ours.selected = them
+    theirs.consented.add(us)
+    theirs.selected = us
+    ours.accept(parse_answer(ANSWER.format(fp=browser_cert.fingerprint.split()[1], setup="active"), 0))
+    theirs.accept(parse_answer(ANSWER.format(fp=local_certificate().fingerprint.split()[1], setup="passive"), 0))
+    assert ours.state is PeerState.CONNECTED and theirs.state is PeerState.CONNECTED
+    packet = struct.pack("!BBHII", 0x80, 0, 1, 160, 99) + bytes(160)
+    assert got["theirs"].unprotect(got["ours"].protect(packet)) == packet
+    assert got["ours"].unprotect(got["theirs"].protect(packet)) == packet
+
+
+# --- end to end: aiortc as the browser -------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """aiortc's ICE gathers host candidates on 127.0.0.1 only (aioice skips loopback by default)."""
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    yield
+
+
+class ToneTrack(MediaStreamTrack):
+    """An audio track of a sine tone in 20 ms frames, paced in real time."""
+
+    kind = "audio"
+
+    def __init__(self, freq: float) -> None:
+        super().__init__()
+        self.freq = freq
+        self.pts = 0
+        self.start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        loop = asyncio.get_running_loop()
+        if self.start is None:
+            self.start = loop.time()
+        wait = self.start + self.pts / RATE - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        samples = tone(self.freq, self.pts)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self.pts
+        frame.time_base = fractions.Fraction(1, RATE)
+        self.pts += FRAME
+        return frame
+
+
+class Relay(asyncio.DatagramProtocol):
+    """A UDP relay on 127.0.0.1 between the browser and the IVR that keeps every datagram it carries."""
+
+    def __init__(self, ivr: tuple[str, int]) -> None:
+        self.ivr = ivr
+        self.browser: tuple[str, int] | None = None
+        self.seen: list[tuple[str, bytes]] = []  # ("to_ivr" | "to_browser", datagram)
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is None:
+            return
+        if addr == self.ivr:
+            if self.browser is not None:
+                self.seen.append(("to_browser", data))
+                self.transport.sendto(data, self.browser)
+        else:
+            self.browser = addr
+            self.seen.append(("to_ivr", data))
+            self.transport.sendto(data, self.ivr)
+
+
+async def browser_answer(offer: str, track: MediaStreamTrack | None) -> tuple[RTCPeerConnection, str,
+                                                                               asyncio.Queue[av.AudioFrame]]:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    frames: asyncio.Queue[av.AudioFrame] = asyncio.Queue()
+
+    @pc.on("track")
+    def on_track(remote: MediaStreamTrack) -> None:
+        async def pump() -> None:
+            while True:
+                try:
+                    frames.put_nowait(await remote.recv())
+                except Exception:
+                    return
+        asyncio.ensure_future(pump())
+
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+    if track is not None:
+        transceiver = pc.getTransceivers()[0]
+        transceiver.sender.replaceTrack(track)
+        transceiver.direction = "sendrecv"
+    answer = await pc.createAnswer()
+    await pc.setLocalDescription(answer)  # gathers (loopback), starts ICE and DTLS
+    return pc, pc.localDescription.sdp, frames
+
+
+def with_leg(body: Callable[[WebRtcSession, int, str], Awaitable[None]]) -> None:
+    """Run `body` on a fresh browser leg (session, port, offer) in its own event loop; close the leg after."""
+    async def run() -> None:
+        session, port, offer = await open_webrtc(pool(), "127.0.0.1", 0)
+        try:
+            await body(session, port, offer)
+        finally:
+            await session.close()
+    asyncio.run(run())
+
+
+def test_aiortc_browser_and_ivr_hear_each_other_over_dtls_srtp() -> None:
+    with_leg(_test_aiortc_browser_and_ivr_hear_each_other_over_dtls_srtp)
+
+
+async def _test_aiortc_browser_and_ivr_hear_each_other_over_dtls_srtp(session: WebRtcSession, port: int, offer: str) -> None:
+    loop = asyncio.get_running_loop()
+    relay = Relay(("127.0.0.1", port))
+    relay_transport, _ = await loop.create_datagram_endpoint(lambda: relay, local_addr=("127.0.0.1", 0))
+    relay_port = relay_transport.get_extra_info("sockname")[1]
+    # the browser reaches us through the relay: the offer's candidate (and c=) name the relay's port
+    via_relay = offer.replace(f" {port} typ host", f" {relay_port} typ host").replace(
+        f"m=audio {port} ", f"m=audio {relay_port} ")
+    heard: list[bytes] = []
+    session.on_audio = lambda pcm, ts: heard.append(pcm)
+    pc, answer, frames = await browser_answer(via_relay, ToneTrack(600.0))
+    try:
+        assert "a=setup:active" in answer
+        session.accept_answer(answer)
+        await asyncio.wait_for(session.connected(), 10)
+        assert session.state == "connected" and session.handshake_seconds is not None
+        # the IVR speaks: a 1 kHz tone, 20 ms frames for 1.5 s
+        clock_ts = 0
+        for n in range(75):
+            session.send_audio_pcm(tone(1000.0, n * FRAME).tobytes(), clock_ts)
+            clock_ts += FRAME
+            await asyncio.sleep(0.02)
+        received: list[np.ndarray] = []
+        while not frames.empty():
+            frame = frames.get_nowait()
+            received.append(frame.to_ndarray().reshape(-1).astype(np.int16))
+    finally:
+        await pc.close()
+        relay_transport.close()
+    at_browser = np.concatenate(received) if received else np.zeros(1, np.int16)
+    assert len(at_browser) >= 40 * FRAME, f"the browser got {len(at_browser)} samples"
+    assert energy_at(at_browser[-20 * FRAME:], 1000.0) > 0.8  # our tone, decoded by aiortc
+    at_ivr = np.frombuffer(b"".join(heard), np.int16)
+    assert len(at_ivr) >= 40 * FRAME, f"the IVR got {len(at_ivr)} samples"
+    assert energy_at(at_ivr[-20 * FRAME:], 600.0) > 0.8  # the browser's tone, via our on_audio
+    # what crossed the wire is SRTP: no 12-byte RTP header followed by the plain PCMU of our tone
+    media = [d for way, d in relay.seen if classify(d) == "rtp" and not 192 <= d[1] <= 223]
+    ours = [d for way, d in relay.seen if way == "to_browser" and classify(d) == "rtp" and not 192 <= d[1] <= 223]
+    assert len(ours) >= 70 and media
+    assert all(len(d) == 12 + FRAME + 10 for d in ours)  # payload + the 80-bit auth tag
+    pcmu = get_codec(0)
+    plain = {pcmu.encode(tone(1000.0, n * FRAME).tobytes()) for n in range(75)}
+    assert not any(d[12:12 + FRAME] in plain for d in ours)
+    kinds = {classify(d) for _, d in relay.seen}
+    assert {"stun", "dtls", "rtp"} <= kinds
+
+
+def test_browser_presenting_another_certificate_ends_the_leg_cleanly() -> None:
+    with_leg(_test_browser_presenting_another_certificate_ends_the_leg_cleanly)
+
+
+async def _test_browser_presenting_another_certificate_ends_the_leg_cleanly(session: WebRtcSession, port: int, offer: str) -> None:
+    failures: list[str] = []
+    session.on_failed = failures.append
+    pc, answer, _ = await browser_answer(offer, None)
+    try:
+        forged = re.sub(r"a=fingerprint:sha-256 \S+", "a=fingerprint:sha-256 " + FP, answer)
+        session.accept_answer(forged)
+        with pytest.raises(WebRtcFailed, match="fingerprint"):
+            await asyncio.wait_for(session.connected(), 10)
+    finally:
+        await pc.close()
+    assert session.state == "failed" and failures and "fingerprint" in failures[0]
+    # the clock's next frames go nowhere: no keys, and never a clear packet instead
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.setblocking(False)
+    session._remote_addr = listener.getsockname()
+    for n in range(3):
+        session.send_audio_pcm(tone(1000.0, n * FRAME).tobytes(), n * FRAME)
+    await asyncio.sleep(0.1)
+    with pytest.raises(BlockingIOError):
+        listener.recv(2048)
+    listener.close()
+
+
+def test_answer_without_our_codec_fails_at_once() -> None:
+    with_leg(_test_answer_without_our_codec_fails_at_once)
+
+
+async def _test_answer_without_our_codec_fails_at_once(session: WebRtcSession, port: int, offer: str) -> None:
+    with pytest.raises(WebRtcFailed, match="PCMU"):
+        session.accept_answer(ANSWER.format(fp=FP, setup="active").replace("SAVPF 0 101", "SAVPF 8"))
+    assert session.state == "failed"
+    with pytest.raises(WebRtcFailed):
+        await session.connected()
+
+
+def test_no_check_from_the_browser_times_out() -> None:
+    with_leg(_test_no_check_from_the_browser_times_out)
+
+
+async def _test_no_check_from_the_browser_times_out(session: WebRtcSession, port: int, offer: str) -> None:
+    session.connect_timeout = 0.3
+    session.accept_answer(ANSWER.format(fp=FP, setup="active"))
+    with pytest.raises(WebRtcFailed, match="ICE"):
+        await asyncio.wait_for(session.connected(), 5)
+
+
+def test_handshake_stays_off_the_media_clock() -> None:
+    """Handshakes while the clock serves calls: its lateness stays at the level it had without them."""
+    asyncio.run(_handshakes_on_a_running_clock())
+
+
+async def _handshakes_on_a_running_clock() -> None:
+
+    class Idle:
+        def send_next_frame(self, tick: int) -> bool:
+            return False
+
+        def prompt_done(self) -> None:
+            pass
+
+    clock = MediaClock()
+    served = Idle()
+    clock.serve(served)
+    await asyncio.sleep(1.0)
+    before = clock.stats()
+    clock.lateness.clear()
+    for _ in range(3):
+        session, _, offer = await open_webrtc(pool(), "127.0.0.1", 0)
+        pc, answer, _ = await browser_answer(offer, None)
+        session.accept_answer(answer)
+        await asyncio.wait_for(session.connected(), 10)
+        await pc.close()
+        await session.close()
+    during = clock.stats()
+    clock.stop(served)
+    await clock.close()
+    assert during["ticks"] > before["ticks"]
+    # a handshake step is a fraction of a millisecond of the loop: the clock stays on time
+    assert float(during["lateness_ms_p50"]) < float(before["lateness_ms_p50"]) + 2.0
+    assert float(during["lateness_ms_p99"]) < 15.0
