@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -410,6 +411,7 @@ class WebRtcSession(SrtpRtpSession):
     on_failed: Callable[[str], None] | None = None  # the signalling side ends the leg
     handshake_seconds: float | None = None  # answer taken -> keys exported
     stray = 0  # SRTP from an address ICE did not select, or before the keys
+    dtls_step_max = 0.0  # seconds: the longest one DTLS datagram's handling held the event loop
 
     async def _bind_transports(self, local_addr: tuple[str, int], remote_addr: tuple[str, int]) -> None:
         loop = self._loop = asyncio.get_running_loop()
@@ -447,7 +449,7 @@ class WebRtcSession(SrtpRtpSession):
             self.peer.fail(f"unusable SDP answer: {exc}")
             raise WebRtcFailed(str(exc)) from None
         loop = asyncio.get_running_loop()
-        self._answered_at = loop.time()
+        self._answered_at = time.perf_counter()  # uvloop's loop.time() counts whole milliseconds
         if self.peer.state not in (PeerState.CONNECTED, PeerState.FAILED):
             self._deadline = loop.call_later(self.connect_timeout, self._timed_out)
         self._arm()
@@ -474,8 +476,12 @@ class WebRtcSession(SrtpRtpSession):
             if self.peer.selected is not None and self._srtp is not None:
                 self._remote_addr = self._remote_rtcp_addr = self.peer.selected  # the browser re-nominated
         elif kind == "dtls":
+            started = time.perf_counter()
             self.peer.dtls(data, addr)
             self._arm()
+            step = time.perf_counter() - started
+            if step > self.dtls_step_max:  # the longest the handshake held the event loop at once
+                self.dtls_step_max = step
         else:
             self.stray += 1
 
@@ -497,8 +503,7 @@ class WebRtcSession(SrtpRtpSession):
         self._remote_addr = self._remote_rtcp_addr = addr
         self.attach_srtp(srtp)
         self._stop_timers()
-        if self._loop is not None:
-            self.handshake_seconds = self._loop.time() - self._answered_at
+        self.handshake_seconds = time.perf_counter() - self._answered_at
         if not self._ready.done():
             self._ready.set_result(None)
         log.info("webrtc_connected", remote=f"{addr[0]}:{addr[1]}", handshake_ms=round(

@@ -109,8 +109,16 @@ class DtlsCertificate:
         """A DTLS context offering SRTP_AES128_CM_SHA1_80 that asks the peer for its certificate.
 
         Any certificate is taken in the handshake (browsers' are self-signed);
-        the peer is authenticated afterwards against its SDP fingerprint.
+        the peer is authenticated afterwards against its SDP fingerprint. Made
+        once per certificate: loading the key into OpenSSL costs as much as a
+        handshake step, and every leg's connection shares the context.
         """
+        ctx = _contexts.get(self.fingerprint)
+        if ctx is None:
+            ctx = _contexts[self.fingerprint] = self._new_context()
+        return ctx
+
+    def _new_context(self) -> SSL.Context:
         ctx = SSL.Context(SSL.DTLS_METHOD)
         ctx.set_options(SSL.OP_NO_TICKET)
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *_: True)
@@ -127,6 +135,7 @@ def fingerprint_of(cert: x509.Certificate) -> str:
 
 
 _certificate: DtlsCertificate | None = None
+_contexts: dict[str, SSL.Context] = {}
 
 
 def local_certificate() -> DtlsCertificate:
