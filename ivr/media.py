@@ -475,6 +475,8 @@ class WebRtcSession(SrtpRtpSession):
             self.peer.stun(data, addr)
             if self.peer.selected is not None and self._srtp is not None:
                 self._remote_addr = self._remote_rtcp_addr = self.peer.selected  # the browser re-nominated
+            elif self._timer is None:
+                self._arm()  # as the DTLS client, the first check starts our handshake
         elif kind == "dtls":
             started = time.perf_counter()
             self.peer.dtls(data, addr)
@@ -533,8 +535,11 @@ class WebRtcSession(SrtpRtpSession):
             self._ready.exception()
 
     async def close(self) -> None:
+        transport = self._rtp_transport
         await super().close()
         self.on_failed = None
+        if isinstance(transport, _MuxTransport):
+            transport._demux = _closed_transport  # the socket's last reference back to the session
 
 
 async def open_webrtc(

@@ -26,7 +26,8 @@ from aioice import stun
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortp.codecs import get_codec
 
-from ivr.media import MediaClock, RtpPortPool, WebRtcFailed, WebRtcSession, open_webrtc
+from ivr.bridge import MediaBridge
+from ivr.media import MediaClock, RtpPortPool, WebRtcFailed, WebRtcSession, open_rtp, open_webrtc
 from ivr.webrtc import (
     AnswerError,
     DtlsCertificate,
@@ -426,7 +427,12 @@ async def _test_no_check_from_the_browser_times_out(session: WebRtcSession, port
 
 
 def test_handshake_stays_off_the_media_clock() -> None:
-    """Handshakes while the clock serves calls: its lateness stays at the level it had without them."""
+    """Handshakes while the clock serves a call: it stays on time, and no DTLS step holds the loop for long.
+
+    The step bound is what the IVR controls (one datagram's handling); the
+    clock's median lateness is compared with its own just before. The p99 on a
+    shared machine is noise; loadtest/webrtc_bench.py measures it under load.
+    """
     asyncio.run(_handshakes_on_a_running_clock())
 
 
@@ -445,17 +451,77 @@ async def _handshakes_on_a_running_clock() -> None:
     await asyncio.sleep(1.0)
     before = clock.stats()
     clock.lateness.clear()
-    for _ in range(3):
+    steps = []
+    for _ in range(4):
         session, _, offer = await open_webrtc(pool(), "127.0.0.1", 0)
         pc, answer, _ = await browser_answer(offer, None)
         session.accept_answer(answer)
         await asyncio.wait_for(session.connected(), 10)
+        steps.append(session.dtls_step_max)
         await pc.close()
         await session.close()
     during = clock.stats()
     clock.stop(served)
     await clock.close()
-    assert during["ticks"] > before["ticks"]
-    # a handshake step is a fraction of a millisecond of the loop: the clock stays on time
-    assert float(during["lateness_ms_p50"]) < float(before["lateness_ms_p50"]) + 2.0
-    assert float(during["lateness_ms_p99"]) < 15.0
+    assert during["ticks"] > before["ticks"] and all(0 < step < 0.020 for step in steps), steps
+    assert float(during["lateness_ms_p50"]) <= float(before["lateness_ms_p50"]) + 2.0
+
+
+class BridgeParty:
+    """One side of a MediaBridge, as ivr.leg.Leg and ivr.agents.AgentLeg present themselves to it."""
+
+    def __init__(self, rtp: Any) -> None:
+        self.rtp = rtp
+        self.payload_type = 0
+        self.ts = 0
+
+    def next_timestamp(self) -> int:
+        self.ts = (self.ts + FRAME) & 0xFFFFFFFF
+        return self.ts
+
+
+def test_bridge_carries_a_browser_agent_like_any_other_agent() -> None:
+    """Caller on plain RTP, agent in aiortc over DTLS-SRTP, the unchanged MediaBridge on the media clock."""
+    with_leg(_bridge_to_browser)
+
+
+async def _bridge_to_browser(session: WebRtcSession, port: int, offer: str) -> None:
+    loop = asyncio.get_running_loop()
+    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    phone.bind(("127.0.0.1", 0))
+    phone.setblocking(False)
+    caller_rtp, caller_port = await open_rtp(pool(), "127.0.0.1", phone.getsockname(), 0)
+    pc, answer, frames = await browser_answer(offer, ToneTrack(600.0))
+    clock = MediaClock()
+    pcmu = get_codec(0)
+    at_phone: list[bytes] = []
+    try:
+        session.accept_answer(answer)
+        await asyncio.wait_for(session.connected(), 10)
+        bridge = MediaBridge(BridgeParty(caller_rtp), BridgeParty(session))
+        bridge.connect()
+        clock.serve(bridge)
+        start = loop.time()
+        for n in range(100):  # the caller's phone says 1 kHz for 2 s, and keeps what it hears
+            phone.sendto(struct.pack("!BBHII", 0x80, 0, n, n * FRAME, 0xCA11) + pcmu.encode(
+                tone(1000.0, n * FRAME).tobytes()), ("127.0.0.1", caller_port))
+            try:
+                while True:
+                    data = phone.recv(2048)
+                    at_phone.append(pcmu.decode(data[12:]))
+            except BlockingIOError:
+                pass
+            await asyncio.sleep(max(0.0, start + (n + 1) * 0.02 - loop.time()))
+        clock.stop(bridge)
+        bridge.close()
+        received = [frames.get_nowait().to_ndarray().reshape(-1).astype(np.int16) for _ in range(frames.qsize())]
+    finally:
+        await clock.close()
+        await pc.close()
+        await caller_rtp.close()
+        phone.close()
+    at_browser = np.concatenate(received)
+    assert energy_at(at_browser[-25 * FRAME:], 1000.0) > 0.8  # the caller, heard in the browser
+    heard = np.frombuffer(b"".join(at_phone), np.int16)
+    assert len(heard) >= 50 * FRAME
+    assert energy_at(heard[-25 * FRAME:], 600.0) > 0.8  # the browser agent, heard on the caller's phone
