@@ -525,3 +525,104 @@ async def _bridge_to_browser(session: WebRtcSession, port: int, offer: str) -> N
     heard = np.frombuffer(b"".join(at_phone), np.int16)
     assert len(heard) >= 50 * FRAME
     assert energy_at(heard[-25 * FRAME:], 600.0) > 0.8  # the browser agent, heard on the caller's phone
+
+
+class MiniBrowser:
+    """A far end made of the sans-IO peer over a real socket: one ICE check, then DTLS in the role it answered."""
+
+    def __init__(self, session: WebRtcSession, port: int, setup: str) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.ivr = ("127.0.0.1", port)
+        self.session = session
+        self.setup = setup
+        self.cert = DtlsCertificate.generate()
+        self.peer = WebRtcPeer(self.cert, lambda data, addr: self.sock.sendto(data, addr))
+        self.peer.consented.add(self.ivr)
+        self.peer.selected = self.ivr
+        self.keys: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.peer.on_connected = lambda srtp, _addr: self.keys.set_result(srtp)
+        self.rtp: list[bytes] = []
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        try:
+            while True:
+                data = self.sock.recv(2048)
+                kind = classify(data)
+                if kind == "dtls":
+                    self.peer.dtls(data, self.ivr)
+                elif kind == "rtp":
+                    self.rtp.append(data)
+        except BlockingIOError:
+            pass
+
+    def answer(self) -> str:
+        return ANSWER.format(fp=self.cert.fingerprint.split()[1], setup=self.setup).replace(
+            "brws", self.peer.ufrag).replace("browserpasswordbrowserpw", self.peer.pwd)
+
+    async def connect(self) -> Any:
+        self.session.accept_answer(self.answer())
+        check = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, attributes={
+            "USERNAME": f"{self.session.peer.ufrag}:{self.peer.ufrag}", "ICE-CONTROLLING": 1, "USE-CANDIDATE": None})
+        check.add_message_integrity(self.session.peer.pwd.encode())
+        self.sock.sendto(bytes(check), self.ivr)
+        ours = "passive" if self.setup == "active" else "active"  # the IVR's role, from the browser's side
+        self.peer.accept(parse_answer(ANSWER.format(fp=self.session.peer.certificate.fingerprint.split()[1],
+                                                    setup=ours), 0))
+        srtp = await asyncio.wait_for(self.keys, 10)
+        await asyncio.wait_for(self.session.connected(), 10)
+        return srtp
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+def test_browser_answering_passive_makes_the_ivr_the_dtls_client() -> None:
+    with_leg(_ivr_as_dtls_client)
+
+
+async def _ivr_as_dtls_client(session: WebRtcSession, port: int, offer: str) -> None:
+    browser = MiniBrowser(session, port, "passive")
+    try:
+        srtp = await browser.connect()
+        session.send_audio(b"\xff" * FRAME, 160)
+        await asyncio.sleep(0.1)
+    finally:
+        browser.close()
+    assert session.state == "connected" and browser.rtp
+    plain = srtp.unprotect(browser.rtp[-1])
+    assert plain[1] & 0x7F == 0 and plain[12:] == b"\xff" * FRAME
+
+
+def test_browser_dtmf_is_heard_and_strangers_srtp_is_not() -> None:
+    with_leg(_dtmf_and_strangers)
+
+
+async def _dtmf_and_strangers(session: WebRtcSession, port: int, offer: str) -> None:
+    digits: list[str] = []
+    heard: list[bytes] = []
+    session.on_dtmf = lambda digit, _duration: digits.append(digit)
+    session.on_audio = lambda pcm, _ts: heard.append(pcm)
+    browser = MiniBrowser(session, port, "active")
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.bind(("127.0.0.1", 0))
+    try:
+        srtp = await browser.connect()
+        ssrc = 0xB0B
+        # before anything else, a stranger replays the browser's own SRTP from another address
+        first = srtp.protect(struct.pack("!BBHII", 0x80, 0, 1, 160, ssrc) + b"\x00" * FRAME)
+        stranger.sendto(first, browser.ivr)
+        await asyncio.sleep(0.05)
+        assert session.stray >= 1 and heard == []
+        for seq, (end, duration) in enumerate([(0, 160), (0, 320), (0x80, 480), (0x80, 480), (0x80, 480)], 2):
+            event = struct.pack("!BBH", 5, end | 10, duration)  # digit 5, volume 10 (RFC 4733 §2.3)
+            browser.sock.sendto(srtp.protect(struct.pack("!BBHII", 0x80, 101 | (0x80 if seq == 2 else 0), seq,
+                                                         160 * 2, ssrc) + event), browser.ivr)
+        await asyncio.sleep(0.1)
+    finally:
+        browser.close()
+        stranger.close()
+    assert digits == ["5"]
