@@ -14,7 +14,7 @@ One process, real sockets on 127.0.0.1 only. Three phases:
    browser built from `ivr.webrtc.WebRtcPeer` itself (a STUN check with
    USE-CANDIDATE, then the DTLS client): the handshake time is the session's
    `handshake_seconds` (answer taken to SRTP keys), both ends' CPU included;
-   `ivr_step_ms_max` is the longest the IVR's side held the event loop for
+   `ivr_step_ms_max` is the most CPU the IVR's side spent on the event loop for
    one DTLS datagram; the clock's lateness is compared with the plain
    phase's (the handshakes must not disturb it; the far ends' own DTLS work
    runs on the same loop here, which a real browser's does not);
@@ -133,7 +133,9 @@ async def measure(clock: MediaClock, phones: list[Phone], seconds: float) -> dic
     packets_per_s = 100 * len(phones)  # 50 in, 50 out per leg
     return {"cpu_s_per_s": round(cpu_per_s, 4), "cpu_us_per_packet": round(1e6 * cpu_per_s / packets_per_s, 2),
             "clock_lateness_ms_p50": float(stats.get("lateness_ms_p50", 0.0)),
-            "clock_lateness_ms_p99": float(stats.get("lateness_ms_p99", 0.0))}
+            "clock_lateness_ms_p99": float(stats.get("lateness_ms_p99", 0.0)),
+            "clock_lateness_ms_max": float(stats.get("lateness_ms_max", 0.0)),
+            "clock_resyncs": int(stats.get("resyncs", 0))}
 
 
 async def browser_leg(pool: RtpPortPool, browser_cert: DtlsCertificate,
@@ -237,7 +239,8 @@ async def run(opts: argparse.Namespace) -> dict[str, object]:
     webrtc = await measure(clock, web_phones, opts.seconds)
     heard = sum(leg.heard for leg in web_legs)
     sent_to_browsers = sum(phone.received for phone in web_phones)
-    stray = sum(session.stray + session.unauthenticated for session, _ in web)
+    stray = sum(session.stray for session, _ in web)
+    unauthenticated = sum(session.unauthenticated for session, _ in web)
 
     for leg in web_legs:
         clock.stop(leg)
@@ -250,7 +253,7 @@ async def run(opts: argparse.Namespace) -> dict[str, object]:
     return {"legs": opts.legs, "seconds": opts.seconds, "handshakes": handshakes, "plain": plain, "webrtc": webrtc,
             "webrtc_extra_cpu_us_per_packet": round(extra, 2),
             "webrtc_frames_heard": heard, "webrtc_packets_to_browsers": sent_to_browsers,
-            "webrtc_dropped": stray}
+            "webrtc_stray": stray, "webrtc_unauthenticated": unauthenticated}
 
 
 def main() -> None:
