@@ -411,6 +411,7 @@ class WebRtcSession(SrtpRtpSession):
     on_failed: Callable[[str], None] | None = None  # the signalling side ends the leg
     handshake_seconds: float | None = None  # answer taken -> keys exported
     stray = 0  # SRTP from an address ICE did not select, or before the keys
+    log: structlog.typing.FilteringBoundLogger = log  # the call's logger (call_id bound) once open_webrtc sets it
     dtls_step_max = 0.0  # CPU seconds: the most one DTLS datagram's handling took on the event loop
 
     async def _bind_transports(self, local_addr: tuple[str, int], remote_addr: tuple[str, int]) -> None:
@@ -508,7 +509,7 @@ class WebRtcSession(SrtpRtpSession):
         self.handshake_seconds = time.perf_counter() - self._answered_at
         if not self._ready.done():
             self._ready.set_result(None)
-        log.info("webrtc_connected", remote=f"{addr[0]}:{addr[1]}", handshake_ms=round(
+        self.log.info("webrtc_connected", remote=f"{addr[0]}:{addr[1]}", handshake_ms=round(
             1000 * (self.handshake_seconds or 0.0), 1))
 
     def _failed(self, reason: str) -> None:
@@ -517,7 +518,8 @@ class WebRtcSession(SrtpRtpSession):
         if not self._ready.done():
             self._ready.set_exception(WebRtcFailed(reason))
             self._ready.exception()  # retrieved: nobody awaiting is not an error here
-        log.warning("webrtc_failed", reason=reason)
+        self.log.warning("webrtc_failed", reason=reason, state_reached=(
+            "dtls" if self.peer.consented else "no ICE check"), stun_rejected=self.peer.stun_rejected)
         if self.on_failed is not None:
             self.on_failed(reason)
 
@@ -549,11 +551,13 @@ async def open_webrtc(
     *,
     address: str | None = None,
     dtmf_payload_type: int = 101,
+    call_log: structlog.typing.FilteringBoundLogger | None = None,
 ) -> tuple[WebRtcSession, int, str]:
     """Bind a browser leg's media on the next free port; returns the session, its port and our SDP offer.
 
     `address` is what the offer names (the candidate and c= line), `bind` by
-    default. Send the offer in the agent leg's INVITE, pass the browser's
+    default; `call_log` is the call's logger (its call_id bound) for the
+    session's webrtc_connected / webrtc_failed lines. Send the offer in the agent leg's INVITE, pass the browser's
     answer to `session.accept_answer`, then `await session.connected()`.
     Raises RuntimeError when the range is exhausted and OSError when no port
     of `BIND_ATTEMPTS` would bind.
@@ -573,6 +577,8 @@ async def open_webrtc(
             log.info("rtp_port_busy", port=port, error=str(exc))
             continue
         assert isinstance(session, WebRtcSession)
+        if call_log is not None:
+            session.log = call_log
         session.offer = offer_sdp(address=address or bind, port=port, payload_type=payload_type,
                                   ufrag=session.peer.ufrag, pwd=session.peer.pwd,
                                   fingerprint=session.peer.certificate.fingerprint, ssrc=session._ssrc,

@@ -22,6 +22,8 @@ import aioice.ice
 import av
 import numpy as np
 import pytest
+import structlog
+import structlog.testing
 from aioice import stun
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortp.codecs import get_codec
@@ -626,3 +628,19 @@ async def _dtmf_and_strangers(session: WebRtcSession, port: int, offer: str) -> 
         browser.close()
         stranger.close()
     assert digits == ["5"]
+
+
+def test_failure_is_logged_with_the_calls_id() -> None:
+    async def run() -> list[dict[str, Any]]:
+        call_log = structlog.get_logger("ivr.agents").bind(call_id="call-42")
+        session, _, _ = await open_webrtc(pool(), "127.0.0.1", 8, call_log=call_log)
+        try:
+            with structlog.testing.capture_logs() as logs:
+                with pytest.raises(WebRtcFailed):
+                    session.accept_answer(ANSWER.format(fp=FP, setup="active"))  # PCMU answered to a PCMA offer
+        finally:
+            await session.close()
+        return logs
+    logs = asyncio.run(run())
+    failed = [entry for entry in logs if entry["event"] == "webrtc_failed"]
+    assert failed and failed[0]["call_id"] == "call-42" and "PCMA" in failed[0]["reason"]
