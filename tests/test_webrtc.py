@@ -644,3 +644,51 @@ def test_failure_is_logged_with_the_calls_id() -> None:
     logs = asyncio.run(run())
     failed = [entry for entry in logs if entry["event"] == "webrtc_failed"]
     assert failed and failed[0]["call_id"] == "call-42" and "PCMA" in failed[0]["reason"]
+
+
+class DroppingRelay(Relay):
+    """The relay, dropping our first DTLS flight and every ClientHello after the first.
+
+    So the browser's own retransmissions cannot rescue the handshake: only the
+    IVR's DTLS timer, resending its lost flight, can.
+    """
+
+    def __init__(self, ivr: tuple[str, int]) -> None:
+        super().__init__(ivr)
+        self.dropped: list[str] = []
+        self.client_hellos = 0
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if classify(data) == "dtls":
+            to_ivr = addr != self.ivr
+            if to_ivr and data[0] == 22 and len(data) > 13 and data[13] == 1:  # handshake record, ClientHello
+                self.client_hellos += 1
+                if self.client_hellos > 1:
+                    self.dropped.append("client_hello")
+                    return
+            if not to_ivr and "first_flight" not in self.dropped:
+                self.dropped.append("first_flight")
+                return
+        super().datagram_received(data, addr)
+
+
+def test_a_lost_dtls_flight_is_resent_on_the_ivrs_timer() -> None:
+    with_leg(_lost_flight)
+
+
+async def _lost_flight(session: WebRtcSession, port: int, offer: str) -> None:
+    loop = asyncio.get_running_loop()
+    relay = DroppingRelay(("127.0.0.1", port))
+    relay_transport, _ = await loop.create_datagram_endpoint(lambda: relay, local_addr=("127.0.0.1", 0))
+    relay_port = relay_transport.get_extra_info("sockname")[1]
+    via_relay = offer.replace(f" {port} typ host", f" {relay_port} typ host").replace(
+        f"m=audio {port} ", f"m=audio {relay_port} ")
+    pc, answer, _ = await browser_answer(via_relay, None)
+    try:
+        session.accept_answer(answer)
+        await asyncio.wait_for(session.connected(), 10)
+    finally:
+        await pc.close()
+        relay_transport.close()
+    assert "first_flight" in relay.dropped and session.state == "connected"
+    assert session.handshake_seconds is not None and session.handshake_seconds > 0.5  # one timer period went by
