@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import json
 import math
 import re
 import socket
 import struct
+import sys
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aioice.ice
@@ -41,6 +44,7 @@ from ivr.webrtc import (
     parse_answer,
 )
 from tests.conftest import free_port
+from tests.lossy import lossy_namespace_or_skip
 
 RATE = 8000
 FRAME = 160
@@ -692,3 +696,28 @@ async def _lost_flight(session: WebRtcSession, port: int, offer: str) -> None:
         relay_transport.close()
     assert "first_flight" in relay.dropped and session.state == "connected"
     assert session.handshake_seconds is not None and session.handshake_seconds > 0.5  # one timer period went by
+
+
+def test_chromium_agent_hears_the_caller_and_is_heard() -> None:
+    """The real thing: headless Chromium answers our offer, in a network namespace whose only interface is lo.
+
+    tests/chromium_webrtc_agent.py runs there (the IVR side and Selenium's
+    Chromium in one process) and reports Chromium's own statistics: ICE and
+    DTLS connected, the SRTP cipher, PCMU, packets received, and the loudest
+    frequency of what it hears; and what the IVR heard from Chromium's 600 Hz
+    oscillator.
+    """
+    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
+        pytest.fail("chromium / chromium-driver not installed: scripts/bootstrap.sh installs them")
+    with lossy_namespace_or_skip(0.0) as ns:
+        done = ns.run(sys.executable, str(Path(__file__).with_name("chromium_webrtc_agent.py")), timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "error" not in result, result
+    browser = result["browser"]
+    assert browser["ice"] in ("connected", "completed") and browser["dtlsState"] == "connected", browser
+    assert browser["srtpCipher"] == "SRTP_AES128_CM_HMAC_SHA1_80" and browser["dtlsRole"] == "client"
+    assert "audio/PCMU" in browser["codecs"]
+    assert browser["packetsReceived"] >= 90 and browser["packetsSent"] >= 90, browser
+    assert abs(browser["peakHz"] - 1000) < 30 and browser["peakDb"] > -60, browser  # our tone, in Chromium
+    assert result["ivr_heard_samples"] >= 100 * FRAME and result["ivr_energy_at_600hz"] > 0.8, result
