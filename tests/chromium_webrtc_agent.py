@@ -4,7 +4,8 @@ Run by tests/test_webrtc.py inside a network namespace of its own whose only
 interface is `lo` (Chromium gathers loopback candidates only with
 --allow-loopback-in-peer-connection, and no other interface exists there):
 
-    python tests/chromium_webrtc_agent.py     # prints one JSON object
+    python tests/chromium_webrtc_agent.py                   # prints one JSON object
+    python tests/chromium_webrtc_agent.py --handshakes 20   # handshake times against Chromium
 
 The IVR side is `ivr.media.open_webrtc` in this process; Chromium (Selenium,
 Debian's chromium + chromium-driver) takes the offer with
@@ -156,5 +157,36 @@ async def main() -> dict[str, Any]:
     return result
 
 
+async def handshakes(count: int) -> dict[str, Any]:
+    """`count` fresh browser legs one after the other: each one's time from taking the answer to SRTP keys."""
+    driver = await asyncio.to_thread(chromium)
+    times: list[float] = []
+    pool = RtpPortPool(40000, 40000 + 4 * count + 10)
+    try:
+        for _ in range(count):
+            await asyncio.to_thread(driver.get, "data:text/html,<title>agent</title>")
+            session, port, offer = await open_webrtc(pool, "127.0.0.1", 0)
+            try:
+                answered = await asyncio.to_thread(driver.execute_async_script, ANSWER_JS, offer)
+                if "error" in answered:
+                    return {"error": "chromium: " + answered["error"]}
+                session.accept_answer(answered["sdp"])
+                await asyncio.wait_for(session.connected(), 15)
+                times.append(1000 * (session.handshake_seconds or 0.0))
+            finally:
+                await session.close()
+                pool.release(port)
+    finally:
+        await asyncio.to_thread(driver.quit)
+        shutil.rmtree(driver._profile_dir, ignore_errors=True)
+    ordered = sorted(times)
+    return {"handshakes": len(times), "ms_p50": round(ordered[len(ordered) // 2], 2),
+            "ms_p99": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2),
+            "ms_max": round(ordered[-1], 2), "ms": [round(t, 2) for t in times]}
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main())))
+    if len(sys.argv) == 3 and sys.argv[1] == "--handshakes":  # the measurement docs/browser-agents.md reports
+        print(json.dumps(asyncio.run(handshakes(int(sys.argv[2])))))
+    else:
+        print(json.dumps(asyncio.run(main())))
