@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import gc
 import json
 import math
 import re
 import socket
 import struct
 import sys
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -584,6 +586,7 @@ class MiniBrowser:
     def close(self) -> None:
         asyncio.get_running_loop().remove_reader(self.sock.fileno())
         self.sock.close()
+        del self.session  # this helper's own cycles (its peer's callbacks) must not keep the IVR's session
 
 
 def test_browser_answering_passive_makes_the_ivr_the_dtls_client() -> None:
@@ -721,3 +724,34 @@ def test_chromium_agent_hears_the_caller_and_is_heard() -> None:
     assert browser["packetsReceived"] >= 90 and browser["packetsSent"] >= 90, browser
     assert abs(browser["peakHz"] - 1000) < 30 and browser["peakDb"] > -60, browser  # our tone, in Chromium
     assert result["ivr_heard_samples"] >= 100 * FRAME and result["ivr_energy_at_600hz"] > 0.8, result
+
+
+def test_a_closed_browser_leg_and_the_leg_it_called_back_are_freed_without_the_gc() -> None:
+    """As for plain RTP sessions (ivr.gcpolicy runs the full collection only when no call is up)."""
+
+    class Leg:
+        def on_audio(self, pcm: bytes, ts: int) -> None: ...
+
+        def on_dtmf(self, digit: str, duration: int) -> None: ...
+
+    async def call() -> tuple[weakref.ref[object], weakref.ref[object], weakref.ref[object]]:
+        session, port, _ = await open_webrtc(pool(), "127.0.0.1", 0)
+        leg = Leg()
+        session.on_audio, session.on_dtmf = leg.on_audio, leg.on_dtmf
+        session.on_failed = lambda reason: None
+        browser = MiniBrowser(session, port, "active")
+        await browser.connect()
+        session.send_audio(b"\xff" * FRAME, 0)
+        await asyncio.sleep(0.05)
+        browser.close()
+        peer = weakref.ref(session.peer)
+        await session.close()
+        return weakref.ref(leg), weakref.ref(session), peer
+
+    gc.collect()
+    gc.disable()  # a young collection must not hide a cycle
+    try:
+        leg, session, peer = asyncio.run(call())
+        assert leg() is None and session() is None and peer() is None, "a cycle holds the closed browser leg"
+    finally:
+        gc.enable()
