@@ -44,7 +44,7 @@ from aioice import stun
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 from ivr.srtp import SrtpContext
 
@@ -63,6 +63,7 @@ ICE_CHARS = string.ascii_letters + string.digits + "+/"  # ice-char (RFC 8839 §
 _CIPHERS = b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-SHA"
 
 Kind = Literal["stun", "dtls", "rtp", "other"]
+FINGERPRINT_MISMATCH = "the browser's certificate does not match the a=fingerprint of its SDP answer"
 
 
 def classify(data: bytes) -> Kind:
@@ -121,12 +122,40 @@ class DtlsCertificate:
     def _new_context(self) -> SSL.Context:
         ctx = SSL.Context(SSL.DTLS_METHOD)
         ctx.set_options(SSL.OP_NO_TICKET)
-        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *_: True)
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_against_sdp)
         ctx.use_certificate(self.cert)
         ctx.use_privatekey(self.key)
         ctx.set_cipher_list(_CIPHERS)
         ctx.set_tlsext_use_srtp(b"SRTP_AES128_CM_SHA1_80")
         return ctx
+
+
+@dataclass(slots=True)
+class _Expected:
+    """A connection's app data: the fingerprint the browser's SDP answer named, and whether it was met."""
+
+    fingerprint: str
+    mismatch: bool = False
+
+
+def _verify_against_sdp(conn: SSL.Connection, cert: crypto.X509, _errno: int, depth: int, _ok: int) -> bool:
+    """OpenSSL's verdict on the browser's certificate, in the handshake: does it match the SDP fingerprint?
+
+    Self-signed is expected (there is no chain to check). A mismatch aborts the
+    handshake with a fatal alert (OpenSSL sends unknown_ca), so the browser
+    learns at once. One
+    function for the shared context; each connection carries its expectation
+    as app data (no per-connection callback, no reference back to the peer).
+    """
+    if depth != 0:
+        return True
+    expected = conn.get_app_data()
+    if not isinstance(expected, _Expected):
+        return False
+    if hmac.compare_digest(fingerprint_of(cert.to_cryptography()), expected.fingerprint):
+        return True
+    expected.mismatch = True
+    return False
 
 
 def fingerprint_of(cert: x509.Certificate) -> str:
@@ -300,6 +329,7 @@ class WebRtcPeer:
         self.on_failed: Callable[[str], None] | None = None
         self._ssl: SSL.Connection | None = None
         self._early: list[tuple[bytes, Addr]] = []
+        self._expected: _Expected | None = None
         self.stun_answered = self.stun_rejected = self.dtls_dropped = 0
 
     # ICE ------------------------------------------------------------------------------------
@@ -341,17 +371,24 @@ class WebRtcPeer:
         if self._ssl is not None or self.answer is None or self.state is not PeerState.NEW:
             return
         if self.answer.setup == "active":
-            self._ssl = SSL.Connection(self.certificate.context(), None)  # memory BIOs
+            self._ssl = self._connection()
             self._ssl.set_accept_state()
             self.state = PeerState.CONNECTING
             early, self._early = self._early, []
             for data, addr in early:
                 self.dtls(data, addr)
         elif self.consented:  # we are the client: start once the browser's checks reach us
-            self._ssl = SSL.Connection(self.certificate.context(), None)
+            self._ssl = self._connection()
             self._ssl.set_connect_state()
             self.state = PeerState.CONNECTING
             self._step(self.selected)
+
+    def _connection(self) -> SSL.Connection:
+        assert self.answer is not None
+        ssl = SSL.Connection(self.certificate.context(), None)  # None: memory BIOs
+        self._expected = _Expected(self.answer.fingerprint)
+        ssl.set_app_data(self._expected)  # what _verify_against_sdp checks the browser's certificate against
+        return ssl
 
     def dtls(self, data: bytes, addr: Addr) -> None:
         """One DTLS datagram from `addr`: only from an address that passed a connectivity check."""
@@ -395,18 +432,21 @@ class WebRtcPeer:
             self._flush(addr)
             return
         except SSL.Error as exc:
-            self._flush(addr)
-            self.fail(f"DTLS handshake failed: {exc}")
+            self._flush(addr)  # the alert
+            mismatch = self._expected is not None and self._expected.mismatch
+            self.fail(FINGERPRINT_MISMATCH if mismatch else f"DTLS handshake failed: {exc}")
             return
         self._flush(addr)
-        self._handshake_done()
+        if self._ssl is not None and self.state is PeerState.CONNECTING:  # (not ended while sending)
+            self._handshake_done()
 
     def _flush(self, addr: Addr | None) -> None:
-        if self._ssl is None:
+        ssl = self._ssl  # sending may re-enter this peer and end it (a peer in memory, in tests)
+        if ssl is None:
             return
         while True:
             try:
-                data = self._ssl.bio_read(1500)
+                data = ssl.bio_read(1500)
             except SSL.WantReadError:
                 return
             if addr is not None:
@@ -418,8 +458,8 @@ class WebRtcPeer:
         if peer is None:
             self.fail("the browser presented no certificate")
             return
-        if not hmac.compare_digest(fingerprint_of(peer), self.answer.fingerprint):
-            self.fail("the browser's certificate does not match the a=fingerprint of its SDP answer")
+        if not hmac.compare_digest(fingerprint_of(peer), self.answer.fingerprint):  # checked in _verify too
+            self.fail(FINGERPRINT_MISMATCH)
             return
         if self._ssl.get_selected_srtp_profile() != b"SRTP_AES128_CM_SHA1_80":
             self.fail("no SRTP protection profile was agreed in the DTLS handshake (use_srtp)")
@@ -441,6 +481,7 @@ class WebRtcPeer:
             return
         self.state = PeerState.FAILED
         self.failure = reason
+        self._ssl = None  # no more DTLS; and the connection's verify callback holds this peer
         if self.on_failed is not None:
             self.on_failed(reason)
 
@@ -454,5 +495,6 @@ class WebRtcPeer:
             self._flush(self.selected)
         if self.state not in (PeerState.FAILED,):
             self.state = PeerState.CLOSED
+        self._ssl = None
         self.on_connected = None
         self.on_failed = None

@@ -206,6 +206,8 @@ def test_wrong_fingerprint_fails_the_handshake_and_gives_no_keys() -> None:
     theirs.accept(parse_answer(ANSWER.format(fp=local_certificate().fingerprint.split()[1], setup="passive"), 0))
     assert keys == [] and ours.state is PeerState.FAILED
     assert failures and "does not match the a=fingerprint" in failures[0]
+    # refused inside the handshake: the browser got a fatal alert and failed too
+    assert theirs.state is PeerState.FAILED and "alert" in theirs.failure, theirs.failure
 
 
 def test_matching_fingerprint_gives_both_sides_the_same_keys() -> None:
