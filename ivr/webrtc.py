@@ -121,7 +121,8 @@ class DtlsCertificate:
 
     def _new_context(self) -> SSL.Context:
         ctx = SSL.Context(SSL.DTLS_METHOD)
-        ctx.set_options(SSL.OP_NO_TICKET)
+        # The keys are exported once, from the certificate checked once: no renegotiation afterwards.
+        ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION)
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_against_sdp)
         ctx.use_certificate(self.cert)
         ctx.use_privatekey(self.key)
