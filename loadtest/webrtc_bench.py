@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import socket
 import struct
 import sys
@@ -42,6 +43,7 @@ from statistics import quantiles
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import structlog  # noqa: E402
 import uvloop  # noqa: E402
 from aioice import stun  # noqa: E402
 
@@ -264,6 +266,8 @@ def main() -> None:
     parser.add_argument("--port-min", type=int, default=42000)
     parser.add_argument("--report", type=Path, default=None, help="write the numbers as JSON here")
     opts = parser.parse_args()
+    # one webrtc_connected line per leg would bury the numbers
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     if not 1 <= opts.legs <= 500 or not 1 <= opts.seconds <= 120:
         parser.error("--legs 1..500, --seconds 1..120")
     results = uvloop.run(run(opts))
