@@ -10,6 +10,7 @@ no STUN/TURN server).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import gc
 import json
@@ -757,3 +758,67 @@ def test_a_closed_browser_leg_and_the_leg_it_called_back_are_freed_without_the_g
         assert leg() is None and session() is None and peer() is None, "a cycle holds the closed browser leg"
     finally:
         gc.enable()
+
+
+def test_no_media_either_way_before_ice_and_dtls_complete() -> None:
+    with_leg(_nothing_before_keys)
+
+
+async def _nothing_before_keys(session: WebRtcSession, port: int, offer: str) -> None:
+    heard: list[bytes] = []
+    session.on_audio = lambda pcm, _ts: heard.append(pcm)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.setblocking(False)
+    try:
+        session._remote_addr = listener.getsockname()  # where a careless session would send
+        for n in range(5):  # the media clock's keep-alive frames from the agent's answer on
+            session.send_audio(b"\xff" * FRAME, n * FRAME)
+        listener.sendto(struct.pack("!BBHII", 0x80, 0, 1, 160, 7) + b"\x00" * FRAME, ("127.0.0.1", port))
+        await asyncio.sleep(0.1)
+        with pytest.raises(BlockingIOError):
+            listener.recv(2048)
+    finally:
+        listener.close()
+    assert heard == [] and session.stray == 1 and session.state == "new"
+
+
+def test_media_follows_the_browsers_new_nomination() -> None:
+    with_leg(_renomination)
+
+
+async def _renomination(session: WebRtcSession, port: int, offer: str) -> None:
+    heard: list[bytes] = []
+    session.on_audio = lambda pcm, _ts: heard.append(pcm)
+    browser = MiniBrowser(session, port, "active")
+    moved = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the browser's new address (Wi-Fi to LTE)
+    moved.bind(("127.0.0.1", 0))
+    moved.setblocking(False)
+    try:
+        srtp = await browser.connect()
+        check = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, attributes={
+            "USERNAME": f"{session.peer.ufrag}:{browser.peer.ufrag}", "ICE-CONTROLLING": 1, "USE-CANDIDATE": None})
+        check.add_message_integrity(session.peer.pwd.encode())
+        moved.sendto(bytes(check), browser.ivr)
+        await asyncio.sleep(0.05)
+        session.send_audio(b"\xff" * FRAME, 160)
+        await asyncio.sleep(0.05)
+        got = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                got.append(moved.recv(2048))
+        media = [d for d in got if classify(d) == "rtp"]
+        assert media and srtp.unprotect(media[-1])[12:] == b"\xff" * FRAME  # our audio goes to the new address
+        for seq in range(1, 9):  # aiortp's jitter buffer hands frames on after a few packets
+            moved.sendto(srtp.protect(struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0xB0B) + b"\xff" * FRAME),
+                         browser.ivr)
+        stray = session.stray
+        browser.sock.sendto(srtp.protect(struct.pack("!BBHII", 0x80, 0, 9, 9 * 160, 0xB0B) + b"\xff" * FRAME),
+                            browser.ivr)  # the old address is no longer the browser's
+        await asyncio.sleep(0.05)
+        assert session.stray == stray + 1
+        new_address = moved.getsockname()
+    finally:
+        browser.close()
+        moved.close()
+    assert session._remote_addr == new_address and heard  # and its audio from there is taken
