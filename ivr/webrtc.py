@@ -396,8 +396,9 @@ class WebRtcPeer:
         if addr not in self.consented or self.state in (PeerState.FAILED, PeerState.CLOSED):
             self.dtls_dropped += 1
             return
-        if self._ssl is None:  # the ClientHello outran the SDP answer
-            if len(self._early) < EARLY_DTLS_KEPT:
+        if self._ssl is None:  # the ClientHello outran the SDP answer (which comes over SIP, and later)
+            # the browser repeats it on its timer until answered: one copy of each is enough
+            if len(self._early) < EARLY_DTLS_KEPT and all(data != kept for kept, _ in self._early):
                 self._early.append((data, addr))
             return
         self._ssl.bio_write(data)

@@ -438,11 +438,13 @@ async def _test_no_check_from_the_browser_times_out(session: WebRtcSession, port
 
 
 def test_handshake_stays_off_the_media_clock() -> None:
-    """Handshakes while the clock serves a call: it stays on time, and no DTLS step holds the loop for long.
+    """Handshakes while the clock serves a call: it stays on time, and no DTLS step takes long.
 
-    The step bound is what the IVR controls (one datagram's handling); the
-    clock's median lateness is compared with its own just before. The p99 on a
-    shared machine is noise; loadtest/webrtc_bench.py measures it under load.
+    The step bound is what the IVR controls (the CPU of one datagram's
+    handling); the clock's median lateness is compared with its own just
+    before. The far ends are the light `MiniBrowser` (aiortc's own Python work
+    on this loop would be measured instead of ours). The p99 on a shared
+    machine is noise; loadtest/webrtc_bench.py measures it under load.
     """
     asyncio.run(_handshakes_on_a_running_clock())
 
@@ -463,19 +465,19 @@ async def _handshakes_on_a_running_clock() -> None:
     before = clock.stats()
     clock.lateness.clear()
     steps = []
-    for _ in range(4):
-        session, _, offer = await open_webrtc(pool(), "127.0.0.1", 0)
-        pc, answer, _ = await browser_answer(offer, None)
-        session.accept_answer(answer)
-        await asyncio.wait_for(session.connected(), 10)
+    for _ in range(10):
+        session, port, _ = await open_webrtc(pool(), "127.0.0.1", 0)
+        browser = MiniBrowser(session, port, "active")
+        await browser.connect()
         steps.append(session.dtls_step_max)
-        await pc.close()
+        browser.close()
         await session.close()
+        await asyncio.sleep(0.05)
     during = clock.stats()
     clock.stop(served)
     await clock.close()
     assert during["ticks"] > before["ticks"] and all(0 < step < 0.020 for step in steps), steps
-    assert float(during["lateness_ms_p50"]) <= float(before["lateness_ms_p50"]) + 2.0
+    assert float(during["lateness_ms_p50"]) <= float(before["lateness_ms_p50"]) + 2.0, (before, during)
 
 
 class BridgeParty:
