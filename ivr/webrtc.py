@@ -312,8 +312,9 @@ class WebRtcPeer:
     never SRTP-protected); `on_connected(srtp, addr)` fires once, when ICE has
     a consented address, the handshake is done, the fingerprint matched and
     the keys are exported; `on_failed(reason)` fires once on any failure.
-    The owner calls `datagram` for each STUN/DTLS datagram and `timer` when
-    `next_timeout()` seconds have passed (the DTLS retransmission timer).
+    The owner calls `stun` and `dtls` with each such datagram, `accept` with
+    the browser's answer, and `timer` when `next_timeout()` seconds have
+    passed (the DTLS retransmission timer).
     """
 
     def __init__(self, certificate: DtlsCertificate, send: Callable[[bytes, Addr], None]) -> None:
@@ -460,7 +461,7 @@ class WebRtcPeer:
         if peer is None:
             self.fail("the browser presented no certificate")
             return
-        if not hmac.compare_digest(fingerprint_of(peer), self.answer.fingerprint):  # checked in _verify too
+        if not hmac.compare_digest(fingerprint_of(peer), self.answer.fingerprint):  # as _verify_against_sdp did
             self.fail(FINGERPRINT_MISMATCH)
             return
         if self._ssl.get_selected_srtp_profile() != b"SRTP_AES128_CM_SHA1_80":
