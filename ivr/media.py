@@ -407,6 +407,7 @@ class WebRtcSession(SrtpRtpSession):
 
     peer: WebRtcPeer
     offer: str = ""  # our SDP offer
+    _answer_sdp = ""
     connect_timeout = 10.0  # seconds from the answer to keys; then the leg fails
     on_failed: Callable[[str], None] | None = None  # the signalling side ends the leg
     handshake_seconds: float | None = None  # answer taken -> keys exported
@@ -442,7 +443,14 @@ class WebRtcSession(SrtpRtpSession):
 
         Raises WebRtcFailed (and fails the session) when the answer cannot carry
         the call; otherwise the handshake proceeds on its own: await `connected()`.
+        The same answer again (a retransmitted 200 OK) is ignored; a different
+        one (renegotiation) raises WebRtcFailed and leaves the session as it was.
         """
+        if self.peer.answer is not None:
+            if sdp == self._answer_sdp:
+                return
+            raise WebRtcFailed("a second, different SDP answer: renegotiation is not supported")
+        self._answer_sdp = sdp
         try:
             answer = parse_answer(sdp, self._payload_type)
             self.peer.accept(answer)

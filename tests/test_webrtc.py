@@ -607,6 +607,10 @@ async def _ivr_as_dtls_client(session: WebRtcSession, port: int, offer: str) -> 
     finally:
         browser.close()
     assert session.state == "connected" and browser.rtp
+    session.accept_answer(browser.answer())  # the same 200 OK again: nothing changes
+    with pytest.raises(WebRtcFailed, match="renegotiation"):
+        session.accept_answer(browser.answer().replace("a=setup:passive", "a=setup:active"))
+    assert session.state == "connected"
     plain = srtp.unprotect(browser.rtp[-1])
     assert plain[1] & 0x7F == 0 and plain[12:] == b"\xff" * FRAME
 
