@@ -258,7 +258,7 @@ class CallNote(Base):
     __table_args__ = (UniqueConstraint("call_id", "agent_number", name="uq_call_notes_call_agent"),)
 
 
-AGENT_COMMANDS = ("pause", "resume", "end_wrap_up")  # what the desk may ask of the IVR (as *46 / *47 do)
+AGENT_COMMANDS = ("pause", "resume", "end_wrap_up", "pause_recording", "resume_recording")  # what the desk may ask of the IVR (as *46 / *47 do)
 
 
 class AgentCommand(Base):
@@ -336,7 +336,8 @@ class WebhookDeadLetter(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
 
-RECORDING_STATES = ("recording", "complete", "interrupted", "deleted")
+# failed: a write error (full disk …) ended the file early; it is kept, marked, and never passes as complete
+RECORDING_STATES = ("recording", "complete", "interrupted", "failed", "deleted")
 
 
 class Recording(Base):
@@ -368,6 +369,7 @@ class Recording(Base):
     # conversation characteristics computed after the call (talk times, silences, over-talk), JSON
     characteristics: Mapped[str | None] = mapped_column(Text)
     deleted_at: Mapped[datetime | None]
+    ivr_worker: Mapped[str | None] = mapped_column(String(128), index=True)  # the IVR process that wrote it: a restart marks only its own
     pauses: Mapped[list[RecordingPause]] = relationship(
         back_populates="recording", order_by="RecordingPause.started_at")
 

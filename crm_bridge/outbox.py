@@ -41,19 +41,31 @@ from pathlib import Path
 import orjson
 import structlog
 
-from crm_bridge.records import CallRecord, OpenTicket, RecordCall, RecordCallback, RecordEvent, RecordSurvey
+from crm_bridge.records import (
+    CallRecord,
+    OpenTicket,
+    RecordCall,
+    RecordCallback,
+    RecordEvent,
+    RecordRecording,
+    RecordRecordingPause,
+    RecordSurvey,
+)
 
 log = structlog.get_logger(__name__)
 
-Record = RecordCall | RecordEvent | RecordSurvey | OpenTicket | RecordCallback
+Record = RecordCall | RecordEvent | RecordSurvey | OpenTicket | RecordCallback | RecordRecording | RecordRecordingPause
 _KINDS: dict[type, str] = {RecordCall: "call", RecordEvent: "event", RecordSurvey: "survey", OpenTicket: "ticket",
-                           RecordCallback: "callback"}
+                           RecordCallback: "callback", RecordRecording: "recording",
+                           RecordRecordingPause: "recording_pause"}
 _TIMES = {
     "call": ("started_at", "answered_at", "ended_at"),
     "event": ("at",),
     "survey": ("at",),
     "ticket": ("at", "next_feedback_due"),
     "callback": ("requested_at", "due_at"),
+    "recording": ("started_at", "ended_at"),
+    "recording_pause": ("started_at",),
 }
 _SUFFIX = ".jsonl"
 _LOCK = "lock"
@@ -61,7 +73,8 @@ _LOCK = "lock"
 
 _FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls))
-    for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket, RecordCallback)
+    for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket, RecordCallback, RecordRecording,
+                RecordRecordingPause)
 }
 
 
@@ -119,6 +132,10 @@ def decode(line: bytes) -> tuple[int, Record]:
         record = RecordSurvey(**fields)
     elif kind == "callback":
         record = RecordCallback(**fields)
+    elif kind == "recording":
+        record = RecordRecording(**fields)
+    elif kind == "recording_pause":
+        record = RecordRecordingPause(**fields)
     else:
         record = OpenTicket(**fields)
     return int(doc["seq"]), record

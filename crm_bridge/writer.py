@@ -19,6 +19,7 @@ a delivery in `webhook_deliveries` in that same transaction, for
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import queue
@@ -28,15 +29,34 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy import Engine, Table, insert, select
+from sqlalchemy import Connection, Engine, Table, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
 
-from crm_bridge.models import Call, Callback, CallEvent, OutboxCheckpoint, Survey, Ticket, WebhookDelivery, table_of
+from crm_bridge.models import (
+    Call,
+    Callback,
+    CallEvent,
+    OutboxCheckpoint,
+    Recording,
+    RecordingPause,
+    Survey,
+    Ticket,
+    WebhookDelivery,
+    table_of,
+)
 from crm_bridge.outbox import Outbox, Record, shallow_fields
-from crm_bridge.records import OpenTicket, RecordCall, RecordCallback, RecordEvent, RecordSurvey
+from crm_bridge.records import (
+    OpenTicket,
+    RecordCall,
+    RecordCallback,
+    RecordEvent,
+    RecordRecording,
+    RecordRecordingPause,
+    RecordSurvey,
+)
 
 log = structlog.get_logger(__name__)
 _STOP = object()
@@ -46,6 +66,8 @@ _CALL_EVENTS = table_of(CallEvent)
 _SURVEYS = table_of(Survey)
 _TICKETS = table_of(Ticket)
 _OUTBOX_CHECKPOINTS = table_of(OutboxCheckpoint)
+_RECORDINGS = table_of(Recording)
+_RECORDING_PAUSES = table_of(RecordingPause)
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -251,6 +273,30 @@ class CrmWriter:
             set_={c.name: excluded[c.name] for c in _CALLBACKS.c if c.name not in ("id", "request_key")},
         )
 
+    @functools.cached_property
+    def _upsert_recordings(self) -> postgresql.Insert | sqlite.Insert:
+        """INSERT … ON CONFLICT (path) DO UPDATE of the columns a RecordRecording carries (never characteristics)."""
+        stmt = self._insert()(_RECORDINGS)
+        excluded = stmt.excluded
+        carried = [f.name for f in dataclasses.fields(RecordRecording) if f.name != "path"]
+        return stmt.on_conflict_do_update(index_elements=[_RECORDINGS.c.path],
+                                          set_={name: excluded[name] for name in carried})
+
+    def _apply_recordings(self, conn: Connection, recordings: dict[str, dict[str, object]],
+                          pauses: list[RecordRecordingPause]) -> None:
+        if recordings:
+            conn.execute(self._upsert_recordings, list(recordings.values()))
+        if pauses:
+            paths = {p.path for p in pauses}
+            ids: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
+                select(_RECORDINGS.c.path, _RECORDINGS.c.id).where(_RECORDINGS.c.path.in_(paths))).all())
+            rows = [{"recording_id": ids[p.path], "paused_by": p.paused_by, "started_at": _utc(p.started_at),
+                     "offset_s": p.offset_s, "duration_s": p.duration_s} for p in pauses if p.path in ids]
+            if len(rows) < len(pauses):  # cannot happen: a recording's row is submitted when its file opens
+                log.error("crm_pauses_without_recording", paths=sorted(paths - ids.keys()))
+            if rows:
+                conn.execute(insert(_RECORDING_PAUSES), rows)
+
     def _apply(self, batch: list[tuple[int, Record]]) -> None:
         # SQLAlchemy Core on one connection, not the ORM: the writer competes with
         # the event loop for the GIL, and the ORM's bookkeeping per row was most of
@@ -259,8 +305,16 @@ class CrmWriter:
         rows: dict[str, dict[str, object]] = {}
         callbacks: dict[str, dict[str, object]] = {}  # by request_key: the latest row of each request
         events: list[RecordEvent | RecordSurvey | OpenTicket] = []
+        recordings: dict[str, dict[str, object]] = {}  # by path: the latest row of each file
+        pauses: list[RecordRecordingPause] = []
         for _, record in batch:
-            if isinstance(record, RecordCallback):
+            if isinstance(record, RecordRecording):
+                row = shallow_fields(record)
+                row["started_at"], row["ended_at"] = _utc(record.started_at), _utc(record.ended_at)
+                recordings[record.path] = row
+            elif isinstance(record, RecordRecordingPause):
+                pauses.append(record)
+            elif isinstance(record, RecordCallback):
                 row = shallow_fields(record)
                 row["requested_at"], row["due_at"] = _utc(record.requested_at), _utc(record.due_at)
                 callbacks[record.request_key] = row
@@ -278,6 +332,7 @@ class CrmWriter:
                 conn.execute(self._upsert_calls, list(rows.values()))
             if callbacks:
                 conn.execute(self._upsert_callbacks, list(callbacks.values()))
+            self._apply_recordings(conn, recordings, pauses)
             if events:
                 wanted = {e.sip_call_id for e in events}
                 found = select(_CALLS.c.sip_call_id, _CALLS.c.id).where(_CALLS.c.sip_call_id.in_(wanted))
