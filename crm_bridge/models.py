@@ -258,7 +258,8 @@ class CallNote(Base):
     __table_args__ = (UniqueConstraint("call_id", "agent_number", name="uq_call_notes_call_agent"),)
 
 
-AGENT_COMMANDS = ("pause", "resume", "end_wrap_up", "pause_recording", "resume_recording")  # what the desk may ask of the IVR (as *46 / *47 do)
+# what the desk may ask of the IVR (as *46 / *47 do; *48 pauses and resumes the call's recording)
+AGENT_COMMANDS = ("pause", "resume", "end_wrap_up", "pause_recording", "resume_recording")
 
 
 class AgentCommand(Base):
@@ -369,7 +370,8 @@ class Recording(Base):
     # conversation characteristics computed after the call (talk times, silences, over-talk), JSON
     characteristics: Mapped[str | None] = mapped_column(Text)
     deleted_at: Mapped[datetime | None]
-    ivr_worker: Mapped[str | None] = mapped_column(String(128), index=True)  # the IVR process that wrote it: a restart marks only its own
+    # the IVR process that wrote it: a restart marks only its own unfinished files interrupted
+    ivr_worker: Mapped[str | None] = mapped_column(String(128), index=True)
     pauses: Mapped[list[RecordingPause]] = relationship(
         back_populates="recording", order_by="RecordingPause.started_at")
 
