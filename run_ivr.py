@@ -20,6 +20,7 @@ import sys
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import structlog
 import uvloop
@@ -37,6 +38,7 @@ from ivr.engine import Engine
 from ivr.greeting import Greeter, HolidayCalendar
 from ivr.logs import configure_logging
 from ivr.media import g711_encoders
+from ivr.recording import Recorder, recover_interrupted
 from ivr.screenpop import DeskLink
 from ivr.service import SEAT_GROUPS
 from ivr.shared_acd import SharedAcd
@@ -149,6 +151,7 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     desk_commands = partial(take_pending, db, taken_by=worker or "ivr", agents=own_agents)
     engine = Engine(config, prompts, writer, greeter, directory=directory, acd=acd, desk=desk,
                     desk_commands=desk_commands, music=music)
+    recorder = start_recorder(config, db, writer, engine, worker if clustered else None)
     if not clustered:  # one IVR owns the callbacks a previous run did not finish; workers would each dial them
         engine.dialler.restore(await asyncio.to_thread(open_callbacks, db))
     await engine.start()
@@ -197,6 +200,8 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     left_up = await engine.drain(config.general.drain_seconds, hurry)
     log.info("stopping", calls_cut_short=left_up)
     await engine.stop()
+    if recorder is not None:
+        await asyncio.to_thread(recorder.close)  # every bridge is closed: finish the files before the CRM writer
     await directory.close()
     unwritten = await asyncio.to_thread(writer.close)
     if pusher is not None:
@@ -206,6 +211,31 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     pushed = {"webhook_delivered": pusher.delivered, "webhook_dead_letters": pusher.dead} if pusher else {}
     log.info("stopped", crm_records_written=writer.written, deferred_to_outbox=unwritten, **pushed)
     return 0
+
+
+def start_recorder(config: Config, db: Any, writer: CrmWriter, engine: Engine, worker: str | None
+                   ) -> Recorder | None:
+    """[recording]: mark what a previous run left unfinished, then record bridged calls (ivr.recording)."""
+    rec = config.recording
+    marked = recover_interrupted(db, rec.directory, worker)
+    if marked:
+        log.warning("recordings_interrupted", count=marked, directory=str(rec.directory))
+    if not rec.enabled:
+        return None
+    recorder = Recorder(rec, writer.submit, worker=writer.worker, metrics=engine.metrics,
+                        call_soon_threadsafe=asyncio.get_running_loop().call_soon_threadsafe)
+    engine.metrics.recording_queue_depth.set_function(lambda: recorder.writer.depth)
+    engine.bridge_hooks.append(recorder.attach)
+    for command in ("pause_recording", "resume_recording"):
+        engine.agent_command_hooks[command] = partial(_desk_recording_command, recorder, command)
+    recorder.start()
+    log.info("recording", directory=str(rec.directory), format=rec.format,
+             seat_groups=sorted(rec.seat_groups) or "all", services=sorted(rec.services) or "all")
+    return recorder
+
+
+def _desk_recording_command(recorder: Recorder, command: str, agent: str, requested_by: str) -> None:
+    recorder.command(agent, command, requested_by, "desk")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,6 +126,8 @@ class Engine:
         )
         self.desk_commands = desk_commands
         self._taking_commands = False
+        # desk commands that are not about the agent's state: command -> handler(agent, requested_by)
+        self.agent_command_hooks: dict[str, Callable[[str, str], None]] = {}
 
     @property
     def media_ip(self) -> str:
@@ -185,6 +187,10 @@ class Engine:
             for command in commands:
                 log.info("agent_command", agent=command.agent, command=command.command,
                          requested_by=command.requested_by)
+                hook = self.agent_command_hooks.get(command.command)
+                if hook is not None:  # pause_recording, resume_recording (ivr.recording)
+                    hook(command.agent, command.requested_by or command.agent)
+                    continue
                 await self.agents.apply(command.command, command.agent)
         except Exception as exc:  # the database is away: the desk's buttons wait, calls do not
             log.warning("agent_commands_failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # baresip: a third-party phone in the end-to-end tests; iproute2 and nftables: the packet-loss test's
 # network namespace (the kernel may lack netem; an nftables rule drops the packets then)
 APT_PACKAGES=(espeak-ng libespeak-ng1 sip-tester sox postgresql python3-venv kamailio chromium chromium-driver
-              fonts-wqy-microhei baresip iproute2 nftables)
+              fonts-wqy-microhei baresip iproute2 nftables libsndfile1)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -176,6 +176,12 @@ def write_ivr_config(
         extra = extra.replace("[limits]\n", "[limits]\n" + lag, 1)
     else:
         extra = f"[limits]\n{lag}" + extra
+    # recordings (on by default) go to the test's own directory, never the worktree's var/
+    where = f"directory = {tmp / 'recordings'}\n"
+    if "[recording]\n" not in extra:
+        extra += f"\n[recording]\n{where}"
+    elif "directory =" not in extra:
+        extra = extra.replace("[recording]\n", "[recording]\n" + where, 1)
     conf = tmp / "sip.conf"
     conf.write_text(
         f"""[general]
