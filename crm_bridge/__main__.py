@@ -8,6 +8,7 @@
     python -m crm_bridge --db-url URL report --date 2026-11-24 [--html FILE] [--csv DIR]
     python -m crm_bridge --db-url URL webhook-dead
     python -m crm_bridge --db-url URL webhook-retry [SIP_CALL_ID]
+    python -m crm_bridge --config sip.conf retention [--dry-run]
 
 `--config sip.conf` takes the database URL, tier thresholds and time zone from the IVR's config;
 days are local days of `[general] timezone` (Asia/Shanghai by default), not UTC days.
@@ -60,11 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--csv", type=Path, help="also write seat_groups-DAY.csv and agents-DAY.csv into this directory")
     rep.add_argument("--service-level-seconds", type=float, default=20,
                      help="answered within this many seconds (default %(default)s)")
+    ret = sub.add_parser("retention", help="delete recordings older than [recording] retention_days "
+                                           "(kept while their complaint ticket is open)")
+    ret.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    ret.add_argument("--days", type=int, help="override [recording] retention_days")
     args = p.parse_args(argv)
 
     thresholds = TierThresholds()
     zone = ZoneInfo("Asia/Shanghai")
     agent_names: dict[str, str] = {}
+    recordings_dir, retention_days = Path("var/recordings"), 90
     url = args.db_url
     if args.config.exists():
         from ivr.config import ConfigError, load_config
@@ -78,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         zone = config.general.zone
         agent_names = {a.number: a.name for a in config.agents}
         url = url or config.database_url
+        recordings_dir, retention_days = config.recording.directory, config.recording.retention_days
     if not url:
         print("error: give --db-url or --config", file=sys.stderr)
         return 2
@@ -153,6 +160,24 @@ def main(argv: list[str] | None = None) -> int:
             args.html.parent.mkdir(parents=True, exist_ok=True)
             args.html.write_text(standalone_html(report, charts(report)), encoding="utf-8")
             print(f"wrote {args.html}")
+    elif args.command == "retention":
+        from crm_bridge.retention import apply_retention
+
+        days = args.days or retention_days
+        if days < 1:
+            print("error: --days must be 1 or more", file=sys.stderr)
+            return 2
+        result = apply_retention(engine, recordings_dir, days, dry_run=args.dry_run)
+        verb = "would delete" if args.dry_run else "deleted"
+        for name in result.deleted:
+            print(f"{verb}\t{name}")
+        for name in result.kept_for_tickets:
+            print(f"kept\t{name}\t(complaint ticket still open)")
+        for name, why in result.failed:
+            print(f"failed\t{name}\t{why}")
+        print(f"{verb} {len(result.deleted)} recording(s), {result.freed_bytes / 1e6:.1f} MB, older than {days} days "
+              f"in {recordings_dir}; kept {len(result.kept_for_tickets)} for open complaints")
+        return 1 if result.failed else 0
     elif args.command == "webhook-dead":
         with Session(engine) as s:
             dead = s.scalars(select(WebhookDeadLetter).order_by(WebhookDeadLetter.failed_at)).all()

@@ -66,7 +66,8 @@ ERRORS = {
     429: "尝试次数过多",
     500: "系统错误",
 }
-COMMAND_LABELS = {"pause": "暂停接听", "resume": "恢复接听", "end_wrap_up": "结束话后处理"}
+COMMAND_LABELS = {"pause": "暂停接听", "resume": "恢复接听", "end_wrap_up": "结束话后处理",
+                  "pause_recording": "暂停录音", "resume_recording": "恢复录音"}  # the recording: *48 on the phone
 CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
