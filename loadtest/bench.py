@@ -672,14 +672,16 @@ def bridged_main(opts: argparse.Namespace) -> int:
     timeout = int(talk_s + n / opts.bridged_rate + 120)
     report: dict[str, object] = {}
     try:
-        for port in [*pool_ports, sink_agent_port]:
+        # each UAS's media ports (audio, video: -mp and -mp + 2) below the ephemeral range the SIP ports come from,
+        # and below the IVR's RTP range (30000+): a video port landing on another UAS's SIP port kills that UAS
+        for i, port in enumerate([*pool_ports, sink_agent_port]):
             calls = sum(1 for p in where.values() if p == port)
             scenario = "listening_agent_uas.xml" if port == sink_agent_port else "talking_agent_uas.xml"
             stat = work / f"uas-{port}.csv"
             extra = ["-key", "sink_port", str(sink.port)] if port == sink_agent_port else []
             uases.append((subprocess.Popen(
                 ["sipp", "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1",
-                 "-mp", str(free_port()), "-m", str(calls), "-nostdin", "-timeout", f"{timeout}s", "-trace_stat",
+                 "-mp", str(21000 + 8 * i), "-m", str(calls), "-nostdin", "-timeout", f"{timeout}s", "-trace_stat",
                  "-stf", str(stat), "-fd", "1", *extra],
                 cwd=work, stdout=subprocess.DEVNULL, stderr=open(work / f"uas-{port}.err", "w")), stat))  # noqa: SIM115
         time.sleep(1.5)
