@@ -200,8 +200,9 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     left_up = await engine.drain(config.general.drain_seconds, hurry)
     log.info("stopping", calls_cut_short=left_up)
     await engine.stop()
-    if recorder is not None:
-        await asyncio.to_thread(recorder.close)  # every bridge is closed: finish the files before the CRM writer
+    if recorder is not None:  # every bridge is closed: finish the files (off the loop), then their rows (on it)
+        await asyncio.to_thread(recorder.writer.close)
+        recorder.close()
     await directory.close()
     unwritten = await asyncio.to_thread(writer.close)
     if pusher is not None:

@@ -401,7 +401,11 @@ class Recorder:
         self.writer.start()
 
     def close(self, timeout: float = 30.0) -> None:
-        """After the engine stopped (every bridge closed): finish the files and record their rows."""
+        """After the engine stopped (every bridge closed): finish the files and submit their rows.
+
+        On the event loop, where rows are submitted; the wait for the writer thread may be done first
+        off the loop (`await asyncio.to_thread(recorder.writer.close)`), which leaves only the rows here.
+        """
         self.writer.close(timeout)
         self._collect()
 

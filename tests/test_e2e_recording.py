@@ -196,6 +196,32 @@ def test_a_desk_pause_is_silence_in_the_file_and_a_pause_row(  # type: ignore[no
     assert abs(len(data) / 8000 - rec["duration_s"]) < 0.05
 
 
+def test_the_agent_pauses_and_resumes_from_the_phone_with_star_48(  # type: ignore[no-untyped-def]
+    ivr_factory, tmp_path: Path, speech: tuple[np.ndarray, np.ndarray]
+) -> None:
+    agent_port = free_port()
+    ivr = recorded_ivr(ivr_factory, tmp_path, {"821": agent_port})
+    agent = sipp_uas(tmp_path, ROOT / "tests" / "sipp" / "agent_pause_uas.xml", agent_port)
+    caller = sipp(tmp_path, "talking_caller", ivr.port, extra=("-d", "22000"))
+    finished(caller)
+    assert agent.wait(30) == 0, (tmp_path / f"uas-{agent_port}.err").read_text(errors="replace")
+    call_id = f"1-{caller.proc.pid}@127.0.0.1"
+    (rec,) = wait_recordings(ivr, call_id)
+    conn = sqlite3.connect(ivr.db_url.removeprefix("sqlite:///"))
+    pauses = conn.execute("SELECT paused_by, offset_s, duration_s FROM recording_pauses WHERE recording_id = ?",
+                          (rec["id"],)).fetchall()
+    conn.close()
+    assert len(pauses) == 1, pauses
+    by, offset, length = pauses[0]
+    assert by == "821" and 2.5 < length < 5, pauses  # * 4 8 ... 3 s ... * 4 8
+    data, _ = soundfile.read(tmp_path / "recordings" / rec["path"], dtype="int16")
+    span = data[int(offset * 8000):int((offset + length) * 8000)]
+    assert not span.any(), "the paused span must be silence"
+    assert np.abs(data[: int(offset * 8000), 0]).max() > 1000  # the caller was recorded before it ...
+    assert np.abs(data[int((offset + length) * 8000):, 0]).max() > 1000  # ... and after it
+    assert "via='phone'" in ivr.log()
+
+
 def wait_log(ivr: IvrProcess, text: str, timeout: float = 40) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
