@@ -237,7 +237,7 @@ def test_a_transfer_is_one_file_per_agent_both_with_the_calls_id(  # type: ignor
     caller_sent, agent_sent = speech
     first_port, second_port = free_port(), free_port()
     conf = agents_conf(**{"821": ("junior", f"127.0.0.1:{first_port}"), "811": ("middle", f"127.0.0.1:{second_port}")})
-    ivr = ivr_factory(extra="[queues]\nwrap_up_seconds = 0\n" + conf)
+    ivr = ivr_factory(extra="[queues]\nwrap_up_seconds = 0\n[recording]\n" + conf)
     first = sipp_uas(tmp_path, ROOT / "tests" / "sipp" / "agent_refer_uas.xml", first_port,
                      extra=("-d", "9000", "-key", "refer_to", "<sip:group-middle@127.0.0.1>"))
     second = sipp_uas(tmp_path, TALKING_AGENT, second_port)
