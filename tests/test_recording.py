@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -329,3 +330,28 @@ def test_a_restart_marks_its_own_unfinished_recordings_interrupted_and_leaves_th
     assert states == {"a-1.wav": "interrupted", "b-1.wav": "recording", "c-1.wav": "complete"}
     assert "a-1.wav.part (104 bytes)" in (error or "")
     assert (directory / "a-1.wav.part").exists() and not (directory / "a-1.wav").exists()
+
+
+def test_recording_rows_survive_the_outbox_journal_and_replay(tmp_path: Path) -> None:
+    from crm_bridge.models import RecordingPause
+    from crm_bridge.outbox import Outbox, decode, encode
+
+    now = datetime.now(UTC)
+    row = RecordRecording("2026/12/06/093005-abc-1.wav", "cid", "801", "junior", "wav-pcm16", 2, now, "recording", "w1")
+    pause = RecordRecordingPause(row.path, "801", now, 1.5, 2.25)
+    assert decode(encode(7, row)) == (7, row) and decode(encode(8, pause)) == (8, pause)
+    # journaled, never applied (the process died): the next start's replay writes both
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.append_many([row, pause, replace(row, state="complete", sha256="ab" * 32, size_bytes=44)])
+    outbox.close()
+    db = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    migrate(db)
+    writer = CrmWriter(db, Outbox(tmp_path / "outbox"), worker="w1")
+    assert writer.recover() == 3
+    with Session(db) as s:
+        stored = s.scalars(select(Recording)).one()
+        assert (stored.state, stored.sha256, stored.ivr_worker) == ("complete", "ab" * 32, "w1")
+        assert [(p.paused_by, p.offset_s, p.duration_s) for p in s.scalars(select(RecordingPause))] == [
+            ("801", 1.5, 2.25)]
+    assert writer.outbox is not None
+    writer.outbox.close()
