@@ -356,7 +356,7 @@ class RecordingWriter:
                 hook(done)
             except Exception:
                 log.exception("recording_hook_failed", hook=getattr(hook, "__qualname__", repr(hook)),
-                              path=tap.row.path)
+                              call_id=tap.row.sip_call_id, path=tap.row.path)
 
     def _failed(self, tap: RecordingTap, exc: BaseException) -> None:
         """A write error: logged, counted, the file closed as it is (still `.part`); the call goes on."""
@@ -527,16 +527,16 @@ def recover_interrupted(db: Engine, directory: Path, worker: str | None) -> int:
     `worker` None: every such row (one IVR owns the CRM). Their `.part` files
     are left as they are, under that name, and the row says so. Returns the rows marked.
     """
-    query = select(Recording.id, Recording.path).where(Recording.state == "recording")
+    query = select(Recording.id, Recording.path, Recording.sip_call_id).where(Recording.state == "recording")
     if worker is not None:
         query = query.where(Recording.ivr_worker == worker)
     marked = 0
     with Session(db) as s, s.begin():
-        for row_id, path in s.execute(query).all():
+        for row_id, path, call_id in s.execute(query).all():
             part = directory / (path + ".part")
             kept = f"; the partial file is kept as {path}.part ({part.stat().st_size} bytes)" if part.exists() else ""
             s.execute(update(Recording).where(Recording.id == row_id, Recording.state == "recording").values(
                 state="interrupted", error=f"the IVR stopped while this file was written{kept}"))
             marked += 1
-            log.warning("recording_interrupted", path=path, part_kept=bool(kept))
+            log.warning("recording_interrupted", call_id=call_id, path=path, part_kept=bool(kept))
     return marked
