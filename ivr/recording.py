@@ -16,7 +16,9 @@ written under a temporary name (`….wav.part`); when the bridge ends the
 header gets its sizes, the SHA-256 of the finished bytes is computed in that
 thread, and the file is renamed to its final name. The queue is bounded
 (`QUEUE_SECONDS` of audio across all calls): if the writer falls that far
-behind, a second is dropped and counted, never the media clock held up.
+behind, a second is lost and counted — written as silence in its place, so
+the file keeps the call's timing, and the row says how many — never the
+media clock held up.
 
 Names come from the call's SIP Call-ID and the time only, never from
 anything the caller sends (caller ID, display name):
@@ -80,6 +82,7 @@ FRAME_SECONDS = 0.020
 CHUNK_FRAMES = 50  # the tap hands the writer one second of a call at a time
 QUEUE_SECONDS = 3000  # seconds of audio (all calls) the writer may be behind: 300 calls x 10 s, about 96 MB
 EXTENSIONS = {"wav-pcm16": ".wav", "wav-alaw": ".wav", "wav-ulaw": ".wav", "flac": ".flac"}
+_SILENT_SECOND = bytes(CHUNK_FRAMES * FRAME_BYTES)
 _WAV_TAGS = {"wav-pcm16": (1, 16), "wav-alaw": (6, 8), "wav-ulaw": (7, 8)}  # WAVE format tag, bits per sample
 _G711_PAYLOAD = {"wav-alaw": 8, "wav-ulaw": 0}  # the RTP codec whose encoder does it (aiortp)
 
@@ -144,6 +147,7 @@ class RecordingTap:
         self.frames = 0  # ticks recorded: the file's length in 20 ms
         self.pause: _Pause | None = None
         self.pauses: list[RecordRecordingPause] = []
+        self.dropped = 0  # seconds the writer was too far behind to take (silence in the file instead)
         self.closed = False
         self.last_span: RecordRecordingPause | None = None
         # the writer thread's state of the file
@@ -163,9 +167,9 @@ class RecordingTap:
         if len(self.caller) >= CHUNK_FRAMES * FRAME_BYTES:
             self._hand_over()
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, last: bool = False) -> None:
         if self.caller:
-            self.writer.audio(self, bytes(self.caller), bytes(self.agent))
+            self.writer.audio(self, bytes(self.caller), bytes(self.agent), last=last)
             self.caller.clear()
             self.agent.clear()
 
@@ -174,7 +178,7 @@ class RecordingTap:
         if self.closed:
             return
         self.closed = True
-        self._hand_over()
+        self._hand_over(last=True)
         self.last_span = self.resume(datetime.now(UTC))  # still paused at the hang-up: the span ends here
         self.writer.finish(self)
         self.on_closed(self)
@@ -244,12 +248,17 @@ class RecordingWriter:
     def open(self, tap: RecordingTap) -> None:
         self._queue.put(("open", tap, b"", b"", time.monotonic()))
 
-    def audio(self, tap: RecordingTap, caller: bytes, agent: bytes) -> None:
+    def audio(self, tap: RecordingTap, caller: bytes, agent: bytes, *, last: bool = False) -> None:
+        """A second of a call's audio (`last`: the rest at its end, never dropped: it may be shorter)."""
         depth = self.depth
-        if depth >= self.limit:
+        if depth >= self.limit and not last:
+            # the writer is `limit` seconds behind: this second is lost, and written as silence in its
+            # place (a marker, not the audio, is queued), so the file keeps the call's timing
             self.dropped += 1
+            tap.dropped += 1
             if self.metrics is not None:
                 self.metrics.recording_errors.labels("queue_full").inc()
+            self._queue.put(("gap", tap, b"", b"", time.monotonic()))
             return
         self.queued += 1
         self.max_depth = max(self.max_depth, depth + 1)
@@ -274,6 +283,8 @@ class RecordingWriter:
                     if self.metrics is not None:
                         self.metrics.recording_queue_delay.observe(time.monotonic() - put_at)
                     self._write(tap, caller, agent)
+                elif kind == "gap":
+                    self._write(tap, _SILENT_SECOND, _SILENT_SECOND)
                 else:
                     self._finish(tap)
             except Exception as exc:  # noqa: BLE001 — one broken file must not stop the others
@@ -496,8 +507,10 @@ class Recorder:
                 return
             ended = datetime.now(UTC)
             if done is not None:
+                lost = (f"the writer fell behind: {tap.dropped} s of audio lost, silence in their place"
+                        if tap.dropped else None)
                 row = replace(tap.row, state="complete", ended_at=ended, duration_s=done.duration_s,
-                              size_bytes=done.size_bytes, sha256=done.sha256)
+                              size_bytes=done.size_bytes, sha256=done.sha256, error=lost)
                 log.info("recording_complete", call_id=tap.row.sip_call_id, path=tap.row.path,
                          seconds=done.duration_s, bytes=done.size_bytes)
             else:

@@ -270,7 +270,7 @@ def test_an_unusable_directory_fails_the_recording_not_the_call(tmp_path: Path) 
                for s in m.samples if s.name.endswith("_total")) == 1
 
 
-def test_the_writer_queue_is_bounded_and_drops_are_counted(tmp_path: Path) -> None:
+def test_the_writer_queue_is_bounded_and_a_lost_second_is_counted_and_silence_in_the_file(tmp_path: Path) -> None:
     recorder, rows, metrics = make_recorder(tmp_path)
     recorder.writer.limit = 3
     gate = threading.Event()
@@ -286,11 +286,17 @@ def test_the_writer_queue_is_bounded_and_drops_are_counted(tmp_path: Path) -> No
     recorder.attach(leg)
     for c, a in zip(tone(440, 500), tone(1000, 500), strict=True):  # 10 s while the writer is stuck
         leg.bridge.tick(c, a)
-    assert recorder.writer.dropped >= 6 and recorder.writer.max_depth == 3
-    assert counter(metrics, "hotline_recording_errors_total", kind="queue_full") == recorder.writer.dropped
+    dropped = recorder.writer.dropped
+    assert dropped >= 6 and recorder.writer.max_depth == 3
+    assert counter(metrics, "hotline_recording_errors_total", kind="queue_full") == dropped
     gate.set()
     leg.bridge.close()
     finish(recorder)
+    row = final_row(rows)
+    data, _ = soundfile.read(tmp_path / "rec" / row.path, dtype="int16")
+    assert len(data) == 500 * 160, "a lost second is silence in its place: the file keeps the call's timing"
+    assert row.state == "complete" and f"{dropped} s of audio lost" in (row.error or "")
+    assert not data[-160 * 50:].any() and data[:160 * 50, 0].any()  # the first seconds got in, the last were lost
 
 
 def test_completed_hooks_run_in_the_writer_thread_and_one_that_raises_spoils_nothing(tmp_path: Path) -> None:
