@@ -13,6 +13,7 @@
     python -m crm_bridge --db-url URL characteristics --directory DIR (--all-missing | RECORDING_ID ...)
     python -m crm_bridge --db-url URL dnc add|remove|list [NUMBER]
     python -m crm_bridge --db-url URL followups [--status due] [--kind resolved]
+    python -m crm_bridge --config sip.conf retention [--dry-run]
 
 `--config sip.conf` takes the database URL, tier thresholds and time zone from the IVR's config;
 days are local days of `[general] timezone` (Asia/Shanghai by default), not UTC days.
@@ -115,12 +116,17 @@ def main(argv: list[str] | None = None) -> int:
                  "followups --status unreachable")
     fu.add_argument("--status", choices=("due", "dialling", "done", "unreachable", "closed"))
     fu.add_argument("--kind", choices=("resolved", "wrap_up", "daily", "survey"))
+    ret = _command(sub, "retention", "delete recordings older than [recording] retention_days "
+                   "(kept while their complaint ticket is open)", "retention --dry-run")
+    ret.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    ret.add_argument("--days", type=int, help="override [recording] retention_days")
     args = p.parse_args(argv)
 
     thresholds = TierThresholds()
     zone = ZoneInfo("Asia/Shanghai")
     agent_names: dict[str, str] = {}
     recordings: Path | None = None
+    recordings_dir, retention_days = Path("var/recordings"), 90
     url = args.db_url
     if args.config.exists():
         from ivr.config import ConfigError, load_config
@@ -134,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         zone = config.general.zone
         agent_names = {a.number: a.name for a in config.agents}
         url = url or config.database_url
-        # [recording] directory, once the IVR records calls: what the rows' paths are relative to
-        recordings = getattr(getattr(config, "recording", None), "directory", None)
+        recordings_dir, retention_days = config.recording.directory, config.recording.retention_days
+        recordings = recordings_dir  # what the rows' paths are relative to
     if not url:
         print("error: give --db-url or --config", file=sys.stderr)
         return 2
@@ -227,6 +233,24 @@ def main(argv: list[str] | None = None) -> int:
             args.html.parent.mkdir(parents=True, exist_ok=True)
             args.html.write_text(standalone_html(report, charts(report)), encoding="utf-8")
             print(f"wrote {args.html}")
+    elif args.command == "retention":
+        from crm_bridge.retention import apply_retention
+
+        days = args.days or retention_days
+        if days < 1:
+            print("error: --days must be 1 or more", file=sys.stderr)
+            return 2
+        result = apply_retention(engine, recordings_dir, days, dry_run=args.dry_run)
+        verb = "would delete" if args.dry_run else "deleted"
+        for name in result.deleted:
+            print(f"{verb}\t{name}")
+        for name in result.kept_for_tickets:
+            print(f"kept\t{name}\t(complaint ticket still open)")
+        for name, why in result.failed:
+            print(f"failed\t{name}\t{why}")
+        print(f"{verb} {len(result.deleted)} recording(s), {result.freed_bytes / 1e6:.1f} MB, older than {days} days "
+              f"in {recordings_dir}; kept {len(result.kept_for_tickets)} for open complaints")
+        return 1 if result.failed else 0
     elif args.command == "webhook-dead":
         with Session(engine) as s:
             dead = s.scalars(select(WebhookDeadLetter).order_by(WebhookDeadLetter.failed_at)).all()

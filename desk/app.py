@@ -70,7 +70,8 @@ ERRORS = {
     429: "尝试次数过多",
     500: "系统错误",
 }
-COMMAND_LABELS = {"pause": "暂停接听", "resume": "恢复接听", "end_wrap_up": "结束话后处理"}
+COMMAND_LABELS = {"pause": "暂停接听", "resume": "恢复接听", "end_wrap_up": "结束话后处理",
+                  "pause_recording": "暂停录音", "resume_recording": "恢复录音"}  # the recording: *48 on the phone
 CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
@@ -292,7 +293,8 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
     async def desk_command(request: Request) -> Response:
         user, seat = need_agent(request)
         form = await _form(request)
-        command = choice(form, "command", AGENT_COMMANDS[:3], "操作")  # monitor: supervisors, /monitor
+        # an agent's own commands; "monitor" is a supervisor's, through /monitor
+        command = choice(form, "command", tuple(c for c in AGENT_COMMANDS if c != "monitor"), "操作")
         await db(request_command, engine, seat, command, requested_by=user.username)
         return RedirectResponse("/desk?sent=" + command, 303)
 

@@ -37,7 +37,7 @@ from pydantic.dataclasses import dataclass as section_model
 
 from crm_bridge.customers import TierThresholds
 from crm_bridge.settings import WebhookConfig
-from ivr.callflow import GREETING, FlowSettings, SilentRoutine
+from ivr.callflow import GREETING, FlowSettings, RecordingRule, SilentRoutine
 from ivr.greeting import DEFAULT_DAYPARTS, FIVE_PART_DAYPARTS, Daypart, HolidayFileError, load_holiday_file
 from ivr.hours import DEFAULT_SCHEDULE, HoursConfig, Schedule, parse_schedule
 from ivr.questionnaire import QuestionnaireSet, default_questionnaires, load_questionnaires
@@ -789,6 +789,54 @@ class MonitoringConfig:
         return self
 
 
+RECORDING_FORMATS = ("wav-pcm16", "wav-alaw", "wav-ulaw", "flac")  # ivr.recording writes each
+
+
+def _seat_groups(raw: str) -> frozenset[str]:
+    found = _comma_set(raw)
+    if found - set(SEAT_GROUPS):
+        raise ValueError(f"choose among {', '.join(SEAT_GROUPS)} (comma-separated), or leave it empty for all")
+    return found
+
+
+def _services(raw: str) -> frozenset[str]:
+    found = _comma_set(raw)
+    if found - set(SERVICES):
+        raise ValueError(f"choose among {', '.join(SERVICES)} (comma-separated), or leave it empty for all")
+    return found
+
+
+@section_model(config=SECTION, slots=True)
+class RecordingConfig:
+    """`[recording]`: bridged calls recorded in stereo (caller left, agent right) by ivr.recording."""
+
+    enabled: YesNo = True
+    """Record bridged calls (the conversation with the agent only, never prompts or hold music)."""
+    seat_groups: Annotated[frozenset[str], text("a list of seat groups", _seat_groups)] = frozenset()
+    """Record only calls answered by these seat groups (comma-separated); empty: every group."""
+    services: Annotated[frozenset[str], text("a list of services", _services)] = frozenset()
+    """Record only calls for these services (comma-separated, e.g. complaint); empty: every service."""
+    directory: FilePath = Field(default=Path("var/recordings"), validate_default=True)
+    """Where the files go, as YYYY/MM/DD/<time>-<hash of the Call-ID>-<n>.<ext> (UTC dates)."""
+    format: Annotated[str, choice(RECORDING_FORMATS, "a recording format")] = "wav-pcm16"
+    """wav-pcm16 (32 kB/s), wav-alaw or wav-ulaw (G.711, 16 kB/s), or flac (lossless, smaller)."""
+    retention_days: Annotated[int, whole(1, 3650)] = 90
+    """Days a recording is kept before `python -m crm_bridge retention` deletes it (open complaints: kept)."""
+    announce: YesNo = True
+    """Tell the caller "为了提高服务质量,您的通话可能会被录音" before a recorded call's agent is put through."""
+    pause_code: Annotated[str, text("a feature code like *48", _feature_code)] = "*48"
+    """Keys the agent presses on the phone during the call to pause the recording, and again to resume."""
+
+    def rule(self) -> RecordingRule:
+        return RecordingRule(self.enabled, self.seat_groups, self.services, self.announce)
+
+
+def _feature_code(raw: str) -> str:
+    if not 2 <= len(raw) <= 6 or any(ch not in "0123456789*#" for ch in raw):
+        raise ValueError("2 to 6 keys of 0-9, * and #")
+    return raw
+
+
 SECTIONS: dict[str, type] = {
     "general": GeneralConfig,
     "greeting": GreetingSection,
@@ -810,6 +858,7 @@ SECTIONS: dict[str, type] = {
     "survey": SurveyConfig,
     "followup": FollowupConfig,
     "monitoring": MonitoringConfig,
+    "recording": RecordingConfig,
 }
 _KNOWN: dict[str, set[str]] = {name: known_keys(model) for name, model in SECTIONS.items()}
 # Sections of the same file read by other programs, which validate them (`python -m desk`: desk/config.py).
@@ -849,6 +898,7 @@ class Config:
     questionnaires: QuestionnaireSet = field(default_factory=default_questionnaires)
     followup: FollowupConfig = field(default_factory=FollowupConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
 
     @property
     def status_file(self) -> Path | None:
@@ -863,6 +913,7 @@ class Config:
             survey_timeout_seconds=self.survey.timeout_seconds,
             questionnaires=self.questionnaires,
             position_every_seconds=self.queues.position_every_seconds,
+            recording=self.recording.rule(),
         )
 
 
@@ -911,6 +962,7 @@ def load_config(path: Path) -> Config:
         questionnaires=questionnaires,
         followup=conf.section("followup", FollowupConfig),
         monitoring=monitoring,
+        recording=conf.section("recording", RecordingConfig),
     )
 
 

@@ -156,6 +156,9 @@ class Engine:
                 departments_of(config), worker, inbound_waiting=self.acd.waiting, overloaded=self._overloaded,
                 spawn=self._spawn, acd=self.acd, legs=self.legs, new_leg=lambda call: FollowupLeg(self, call))
 
+        # desk commands that are not about the agent's state: command -> handler(agent, requested_by)
+        self.agent_command_hooks: dict[str, Callable[[str, str], None]] = {}
+
     def _overloaded(self) -> bool:
         """No follow-up starts while the event loop runs late or the IVR is near max_calls."""
         a = self.admission
@@ -224,7 +227,10 @@ class Engine:
             for command in commands:
                 log.info("agent_command", agent=command.agent, command=command.command,
                          requested_by=command.requested_by)
-                if command.command == "monitor":
+                hook = self.agent_command_hooks.get(command.command)
+                if hook is not None:  # pause_recording, resume_recording (ivr.recording)
+                    hook(command.agent, command.requested_by or command.agent)
+                elif command.command == "monitor":
                     self.monitoring.from_desk(command.supervisor or "", command.agent, command.mode or "")
                     continue
                 await self.agents.apply(command.command, command.agent)

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # network namespace (the kernel may lack netem; an nftables rule drops the packets then);
 # sqlite3: the README's look into the CRM
 APT_PACKAGES=(espeak-ng libespeak-ng1 sip-tester sox postgresql python3-venv kamailio chromium chromium-driver
-              fonts-wqy-microhei baresip iproute2 nftables sqlite3)
+              fonts-wqy-microhei baresip iproute2 nftables sqlite3 libsndfile1)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
