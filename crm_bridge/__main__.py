@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     wr.add_argument("sip_call_id", nargs="?")
     rep = sub.add_parser("report", help="the daily report per seat group and agent, for one local day")
     rep.add_argument("--date", type=date.fromisoformat, help="YYYY-MM-DD (default: yesterday in [general] timezone)")
-    rep.add_argument("--html", type=Path, help="also write a self-contained HTML file with the charts")
+    rep.add_argument("--html", type=Path, help="also write a self-contained HTML file with the charts"
+                     " ({date} in the name becomes the day, e.g. report-{date}.html)")
     rep.add_argument("--csv", type=Path, help="also write seat_groups-DAY.csv and agents-DAY.csv into this directory")
     rep.add_argument("--service-level-seconds", type=float, default=20,
                      help="answered within this many seconds (default %(default)s)")
@@ -150,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             for path in write_csv(report, args.csv):
                 print(f"wrote {path}")
         if args.html:
-            args.html.parent.mkdir(parents=True, exist_ok=True)
-            args.html.write_text(standalone_html(report, charts(report)), encoding="utf-8")
-            print(f"wrote {args.html}")
+            html = Path(str(args.html).replace("{date}", day.isoformat()))  # the daily timer's file name
+            html.parent.mkdir(parents=True, exist_ok=True)
+            html.write_text(standalone_html(report, charts(report)), encoding="utf-8")
+            print(f"wrote {html}")
     elif args.command == "webhook-dead":
         with Session(engine) as s:
             dead = s.scalars(select(WebhookDeadLetter).order_by(WebhookDeadLetter.failed_at)).all()
