@@ -8,6 +8,9 @@
     python -m crm_bridge --db-url URL report --date 2026-11-24 [--html FILE] [--csv DIR]
     python -m crm_bridge --db-url URL webhook-dead
     python -m crm_bridge --db-url URL webhook-retry [SIP_CALL_ID]
+    python -m crm_bridge --db-url URL backup --to DIR [--recordings DIR] [--keep N]
+    python -m crm_bridge --db-url URL restore --from DIR [--recordings DIR]
+    python -m crm_bridge verify-backup DIR
 
 `--config sip.conf` takes the database URL, tier thresholds and time zone from the IVR's config;
 days are local days of `[general] timezone` (Asia/Shanghai by default), not UTC days.
@@ -61,7 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--csv", type=Path, help="also write seat_groups-DAY.csv and agents-DAY.csv into this directory")
     rep.add_argument("--service-level-seconds", type=float, default=20,
                      help="answered within this many seconds (default %(default)s)")
+    bk = sub.add_parser("backup", help="back up the CRM (pg_dump or SQLite's online backup) and recordings, "
+                                      "while the IVR runs")
+    bk.add_argument("--to", required=True,
+                    help="a new directory ({stamp} in it becomes the UTC time, e.g. backups/{stamp})")
+    bk.add_argument("--recordings", type=Path, help="also copy this recordings directory (SHA-256 in the manifest)")
+    bk.add_argument("--keep", type=int, default=0,
+                    help="then delete all but the N newest backups beside it (default: keep all)")
+    rs = sub.add_parser("restore", help="restore a backup into an empty database (and the recordings)")
+    rs.add_argument("--from", dest="source", type=Path, required=True, help="the backup directory")
+    rs.add_argument("--recordings", type=Path, help="where the backup's recordings go")
+    vb = sub.add_parser("verify-backup", help="check every file of a backup against its manifest's SHA-256")
+    vb.add_argument("source", type=Path)
     args = p.parse_args(argv)
+    if args.command == "verify-backup":
+        return _backup_command(args, "")
 
     thresholds = TierThresholds()
     zone = ZoneInfo("Asia/Shanghai")
@@ -82,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     if not url:
         print("error: give --db-url or --config", file=sys.stderr)
         return 2
+    if args.command in ("backup", "restore"):  # before migrate: a restore wants the database empty
+        return _backup_command(args, url)
     engine = make_engine(url)
     migrate(engine)
 
@@ -166,6 +185,38 @@ def main(argv: list[str] | None = None) -> int:
 
         queued = retry_dead_letters(engine, args.sip_call_id)
         print(f"re-queued {queued} push(es); a running IVR sends them within 30 s")
+    return 0
+
+
+def _backup_command(args: argparse.Namespace, url: str) -> int:
+    from datetime import UTC, datetime
+
+    from crm_bridge.backup import BackupError, backup, prune, restore, verify
+
+    try:
+        if args.command == "verify-backup":
+            problems = verify(args.source)
+            for problem in problems:
+                print(f"damaged: {problem}", file=sys.stderr)
+            print(f"{args.source}: {'damaged' if problems else 'every file matches its SHA-256'}")
+            return 1 if problems else 0
+        if args.command == "backup":
+            now = datetime.now(UTC)
+            to = Path(args.to.replace("{stamp}", now.strftime("%Y%m%dT%H%M%SZ")))
+            manifest = backup(url, to, args.recordings, now=now)
+            db = manifest["database"]
+            files = manifest.get("recordings", {}).get("files", [])
+            print(f"backed up {manifest['backend']} CRM to {to}: {db['rows'].get('calls', 0)} calls, "
+                  f"{sum(db['rows'].values())} rows, {db['size']} bytes; {len(files)} recording(s)")
+            for old in prune(to.parent, args.keep) if args.keep else []:
+                print(f"deleted old backup {old}")
+        else:
+            result = restore(url, args.source, args.recordings)
+            print(f"restored {args.source}: {result['rows'].get('calls', 0)} calls, "
+                  f"{sum(result['rows'].values())} rows; {result['recordings']} recording(s)")
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

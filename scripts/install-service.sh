@@ -176,11 +176,11 @@ workers=$(cd "$ETC" && ls ivr-*.conf | sed -E 's/^ivr-(.*)\.conf$/hotline-ivr@\1
 if [ "$SYSTEMCTL" = yes ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
   systemctl daemon-reload
   # shellcheck disable=SC2086
-  systemctl enable $workers hotline-desk.service hotline-report.timer hotline-retention.timer
+  systemctl enable $workers hotline-desk.service hotline-report.timer hotline-retention.timer hotline-backup.timer
   say "enabled $workers hotline-desk and the daily timers; start them with:"
-  echo "  systemctl start $workers hotline-desk.service hotline-report.timer hotline-retention.timer"
+  echo "  systemctl start $workers hotline-desk.service hotline-report.timer hotline-retention.timer hotline-backup.timer"
   echo "  (an upgrade: systemctl restart them one worker at a time; each drains first)"
 else
   say "systemd not reloaded (--no-systemctl or not running); later: systemctl daemon-reload &&"
-  echo "  systemctl enable --now $workers hotline-desk.service hotline-report.timer hotline-retention.timer"
+  echo "  systemctl enable --now $workers hotline-desk.service hotline-report.timer hotline-retention.timer hotline-backup.timer"
 fi

@@ -33,7 +33,7 @@ import pytest
 from tests.conftest import ROOT, free_port
 
 UNITS = ("hotline-ivr@.service", "hotline-desk.service", "hotline-report.service", "hotline-report.timer",
-         "hotline-retention.service", "hotline-retention.timer")
+         "hotline-retention.service", "hotline-retention.timer", "hotline-backup.service", "hotline-backup.timer")
 
 
 @dataclass
@@ -251,6 +251,12 @@ def test_install_twice_verifies_the_units_and_runs_ivr_and_desk_as_the_service_u
         # what the service wrote is in its state directory, as the hotline user
         state = sandbox.run("find", "/var/lib/hotline", "-maxdepth", "2", "-printf", "%u %p\n").stdout
         assert "hotline /var/lib/hotline/hotline.db" in state and "hotline /var/lib/hotline/ivr-1/outbox" in state
+        # the daily jobs, as their timers start them, beside the running IVR
+        for job in ("hotline-report.service", "hotline-backup.service"):
+            run = as_service(sandbox, job, tmp_path / f"{job}.log")
+            assert run.wait(timeout=120) == 0, (tmp_path / f"{job}.log").read_text(errors="replace")[-3000:]
+        made = sandbox.run("find", "/var/lib/hotline/reports", "/var/lib/hotline/backups", "-type", "f").stdout
+        assert "/var/lib/hotline/reports/report-" in made and "/manifest.json" in made, made
     finally:
         for proc in (ivr, desk):
             # the stop systemd would do: SIGTERM to the main process (KillMode=mixed), wait
