@@ -283,13 +283,23 @@ def start_agents(host: Host, state: Path, calls: int, talk_ms: int = 5000) -> li
     return phones
 
 
-def start_callers(host: Host, state: Path, calls: int, rate: int = 1) -> subprocess.Popen[bytes]:
+def start_callers(host: Host, state: Path, calls: int, rate: float = 1, *, scenario: Path | None = None,
+                  name: str = "callers", extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    """SIPp callers at the balancer (multihost_caller.xml: served by an agent; or another scenario)."""
     return host.popen(
-        "sipp", f"{ip_of('balancer')}:{SIP_PORT}", "-sf", str(SCENARIOS / "multihost_caller.xml"),
+        "sipp", f"{ip_of('balancer')}:{SIP_PORT}", "-sf", str(scenario or SCENARIOS / "multihost_caller.xml"),
         "-inf", str(ROOT / "loadtest/scenarios/unknown_callers.csv"), "-s", "95000", "-m", str(calls),
         "-r", str(rate), "-l", str(calls), "-i", host.ip, "-p", "5070", "-mi", host.ip, "-mp", "40000",
-        "-nostdin", "-timeout", "120s", "-timeout_error", "-trace_err", "-error_file", str(state / "callers.err"),
-        log=state / "callers.log", cwd=state)
+        "-nostdin", "-timeout", "120s", "-timeout_error", "-trace_err", "-error_file", str(state / f"{name}.err"),
+        "-trace_stat", "-stf", str(state / f"{name}.csv"), *extra, log=state / f"{name}.log", cwd=state)
+
+
+def sipp_totals(stat_csv: Path) -> dict[str, int]:
+    """SIPp's final counts from its -trace_stat file: created, successful and failed calls."""
+    lines = [line.split(";") for line in stat_csv.read_text().splitlines() if line.strip()]
+    row = dict(zip(lines[0], lines[-1], strict=False))
+    return {"created": int(row["TotalCallCreated"]), "successful": int(row["SuccessfulCall(C)"]),
+            "failed": int(row["FailedCall(C)"])}
 
 
 def start_sniffer(host: Host, out: Path) -> subprocess.Popen[bytes]:
@@ -339,6 +349,7 @@ class Datagram:
     dst: str
     dport: int
     data: bytes
+    at: float = 0.0  # time.time() when captured
 
     @property
     def is_sip(self) -> bool:
@@ -360,7 +371,7 @@ def read_capture(path: Path) -> list[Datagram]:
     found = []
     for line in path.read_text().splitlines():
         x = json.loads(line)
-        found.append(Datagram(x["src"], x["sport"], x["dst"], x["dport"], base64.b64decode(x["data"])))
+        found.append(Datagram(x["src"], x["sport"], x["dst"], x["dport"], base64.b64decode(x["data"]), x["t"]))
     return found
 
 
@@ -454,6 +465,20 @@ class Layout:
         except BaseException:
             self.down()
             raise
+
+    def restart_worker(self, n: int) -> subprocess.Popen[bytes]:
+        """Start worker n again with its config (after a kill or a drain), once it says it is ready."""
+        conf = self.configs[n - 1]
+        log = conf.parent / "ivr.log"
+        offset = log.stat().st_size if log.exists() else 0
+        proc = start_worker(self.hosts[f"worker{n}"], conf)
+        deadline = time.monotonic() + 90
+        while "ready on" not in log.read_bytes()[offset:].decode(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker{n} did not start again:\n{log.read_bytes()[offset:].decode()}")
+            time.sleep(0.1)
+        self.workers[n - 1] = proc
+        return proc
 
     def down(self) -> None:
         delete_network(self.prefix)
