@@ -25,6 +25,8 @@
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
+# the system's Python: one under /root or /home (pyenv) is out of the service's reach (ProtectHome=yes)
+PYTHON=${PYTHON:-$(command -v /usr/bin/python3 || command -v python3)}
 PREFIX=/opt/hotline
 ETC=/etc/hotline
 STATE=/var/lib/hotline
@@ -102,7 +104,7 @@ elif [ -L "$PREFIX/venv" ]; then
 else
   if [ ! -x "$PREFIX/venv/bin/python" ]; then
     say "creating $PREFIX/venv"
-    "${PYTHON:-python3}" -m venv "$PREFIX/venv"
+    "$PYTHON" -m venv "$PREFIX/venv"
   fi
   stamp=$PREFIX/venv/.requirements.sha256
   want=$(sha256sum "$PREFIX/requirements.txt" | cut -d' ' -f1)
@@ -112,6 +114,10 @@ else
     echo "$want" > "$stamp"
   fi
 fi
+case $(readlink -f "$PREFIX/venv/bin/python") in
+  /root/*|/home/*) say "warning: $PREFIX/venv/bin/python is $(readlink -f "$PREFIX/venv/bin/python"), under" \
+                       "/root or /home, which the units hide (ProtectHome=yes): the services will not start" ;;
+esac
 # The service cannot write __pycache__ under a read-only prefix: compile once here.
 "$PREFIX/venv/bin/python" -m compileall -q "$PREFIX/ivr" "$PREFIX/crm_bridge" "$PREFIX/desk" "$PREFIX/prompts" \
   "$PREFIX/run_ivr.py" >/dev/null
@@ -122,7 +128,7 @@ install -d -m 0750 -o "$SVC_USER" -g "$SVC_GROUP" "$LOG_DIR"
 
 # --- configuration: created once, never overwritten (it holds the agents' secrets) ---
 install -d -m 0750 -o root -g "$SVC_GROUP" "$ETC"
-conf_set() { "${PYTHON:-python3}" "$SRC/scripts/conf_set.py" "$@"; }
+conf_set() { "$PYTHON" "$SRC/scripts/conf_set.py" "$@"; }
 if [ ! -e "$ETC/holidays.toml" ]; then
   # the yearly holiday notice ops edit in place; the IVR re-reads it within a second
   install -m 0644 -o root -g "$SVC_GROUP" "$SRC/holidays.toml.example" "$ETC/holidays.toml"
