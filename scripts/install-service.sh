@@ -153,13 +153,14 @@ if ! compgen -G "$ETC/ivr-*.conf" >/dev/null; then
     # each worker journals to its own outbox and reports its own status
     conf_set "$conf" "general.status_file=$STATE/ivr-$i/status.json" "database.outbox_dir=$STATE/ivr-$i/outbox"
     if [ "$WORKERS" -gt 1 ]; then
-      # the ports of loadtest/kamailio/dispatcher.list; the workers share a CRM, which must be PostgreSQL
+      # README.md's two-worker example: 5061, 5062, … behind Kamailio on 5060 (list them in its dispatcher.list)
       conf_set "$conf" "general.port=$((5060 + i))" "metrics.port=$((9101 + i))" "cluster.worker=ivr-$i"
     fi
     install -d -m 0750 -o "$SVC_USER" -g "$SVC_GROUP" "$STATE/ivr-$i"
   done
   if [ "$WORKERS" -gt 1 ]; then
-    say "set [database] url to PostgreSQL in $ETC/ivr-*.conf and $ETC/sip.conf: the workers share one CRM"
+    say "now set in $ETC/ivr-*.conf and $ETC/sip.conf: [database] url (PostgreSQL: the workers share one CRM),"
+    say "  [limits] trusted (Kamailio's address) and [cluster] shared_agents / secret (docs/deployment.md)"
   fi
 fi
 
@@ -178,7 +179,7 @@ render "$SRC/contrib/logrotate/hotline" > "$LOGROTATE_DIR/hotline"
 chmod 0644 "$LOGROTATE_DIR/hotline"
 say "units -> $UNIT_DIR, logrotate -> $LOGROTATE_DIR/hotline"
 
-workers=$(cd "$ETC" && ls ivr-*.conf | sed -E 's/^ivr-(.*)\.conf$/hotline-ivr@\1.service/' | tr '\n' ' ')
+workers=$(cd "$ETC" && ls ivr-*.conf | sed -E 's/^ivr-(.*)\.conf$/hotline-ivr@\1.service/' | paste -sd' ')
 if [ "$SYSTEMCTL" = yes ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
   systemctl daemon-reload
   # shellcheck disable=SC2086
