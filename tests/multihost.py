@@ -177,13 +177,20 @@ def start_postgres(host: Host) -> tuple[str, Path]:
         raise LayoutUnavailable(f"initdb: {made.stderr.strip()}")
     with (data / "pg_hba.conf").open("a") as hba:
         hba.write(f"host all all {SUBNET}.0/24 trust\n")
-    opts = (f"-c listen_addresses={host.ip} -c port={PG_PORT} -c unix_socket_directories={data} -c fsync=off "
-            "-c max_connections=60")
-    started = host.run(*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w",
-                       "-o", opts, "start", timeout=60)
+    started = pg_ctl(host, base, "start")
     if started.returncode != 0:
         raise LayoutUnavailable(f"pg_ctl start: {started.stderr.strip()} {(base / 'server.log').read_text()}")
     return f"postgresql+psycopg://postgres@{host.ip}:{PG_PORT}/postgres", base
+
+
+def pg_ctl(host: Host, base: Path, action: str) -> subprocess.CompletedProcess[str]:
+    """Start or stop (fast: connections cut, as a host failure would) the db host's cluster in `base`."""
+    data = base / "data"
+    opts = (f"-c listen_addresses={host.ip} -c port={PG_PORT} -c unix_socket_directories={data} -c fsync=off "
+            "-c max_connections=60")
+    extra = ["-o", opts, "start"] if action == "start" else ["-m", "fast", "stop"]
+    return host.run("runuser", "-u", "postgres", "--", str(_pg_bin() / "pg_ctl"), "-D", str(data),
+                    "-l", str(base / "server.log"), "-w", *extra, timeout=60)
 
 
 def psql(host: Host, sql: str) -> list[list[str]]:

@@ -11,6 +11,8 @@ second through the balancer.
   replays its outbox and closes the calls it had up as failed, with a
   `reconciled` step: every call SIPp placed is one row, none left open.
 - A rolling restart (SIGTERM: drain, start again, then the other): no call fails.
+- The database host down for 8 s: no call fails, and once it is back every
+  call is a row of the CRM (the workers journal to their outboxes meanwhile).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tests.multihost import (
     Layout,
     LayoutUnavailable,
     ip_of,
+    pg_ctl,
     psql,
     read_capture,
     running_layout,
@@ -117,3 +120,28 @@ def test_a_rolling_restart_under_load_fails_no_call(layout: Layout) -> None:
             break
         time.sleep(0.3)
     assert rows == [["caller_hangup", str(totals["created"])]], rows
+
+
+def test_the_database_host_down_for_seconds_fails_no_call_and_loses_no_record(layout: Layout) -> None:
+    db = layout.hosts["db"]
+    assert layout.pg_base is not None
+    run = load(layout, 16, "dbdown")
+    time.sleep(3)
+    stopped = pg_ctl(db, layout.pg_base, "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    time.sleep(8)
+    started = pg_ctl(db, layout.pg_base, "start")
+    assert started.returncode == 0, started.stderr
+    assert run.wait(90) == 0, (layout.state / "dbdown.err").read_text(errors="replace")[-2000:]
+    totals = sipp_totals(layout.state / "dbdown.csv")
+    deadline = time.monotonic() + 30  # the writers retry with backoff, then apply what they journaled
+    while True:
+        rows = psql(db, "SELECT outcome, count(*) FROM calls GROUP BY outcome")
+        if rows == [["caller_hangup", str(totals["created"])]] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    print(f"database down 8 s: {totals}, CRM {rows}")
+    assert totals["failed"] == 0
+    assert rows == [["caller_hangup", str(totals["created"])]], rows
+    for conf in layout.configs:  # it was down: each worker's writer retried, and came through
+        assert "event='crm_write_retry'" in (conf.parent / "ivr.log").read_text(errors="replace")
