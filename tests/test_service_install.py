@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, sipp
 
 UNITS = ("hotline-ivr@.service", "hotline-desk.service", "hotline-report.service", "hotline-report.timer",
          "hotline-retention.service", "hotline-retention.timer", "hotline-backup.service", "hotline-backup.timer")
@@ -105,7 +105,12 @@ def unit_command(unit_text: str, instance: str = "1") -> tuple[list[str], dict[s
 
 
 def as_service(box: Sandbox, unit: str, log: Path, instance: str = "1") -> subprocess.Popen[bytes]:
-    """Start a unit's ExecStart= as its User= in a sandbox like the unit's (ProtectSystem=strict, PrivateTmp)."""
+    """Start a unit's ExecStart= as its User= in a sandbox like the unit's (ProtectSystem=strict, PrivateTmp).
+
+    The command runs under `strace -f -c`, whose count of system calls by name
+    goes to /var/lib/hotline/syscalls-<unit>.txt when it exits: what the
+    unit's SystemCallFilter= must allow (`syscalls_used`).
+    """
     text = box.read(f"/etc/systemd/system/{unit}")
     argv, env, cwd, writable = unit_command(text, instance)
     user = next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("User="))
@@ -119,12 +124,46 @@ def as_service(box: Sandbox, unit: str, log: Path, instance: str = "1") -> subpr
         + f"findmnt -rno TARGET | grep -vxE {shlex.quote(keep)} | sort -r | while read -r m; do "
         'mount -o remount,bind,ro "$m" 2>/dev/null || true; done; '
         + "mount -t tmpfs -o mode=1777 tmpfs /tmp; "
-        + f"cd {shlex.quote(cwd)}; exec runuser -u {user} -- setpriv --no-new-privs env "
+        + f"cd {shlex.quote(cwd)}; exec runuser -u {user} -- setpriv --no-new-privs "
+        + f"strace -f -qq -c -o {shlex.quote(writable[0])}/syscalls-{unit}.txt env "
         + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " "
         + " ".join(shlex.quote(a) for a in argv)
     )
     cmd = box.cmd("unshare", "--mount", "--propagation", "private", "sh", "-c", strict)
     return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+
+
+def syscall_group(name: str) -> set[str]:
+    """A system call or a systemd group of them (`@system-service`), expanded as systemd-analyze lists it."""
+    if not name.startswith("@"):
+        return {name}
+    listed = subprocess.run(["systemd-analyze", "syscall-filter", name], capture_output=True, text=True, check=True)
+    found: set[str] = set()
+    for line in listed.stdout.splitlines()[1:]:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            found |= syscall_group(line)
+    return found
+
+
+def syscall_filter(unit_text: str) -> set[str]:
+    """The system calls a unit allows: its first SystemCallFilter= is the allow list, then each line adds or, with ~,
+    removes (systemd.exec: in order, the first line deciding the kind of list)."""
+    allowed: set[str] = set()
+    for line in unit_text.splitlines():
+        if line.startswith("SystemCallFilter="):
+            value = line.split("=", 1)[1]
+            names = set().union(*(syscall_group(n) for n in value.lstrip("~").split()))
+            allowed = allowed - names if value.startswith("~") else allowed | names
+    return allowed
+
+
+def syscalls_used(box: Sandbox, unit: str) -> set[str]:
+    """The system calls strace counted for a unit's run (as_service)."""
+    table = box.read(f"/var/lib/hotline/syscalls-{unit}.txt")
+    rows = [line.split() for line in table.splitlines()]
+    return {row[-1] for row in rows if len(row) >= 5 and row[0][0].isdigit() and row[-1].isidentifier()
+            and row[-1] != "total"}
 
 
 def options_answer(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> str:
@@ -172,7 +211,7 @@ def uid_of(proc_pid: int, exe_part: str) -> int | None:
     todo = [proc_pid]
     while todo:
         for pid, uid, args in children.get(todo.pop(), []):
-            if exe_part in args and "runuser" not in args and "setpriv" not in args:
+            if exe_part in args and args.split()[0].endswith(("/python", "/python3")):
                 return uid
             todo.append(pid)
     return None
@@ -239,6 +278,7 @@ def test_install_twice_verifies_the_units_and_runs_ivr_and_desk_as_the_service_u
     sip_port, desk_port = free_port(), free_port(socket.SOCK_STREAM)
     conf_set = str(ROOT / "scripts/conf_set.py")
     sandbox.run("python3", conf_set, "/etc/hotline/ivr-1.conf", f"general.port={sip_port}", "metrics.port=0",
+                "general.ring_seconds=0",
                 "general.rtp_port_min=31000", "general.rtp_port_max=31100")
     sandbox.run("python3", conf_set, "/etc/hotline/sip.conf", f"desk.port={desk_port}")
 
@@ -255,8 +295,12 @@ def test_install_twice_verifies_the_units_and_runs_ivr_and_desk_as_the_service_u
         # what the service wrote is in its state directory, as the hotline user
         state = sandbox.run("find", "/var/lib/hotline", "-maxdepth", "2", "-printf", "%u %p\n").stdout
         assert "hotline /var/lib/hotline/hotline.db" in state and "hotline /var/lib/hotline/ivr-1/outbox" in state
+        # a call, for the media and CRM paths under the system-call count
+        call = sipp(tmp_path, "short_call", sip_port, extra=("-d", "1000"), timeout_s=30)
+        assert call.wait(60) == 0, call.errors()
         # the daily jobs, as their timers start them, beside the running IVR
-        for job in ("hotline-report.service", "hotline-backup.service"):
+        jobs = ("hotline-report.service", "hotline-backup.service")
+        for job in jobs:
             run = as_service(sandbox, job, tmp_path / f"{job}.log")
             assert run.wait(timeout=120) == 0, (tmp_path / f"{job}.log").read_text(errors="replace")[-3000:]
         made = sandbox.run("find", "/var/lib/hotline/reports", "/var/lib/hotline/backups", "-type", "f").stdout
@@ -267,6 +311,13 @@ def test_install_twice_verifies_the_units_and_runs_ivr_and_desk_as_the_service_u
             for pid in _service_pids(proc.pid):
                 os.kill(pid, signal.SIGTERM)
         codes = [p.wait(timeout=30) for p in (ivr, desk)]
+    # every system call the services made is one their SystemCallFilter= allows (a filtered one would
+    # fail with EPERM under systemd); the run covered start-up, a call, the desk's page, both jobs, the drain
+    for unit in ("hotline-ivr@.service", "hotline-desk.service", *jobs):
+        used = syscalls_used(sandbox, unit)
+        assert len(used) > 20, f"{unit}: strace counted {sorted(used)}"
+        refused = used - syscall_filter(sandbox.read(f"{unit_dir}/{unit}"))
+        assert not refused, f"{unit} makes system calls its SystemCallFilter= refuses: {sorted(refused)}"
     # the IVR drained (no calls) and exited 0: systemd would not restart it (Restart=on-failure)
     assert codes[0] == 0, ivr_log.read_text(errors="replace")[-3000:]
     lines = [json.loads(x) for x in ivr_log.read_text().splitlines() if x.startswith("{")]
@@ -284,7 +335,7 @@ def _service_pids(top: int) -> list[int]:
         for pid, ppid, args in (r for r in rows if len(r) == 3):
             if int(ppid) == parent:
                 todo.append(int(pid))
-                if "python" in args and "runuser" not in args:
+                if args.split()[0].endswith(("/python", "/python3")):  # not runuser, setpriv, strace, env
                     found.append(int(pid))
     return found
 
