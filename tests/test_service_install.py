@@ -57,7 +57,7 @@ class Sandbox:
 def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     if os.geteuid() != 0:
         pytest.skip("the install test needs root (a mount namespace, useradd)")
-    for tool in ("unshare", "nsenter", "runuser", "systemd-analyze"):
+    for tool in ("unshare", "nsenter", "runuser", "setpriv", "strace", "systemd-analyze"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} not installed")
     scratch = tmp_path / "overlay"
