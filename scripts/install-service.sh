@@ -153,14 +153,33 @@ if ! compgen -G "$ETC/ivr-*.conf" >/dev/null; then
     # each worker journals to its own outbox and reports its own status
     conf_set "$conf" "general.status_file=$STATE/ivr-$i/status.json" "database.outbox_dir=$STATE/ivr-$i/outbox"
     if [ "$WORKERS" -gt 1 ]; then
-      # README.md's two-worker example: 5061, 5062, … behind Kamailio on 5060 (list them in its dispatcher.list)
-      conf_set "$conf" "general.port=$((5060 + i))" "metrics.port=$((9101 + i))" "cluster.worker=ivr-$i"
+      # README.md's two-worker example: 5061, 5062, … behind Kamailio on 5060 (dispatcher.list below),
+      # every request relayed from the balancer's address
+      conf_set "$conf" "general.port=$((5060 + i))" "metrics.port=$((9101 + i))" "cluster.worker=ivr-$i" \
+        "limits.trusted=127.0.0.1"
+      [ -e "$ETC/dispatcher.list" ] || echo "# set destination (scripts/install-service.sh)" > "$ETC/dispatcher.list"
+      echo "1 sip:127.0.0.1:$((5060 + i))" >> "$ETC/dispatcher.list"
     fi
     install -d -m 0750 -o "$SVC_USER" -g "$SVC_GROUP" "$STATE/ivr-$i"
   done
   if [ "$WORKERS" -gt 1 ]; then
-    say "now set in $ETC/ivr-*.conf and $ETC/sip.conf: [database] url (PostgreSQL: the workers share one CRM),"
-    say "  [limits] trusted (Kamailio's address) and [cluster] shared_agents / secret (docs/deployment.md)"
+    say "now set in $ETC/ivr-*.conf and $ETC/sip.conf: [database] url (PostgreSQL: the workers share one CRM)"
+    say "  and [cluster] shared_agents / secret; in $ETC/balancer.env the address callers reach (docs/deployment.md)"
+  fi
+fi
+
+# --- the balancer, for several workers: Debian's kamailio.service with the project's kamailio.cfg ---
+BALANCER=no
+if [ -e "$ETC/dispatcher.list" ]; then
+  BALANCER=yes
+  install -d -m 0755 "$PREFIX/kamailio"
+  install -m 0644 "$SRC/loadtest/kamailio/kamailio.cfg" "$PREFIX/kamailio/kamailio.cfg"
+  chmod 0644 "$ETC/dispatcher.list"
+  chmod 0751 "$ETC"  # kamailio reads dispatcher.list; the 0640 configs stay the service's alone
+  if [ ! -e "$ETC/balancer.env" ]; then
+    printf '%s\n' "# kamailio.service (contrib/kamailio/hotline.conf): the address callers reach, and new calls a second" \
+      "LISTEN=udp:127.0.0.1:5060" "MAX_CPS=1200" > "$ETC/balancer.env"
+    chmod 0644 "$ETC/balancer.env"
   fi
 fi
 
@@ -175,11 +194,17 @@ for unit in "$SRC"/contrib/systemd/*; do
   render "$unit" > "$UNIT_DIR/$(basename "$unit")"
   chmod 0644 "$UNIT_DIR/$(basename "$unit")"
 done
+if [ "$BALANCER" = yes ]; then
+  install -d -m 0755 "$UNIT_DIR/kamailio.service.d"
+  render "$SRC/contrib/kamailio/hotline.conf" > "$UNIT_DIR/kamailio.service.d/hotline.conf"
+  chmod 0644 "$UNIT_DIR/kamailio.service.d/hotline.conf"
+fi
 render "$SRC/contrib/logrotate/hotline" > "$LOGROTATE_DIR/hotline"
 chmod 0644 "$LOGROTATE_DIR/hotline"
 say "units -> $UNIT_DIR, logrotate -> $LOGROTATE_DIR/hotline"
 
 workers=$(cd "$ETC" && ls ivr-*.conf | sed -E 's/^ivr-(.*)\.conf$/hotline-ivr@\1.service/' | paste -sd' ')
+[ "$BALANCER" = no ] || workers="$workers kamailio.service"
 if [ "$SYSTEMCTL" = yes ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
   systemctl daemon-reload
   # shellcheck disable=SC2086

@@ -1,7 +1,7 @@
 """The service install: scripts/install-service.sh, the units of contrib/systemd, run as they would be.
 
 There is no running systemd here, so the install runs in a mount namespace of
-its own where /etc, /opt and /var are overlays on a tmpfs: the script installs
+its own where /etc, /opt, /var and /run are overlays on a tmpfs: the script installs
 to its real default paths (/opt/hotline, /etc/hotline, /var/lib/hotline,
 /etc/systemd/system), creates the real `hotline` user, and nothing of it is
 left on the machine when the namespace ends. `systemd-analyze verify` checks the
@@ -38,7 +38,7 @@ UNITS = ("hotline-ivr@.service", "hotline-desk.service", "hotline-report.service
 
 @dataclass
 class Sandbox:
-    """A mount namespace with /etc, /opt and /var writable in a throw-away overlay."""
+    """A mount namespace with /etc, /opt, /var and /run writable in a throw-away overlay."""
 
     holder: subprocess.Popen[bytes]
     scratch: Path
@@ -68,14 +68,14 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
         layers = " && ".join(
             f"mkdir -p {scratch}/{d}/upper {scratch}/{d}/work && "
             f"mount -t overlay overlay -o lowerdir=/{d},upperdir={scratch}/{d}/upper,workdir={scratch}/{d}/work /{d}"
-            for d in ("etc", "opt", "var"))
+            for d in ("etc", "opt", "var", "run"))
         for _ in range(50):  # unshare has set up the namespace once it runs sleep
             if os.readlink(f"/proc/{holder.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
                 break
             time.sleep(0.02)
         made = box.run("sh", "-c", f"mount -t tmpfs tmpfs {scratch} && {layers}")
         if made.returncode != 0:
-            pytest.skip(f"cannot overlay /etc, /opt, /var in a mount namespace: {made.stderr.strip()}")
+            pytest.skip(f"cannot overlay /etc, /opt, /var, /run in a mount namespace: {made.stderr.strip()}")
         yield box
     finally:
         holder.kill()
@@ -365,3 +365,128 @@ def test_report_html_name_takes_the_day_reported(tmp_path: Path) -> None:
                     "report", "--date", "2026-11-26", "--html", str(out)])
     assert code == 0
     assert (tmp_path / "reports" / "report-2026-11-26.html").exists()
+
+
+def unit_with_dropins(box: Sandbox, unit: str, base_dir: str = "/lib/systemd/system") -> str:
+    """A unit as systemd reads it: its file, then its drop-ins in /etc/systemd/system/UNIT.d/ by name."""
+    text = box.read(f"{base_dir}/{unit}")
+    listed = box.run("sh", "-c", f"ls /etc/systemd/system/{unit}.d/*.conf 2>/dev/null").stdout.split()
+    return text + "".join("\n" + box.read(path) for path in sorted(listed))
+
+
+def expanded_command(box: Sandbox, unit_text: str) -> tuple[list[str], str]:
+    """The last ExecStart= with Environment= and EnvironmentFile= (files win) expanded, and User=."""
+    env: dict[str, str] = {}
+    files: dict[str, str] = {}
+    argv: list[str] = []
+    user = "root"
+    for line in unit_text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep or line.startswith("#"):
+            continue
+        if key == "Environment":
+            env.update(item.split("=", 1) for item in shlex.split(value))  # type: ignore[misc]
+        elif key == "EnvironmentFile":
+            text = box.read(value.lstrip("-"))
+            files.update(x.split("=", 1) for x in text.splitlines() if "=" in x and not x.startswith("#"))  # type: ignore[misc]
+        elif key == "ExecStart":
+            argv = shlex.split(value)
+        elif key == "User":
+            user = value
+    env.update(files)
+    expand = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+    return [expand.sub(lambda m: env.get(m.group(1) or m.group(2), ""), a) for a in argv], user
+
+
+def test_two_workers_install_behind_the_balancer_and_take_calls_through_it(
+        sandbox: Sandbox, tmp_path: Path, pg_url: str) -> None:
+    """--workers 2: two worker units, Debian's kamailio.service with the project's balancer; calls go round-robin."""
+    if not Path("/usr/sbin/kamailio").exists():
+        pytest.skip("kamailio not installed (scripts/bootstrap.sh installs it)")
+    venv = service_venv(sandbox)
+    done = sandbox.run(str(ROOT / "scripts/install-service.sh"), "--venv", str(venv), "--workers", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sandbox.read("/etc/hotline/dispatcher.list").splitlines()[1:] == \
+        ["1 sip:127.0.0.1:5061", "1 sip:127.0.0.1:5062"]
+    verify = sandbox.run("systemd-analyze", "verify", "kamailio.service", "hotline-ivr@2.service")
+    assert verify.returncode == 0 and not (verify.stdout + verify.stderr).strip(), verify.stdout + verify.stderr
+
+    # free ports for this run, the PostgreSQL CRM both workers share
+    conf_set = str(ROOT / "scripts/conf_set.py")
+    ports = [free_port() for _ in range(3)]
+    for n in (1, 2):
+        sandbox.run("python3", conf_set, f"/etc/hotline/ivr-{n}.conf", f"general.port={ports[n]}", "metrics.port=0",
+                    "general.ring_seconds=0", f"general.rtp_port_min={31000 + 200 * n}",
+                    f"general.rtp_port_max={31100 + 200 * n}", f"database.url={pg_url}")
+    sandbox.run("sh", "-c", "printf '1 sip:127.0.0.1:%s\\n1 sip:127.0.0.1:%s\\n' "
+                f"{ports[1]} {ports[2]} > /etc/hotline/dispatcher.list && "
+                f"sed -i 's/^LISTEN=.*/LISTEN=udp:127.0.0.1:{ports[0]}/' /etc/hotline/balancer.env")
+
+    workers = [as_service(sandbox, "hotline-ivr@.service", tmp_path / f"ivr{n}.log", str(n)) for n in (1, 2)]
+    kamailio = None
+    try:
+        for n, proc in zip((1, 2), workers, strict=True):
+            assert options_answer(ports[n], proc).startswith("SIP/2.0 200"), (tmp_path / f"ivr{n}.log").read_text()
+        # the balancer as its unit runs it (forking, as user kamailio, pid file in its RuntimeDirectory)
+        argv, user = expanded_command(sandbox, unit_with_dropins(sandbox, "kamailio.service"))
+        assert "/opt/hotline/kamailio/kamailio.cfg" in argv and f"LISTEN=udp:127.0.0.1:{ports[0]}" in argv
+        sandbox.run("install", "-d", "-o", user, "-g", user, "-m", "0770", "/run/kamailio")
+        log = tmp_path / "kamailio.log"
+        with log.open("wb") as out:  # a file, not a pipe: the daemon's children keep it open
+            started = subprocess.run(sandbox.cmd("runuser", "-u", user, "--", *argv), stdout=out,
+                                     stderr=subprocess.STDOUT, timeout=30)
+        assert started.returncode == 0, log.read_text(errors="replace")
+        kamailio = int(sandbox.read("/run/kamailio/kamailio.pid"))
+        assert options_answer(ports[0], workers[0]).startswith("SIP/2.0 200"), "the balancer answers for itself"
+        time.sleep(2.5)  # its first OPTIONS round to the workers
+        calls = sipp(tmp_path, "short_call", ports[0], calls=4, extra=("-d", "500", "-r", "4"), timeout_s=30)
+        assert calls.wait(60) == 0, calls.errors()
+    finally:
+        if kamailio is not None:  # its main process takes its children down with it
+            os.kill(kamailio, signal.SIGTERM)
+            for _ in range(50):
+                if not Path(f"/proc/{kamailio}").exists():
+                    break
+                time.sleep(0.1)
+        for proc in workers:
+            for pid in _service_pids(proc.pid):
+                os.kill(pid, signal.SIGTERM)
+        for proc in workers:
+            proc.wait(timeout=30)
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        split = dict(conn.execute(text("SELECT ivr_worker, count(*) FROM calls GROUP BY ivr_worker")).all())
+    engine.dispose()
+    assert split == {"ivr-1": 2, "ivr-2": 2}, f"round-robin over the installed workers: {split}"
+
+
+def test_workers_started_together_migrate_an_empty_postgres_crm_once(pg_url: str) -> None:
+    """Two workers' units started at once both migrate at start-up: one waits for the other, neither fails."""
+    import threading
+
+    from sqlalchemy import inspect
+
+    from crm_bridge.db import make_engine, migrate
+
+    engines = [make_engine(pg_url) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def start(engine) -> None:  # type: ignore[no-untyped-def]
+        try:
+            migrate(engine)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert not errors, errors
+        assert "calls" in inspect(engines[0]).get_table_names()
+    finally:
+        for e in engines:
+            e.dispose()
