@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.engine import URL, make_url
 
 from crm_bridge.db import make_engine, migrate
@@ -110,14 +110,15 @@ def _tables(engine: Engine) -> list[str]:
     return sorted(inspect(engine).get_table_names())
 
 
-def _count_rows(conn: Any, tables: list[str]) -> dict[str, int]:
+def _count_rows(conn: Connection, tables: list[str]) -> dict[str, int]:
     return {t: int(conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one()) for t in tables}
 
 
-def _revision(conn: Any, tables: list[str]) -> str | None:
+def _revision(conn: Connection, tables: list[str]) -> str | None:
     if "alembic_version" not in tables:
         return None
-    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()  # type: ignore[no-any-return]
+    found = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    return str(found) if found is not None else None
 
 
 def _dump_postgres(url: URL, engine: Engine, dest: Path) -> dict[str, Any]:
