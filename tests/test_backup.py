@@ -198,6 +198,7 @@ def two_pg_databases(postgres: PgServer) -> Iterator[tuple[str, str]]:
     admin.dispose()
 
 
+@pytest.mark.postgres
 def test_postgres_backup_while_calls_are_written_restores_whole_calls_the_desk_and_report_read(
         two_pg_databases: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     live, empty = two_pg_databases

@@ -32,6 +32,7 @@ import pytest
 
 from tests.conftest import ROOT, free_port, sipp
 
+pytestmark = pytest.mark.e2e
 UNITS = ("hotline-ivr@.service", "hotline-desk.service", "hotline-report.service", "hotline-report.timer",
          "hotline-retention.service", "hotline-retention.timer", "hotline-backup.service", "hotline-backup.timer")
 
@@ -398,6 +399,7 @@ def expanded_command(box: Sandbox, unit_text: str) -> tuple[list[str], str]:
     return [expand.sub(lambda m: env.get(m.group(1) or m.group(2), ""), a) for a in argv], user
 
 
+@pytest.mark.postgres
 def test_two_workers_install_behind_the_balancer_and_take_calls_through_it(
         sandbox: Sandbox, tmp_path: Path, pg_url: str) -> None:
     """--workers 2: two worker units, Debian's kamailio.service with the project's balancer; calls go round-robin."""
@@ -462,6 +464,7 @@ def test_two_workers_install_behind_the_balancer_and_take_calls_through_it(
     assert split == {"ivr-1": 2, "ivr-2": 2}, f"round-robin over the installed workers: {split}"
 
 
+@pytest.mark.postgres
 def test_workers_started_together_migrate_an_empty_postgres_crm_once(pg_url: str) -> None:
     """Two workers' units started at once both migrate at start-up: one waits for the other, neither fails."""
     import threading
