@@ -23,8 +23,10 @@ without tcpdump.
 
 `Layout` builds and runs it for tests (tests/test_multihost.py); the command
 line does the same for a developer and leaves it running. The names of the
-namespaces carry a prefix (`hl` from the command line, one per test run), so
-several layouts can exist at once, each on its own bridge.
+namespaces carry a prefix (`hl` from the command line, `hl<pid>` per test
+process), so several layouts can exist at once, each on its own bridge; a
+test run killed midway leaves its layout up (`ip netns list` shows it), and
+`scripts/multihost.sh down --prefix hl<pid>` takes it down.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def make_network(prefix: str) -> dict[str, Host]:
         raise LayoutUnavailable("network namespaces need root")
     if shutil.which("ip") is None:
         raise LayoutUnavailable("ip is not installed (Debian: iproute2)")
+    delete_network(prefix)  # what a killed run of the same name left behind
     switch = f"{prefix}-switch"
     steps: list[list[str]] = [["netns", "add", switch], ["-n", switch, "link", "set", "lo", "up"],
                               ["-n", switch, "link", "add", "br0", "type", "bridge"],
