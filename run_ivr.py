@@ -42,7 +42,7 @@ from ivr.greeting import Greeter, HolidayCalendar
 from ivr.logs import configure_logging
 from ivr.media import g711_encoders
 from ivr.recording import Finished, Recorder, recover_interrupted
-from ivr.screenpop import DeskLink
+from ivr.screenpop import DeskLink, desk_base_url
 from ivr.service import SEAT_GROUPS
 from ivr.shared_acd import SharedAcd
 from prompts.catalogue import catalogue_for
@@ -278,8 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prompts = prepare_prompts(config)
         music = prepare_music(config)
-        desk = DeskLink(desk_config.display_name,
-                        desk_config.public_url or f"http://{desk_config.bind}:{desk_config.port}")
+        desk_url = desk_base_url(desk_config.public_url, desk_config.bind, desk_config.port)
+        if desk_url is None:
+            log.warning("desk_url_unknown", reason=f"[desk] bind is {desk_config.bind} and public_url is empty: "
+                                                   "agents' phones get no Call-Info link; set [desk] public_url")
+        desk = DeskLink(desk_config.display_name, desk_url)
         code = uvloop.run(serve(config, prompts, desk, music))
         # the loop and its signal handlers are gone: a late SIGTERM (a supervisor repeating itself)
         # must not turn a clean stop into a kill by signal

@@ -303,6 +303,18 @@ class GeneralConfig:
         return self
 
     @model_validator(mode="after")
+    def _wildcard_bind_names_its_address(self) -> Self:
+        """Via, Contact, Call-IDs and SDP carry advertised_ip (or bind): never an address no host can reach."""
+        wildcard = ("0.0.0.0", "::", "")
+        if self.advertised_ip in wildcard:
+            raise SettingError("advertised_ip", f"{self.advertised_ip!r} is not an address other hosts can reach")
+        if self.bind in wildcard and self.advertised_ip is None:
+            raise SettingError("advertised_ip", f"required when bind is {self.bind or 'empty'} (every address): the "
+                                                "address callers, the balancer and phones reach this IVR at, "
+                                                "written into Via, Contact and SDP")
+        return self
+
+    @model_validator(mode="after")
     def _tls_has_its_pem_files(self) -> Self:
         """Checked now rather than at the first call: a readable PEM certificate (chain) and its private key."""
         if "tls" not in self.transports:
