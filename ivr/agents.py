@@ -35,7 +35,7 @@ from ivr.events import AgentAnswered, AgentHungUp, AgentNoAnswer, AgentRinging, 
 from ivr.media import CODEC_NAMES, SAMPLES_PER_FRAME, SILENCE_FRAMES, MediaClock, RtpPortPool, RtpSession, open_rtp
 from ivr.screenpop import DeskLink, desk_call_url, screen_pop
 from ivr.sip.calls import OutboundCall
-from ivr.sip.endpoint import SipEndpoint
+from ivr.sip.endpoint import ConnectionGone, SipEndpoint, StreamAddress
 from ivr.waiting import SeatGroupLoad, WaitEstimator
 
 log = structlog.get_logger("ivr.agents")
@@ -149,6 +149,8 @@ class Agents:
         self.desk = desk or DeskLink()
         self.legs_by_agent_call: dict[str, AgentLeg] = {}  # by the agent call's Call-ID
         self.registrations: dict[str, asyncio.TimerHandle] = {}
+        # agents whose phone registered over a connection (TCP, TLS, WebSocket): bound to it until it closes
+        self.bound: dict[str, StreamAddress] = {}
         self._wrap_up: dict[str, asyncio.TimerHandle] = {}
         self._claiming = self._claim_again = self._refreshing = False
         self._states: dict[str, str] = {}
@@ -211,6 +213,9 @@ class Agents:
         old = self.registrations.pop(agent, None)
         if old is not None:
             old.cancel()
+        self.bound.pop(agent, None)
+        if isinstance(contact, StreamAddress):
+            self.bound[agent] = contact  # rung down this connection only, unbound when it closes
         if contact is None:
             self.pool.logout(agent)
             log.info("agent_unregistered", agent=agent)
@@ -221,8 +226,27 @@ class Agents:
         log.info("agent_registered", agent=agent, contact=f"{contact[0]}:{contact[1]}", expires=expires)
         self.assign()
 
+    def connection_closed(self, address: StreamAddress) -> None:
+        """A connection is gone: each agent registered over it is logged out now, and a call ringing
+        there goes back to the head of its queue (a call in talk ends as if the agent hung up)."""
+        for agent in [a for a, where in self.bound.items() if where == address]:
+            del self.bound[agent]
+            timer = self.registrations.pop(agent, None)
+            if timer is not None:
+                timer.cancel()
+            self.pool.logout(agent)
+            log.info("agent_unregistered", agent=agent, reason=f"{address.transport} connection closed")
+            for agent_leg in [leg for leg in self.legs_by_agent_call.values() if leg.agent == agent]:
+                if agent_leg.answered:
+                    self.end_leg(agent_leg, hang_up=False)
+                    agent_leg.caller.dispatch(AgentHungUp(utc_now()))
+                else:
+                    self._no_answer(agent_leg, "connection closed")
+            self.publish_states()
+
     def _expire(self, agent: str) -> None:
         self.registrations.pop(agent, None)
+        self.bound.pop(agent, None)
         self.pool.logout(agent)
         self.publish_states()
         log.info("agent_registration_expired", agent=agent)
@@ -331,7 +355,6 @@ class Agents:
         if agent_leg.ended or caller.closed:
             self.end_leg(agent_leg, hang_up=False)
             return
-        sdp = build_sdp(self.media_ip, agent_leg.rtp_port, caller.payload_type, CODEC_NAMES[caller.payload_type])
         record = caller.flow.record
         caller_number = record.caller if record else "ivr"
         # the agent's phone shows who calls and why, whatever the softphone: name, tier and service
@@ -340,13 +363,11 @@ class Agents:
                          service=record.service if record else None, caller=caller_number, call_id=caller.call_id,
                          desk_url=desk_call_url(self.desk.base_url, caller.call_id) if self.desk.base_url else None,
                          template=self.desk.template)
-        out = self.endpoint.invite(
-            from_uri=f"sip:{caller_number}@{self.endpoint.host}:{g.port}", from_display=pop.display_name,
-            headers=dict(pop.headers),
-            # RFC 3261 §10.2.1: a registered phone is reached at the Contact URI it registered
-            request_uri=offer.contact_uri or f"sip:{offer.agent}@{offer.contact[0]}:{offer.contact[1]}",
-            destination=offer.contact, sdp=sdp,
-        )
+        try:
+            out = self._invite(agent_leg, pop, caller_number)
+        except ConnectionGone as exc:  # its connection closed meanwhile: never rung anywhere else
+            self._no_answer(agent_leg, str(exc))
+            return
         agent_leg.out = out
         self.legs_by_agent_call[out.call_id] = agent_leg
         out.on_answer = lambda _out: self._answered(agent_leg)
@@ -355,6 +376,19 @@ class Agents:
             self.config.queues.ring_agent_seconds, self._no_answer, agent_leg, "no answer"
         )
         caller.dispatch(AgentRinging(utc_now(), offer.agent))
+
+    def _invite(self, agent_leg: AgentLeg, pop: Any, caller_number: str) -> OutboundCall:
+        caller, offer = agent_leg.caller, agent_leg.offer
+        g = self.config.general
+        assert agent_leg.rtp_port is not None
+        sdp = build_sdp(self.media_ip, agent_leg.rtp_port, caller.payload_type, CODEC_NAMES[caller.payload_type])
+        return self.endpoint.invite(
+            from_uri=f"sip:{caller_number}@{self.endpoint.host}:{g.port}", from_display=pop.display_name,
+            headers=dict(pop.headers),
+            # RFC 3261 §10.2.1: a registered phone is reached at the Contact URI it registered
+            request_uri=offer.contact_uri or f"sip:{offer.agent}@{offer.contact[0]}:{offer.contact[1]}",
+            destination=offer.contact, sdp=sdp,
+        )
 
     def _answered(self, agent_leg: AgentLeg) -> None:
         if agent_leg.ended:
