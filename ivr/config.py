@@ -274,6 +274,8 @@ class GeneralConfig:
     """A TCP/TLS connection without a complete message or keep-alive this long is closed, unless a call runs on it."""
     max_connections: Annotated[int, whole(1, 100_000)] = 1000
     """TCP and TLS connections at once; more are refused."""
+    tcp_keepalive_seconds: Annotated[float, number(0, 3600)] = 30.0
+    """A phone registered over TCP/TLS gets a CRLF ping this often; unacknowledged as long again: unbound. 0: none."""
 
     @property
     def rtp_ports(self) -> tuple[int, int]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -113,7 +113,7 @@ class Engine:
             g.bind, g.port, self, user_agent=g.user_agent, advertised=g.advertised_ip, transports=g.transports,
             tls_port=g.tls_port, tls_certificate=str(g.tls_certificate or ""), tls_key=str(g.tls_key or ""),
             idle_seconds=g.tcp_idle_seconds, max_connections=g.max_connections,
-            websocket=websocket_settings(config),
+            websocket=websocket_settings(config), keepalive_seconds=g.tcp_keepalive_seconds,
         )
         self.agents = Agents(self.acd, config, self.endpoint, self.ports, self.legs, self._spawn, self.media_ip,
                              self.pacer, desk)
@@ -442,6 +442,9 @@ class Engine:
 
     def banned(self, host: str) -> bool:
         return self.guard.banned(host)
+
+    def bound_connections(self) -> Collection[Address]:
+        return self.agents.bound.values()
 
     # --- once a second ----------------------------------------------------------------
 

@@ -228,3 +228,22 @@ def test_a_tcp_registered_phone_whose_connection_closes_is_unavailable_at_once_a
         phone.rtp.close()
     assert "event='agent_unregistered' agent='801' reason='TCP connection closed'" in ivr.log()
     assert "agent='801'" not in "".join(re.findall(r"event='agent_state'[^\n]*state='ringing'[^\n]*", ivr.log()))
+
+
+def test_a_phone_registered_over_tcp_gets_crlf_pings_and_an_unregistered_connection_does_not(  # type: ignore[no-untyped-def]
+        ivr_factory, tmp_path: Path) -> None:
+    ivr = ivr_factory(general="transports = udp, tcp\ntcp_keepalive_seconds = 1\n",
+                      extra="[801]\ntype = agent\nseat_group = senior\nhost = dynamic\nsecret = pw801\n")
+    phone, idle = StreamPhone(ivr), StreamPhone(ivr)
+    try:
+        _, status = register(phone, ivr, "801", f"sip:801@127.0.0.1:{phone.port};transport=tcp")  # type: ignore[arg-type]
+        assert status.startswith("SIP/2.0 200")
+        phone.buffer = b""
+        phone.sock.settimeout(4)
+        assert phone.sock.recv(16) == b"\r\n\r\n", "RFC 5626 ping on the registration's connection"
+        idle.sock.settimeout(2.5)
+        with pytest.raises(TimeoutError):
+            idle.sock.recv(16)
+    finally:
+        phone.close()
+        idle.close()

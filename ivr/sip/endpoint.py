@@ -27,8 +27,9 @@ for `;transport=tcp`, else over UDP; their Via and Contact name the transport.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 import structlog
@@ -37,7 +38,7 @@ from aiosipua.sdp import SdpMessage, serialize_sdp
 
 from ivr.sip.calls import InboundCall, OutboundCall
 from ivr.sip.dialogs import Dialog, make_response, new_branch, new_call_id, new_tag
-from ivr.sip.stream import MESSAGE_SECONDS, PONG, Broken, Framed, Ping, StreamFramer
+from ivr.sip.stream import MESSAGE_SECONDS, PING, PONG, Broken, Framed, Ping, StreamFramer
 from ivr.sip.transactions import (
     AckReceived,
     ClientTransaction,
@@ -113,6 +114,10 @@ class EndpointOwner(Protocol):
         """The source is barred (too many failed authentications): no WebSocket for it either."""
         ...
 
+    def bound_connections(self) -> Collection[Address]:
+        """The connections a registration is bound to: never idle-closed, kept alive with pings."""
+        ...
+
 
 class ConnectionGone(Exception):
     """A request for a peer reachable only over a connection that has closed (RFC 5626's flow is gone)."""
@@ -154,6 +159,7 @@ class _Connection(asyncio.Protocol):
         self.framer: StreamFramer | None = None
         self.closing: str | None = None  # why we closed it
         self.pending: list[bytes] = []  # written while our connect is under way
+        self.pinged = 0.0  # when we last sent a keep-alive ping
 
     @property
     def peer(self) -> str:
@@ -164,6 +170,8 @@ class _Connection(asyncio.Protocol):
         if not self.outbound:
             peer = transport.get_extra_info("peername") or ("", 0)
             self.address = StreamAddress(str(peer[0]), int(peer[1]), self.transport_name)
+            self.pinged = asyncio.get_running_loop().time()
+            _detect_half_open(transport.get_extra_info("socket"), self.endpoint.keepalive_seconds)
         self.endpoint.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
@@ -197,7 +205,8 @@ class SipEndpoint:
     def __init__(self, bind: str, port: int, owner: EndpointOwner, *, user_agent: str,
                  advertised: str | None = None, transports: frozenset[str] = frozenset({"udp"}),
                  tls_port: int = 5061, tls_certificate: str | None = None, tls_key: str | None = None,
-                 idle_seconds: float = 300.0, max_connections: int = 1000, websocket: WsSettings | None = None) -> None:
+                 idle_seconds: float = 300.0, max_connections: int = 1000, websocket: WsSettings | None = None,
+                 keepalive_seconds: float = 30.0) -> None:
         self.bind, self.port = bind, port
         self.owner = owner
         self.user_agent = user_agent
@@ -210,6 +219,7 @@ class SipEndpoint:
         self.max_connections = max_connections
         self.connections: dict[Address, _Connection | WsConnection] = {}  # by the peer's plain (host, port)
         self.websocket = websocket
+        self.keepalive_seconds = keepalive_seconds
         self._ws_server: Any = None
         self._servers: list[asyncio.Server] = []
         self._connecting: set[asyncio.Task[None]] = set()
@@ -484,14 +494,23 @@ class SipEndpoint:
         """Close connections past their idle or message deadline; re-arms itself."""
         now = self._now()
         busy = {c.source_addr if isinstance(c, InboundCall) else c.destination for c in self.dialogs.values()}
+        bound = set(self.owner.bound_connections())
         try:
             for connection in list(self.connections.values()):
                 if connection.framer is None:
                     continue  # a WebSocket: its pings find a dead peer
-                # a call's connection stays up however quiet the call is: its BYE must find the way
-                reason = connection.framer.expired(now, busy=connection.address in busy)
+                # a call's connection stays up however quiet the call is: its BYE must find the way;
+                # a registration's too, for the calls to come
+                reason = connection.framer.expired(now, busy=connection.address in busy or connection.address in bound)
                 if reason is not None:
                     self.close_connection(connection, reason, abort=True)
+                elif (isinstance(connection, _Connection) and connection.address in bound and self.keepalive_seconds
+                      and now - connection.pinged >= self.keepalive_seconds):
+                    # RFC 5626 §4.4.1's ping, from our side: the phone may pong or ignore it (RFC 3261 §7.5),
+                    # but its machine must acknowledge the bytes within TCP_USER_TIMEOUT or the kernel
+                    # drops the connection, which unbinds the agent (a half-open connection is found)
+                    connection.pinged = now
+                    connection.write(PING)
         finally:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
 
@@ -780,6 +799,23 @@ class SipEndpoint:
 
     def forget_dialog(self, dialog: Dialog) -> None:
         self.dialogs.pop(dialog.key, None)
+
+
+def _detect_half_open(sock: Any, seconds: float) -> None:
+    """Kernel keep-alives on an accepted connection, and a bound on unacknowledged data (Linux's
+    TCP_USER_TIMEOUT): a peer that vanished without a FIN is found in about `seconds`, not hours."""
+    if sock is None or not seconds:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(seconds)))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(seconds) // 3))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
+    except OSError as exc:
+        log.warning("sip_keepalive_unavailable", error=str(exc))
 
 
 def _dialog_key(request: SipRequest) -> DialogKey:
