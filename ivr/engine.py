@@ -436,6 +436,9 @@ class Engine:
 
     def on_connection_closed(self, address: StreamAddress) -> None:
         self.agents.connection_closed(address)
+        if self.agents.dirty and self.status_file is not None:  # an agent gone: the wallboard's file now
+            self.agents.dirty = False
+            write_status(self.status_file, self.acd, len(self.legs), self.pacer)
 
     def ws_refused(self, source: Address, reason: str) -> None:
         self.guard.auth_failed(source[0], source[1], "", reason)
