@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -27,7 +29,7 @@ from .test_e2e_agent_phone import register
 from .test_e2e_retransmission import status_line
 from .test_e2e_routing import SENIOR, agent_uas, customers
 from .test_e2e_sip import crm_events, finished, wait_for_row
-from .test_e2e_tcp import StreamPhone, header
+from .test_e2e_tcp import StreamPhone, header, self_signed_certificate
 
 pytestmark = pytest.mark.e2e
 
@@ -40,11 +42,19 @@ class WsPhone:
     It speaks like tests' ScriptedPhone (send/until/port), so `register` drives it.
     """
 
-    def __init__(self, ivr: IvrProcess, ws_port: int, *, origin: str = DESK, path: str = "/sip") -> None:
+    def __init__(self, ivr: IvrProcess, ws_port: int, *, origin: str = DESK, path: str = "/sip",
+                 tls: bool = False) -> None:
         self.ivr = ivr
         self.host = f"{uuid.uuid4().hex[:12]}.invalid"
-        self.ws: ClientConnection = connect(f"ws://127.0.0.1:{ws_port}{path}", subprotocols=[Subprotocol("sip")],
-                                            origin=Origin(origin), open_timeout=5).__enter__()
+        self.transport = "WSS" if tls else "WS"
+        context = None
+        if tls:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE  # the test's own self-signed certificate
+        self.ws: ClientConnection = connect(f"{self.transport.lower()}://127.0.0.1:{ws_port}{path}",
+                                            subprotocols=[Subprotocol("sip")], origin=Origin(origin), open_timeout=5,
+                                            ssl=context).__enter__()
         self.port = self.ws.socket.getsockname()[1]
         self.closed = False
 
@@ -52,7 +62,7 @@ class WsPhone:
         self.ws.close()
 
     def send(self, text: str) -> None:
-        text = text.replace("SIP/2.0/UDP 127.0.0.1", f"SIP/2.0/WS {self.host}")
+        text = text.replace("SIP/2.0/UDP 127.0.0.1", f"SIP/2.0/{self.transport} {self.host}")
         self.ws.send(text.replace("\r\n", "\n").replace("\n", "\r\n"))
 
     def until(self, predicate, seconds: float = 10) -> list[tuple[float, str]]:  # type: ignore[no-untyped-def]
@@ -303,3 +313,48 @@ def test_a_pjsua2_phone_registered_over_tcp_that_dies_is_logged_out_within_2_s_a
         udp.close()
     assert "event='agent_unregistered' agent='801' reason='TCP connection closed'" in ivr.log()
     assert not re.search(r"event='agent_rung'[^\n]*agent=801", ivr.log())
+
+
+def test_wss_with_the_general_certificate_registers_and_answers_down_the_connection(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    self_signed_certificate(tmp_path)
+    ws_port = free_port(socket.SOCK_STREAM)
+    ivr = ivr_factory(general="tls_certificate = cert.pem\ntls_key = key.pem\n",
+                      extra=f"[websocket]\nenabled = yes\nport = {ws_port}\ntls = yes\norigins = {DESK}\n"
+                            "[801]\ntype = agent\nseat_group = senior\nhost = dynamic\nsecret = pw801\n")
+    browser = WsPhone(ivr, ws_port, tls=True)
+    try:
+        _, status = register(browser, ivr, "801", f"sip:801@{browser.host};transport=wss")  # type: ignore[arg-type]
+        assert status.startswith("SIP/2.0 200"), status
+    finally:
+        browser.close()
+    assert re.search(r"event='sip_connection_opened' transport='WSS' peer='127\.0\.0\.1:\d+'", ivr.log())
+    deadline = time.monotonic() + 3
+    while "reason='WSS connection closed'" not in ivr.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "event='agent_unregistered' agent='801' reason='WSS connection closed'" in ivr.log()
+
+
+def test_a_half_open_tcp_connection_is_found_by_the_keepalive_ping_and_its_agent_logged_out(  # type: ignore[no-untyped-def]
+        ivr_factory, tmp_path: Path) -> None:
+    """The phone's machine stops answering (its packets dropped on lo, the socket never closed): the IVR's
+    CRLF ping goes unacknowledged, TCP_USER_TIMEOUT closes the connection, and the agent is logged out."""
+    if subprocess.run(["nft", "list", "tables"], capture_output=True).returncode != 0:
+        pytest.skip("needs nft and root to drop the phone's packets")
+    ivr = ivr_factory(general="transports = udp, tcp\ntcp_keepalive_seconds = 1\n",
+                      extra="[801]\ntype = agent\nseat_group = senior\nhost = dynamic\nsecret = pw801\n")
+    (tmp_path / "var").mkdir(exist_ok=True)
+    phone = StreamPhone(ivr)
+    table = f"ivr_halfopen_{phone.port}"
+    try:
+        _, status = register(phone, ivr, "801", f"sip:801@127.0.0.1:{phone.port};transport=tcp")  # type: ignore[arg-type]
+        assert status.startswith("SIP/2.0 200")
+        wait_state(tmp_path, "801", "available", 3)
+        for command in (f"add table inet {table}",
+                        f"add chain inet {table} input {{ type filter hook input priority -10 ; }}",
+                        f"add rule inet {table} input tcp sport {phone.port} drop"):
+            subprocess.run(["nft", *command.split()], check=True, capture_output=True)
+        assert wait_state(tmp_path, "801", "logged_out", 10) < 10
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True)
+        phone.close()
+    assert f"event='sip_connection_closed' transport='TCP' peer='127.0.0.1:{phone.port}' reason='lost: " in ivr.log()
