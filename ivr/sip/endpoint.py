@@ -220,6 +220,7 @@ class SipEndpoint:
         self.connections: dict[Address, _Connection | WsConnection] = {}  # by the peer's plain (host, port)
         self.websocket = websocket
         self.keepalive_seconds = keepalive_seconds
+        self._stopping = False
         self._ws_server: Any = None
         self._servers: list[asyncio.Server] = []
         self._connecting: set[asyncio.Task[None]] = set()
@@ -266,6 +267,7 @@ class SipEndpoint:
             self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
 
     async def stop(self) -> None:
+        self._stopping = True  # connections closed now take no registration with them: the process ends
         if self._timer is not None:
             self._timer.cancel()
         if self._sweeper is not None:
@@ -422,7 +424,7 @@ class SipEndpoint:
         if self.connections.get(connection.address) is not connection:
             return
         del self.connections[connection.address]
-        if not connection.outbound:  # a registration is bound to a connection the phone opened
+        if not connection.outbound and not self._stopping:  # a registration is bound to a connection the phone opened
             try:
                 self.owner.on_connection_closed(connection.address)
             except Exception:  # noqa: BLE001 — a connection's end must never take the endpoint down
