@@ -1,4 +1,4 @@
-"""The SIP endpoint: the UDP, TCP and TLS transports, and dispatch between them, the transaction layer and the calls.
+"""The SIP endpoint: the UDP, TCP, TLS and WebSocket transports, and dispatch between them, the layer and the calls.
 
 This is the edge where SIP meets the network. A datagram, or a message framed
 off a TCP/TLS connection (`ivr.sip.stream`), is parsed (the
@@ -22,6 +22,15 @@ that remembers it belongs to a connection. Requests we send go on a live
 connection with the destination when there is one (an agent's phone that
 registered over TCP), else on a TCP connection we open when the phone's URI asks
 for `;transport=tcp`, else over UDP; their Via and Contact name the transport.
+
+SIP over WebSocket (RFC 7118, `ivr.sip.websocket`) is one more kind of
+connection in the same table. A peer that registered over a connection is
+reached through it alone: a request for a `StreamAddress` whose connection has
+closed is never sent over UDP (`invite` raises `ConnectionGone`), and the owner
+is told when an accepted connection closes (`on_connection_closed`), so the
+registration bound to it goes at once. Connections a registration is bound to
+are never closed as idle and get RFC 5626 CRLF pings; the kernel's keep-alives
+and TCP_USER_TIMEOUT close them when the peer's machine stops answering.
 """
 
 from __future__ import annotations
