@@ -58,6 +58,7 @@ from desk.auth import LoginLimiter, SignedIn, authenticate
 from desk.config import DeskConfig
 from desk.quality import read_form
 from desk.timeline import timeline_for_call
+from desk.watcher import DeskWatcher, Pop
 from ivr.service import SERVICES
 
 HERE = Path(__file__).parent
@@ -133,6 +134,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
     states = queries.AgentStates(config, engine)
     limiter = LoginLimiter(config.login_attempts_per_minute)
     poll_s = config.poll_ms / 1000
+    watcher = DeskWatcher(engine, states, poll_s)
 
     async def db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         # SQLAlchemy is synchronous: keep the event loop (and every event stream) free while it runs
@@ -272,21 +274,23 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         last = int(after) if after.isdigit() else 0
 
         async def stream() -> AsyncIterator[str]:
-            nonlocal last
-            next_state = 0.0
-            loop = asyncio.get_running_loop()
-            yield "retry: 1000\n\n"
-            while not await request.is_disconnected():
-                for event_id, call_id in await db(queries.new_offers, engine, agent, last):
-                    last = event_id
-                    pop = await db(queries.pop_for, engine, config, call_id, event_id, agent)
-                    if pop is not None:
-                        yield _sse("pop", fragment(request, "_pop.html", pop=pop), event_id)
-                if loop.time() >= next_state:
-                    next_state = loop.time() + 1
-                    view = (await db(states.read))[agent]
-                    yield _sse("state", fragment(request, "_state.html", view=view, now=datetime.now(UTC)))
-                await asyncio.sleep(poll_s)
+            # one watcher per process reads the CRM for every open page (desk.watcher)
+            subscription = watcher.subscribe(agent, last)
+            try:
+                yield "retry: 1000\n\n"
+                while not await request.is_disconnected():
+                    try:
+                        item = await asyncio.wait_for(subscription.queue.get(), 1.0)
+                    except TimeoutError:
+                        continue
+                    if isinstance(item, Pop):
+                        pop = await db(queries.pop_for, engine, config, item.call_id, item.event_id, agent)
+                        if pop is not None:
+                            yield _sse("pop", fragment(request, "_pop.html", pop=pop), item.event_id)
+                    else:
+                        yield _sse("state", fragment(request, "_state.html", view=item.view, now=datetime.now(UTC)))
+            finally:
+                watcher.unsubscribe(subscription)
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 

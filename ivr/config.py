@@ -282,6 +282,8 @@ class GeneralConfig:
     """A TCP/TLS connection without a complete message or keep-alive this long is closed, unless a call runs on it."""
     max_connections: Annotated[int, whole(1, 100_000)] = 1000
     """TCP and TLS connections at once; more are refused."""
+    tcp_keepalive_seconds: Annotated[float, number(0, 3600)] = 30.0
+    """A phone registered over TCP/TLS gets a CRLF ping this often; unacknowledged as long again: unbound. 0: none."""
 
     @property
     def rtp_ports(self) -> tuple[int, int]:
@@ -677,6 +679,9 @@ class AgentConfig:
     """The agent's name, shown in the CRM, the logs and the screen-pop."""
     digest: Annotated[str, choice(DIGEST_POLICIES, "a policy")] = "strict"
     """Phone's digest: strict (RFC 7616), md5 (MD5 only: baresip 1.0.0), legacy (RFC 2069 too: pyVoIP 1.6.8)."""
+    srtp: Annotated[str, choice(("off", "optional", "required"), "an SRTP mode", "choose off, optional or required",
+                                any_case=True)] = "off"
+    """The agent leg's media: off (plain RTP/AVP), optional (offer RTP/SAVP with SDES keys, take plain), required."""
 
     @model_validator(mode="after")
     def _registering_phone_authenticates(self) -> Self:
@@ -719,6 +724,21 @@ def _supervisors(raw: str) -> frozenset[str]:
 def _prefix(raw: str) -> str:
     if not raw or len(raw) > 8 or not all(ch in "0123456789*#" for ch in raw):
         raise ValueError("1-8 keypad characters, e.g. *222")
+    return raw
+
+
+def _origins(raw: str) -> frozenset[str]:
+    found = frozenset(o.rstrip("/").lower() for o in _comma_set(raw))
+    for origin in found:
+        scheme, _, host = origin.partition("://")
+        if scheme not in ("http", "https") or not host or "/" in host:
+            raise ValueError(f"an origin is scheme://host[:port] such as https://desk.example.com, got {origin!r}")
+    return found
+
+
+def _ws_path(raw: str) -> str:
+    if not raw.startswith("/") or any(c in raw for c in " ?#"):
+        raise ValueError("a URL path such as /sip")
     return raw
 
 
@@ -849,6 +869,38 @@ def _feature_code(raw: str) -> str:
     return raw
 
 
+@section_model(config=SECTION, slots=True)
+class WebSocketConfig:
+    """SIP over WebSocket (RFC 7118, `[websocket]`): agents' browsers (JsSIP) register and are rung over it."""
+
+    enabled: YesNo = False
+    """Listen for SIP over WebSocket (WS, or WSS with tls = yes)."""
+    bind: IPAddress = "127.0.0.1"
+    """Address of the WebSocket listener; loopback unless a browser elsewhere must reach it (then use tls)."""
+    port: Port = 8088
+    """TCP port of the WebSocket listener."""
+    path: Annotated[str, text("a URL path", _ws_path)] = "/sip"
+    """URL path browsers connect to (wss://host:port/sip); any other path is refused 404."""
+    tls: YesNo = False
+    """WSS: TLS with tls_certificate/tls_key here, else [general]'s; browsers need it off loopback."""
+    tls_certificate: OptionalPath = None
+    """PEM certificate (chain) for WSS, relative to sip.conf; empty: [general] tls_certificate."""
+    tls_key: OptionalPath = None
+    """PEM private key of tls_certificate, relative to sip.conf; empty: [general] tls_key."""
+    origins: Annotated[frozenset[str], text("a comma-separated list of origins", _origins)] = frozenset()
+    """Pages allowed to connect (Origin header), e.g. https://desk.example.com; others get 403 and count to a ban."""
+    ping_seconds: Annotated[float, number(5, 300)] = 20.0
+    """A WebSocket ping this often; no pong within as long again closes the connection and unbinds its agent."""
+
+    def pem_files(self, general: GeneralConfig) -> tuple[Path, Path] | None:
+        """The certificate and key WSS uses (its own, else [general]'s); None for plain WS."""
+        if not self.tls:
+            return None
+        certificate, key = self.tls_certificate or general.tls_certificate, self.tls_key or general.tls_key
+        assert certificate is not None and key is not None  # checked by load_config
+        return certificate, key
+
+
 SECTIONS: dict[str, type] = {
     "general": GeneralConfig,
     "greeting": GreetingSection,
@@ -871,6 +923,7 @@ SECTIONS: dict[str, type] = {
     "followup": FollowupConfig,
     "monitoring": MonitoringConfig,
     "recording": RecordingConfig,
+    "websocket": WebSocketConfig,
 }
 _KNOWN: dict[str, set[str]] = {name: known_keys(model) for name, model in SECTIONS.items()}
 # Sections of the same file read by other programs, which validate them (`python -m desk`: desk/config.py).
@@ -911,6 +964,7 @@ class Config:
     followup: FollowupConfig = field(default_factory=FollowupConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
 
     @property
     def status_file(self) -> Path | None:
@@ -975,7 +1029,24 @@ def load_config(path: Path) -> Config:
         followup=conf.section("followup", FollowupConfig),
         monitoring=monitoring,
         recording=conf.section("recording", RecordingConfig),
+        websocket=_websocket(conf, general),
     )
+
+
+def _websocket(conf: SipConf, general: GeneralConfig) -> WebSocketConfig:
+    ws = conf.section("websocket", WebSocketConfig)
+    if not (ws.enabled and ws.tls):
+        return ws
+    certificate, key = ws.tls_certificate or general.tls_certificate, ws.tls_key or general.tls_key
+    for name, path in (("tls_certificate", certificate), ("tls_key", key)):
+        if path is None or not path.is_file():
+            raise conf.error("websocket", name, "required with tls = yes (a PEM file; or set it in [general])")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(certificate), str(key))
+    except (ssl.SSLError, ValueError) as exc:
+        raise conf.error("websocket", "tls_certificate",
+                         f"{certificate} and {key} are not a PEM certificate and its key ({exc})") from None
+    return ws
 
 
 def _agent_sections(conf: SipConf) -> list[str]:
