@@ -220,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
                   + (f"\tfollowups {q.followups}" if q.followups else ""))
         for run in report.survey_runs:
             print(f"{run.questionnaire}\t" + "\t".join(f"{status} {n}" for status, n in run.statuses.items()))
+        if report.followups is not None:
+            from crm_bridge.followup_report import text_lines
+
+            print("\n".join(text_lines(report.followups)))
         if args.csv:
             for path in write_csv(report, args.csv):
                 print(f"wrote {path}")

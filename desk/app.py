@@ -48,6 +48,7 @@ from crm_bridge.report import (
     aware,
     charts,
     daily_report,
+    followups_html,
     local_today,
     overdue_tickets,
     questions_html,
@@ -555,6 +556,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
             groups=Markup(groups),
             agents=Markup(agents),
             questions=Markup(questions_html(report)),
+            followups=Markup(followups_html(report)),
             prev=(day - timedelta(days=1)).isoformat(),
             next=(day + timedelta(days=1)).isoformat(),
         )
