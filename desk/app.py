@@ -592,7 +592,8 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         from markupsafe import Markup
 
         return render(request, "scorecards.html", period=period, table=Markup(scorecards.table_html(cards)),
-                      charts=scorecards.CHART_NAMES, figures=scorecards.FIGURES)
+                      charts=scorecards.CHART_NAMES, figures=scorecards.FIGURES,
+                      questions=Markup(scorecards.questions_html(cards)))
 
     async def scorecards_chart(request: Request) -> Response:
         need(request, "supervisor")
