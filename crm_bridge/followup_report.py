@@ -226,7 +226,8 @@ _HTML = """\
 <table class="report followup-reopened">
 <thead><tr><th>重新转部门的投诉</th><th>时间</th><th>坐席</th><th>部门</th></tr></thead>
 <tbody>
-{% for r in f.reopened %}<tr><td><a href="/tickets/{{ r.ticket_id }}">#{{ r.ticket_id }}</a></td>
+{% for r in f.reopened %}<tr><td>{% if links %}<a href="/tickets/{{ r.ticket_id }}">#{{ r.ticket_id }}</a>
+{%- else %}#{{ r.ticket_id }}{% endif %}</td>
 <td>{{ r.at.astimezone(zone).strftime('%H:%M') }}</td><td>{{ r.agent_number or '–' }}</td>
 <td class="mix">{{ r.department or '–' }}</td></tr>
 {% else %}<tr><td colspan="4">无</td></tr>
@@ -234,9 +235,10 @@ _HTML = """\
 """
 
 
-def html(f: FollowupFigures, zone: object) -> str:
-    """The three tables, escaped HTML (`zone`: the report's time zone, for the times)."""
+def html(f: FollowupFigures, zone: object, *, links: bool = True) -> str:
+    """The three tables, escaped HTML (`zone`: the report's time zone, for the times; `links`: the re-opened
+    tickets link to the desk's ticket pages, which a standalone file cannot reach)."""
     env = Environment(autoescape=True)
     env.globals["pct"] = lambda v: "–" if v is None else f"{v * 100:.1f}%"
-    rendered: str = env.from_string(_HTML).render(f=f, labels=SURVEY_LABELS, zone=zone)
+    rendered: str = env.from_string(_HTML).render(f=f, labels=SURVEY_LABELS, zone=zone, links=links)
     return rendered

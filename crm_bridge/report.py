@@ -669,14 +669,16 @@ def standalone_html(report: DailyReport, images: dict[str, bytes]) -> str:
     uris = [(name, "data:image/png;base64," + base64.b64encode(png).decode()) for name, png in images.items()]
     page: str = _env().from_string(_PAGE).render(r=report, groups=Markup(groups), agents=Markup(agents),
                                                  questions=Markup(questions_html(report)),
-                                                 followups=Markup(followups_html(report)), images=uris)
+                                                 followups=Markup(followups_html(report, links=False)),
+                                                 images=uris)
     return page
 
 
-def followups_html(report: DailyReport) -> str:
-    """The follow-up tables (reach rate, satisfaction before and after, re-opened complaints), escaped HTML."""
+def followups_html(report: DailyReport, *, links: bool = True) -> str:
+    """The follow-up tables (reach rate, satisfaction before and after, re-opened complaints), escaped HTML;
+    `links`: the re-opened tickets link to the desk's pages (not in a standalone file)."""
     if report.followups is None:
         return ""
     from crm_bridge.followup_report import html
 
-    return html(report.followups, ZoneInfo(report.timezone))
+    return html(report.followups, ZoneInfo(report.timezone), links=links)

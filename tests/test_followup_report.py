@@ -169,6 +169,7 @@ def test_report_cli_prints_and_writes_the_followup_figures(seeded, tmp_path: Pat
     assert "reopened,all,tickets,2" in rows
     page = html.read_text(encoding="utf-8")
     assert "回访" in page and 'data-kind="resolved"' in page and "通话后 33.3% → 回访后 66.7%" in page
+    assert f"<td>#{ids['T1']}</td>" in page and 'href="/tickets/' not in page  # no desk to link to
 
 
 def test_report_html_escapes_what_the_crm_holds(seeded) -> None:  # type: ignore[no-untyped-def]
