@@ -87,6 +87,19 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
         return s.getsockname()[1]
 
 
+def free_sip_port() -> int:
+    """A port free for UDP and TCP both: the IVR listens on both (a TCP port taken fails its start)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise SystemExit("no port free for both UDP and TCP on 127.0.0.1")
+
+
 def proc_sample(pid: int) -> tuple[float, int]:
     """(CPU seconds used so far, RSS bytes) of a process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -372,7 +385,7 @@ def start_balancer(work: Path, workers: list[Ivr], max_cps: int) -> Target:
 
 
 def start_ivr(work: Path, opts: argparse.Namespace, n: int) -> Ivr:
-    port, metrics_port = free_port(), free_port(socket.SOCK_STREAM)
+    port, metrics_port = free_sip_port(), free_port(socket.SOCK_STREAM)
     desk_port = free_port(socket.SOCK_STREAM) if opts.desk and n == 0 else None
     desk = f"[desk]\nport = {desk_port}\ncookie_secure = no\nsecret_key = {os.urandom(24).hex()}\n" if desk_port else ""
     db = work / "crm.db"
