@@ -248,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
                   + (f"\tfollowups {q.followups}" if q.followups else ""))
         for run in report.survey_runs:
             print(f"{run.questionnaire}\t" + "\t".join(f"{status} {n}" for status, n in run.statuses.items()))
+        if report.followups is not None:
+            from crm_bridge.followup_report import text_lines
+
+            print("\n".join(text_lines(report.followups)))
         if args.csv:
             for path in write_csv(report, args.csv):
                 print(f"wrote {path}")
@@ -305,11 +309,18 @@ def _scorecard(engine: Engine, args: argparse.Namespace, zone: ZoneInfo, agent_n
           f"UTC {period.start_utc:%Y-%m-%d %H:%M} to {period.end_utc:%Y-%m-%d %H:%M}")
     for row in sc.rows(cards):
         print("\t".join(row))
+    questions = sc.question_rows(cards)
+    if len(questions) > 1:
+        for row in questions:
+            print("\t".join(row))
     text = sc.csv_text(cards)
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         args.csv.write_text(text, encoding="utf-8-sig")  # BOM: Excel opens the Chinese names right
         print(f"wrote {args.csv}")
+        per_question = args.csv.with_name(f"{args.csv.stem}-questions.csv")
+        per_question.write_text(sc.question_csv_text(cards), encoding="utf-8-sig")
+        print(f"wrote {per_question}")
     if args.html:
         args.html.parent.mkdir(parents=True, exist_ok=True)
         args.html.write_text(sc.standalone_html(cards, sc.charts(cards)), encoding="utf-8")

@@ -48,6 +48,7 @@ from crm_bridge.report import (
     aware,
     charts,
     daily_report,
+    followups_html,
     local_today,
     overdue_tickets,
     questions_html,
@@ -561,6 +562,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
             groups=Markup(groups),
             agents=Markup(agents),
             questions=Markup(questions_html(report)),
+            followups=Markup(followups_html(report)),
             prev=(day - timedelta(days=1)).isoformat(),
             next=(day + timedelta(days=1)).isoformat(),
         )
@@ -596,7 +598,8 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         from markupsafe import Markup
 
         return render(request, "scorecards.html", period=period, table=Markup(scorecards.table_html(cards)),
-                      charts=scorecards.CHART_NAMES, figures=scorecards.FIGURES)
+                      charts=scorecards.CHART_NAMES, figures=scorecards.FIGURES,
+                      questions=Markup(scorecards.questions_html(cards)))
 
     async def scorecards_chart(request: Request) -> Response:
         need(request, "supervisor")
