@@ -41,7 +41,10 @@ from ivr.media import (
     RtpPortPool,
     RtpSession,
     SrtpRtpSession,
+    WebRtcFailed,
+    WebRtcSession,
     open_rtp,
+    open_webrtc,
 )
 from ivr.screenpop import DeskLink, desk_call_url, screen_pop
 from ivr.sip.calls import OutboundCall
@@ -101,6 +104,7 @@ class AgentLeg:
         self.agent = offer.agent
         self.rtp: RtpSession | None = None
         self.srtp: SrtpOffer | None = None  # the SDES keys offered to the agent's phone ([801] srtp)
+        self.webrtc_offer: str | None = None  # a browser's leg: our DTLS-SRTP offer (ivr.media.open_webrtc)
         self.rtp_port: int | None = None
         self.out: OutboundCall | None = None
         self.ring_timer: asyncio.TimerHandle | None = None
@@ -358,10 +362,18 @@ class Agents:
     async def _ring_agent(self, agent_leg: AgentLeg) -> None:
         caller, offer = agent_leg.caller, agent_leg.offer
         g = self.config.general
-        agent_leg.srtp = srtp_offer(self.srtp_modes.get(offer.agent, "off"))
+        browser = isinstance(offer.contact, StreamAddress) and offer.contact.transport in ("WS", "WSS")
+        agent_leg.srtp = None if browser else srtp_offer(self.srtp_modes.get(offer.agent, "off"))
         try:
-            agent_leg.rtp, agent_leg.rtp_port = await open_rtp(self.ports, g.bind, offer.contact, caller.payload_type,
-                                                               strict=False, secure=agent_leg.srtp is not None)
+            if browser:  # a page registered over a WebSocket: DTLS-SRTP with ICE-lite, what browsers speak
+                session, agent_leg.rtp_port, agent_leg.webrtc_offer = await open_webrtc(
+                    self.ports, g.bind, caller.payload_type, address=self.media_ip, call_log=caller.log)
+                session.on_failed = lambda reason: self._webrtc_failed(agent_leg, reason)
+                agent_leg.rtp = session
+            else:
+                agent_leg.rtp, agent_leg.rtp_port = await open_rtp(
+                    self.ports, g.bind, offer.contact, caller.payload_type, strict=False,
+                    secure=agent_leg.srtp is not None)
         except (OSError, RuntimeError) as exc:
             caller.log.error("agent_leg_failed", agent=offer.agent, error=str(exc))
             self._no_answer(agent_leg, f"media: {exc}")
@@ -401,7 +413,7 @@ class Agents:
             headers=dict(pop.headers),
             # RFC 3261 §10.2.1: a registered phone is reached at the Contact URI it registered
             request_uri=offer.contact_uri or f"sip:{offer.agent}@{offer.contact[0]}:{offer.contact[1]}",
-            destination=offer.contact, sdp=secure_offer(sdp, agent_leg.srtp),
+            destination=offer.contact, sdp=secure_offer(sdp, agent_leg.srtp), body=agent_leg.webrtc_offer,
         )
 
     def _answered(self, agent_leg: AgentLeg) -> None:
@@ -412,7 +424,14 @@ class Agents:
         out = agent_leg.out
         assert out is not None
         answer = out.sdp_answer
-        if agent_leg.srtp is not None and isinstance(agent_leg.rtp, SrtpRtpSession):
+        if isinstance(agent_leg.rtp, WebRtcSession):
+            try:  # the browser's fingerprint, ICE credentials and DTLS role; media flows once both complete
+                agent_leg.rtp.accept_answer(out.answer_text or "")
+            except WebRtcFailed as exc:
+                self._answer_refused(agent_leg, f"WebRTC answer: {exc}")
+                return
+            answer = None  # the media address is the one ICE nominates, not the answer's c= line
+        elif agent_leg.srtp is not None and isinstance(agent_leg.rtp, SrtpRtpSession):
             try:
                 context = accept_answer(answer, agent_leg.srtp)
             except SrtpRefused as exc:
@@ -431,6 +450,19 @@ class Agents:
         self.pool.answered(agent_leg.agent)
         self.publish_states()
         agent_leg.caller.dispatch(AgentAnswered(utc_now(), agent_leg.agent, agent_leg.offer.seat_group))
+
+    def _webrtc_failed(self, agent_leg: AgentLeg, why: str) -> None:
+        """A browser leg's media failed (ICE or DTLS timed out, a certificate not matching the answer's
+        fingerprint): before or at the answer, the caller goes back to the queue; in talk, the agent is
+        gone as after a hang-up."""
+        if agent_leg.ended:
+            return
+        agent_leg.caller.log.warning("agent_media_failed", agent=agent_leg.agent, reason=why)
+        if not agent_leg.answered:
+            self._no_answer(agent_leg, f"media: {why}")
+        elif agent_leg.caller.flow.state.value in ("announcing", "bridged"):
+            self.end_leg(agent_leg, hang_up=True)
+            agent_leg.caller.dispatch(AgentHungUp(utc_now()))
 
     def _answer_refused(self, agent_leg: AgentLeg, why: str) -> None:
         """The agent's phone answered in a way the leg cannot take (clear media on a secure seat):

@@ -787,7 +787,7 @@ class SipEndpoint:
         self.send_request(dialog.create_request(method, via=self.via(destination)), destination)
 
     def invite(self, *, from_uri: str, from_display: str | None, request_uri: str, destination: Address,
-               sdp: SdpMessage, headers: dict[str, str] | None = None) -> OutboundCall:
+               sdp: SdpMessage, headers: dict[str, str] | None = None, body: str | None = None) -> OutboundCall:
         """Place a call (to an agent): INVITE with our SDP offer.
 
         A `StreamAddress` destination is a phone reached over the connection it registered on
@@ -811,7 +811,8 @@ class SipEndpoint:
         h.set_single("Allow", ALLOW)
         for name, value in (headers or {}).items():
             h.set_single(name, value)
-        invite.body = serialize_sdp(sdp).encode()
+        # `body`: an offer written whole elsewhere (a browser leg's DTLS-SRTP offer, ivr.media.open_webrtc)
+        invite.body = (body if body is not None else serialize_sdp(sdp)).encode()
         h.set_single("Content-Type", "application/sdp")
         call = OutboundCall(self, invite, destination)
         call.transaction = self.send_request(invite, destination)
