@@ -411,7 +411,7 @@ def start_ivr(work: Path, opts: argparse.Namespace, n: int) -> Ivr:
         f"[prompts]\ncache_dir = {ROOT / 'var' / 'prompts'}\n"
         f"[database]\nurl = sqlite:///{db}\noutbox_dir = {work / 'outbox'}\n[log]\nlevel = warning\n{desk}"
         f"{getattr(opts, 'extra_conf', '')}"
-        + (followup_conf(opts.gateway.port) if opts.gateway is not None and n == 0 else ""),
+        + (followup_conf(opts.gateway.port) if getattr(opts, "gateway", None) is not None and n == 0 else ""),
         encoding="utf-8",
     )
     proc = subprocess.Popen(
