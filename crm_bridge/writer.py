@@ -80,6 +80,8 @@ class CrmWriter:
         self.engine = engine
         self.worker = worker  # stamped on each call row, so a restart reconciles only its own calls
         self.outbox = outbox
+        # the journal whose checkpoint each batch moves (the writer process has the stream, not the Outbox)
+        self.stream: str | None = outbox.stream if outbox is not None else None
         self.batch_max = batch_max
         self.linger = linger
         self.webhook = webhook
@@ -199,7 +201,8 @@ class CrmWriter:
             if batch:
                 self._apply_with_retry(batch)
 
-    def _apply_with_retry(self, batch: list[tuple[int, Record]]) -> None:
+    def _apply_with_retry(self, batch: list[tuple[int, Record]]) -> bool:
+        """Apply a batch, retrying until it is in or `_give_up` is set; False if given up."""
         # Database errors are the expected case (server down, SQLite locked); any
         # other error is a bug, logged loudly, but the batch is still kept and
         # retried: a record is never dropped.
@@ -217,10 +220,11 @@ class CrmWriter:
                 with attempt:
                     self._apply(batch)
         except Exception:  # tenacity.RetryError after give-up; the records stay counted as pending
-            return
+            return False
         self.written += len(batch)
         if self.outbox is not None:
             self.outbox.applied(batch[-1][0])
+        return True
 
     def _log_retry(self, state: RetryCallState) -> None:
         self.failures += 1
@@ -323,8 +327,8 @@ class CrmWriter:
                 with Session(bind=conn) as s:
                     add_deliveries(s, finished)
                     s.flush()
-            if self.outbox is not None:
-                values = {"stream": self.outbox.stream, "seq": batch[-1][0], "updated_at": datetime.now(UTC)}
+            if self.stream is not None:
+                values = {"stream": self.stream, "seq": batch[-1][0], "updated_at": datetime.now(UTC)}
                 stmt = self._insert()(_OUTBOX_CHECKPOINTS).values(values)
                 conn.execute(stmt.on_conflict_do_update(
                     index_elements=["stream"], set_={"seq": values["seq"], "updated_at": values["updated_at"]}))

@@ -405,6 +405,8 @@ class DatabaseSection:
     """CRM database URL: sqlite:///file (relative to sip.conf) or postgresql+psycopg://user:pass@host/db."""
     outbox_dir: FilePath = Field(default=Path("var/outbox"), validate_default=True)
     """Journal of every CRM record before the database has it (replayed at start); one per IVR process."""
+    writer: Annotated[str, choice(("process", "thread"), "a CRM writer", "choose process or thread")] = "process"
+    """Who applies the journal to the database: a writer process beside the IVR, or a thread inside it."""
 
 
 Rate = Annotated[float, number(0.1, 100_000)]
@@ -710,6 +712,7 @@ class Config:
     callbacks: CallbacksConfig
     survey: SurveyConfig
     agents: tuple[AgentConfig, ...]
+    crm_writer: str = "process"  # [database] writer
 
     @property
     def status_file(self) -> Path | None:
@@ -765,6 +768,7 @@ def load_config(path: Path) -> Config:
         callbacks=conf.section("callbacks", CallbacksConfig),
         survey=conf.section("survey", SurveyConfig),
         agents=agents,
+        crm_writer=database.writer,
     )
 
 
