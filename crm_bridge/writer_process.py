@@ -66,6 +66,7 @@ POLL_S = 0.01  # how often an idle child looks for new journal lines: a read(2) 
 ORPHAN_GRACE_S = 30.0  # an orphaned child gives a database that is down this long, then leaves the rest
 RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
+START_ATTEMPTS = 3  # children that die before they are ready, at start-up, before the IVR gives up
 HEALTHY_S = 60.0  # a child that ran this long resets the restart backoff
 _SUFFIX = ".jsonl"
 
@@ -114,8 +115,10 @@ class CrmWriterProcess(CrmWriter):
         self._state = threading.Condition()
         self._checkpoint: int | None = None  # the database's, as the child last reported it
         self._base: int | None = None  # the checkpoint when this process started its first child
-        self._start_seq = 0
-        self._replayed = 0  # records the first child found journaled past the checkpoint
+        # records journaled before this writer (by an earlier process): those past the checkpoint are a replay;
+        # the ones submitted here are counted by `submitted`
+        self._start_seq = outbox.last_seq
+        self._replayed = 0
         self._stop_seq: int | None = None  # set by close: the child applies up to here and exits
         self._quit = False
         self._wake = threading.Event()  # cuts a restart backoff short (close)
@@ -124,9 +127,7 @@ class CrmWriterProcess(CrmWriter):
     # --- the API --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if not self._supervisor.is_alive() and self._supervisor.ident is None:
-            with self._flush_lock:
-                self._start_seq = self.journal.last_seq
+        if self._supervisor.ident is None:
             self._supervisor.start()
 
     @property
@@ -143,14 +144,23 @@ class CrmWriterProcess(CrmWriter):
 
     def recover(self) -> int:
         """Start the child and wait until it has applied what the journal held (the replay at start-up)."""
+        self.flush()
         self.start()
-        target = self._start_seq
+        target = self.journal.last_seq
         with self._state:
             while self._checkpoint is None or self._checkpoint < target:
                 if not self._supervisor.is_alive():
                     break
+                if self._base is None and self.restarts >= START_ATTEMPTS:
+                    self._quit = True
+                    self._wake.set()
+                    if self._proc is not None:
+                        self._proc.kill()
+                    raise OutboxError(
+                        f"the CRM writer process exited {self.restarts + 1} times before it was ready (its errors "
+                        "are logged above); [database] writer = thread applies the outbox inside the IVR instead")
                 self._state.wait(0.5)
-            replayed = target - (self._base if self._base is not None else target)
+            replayed = self._replayed
         if replayed > 0:
             log.warning("crm_outbox_replayed", records=replayed, after_seq=self._base, stream=self.stream,
                         writer="process")
@@ -258,11 +268,12 @@ class CrmWriterProcess(CrmWriter):
                 deliveries = bool(msg.get("deliveries"))
             else:
                 return
+            # closed segments it covers are deleted (by their owner, this process), before anyone waiting hears of it
+            self.journal.applied(checkpoint)
             self._checkpoint = checkpoint
             if self._base is not None:
                 self.written = checkpoint - self._base
             self._state.notify_all()
-        self.journal.applied(checkpoint)  # closed segments it covers are deleted (by their owner, this process)
         if deliveries and self.on_deliveries is not None:
             self.on_deliveries()
 
