@@ -14,6 +14,11 @@ replays the journal past the checkpoint.
 With a webhook configured, a call's last record (its "ended" step) also puts
 a delivery in `webhook_deliveries` in that same transaction, for
 `crm_bridge.webhook` to push.
+
+This is `[database] writer = thread`. The default, `writer = process`, is
+`crm_bridge.writer_process.CrmWriterProcess`: the same `submit` and journal,
+and this class's batches applied by a child process that tails the journal,
+so none of it takes the event loop's GIL.
 """
 
 from __future__ import annotations
