@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 import uvloop
+from sqlalchemy import Engine as SqlEngine
 from sqlalchemy.exc import SQLAlchemyError
 
 from crm_bridge.agent_commands import take_pending
@@ -35,6 +36,7 @@ from crm_bridge.outbox import Outbox, OutboxError
 from crm_bridge.records import RecordCharacteristics
 from crm_bridge.webhook import WebhookPusher
 from crm_bridge.writer import CrmWriter, open_callbacks
+from crm_bridge.writer_process import CrmWriterProcess
 from desk.config import load_desk_config
 from ivr.config import Config, ConfigError, load_config
 from ivr.engine import Engine
@@ -128,6 +130,20 @@ def prepare_music(config: Config) -> MusicOnHold:
     return music
 
 
+def make_writer(config: Config, db: SqlEngine, outbox: Outbox, pusher: WebhookPusher | None,
+                worker: str) -> CrmWriter:
+    """`[database] writer`: the writer process (the event loop only appends to the journal) or the thread."""
+    deliveries = pusher.wake if pusher else None
+    # a questionnaire answer asking for a follow-up schedules one ([followup] on_survey)
+    followup_on_survey = config.followup.enabled and config.followup.on_survey
+    if config.crm_writer == "thread":
+        return CrmWriter(db, outbox, webhook=pusher is not None, on_deliveries=deliveries, worker=worker,
+                         followup_on_survey=followup_on_survey)
+    return CrmWriterProcess(db, outbox, webhook=pusher is not None, on_deliveries=deliveries, worker=worker,
+                            log_level=config.log_level, log_format=config.log_format,
+                            followup_on_survey=followup_on_survey)
+
+
 async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = None,
                 music: MusicOnHold | None = None) -> int:
     db = make_engine(config.database_url)
@@ -136,8 +152,7 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     worker = config.cluster.worker or f"{socket.gethostname()}:{config.general.port}"
     outbox = Outbox(config.outbox_dir)
     pusher = WebhookPusher(db, config.webhook) if config.webhook.url else None
-    writer = CrmWriter(db, outbox, webhook=pusher is not None, on_deliveries=pusher.wake if pusher else None,
-                       worker=worker, followup_on_survey=config.followup.enabled and config.followup.on_survey)
+    writer = make_writer(config, db, outbox, pusher, worker)
     # Order matters: records a previous process journaled but never applied go
     # in first (a call's final row among them), then what is still open was
     # really cut off and is closed as failed.
@@ -222,7 +237,8 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     # Records the database could not take are still in the outbox and go in at
     # the next start, so they do not make this an unclean exit.
     pushed = {"webhook_delivered": pusher.delivered, "webhook_dead_letters": pusher.dead} if pusher else {}
-    log.info("stopped", crm_records_written=writer.written, deferred_to_outbox=unwritten, **pushed)
+    log.info("stopped", crm_records_written=writer.written, deferred_to_outbox=unwritten, crm_writer=config.crm_writer,
+             **pushed)
     return 0
 
 

@@ -201,6 +201,7 @@ class Outbox:
         last_seq = 0
         if segments:
             first, path = segments[-1]
+            self._cut_torn_tail(path)
             last_seq = first - 1
             for seq, _ in self._read(path):
                 last_seq = seq
@@ -289,6 +290,15 @@ class Outbox:
                     yield decode(line)
                 except (ValueError, KeyError, TypeError) as exc:
                     raise OutboxError(f"{path}:{number}: unreadable outbox record: {exc}") from exc
+
+    def _cut_torn_tail(self, path: Path) -> None:
+        """Drop a torn last line (see `_read`) before appending: the next record would be glued to it,
+        making one unreadable line of two, and every later replay would stop there."""
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            log.warning("outbox_torn_line_cut", path=str(path), bytes=len(data) - keep)
+            os.truncate(path, keep)
 
     def _open(self, path: Path) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)

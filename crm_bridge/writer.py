@@ -14,6 +14,11 @@ replays the journal past the checkpoint.
 With a webhook configured, a call's last record (its "ended" step) also puts
 a delivery in `webhook_deliveries` in that same transaction, for
 `crm_bridge.webhook` to push.
+
+This is `[database] writer = thread`. The default, `writer = process`, is
+`crm_bridge.writer_process.CrmWriterProcess`: the same `submit` and journal,
+and this class's batches applied by a child process that tails the journal,
+so none of it takes the event loop's GIL.
 """
 
 from __future__ import annotations
@@ -110,6 +115,8 @@ class CrmWriter:
         self.followup_on_survey = followup_on_survey
         self.worker = worker  # stamped on each call row, so a restart reconciles only its own calls
         self.outbox = outbox
+        # the journal whose checkpoint each batch moves (the writer process has the stream, not the Outbox)
+        self.stream: str | None = outbox.stream if outbox is not None else None
         self.batch_max = batch_max
         self.linger = linger
         self.webhook = webhook
@@ -229,7 +236,8 @@ class CrmWriter:
             if batch:
                 self._apply_with_retry(batch)
 
-    def _apply_with_retry(self, batch: list[tuple[int, Record]]) -> None:
+    def _apply_with_retry(self, batch: list[tuple[int, Record]]) -> bool:
+        """Apply a batch, retrying until it is in or `_give_up` is set; False if given up."""
         # Database errors are the expected case (server down, SQLite locked); any
         # other error is a bug, logged loudly, but the batch is still kept and
         # retried: a record is never dropped.
@@ -247,10 +255,11 @@ class CrmWriter:
                 with attempt:
                     self._apply(batch)
         except Exception:  # tenacity.RetryError after give-up; the records stay counted as pending
-            return
+            return False
         self.written += len(batch)
         if self.outbox is not None:
             self.outbox.applied(batch[-1][0])
+        return True
 
     def _log_retry(self, state: RetryCallState) -> None:
         self.failures += 1
@@ -432,8 +441,8 @@ class CrmWriter:
                 with Session(bind=conn) as s:
                     add_deliveries(s, finished)
                     s.flush()
-            if self.outbox is not None:
-                values = {"stream": self.outbox.stream, "seq": batch[-1][0], "updated_at": datetime.now(UTC)}
+            if self.stream is not None:
+                values = {"stream": self.stream, "seq": batch[-1][0], "updated_at": datetime.now(UTC)}
                 stmt = self._insert()(_OUTBOX_CHECKPOINTS).values(values)
                 conn.execute(stmt.on_conflict_do_update(
                     index_elements=["stream"], set_={"seq": values["seq"], "updated_at": values["updated_at"]}))

@@ -427,6 +427,8 @@ class DatabaseSection:
     """CRM database URL: sqlite:///file (relative to sip.conf) or postgresql+psycopg://user:pass@host/db."""
     outbox_dir: FilePath = Field(default=Path("var/outbox"), validate_default=True)
     """Journal of every CRM record before the database has it (replayed at start); one per IVR process."""
+    writer: Annotated[str, choice(("process", "thread"), "a CRM writer", "choose process or thread")] = "thread"
+    """Who applies the journal to the database: a writer process beside the IVR, or a thread inside it."""
 
 
 Rate = Annotated[float, number(0.1, 100_000)]
@@ -965,6 +967,7 @@ class Config:
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    crm_writer: str = "thread"  # [database] writer
 
     @property
     def status_file(self) -> Path | None:
@@ -1030,6 +1033,7 @@ def load_config(path: Path) -> Config:
         monitoring=monitoring,
         recording=conf.section("recording", RecordingConfig),
         websocket=_websocket(conf, general),
+        crm_writer=database.writer,
     )
 
 

@@ -237,6 +237,23 @@ class Ivr:
         return self.proc.wait(60)
 
 
+def _children_cpu(pid: int) -> float:
+    """CPU seconds of a process's children ([database] writer = process: the CRM writer process)."""
+    used = 0.0
+    children: list[str] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):  # a child is listed under the thread that started it
+        try:
+            children += (task / "children").read_text().split()
+        except OSError:
+            continue
+    for child in children:
+        try:
+            used += proc_sample(int(child))[0]
+        except (OSError, ValueError):
+            continue
+    return used
+
+
 def _session_pids(session: int) -> list[int]:
     """The processes of a session (Kamailio forks its workers)."""
     pids = []
@@ -260,6 +277,7 @@ class Target:
     balancer: subprocess.Popen[bytes] | None = None
     samples: list[tuple[float, float, int, int]] = field(default_factory=list)  # (t, cpu s, rss, calls) of the IVRs
     balancer_cpu: list[tuple[float, float]] = field(default_factory=list)  # (t, cpu s) of all Kamailio processes
+    writer_cpu: list[tuple[float, float]] = field(default_factory=list)  # (t, cpu s) of the IVRs' CRM writer processes
     # (t, pacer stats) from the status files, the worst worker's: the media clock's lateness over its last 3000 ticks
     pacer: list[tuple[float, dict[str, float]]] = field(default_factory=list)
 
@@ -331,6 +349,7 @@ def start_target(work: Path, opts: argparse.Namespace) -> Target:
                     except (OSError, ValueError):
                         continue
                 target.balancer_cpu.append((now, used))
+            target.writer_cpu.append((now, sum(_children_cpu(ivr.proc.pid) for ivr in target.workers)))
 
     threading.Thread(target=sampler, daemon=True).start()
     time.sleep(1.5)
@@ -409,7 +428,8 @@ def start_ivr(work: Path, opts: argparse.Namespace, n: int) -> Ivr:
         f"[limits]\ntrusted = 127.0.0.1\nmax_invites_per_second = {opts.capacity}\n"
         f"[metrics]\nport = {metrics_port}\n"
         f"[prompts]\ncache_dir = {ROOT / 'var' / 'prompts'}\n"
-        f"[database]\nurl = sqlite:///{db}\noutbox_dir = {work / 'outbox'}\n[log]\nlevel = warning\n{desk}"
+        f"[database]\nurl = sqlite:///{db}\noutbox_dir = {work / 'outbox'}\nwriter = {opts.writer}\n"
+        f"[log]\nlevel = warning\n{desk}"
         f"{getattr(opts, 'extra_conf', '')}"
         + (followup_conf(opts.gateway.port) if getattr(opts, "gateway", None) is not None and n == 0 else ""),
         encoding="utf-8",
@@ -447,6 +467,15 @@ def sipp_counts(stat: Path, returncode: int) -> dict[str, int]:
     header, last = lines[0].split(";"), lines[-1].split(";")
     return {"successful": int(last[header.index("SuccessfulCall(C)")]),
             "failed": int(last[header.index("FailedCall(C)")]), "exit": returncode}
+
+
+def writer_cpu(target: Target, t0: float, t1: float) -> dict[str, float]:
+    """The CRM writer processes' CPU in a window (0 with [database] writer = thread: it is in the IVR's)."""
+    window = [s for s in target.writer_cpu if t0 <= s[0] <= t1]
+    if len(window) < 2 or window[-1][0] == window[0][0]:
+        return {"writer_process_cpu_percent_of_one_core": 0.0}
+    used = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
+    return {"writer_process_cpu_percent_of_one_core": round(100 * used, 1)}
 
 
 def balancer_cpu(target: Target, t0: float, t1: float) -> dict[str, float]:
@@ -552,6 +581,7 @@ def media_step(ivr: Target, sink: RtpSink, calls: int, opts: argparse.Namespace)
         "crm_matches_sipp": by_outcome == expected,
         "cpu_percent_of_one_core_at_peak": cpu_between(step, busy[0][0], busy[-1][0]) if len(busy) > 1 else 0.0,
         **(balancer_cpu(ivr, busy[0][0], busy[-1][0]) if len(busy) > 1 else {}),
+        **(writer_cpu(ivr, busy[0][0], busy[-1][0]) if len(busy) > 1 else {}),
         "rss_peak_mb": round(max((s[2] for s in step), default=rss_idle) / 2**20, 1),
         "rss_per_call_kb": round((max((s[2] for s in step), default=rss_idle) - rss_idle) / 1024 / max(1, peak), 1),
         **lateness(ivr, t0, t1, m),
@@ -761,6 +791,7 @@ def cps_step(ivr: Target | None, uas_port: int | None, rate: int, seconds: float
             "achieved_cps": round(answered / max(wall, seconds), 1),
             "cpu_percent_of_one_core": cpu_between(ivr.samples, t0, t1),
             **balancer_cpu(ivr, t0, t1),
+            **writer_cpu(ivr, t0, t1),
             "rss_before_mb": round(rss0 / 2**20, 1), "rss_after_mb": round(ivr.rss() / 2**20, 1),
         })
     return out
@@ -975,6 +1006,8 @@ def main() -> int:
                         "(default: --capacity times --workers)")
     p.add_argument("--workers", type=int, default=1,
                    help="IVR processes; 2 or more behind Kamailio (loadtest/kamailio/), each with its own SQLite CRM")
+    p.add_argument("--writer", choices=("process", "thread"), default="thread",
+                   help="the IVRs' [database] writer: the CRM writer process, or the thread inside the IVR")
     p.add_argument("--smoke", action="store_true", help="small and quick (CI): 20 calls, 100 cps, capacity 100")
     p.add_argument("--report", type=Path, help="JSON path (the chart goes beside it as .png)")
     p.add_argument("--desk", type=int, default=0, metavar="N",
@@ -1041,7 +1074,8 @@ def main() -> int:
                     "sipp": sipp_version[0] if sipp_version else "?"},
         "config": {"capacity_invites_per_second": opts.capacity, "max_calls": opts.max_calls, "smoke": opts.smoke,
                    "workers": opts.workers, "sip_entry": "kamailio" if ivr.balancer is not None else "ivr",
-                   "wallboard_clients": opts.desk, "music_share": opts.music_share, "followups": opts.followups},
+                   "wallboard_clients": opts.desk, "music_share": opts.music_share, "followups": opts.followups,
+                   "crm_writer": opts.writer},
         "rss_idle_mb": round(idle_rss / 2**20, 1),
         "media_steps": [],
         "signalling_steps": [],

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +18,9 @@ from sqlalchemy.orm import Session
 
 from crm_bridge.db import make_engine, migrate, reconcile_interrupted
 from crm_bridge.models import Base, Call, CallEvent
+from crm_bridge.outbox import Outbox
 from crm_bridge.writer import CrmWriter
+from crm_bridge.writer_process import CrmWriterProcess
 from ivr.events import CallRecord, RecordCall, RecordEvent
 
 T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
@@ -28,6 +32,23 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
     engine = make_engine(url)
     migrate(engine)
     return engine
+
+
+WriterFactory = Callable[..., CrmWriter]
+
+
+@pytest.fixture(params=["thread", "process"])
+def make_writer(request: pytest.FixtureRequest, tmp_path: Path) -> WriterFactory:
+    """`[database] writer`, both ways: the thread inside the IVR, or the writer process tailing the outbox
+    (which needs one: a fresh directory unless the test gives its own)."""
+    made = itertools.count()
+
+    def make(engine: Engine, outbox: Outbox | None = None, **kw: object) -> CrmWriter:
+        if request.param == "thread":
+            return CrmWriter(engine, outbox, **kw)  # type: ignore[arg-type]
+        return CrmWriterProcess(engine, outbox or Outbox(tmp_path / f"outbox-{next(made)}"), **kw)  # type: ignore[arg-type]
+
+    return make
 
 
 def call_records(sip_call_id: str, start: datetime = T0) -> list:
@@ -62,8 +83,8 @@ def test_migrations_match_the_models(db: Engine) -> None:
     assert diff == []
 
 
-def test_writer_records_rows_and_events_with_the_latest_state(db: Engine) -> None:
-    writer = CrmWriter(db)
+def test_writer_records_rows_and_events_with_the_latest_state(db: Engine, make_writer: WriterFactory) -> None:
+    writer = make_writer(db)
     writer.start()
     for record in call_records("call-a") + call_records("call-b", T0 + timedelta(minutes=1)):
         writer.submit(record)
@@ -80,12 +101,12 @@ def test_writer_records_rows_and_events_with_the_latest_state(db: Engine) -> Non
     assert writer.written == 12
 
 
-def test_sqlite_lock_outage_queues_records_and_retries(tmp_path: Path) -> None:
+def test_sqlite_lock_outage_queues_records_and_retries(tmp_path: Path, make_writer: WriterFactory) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
     migrate(engine)
     locker = sqlite3.connect(tmp_path / "crm.db", timeout=0)
     locker.execute("BEGIN EXCLUSIVE")  # the database is unavailable for writing
-    writer = CrmWriter(engine)
+    writer = make_writer(engine)
     writer.start()
     for i in range(20):
         for record in call_records(f"call-{i}", T0 + timedelta(seconds=i)):
@@ -100,10 +121,10 @@ def test_sqlite_lock_outage_queues_records_and_retries(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
-def test_postgres_stopped_and_restarted_loses_no_record(postgres, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_postgres_stopped_and_restarted_loses_no_record(postgres, pg_url: str, make_writer: WriterFactory) -> None:  # type: ignore[no-untyped-def]
     engine = make_engine(pg_url)
     migrate(engine)
-    writer = CrmWriter(engine)
+    writer = make_writer(engine)
     writer.start()
     for record in call_records("before"):
         writer.submit(record)
@@ -122,12 +143,12 @@ def test_postgres_stopped_and_restarted_loses_no_record(postgres, pg_url: str) -
     assert counts(engine) == (11, 33)
 
 
-def test_submit_never_blocks_while_the_database_is_down(tmp_path: Path) -> None:
+def test_submit_never_blocks_while_the_database_is_down(tmp_path: Path, make_writer: WriterFactory) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
     migrate(engine)
     locker = sqlite3.connect(tmp_path / "crm.db", timeout=0)
     locker.execute("BEGIN EXCLUSIVE")
-    writer = CrmWriter(engine)
+    writer = make_writer(engine)
     writer.start()
     started = time.perf_counter()
     for i in range(2000):
@@ -138,8 +159,8 @@ def test_submit_never_blocks_while_the_database_is_down(tmp_path: Path) -> None:
     assert writer.close() == 0
 
 
-def test_reconcile_closes_calls_left_open_by_a_crash(db: Engine) -> None:
-    writer = CrmWriter(db)
+def test_reconcile_closes_calls_left_open_by_a_crash(db: Engine, make_writer: WriterFactory) -> None:
+    writer = make_writer(db)
     writer.start()
     for record in call_records("done")[:4] + call_records("done")[4:]:
         writer.submit(record)
@@ -157,10 +178,10 @@ def test_reconcile_closes_calls_left_open_by_a_crash(db: Engine) -> None:
     assert reconcile_interrupted(db) == 0
 
 
-def test_a_restarting_worker_reconciles_only_its_own_calls(db: Engine) -> None:
+def test_a_restarting_worker_reconciles_only_its_own_calls(db: Engine, make_writer: WriterFactory) -> None:
     """Workers behind a balancer share the CRM: one restarting must not close the other's live calls."""
     for worker, call in (("ivr-1", "on-1"), ("ivr-2", "on-2")):
-        writer = CrmWriter(db, worker=worker)
+        writer = make_writer(db, worker=worker)
         writer.start()
         for record in call_records(call)[:4]:  # answered, not ended
             writer.submit(record)
@@ -172,10 +193,10 @@ def test_a_restarting_worker_reconciles_only_its_own_calls(db: Engine) -> None:
     assert outcomes == {"on-1": "failed", "on-2": None}, "ivr-2's call is still in progress"
 
 
-def test_writer_survives_concurrent_submitters(tmp_path: Path) -> None:
+def test_writer_survives_concurrent_submitters(tmp_path: Path, make_writer: WriterFactory) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
     migrate(engine)
-    writer = CrmWriter(engine)
+    writer = make_writer(engine)
     writer.start()
 
     def submit(prefix: str) -> None:

@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session
 from crm_bridge.models import CallEvent, OutboxCheckpoint
 from crm_bridge.outbox import Outbox, OutboxError, decode, encode
 from crm_bridge.writer import CrmWriter
+from crm_bridge.writer_process import CrmWriterProcess
 from ivr.events import OpenTicket, RecordSurvey
-from tests.test_crm import T0, call_records, counts, db  # noqa: F401  (db is a fixture)
+from tests.test_crm import T0, WriterFactory, call_records, counts, db, make_writer  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +26,15 @@ ROOT = Path(__file__).resolve().parent.parent
 def died(outbox: Outbox) -> None:
     """The process that had `outbox` open is gone: the kernel would drop its lock, as closing does."""
     outbox.close()
+
+
+def done_with(writer: CrmWriter) -> None:
+    """Let go of a writer whose records are all applied: its process exits (writer = process), its outbox closes."""
+    if isinstance(writer, CrmWriterProcess):
+        writer.close()
+    else:
+        assert writer.outbox is not None
+        died(writer.outbox)
 
 
 def test_every_record_kind_round_trips_through_the_journal_format() -> None:
@@ -37,7 +47,8 @@ def test_every_record_kind_round_trips_through_the_journal_format() -> None:
         assert decode(encode(seq, record)) == (seq, record)
 
 
-def test_a_record_is_on_disk_when_submit_returns_and_survives_a_crash(db: Engine, tmp_path: Path) -> None:  # noqa: F811
+def test_a_record_is_on_disk_when_submit_returns_and_survives_a_crash(db: Engine, tmp_path: Path,  # noqa: F811
+                                                                      make_writer: WriterFactory) -> None:  # noqa: F811
     # the writer thread never runs: as if the process died right after the calls
     first = Outbox(tmp_path / "outbox")
     crashed = CrmWriter(db, first)
@@ -46,18 +57,20 @@ def test_a_record_is_on_disk_when_submit_returns_and_survives_a_crash(db: Engine
     assert counts(db) == (0, 0)
     died(first)
 
-    second = Outbox(tmp_path / "outbox")
-    restarted = CrmWriter(db, second)
+    restarted = make_writer(db, Outbox(tmp_path / "outbox"))
     assert restarted.recover() == 12
     assert counts(db) == (2, 6)
-    died(second)
+    done_with(restarted)
     # a second restart finds everything applied: nothing twice
-    assert CrmWriter(db, Outbox(tmp_path / "outbox")).recover() == 0
+    again = make_writer(db, Outbox(tmp_path / "outbox"))
+    assert again.recover() == 0
     assert counts(db) == (2, 6)
+    done_with(again)
 
 
-def test_replay_skips_what_the_crm_already_has(db: Engine, tmp_path: Path) -> None:  # noqa: F811
-    writer = CrmWriter(db, Outbox(tmp_path / "outbox"))
+def test_replay_skips_what_the_crm_already_has(db: Engine, tmp_path: Path,  # noqa: F811
+                                              make_writer: WriterFactory) -> None:  # noqa: F811
+    writer = make_writer(db, Outbox(tmp_path / "outbox"))
     writer.start()
     for record in call_records("done"):
         writer.submit(record)
@@ -65,15 +78,17 @@ def test_replay_skips_what_the_crm_already_has(db: Engine, tmp_path: Path) -> No
     late = Outbox(tmp_path / "outbox")
     CrmWriter(db, late).submit(call_records("late")[0])  # journaled, then the process died
     died(late)
-    again = CrmWriter(db, Outbox(tmp_path / "outbox"))
+    again = make_writer(db, Outbox(tmp_path / "outbox"))
     assert again.recover() == 1
     assert counts(db) == (2, 3)
     with Session(db) as s:
         assert s.scalar(select(func.count(CallEvent.id)).where(CallEvent.kind == "ended")) == 1
-        assert s.scalar(select(OutboxCheckpoint.seq).where(OutboxCheckpoint.stream == again.outbox.stream)) == 7
+        assert s.scalar(select(OutboxCheckpoint.seq).where(OutboxCheckpoint.stream == again.stream)) == 7
+    done_with(again)
 
 
-def test_a_torn_last_line_is_ignored_and_the_rest_replayed(db: Engine, tmp_path: Path) -> None:  # noqa: F811
+def test_a_torn_last_line_is_ignored_and_the_rest_replayed(db: Engine, tmp_path: Path,  # noqa: F811
+                                                           make_writer: WriterFactory) -> None:  # noqa: F811
     outbox = Outbox(tmp_path / "outbox")
     writer = CrmWriter(db, outbox)
     for record in call_records("torn"):
@@ -82,13 +97,23 @@ def test_a_torn_last_line_is_ignored_and_the_rest_replayed(db: Engine, tmp_path:
     with segment.open("ab") as f:
         f.write(b'{"seq":7,"kind":"event","r":{"sip_ca')  # died inside write(2)
     died(outbox)
-    assert CrmWriter(db, Outbox(tmp_path / "outbox")).recover() == 6
+    restarted = make_writer(db, Outbox(tmp_path / "outbox"))
+    assert restarted.recover() == 6
     assert counts(db) == (1, 3)
+    # the torn bytes are cut before the next append: what is journaled after them is not glued to them
+    for record in call_records("after-torn"):
+        restarted.submit(record)
+    done_with(restarted)
+    later = make_writer(db, Outbox(tmp_path / "outbox"))
+    later.recover()
+    assert counts(db) == (2, 6)
+    done_with(later)
 
 
-def test_segments_rotate_and_applied_ones_are_deleted(db: Engine, tmp_path: Path) -> None:  # noqa: F811
+def test_segments_rotate_and_applied_ones_are_deleted(db: Engine, tmp_path: Path,  # noqa: F811
+                                                      make_writer: WriterFactory) -> None:  # noqa: F811
     outbox = Outbox(tmp_path / "outbox", segment_bytes=2000)
-    writer = CrmWriter(db, outbox, batch_max=5)
+    writer = make_writer(db, outbox, batch_max=5)
     for n in range(20):
         for record in call_records(f"rot-{n}", T0 + timedelta(minutes=n)):
             writer.submit(record)

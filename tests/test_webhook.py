@@ -19,7 +19,7 @@ from crm_bridge.webhook import WebhookPusher, retry_dead_letters, sign, verify
 from crm_bridge.writer import CrmWriter
 from ivr.config import WebhookConfig
 from tests.conftest import free_port
-from tests.test_crm import call_records, db, wait_until  # noqa: F401  (db is a fixture)
+from tests.test_crm import WriterFactory, call_records, db, make_writer, wait_until  # noqa: F401  (fixtures)
 
 SECRET = "s3cret-shared-with-the-crm"
 
@@ -75,10 +75,12 @@ def hook(url: str, **kw: float) -> WebhookConfig:
     return WebhookConfig(url=url, secret=SECRET, backoff_seconds=0.1, backoff_max_seconds=0.5, timeout_seconds=2, **kw)  # type: ignore[arg-type]
 
 
-def test_a_finished_call_is_pushed_signed_and_retried_until_accepted(db: Engine, receiver: Receiver, tmp_path: Path) -> None:  # noqa: F811
+def test_a_finished_call_is_pushed_signed_and_retried_until_accepted(db: Engine, receiver: Receiver, tmp_path: Path,  # noqa: F811
+                                                                     make_writer: WriterFactory) -> None:  # noqa: F811
     receiver.fail_next = 2  # the CRM answers 500 twice, then takes it
     pusher = WebhookPusher(db, hook(receiver.url))
-    writer = CrmWriter(db, Outbox(tmp_path / "outbox"), webhook=True, on_deliveries=pusher.wake)
+    # the writer (thread or process) wakes the pusher when it commits a delivery: without that, 30 s
+    writer = make_writer(db, Outbox(tmp_path / "outbox"), webhook=True, on_deliveries=pusher.wake)
     writer.start()
     pusher.start()
     records = call_records("hook-1")
