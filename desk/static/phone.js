@@ -103,7 +103,12 @@
     var registeredOnce = false;
     ua.on("connecting", function () { setState(registeredOnce ? "reconnecting" : "connecting"); });
     ua.on("disconnected", function () { if (wanted) setState(registeredOnce ? "reconnecting" : "connecting"); });
-    ua.on("registered", function () { registeredOnce = true; setState("registered"); problem(""); });
+    ua.on("registered", function () {
+      registeredOnce = true;
+      setState("registered");
+      problem("");
+      if (!session) showCall("已上线,等待来电。");
+    });
     ua.on("unregistered", function () { if (!wanted) setState("offline"); });
     ua.on("registrationFailed", function (e) {
       if (e.cause === JsSIP.C.causes.CONNECTION_ERROR || e.cause === JsSIP.C.causes.REQUEST_TIMEOUT) return;
@@ -167,6 +172,7 @@
     if (ua) ua.stop();  // un-REGISTERs (Expires: 0), then closes the WebSocket
     ua = null;
     setState("offline");
+    showCall("已下线,不会再有来电振铃。");
     buttons();
   }
 
