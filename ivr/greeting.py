@@ -119,8 +119,9 @@ def _chinese_calendar_year(year: int) -> dict[date, str] | None:
     days: dict[date, str] = {}
     day = date(year, 1, 1)
     while day.year == year:
-        _, name = chinese_calendar.get_holiday_detail(day)
-        if name in _CHINESE_CALENDAR_NAMES:
+        rest, name = chinese_calendar.get_holiday_detail(day)
+        # a 调休 make-up working day carries its festival's name too, with rest False: a working day
+        if rest and name in _CHINESE_CALENDAR_NAMES:
             days[day] = _CHINESE_CALENDAR_NAMES[name]
         day += timedelta(days=1)
     return days

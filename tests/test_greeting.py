@@ -76,6 +76,10 @@ def test_five_part_day_split_from_000(moment: str, kind: str) -> None:
         ("2027-10-01", "national_day"),
         ("2026-04-05", None),  # 清明 has no opening of its own
         ("2026-11-25", None),
+        # 调休 make-up working days: a Saturday worked for the break is a working day, greeted as one
+        ("2026-02-14", None),
+        ("2026-02-28", None),
+        ("2026-10-10", None),
     ],
 )
 def test_holiday_dates_from_the_calendar_libraries(day: str, holiday: str | None) -> None:
