@@ -218,9 +218,10 @@ def load_desk_config(path: Path) -> DeskConfig:
     general = conf.section("general", GeneralConfig, only=("timezone", "status_file"))
     browser_phone = conf.section("browser_phone", BrowserPhoneConfig)
     seat = next((a for a in agents if a.browser_phone), None)
-    for key in ("ws_url", "token_secret") if seat else ():  # as the IVR checks: the page could not register
-        if not getattr(browser_phone, key):
-            raise conf.error("browser_phone", key, f"missing; agent {seat.number} has phone = {seat.phone}")
+    if seat is not None:  # as the IVR checks: without these the page could not register
+        for key in ("ws_url", "token_secret"):
+            if not getattr(browser_phone, key):
+                raise conf.error("browser_phone", key, f"missing; agent {seat.number} has phone = {seat.phone}")
     return conf.section(
         "desk",
         DeskConfig,
