@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -26,8 +27,11 @@ import aiortp
 import structlog
 from aiortp.codecs import get_codec
 from aiortp.packet import is_rtcp
+from aiortp.sender import RtpSender
+from aiortp.transport import RtpTransport
 
 from ivr.srtp import SrtpContext, SrtpError
+from ivr.webrtc import AnswerError, PeerState, WebRtcPeer, classify, local_certificate, offer_sdp, parse_answer
 
 log = structlog.get_logger("ivr.media")
 
@@ -358,3 +362,234 @@ class MediaClock:
                 deadline = loop.time()
                 self.late_ticks += 1
             await asyncio.sleep(max(0.0, delay))
+
+
+# --- browser agent legs: DTLS-SRTP, ICE-lite, rtcp-mux on one port (ivr.webrtc) -------------------
+
+
+class WebRtcFailed(Exception):
+    """A browser leg's media could not be set up (bad answer, ICE or DTLS failure, wrong fingerprint)."""
+
+
+class _MuxTransport(RtpTransport):
+    """One UDP socket for STUN, DTLS and SRTP/SRTCP: every datagram goes to the session's demultiplexer.
+
+    aiortp's own transport answers any STUN request without MESSAGE-INTEGRITY,
+    which a browser ignores; here STUN goes to the ICE-lite agent instead.
+    """
+
+    def __init__(self, session: WebRtcSession) -> None:
+        super().__init__(on_rtp=session._handle_rtp, on_rtcp=session._handle_rtcp)
+        self._demux: Callable[[bytes, tuple[str, int]], None] = session._datagram
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._demux(data, addr)
+
+    def send_raw(self, data: bytes, addr: tuple[str, int]) -> None:
+        """STUN and DTLS: on the wire as they are (never through the SRTP wrapper on `send`)."""
+        if self._transport is not None:
+            self._transport.sendto(data, addr)
+
+
+class WebRtcSession(SrtpRtpSession):
+    """An RTP session to a browser: to the rest of the IVR, an RtpSession like any other.
+
+    `send_audio`, `send_audio_pcm`, `on_audio`, `on_dtmf`, `close` are
+    aiortp's, through SrtpRtpSession's protection, so the media clock and the
+    bridge carry it unchanged. Underneath, one socket (rtcp-mux) is shared by
+    the ICE-lite agent and the DTLS handshake (`ivr.webrtc.WebRtcPeer`, run on
+    the event loop one datagram or timer at a time, never on the media clock)
+    and by SRTP. Until ICE has a consented address and the handshake has
+    given keys from a certificate matching the browser's a=fingerprint,
+    nothing is sent and no RTP is taken in (the clock's frames are dropped, as
+    SrtpRtpSession does without keys).
+    """
+
+    peer: WebRtcPeer
+    offer: str = ""  # our SDP offer
+    _answer_sdp = ""
+    connect_timeout = 10.0  # seconds from the answer to keys; then the leg fails
+    on_failed: Callable[[str], None] | None = None  # the signalling side ends the leg
+    handshake_seconds: float | None = None  # answer taken -> keys exported
+    stray = 0  # SRTP from an address ICE did not select, or before the keys
+    log: structlog.typing.FilteringBoundLogger = log  # the call's logger (call_id bound) once open_webrtc sets it
+    dtls_step_max = 0.0  # CPU seconds: the most one DTLS datagram's handling took on the event loop
+
+    async def _bind_transports(self, local_addr: tuple[str, int], remote_addr: tuple[str, int]) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self._remote_addr = self._remote_rtcp_addr = remote_addr  # placeholder until ICE selects one
+        transport = _MuxTransport(self)
+        await loop.create_datagram_endpoint(lambda: transport, local_addr=local_addr)
+        self._rtp_transport = self._rtcp_transport = transport  # rtcp-mux: one socket for both
+        transport.send = self._protecting(transport.send)  # type: ignore[method-assign]
+        self.peer = WebRtcPeer(local_certificate(), transport.send_raw)
+        self.peer.on_connected = self._connected
+        self.peer.on_failed = self._failed
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._answered_at = 0.0
+        self._ready: asyncio.Future[None] = loop.create_future()
+        self._sender = RtpSender(transport=transport, payload_type=self._payload_type, ssrc=self._ssrc,
+                                 clock_rate=self._clock_rate, enable_history=self._nack_retransmit,
+                                 duplicate_tx=self._duplicate_tx)
+        self._rtcp_task = asyncio.create_task(self._run_rtcp())
+
+    @property
+    def state(self) -> str:
+        return self.peer.state.value
+
+    def accept_answer(self, sdp: str) -> None:
+        """Take the browser's SDP answer (its fingerprint, ICE credentials, DTLS role).
+
+        Raises WebRtcFailed (and fails the session) when the answer cannot carry
+        the call; otherwise the handshake proceeds on its own: await `connected()`.
+        The same answer again (a retransmitted 200 OK) is ignored; a different
+        one (renegotiation) raises WebRtcFailed and leaves the session as it was.
+        """
+        if self.peer.answer is not None:
+            if sdp == self._answer_sdp:
+                return
+            raise WebRtcFailed("a second, different SDP answer: renegotiation is not supported")
+        self._answer_sdp = sdp
+        try:
+            answer = parse_answer(sdp, self._payload_type)
+            self.peer.accept(answer)
+        except AnswerError as exc:
+            self.peer.fail(f"unusable SDP answer: {exc}")
+            raise WebRtcFailed(str(exc)) from None
+        loop = asyncio.get_running_loop()
+        self._answered_at = time.perf_counter()  # uvloop's loop.time() counts whole milliseconds
+        if self.peer.state not in (PeerState.CONNECTED, PeerState.FAILED):
+            self._deadline = loop.call_later(self.connect_timeout, self._timed_out)
+        self._arm()
+
+    async def connected(self) -> None:
+        """Return once media can flow; raise WebRtcFailed with the reason when it never will."""
+        await asyncio.shield(self._ready)
+
+    def _timed_out(self) -> None:
+        what = "ICE (no connectivity check from the browser)" if not self.peer.consented else "the DTLS handshake"
+        self.peer.fail(f"{what} did not complete within {self.connect_timeout:g} s")
+
+    def _datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        kind = classify(data)
+        if kind == "rtp":
+            if self._srtp is None or addr != self._remote_addr:
+                self.stray += 1
+            elif 192 <= data[1] <= 223:  # RTCP packet types 192-223 (RFC 5761 §4)
+                self._handle_rtcp(data, addr)
+            else:
+                self._handle_rtp(data, addr)
+        elif kind == "stun":
+            self.peer.stun(data, addr)
+            if self.peer.selected is not None and self._srtp is not None:
+                self._remote_addr = self._remote_rtcp_addr = self.peer.selected  # the browser re-nominated
+            elif self._timer is None:
+                self._arm()  # as the DTLS client, the first check starts our handshake
+        elif kind == "dtls":
+            started = time.thread_time()  # CPU, not wall: a shared host's scheduler would blur the measure
+            self.peer.dtls(data, addr)
+            self._arm()
+            step = time.thread_time() - started
+            if step > self.dtls_step_max:  # the longest the handshake held the event loop at once
+                self.dtls_step_max = step
+        else:
+            self.stray += 1
+
+    def _arm(self) -> None:
+        """(Re)start the DTLS retransmission timer from OpenSSL's own timeout."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        timeout = self.peer.next_timeout()
+        if timeout is not None and self._loop is not None:
+            self._timer = self._loop.call_later(max(timeout, 0.001), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.peer.timer()
+        self._arm()
+
+    def _connected(self, srtp: SrtpContext, addr: tuple[str, int]) -> None:
+        self._remote_addr = self._remote_rtcp_addr = addr
+        self.attach_srtp(srtp)
+        self._stop_timers()
+        self.handshake_seconds = time.perf_counter() - self._answered_at
+        if not self._ready.done():
+            self._ready.set_result(None)
+        self.log.info("webrtc_connected", remote=f"{addr[0]}:{addr[1]}", handshake_ms=round(
+            1000 * (self.handshake_seconds or 0.0), 1))
+
+    def _failed(self, reason: str) -> None:
+        self._srtp = None  # nothing more in or out
+        self._stop_timers()
+        if not self._ready.done():
+            self._ready.set_exception(WebRtcFailed(reason))
+            self._ready.exception()  # retrieved: nobody awaiting is not an error here
+        self.log.warning("webrtc_failed", reason=reason, state_reached=(
+            "dtls" if self.peer.consented else "no ICE check"), stun_rejected=self.peer.stun_rejected)
+        if self.on_failed is not None:
+            self.on_failed(reason)
+
+    def _stop_timers(self) -> None:
+        for handle in (self._timer, self._deadline):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._deadline = None
+
+    def _on_closing(self) -> None:
+        self._stop_timers()
+        self.peer.close()  # close_notify before aiortp's BYE and the socket close
+        if not self._ready.done():
+            self._ready.set_exception(WebRtcFailed("closed"))
+            self._ready.exception()
+
+    async def close(self) -> None:
+        transport = self._rtp_transport
+        await super().close()
+        self.on_failed = None
+        if isinstance(transport, _MuxTransport):
+            transport._demux = _closed_transport  # the socket's last reference back to the session
+
+
+async def open_webrtc(
+    pool: RtpPortPool,
+    bind: str,
+    payload_type: int,
+    *,
+    address: str | None = None,
+    dtmf_payload_type: int = 101,
+    call_log: structlog.typing.FilteringBoundLogger | None = None,
+) -> tuple[WebRtcSession, int, str]:
+    """Bind a browser leg's media on the next free port; returns the session, its port and our SDP offer.
+
+    `address` is what the offer names (the candidate and c= line), `bind` by
+    default; `call_log` is the call's logger (its call_id bound) for the
+    session's webrtc_connected / webrtc_failed lines. Send the offer in the agent leg's INVITE, pass the browser's
+    answer to `session.accept_answer`, then `await session.connected()`.
+    Raises RuntimeError when the range is exhausted and OSError when no port
+    of `BIND_ATTEMPTS` would bind.
+    """
+    error: OSError | None = None
+    for _ in range(min(BIND_ATTEMPTS, max(1, len(pool)))):
+        port = pool.acquire()
+        try:
+            session = await WebRtcSession.create(
+                local_addr=(bind, port), remote_addr=("0.0.0.0", 0), payload_type=payload_type,
+                dtmf_payload_type=dtmf_payload_type,
+            )
+        except OSError as exc:
+            pool.release(port)
+            pool.bind_retries += 1
+            error = exc
+            log.info("rtp_port_busy", port=port, error=str(exc))
+            continue
+        assert isinstance(session, WebRtcSession)
+        if call_log is not None:
+            session.log = call_log
+        session.offer = offer_sdp(address=address or bind, port=port, payload_type=payload_type,
+                                  ufrag=session.peer.ufrag, pwd=session.peer.pwd,
+                                  fingerprint=session.peer.certificate.fingerprint, ssrc=session._ssrc,
+                                  dtmf_payload_type=dtmf_payload_type)
+        return session, port, session.offer
+    raise OSError(f"no RTP port of the range would bind ({error})")

@@ -75,7 +75,7 @@ def _anchor(heading: str) -> str:
 
 # Pages of the README's table that are being written at the same time as these; until they land a
 # link to one is not followed (remove a name once its page is in docs/).
-PAGES_TO_COME = {"deployment.md", "browser-agents.md"}
+PAGES_TO_COME = {"deployment.md"}
 
 
 def test_the_links_between_the_pages_of_docs_reach_a_file_and_its_heading() -> None:
