@@ -52,6 +52,7 @@ class FakeSipWebSocket:
     responses: list[SipResponse] = field(default_factory=list)  # the page's answers to our INVITE
     byes: list[SipRequest] = field(default_factory=list)
     connection: Any = None
+    refuse_once: bool = False  # answer the first authenticated REGISTER 403, as for an expired credential
 
     def __post_init__(self) -> None:
         registrar = Registrar({"801": "pw801-phone-e2e"}, policies={"801": "md5"},
@@ -81,6 +82,11 @@ class FakeSipWebSocket:
             self.authorizations.append(message.get_header("authorization"))
             contact = message.get_header("contact") or ""
             self.contact = contact[contact.find("<") + 1: contact.find(">")] if "<" in contact else self.contact
+            if self.refuse_once and message.get_header("authorization"):
+                self.refuse_once = False
+                self.answers.append(403)
+                ws.send(response(message, 403, "Forbidden", []))
+                continue
             status, reason, headers = self.handler.handle(message, ws.remote_address[:2])
             self.answers.append(status)
             ws.send(response(message, status, reason, headers))
@@ -345,6 +351,28 @@ def test_a_blocked_microphone_is_explained_in_chinese_and_the_seat_stays_offline
         assert driver.find_element("id", "phone-state").text == "离线"
         assert driver.find_element("id", "phone-online").is_enabled()
         assert fake.answers == []  # never registered: no credentials were even asked for
+    finally:
+        desk.terminate()
+        desk.wait(10)
+
+
+def test_a_refused_registration_is_retried_once_with_fresh_credentials(
+    sip_websocket: FakeSipWebSocket, phone_browser: Any, tmp_path: Path
+) -> None:
+    """A laptop that slept past its credential's expiry gets 403: the page asks the desk for a fresh one."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver, fake = phone_browser, sip_websocket
+    fake.refuse_once = True
+    desk, base = desk_with_browser_seat(fake, tmp_path)
+    try:
+        login(driver, base, "801", "pw801-phone-e2e")
+        driver.find_element("id", "phone-online").click()
+        WebDriverWait(driver, 15, ignored_exceptions=(WebDriverException,)).until(
+            lambda d: d.find_element("id", "phone-state").text == "已注册")
+        assert fake.answers == [401, 403, 401, 200]
+        assert not driver.find_element("id", "phone-problem").is_displayed()
     finally:
         desk.terminate()
         desk.wait(10)

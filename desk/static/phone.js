@@ -105,13 +105,25 @@
     ua.on("disconnected", function () { if (wanted) setState(registeredOnce ? "reconnecting" : "connecting"); });
     ua.on("registered", function () {
       registeredOnce = true;
+      retried = false;
       setState("registered");
       problem("");
       if (!session) showCall("已上线,等待来电。");
     });
     ua.on("unregistered", function () { if (!wanted) setState("offline"); });
+    var retried = false;
     ua.on("registrationFailed", function (e) {
       if (e.cause === JsSIP.C.causes.CONNECTION_ERROR || e.cause === JsSIP.C.causes.REQUEST_TIMEOUT) return;
+      if (!retried && ua) {  // e.g. the computer slept past the credential's expiry: once more with a fresh one
+        retried = true;
+        fetchCredentials().then(function (fresh) {
+          if (!ua) return;
+          ua.set("authorization_user", fresh.authorization_user);
+          ua.set("password", fresh.password);
+          ua.register();
+        }, function (err) { problem(err.message); });
+        return;
+      }
       setState("failed");
       problem("话务系统拒绝了注册(" + e.cause + "):请刷新页面后重新上线,仍不行请联系班长。");
     });
