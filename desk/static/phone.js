@@ -72,7 +72,7 @@
           throw new Error("登录已过期或服务器出错:请刷新页面,重新登录。");
         }
         return r.json();
-      });
+      }, function () { throw new Error("连不上坐席台服务器,请检查网络后再试。"); });
   }
 
   // A credential works until `expires`; fetch the next one at two thirds of its life (retry a minute later).
