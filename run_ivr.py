@@ -17,18 +17,22 @@ import gc
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import structlog
 import uvloop
 from sqlalchemy.exc import SQLAlchemyError
 
 from crm_bridge.agent_commands import take_pending
+from crm_bridge.characteristics import characteristics
 from crm_bridge.customers import CallerDirectory, senior_names
 from crm_bridge.db import make_engine, migrate, reconcile_interrupted, sync_seat_groups
 from crm_bridge.outbox import Outbox, OutboxError
+from crm_bridge.records import RecordCharacteristics
 from crm_bridge.webhook import WebhookPusher
 from crm_bridge.writer import CrmWriter, open_callbacks
 from desk.config import load_desk_config
@@ -37,7 +41,8 @@ from ivr.engine import Engine
 from ivr.greeting import Greeter, HolidayCalendar
 from ivr.logs import configure_logging
 from ivr.media import g711_encoders
-from ivr.screenpop import DeskLink
+from ivr.recording import Finished, Recorder, recover_interrupted
+from ivr.screenpop import DeskLink, desk_base_url
 from ivr.service import SEAT_GROUPS
 from ivr.shared_acd import SharedAcd
 from prompts.catalogue import catalogue_for
@@ -158,6 +163,7 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     desk_commands = partial(take_pending, db, taken_by=worker or "ivr", agents=own_agents)
     engine = Engine(config, prompts, writer, greeter, directory=directory, acd=acd, desk=desk,
                     desk_commands=desk_commands, music=music, followup_db=db, worker=worker)
+    recorder = start_recorder(config, db, writer, engine, worker if clustered else None)
     if not clustered:  # one IVR owns the callbacks a previous run did not finish; workers would each dial them
         engine.dialler.restore(await asyncio.to_thread(open_callbacks, db))
     await engine.start()
@@ -206,6 +212,9 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     left_up = await engine.drain(config.general.drain_seconds, hurry)
     log.info("stopping", calls_cut_short=left_up)
     await engine.stop()
+    if recorder is not None:  # every bridge is closed: finish the files (off the loop), then their rows (on it)
+        await asyncio.to_thread(recorder.writer.close)
+        recorder.close()
     await directory.close()
     unwritten = await asyncio.to_thread(writer.close)
     if pusher is not None:
@@ -215,6 +224,44 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     pushed = {"webhook_delivered": pusher.delivered, "webhook_dead_letters": pusher.dead} if pusher else {}
     log.info("stopped", crm_records_written=writer.written, deferred_to_outbox=unwritten, **pushed)
     return 0
+
+
+def start_recorder(config: Config, db: Any, writer: CrmWriter, engine: Engine, worker: str | None
+                   ) -> Recorder | None:
+    """[recording]: mark what a previous run left unfinished, then record bridged calls (ivr.recording)."""
+    rec = config.recording
+    marked = recover_interrupted(db, rec.directory, worker)
+    if marked:
+        log.warning("recordings_interrupted", count=marked, directory=str(rec.directory))
+    if not rec.enabled:
+        return None
+    recorder = Recorder(rec, writer.submit, worker=writer.worker, metrics=engine.metrics,
+                        call_soon_threadsafe=asyncio.get_running_loop().call_soon_threadsafe)
+    engine.metrics.recording_queue_depth.set_function(lambda: recorder.writer.depth)
+    engine.bridge_hooks.append(recorder.attach)
+    recorder.writer.completed_hooks.append(partial(_analyse, writer.submit))
+    for command in ("pause_recording", "resume_recording"):
+        engine.agent_command_hooks[command] = partial(_desk_recording_command, recorder, command)
+    recorder.start()
+    log.info("recording", directory=str(rec.directory), format=rec.format,
+             seat_groups=sorted(rec.seat_groups) or "all", services=sorted(rec.services) or "all")
+    return recorder
+
+
+def _analyse(submit: Callable[[RecordCharacteristics], None], done: Finished) -> None:
+    """A finished recording's conversation characteristics (talk, silences, over-talk), stored with its row.
+
+    Runs in the recorder's writer thread, off the event loop; the row goes through the CRM writer after the
+    recording's own `complete` row, so the two land in order."""
+    found = characteristics(done.path)
+    submit(RecordCharacteristics(done.relative, found.to_json()))
+    log.info("recording_analysed", call_id=done.sip_call_id, path=done.relative,
+             caller_talk_s=found.caller_talk_s, agent_talk_s=found.agent_talk_s,
+             longest_silence_s=found.longest_silence_s, overtalk_count=found.overtalk_count)
+
+
+def _desk_recording_command(recorder: Recorder, command: str, agent: str, requested_by: str) -> None:
+    recorder.command(agent, command, requested_by, "desk")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,8 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prompts = prepare_prompts(config)
         music = prepare_music(config)
-        desk = DeskLink(desk_config.display_name,
-                        desk_config.public_url or f"http://{desk_config.bind}:{desk_config.port}")
+        desk_url = desk_base_url(desk_config.public_url, desk_config.bind, desk_config.port)
+        if desk_url is None:
+            log.warning("desk_url_unknown", reason=f"[desk] bind is {desk_config.bind} and public_url is empty: "
+                                                   "agents' phones get no Call-Info link; set [desk] public_url")
+        desk = DeskLink(desk_config.display_name, desk_url)
         code = uvloop.run(serve(config, prompts, desk, music))
         # the loop and its signal handlers are gone: a late SIGTERM (a supervisor repeating itself)
         # must not turn a clean stop into a kill by signal

@@ -13,6 +13,10 @@
     python -m crm_bridge --db-url URL characteristics --directory DIR (--all-missing | RECORDING_ID ...)
     python -m crm_bridge --db-url URL dnc add|remove|list [NUMBER]
     python -m crm_bridge --db-url URL followups [--status due] [--kind resolved]
+    python -m crm_bridge --config sip.conf retention [--dry-run]
+    python -m crm_bridge --db-url URL backup --to DIR [--recordings DIR] [--keep N]
+    python -m crm_bridge --db-url URL restore --from DIR [--recordings DIR]
+    python -m crm_bridge verify-backup DIR
 
 `--config sip.conf` takes the database URL, tier thresholds and time zone from the IVR's config;
 days are local days of `[general] timezone` (Asia/Shanghai by default), not UTC days.
@@ -87,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     rep = _command(sub, "report", "the daily report per seat group and agent, for one local day",
                    "report --date 2026-11-26 --html var/report.html --csv var/report/")
     rep.add_argument("--date", type=date.fromisoformat, help="YYYY-MM-DD (default: yesterday in [general] timezone)")
-    rep.add_argument("--html", type=Path, help="also write a self-contained HTML file with the charts")
+    rep.add_argument("--html", type=Path, help="also write a self-contained HTML file with the charts"
+                     " ({date} in the name becomes the day, e.g. report-{date}.html)")
     rep.add_argument("--csv", type=Path, help="also write seat_groups-DAY.csv and agents-DAY.csv into this directory")
     rep.add_argument("--service-level-seconds", type=float, default=20,
                      help="answered within this many seconds (default %(default)s)")
@@ -115,12 +120,33 @@ def main(argv: list[str] | None = None) -> int:
                  "followups --status unreachable")
     fu.add_argument("--status", choices=("due", "dialling", "done", "unreachable", "closed"))
     fu.add_argument("--kind", choices=("resolved", "wrap_up", "daily", "survey"))
+    ret = _command(sub, "retention", "delete recordings older than [recording] retention_days "
+                   "(kept while their complaint ticket is open)", "retention --dry-run")
+    ret.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    ret.add_argument("--days", type=int, help="override [recording] retention_days")
+    bk = _command(sub, "backup", "back up the CRM (pg_dump or SQLite's online backup) and recordings, "
+                  "while the IVR runs", "backup --to 'backups/{stamp}' --recordings var/recordings --keep 7")
+    bk.add_argument("--to", required=True,
+                    help="a new directory ({stamp} in it becomes the UTC time, e.g. backups/{stamp})")
+    bk.add_argument("--recordings", type=Path, help="also copy this recordings directory (SHA-256 in the manifest)")
+    bk.add_argument("--keep", type=int, default=0,
+                    help="then delete all but the N newest backups beside it (default: keep all)")
+    rs = _command(sub, "restore", "restore a backup into an empty database (and the recordings)",
+                  "--db-url sqlite:///var/restored.db restore --from backups/20261206T020000Z")
+    rs.add_argument("--from", dest="source", type=Path, required=True, help="the backup directory")
+    rs.add_argument("--recordings", type=Path, help="where the backup's recordings go")
+    vb = _command(sub, "verify-backup", "check every file of a backup against its manifest's SHA-256",
+                  "verify-backup backups/20261206T020000Z")
+    vb.add_argument("source", type=Path)
     args = p.parse_args(argv)
+    if args.command == "verify-backup":
+        return _backup_command(args, "")
 
     thresholds = TierThresholds()
     zone = ZoneInfo("Asia/Shanghai")
     agent_names: dict[str, str] = {}
     recordings: Path | None = None
+    recordings_dir, retention_days = Path("var/recordings"), 90
     url = args.db_url
     if args.config.exists():
         from ivr.config import ConfigError, load_config
@@ -134,11 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         zone = config.general.zone
         agent_names = {a.number: a.name for a in config.agents}
         url = url or config.database_url
-        # [recording] directory, once the IVR records calls: what the rows' paths are relative to
-        recordings = getattr(getattr(config, "recording", None), "directory", None)
+        recordings_dir, retention_days = config.recording.directory, config.recording.retention_days
+        recordings = recordings_dir  # what the rows' paths are relative to
     if not url:
         print("error: give --db-url or --config", file=sys.stderr)
         return 2
+    if args.command in ("backup", "restore"):  # before migrate: a restore wants the database empty
+        return _backup_command(args, url)
     engine = make_engine(url)
     migrate(engine)
 
@@ -220,13 +248,36 @@ def main(argv: list[str] | None = None) -> int:
                   + (f"\tfollowups {q.followups}" if q.followups else ""))
         for run in report.survey_runs:
             print(f"{run.questionnaire}\t" + "\t".join(f"{status} {n}" for status, n in run.statuses.items()))
+        if report.followups is not None:
+            from crm_bridge.followup_report import text_lines
+
+            print("\n".join(text_lines(report.followups)))
         if args.csv:
             for path in write_csv(report, args.csv):
                 print(f"wrote {path}")
         if args.html:
-            args.html.parent.mkdir(parents=True, exist_ok=True)
-            args.html.write_text(standalone_html(report, charts(report)), encoding="utf-8")
-            print(f"wrote {args.html}")
+            html = Path(str(args.html).replace("{date}", day.isoformat()))  # the daily timer's file name
+            html.parent.mkdir(parents=True, exist_ok=True)
+            html.write_text(standalone_html(report, charts(report)), encoding="utf-8")
+            print(f"wrote {html}")
+    elif args.command == "retention":
+        from crm_bridge.retention import apply_retention
+
+        days = args.days or retention_days
+        if days < 1:
+            print("error: --days must be 1 or more", file=sys.stderr)
+            return 2
+        result = apply_retention(engine, recordings_dir, days, dry_run=args.dry_run)
+        verb = "would delete" if args.dry_run else "deleted"
+        for name in result.deleted:
+            print(f"{verb}\t{name}")
+        for name in result.kept_for_tickets:
+            print(f"kept\t{name}\t(complaint ticket still open)")
+        for name, why in result.failed:
+            print(f"failed\t{name}\t{why}")
+        print(f"{verb} {len(result.deleted)} recording(s), {result.freed_bytes / 1e6:.1f} MB, older than {days} days "
+              f"in {recordings_dir}; kept {len(result.kept_for_tickets)} for open complaints")
+        return 1 if result.failed else 0
     elif args.command == "webhook-dead":
         with Session(engine) as s:
             dead = s.scalars(select(WebhookDeadLetter).order_by(WebhookDeadLetter.failed_at)).all()
@@ -258,11 +309,18 @@ def _scorecard(engine: Engine, args: argparse.Namespace, zone: ZoneInfo, agent_n
           f"UTC {period.start_utc:%Y-%m-%d %H:%M} to {period.end_utc:%Y-%m-%d %H:%M}")
     for row in sc.rows(cards):
         print("\t".join(row))
+    questions = sc.question_rows(cards)
+    if len(questions) > 1:
+        for row in questions:
+            print("\t".join(row))
     text = sc.csv_text(cards)
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         args.csv.write_text(text, encoding="utf-8-sig")  # BOM: Excel opens the Chinese names right
         print(f"wrote {args.csv}")
+        per_question = args.csv.with_name(f"{args.csv.stem}-questions.csv")
+        per_question.write_text(sc.question_csv_text(cards), encoding="utf-8-sig")
+        print(f"wrote {per_question}")
     if args.html:
         args.html.parent.mkdir(parents=True, exist_ok=True)
         args.html.write_text(sc.standalone_html(cards, sc.charts(cards)), encoding="utf-8")
@@ -338,6 +396,38 @@ def _followups(engine: Engine, status: str | None, kind: str | None, zone: ZoneI
     totals = followups.counts(engine)
     summary = ", ".join(f"{k}/{s} {n}" for (k, s), n in sorted(totals.items()))
     print(f"{len(rows)} listed; all: {summary or 'none'}")
+
+
+def _backup_command(args: argparse.Namespace, url: str) -> int:
+    from datetime import UTC, datetime
+
+    from crm_bridge.backup import BackupError, backup, prune, restore, verify
+
+    try:
+        if args.command == "verify-backup":
+            problems = verify(args.source)
+            for problem in problems:
+                print(f"damaged: {problem}", file=sys.stderr)
+            print(f"{args.source}: {'damaged' if problems else 'every file matches its SHA-256'}")
+            return 1 if problems else 0
+        if args.command == "backup":
+            now = datetime.now(UTC)
+            to = Path(args.to.replace("{stamp}", now.strftime("%Y%m%dT%H%M%SZ")))
+            manifest = backup(url, to, args.recordings, now=now)
+            db = manifest["database"]
+            files = manifest.get("recordings", {}).get("files", [])
+            print(f"backed up {manifest['backend']} CRM to {to}: {db['rows'].get('calls', 0)} calls, "
+                  f"{sum(db['rows'].values())} rows, {db['size']} bytes; {len(files)} recording(s)")
+            for old in prune(to.parent, args.keep) if args.keep else []:
+                print(f"deleted old backup {old}")
+        else:
+            result = restore(url, args.source, args.recordings)
+            print(f"restored {args.source}: {result['rows'].get('calls', 0)} calls, "
+                  f"{sum(result['rows'].values())} rows; {result['recordings']} recording(s)")
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

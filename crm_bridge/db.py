@@ -9,7 +9,7 @@ from pathlib import Path
 import structlog
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import ColumnElement, Engine, create_engine, event, func, or_, select, update
+from sqlalchemy import ColumnElement, Engine, create_engine, event, func, or_, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -47,10 +47,21 @@ def alembic_config(engine: Engine) -> AlembicConfig:
     return cfg
 
 
+# pg_advisory_xact_lock key for migrations ("hotline" in ASCII): one process migrates at a time
+MIGRATION_LOCK = 0x686F746C696E65
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision."""
+    """Bring the schema to the newest Alembic revision.
+
+    Workers started together (systemctl start hotline-ivr@1 hotline-ivr@2) would
+    otherwise both create the tables of an empty PostgreSQL CRM and one would
+    fail on a duplicate; the lock makes the second wait and find the schema done.
+    """
     cfg = alembic_config(engine)
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 
@@ -91,6 +102,8 @@ def reconcile_interrupted(engine: Engine, now: datetime | None = None, *, webhoo
 def sync_seat_groups(engine: Engine, agents, seat_groups: Mapping[str, str]) -> None:  # type: ignore[no-untyped-def]
     """Mirror the seat groups (name -> label) and the configured agents into the CRM (sip.conf is the source)."""
     with Session(engine) as s, s.begin():
+        if engine.dialect.name == "postgresql":  # workers starting together: merge is read-then-insert
+            s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         for name, label in seat_groups.items():
             s.merge(SeatGroup(name=name, label=label))
         s.flush()

@@ -263,8 +263,9 @@ class CallNote(Base):
     __table_args__ = (UniqueConstraint("call_id", "agent_number", name="uq_call_notes_call_agent"),)
 
 
-AGENT_COMMANDS = ("pause", "resume", "end_wrap_up",  # what the desk may ask of the IVR (as *46 / *47 do)
-                  "monitor")  # ring a supervisor's phone into the agent's call (ivr.monitoring)
+# what the desk may ask of the IVR: as *46 / *47 do; as *48 does (the call's recording); and "monitor", to ring a
+# supervisor's phone into the agent's call (ivr.monitoring)
+AGENT_COMMANDS = ("pause", "resume", "end_wrap_up", "pause_recording", "resume_recording", "monitor")
 
 
 class AgentCommand(Base):
@@ -345,7 +346,8 @@ class WebhookDeadLetter(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
 
-RECORDING_STATES = ("recording", "complete", "interrupted", "deleted")
+# failed: a write error (full disk …) ended the file early; it is kept, marked, and never passes as complete
+RECORDING_STATES = ("recording", "complete", "interrupted", "failed", "deleted")
 
 
 class Recording(Base):
@@ -377,6 +379,8 @@ class Recording(Base):
     # conversation characteristics computed after the call (talk times, silences, over-talk), JSON
     characteristics: Mapped[str | None] = mapped_column(Text)
     deleted_at: Mapped[datetime | None]
+    # the IVR process that wrote it: a restart marks only its own unfinished files interrupted
+    ivr_worker: Mapped[str | None] = mapped_column(String(128), index=True)
     pauses: Mapped[list[RecordingPause]] = relationship(
         back_populates="recording", order_by="RecordingPause.started_at")
 

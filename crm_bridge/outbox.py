@@ -47,9 +47,12 @@ from crm_bridge.records import (
     RecordAgentState,
     RecordCall,
     RecordCallback,
+    RecordCharacteristics,
     RecordEvent,
     RecordMonitoring,
     RecordMonitoringMode,
+    RecordRecording,
+    RecordRecordingPause,
     RecordSurvey,
     RecordSurveyAnswer,
     RecordSurveyRun,
@@ -58,11 +61,14 @@ from crm_bridge.records import (
 log = structlog.get_logger(__name__)
 
 Record = (RecordCall | RecordEvent | RecordSurvey | OpenTicket | RecordCallback | RecordAgentState
-          | RecordSurveyAnswer | RecordSurveyRun | RecordMonitoring | RecordMonitoringMode)
+          | RecordSurveyAnswer | RecordSurveyRun | RecordMonitoring | RecordMonitoringMode | RecordRecording
+          | RecordRecordingPause | RecordCharacteristics)
 _KINDS: dict[type, str] = {RecordCall: "call", RecordEvent: "event", RecordSurvey: "survey", OpenTicket: "ticket",
                            RecordCallback: "callback", RecordAgentState: "agent_state",
                            RecordSurveyAnswer: "survey_answer", RecordSurveyRun: "survey_run",
-                           RecordMonitoring: "monitoring", RecordMonitoringMode: "monitoring_mode"}
+                           RecordMonitoring: "monitoring", RecordMonitoringMode: "monitoring_mode",
+                           RecordRecording: "recording", RecordRecordingPause: "recording_pause",
+                           RecordCharacteristics: "characteristics"}
 _TIMES = {
     "call": ("started_at", "answered_at", "ended_at"),
     "event": ("at",),
@@ -74,6 +80,8 @@ _TIMES = {
     "survey_run": ("at",),
     "monitoring": ("started_at", "ended_at"),
     "monitoring_mode": ("at",),
+    "recording": ("started_at", "ended_at"),
+    "recording_pause": ("started_at",),
 }
 _SUFFIX = ".jsonl"
 _LOCK = "lock"
@@ -82,7 +90,8 @@ _LOCK = "lock"
 _FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls))
     for cls in (CallRecord, RecordEvent, RecordSurvey, OpenTicket, RecordCallback, RecordAgentState,
-                RecordSurveyAnswer, RecordSurveyRun, RecordMonitoring, RecordMonitoringMode)
+                RecordSurveyAnswer, RecordSurveyRun, RecordMonitoring, RecordMonitoringMode, RecordRecording,
+                RecordRecordingPause, RecordCharacteristics)
 }
 
 
@@ -150,6 +159,12 @@ def decode(line: bytes) -> tuple[int, Record]:
         record = RecordMonitoring(**fields)
     elif kind == "monitoring_mode":
         record = RecordMonitoringMode(**fields)
+    elif kind == "recording":
+        record = RecordRecording(**fields)
+    elif kind == "recording_pause":
+        record = RecordRecordingPause(**fields)
+    elif kind == "characteristics":
+        record = RecordCharacteristics(**fields)
     else:
         record = OpenTicket(**fields)
     return int(doc["seq"]), record

@@ -1,5 +1,5 @@
 """The records the CRM stores, as the IVR hands them over: one call's row, its steps, the survey,
-complaint tickets and callback requests.
+complaint tickets, callback requests, and recording files with their paused spans.
 
 They live here, beside the writer that stores them and the outbox that journals them, so the CRM
 side needs nothing from the IVR; the call flow (`ivr.events`) emits them as actions.
@@ -158,3 +158,46 @@ class RecordMonitoringMode:
     session_key: str
     at: datetime
     mode: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRecording:
+    """A recording file's row (table `recordings`, upserted on `path`), as it stands now.
+
+    Submitted when the file is opened (`recording`) and again when it is
+    `complete` (size, duration, SHA-256) or `failed` (a write error: `error`).
+    """
+
+    path: str  # relative to [recording] directory; made from the call's id and the time only
+    sip_call_id: str
+    agent_number: str | None
+    seat_group: str | None
+    format: str
+    channels: int
+    started_at: datetime
+    state: str
+    ivr_worker: str | None = None
+    ended_at: datetime | None = None
+    duration_s: float | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRecordingPause:
+    """A span of a recording paused for sensitive data (table `recording_pauses`), once it has ended."""
+
+    path: str  # the recording's
+    paused_by: str
+    started_at: datetime
+    offset_s: float
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCharacteristics:
+    """A complete recording's conversation characteristics (crm_bridge.characteristics), as JSON for its row."""
+
+    path: str  # the recording's row, by its path
+    characteristics: str

@@ -18,6 +18,9 @@ started in. Definitions, so the figures can be checked by hand:
   questionnaires (`survey_answers.score`, 1 satisfied … 3 dissatisfied) of
   the row's calls; per question, how often each key was pressed
   (`questions`), and per questionnaire how its walks ended (`survey_runs`).
+- follow-ups (回访): reach rate by kind, satisfaction at the end of the call
+  against the follow-up's answer, re-opened complaints
+  (`crm_bridge.followup_report`, which defines them).
 
 Also the shared "what is overdue now" and "low scores of a day" queries used
 by the CLI and the desk.
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment
@@ -42,6 +45,9 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from crm_bridge.models import SURVEY_STATUSES, Call, SurveyAnswer, SurveyRun, Ticket, TicketHistory
+
+if TYPE_CHECKING:
+    from crm_bridge.followup_report import FollowupFigures
 
 SEAT_GROUP_LABELS = {"senior": "高级坐席组", "middle": "中级坐席组", "junior": "初级坐席组"}
 SURVEY_LABELS = {1: "满意", 2: "一般", 3: "不满意"}
@@ -165,6 +171,7 @@ class DailyReport:
     calls_by_hour: tuple[int, ...] = field(default=(0,) * 24)
     questions: tuple[QuestionFigures, ...] = ()
     survey_runs: tuple[RunFigures, ...] = ()
+    followups: FollowupFigures | None = None  # None only for a report built by hand
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +245,9 @@ def daily_report(
             .where(Call.started_at >= start, Call.started_at < end)
             .group_by(SurveyRun.questionnaire, SurveyRun.status)
         ).all()
+        from crm_bridge.followup_report import followup_figures  # it imports this module
+
+        followup = followup_figures(s, start, end)
         s.expunge_all()
     scores: dict[int, list[int]] = {}
     for a in answers:
@@ -292,6 +302,7 @@ def daily_report(
         tuple(hours.get(h, 0) for h in range(24)),
         _question_figures(answers),
         _run_figures(runs),
+        followup,
     )
 
 
@@ -456,7 +467,8 @@ def csv_row(f: Figures) -> list[str]:
 
 
 def write_csv(report: DailyReport, directory: Path) -> list[Path]:
-    """seat_groups-DAY.csv (with the day's total last), agents-DAY.csv and questions-DAY.csv in `directory`."""
+    """seat_groups-DAY.csv (with the day's total last), agents-DAY.csv, questions-DAY.csv and followups-DAY.csv
+    in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, rows in (("seat_groups", (*report.seat_groups, report.total)), ("agents", report.agents)):
@@ -474,6 +486,12 @@ def write_csv(report: DailyReport, directory: Path) -> list[Path]:
     writer.writerows(question_rows(report))
     path.write_text(buffer.getvalue(), encoding="utf-8-sig")
     written.append(path)
+    if report.followups is not None:
+        from crm_bridge.followup_report import csv_text
+
+        path = directory / f"followups-{report.day.isoformat()}.csv"
+        path.write_text(csv_text(report.followups), encoding="utf-8-sig")
+        written.append(path)
     return written
 
 
@@ -611,7 +629,7 @@ td:first-child,th:first-child,td.mix{text-align:left}tr.total{font-weight:bold;b
 <h1>热线日报 {{ r.day }}</h1>
 <p>{{ r.timezone }} 当日(UTC {{ r.start_utc.strftime('%Y-%m-%d %H:%M') }}
 至 {{ r.end_utc.strftime('%Y-%m-%d %H:%M') }})</p>
-{{ groups }}{{ agents }}{{ questions }}
+{{ groups }}{{ agents }}{{ questions }}{% if followups %}<h2>回访</h2>{{ followups }}{% endif %}
 {% for name, uri in images %}<img alt="{{ name }}" src="{{ uri }}">{% endfor %}
 </body></html>
 """
@@ -650,5 +668,17 @@ def standalone_html(report: DailyReport, images: dict[str, bytes]) -> str:
     groups, agents = tables_html(report)
     uris = [(name, "data:image/png;base64," + base64.b64encode(png).decode()) for name, png in images.items()]
     page: str = _env().from_string(_PAGE).render(r=report, groups=Markup(groups), agents=Markup(agents),
-                                                 questions=Markup(questions_html(report)), images=uris)
+                                                 questions=Markup(questions_html(report)),
+                                                 followups=Markup(followups_html(report, links=False)),
+                                                 images=uris)
     return page
+
+
+def followups_html(report: DailyReport, *, links: bool = True) -> str:
+    """The follow-up tables (reach rate, satisfaction before and after, re-opened complaints), escaped HTML;
+    `links`: the re-opened tickets link to the desk's pages (not in a standalone file)."""
+    if report.followups is None:
+        return ""
+    from crm_bridge.followup_report import html
+
+    return html(report.followups, ZoneInfo(report.timezone), links=links)

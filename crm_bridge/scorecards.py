@@ -32,7 +32,7 @@ from jinja2 import Environment
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from crm_bridge.models import OUTCOMES, AgentStateChange, Call, CallEvent, Evaluation, Survey, Ticket
+from crm_bridge.models import OUTCOMES, AgentStateChange, Call, CallEvent, Evaluation, Survey, SurveyAnswer, Ticket
 from crm_bridge.report import aware, day_bounds
 
 Value = int | float | None
@@ -198,6 +198,52 @@ class Sources:
             .where(Evaluation.created_at >= self.start, Evaluation.created_at < self.end)
         ).tuples())
 
+    @functools.cached_property
+    def scored_answers(self) -> list[tuple[str, str, str, str, str]]:
+        """(agent, questionnaire, question, key, label) of the scored answers given in the period, oldest first."""
+        return [(agent, qn, q, key, label) for agent, qn, q, key, label in self.s.execute(
+            select(Call.agent_number, SurveyAnswer.questionnaire, SurveyAnswer.question, SurveyAnswer.key,
+                   SurveyAnswer.label)
+            .join(Call, Call.id == SurveyAnswer.call_id)
+            .where(SurveyAnswer.score.is_not(None), SurveyAnswer.answered_at >= self.start,
+                   SurveyAnswer.answered_at < self.end, Call.agent_number.is_not(None))
+            .order_by(SurveyAnswer.answered_at, SurveyAnswer.id)
+        ).tuples() if agent]
+
+
+# --- per question: how each agent's callers answered ---------------------------------------------
+
+QUESTIONS_DEFINITION = (
+    "Per agent, for each scored question of each questionnaire (answers with `survey_answers.score` set), how "
+    "often each key was pressed: answers given in the period (`answered_at`) on calls whose agent "
+    "(`calls.agent_number`, the last agent who answered the call) is the agent. Unscored questions are left "
+    "out: they rate the hotline, not the agent."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionDistribution:
+    """One scored question in the period: every key pressed (newest label), and per agent how often."""
+
+    questionnaire: str
+    question: str
+    keys: tuple[tuple[str, str], ...]  # (key, label) in key order
+    counts: Mapping[str, Mapping[str, int]]  # agent -> key -> answers
+
+    def total(self, agent: str) -> int:
+        return sum(self.counts.get(agent, {}).values())
+
+
+def _distributions(answers: list[tuple[str, str, str, str, str]]) -> tuple[QuestionDistribution, ...]:
+    labels: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    counts: dict[tuple[str, str], dict[str, dict[str, int]]] = defaultdict(dict)
+    for agent, qn, q, key, label in answers:
+        labels[qn, q][key] = label  # oldest first: the newest label wins
+        by_key = counts[qn, q].setdefault(agent, {})
+        by_key[key] = by_key.get(key, 0) + 1
+    return tuple(QuestionDistribution(qn, q, tuple(sorted(labels[qn, q].items())), counts[qn, q])
+                 for qn, q in sorted(labels))
+
 
 # --- the figures ----------------------------------------------------------------------------------
 
@@ -341,6 +387,7 @@ class AgentCard:
 class Scorecards:
     period: Period
     cards: tuple[AgentCard, ...]
+    questions: tuple[QuestionDistribution, ...] = ()  # see QUESTIONS_DEFINITION
 
 
 def scorecards(engine: Engine, period: Period, *, agent_names: Mapping[str, str] | None = None,
@@ -350,7 +397,9 @@ def scorecards(engine: Engine, period: Period, *, agent_names: Mapping[str, str]
     with Session(engine) as s:
         src = Sources(s, period, now)
         columns = {f.key: f.compute(src) for f in FIGURES}
+        questions = _distributions(src.scored_answers)
     seen = {a for values in columns.values() if values is not None for a in values}
+    seen |= {a for d in questions for a in d.counts}
     cards = []
     for agent in sorted(seen | set(names)):
         values: dict[str, Value] = {}
@@ -359,7 +408,7 @@ def scorecards(engine: Engine, period: Period, *, agent_names: Mapping[str, str]
             # nothing found for this agent: a count is 0, anything else unknown; no source at all: unknown
             values[f.key] = None if found is None else found.get(agent, 0 if f.unit == "count" else None)
         cards.append(AgentCard(agent, names.get(agent, ""), values))
-    return Scorecards(period, tuple(cards))
+    return Scorecards(period, tuple(cards), questions)
 
 
 # --- output --------------------------------------------------------------------------------------
@@ -404,6 +453,20 @@ def rows(cards: Scorecards) -> list[list[str]]:
 def csv_text(cards: Scorecards) -> str:
     buffer = io.StringIO()
     csv.writer(buffer).writerows(rows(cards))
+    return buffer.getvalue()
+
+
+def question_rows(cards: Scorecards) -> list[list[str]]:
+    """The header and one row per (question, agent, key) with answers, for the CLI and the CSV beside the cards."""
+    return [["questionnaire", "question", "agent", "key", "label", "answers", "share"],
+            *([d.questionnaire, d.question, agent, key, label, str(n), f"{n / d.total(agent):.3f}"]
+              for d in cards.questions for agent in sorted(d.counts) for key, label in d.keys
+              if (n := d.counts[agent].get(key, 0)))]
+
+
+def question_csv_text(cards: Scorecards) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(question_rows(cards))
     return buffer.getvalue()
 
 
@@ -483,6 +546,20 @@ _TABLE = """\
 {% endfor %}</tbody></table>
 """
 
+_QUESTIONS = """\
+{% for d in cards.questions %}<table class="report scorecard-question"
+data-question="{{ d.questionnaire }}/{{ d.question }}">
+<thead><tr><th title="{{ definition }}">{{ d.questionnaire }} / {{ d.question }}</th>
+{% for key, label in d.keys %}<th>{{ key }} {{ label }}</th>{% endfor %}<th>合计</th></tr></thead>
+<tbody>
+{% for c in cards.cards %}{% if d.total(c.agent) %}<tr
+id="question-{{ d.questionnaire }}-{{ d.question }}-{{ c.agent }}">
+<td>{{ c.agent }} {{ c.name }}</td>
+{% for key, label in d.keys %}{% set n = d.counts[c.agent].get(key, 0) %}<td data-key="{{ key }}">{{ n }}
+({{ '%.0f' % (100 * n / d.total(c.agent)) }}%)</td>{% endfor %}<td>{{ d.total(c.agent) }}</td></tr>
+{% endif %}{% endfor %}</tbody></table>
+{% endfor %}"""
+
 _PAGE = """\
 <!doctype html><html lang="zh-CN"><head><meta charset="utf-8"><title>绩效考核 {{ p.first }} – {{ p.last }}</title>
 <style>body{font-family:"WenQuanYi Micro Hei","Noto Sans CJK SC",sans-serif;margin:1em}
@@ -491,7 +568,7 @@ th,td{border:1px solid #bbb;padding:3px 6px;text-align:right}td:first-child,th:f
 </head><body><h1>坐席绩效考核 {{ p.first }} 至 {{ p.last }}</h1>
 <p>{{ p.zone }} 本地日(UTC {{ p.start_utc.strftime('%Y-%m-%d %H:%M') }}
 至 {{ p.end_utc.strftime('%Y-%m-%d %H:%M') }})</p>
-{{ table }}
+{{ table }}{% if questions %}<h2>各题评价分布</h2>{{ questions }}{% endif %}
 {% for name, uri in images %}<img alt="{{ name }}" src="{{ uri }}">{% endfor %}
 </body></html>
 """
@@ -503,6 +580,13 @@ def table_html(cards: Scorecards) -> str:
     return html
 
 
+def questions_html(cards: Scorecards) -> str:
+    """Per scored question, a table of each agent's answers by key (escaped HTML); empty when there were none."""
+    html: str = Environment(autoescape=True).from_string(_QUESTIONS).render(cards=cards,
+                                                                            definition=QUESTIONS_DEFINITION)
+    return html
+
+
 def standalone_html(cards: Scorecards, images: dict[str, bytes]) -> str:
     """One self-contained HTML file: the table and the charts as data: URIs."""
     import base64
@@ -511,6 +595,6 @@ def standalone_html(cards: Scorecards, images: dict[str, bytes]) -> str:
 
     uris = [(name, "data:image/png;base64," + base64.b64encode(png).decode()) for name, png in images.items()]
     page: str = Environment(autoescape=True).from_string(_PAGE).render(
-        p=cards.period, table=Markup(table_html(cards)), images=uris)
+        p=cards.period, table=Markup(table_html(cards)), questions=Markup(questions_html(cards)), images=uris)
     return page
 

@@ -19,6 +19,7 @@ a delivery in `webhook_deliveries` in that same transaction, for
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import queue
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy import Connection, Engine, Table, insert, select
+from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -42,6 +43,8 @@ from crm_bridge.models import (
     MonitoringModeChange,
     MonitoringSession,
     OutboxCheckpoint,
+    Recording,
+    RecordingPause,
     Survey,
     SurveyAnswer,
     SurveyRun,
@@ -55,9 +58,12 @@ from crm_bridge.records import (
     RecordAgentState,
     RecordCall,
     RecordCallback,
+    RecordCharacteristics,
     RecordEvent,
     RecordMonitoring,
     RecordMonitoringMode,
+    RecordRecording,
+    RecordRecordingPause,
     RecordSurvey,
     RecordSurveyAnswer,
     RecordSurveyRun,
@@ -76,6 +82,8 @@ _OUTBOX_CHECKPOINTS = table_of(OutboxCheckpoint)
 _AGENT_STATES = table_of(AgentStateChange)
 _MONITORING = table_of(MonitoringSession)
 _MONITORING_MODES = table_of(MonitoringModeChange)
+_RECORDINGS = table_of(Recording)
+_RECORDING_PAUSES = table_of(RecordingPause)
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -294,6 +302,30 @@ class CrmWriter:
             set_={c.name: excluded[c.name] for c in _MONITORING.c if c.name not in ("id", "session_key")},
         )
 
+    @functools.cached_property
+    def _upsert_recordings(self) -> postgresql.Insert | sqlite.Insert:
+        """INSERT … ON CONFLICT (path) DO UPDATE of the columns a RecordRecording carries (never characteristics)."""
+        stmt = self._insert()(_RECORDINGS)
+        excluded = stmt.excluded
+        carried = [f.name for f in dataclasses.fields(RecordRecording) if f.name != "path"]
+        return stmt.on_conflict_do_update(index_elements=[_RECORDINGS.c.path],
+                                          set_={name: excluded[name] for name in carried})
+
+    def _apply_recordings(self, conn: Connection, recordings: dict[str, dict[str, object]],
+                          pauses: list[RecordRecordingPause]) -> None:
+        if recordings:
+            conn.execute(self._upsert_recordings, list(recordings.values()))
+        if pauses:
+            paths = {p.path for p in pauses}
+            ids: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
+                select(_RECORDINGS.c.path, _RECORDINGS.c.id).where(_RECORDINGS.c.path.in_(paths))).all())
+            rows = [{"recording_id": ids[p.path], "paused_by": p.paused_by, "started_at": _utc(p.started_at),
+                     "offset_s": p.offset_s, "duration_s": p.duration_s} for p in pauses if p.path in ids]
+            if len(rows) < len(pauses):  # cannot happen: a recording's row is submitted when its file opens
+                log.error("crm_pauses_without_recording", paths=sorted(paths - ids.keys()))
+            if rows:
+                conn.execute(insert(_RECORDING_PAUSES), rows)
+
     def _apply(self, batch: list[tuple[int, Record]]) -> None:
         # SQLAlchemy Core on one connection, not the ORM: the writer competes with
         # the event loop for the GIL, and the ORM's bookkeeping per row was most of
@@ -305,6 +337,9 @@ class CrmWriter:
         agent_states: list[dict[str, object]] = []
         sessions: dict[str, dict[str, object]] = {}  # monitoring sessions by session_key: the latest row
         modes: list[RecordMonitoringMode] = []
+        recordings: dict[str, dict[str, object]] = {}  # by path: the latest row of each file
+        pauses: list[RecordRecordingPause] = []
+        analysed: dict[str, str] = {}  # characteristics by recording path
         for _, record in batch:
             if isinstance(record, RecordAgentState):
                 agent_states.append({**shallow_fields(record), "at": _utc(record.at), "worker": self.worker})
@@ -314,6 +349,14 @@ class CrmWriter:
                 sessions[record.session_key] = row
             elif isinstance(record, RecordMonitoringMode):
                 modes.append(record)
+            elif isinstance(record, RecordRecording):
+                row = shallow_fields(record)
+                row["started_at"], row["ended_at"] = _utc(record.started_at), _utc(record.ended_at)
+                recordings[record.path] = row
+            elif isinstance(record, RecordRecordingPause):
+                pauses.append(record)
+            elif isinstance(record, RecordCharacteristics):
+                analysed[record.path] = record.characteristics
             elif isinstance(record, RecordCallback):
                 row = shallow_fields(record)
                 row["requested_at"], row["due_at"] = _utc(record.requested_at), _utc(record.due_at)
@@ -338,6 +381,9 @@ class CrmWriter:
                 conn.execute(self._upsert_monitoring, list(sessions.values()))
             if modes:
                 self._insert_modes(conn, modes)
+            self._apply_recordings(conn, recordings, pauses)
+            for path, text in analysed.items():  # after the row's own upsert above, which never carries them
+                conn.execute(update(_RECORDINGS).where(_RECORDINGS.c.path == path).values(characteristics=text))
             if events:
                 wanted = {e.sip_call_id for e in events}
                 found = select(_CALLS.c.sip_call_id, _CALLS.c.id).where(_CALLS.c.sip_call_id.in_(wanted))

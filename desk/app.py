@@ -50,6 +50,7 @@ from crm_bridge.report import (
     aware,
     charts,
     daily_report,
+    followups_html,
     local_today,
     overdue_tickets,
     questions_html,
@@ -60,6 +61,7 @@ from desk.auth import LoginLimiter, SignedIn, authenticate
 from desk.config import DeskConfig
 from desk.quality import read_form
 from desk.timeline import timeline_for_call
+from desk.watcher import DeskWatcher, Pop
 from ivr.phone_credentials import issue
 from ivr.service import SERVICES
 
@@ -73,7 +75,8 @@ ERRORS = {
     429: "尝试次数过多",
     500: "系统错误",
 }
-COMMAND_LABELS = {"pause": "暂停接听", "resume": "恢复接听", "end_wrap_up": "结束话后处理"}
+COMMAND_LABELS = {"pause": "暂停接听", "resume": "恢复接听", "end_wrap_up": "结束话后处理",
+                  "pause_recording": "暂停录音", "resume_recording": "恢复录音"}  # the recording: *48 on the phone
 CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
@@ -136,6 +139,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
     states = queries.AgentStates(config, engine)
     limiter = LoginLimiter(config.login_attempts_per_minute)
     poll_s = config.poll_ms / 1000
+    watcher = DeskWatcher(engine, states, poll_s)
 
     async def db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         # SQLAlchemy is synchronous: keep the event loop (and every event stream) free while it runs
@@ -275,28 +279,31 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         last = int(after) if after.isdigit() else 0
 
         async def stream() -> AsyncIterator[str]:
-            nonlocal last
-            next_state = 0.0
-            loop = asyncio.get_running_loop()
-            yield "retry: 1000\n\n"
-            while not await request.is_disconnected():
-                for event_id, call_id in await db(queries.new_offers, engine, agent, last):
-                    last = event_id
-                    pop = await db(queries.pop_for, engine, config, call_id, event_id, agent)
-                    if pop is not None:
-                        yield _sse("pop", fragment(request, "_pop.html", pop=pop), event_id)
-                if loop.time() >= next_state:
-                    next_state = loop.time() + 1
-                    view = (await db(states.read))[agent]
-                    yield _sse("state", fragment(request, "_state.html", view=view, now=datetime.now(UTC)))
-                await asyncio.sleep(poll_s)
+            # one watcher per process reads the CRM for every open page (desk.watcher)
+            subscription = watcher.subscribe(agent, last)
+            try:
+                yield "retry: 1000\n\n"
+                while not await request.is_disconnected():
+                    try:
+                        item = await asyncio.wait_for(subscription.queue.get(), 1.0)
+                    except TimeoutError:
+                        continue
+                    if isinstance(item, Pop):
+                        pop = await db(queries.pop_for, engine, config, item.call_id, item.event_id, agent)
+                        if pop is not None:
+                            yield _sse("pop", fragment(request, "_pop.html", pop=pop), item.event_id)
+                    else:
+                        yield _sse("state", fragment(request, "_state.html", view=item.view, now=datetime.now(UTC)))
+            finally:
+                watcher.unsubscribe(subscription)
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
     async def desk_command(request: Request) -> Response:
         user, seat = need_agent(request)
         form = await _form(request)
-        command = choice(form, "command", AGENT_COMMANDS[:3], "操作")  # monitor: supervisors, /monitor
+        # an agent's own commands; "monitor" is a supervisor's, through /monitor
+        command = choice(form, "command", tuple(c for c in AGENT_COMMANDS if c != "monitor"), "操作")
         await db(request_command, engine, seat, command, requested_by=user.username)
         return RedirectResponse("/desk?sent=" + command, 303)
 
@@ -559,6 +566,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
             groups=Markup(groups),
             agents=Markup(agents),
             questions=Markup(questions_html(report)),
+            followups=Markup(followups_html(report)),
             prev=(day - timedelta(days=1)).isoformat(),
             next=(day + timedelta(days=1)).isoformat(),
         )
@@ -594,7 +602,8 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         from markupsafe import Markup
 
         return render(request, "scorecards.html", period=period, table=Markup(scorecards.table_html(cards)),
-                      charts=scorecards.CHART_NAMES, figures=scorecards.FIGURES)
+                      charts=scorecards.CHART_NAMES, figures=scorecards.FIGURES,
+                      questions=Markup(scorecards.questions_html(cards)))
 
     async def scorecards_chart(request: Request) -> Response:
         need(request, "supervisor")

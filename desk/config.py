@@ -166,7 +166,7 @@ class DeskConfig:
     login_attempts_per_minute: Annotated[int, whole(1, 1000)] = 5
     """Login attempts a minute per account; four times as many per client address."""
     poll_ms: Annotated[int, whole(50, 300)] = 250
-    """How often the screen-pop polls the CRM, in milliseconds (300 or less keeps the pop within 1 s)."""
+    """How often the desk's one watcher asks the CRM for new pops, for all pages at once (ms; 300 or less: in 1 s)."""
     agents_hear_own_recordings: YesNo = False
     """An agent may play the recordings of their own calls (never another agent's); supervisors hear all."""
     # where the recorder writes ([recording] directory, relative to sip.conf); files are served from here only

@@ -29,13 +29,27 @@ from aiosipua import build_sdp
 
 from crm_bridge.records import RecordAgentState
 from ivr.acd import AgentState, Offer, Seat, Waiting
+from ivr.agent_srtp import SrtpOffer, accept_answer, secure_offer, srtp_offer
 from ivr.callflow import CallFlow
 from ivr.config import AgentConfig, Config
 from ivr.events import AgentAnswered, AgentHungUp, AgentNoAnswer, AgentRinging, Event, WhisperFinished, utc_now
-from ivr.media import CODEC_NAMES, SAMPLES_PER_FRAME, SILENCE_FRAMES, MediaClock, RtpPortPool, RtpSession, open_rtp
+from ivr.media import (
+    CODEC_NAMES,
+    SAMPLES_PER_FRAME,
+    SILENCE_FRAMES,
+    MediaClock,
+    RtpPortPool,
+    RtpSession,
+    SrtpRtpSession,
+    WebRtcFailed,
+    WebRtcSession,
+    open_rtp,
+    open_webrtc,
+)
 from ivr.screenpop import DeskLink, desk_call_url, screen_pop
 from ivr.sip.calls import OutboundCall
-from ivr.sip.endpoint import SipEndpoint
+from ivr.sip.endpoint import ConnectionGone, SipEndpoint, StreamAddress
+from ivr.srtp import SrtpRefused
 from ivr.waiting import SeatGroupLoad, WaitEstimator
 
 log = structlog.get_logger("ivr.agents")
@@ -89,6 +103,8 @@ class AgentLeg:
         self.offer = offer
         self.agent = offer.agent
         self.rtp: RtpSession | None = None
+        self.srtp: SrtpOffer | None = None  # the SDES keys offered to the agent's phone ([801] srtp)
+        self.webrtc_offer: str | None = None  # a browser's leg: our DTLS-SRTP offer (ivr.media.open_webrtc)
         self.rtp_port: int | None = None
         self.out: OutboundCall | None = None
         self.ring_timer: asyncio.TimerHandle | None = None
@@ -148,7 +164,10 @@ class Agents:
         self.pacer = pacer  # serves each answered agent leg until its bridge does
         self.desk = desk or DeskLink()
         self.legs_by_agent_call: dict[str, AgentLeg] = {}  # by the agent call's Call-ID
+        self.srtp_modes = {a.number: a.srtp.lower() for a in config.agents}  # [801] srtp
         self.registrations: dict[str, asyncio.TimerHandle] = {}
+        # agents whose phone registered over a connection (TCP, TLS, WebSocket): bound to it until it closes
+        self.bound: dict[str, StreamAddress] = {}
         self._wrap_up: dict[str, asyncio.TimerHandle] = {}
         self._claiming = self._claim_again = self._refreshing = False
         self._states: dict[str, str] = {}
@@ -211,6 +230,9 @@ class Agents:
         old = self.registrations.pop(agent, None)
         if old is not None:
             old.cancel()
+        self.bound.pop(agent, None)
+        if isinstance(contact, StreamAddress):
+            self.bound[agent] = contact  # rung down this connection only, unbound when it closes
         if contact is None:
             self.pool.logout(agent)
             log.info("agent_unregistered", agent=agent)
@@ -221,8 +243,27 @@ class Agents:
         log.info("agent_registered", agent=agent, contact=f"{contact[0]}:{contact[1]}", expires=expires)
         self.assign()
 
+    def connection_closed(self, address: StreamAddress) -> None:
+        """A connection is gone: each agent registered over it is logged out now, and a call ringing
+        there goes back to the head of its queue (a call in talk ends as if the agent hung up)."""
+        for agent in [a for a, where in self.bound.items() if where == address]:
+            del self.bound[agent]
+            timer = self.registrations.pop(agent, None)
+            if timer is not None:
+                timer.cancel()
+            self.pool.logout(agent)
+            log.info("agent_unregistered", agent=agent, reason=f"{address.transport} connection closed")
+            for agent_leg in [leg for leg in self.legs_by_agent_call.values() if leg.agent == agent]:
+                if agent_leg.answered:
+                    self.end_leg(agent_leg, hang_up=False)
+                    agent_leg.caller.dispatch(AgentHungUp(utc_now()))
+                else:
+                    self._no_answer(agent_leg, "connection closed")
+            self.publish_states()
+
     def _expire(self, agent: str) -> None:
         self.registrations.pop(agent, None)
+        self.bound.pop(agent, None)
         self.pool.logout(agent)
         self.publish_states()
         log.info("agent_registration_expired", agent=agent)
@@ -321,9 +362,18 @@ class Agents:
     async def _ring_agent(self, agent_leg: AgentLeg) -> None:
         caller, offer = agent_leg.caller, agent_leg.offer
         g = self.config.general
+        browser = isinstance(offer.contact, StreamAddress) and offer.contact.transport in ("WS", "WSS")
+        agent_leg.srtp = None if browser else srtp_offer(self.srtp_modes.get(offer.agent, "off"))
         try:
-            agent_leg.rtp, agent_leg.rtp_port = await open_rtp(self.ports, g.bind, offer.contact, caller.payload_type,
-                                                               strict=False)
+            if browser:  # a page registered over a WebSocket: DTLS-SRTP with ICE-lite, what browsers speak
+                session, agent_leg.rtp_port, agent_leg.webrtc_offer = await open_webrtc(
+                    self.ports, g.bind, caller.payload_type, address=self.media_ip, call_log=caller.log)
+                session.on_failed = lambda reason: self._webrtc_failed(agent_leg, reason)
+                agent_leg.rtp = session
+            else:
+                agent_leg.rtp, agent_leg.rtp_port = await open_rtp(
+                    self.ports, g.bind, offer.contact, caller.payload_type, strict=False,
+                    secure=agent_leg.srtp is not None)
         except (OSError, RuntimeError) as exc:
             caller.log.error("agent_leg_failed", agent=offer.agent, error=str(exc))
             self._no_answer(agent_leg, f"media: {exc}")
@@ -331,7 +381,6 @@ class Agents:
         if agent_leg.ended or caller.closed:
             self.end_leg(agent_leg, hang_up=False)
             return
-        sdp = build_sdp(self.media_ip, agent_leg.rtp_port, caller.payload_type, CODEC_NAMES[caller.payload_type])
         record = caller.flow.record
         caller_number = record.caller if record else "ivr"
         # the agent's phone shows who calls and why, whatever the softphone: name, tier and service
@@ -340,13 +389,11 @@ class Agents:
                          service=record.service if record else None, caller=caller_number, call_id=caller.call_id,
                          desk_url=desk_call_url(self.desk.base_url, caller.call_id) if self.desk.base_url else None,
                          template=self.desk.template)
-        out = self.endpoint.invite(
-            from_uri=f"sip:{caller_number}@{self.endpoint.host}:{g.port}", from_display=pop.display_name,
-            headers=dict(pop.headers),
-            # RFC 3261 §10.2.1: a registered phone is reached at the Contact URI it registered
-            request_uri=offer.contact_uri or f"sip:{offer.agent}@{offer.contact[0]}:{offer.contact[1]}",
-            destination=offer.contact, sdp=sdp,
-        )
+        try:
+            out = self._invite(agent_leg, pop, caller_number)
+        except ConnectionGone as exc:  # its connection closed meanwhile: never rung anywhere else
+            self._no_answer(agent_leg, str(exc))
+            return
         agent_leg.out = out
         self.legs_by_agent_call[out.call_id] = agent_leg
         out.on_answer = lambda _out: self._answered(agent_leg)
@@ -356,6 +403,19 @@ class Agents:
         )
         caller.dispatch(AgentRinging(utc_now(), offer.agent))
 
+    def _invite(self, agent_leg: AgentLeg, pop: Any, caller_number: str) -> OutboundCall:
+        caller, offer = agent_leg.caller, agent_leg.offer
+        g = self.config.general
+        assert agent_leg.rtp_port is not None
+        sdp = build_sdp(self.media_ip, agent_leg.rtp_port, caller.payload_type, CODEC_NAMES[caller.payload_type])
+        return self.endpoint.invite(
+            from_uri=f"sip:{caller_number}@{self.endpoint.host}:{g.port}", from_display=pop.display_name,
+            headers=dict(pop.headers),
+            # RFC 3261 §10.2.1: a registered phone is reached at the Contact URI it registered
+            request_uri=offer.contact_uri or f"sip:{offer.agent}@{offer.contact[0]}:{offer.contact[1]}",
+            destination=offer.contact, sdp=secure_offer(sdp, agent_leg.srtp), body=agent_leg.webrtc_offer,
+        )
+
     def _answered(self, agent_leg: AgentLeg) -> None:
         if agent_leg.ended:
             return
@@ -364,6 +424,23 @@ class Agents:
         out = agent_leg.out
         assert out is not None
         answer = out.sdp_answer
+        if isinstance(agent_leg.rtp, WebRtcSession):
+            try:  # the browser's fingerprint, ICE credentials and DTLS role; media flows once both complete
+                agent_leg.rtp.accept_answer(out.answer_text or "")
+            except WebRtcFailed as exc:
+                self._answer_refused(agent_leg, f"WebRTC answer: {exc}")
+                return
+            answer = None  # the media address is the one ICE nominates, not the answer's c= line
+        elif agent_leg.srtp is not None and isinstance(agent_leg.rtp, SrtpRtpSession):
+            try:
+                context = accept_answer(answer, agent_leg.srtp)
+            except SrtpRefused as exc:
+                self._answer_refused(agent_leg, exc.reason)
+                return
+            if context is None:
+                agent_leg.rtp.go_clear()
+            else:
+                agent_leg.rtp.attach_srtp(context)
         remote = answer.rtp_address if answer is not None else None
         if remote is not None and agent_leg.rtp is not None:
             agent_leg.rtp.update_remote(remote)
@@ -373,6 +450,37 @@ class Agents:
         self.pool.answered(agent_leg.agent)
         self.publish_states()
         agent_leg.caller.dispatch(AgentAnswered(utc_now(), agent_leg.agent, agent_leg.offer.seat_group))
+
+    def _webrtc_failed(self, agent_leg: AgentLeg, why: str) -> None:
+        """A browser leg's media failed (ICE or DTLS timed out, a certificate not matching the answer's
+        fingerprint): before or at the answer, the caller goes back to the queue; in talk, the agent is
+        gone as after a hang-up."""
+        if agent_leg.ended:
+            return
+        agent_leg.caller.log.warning("agent_media_failed", agent=agent_leg.agent, reason=why)
+        if not agent_leg.answered:
+            self._no_answer(agent_leg, f"media: {why}")
+        elif agent_leg.caller.flow.state.value in ("announcing", "bridged"):
+            self.end_leg(agent_leg, hang_up=True)
+            agent_leg.caller.dispatch(AgentHungUp(utc_now()))
+
+    def _answer_refused(self, agent_leg: AgentLeg, why: str) -> None:
+        """The agent's phone answered in a way the leg cannot take (clear media on a secure seat):
+        hang up on it, and the caller goes back to the head of the queue as after no answer. The
+        agent is paused: that phone would answer every call the same way (the agent resumes with
+        *47 or the desk's button once the phone is fixed)."""
+        agent_leg.caller.log.warning("agent_leg_refused", agent=agent_leg.agent, reason=why)
+        agent_leg.answered = True  # a BYE for the dialog its 200 made, not a CANCEL
+        self.end_leg(agent_leg, hang_up=True, release=False)
+        self.pool.no_answer(agent_leg.agent, utc_now())
+        agent_leg.caller.dispatch(AgentNoAnswer(utc_now(), agent_leg.agent))
+        self.spawn(self._pause_then_assign(agent_leg.agent))
+
+    async def _pause_then_assign(self, agent: str) -> None:
+        try:
+            await self.set_paused(agent, True)
+        finally:
+            self.assign()
 
     def _no_answer(self, agent_leg: AgentLeg, why: str) -> None:
         if agent_leg.ended or agent_leg.answered:

@@ -122,6 +122,7 @@ SURVEY_TIMER = "survey"
 CLOSED_TIMER = "closed"  # listening for the callback key after the closed message
 DIAL_TIMER = "dial"  # a callback's wait for an agent of its group to answer
 MAX_POSITION_PROMPT = 9  # beyond this the caller hears "多位"
+RECORDING_NOTICE_PROMPT = "recording_notice"  # "为了提高服务质量,您的通话可能会被录音"
 TICKET_FEEDBACK_DUE = timedelta(hours=24)  # [002] "坚持至少每天反馈一次"
 
 
@@ -150,6 +151,26 @@ class SilentRoutine:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordingRule:
+    """Which bridged calls are recorded (`[recording]`), and whether the caller is told before the agent.
+
+    Empty `seat_groups` / `services` mean all of them. The flow only decides
+    the notice; `ivr.recording` records the calls `covers` names, so the two
+    never disagree about a call.
+    """
+
+    enabled: bool = False
+    seat_groups: frozenset[str] = frozenset()
+    services: frozenset[str] = frozenset()
+    announce: bool = True
+
+    def covers(self, seat_group: str | None, service: str | None) -> bool:
+        return (self.enabled
+                and (not self.seat_groups or seat_group in self.seat_groups)
+                and (not self.services or service in self.services))
+
+
+@dataclass(frozen=True, slots=True)
 class FlowSettings:
     ring_seconds: float = 6.0
     silent_routine: SilentRoutine = SilentRoutine()
@@ -166,6 +187,7 @@ class FlowSettings:
     hours: BusinessHours | None = None
     closed_listen_seconds: float = 8.0
     callback_agent_seconds: float = 120.0  # a callback that finds no agent in this time is an attempt failed
+    recording: RecordingRule = RecordingRule()  # off unless [recording] says so (ivr.config turns it on)
 
 
 class State(enum.Enum):
@@ -241,6 +263,8 @@ class CallFlow:
         self.question: Question | None = None  # the question being asked (SURVEY)
         self.survey_asked = 0  # questions asked so far (a reprompt is the same question)
         self.survey_answered = 0
+        self.notice_heard = False  # the recording notice played to its end
+        self.recorded = False  # the bridge with the agent who answered is recorded ([recording], RecordingRule)
 
     # --- public API -------------------------------------------------------------
 
@@ -434,9 +458,34 @@ class CallFlow:
         actions.append(JoinQueue(self.tier, service))
         self._step(actions, at, "queued", f"seat_group={self.tier} service={service}")
         actions.append(Music(True))  # never dead air: music between the announcements
-        self._play(actions, HOLD_PROMPT)
+        if self._owes_notice(self.tier, service):
+            # "为了提高服务质量,您的通话可能会被录音": once, on joining the queue, before the position
+            self._play_all(actions, (HOLD_PROMPT, RECORDING_NOTICE_PROMPT))
+        else:
+            self._play(actions, HOLD_PROMPT)
+
+    def _owes_notice(self, seat_group: str | None, service: str | None) -> bool:
+        """The caller must hear the recording notice before this group's agent, and has not yet."""
+        rule = self.settings.recording
+        return rule.announce and not self.notice_heard and rule.covers(seat_group, service)
+
+    def _notice_finished(self, actions: list[Action], event: PromptFinished) -> None:
+        if event.prompt == RECORDING_NOTICE_PROMPT:
+            self.notice_heard = True
+            self._step(actions, event.at, "recording_notice")
+
+    def _announce_agent(self, actions: list[Action], agent: str, seat_group: str | None) -> None:
+        """ANNOUNCING: "您好,801号客服为您服务" ([004]), after the recording notice if it is still owed."""
+        assert self.record is not None
+        self.recorded = self.settings.recording.covers(seat_group, self.record.service)
+        self.state = State.ANNOUNCING
+        if self._owes_notice(seat_group, self.record.service):
+            self._play_all(actions, (RECORDING_NOTICE_PROMPT, agent_prompt(agent)))
+        else:
+            self._play(actions, agent_prompt(agent))
 
     def _on_queue_prompt_finished(self, event: PromptFinished, actions: list[Action]) -> None:
+        self._notice_finished(actions, event)
         if self._play_next(actions):
             return
         if not self.announced:
@@ -490,8 +539,7 @@ class CallFlow:
             # [003] "如用户有抱怨倾向将问题转给专人跟踪处理": a ticket to follow up
             actions.append(OpenTicket(self.sip_call_id, event.at, self.record.caller, event.agent,
                                       event.seat_group, event.at + TICKET_FEEDBACK_DUE))
-        self.state = State.ANNOUNCING
-        self._play(actions, agent_prompt(event.agent))  # [004] "您好,801号客服为您服务"
+        self._announce_agent(actions, event.agent, event.seat_group)
 
     def _on_queue_digit(self, event: Digit, actions: list[Action]) -> None:
         self._step(actions, event.at, "digit", f"digit={event.digit} via={event.via}")
@@ -526,7 +574,9 @@ class CallFlow:
     # --- with the agent ---
 
     def _on_announced(self, event: PromptFinished, actions: list[Action]) -> None:
-        self.playing = False
+        self._notice_finished(actions, event)
+        if self._play_next(actions):  # the agent's number after the recording notice
+            return
         self.state, self.bridged_at = State.BRIDGED, event.at
         actions.append(Bridge())
         self._step(actions, event.at, "bridged")
@@ -742,8 +792,7 @@ class CallFlow:
         self._update(actions, agent_number=event.agent, seat_group=event.seat_group)
         self._step(actions, event.at, "agent_answered",
                    f"agent={event.agent} seat_group={event.seat_group} transfer=yes")
-        self.state = State.ANNOUNCING
-        self._play(actions, agent_prompt(event.agent))
+        self._announce_agent(actions, event.agent, event.seat_group)
 
     def _on_transfer_bye(self, event: HungUp, actions: list[Action]) -> None:
         actions.extend((LeaveQueue(), Music(False), StopPlayback()))
@@ -782,8 +831,7 @@ class CallFlow:
         if self.record.service == "complaint":
             actions.append(OpenTicket(self.sip_call_id, event.at, self.record.caller, self.record.agent_number,
                                       self.record.seat_group, event.at + TICKET_FEEDBACK_DUE))
-        self.state = State.ANNOUNCING
-        self._play(actions, agent_prompt(self.record.agent_number or ""))  # [004] "您好,801号客服为您服务"
+        self._announce_agent(actions, self.record.agent_number or "", self.record.seat_group)
 
     def _on_customer_failed(self, event: CustomerFailed, actions: list[Action]) -> None:
         actions.append(HangUpAgent())
@@ -920,7 +968,8 @@ _TRANSITIONS: dict[TransitionKey, Transition] = {
     (QUEUED, HungUp):                       Transition(CallFlow._on_queue_bye, {ENDED}),  # abandoned_queue
     (QUEUED, Aborted):                      Transition(CallFlow._on_aborted, {ENDED}),
 
-    (ANNOUNCING, PromptFinished):           Transition(CallFlow._on_announced, {BRIDGED}),
+    # ANNOUNCING: the recording notice played, the agent's number next
+    (ANNOUNCING, PromptFinished):           Transition(CallFlow._on_announced, {ANNOUNCING, BRIDGED}),
     (ANNOUNCING, AgentHungUp):              Transition(CallFlow._on_agent_bye, {SURVEY}),
     (ANNOUNCING, Digit):                    Transition(CallFlow._on_queue_digit, {ANNOUNCING}),
     (ANNOUNCING, CallerIdentified):         Transition(CallFlow._ignore_late, {ANNOUNCING}),

@@ -37,7 +37,7 @@ from pydantic.dataclasses import dataclass as section_model
 
 from crm_bridge.customers import TierThresholds
 from crm_bridge.settings import WebhookConfig
-from ivr.callflow import GREETING, FlowSettings, SilentRoutine
+from ivr.callflow import GREETING, FlowSettings, RecordingRule, SilentRoutine
 from ivr.greeting import DEFAULT_DAYPARTS, FIVE_PART_DAYPARTS, Daypart, HolidayFileError, load_holiday_file
 from ivr.hours import DEFAULT_SCHEDULE, HoursConfig, Schedule, parse_schedule
 from ivr.questionnaire import QuestionnaireSet, default_questionnaires, load_questionnaires
@@ -283,6 +283,8 @@ class GeneralConfig:
     """A TCP/TLS connection without a complete message or keep-alive this long is closed, unless a call runs on it."""
     max_connections: Annotated[int, whole(1, 100_000)] = 1000
     """TCP and TLS connections at once; more are refused."""
+    tcp_keepalive_seconds: Annotated[float, number(0, 3600)] = 30.0
+    """A phone registered over TCP/TLS gets a CRLF ping this often; unacknowledged as long again: unbound. 0: none."""
 
     @property
     def rtp_ports(self) -> tuple[int, int]:
@@ -301,6 +303,18 @@ class GeneralConfig:
         if self.rtp_port_max - self.rtp_port_min < 2:
             raise SettingError("rtp_port_max", f"{self.rtp_port_max} must be above rtp_port_min "
                                                f"({self.rtp_port_min}) by 2 or more")
+        return self
+
+    @model_validator(mode="after")
+    def _wildcard_bind_names_its_address(self) -> Self:
+        """Via, Contact, Call-IDs and SDP carry advertised_ip (or bind): never an address no host can reach."""
+        wildcard = ("0.0.0.0", "::", "")
+        if self.advertised_ip in wildcard:
+            raise SettingError("advertised_ip", f"{self.advertised_ip!r} is not an address other hosts can reach")
+        if self.bind in wildcard and self.advertised_ip is None:
+            raise SettingError("advertised_ip", f"required when bind is {self.bind or 'empty'} (every address): the "
+                                                "address callers, the balancer and phones reach this IVR at, "
+                                                "written into Via, Contact and SDP")
         return self
 
     @model_validator(mode="after")
@@ -670,6 +684,9 @@ class AgentConfig:
     """sip: a SIP phone; browser: the desk page is the phone ([browser_phone]); both: either may register."""
     auto_answer: YesNo = False
     """The desk's browser phone answers an offered call by itself (no 接听 click)."""
+    srtp: Annotated[str, choice(("off", "optional", "required"), "an SRTP mode", "choose off, optional or required",
+                                any_case=True)] = "off"
+    """The agent leg's media: off (plain RTP/AVP), optional (offer RTP/SAVP with SDES keys, take plain), required."""
 
     @property
     def browser_phone(self) -> bool:
@@ -721,6 +738,21 @@ def _supervisors(raw: str) -> frozenset[str]:
 def _prefix(raw: str) -> str:
     if not raw or len(raw) > 8 or not all(ch in "0123456789*#" for ch in raw):
         raise ValueError("1-8 keypad characters, e.g. *222")
+    return raw
+
+
+def _origins(raw: str) -> frozenset[str]:
+    found = frozenset(o.rstrip("/").lower() for o in _comma_set(raw))
+    for origin in found:
+        scheme, _, host = origin.partition("://")
+        if scheme not in ("http", "https") or not host or "/" in host:
+            raise ValueError(f"an origin is scheme://host[:port] such as https://desk.example.com, got {origin!r}")
+    return found
+
+
+def _ws_path(raw: str) -> str:
+    if not raw.startswith("/") or any(c in raw for c in " ?#"):
+        raise ValueError("a URL path such as /sip")
     return raw
 
 
@@ -803,6 +835,86 @@ class MonitoringConfig:
         return self
 
 
+RECORDING_FORMATS = ("wav-pcm16", "wav-alaw", "wav-ulaw", "flac")  # ivr.recording writes each
+
+
+def _seat_groups(raw: str) -> frozenset[str]:
+    found = _comma_set(raw)
+    if found - set(SEAT_GROUPS):
+        raise ValueError(f"choose among {', '.join(SEAT_GROUPS)} (comma-separated), or leave it empty for all")
+    return found
+
+
+def _services(raw: str) -> frozenset[str]:
+    found = _comma_set(raw)
+    if found - set(SERVICES):
+        raise ValueError(f"choose among {', '.join(SERVICES)} (comma-separated), or leave it empty for all")
+    return found
+
+
+@section_model(config=SECTION, slots=True)
+class RecordingConfig:
+    """`[recording]`: bridged calls recorded in stereo (caller left, agent right) by ivr.recording."""
+
+    enabled: YesNo = True
+    """Record bridged calls (the conversation with the agent only, never prompts or hold music)."""
+    seat_groups: Annotated[frozenset[str], text("a list of seat groups", _seat_groups)] = frozenset()
+    """Record only calls answered by these seat groups (comma-separated); empty: every group."""
+    services: Annotated[frozenset[str], text("a list of services", _services)] = frozenset()
+    """Record only calls for these services (comma-separated, e.g. complaint); empty: every service."""
+    directory: FilePath = Field(default=Path("var/recordings"), validate_default=True)
+    """Where the files go, as YYYY/MM/DD/<time>-<hash of the Call-ID>-<n>.<ext> (UTC dates)."""
+    format: Annotated[str, choice(RECORDING_FORMATS, "a recording format")] = "wav-pcm16"
+    """wav-pcm16 (32 kB/s), wav-alaw or wav-ulaw (G.711, 16 kB/s), or flac (lossless, smaller)."""
+    retention_days: Annotated[int, whole(1, 3650)] = 90
+    """Days a recording is kept before `python -m crm_bridge retention` deletes it (open complaints: kept)."""
+    announce: YesNo = True
+    """Tell the caller "为了提高服务质量,您的通话可能会被录音" before a recorded call's agent is put through."""
+    pause_code: Annotated[str, text("a feature code like *48", _feature_code)] = "*48"
+    """Keys the agent presses on the phone during the call to pause the recording, and again to resume."""
+
+    def rule(self) -> RecordingRule:
+        return RecordingRule(self.enabled, self.seat_groups, self.services, self.announce)
+
+
+def _feature_code(raw: str) -> str:
+    if not 2 <= len(raw) <= 6 or any(ch not in "0123456789*#" for ch in raw):
+        raise ValueError("2 to 6 keys of 0-9, * and #")
+    return raw
+
+
+@section_model(config=SECTION, slots=True)
+class WebSocketConfig:
+    """SIP over WebSocket (RFC 7118, `[websocket]`): agents' browsers (JsSIP) register and are rung over it."""
+
+    enabled: YesNo = False
+    """Listen for SIP over WebSocket (WS, or WSS with tls = yes)."""
+    bind: IPAddress = "127.0.0.1"
+    """Address of the WebSocket listener; loopback unless a browser elsewhere must reach it (then use tls)."""
+    port: Port = 8088
+    """TCP port of the WebSocket listener."""
+    path: Annotated[str, text("a URL path", _ws_path)] = "/sip"
+    """URL path browsers connect to (wss://host:port/sip); any other path is refused 404."""
+    tls: YesNo = False
+    """WSS: TLS with tls_certificate/tls_key here, else [general]'s; browsers need it off loopback."""
+    tls_certificate: OptionalPath = None
+    """PEM certificate (chain) for WSS, relative to sip.conf; empty: [general] tls_certificate."""
+    tls_key: OptionalPath = None
+    """PEM private key of tls_certificate, relative to sip.conf; empty: [general] tls_key."""
+    origins: Annotated[frozenset[str], text("a comma-separated list of origins", _origins)] = frozenset()
+    """Pages allowed to connect (Origin header), e.g. https://desk.example.com; others get 403 and count to a ban."""
+    ping_seconds: Annotated[float, number(5, 300)] = 20.0
+    """A WebSocket ping this often; no pong within as long again closes the connection and unbinds its agent."""
+
+    def pem_files(self, general: GeneralConfig) -> tuple[Path, Path] | None:
+        """The certificate and key WSS uses (its own, else [general]'s); None for plain WS."""
+        if not self.tls:
+            return None
+        certificate, key = self.tls_certificate or general.tls_certificate, self.tls_key or general.tls_key
+        assert certificate is not None and key is not None  # checked by load_config
+        return certificate, key
+
+
 def _ws_url(raw: str) -> str:
     if raw and not raw.startswith(("ws://", "wss://")):
         raise ValueError("start with wss:// (or ws:// on loopback), e.g. wss://ivr.example.com:8089/sip")
@@ -848,6 +960,8 @@ SECTIONS: dict[str, type] = {
     "survey": SurveyConfig,
     "followup": FollowupConfig,
     "monitoring": MonitoringConfig,
+    "recording": RecordingConfig,
+    "websocket": WebSocketConfig,
     "browser_phone": BrowserPhoneConfig,
 }
 _KNOWN: dict[str, set[str]] = {name: known_keys(model) for name, model in SECTIONS.items()}
@@ -888,6 +1002,8 @@ class Config:
     questionnaires: QuestionnaireSet = field(default_factory=default_questionnaires)
     followup: FollowupConfig = field(default_factory=FollowupConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     browser_phone: BrowserPhoneConfig = field(default_factory=BrowserPhoneConfig)
 
     @property
@@ -903,6 +1019,7 @@ class Config:
             survey_timeout_seconds=self.survey.timeout_seconds,
             questionnaires=self.questionnaires,
             position_every_seconds=self.queues.position_every_seconds,
+            recording=self.recording.rule(),
         )
 
 
@@ -953,8 +1070,26 @@ def load_config(path: Path) -> Config:
         questionnaires=questionnaires,
         followup=conf.section("followup", FollowupConfig),
         monitoring=monitoring,
+        recording=conf.section("recording", RecordingConfig),
+        websocket=_websocket(conf, general),
         browser_phone=browser_phone,
     )
+
+
+def _websocket(conf: SipConf, general: GeneralConfig) -> WebSocketConfig:
+    ws = conf.section("websocket", WebSocketConfig)
+    if not (ws.enabled and ws.tls):
+        return ws
+    certificate, key = ws.tls_certificate or general.tls_certificate, ws.tls_key or general.tls_key
+    for name, path in (("tls_certificate", certificate), ("tls_key", key)):
+        if path is None or not path.is_file():
+            raise conf.error("websocket", name, "required with tls = yes (a PEM file; or set it in [general])")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(certificate), str(key))
+    except (ssl.SSLError, ValueError) as exc:
+        raise conf.error("websocket", "tls_certificate",
+                         f"{certificate} and {key} are not a PEM certificate and its key ({exc})") from None
+    return ws
 
 
 def _agent_sections(conf: SipConf) -> list[str]:

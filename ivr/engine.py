@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from crm_bridge.customers import CallerDirectory, CallerProfile
 from crm_bridge.writer import CrmWriter
 from ivr.acd import Acd, agent_queue
 from ivr.agents import AgentPool, Agents
+from ivr.browser import browser_offer_refusal, websocket_settings
 from ivr.callbacks import CallbackScheduler
 from ivr.callflow import State
 from ivr.config import Config
@@ -62,7 +63,7 @@ from ivr.screenpop import DeskLink
 from ivr.service import SEAT_GROUPS
 from ivr.sip.calls import InboundCall, OutboundCall
 from ivr.sip.dialogs import address_user
-from ivr.sip.endpoint import Address, Headers, SipEndpoint
+from ivr.sip.endpoint import Address, Headers, SipEndpoint, StreamAddress
 from ivr.srtp import SrtpRefused, negotiate_srtp
 from prompts.catalogue import salutation_prompt, senior_salutation
 from prompts.library import PromptLibrary
@@ -128,6 +129,7 @@ class Engine:
             g.bind, g.port, self, user_agent=g.user_agent, advertised=g.advertised_ip, transports=g.transports,
             tls_port=g.tls_port, tls_certificate=str(g.tls_certificate or ""), tls_key=str(g.tls_key or ""),
             idle_seconds=g.tcp_idle_seconds, max_connections=g.max_connections,
+            websocket=websocket_settings(config), keepalive_seconds=g.tcp_keepalive_seconds,
         )
         self.agents = Agents(self.acd, config, self.endpoint, self.ports, self.legs, self._spawn, self.media_ip,
                              self.pacer, desk)
@@ -161,6 +163,9 @@ class Engine:
                 config, self.endpoint, followup_db, prompts, self.pacer, self.ports, self.media_ip, greeter.calendar,
                 departments_of(config), worker, inbound_waiting=self.acd.waiting, overloaded=self._overloaded,
                 spawn=self._spawn, acd=self.acd, legs=self.legs, new_leg=lambda call: FollowupLeg(self, call))
+
+        # desk commands that are not about the agent's state: command -> handler(agent, requested_by)
+        self.agent_command_hooks: dict[str, Callable[[str, str], None]] = {}
 
     def _overloaded(self) -> bool:
         """No follow-up starts while the event loop runs late or the IVR is near max_calls."""
@@ -230,7 +235,10 @@ class Engine:
             for command in commands:
                 log.info("agent_command", agent=command.agent, command=command.command,
                          requested_by=command.requested_by)
-                if command.command == "monitor":
+                hook = self.agent_command_hooks.get(command.command)
+                if hook is not None:  # pause_recording, resume_recording (ivr.recording)
+                    hook(command.agent, command.requested_by or command.agent)
+                elif command.command == "monitor":
                     self.monitoring.from_desk(command.supervisor or "", command.agent, command.mode or "")
                     continue
                 await self.agents.apply(command.command, command.agent)
@@ -308,6 +316,10 @@ class Engine:
             return
         if call.sdp_offer is None:
             self._reject(call, 488, "Not Acceptable Here", "no SDP offer (late offer is not supported)")
+            return
+        browser_refusal = browser_offer_refusal(call.source_addr, call.sdp_offer)
+        if browser_refusal is not None:  # over a WebSocket: browsers' media (DTLS-SRTP) only
+            self._reject(call, 488, "Not Acceptable Here", browser_refusal)
             return
         if not len(self.ports):
             self._reject(call, 503, "Service Unavailable", "RTP port range exhausted")
@@ -489,6 +501,21 @@ class Engine:
 
     def on_register(self, request: SipRequest, source: Address) -> tuple[int, str, Headers]:
         return self.registrar.handle(request, source)
+
+    def on_connection_closed(self, address: StreamAddress) -> None:
+        self.agents.connection_closed(address)
+        if self.agents.dirty and self.status_file is not None:  # an agent gone: the wallboard's file now
+            self.agents.dirty = False
+            write_status(self.status_file, self.acd, len(self.legs), self.pacer)
+
+    def ws_refused(self, source: Address, reason: str) -> None:
+        self.guard.auth_failed(source[0], source[1], "", reason)
+
+    def banned(self, host: str) -> bool:
+        return self.guard.banned(host)
+
+    def bound_connections(self) -> Collection[Address]:
+        return self.agents.bound.values()
 
     # --- once a second ----------------------------------------------------------------
 

@@ -151,8 +151,14 @@ class SrtpRtpSession(CycleFreeRtpSession):
     _srtp: SrtpContext | None = None
     unauthenticated = unprotectable = 0  # per session once incremented
 
+    _clear = False
+
     def attach_srtp(self, srtp: SrtpContext) -> None:
         self._srtp = srtp
+
+    def go_clear(self) -> None:
+        """The peer answered our SRTP offer in plain RTP and that is allowed: datagrams pass as they are."""
+        self._clear = True
 
     async def _bind_transports(self, local_addr: tuple[str, int], remote_addr: tuple[str, int]) -> None:
         await super()._bind_transports(local_addr, remote_addr)
@@ -166,6 +172,9 @@ class SrtpRtpSession(CycleFreeRtpSession):
 
     def _protecting(self, send: Callable[..., None]) -> Callable[..., None]:
         def protected_send(data: bytes, addr: tuple[str, int] | None = None) -> None:
+            if self._clear:
+                send(data, addr)
+                return
             if self._srtp is None:
                 return
             try:
@@ -186,6 +195,8 @@ class SrtpRtpSession(CycleFreeRtpSession):
 
     def _unprotected(self, data: bytes, *, rtcp: bool) -> bytes | None:
         """The clear datagram, or None (counted) when it fails authentication or replay checks."""
+        if self._clear:
+            return data
         if self._srtp is not None:
             try:
                 return self._srtp.unprotect_rtcp(data) if rtcp else self._srtp.unprotect(data)
@@ -237,15 +248,17 @@ async def open_rtp(
     dtmf_payload_type: int = 101,
     strict: bool = True,
     srtp: SrtpContext | None = None,
+    secure: bool = False,
 ) -> tuple[aiortp.RTPSession, int]:
     """Bind an RTP session on the next free port of the pool; returns it and its port.
 
-    With `srtp`, the session speaks SRTP/SRTCP with those keys (SrtpRtpSession).
+    With `srtp`, the session speaks SRTP/SRTCP with those keys (SrtpRtpSession); with `secure`
+    it is an SrtpRtpSession whose keys come later (an offer of ours awaiting its answer).
     Raises RuntimeError when the range is exhausted and OSError when no port
     of `BIND_ATTEMPTS` would bind.
     """
     session_class: type[aiortp.RTPSession]
-    if srtp is not None:
+    if srtp is not None or secure:
         session_class = StrictSrtpRtpSession if strict else SrtpRtpSession
     else:
         session_class = StrictRtpSession if strict else CycleFreeRtpSession

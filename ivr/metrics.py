@@ -20,6 +20,12 @@ engine when Prometheus scrapes, so the call path pays nothing for it.
     hotline_shared_agent_claims_failed_total      ... and claims the database could not take
     hotline_rtp_bind_retries_total                RTP ports found held by another process (another worker), skipped
     hotline_rtp_ports_free                        RTP ports of the range not in use (callers stay queued)
+    hotline_recordings_total{state}               recording files finished: complete, failed
+    hotline_recording_errors_total{kind}          write errors (no_space_left_on_device, …) and queue_full drops
+    hotline_recording_bytes_total{format}         bytes of complete recordings written
+    hotline_recording_seconds_total{format}       seconds of audio in them (bytes / seconds: the size per hour)
+    hotline_recording_queue_delay_seconds         histogram: how long a second of audio waited for the writer thread
+    hotline_recording_queue_depth                 seconds of audio queued for the writer thread, now
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sized
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -64,6 +70,20 @@ class Metrics:
                                registry=self.registry)
         self.queue_wait = Histogram("hotline_queue_wait_seconds", "Time callers spent queued", ["seat_group"],
                                     buckets=WAIT_BUCKETS, registry=self.registry)
+        # ivr.recording: counted in its writer thread (prometheus-client's metrics are thread-safe)
+        self.recordings = Counter("hotline_recordings", "Recording files finished, by state", ["state"],
+                                  registry=self.registry)
+        self.recording_errors = Counter("hotline_recording_errors", "Recording write errors and dropped seconds",
+                                        ["kind"], registry=self.registry)
+        self.recording_bytes = Counter("hotline_recording_bytes", "Bytes of complete recordings", ["format"],
+                                       registry=self.registry)
+        self.recording_seconds = Counter("hotline_recording_seconds", "Seconds of audio in complete recordings",
+                                         ["format"], registry=self.registry)
+        self.recording_queue_delay = Histogram(
+            "hotline_recording_queue_delay_seconds", "Wait of a second of audio for the recording writer",
+            buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2, 10), registry=self.registry)
+        self.recording_queue_depth = Gauge("hotline_recording_queue_depth",
+                                           "Seconds of audio queued for the recording writer", registry=self.registry)
 
     def watch(self, engine: Watched) -> None:
         self.registry.register(_EngineCollector(engine))

@@ -118,3 +118,16 @@ def screen_pop(
         headers.append(("Call-Info", f"<{safe_url}>;purpose=info"))
     text = display_text(name, tier, service, caller, template)
     return ScreenPop(quoted_display_name(text, max_chars), tuple(headers))
+
+
+def desk_base_url(public_url: str | None, bind: str, port: int) -> str | None:
+    """Where agents' phones find the desk (Call-Info): [desk] public_url, else its bind address.
+
+    None when neither names a reachable host: a desk bound to every address
+    (0.0.0.0, ::) without public_url would give phones http://0.0.0.0:8080.
+    """
+    if public_url:
+        return public_url
+    if bind in ("0.0.0.0", "::", ""):
+        return None
+    return f"http://[{bind}]:{port}" if ":" in bind else f"http://{bind}:{port}"

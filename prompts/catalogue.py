@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from ivr.callflow import MAX_POSITION_PROMPT, agent_prompt
+from ivr.callflow import MAX_POSITION_PROMPT, RECORDING_NOTICE_PROMPT, agent_prompt
 from ivr.greeting import HOLIDAY_KINDS, Daypart, greeting_prompt_id
 from ivr.hours import ALWAYS_OPEN, DEFAULT_SCHEDULE, closed_prompt, describe, parse_schedule
 from ivr.questionnaire import QuestionnaireSet, default_questionnaires
@@ -66,6 +66,8 @@ FIXED = {
     CALLBACK_CONFIRMED_PROMPT: "好的,稍后给您回过去,感谢您的来电!",
     TRANSFER_PROMPT: "正在为您转接,请稍候。",
     WHISPER_CALLBACK_PROMPT: "回拨。",  # heard by the agent: this call is a callback
+    # [recording] announce: before the agent of a recorded call is put through
+    RECORDING_NOTICE_PROMPT: "为了提高服务质量,您的通话可能会被录音。",
 }
 # Position 1 is the head of the queue (ivr.acd): nobody is ahead. Position n has n-1 callers ahead,
 # counted with the measure word: "两位".

@@ -9,9 +9,11 @@ cd "$(dirname "$0")/.."
 # chromium, chromium-driver, fonts-wqy-microhei: the desk's browser tests and report charts (CJK text);
 # baresip: a third-party phone in the end-to-end tests; iproute2 and nftables: the packet-loss test's
 # network namespace (the kernel may lack netem; an nftables rule drops the packets then);
-# sqlite3: the README's look into the CRM
+# sqlite3: the README's look into the CRM; libsndfile1: call recordings (soundfile)
+# systemd (systemd-analyze verify), util-linux (unshare, nsenter, runuser, setpriv) and strace (the system
+# calls a service makes, against its unit's filter): the service install test
 APT_PACKAGES=(espeak-ng libespeak-ng1 sip-tester sox postgresql python3-venv kamailio chromium chromium-driver
-              fonts-wqy-microhei baresip iproute2 nftables sqlite3)
+              fonts-wqy-microhei baresip iproute2 nftables sqlite3 libsndfile1 systemd util-linux strace)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -176,6 +176,14 @@ def write_ivr_config(
         extra = extra.replace("[limits]\n", "[limits]\n" + lag, 1)
     else:
         extra = f"[limits]\n{lag}" + extra
+    # Recording (on by default in sip.conf) is off unless a test's config has a [recording] section: the
+    # notice before the agent would shift the timings the other end-to-end tests' SIPp scenarios are cut to.
+    # Recordings go to the test's own directory, never the worktree's var/.
+    where = f"directory = {tmp / 'recordings'}\n"
+    if "[recording]\n" not in extra:
+        extra += f"\n[recording]\nenabled = no\n{where}"
+    elif "directory =" not in extra:
+        extra = extra.replace("[recording]\n", "[recording]\n" + where, 1)
     conf = tmp / "sip.conf"
     conf.write_text(
         f"""[general]

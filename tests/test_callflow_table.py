@@ -24,6 +24,7 @@ from ivr.callflow import (
     CallFlowBug,
     CallFlowError,
     FlowSettings,
+    RecordingRule,
     State,
     Transition,
     TransitionKey,
@@ -124,6 +125,7 @@ class Scenario(NamedTuple):
     steps: list[Step]
     ends_in: State
     menu: bool = True
+    recording: bool = False  # [recording] on for every call: the notice before the agent
 
 
 MENU_OFF = False
@@ -230,6 +232,10 @@ SCENARIOS: dict[str, Scenario] = {
     ], State.CLOSING),
     "transferred: hangs up while the next agent rings": Scenario([*TRANSFERRING_, (HungUp,)], State.ENDED),
     "transferred: aborted": Scenario([*TRANSFERRING_, (Aborted, "shutdown")], State.ENDED),
+    "recorded: the agent answers during the notice, it plays whole, then the agent's number": Scenario([
+        *QUEUED_, (PromptFinished, "hold"), (AgentAnswered, "801", "senior"),
+        (PromptFinished, "recording_notice"), (PromptFinished, "agent_801"),
+    ], State.BRIDGED, recording=True),
     "late events after the end": Scenario(
         [*ENDED_, *(step for t, step in SAMPLE.items() if t not in (Invited, CallbackStarted))], State.ENDED),
 }
@@ -243,8 +249,9 @@ HOURS = BusinessHours(HoursConfig(schedules={"default": ALWAYS_OPEN, CLOSED_NUMB
                       lambda _day: None)
 
 
-def new_flow(menu: bool = True) -> CallFlow:
-    return CallFlow("call-1", FlowSettings(ring_seconds=1, menu=MenuConfig(enabled=menu), hours=HOURS), greeter)
+def new_flow(menu: bool = True, recording: bool = False) -> CallFlow:
+    return CallFlow("call-1", FlowSettings(ring_seconds=1, menu=MenuConfig(enabled=menu), hours=HOURS,
+                                           recording=RecordingRule(enabled=recording)), greeter)
 
 
 def drive(flow: CallFlow, clock: FakeClock, steps: list[Step]) -> list[tuple[TransitionKey, State]]:
@@ -320,7 +327,7 @@ def test_every_event_type_has_a_sample() -> None:
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_scenario_ends_in_its_state(name: str) -> None:
     scenario = SCENARIOS[name]
-    flow = new_flow(scenario.menu)
+    flow = new_flow(scenario.menu, scenario.recording)
     drive(flow, FakeClock(), scenario.steps)
     assert flow.state is scenario.ends_in
 
@@ -335,7 +342,7 @@ def test_path_to_each_state_gets_there(state: State) -> None:
 def test_every_listed_transition_is_driven_or_listed_as_defensive_only() -> None:
     taken: set[tuple[TransitionKey, State]] = set()
     for scenario in SCENARIOS.values():
-        taken |= set(drive(new_flow(scenario.menu), FakeClock(), scenario.steps))
+        taken |= set(drive(new_flow(scenario.menu, scenario.recording), FakeClock(), scenario.steps))
     untaken = moves() - taken
     missing = sorted(f"{describe(key)} -> {after.name}" for key, after in untaken - DEFENSIVE_ONLY.keys())
     assert not missing, "rows no scenario takes (add a scenario, or DEFENSIVE_ONLY with the reason):\n" + "\n".join(missing)

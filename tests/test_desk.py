@@ -379,6 +379,16 @@ def test_pause_button_queues_a_command_for_the_ivr(desk) -> None:  # type: ignor
     assert [(c.agent, c.command, c.taken_by) for c in take_pending(engine, taken_by="ivr")] == [("801", "pause", "ivr")]
 
 
+def test_recording_buttons_queue_pause_and_resume_of_the_agents_recording(desk) -> None:  # type: ignore[no-untyped-def]
+    client, engine, _ = desk
+    login(client, "801", "pw801-secret")
+    page = client.get("/desk").text
+    assert 'id="cmd-pause_recording">暂停录音' in page and 'id="cmd-resume_recording">恢复录音' in page
+    for command in ("pause_recording", "resume_recording"):
+        client.post("/desk/command", data={"csrf": csrf_of(client, "/desk"), "command": command})
+    assert [c.command for c in take_pending(engine, taken_by="ivr")] == ["pause_recording", "resume_recording"]
+
+
 def test_pop_has_name_tier_service_wait_history_and_tickets(desk) -> None:  # type: ignore[no-untyped-def]
     client, engine, config = desk
     i = ids(engine)

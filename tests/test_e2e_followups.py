@@ -26,62 +26,13 @@ pytestmark = pytest.mark.e2e
 CUSTOMER = "13900000001"
 UNAVAILABLE = ROOT / "tests" / "sipp" / "customer_unavailable.xml"
 
-# The customer's phone: answers after 0.3 s of ringing, logs the INVITE (its From: the caller ID), presses
-# KEY (RFC 4733) AFTER ms after the answer, then either waits for the IVR's BYE or hangs up itself.
-CUSTOMER_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="followup_customer">
-  <recv request="INVITE" crlf="true">
-    <action>
-      CONTACT<ereg regexp=".*" search_in="hdr" header="From:" assign_to="ivr_from"/>
-      <ereg regexp=".*" search_in="hdr" header="To:" assign_to="me"/>
-    </action>
-  </recv>
-  <nop><action><log message="invite [call_id] [clock_tick] from [$ivr_from] to [$me]"/></action></nop>
-  <send>
-    <![CDATA[
-      SIP/2.0 180 Ringing
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <pause milliseconds="300"/>
-  <send retrans="500">
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: <sip:customer@[local_ip]:[local_port]>
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=customer 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 0 101
-      a=rtpmap:0 PCMU/8000
-      a=rtpmap:101 telephone-event/8000
-      a=fmtp:101 0-16
-
-    ]]>
-  </send>
-  <recv request="ACK" crlf="true"/>
-  <pause milliseconds="AFTER"/>
-  <nop><action><exec play_pcap_audio="/usr/share/sip-tester/dtmf_2833_KEY.pcap"/></action></nop>
-  ENDING
-  <nop><action><log message="ended [call_id] [clock_tick]"/></action></nop>
-</scenario>
-"""
+# The customer's phone (loadtest/scenarios/followup_customer.xml, which loadtest/bench.py --followups runs as
+# is): answers after 0.3 s of ringing, logs the INVITE (its From: the caller ID), presses 1 (RFC 4733) 2500 ms
+# after the answer, then waits for the IVR's BYE. `customer_scenario` derives the other keys, delays and a
+# customer who hangs up from it.
+CUSTOMER_UAS = (ROOT / "loadtest" / "scenarios" / "followup_customer.xml").read_text(encoding="ascii")
+PRESS = '<pause milliseconds="2500"/>\n  <nop><action><exec play_pcap_audio="/usr/share/sip-tester/dtmf_2833_1.pcap"/>'
+FROM = '<ereg regexp=".*" search_in="hdr" header="From:"'
 WAIT_FOR_BYE = """<recv request="BYE" timeout="60000"/>
   <send>
     <![CDATA[
@@ -113,12 +64,13 @@ HANG_UP = """<pause milliseconds="HOLD"/>
 
 
 def customer_scenario(tmp: Path, key: str, after_ms: int = 2500, hang_up_after_ms: int | None = None) -> Path:
-    ending = WAIT_FOR_BYE if hang_up_after_ms is None else HANG_UP.replace("HOLD", str(hang_up_after_ms))
+    assert CUSTOMER_UAS.count(PRESS) == 1 and CUSTOMER_UAS.count(WAIT_FOR_BYE) == 1 and CUSTOMER_UAS.count(FROM) == 1
+    text = CUSTOMER_UAS.replace(PRESS, PRESS.replace("2500", str(after_ms)).replace("dtmf_2833_1", f"dtmf_2833_{key}"))
+    if hang_up_after_ms is not None:
+        text = text.replace(WAIT_FOR_BYE, HANG_UP.replace("HOLD", str(hang_up_after_ms))).replace(
+            FROM, '<ereg regexp="sip:[^>]*" search_in="hdr" header="Contact:" assign_to="ivr_contact"/>\n      ' + FROM)
     path = tmp / f"followup_customer_{key}_{time.monotonic_ns()}.xml"
-    contact = "" if hang_up_after_ms is None else (
-        '<ereg regexp="sip:[^>]*" search_in="hdr" header="Contact:" assign_to="ivr_contact"/>\n      ')
-    text = CUSTOMER_UAS.replace("AFTER", str(after_ms)).replace("KEY", key).replace("ENDING", ending)
-    path.write_text(text.replace("CONTACT", contact), encoding="ascii")
+    path.write_text(text, encoding="ascii")
     return path
 
 

@@ -142,6 +142,7 @@ class OutboundCall:
         self.transaction: ClientTransaction | None = None
         self.dialog: Dialog | None = None
         self.sdp_answer: SdpMessage | None = None
+        self.answer_text: str | None = None  # the answer's SDP as received (a browser leg reads it whole)
         self.provisional = False
         self.final = False
         self.ended = False
@@ -199,6 +200,7 @@ class OutboundCall:
         self.endpoint.add_dialog(self.dialog, self)
         content_type = (response.content_type or "").split(";")[0].strip().lower()
         if response.body and content_type == "application/sdp":
+            self.answer_text = response.text
             try:
                 self.sdp_answer = parse_sdp(response.text)
             except Exception:  # noqa: BLE001 — a broken answer leaves the leg without media, not the IVR broken

@@ -1,4 +1,4 @@
-"""The SIP endpoint: the UDP, TCP and TLS transports, and dispatch between them, the transaction layer and the calls.
+"""The SIP endpoint: the UDP, TCP, TLS and WebSocket transports, and dispatch between them, the layer and the calls.
 
 This is the edge where SIP meets the network. A datagram, or a message framed
 off a TCP/TLS connection (`ivr.sip.stream`), is parsed (the
@@ -22,13 +22,23 @@ that remembers it belongs to a connection. Requests we send go on a live
 connection with the destination when there is one (an agent's phone that
 registered over TCP), else on a TCP connection we open when the phone's URI asks
 for `;transport=tcp`, else over UDP; their Via and Contact name the transport.
+
+SIP over WebSocket (RFC 7118, `ivr.sip.websocket`) is one more kind of
+connection in the same table. A peer that registered over a connection is
+reached through it alone: a request for a `StreamAddress` whose connection has
+closed is never sent over UDP (`invite` raises `ConnectionGone`), and the owner
+is told when an accepted connection closes (`on_connection_closed`), so the
+registration bound to it goes at once. Connections a registration is bound to
+are never closed as idle and get RFC 5626 CRLF pings; the kernel's keep-alives
+and TCP_USER_TIMEOUT close them when the peer's machine stops answering.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 import structlog
@@ -37,7 +47,7 @@ from aiosipua.sdp import SdpMessage, serialize_sdp
 
 from ivr.sip.calls import InboundCall, OutboundCall
 from ivr.sip.dialogs import Dialog, make_response, new_branch, new_call_id, new_tag
-from ivr.sip.stream import MESSAGE_SECONDS, PONG, Broken, Framed, Ping, StreamFramer
+from ivr.sip.stream import MESSAGE_SECONDS, PING, PONG, Broken, Framed, Ping, StreamFramer
 from ivr.sip.transactions import (
     AckReceived,
     ClientTransaction,
@@ -50,6 +60,7 @@ from ivr.sip.transactions import (
     header_tag,
     parse_top_via,
 )
+from ivr.sip.websocket import WsConnection, WsSettings, start_listener
 
 log = structlog.get_logger("ivr.sip")
 
@@ -67,9 +78,9 @@ SWEEP_SECONDS = 1.0  # how often connections are checked against the idle and me
 
 
 class StreamAddress(tuple[str, int]):
-    """A peer's (host, port) on a TCP or TLS connection; equal to the plain pair, plus its transport."""
+    """A peer's (host, port) on a TCP, TLS or WebSocket connection; equal to the plain pair, plus its transport."""
 
-    transport: str  # "TCP" or "TLS"
+    transport: str  # "TCP", "TLS", "WS" or "WSS"
 
     def __new__(cls, host: str, port: int, transport: str) -> StreamAddress:
         self = super().__new__(cls, (host, port))
@@ -103,6 +114,26 @@ class EndpointOwner(Protocol):
     def on_hold(self, call: OutboundCall, held: bool) -> None:
         """An agent's phone put its call on hold (re-INVITE sendonly or inactive), or took it off hold."""
         ...
+
+    def on_connection_closed(self, address: StreamAddress) -> None:
+        """A TCP, TLS or WebSocket connection is gone: what was bound to it (a registration) goes with it."""
+        ...
+
+    def ws_refused(self, source: Address, reason: str) -> None:
+        """A WebSocket handshake refused for a reason that counts as a failed authentication (foreign Origin)."""
+        ...
+
+    def banned(self, host: str) -> bool:
+        """The source is barred (too many failed authentications): no WebSocket for it either."""
+        ...
+
+    def bound_connections(self) -> Collection[Address]:
+        """The connections a registration is bound to: never idle-closed, kept alive with pings."""
+        ...
+
+
+class ConnectionGone(Exception):
+    """A request for a peer reachable only over a connection that has closed (RFC 5626's flow is gone)."""
 
 
 def response_address(request: SipRequest, source: Address) -> Address:
@@ -141,6 +172,7 @@ class _Connection(asyncio.Protocol):
         self.framer: StreamFramer | None = None
         self.closing: str | None = None  # why we closed it
         self.pending: list[bytes] = []  # written while our connect is under way
+        self.pinged = 0.0  # when we last sent a keep-alive ping
 
     @property
     def peer(self) -> str:
@@ -151,6 +183,8 @@ class _Connection(asyncio.Protocol):
         if not self.outbound:
             peer = transport.get_extra_info("peername") or ("", 0)
             self.address = StreamAddress(str(peer[0]), int(peer[1]), self.transport_name)
+            self.pinged = asyncio.get_running_loop().time()
+            _detect_half_open(transport.get_extra_info("socket"), self.endpoint.keepalive_seconds)
         self.endpoint.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
@@ -170,6 +204,13 @@ class _Connection(asyncio.Protocol):
         if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             self.endpoint.close_connection(self, f"peer not reading ({MAX_WRITE_BUFFER} bytes queued)", abort=True)
 
+    def shut(self, abort: bool = False) -> None:
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
 
 class SipEndpoint:
     """One SIP endpoint on UDP, TCP and TLS: see the module docstring."""
@@ -177,7 +218,8 @@ class SipEndpoint:
     def __init__(self, bind: str, port: int, owner: EndpointOwner, *, user_agent: str,
                  advertised: str | None = None, transports: frozenset[str] = frozenset({"udp"}),
                  tls_port: int = 5061, tls_certificate: str | None = None, tls_key: str | None = None,
-                 idle_seconds: float = 300.0, max_connections: int = 1000) -> None:
+                 idle_seconds: float = 300.0, max_connections: int = 1000, websocket: WsSettings | None = None,
+                 keepalive_seconds: float = 30.0) -> None:
         self.bind, self.port = bind, port
         self.owner = owner
         self.user_agent = user_agent
@@ -188,7 +230,11 @@ class SipEndpoint:
         self.tls_certificate, self.tls_key = tls_certificate, tls_key
         self.idle_seconds = idle_seconds
         self.max_connections = max_connections
-        self.connections: dict[Address, _Connection] = {}  # by the peer's plain (host, port)
+        self.connections: dict[Address, _Connection | WsConnection] = {}  # by the peer's plain (host, port)
+        self.websocket = websocket
+        self.keepalive_seconds = keepalive_seconds
+        self._stopping = False
+        self._ws_server: Any = None
         self._servers: list[asyncio.Server] = []
         self._connecting: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -223,13 +269,18 @@ class SipEndpoint:
                 self._servers.append(await loop.create_server(
                     lambda: _Connection(self, "TLS"), self.bind, self.tls_port, ssl=context,
                     ssl_handshake_timeout=MESSAGE_SECONDS, reuse_address=True))
+            if self.websocket is not None:
+                ws = self.websocket
+                listener = f"SIP {ws.transport} {ws.bind}:{ws.port}{ws.path}"
+                self._ws_server = await start_listener(self, ws)
         except OSError as exc:
             await self.stop()
             raise OSError(f"{listener}: {exc.strerror or exc} (is another process listening there?)") from None
-        if self._servers:
+        if self._servers or self._ws_server is not None:
             self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
 
     async def stop(self) -> None:
+        self._stopping = True  # connections closed now take no registration with them: the process ends
         if self._timer is not None:
             self._timer.cancel()
         if self._sweeper is not None:
@@ -237,6 +288,9 @@ class SipEndpoint:
             self._sweeper = None
         for server in self._servers:
             server.close()
+        if self._ws_server is not None:
+            self._ws_server.close(close_connections=False)  # each is shut below, after what is queued to it
+            self._ws_server = None
         for connection in list(self.connections.values()):
             self.close_connection(connection, "shutting down")
         self._servers.clear()
@@ -305,7 +359,10 @@ class SipEndpoint:
 
     # --- connections (TCP, TLS) ---------------------------------------------------------
 
-    def connection_made(self, connection: _Connection) -> None:
+    def connection_made(self, connection: _Connection | WsConnection) -> None:
+        if isinstance(connection, WsConnection):
+            self._accepted(connection)
+            return
         if connection.outbound:
             assert connection.transport is not None
             if connection.closing is not None:  # given up on while connecting
@@ -325,6 +382,15 @@ class SipEndpoint:
             connection.transport.abort()
             return
         connection.framer = StreamFramer(self._now(), idle_seconds=self.idle_seconds)
+        self._accepted(connection)
+
+    def _accepted(self, connection: _Connection | WsConnection) -> None:
+        if isinstance(connection, WsConnection) and len(self.connections) >= self.max_connections:
+            connection.closing = f"max_connections ({self.max_connections}) reached"
+            log.warning("sip_connection_refused", transport=connection.transport_name, peer=connection.peer,
+                        reason=connection.closing)
+            connection.shut()
+            return
         old = self.connections.get(connection.address)
         if old is not None:
             self.close_connection(old, "replaced by a new connection from the same address")
@@ -349,28 +415,64 @@ class SipEndpoint:
         except (OSError, TimeoutError) as exc:
             self.close_connection(connection, f"connect failed: {exc or type(exc).__name__}"[:200])
 
-    def connection_lost(self, connection: _Connection, exc: Exception | None) -> None:
-        if self.connections.get(connection.address) is connection:
-            del self.connections[connection.address]
+    def connection_lost(self, connection: _Connection | WsConnection, exc: Exception | None) -> None:
         if connection.closing is None:
             connection.closing = "closed by peer" if exc is None else f"lost: {exc}"[:200]
             log.info("sip_connection_closed", transport=connection.transport_name, peer=connection.peer,
                      reason=connection.closing, messages=connection.framer.messages if connection.framer else 0)
+        self._gone(connection)
 
-    def close_connection(self, connection: _Connection, reason: str, *, abort: bool = False) -> None:
+    def close_connection(self, connection: _Connection | WsConnection, reason: str, *, abort: bool = False) -> None:
         """Close a connection (after what is queued to it, unless `abort`), and log why."""
         if connection.closing is not None:
             return
         connection.closing = reason
-        if self.connections.get(connection.address) is connection:
-            del self.connections[connection.address]
         log.info("sip_connection_closed", transport=connection.transport_name, peer=connection.peer, reason=reason,
                  messages=connection.framer.messages if connection.framer else 0)
-        if connection.transport is not None:
-            if abort:
-                connection.transport.abort()
-            else:
-                connection.transport.close()
+        self._gone(connection)
+        connection.shut(abort)
+
+    def _gone(self, connection: _Connection | WsConnection) -> None:
+        """The connection no longer carries messages: the owner drops what was bound to it, at once."""
+        if self.connections.get(connection.address) is not connection:
+            return
+        del self.connections[connection.address]
+        if not connection.outbound and not self._stopping:  # a registration is bound to a connection the phone opened
+            try:
+                self.owner.on_connection_closed(connection.address)
+            except Exception:  # noqa: BLE001 — a connection's end must never take the endpoint down
+                log.exception("sip_connection_closed_handler_error", peer=connection.peer)
+            self.flush()  # CANCELs to what rang there are dropped, not sent over UDP
+
+    def ws_admit(self, source: Address, origin: str | None, path: str) -> tuple[int, str] | None:
+        """A WebSocket handshake: None to accept it, else the HTTP (status, reason) that refuses it."""
+        ws = self.websocket
+        assert ws is not None
+        where = f"{source[0]}:{source[1]}"
+        if self.owner.banned(source[0]):
+            log.warning("sip_websocket_refused", source=where, status=403, reason="source banned")
+            return 403, "Forbidden"
+        if path != ws.path:
+            log.warning("sip_websocket_refused", source=where, status=404, reason=f"path {path[:60]!r}")
+            return 404, "Not Found"
+        if origin is not None and origin.rstrip("/").lower() not in ws.origins:
+            # a page on another origin must not log an agent in: refused and counted towards a ban
+            log.warning("sip_websocket_refused", source=where, status=403, reason=f"origin {origin[:80]!r}")
+            self.owner.ws_refused(source, f"origin {origin[:80]} not allowed")
+            return 403, "Forbidden"
+        return None
+
+    def ws_message(self, connection: WsConnection, data: bytes) -> None:
+        """One WebSocket message: one SIP message (RFC 7118 §5)."""
+        if connection.closing is not None:
+            return
+        try:
+            if data.strip():  # a CRLF keep-alive some clients send over WebSocket too
+                self._message(data, connection.address)
+        except Exception:  # noqa: BLE001 — one message must never take the endpoint down
+            log.exception("sip_handler_error", source=connection.peer, line=self.request_line[:120])
+        finally:
+            self.flush()
 
     def stream_received(self, connection: _Connection, data: bytes) -> None:
         framer = connection.framer
@@ -407,13 +509,23 @@ class SipEndpoint:
         """Close connections past their idle or message deadline; re-arms itself."""
         now = self._now()
         busy = {c.source_addr if isinstance(c, InboundCall) else c.destination for c in self.dialogs.values()}
+        bound = set(self.owner.bound_connections())
         try:
             for connection in list(self.connections.values()):
-                assert connection.framer is not None
-                # a call's connection stays up however quiet the call is: its BYE must find the way
-                reason = connection.framer.expired(now, busy=connection.address in busy)
+                if connection.framer is None:
+                    continue  # a WebSocket: its pings find a dead peer
+                # a call's connection stays up however quiet the call is: its BYE must find the way;
+                # a registration's too, for the calls to come
+                reason = connection.framer.expired(now, busy=connection.address in busy or connection.address in bound)
                 if reason is not None:
                     self.close_connection(connection, reason, abort=True)
+                elif (isinstance(connection, _Connection) and connection.address in bound and self.keepalive_seconds
+                      and now - connection.pinged >= self.keepalive_seconds):
+                    # RFC 5626 §4.4.1's ping, from our side: the phone may pong or ignore it (RFC 3261 §7.5),
+                    # but its machine must acknowledge the bytes within TCP_USER_TIMEOUT or the kernel
+                    # drops the connection, which unbinds the agent (a half-open connection is found)
+                    connection.pinged = now
+                    connection.write(PING)
         finally:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
 
@@ -617,14 +729,21 @@ class SipEndpoint:
 
     def transport_to(self, destination: Address | None) -> str:
         """The transport a message to `destination` takes: that of a live connection with it, else UDP."""
-        if destination is None or not self.connections:
+        if destination is None:
             return "UDP"
         connection = self.connections.get(destination)
-        return connection.transport_name if connection is not None else "UDP"
+        if connection is None:
+            return destination.transport if isinstance(destination, StreamAddress) else "UDP"
+        return connection.transport_name
+
+    def _port_of(self, transport: str) -> int:
+        if transport in ("WS", "WSS") and self.websocket is not None:
+            return self.websocket.port
+        return self.tls_port if transport == "TLS" else self.port
 
     def via(self, destination: Address | None = None) -> str:
         transport = self.transport_to(destination)
-        port = self.tls_port if transport == "TLS" else self.port
+        port = self._port_of(transport)
         return f"SIP/2.0/{transport} {self.host}:{port};branch={new_branch()};rport"
 
     def contact_for(self, peer: Address | None, *, sips: bool = False) -> str:
@@ -639,6 +758,8 @@ class SipEndpoint:
             return f"<sip:{self.host}:{self.port};transport=tcp>"
         if transport == "TLS":
             return f"<sips:{self.host}:{self.tls_port}>" if sips else f"<sip:{self.host}:{self.tls_port};transport=tls>"
+        if transport in ("WS", "WSS"):  # RFC 7118 §5.2: in-dialog requests come back on the WebSocket
+            return f"<sip:{self.host}:{self._port_of(transport)};transport={transport.lower()}>"
         return self.contact
 
     def send_request(self, request: SipRequest, destination: Address) -> ClientTransaction:
@@ -666,8 +787,14 @@ class SipEndpoint:
         self.send_request(dialog.create_request(method, via=self.via(destination)), destination)
 
     def invite(self, *, from_uri: str, from_display: str | None, request_uri: str, destination: Address,
-               sdp: SdpMessage, headers: dict[str, str] | None = None) -> OutboundCall:
-        """Place a call (to an agent): INVITE with our SDP offer."""
+               sdp: SdpMessage, headers: dict[str, str] | None = None, body: str | None = None) -> OutboundCall:
+        """Place a call (to an agent): INVITE with our SDP offer.
+
+        A `StreamAddress` destination is a phone reached over the connection it registered on
+        (a WebSocket's `.invalid` host has no other way in): without that connection the call
+        cannot be placed (`ConnectionGone`), never sent over UDP instead."""
+        if isinstance(destination, StreamAddress) and destination not in self.connections:
+            raise ConnectionGone(f"{destination.transport} connection {_where(destination)} closed")
         if ("tcp" in self.transports and ";transport=tcp" in request_uri.lower()
                 and destination not in self.connections):
             self.connect(destination)  # the phone asked for TCP (RFC 3263 §4.1) and holds no connection with us
@@ -684,7 +811,8 @@ class SipEndpoint:
         h.set_single("Allow", ALLOW)
         for name, value in (headers or {}).items():
             h.set_single(name, value)
-        invite.body = serialize_sdp(sdp).encode()
+        # `body`: an offer written whole elsewhere (a browser leg's DTLS-SRTP offer, ivr.media.open_webrtc)
+        invite.body = (body if body is not None else serialize_sdp(sdp)).encode()
         h.set_single("Content-Type", "application/sdp")
         call = OutboundCall(self, invite, destination)
         call.transaction = self.send_request(invite, destination)
@@ -698,6 +826,23 @@ class SipEndpoint:
 
     def forget_dialog(self, dialog: Dialog) -> None:
         self.dialogs.pop(dialog.key, None)
+
+
+def _detect_half_open(sock: Any, seconds: float) -> None:
+    """Kernel keep-alives on an accepted connection, and a bound on unacknowledged data (Linux's
+    TCP_USER_TIMEOUT): a peer that vanished without a FIN is found in about `seconds`, not hours."""
+    if sock is None or not seconds:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(seconds)))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(seconds) // 3))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
+    except OSError as exc:
+        log.warning("sip_keepalive_unavailable", error=str(exc))
 
 
 def _dialog_key(request: SipRequest) -> DialogKey:

@@ -28,6 +28,7 @@ MAX_HEADERS: Final = 16 * 1024
 MAX_MESSAGE: Final = 64 * 1024
 MESSAGE_SECONDS: Final = 10.0
 PONG: Final = b"\r\n"
+PING: Final = b"\r\n\r\n"
 
 _END_OF_HEADERS: Final = b"\r\n\r\n"
 # "Content-Length" or its compact form "l" (§7.3.3), at the start of a header line.
