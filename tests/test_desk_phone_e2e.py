@@ -28,13 +28,12 @@ from aiosipua import SipMessage, SipRequest, SipResponse, parse_auth
 from ivr.phone_credentials import BrowserCredentials, derive_password
 from ivr.registrar import RegisterHandler, Registrar
 
-from .conftest import ROOT, free_port
+from .conftest import free_port
 from .test_desk_e2e import CHROMIUM_FLAGS, login, start_desk
 
 pytestmark = pytest.mark.e2e
 TOKEN_SECRET = "e2e-token-secret-0123456789abcdef0123456789"
 LIFETIME = 1800
-SCREENSHOT = ROOT / "docs" / "screenshots" / "desk-phone.png"
 
 
 @dataclass
@@ -244,8 +243,6 @@ def test_the_browser_agent_goes_online_registers_with_issued_credentials_and_log
         assert driver.find_element("id", "phone-offline").is_displayed()
         assert driver.find_element("id", "phone-answer").get_attribute("disabled") is not None
         assert not driver.find_element("id", "phone-problem").is_displayed()
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(SCREENSHOT))
 
         driver.find_element("css selector", "header form button").click()  # 退出
         wait(10, lambda d: "/login" in d.current_url)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import free_port, load_customers, sipp
+from .conftest import ROOT, free_port, load_customers, sipp
 from .test_desk_e2e import login, start_desk
 from .test_desk_phone_e2e import chromium
 from .test_e2e_monitoring import wait_for_log
@@ -26,6 +26,7 @@ from .test_e2e_sip import crm_rows
 
 pytestmark = pytest.mark.e2e
 CUSTOMER, NAME = "13800000001", "赵丽华"  # the first number of loadtest/scenarios/callers.csv
+SCREENSHOT = ROOT / "docs" / "screenshots" / "desk-phone.png"
 TOKEN_SECRET = "ivr-e2e-token-secret-0123456789abcdef0123456"
 
 
@@ -79,6 +80,8 @@ def test_the_desk_page_registers_with_the_ivr_over_websocket_answers_a_routed_ca
         wait(5, lambda d: d.find_element("id", "phone-timer").is_displayed())
         time.sleep(2)
         assert text("phone-timer") >= "00:01"
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(SCREENSHOT))  # in the call: the pop, 通话中, the timer
         driver.find_element("id", "phone-hangup").click()
         wait(10, lambda d: text("phone-call") == "通话已结束")
         # the caller is now in the survey (its row ends with it): the agent's hang-up is on the row already
