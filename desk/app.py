@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -35,7 +37,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -60,6 +62,7 @@ from desk.config import DeskConfig
 from desk.quality import read_form
 from desk.timeline import timeline_for_call
 from desk.watcher import DeskWatcher, Pop
+from ivr.phone_credentials import issue
 from ivr.service import SERVICES
 
 HERE = Path(__file__).parent
@@ -83,8 +86,9 @@ CSP = (
 class SecurityHeaders:
     """Plain ASGI middleware (it must not buffer the event streams)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, csp: str = CSP) -> None:
         self.app = app
+        self.csp = csp.encode()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -95,7 +99,7 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers += [
-                    (b"content-security-policy", CSP.encode()),
+                    (b"content-security-policy", self.csp),
                     (b"x-frame-options", b"DENY"),
                     (b"x-content-type-options", b"nosniff"),
                     (b"referrer-policy", b"same-origin"),
@@ -627,6 +631,28 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         target = back if isinstance(back, str) and back.startswith("/") and not back.startswith("//") else "/wallboard"
         return RedirectResponse(f"{target}{'&' if '?' in target else '?'}monitor={mode}", 303)
 
+    # --- the browser phone (desk/static/phone.js) ---------------------------------------------
+
+    async def phone_credentials(request: Request) -> Response:
+        """What the page's phone registers this session's seat with: short-lived derived credentials
+        (ivr.phone_credentials), never the seat's SIP secret; the IVR's registrar derives the same."""
+        await _form(request)  # the token first: a forged post gets no credentials, whoever is logged in
+        _, seat = need_agent(request)
+        agent, phone = config.agent(seat), config.browser_phone
+        if agent is None or not agent.browser_phone:
+            raise HTTPException(403, "此坐席未开通网页电话(sip.conf 坐席设置 phone = browser 或 both)。")
+        issued = issue(phone.token_secret, seat, time.time(), phone.credential_seconds)
+        body = {
+            "ws_url": phone.ws_url,
+            "uri": f"sip:{seat}@{urlsplit(phone.ws_url).hostname}",
+            "authorization_user": issued.authorization_user,
+            "password": issued.password,
+            "expires": issued.expires,
+            "lifetime": phone.credential_seconds,  # the page renews by its own clock, whatever its skew
+            "auto_answer": agent.auto_answer,
+        }
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
     # --- errors ------------------------------------------------------------------------
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -665,6 +691,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         post("/tickets/{ticket_id}/dnc", ticket_dnc),
         Route("/followups", followups_page),
         post("/monitor", monitor),
+        post("/phone/credentials", phone_credentials),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     # QA review (质检): the form is read and checked at start (FormError: file:line: reason), its version stored
@@ -673,7 +700,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
     helpers = qa_pages.Helpers(config, engine, db, need, render, _form, text, choice, int_param)
     routes += qa_pages.routes(helpers, form, form_id)
     middleware = [
-        Middleware(SecurityHeaders),
+        Middleware(SecurityHeaders, csp=_csp(config.browser_phone.ws_url)),
         Middleware(
             SessionMiddleware,
             secret_key=secret_key or config.secret_key or secrets.token_urlsafe(48),
@@ -686,6 +713,14 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
     return Starlette(
         routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error, Exception: http_error}
     )
+
+
+def _csp(ws_url: str) -> str:
+    """The policy, letting the page's phone open its SIP WebSocket (another origin: the IVR's)."""
+    if not ws_url:
+        return CSP
+    parts = urlsplit(ws_url)
+    return CSP.replace("connect-src 'self'", f"connect-src 'self' {parts.scheme}://{parts.netloc}")
 
 
 def _sse(event: str, data: str, event_id: int | None = None) -> str:

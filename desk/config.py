@@ -22,7 +22,15 @@ from pydantic.dataclasses import dataclass as section_model
 
 from crm_bridge.customers import TierThresholds
 from desk.quality import DEFAULT_FORM
-from ivr.config import ClusterConfig, DatabaseSection, GeneralConfig, MonitoringConfig, TiersSection
+from ivr.config import (
+    PHONE_KINDS,
+    BrowserPhoneConfig,
+    ClusterConfig,
+    DatabaseSection,
+    GeneralConfig,
+    MonitoringConfig,
+    TiersSection,
+)
 from ivr.screenpop import DEFAULT_TEMPLATE, TemplateError, check_template
 from ivr.service import SEAT_GROUPS
 from ivr.sipconf import (
@@ -49,6 +57,12 @@ class DeskAgent:
     seat_group: str
     name: str
     secret: str  # the SIP digest password: seeds the first desk password, never shown
+    phone: str = "sip"  # sip | browser | both: browser and both answer in the desk page (phone.js)
+    auto_answer: bool = False  # the browser phone answers an offered call by itself
+
+    @property
+    def browser_phone(self) -> bool:
+        return self.phone in ("browser", "both")
 
 
 def _names(raw: str) -> tuple[str, ...]:
@@ -160,6 +174,8 @@ class DeskConfig:
     """Read from [recording] directory: the desk serves recordings from this folder only."""
     quality: Annotated[QualityConfig, GIVEN] = field(default_factory=lambda: QualityConfig())
     """Read from the [quality] section: the QA evaluation form and the review sample."""
+    browser_phone: Annotated[BrowserPhoneConfig, GIVEN] = field(default_factory=lambda: BrowserPhoneConfig())
+    """Read from [browser_phone]: where the desk page's phone registers and the key of its credentials."""
 
     @property
     def zone(self) -> ZoneInfo:
@@ -187,7 +203,11 @@ def _agents(conf: SipConf) -> tuple[DeskAgent, ...]:
             if group not in SEAT_GROUPS:
                 raise conf.error(section, "seat_group", f"choose {', '.join(SEAT_GROUPS)}")
             name, secret = parser.get(section, "name", fallback=""), parser.get(section, "secret", fallback="")
-            agents.append(DeskAgent(section, group, name.strip(), secret.strip()))
+            phone = parser.get(section, "phone", fallback="sip").strip().lower()
+            if phone not in PHONE_KINDS:
+                raise conf.error(section, "phone", f"choose {', '.join(PHONE_KINDS)}")
+            answer = parser.get(section, "auto_answer", fallback="no").strip().lower() in ("yes", "true", "on", "1")
+            agents.append(DeskAgent(section, group, name.strip(), secret.strip(), phone, answer))
     return tuple(agents)
 
 
@@ -196,6 +216,12 @@ def load_desk_config(path: Path) -> DeskConfig:
     conf = SipConf.read(path)
     agents = _agents(conf)
     general = conf.section("general", GeneralConfig, only=("timezone", "status_file"))
+    browser_phone = conf.section("browser_phone", BrowserPhoneConfig)
+    seat = next((a for a in agents if a.browser_phone), None)
+    if seat is not None:  # as the IVR checks: without these the page could not register
+        for key in ("ws_url", "token_secret"):
+            if not getattr(browser_phone, key):
+                raise conf.error("browser_phone", key, f"missing; agent {seat.number} has phone = {seat.phone}")
     return conf.section(
         "desk",
         DeskConfig,
@@ -209,6 +235,7 @@ def load_desk_config(path: Path) -> DeskConfig:
         recording_directory=_recording_directory(conf),
         quality=conf.section("quality", QualityConfig),
         monitoring_phones=conf.section("monitoring", MonitoringConfig, only=("supervisors",)).supervisors,
+        browser_phone=browser_phone,
     )
 
 

@@ -71,6 +71,7 @@ CODECS = {"pcmu": 0, "pcma": 8}  # name -> RTP static payload type (RFC 3551)
 DEFAULT_DATABASE_URL = "sqlite:///var/hotline.db"
 DAYPART_PRESETS = {"hotline": DEFAULT_DAYPARTS, "five_part": FIVE_PART_DAYPARTS}
 DIGEST_POLICIES = ("strict", "md5", "legacy")
+PHONE_KINDS = ("sip", "browser", "both")
 DIGITS = tuple("0123456789")
 
 
@@ -681,9 +682,22 @@ class AgentConfig:
     """The agent's name, shown in the CRM, the logs and the screen-pop."""
     digest: Annotated[str, choice(DIGEST_POLICIES, "a policy")] = "strict"
     """Phone's digest: strict (RFC 7616), md5 (MD5 only: baresip 1.0.0), legacy (RFC 2069 too: pyVoIP 1.6.8)."""
+    phone: Annotated[str, choice(PHONE_KINDS, "a phone")] = "sip"
+    """sip: a SIP phone; browser: the desk page is the phone ([browser_phone]); both: either may register."""
+    auto_answer: YesNo = False
+    """The desk's browser phone answers an offered call by itself (no 接听 click)."""
     srtp: Annotated[str, choice(("off", "optional", "required"), "an SRTP mode", "choose off, optional or required",
                                 any_case=True)] = "off"
     """The agent leg's media: off (plain RTP/AVP), optional (offer RTP/SAVP with SDES keys, take plain), required."""
+
+    @property
+    def browser_phone(self) -> bool:
+        return self.phone in ("browser", "both")
+
+    @property
+    def digest_policy(self) -> str:
+        """The registrar's policy: JsSIP answers MD5 challenges only, so a browser seat is never offered SHA-256."""
+        return "md5" if self.browser_phone and self.digest == "strict" else self.digest
 
     @model_validator(mode="after")
     def _registering_phone_authenticates(self) -> Self:
@@ -903,6 +917,30 @@ class WebSocketConfig:
         return certificate, key
 
 
+def _ws_url(raw: str) -> str:
+    if raw and not raw.startswith(("ws://", "wss://")):
+        raise ValueError("start with wss:// (or ws:// on loopback), e.g. wss://ivr.example.com:8089/sip")
+    return raw
+
+
+def _token_secret(raw: str) -> str:
+    if raw and len(raw) < 32:
+        raise ValueError("needs 32 characters or more (it signs the browser phones' credentials)")
+    return raw
+
+
+@section_model(config=SECTION, slots=True)
+class BrowserPhoneConfig:
+    """`[browser_phone]`: the desk page as the agent's phone (JsSIP over SIP WebSocket), read by IVR and desk."""
+
+    ws_url: Annotated[str, text("a ws:// or wss:// URL", _ws_url)] = ""
+    """The SIP WebSocket URL browsers register to (wss:// unless on loopback), as the browser reaches it."""
+    token_secret: Annotated[str, AfterValidator(_token_secret)] = ""
+    """32+ random characters shared by desk and IVR: sign the short-lived credentials the desk hands the page."""
+    credential_seconds: Annotated[int, whole(300, 86_400)] = 3600
+    """How long a credential handed to the page works; the page fetches a fresh one before then."""
+
+
 SECTIONS: dict[str, type] = {
     "general": GeneralConfig,
     "greeting": GreetingSection,
@@ -926,6 +964,7 @@ SECTIONS: dict[str, type] = {
     "monitoring": MonitoringConfig,
     "recording": RecordingConfig,
     "websocket": WebSocketConfig,
+    "browser_phone": BrowserPhoneConfig,
 }
 _KNOWN: dict[str, set[str]] = {name: known_keys(model) for name, model in SECTIONS.items()}
 # Sections of the same file read by other programs, which validate them (`python -m desk`: desk/config.py).
@@ -968,6 +1007,7 @@ class Config:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     crm_writer: str = "thread"  # [database] writer
+    browser_phone: BrowserPhoneConfig = field(default_factory=BrowserPhoneConfig)
 
     @property
     def status_file(self) -> Path | None:
@@ -1003,6 +1043,8 @@ def load_config(path: Path) -> Config:
     questionnaires = survey.questionnaire_set()
     monitoring = conf.section("monitoring", MonitoringConfig)
     _check_monitoring(conf, monitoring, agents, general)
+    browser_phone = conf.section("browser_phone", BrowserPhoneConfig)
+    _check_browser_phone(conf, browser_phone, agents)
     return Config(
         path=conf.path,
         general=general,
@@ -1034,6 +1076,7 @@ def load_config(path: Path) -> Config:
         recording=conf.section("recording", RecordingConfig),
         websocket=_websocket(conf, general),
         crm_writer=database.writer,
+        browser_phone=browser_phone,
     )
 
 
@@ -1106,3 +1149,13 @@ def _check_monitoring(conf: SipConf, monitoring: MonitoringConfig, agents: tuple
         raise conf.error("monitoring", "supervisors",
                          f"{', '.join(unknown)}: no agent section; a supervisor's phone is an agent peer "
                          "([880] type = agent)")
+
+
+def _check_browser_phone(conf: SipConf, browser: BrowserPhoneConfig, agents: tuple[AgentConfig, ...]) -> None:
+    """A browser seat needs the URL its page registers to and the secret its credentials are derived with."""
+    seat = next((a for a in agents if a.browser_phone), None)
+    if seat is None:
+        return
+    for key in ("ws_url", "token_secret"):
+        if not getattr(browser, key):
+            raise conf.error("browser_phone", key, f"missing; agent {seat.number} has phone = {seat.phone}")

@@ -56,6 +56,7 @@ from ivr.leg import Leg
 from ivr.media import MediaClock, RtpPortPool, open_rtp
 from ivr.metrics import Metrics
 from ivr.monitoring import Monitoring
+from ivr.phone_credentials import BrowserCredentials
 from ivr.registrar import RegisterHandler, Registrar, phone_address
 from ivr.sanity import check_request
 from ivr.screenpop import DeskLink
@@ -135,8 +136,13 @@ class Engine:
         self.agents.state_log = writer.submit  # agent_states: time-by-state and occupancy for the scorecards
         # Workers that share agents share the nonce key, so a challenge from one is answered to any.
         secret = config.cluster.secret.encode() if config.cluster.shared_agents else None
+        # the desk's browser phones register with credentials derived from [browser_phone] token_secret
+        phones = config.browser_phone
+        browser_seats = [a.number for a in config.agents if a.browser_phone]
+        browser = BrowserCredentials(phones.token_secret, browser_seats, phones.credential_seconds)
         digest = Registrar({a.number: a.secret for a in config.agents if a.secret}, key=secret,
-                           policies={a.number: a.digest for a in config.agents})
+                           policies={a.number: a.digest_policy for a in config.agents},
+                           browser=browser if phones.token_secret and browser_seats else None)
         self.registrar = RegisterHandler(digest, config.limits.trusted, self.guard.auth_failed, self.agents.bind)
         self.dialler = Dialler(
             config, self.endpoint, CallbackScheduler(config.callbacks.max_attempts, config.callbacks.retry_seconds),
@@ -176,8 +182,8 @@ class Engine:
         g = self.config.general
         log.info("listening", bind=g.bind, port=g.port, numbers=sorted(g.numbers), rtp_ports=list(g.rtp_ports))
         for agent in self.config.agents:
-            if agent.digest != "strict":  # ops should know which phones accept weaker credentials
-                log.warning("agent_digest_weakened", agent=agent.number, digest=agent.digest)
+            if agent.digest_policy != "strict":  # ops should know which phones accept weaker credentials
+                log.warning("agent_digest_weakened", agent=agent.number, digest=agent.digest_policy)
         await self.agents.start()
         if self.followups is not None:
             await self.followups.start()

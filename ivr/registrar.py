@@ -30,6 +30,12 @@ follow it, so an agent's section may name a weaker one (`digest = …`):
   sends) is taken; its `uri` may differ from the Request-URI in URI
   parameters only (pyVoIP adds `;transport=UDP`). Without a nonce count a
   nonce is good for one registration: a second use gets a fresh challenge.
+
+A seat with a browser phone (`phone = browser|both`) also registers with a
+derived username `801.<expiry>` whose password the desk handed the page
+(ivr.phone_credentials): the registrar derives that password itself, refuses
+it once expired, and binds the seat (801), not the username. JsSIP answers MD5
+challenges only, so such a seat is challenged as `md5` asks (engine).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from typing import Any
 
 from aiosipua import SipRequest, parse_address, parse_auth
 
+from ivr.phone_credentials import Accepted, BrowserCredentials, NotAccepted
 from ivr.sip.dialogs import address_user
 
 REALM = "hotline"
@@ -95,8 +102,10 @@ def _same_uri_ignoring_params(a: str, b: str) -> bool:
 
 class Registrar:
     def __init__(self, secrets: dict[str, str], *, key: bytes | None = None,
-                 clock: Callable[[], float] = time.time, policies: dict[str, str] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, policies: dict[str, str] | None = None,
+                 browser: BrowserCredentials | None = None) -> None:
         self.secrets = secrets
+        self.browser = browser  # derived credentials of the desk's browser phones; None: none taken
         self.policies = policies or {}  # agent -> strict | md5 | legacy; strict when not named
         self._key = key or os.urandom(32)
         self._clock = clock
@@ -147,9 +156,16 @@ class Registrar:
         if state == "bad" or auth.get("realm") != REALM:
             return Refused(user, "bad nonce or realm")
         secret = self.secrets.get(user)
+        agent = user  # the seat to bind: a derived username `801.<expiry>` binds 801
+        if secret is None and self.browser is not None:
+            match self.browser.check(user, self._clock()):
+                case NotAccepted(reason=reason):
+                    return Refused(user, reason)
+                case Accepted(agent=seat, password=derived):
+                    agent, secret = seat, derived
         if secret is None:
             return Refused(user, "unknown agent")
-        policy = self.policies.get(user, "strict")
+        policy = self.policies.get(agent, "strict")
         # RFC 7616 3.4: no algorithm parameter means MD5
         algorithm = auth.get("algorithm", "MD5").upper()
         if algorithm not in _HASHES or (policy != "strict" and algorithm != "MD5"):
@@ -188,9 +204,9 @@ class Registrar:
         self._counts = {n: c for n, c in self._counts.items() if now - c[1] <= NONCE_TTL_S}
         self._counts[nonce] = (nc, now)
         if expires == 0 or contact is None:
-            return Registered(user, None, 0)
+            return Registered(agent, None, 0)
         granted = DEFAULT_EXPIRES if expires is None else max(MIN_EXPIRES, min(MAX_EXPIRES, expires))
-        return Registered(user, contact, granted)
+        return Registered(agent, contact, granted)
 
 
 def phone_address(source: tuple[str, int], contact: Any, trusted: Collection[str]) -> tuple[str, int]:

@@ -199,6 +199,7 @@ def test_every_form_refuses_a_missing_or_wrong_csrf_token_and_changes_nothing(de
         "/logout": {},
         "/login": {"username": "801", "password": "pw801-secret"},
         "/monitor": {"agent": "801", "phone": "880", "mode": "listen"},
+        "/phone/credentials": {},  # the browser phone (desk/static/phone.js)
     }
     routes = {r.path for r in client.app.routes if "POST" in (getattr(r, "methods", None) or ())}
     assert {re.sub(r"/\d+", "/{id}", p) for p in posts} == {re.sub(r"\{\w+\}", "{id}", p) for p in routes}, (
