@@ -7,10 +7,9 @@ import re
 from contextlib import redirect_stderr
 from pathlib import Path
 
+import pytest
 import structlog
 from aiosipua import SipMessage
-
-import pytest
 
 from ivr.config import ConfigError, LimitsConfig, load_config
 from ivr.guard import Admission, SourceGuard, Verdict
