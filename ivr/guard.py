@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -188,6 +189,8 @@ class SourceGuard:
 
 
 LOAD_HEADER = "X-Hotline-Load"
+REFUSED_MEMORY_S = 10.0  # how long a refused INVITE's retransmissions are refused too
+REFUSED_MEMORY_MAX = 50_000  # at most this many remembered (the oldest are forgotten first)
 
 
 class Admission:
@@ -204,6 +207,11 @@ class Admission:
         # the worst lag of this second and of the one before: a probe every second or two sees every
         # spike, where the last 50 ms sample alone would mostly miss them
         self._lag_second, self._lag_peak, self._lag_peak_before = 0, 0.0, 0.0
+        # New calls refused for overload, by (Call-ID, top Via): a 503 sent without a transaction
+        # does not absorb the INVITE's retransmissions, and one admitted a moment later (the
+        # budget or the lag recovered) would be answered 200 after the caller, or the balancer
+        # in front, took the 503: a call answered that nobody acknowledges, i.e. lost.
+        self._refused: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def note_loop_lag(self, lag: float, now: float) -> None:
         """One measurement of the event loop's lag (seconds) at monotonic time `now`."""
@@ -240,11 +248,26 @@ class Admission:
             await asyncio.sleep(LAG_PROBE_S)
             self.note_loop_lag(loop.time() - started - LAG_PROBE_S, time.monotonic())
 
+    def _remember_refused(self, key: tuple[str, str]) -> None:
+        now = time.monotonic()
+        refused = self._refused
+        while refused:  # oldest first: stop at the first one still fresh
+            oldest = next(iter(refused))
+            if now - refused[oldest] < REFUSED_MEMORY_S and len(refused) < REFUSED_MEMORY_MAX:
+                break
+            refused.popitem(last=False)
+        refused[key] = now
+
     def admit(self, request: SipRequest, addr: tuple[str, int], *, accepting: bool) -> bool:
         """Overload, per-source limits, the auth ban and draining (`accepting` False); answers what it refuses."""
         if request.method == "INVITE" and ";tag=" not in (request.get_header("to") or ""):
+            key = (request.get_header("call-id") or "", request.get_header("via") or "")
+            if key in self._refused:  # a retransmission of an INVITE refused already: the same answer
+                self._refuse(request, addr, 503, "Service Unavailable", {"Retry-After": "2"})
+                return False
             lagging = self.loop_lag > self.max_loop_lag
             if lagging or not self.guard.admit_call():
+                self._remember_refused(key)
                 # overload control: beyond the configured call rate, or while the event loop
                 # is behind (the machine cannot keep up, whatever the configuration says),
                 # refuse new calls at once and cheaply instead of letting transactions pile

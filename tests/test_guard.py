@@ -79,7 +79,8 @@ def test_a_lagging_event_loop_refuses_new_calls_and_a_draining_ivr_answers_optio
     assert not gate.admit(invite, ("192.0.2.1", 5060), accepting=True)
     assert answered == [(503, {"Retry-After": "2"})]
     gate.loop_lag = 0.0
-    assert gate.admit(invite, ("192.0.2.1", 5060), accepting=True)
+    later, _ = request(OK.replace("Call-ID: c1", "Call-ID: c-later"))
+    assert gate.admit(later, ("192.0.2.1", 5060), accepting=True), "the loop on time again: new calls are taken"
     options, _ = request(OK.replace("INVITE", "OPTIONS"))
     assert gate.admit(options, ("192.0.2.1", 5060), accepting=True)
     assert not gate.admit(options, ("192.0.2.1", 5060), accepting=False)
@@ -198,3 +199,18 @@ def test_busy_load_percent_is_checked(tmp_path: Path) -> None:
         load_config(conf)
     conf.write_text("[limits]\nbusy_load_percent = 75\n", encoding="utf-8")
     assert load_config(conf).limits.busy_load_percent == 75
+
+
+def test_a_retransmission_of_a_refused_invite_is_refused_again_even_once_the_budget_has_room() -> None:
+    gate, answered = admission(LimitsConfig(max_invites_per_second=1, invite_per_second=1000))
+    first, _ = request(OK)
+    assert gate.admit(first, ("192.0.2.1", 5060), accepting=True)
+    second, _ = request(OK.replace("Call-ID: c1", "Call-ID: c2").replace("branch=z9hG4bK1", "branch=z9hG4bK2"))
+    assert not gate.admit(second, ("192.0.2.1", 5060), accepting=True), "over the budget"
+    gate.guard._limiter.clear(gate.guard._calls, "*", "calls")  # the next second: room again
+    again, _ = request(OK.replace("Call-ID: c1", "Call-ID: c2").replace("branch=z9hG4bK1", "branch=z9hG4bK2"))
+    assert not gate.admit(again, ("192.0.2.1", 5060), accepting=True), (
+        "its retransmission gets the same 503: answered 200 now, after the caller took the 503, it would be lost")
+    assert answered == [(503, {"Retry-After": "2"})] * 2
+    third, _ = request(OK.replace("Call-ID: c1", "Call-ID: c3").replace("branch=z9hG4bK1", "branch=z9hG4bK3"))
+    assert gate.admit(third, ("192.0.2.1", 5060), accepting=True), "a new call is taken"
