@@ -459,6 +459,8 @@ class LimitsConfig:
     """How long an address with too many failed logins is barred from registering (0: never)."""
     trusted: Annotated[frozenset[str], text("a comma-separated list of IP addresses", _addresses)] = frozenset()
     """Addresses exempt from these limits, comma-separated: a SIP load balancer in front, a monitoring probe."""
+    busy_load_percent: Annotated[float, number(1, 100)] = 90.0
+    """From this load (0-100: calls/max_calls, INVITE budget, loop lag) OPTIONS get 503, so a balancer sends none."""
 
 
 @section_model(config=SECTION, slots=True)

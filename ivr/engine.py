@@ -113,7 +113,8 @@ class Engine:
         # One process: agents in memory. Workers behind a balancer: a SharedAcd (ivr.shared_acd).
         self.acd: AgentPool = acd or Acd.from_agents(config.agents, config.queues, tuple(SEAT_GROUPS))
         self.guard = SourceGuard(config.limits)
-        self.admission = Admission(self.guard, self._refuse)
+        self.admission = Admission(self.guard, self._refuse, calls=lambda: len(self.legs),
+                                   max_calls=config.general.max_calls)
         self.metrics = Metrics()
         self.metrics.watch(self)
         self._assign_task: asyncio.Task[None] | None = None
@@ -131,6 +132,7 @@ class Engine:
             idle_seconds=g.tcp_idle_seconds, max_connections=g.max_connections,
             websocket=websocket_settings(config), keepalive_seconds=g.tcp_keepalive_seconds,
         )
+        self.endpoint.load_report = self.admission.load  # X-Hotline-Load on each 200 to OPTIONS
         self.agents = Agents(self.acd, config, self.endpoint, self.ports, self.legs, self._spawn, self.media_ip,
                              self.pacer, desk)
         self.agents.state_log = writer.submit  # agent_states: time-by-state and occupancy for the scorecards

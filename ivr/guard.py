@@ -9,6 +9,15 @@ and logged as `overload_refused` (a line a second at most). Then
 `SourceGuard.admit`, the per-source checks below; and while the IVR drains,
 OPTIONS get 503, so a load balancer's probe takes the worker out of rotation.
 
+The worker's load (`Admission.load`, 0-100) is the busiest of three: calls in
+progress against `max_calls`, the INVITE budget used in the last second, and
+the event loop's worst lag of the last one to two seconds against
+`max_loop_lag_ms`. Every answer to OPTIONS carries it (`X-Hotline-Load: 73`),
+and at `busy_load_percent` or more the answer is 503 + Retry-After: a balancer
+probing with OPTIONS then sends new calls elsewhere, or refuses them itself
+when every worker is busy, before this worker has to accept calls it cannot
+carry. Nothing is computed per packet: the load is read when a probe arrives.
+
 Each source address has a moving-window budget per method group (INVITE,
 REGISTER, OPTIONS, everything else; `[limits]` in sip.conf). Over budget, the
 request is dropped silently (`excess = drop`, the default: a scanner learns
@@ -31,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -129,6 +139,11 @@ class SourceGuard:
         """The global INVITE budget (`max_invites_per_second`), all sources together."""
         return self._limiter.hit(self._calls, "*", "calls")
 
+    def invite_budget_used(self) -> float:
+        """The share of the global INVITE budget taken in the current window: 0.0-1.0."""
+        stats = self._limiter.get_window_stats(self._calls, "*", "calls")
+        return (self._calls.amount - stats.remaining) / self._calls.amount
+
     def banned(self, source: str) -> bool:
         until = self._banned.get(source)
         if until is None:
@@ -173,15 +188,57 @@ class SourceGuard:
             tally.since = now
 
 
+LOAD_HEADER = "X-Hotline-Load"
+REFUSED_MEMORY_S = 10.0  # how long a refused INVITE's retransmissions are refused too
+REFUSED_MEMORY_MAX = 50_000  # at most this many remembered (the oldest are forgotten first)
+
+
 class Admission:
     """Overload control for new calls, then the per-source `SourceGuard`; answers what it refuses."""
 
-    def __init__(self, guard: SourceGuard, refuse: Refuse) -> None:
+    def __init__(self, guard: SourceGuard, refuse: Refuse, *, calls: Callable[[], int] = lambda: 0,
+                 max_calls: int = 0) -> None:
         self.guard = guard
         self.loop_lag = 0.0  # how late the event loop ran a 50 ms timer, last time it looked
         self.max_loop_lag = guard.config.max_loop_lag_ms / 1000
         self._refuse = refuse
         self._overload_refusals, self._overload_logged = 0, -1.0
+        self._calls, self._max_calls = calls, max_calls  # calls in progress, and [general] max_calls (0: none)
+        # the worst lag of this second and of the one before: a probe every second or two sees every
+        # spike, where the last 50 ms sample alone would mostly miss them
+        self._lag_second, self._lag_peak, self._lag_peak_before = 0, 0.0, 0.0
+        # New calls refused for overload, by (Call-ID, top Via): a 503 sent without a transaction
+        # does not absorb the INVITE's retransmissions, and one admitted a moment later (the
+        # budget or the lag recovered) would be answered 200 after the caller, or the balancer
+        # in front, took the 503: a call answered that nobody acknowledges, i.e. lost.
+        self._refused: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def note_loop_lag(self, lag: float, now: float) -> None:
+        """One measurement of the event loop's lag (seconds) at monotonic time `now`."""
+        self.loop_lag = lag
+        second = int(now)
+        if second != self._lag_second:
+            self._lag_peak_before = self._lag_peak if second == self._lag_second + 1 else 0.0
+            self._lag_second, self._lag_peak = second, 0.0
+        self._lag_peak = max(self._lag_peak, lag)
+
+    def load(self, now: float | None = None) -> int:
+        """0-100: the busiest of calls vs max_calls, the INVITE budget used in the last second, the loop's lag."""
+        now = time.monotonic() if now is None else now
+        second = int(now)
+        lags = [self.loop_lag]
+        if second == self._lag_second:
+            lags += [self._lag_peak, self._lag_peak_before]
+        elif second == self._lag_second + 1:
+            lags.append(self._lag_peak)
+        shares = [max(lags) / self.max_loop_lag, self.guard.invite_budget_used()]
+        if self._max_calls > 0:
+            shares.append(self._calls() / self._max_calls)
+        return min(100, round(100 * max(shares)))
+
+    def busy(self, load: int) -> bool:
+        """At this load OPTIONS get 503: the worker asks a balancer for no more calls for now."""
+        return load >= self.guard.config.busy_load_percent
 
     async def watch_loop_lag(self) -> None:
         """Measure the event loop's lag for ever (a task the engine starts and cancels)."""
@@ -189,13 +246,28 @@ class Admission:
         while True:
             started = loop.time()
             await asyncio.sleep(LAG_PROBE_S)
-            self.loop_lag = loop.time() - started - LAG_PROBE_S
+            self.note_loop_lag(loop.time() - started - LAG_PROBE_S, time.monotonic())
+
+    def _remember_refused(self, key: tuple[str, str]) -> None:
+        now = time.monotonic()
+        refused = self._refused
+        while refused:  # oldest first: stop at the first one still fresh
+            oldest = next(iter(refused))
+            if now - refused[oldest] < REFUSED_MEMORY_S and len(refused) < REFUSED_MEMORY_MAX:
+                break
+            refused.popitem(last=False)
+        refused[key] = now
 
     def admit(self, request: SipRequest, addr: tuple[str, int], *, accepting: bool) -> bool:
         """Overload, per-source limits, the auth ban and draining (`accepting` False); answers what it refuses."""
         if request.method == "INVITE" and ";tag=" not in (request.get_header("to") or ""):
+            key = (request.get_header("call-id") or "", request.get_header("via") or "")
+            if key in self._refused:  # a retransmission of an INVITE refused already: the same answer
+                self._refuse(request, addr, 503, "Service Unavailable", {"Retry-After": "2"})
+                return False
             lagging = self.loop_lag > self.max_loop_lag
             if lagging or not self.guard.admit_call():
+                self._remember_refused(key)
                 # overload control: beyond the configured call rate, or while the event loop
                 # is behind (the machine cannot keep up, whatever the configuration says),
                 # refuse new calls at once and cheaply instead of letting transactions pile
@@ -214,6 +286,15 @@ class Admission:
                 # a load balancer probing with OPTIONS takes this worker out of rotation
                 self._refuse(request, addr, 503, "Service Unavailable", {"Retry-After": "30"})
                 return False
+            if request.method == "OPTIONS":
+                load = self.load()
+                if self.busy(load):
+                    # busy: a balancer's probe takes this worker out of rotation until a probe finds it
+                    # below busy_load_percent again, so calls it could not carry go elsewhere or are
+                    # refused at the balancer, instead of being accepted here and lost
+                    self._refuse(request, addr, 503, "Service Unavailable",
+                                 {"Retry-After": "1", LOAD_HEADER: str(load)})
+                    return False
             return True
         if verdict is Verdict.REFUSE:
             self._refuse(request, addr, 503, "Service Unavailable", {"Retry-After": "5"})

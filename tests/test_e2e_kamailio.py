@@ -2,7 +2,9 @@
 
 The layout of loadtest/kamailio/: calls spread over the workers round-robin;
 a worker that drains (SIGTERM) leaves the rotation and calls keep succeeding
-on the other; every call has its row in the shared CRM.
+on the other; every call has its row in the shared CRM. The balancer's limits
+follow the workers: a busy worker answers OPTIONS with 503 and leaves the
+rotation, and twice what the workers carry is refused at the edge, none lost.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -30,13 +33,13 @@ KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
 
 
-def start_workers(tmp_path: Path, pg_url: str, extra: str = "") -> list[IvrProcess]:
+def start_workers(tmp_path: Path, pg_url: str, extra: str = "", general: str = "") -> list[IvrProcess]:
     started = []
     for n in (1, 2):
         home = tmp_path / f"worker{n}"
         home.mkdir()
         port = free_port()
-        conf = write_ivr_config(home, sip_port=port, db_url=pg_url,
+        conf = write_ivr_config(home, sip_port=port, db_url=pg_url, general=general,
                                 extra=f"[limits]\ntrusted = 127.0.0.1\n{extra.format(n=n)}")
         started.append(start_ivr(home, conf, port, pg_url))
     return started
@@ -48,8 +51,13 @@ def worker_settings() -> str:
 
 
 @pytest.fixture
-def workers(tmp_path: Path, pg_url: str, worker_settings: str) -> Iterator[list[IvrProcess]]:
-    started = start_workers(tmp_path, pg_url, worker_settings)
+def worker_general() -> str:
+    return ""  # lines for each worker's [general]
+
+
+@pytest.fixture
+def workers(tmp_path: Path, pg_url: str, worker_settings: str, worker_general: str) -> Iterator[list[IvrProcess]]:
+    started = start_workers(tmp_path, pg_url, worker_settings, worker_general)
     yield started
     for ivr in started:
         ivr.stop()
@@ -216,3 +224,49 @@ def test_pause_on_one_worker_and_resume_on_the_other_through_the_balancer(worker
     assert re.search(r"event='agent_resume' agent='822' state='available'", logs)
     handled = [len(re.findall(r"event='agent_(?:pause|resume)'", w.log())) for w in workers]
     assert handled == [1, 1], f"one feature code on each worker: {handled}"
+
+
+def test_a_worker_reports_its_load_in_its_answer_to_options(workers) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+        port = sock.getsockname()[1]
+        sock.sendto((
+            f"OPTIONS sip:127.0.0.1:{workers[0].port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK-load-probe\r\n"
+            f"From: <sip:probe@127.0.0.1:{port}>;tag=p1\r\nTo: <sip:127.0.0.1:{workers[0].port}>\r\n"
+            "Call-ID: load-probe-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ).encode(), ("127.0.0.1", workers[0].port))
+        answer = sock.recv(4096).decode()
+    assert answer.startswith("SIP/2.0 200 ")
+    load = re.search(r"^X-Hotline-Load: (\d+)\r$", answer, re.MULTILINE)
+    assert load is not None, answer
+    assert int(load.group(1)) < 50, "an idle worker is not busy"
+
+
+# Each worker carries about 4 calls a second: 5 INVITEs a second at most, and 8 calls up at once
+# that last about 2 s each (1 s ringing, 1 s talking).
+SMALL = "max_invites_per_second = 5\n"
+
+
+@pytest.mark.parametrize(("worker_settings", "worker_general"), [(SMALL, "max_calls = 8\n")])
+def test_twice_the_workers_capacity_is_refused_at_the_edge_and_no_accepted_call_is_lost(workers, balancer, pg_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """About 2x what two workers carry, Kamailio at its default limit: each call is completed or refused with 503."""
+    calls = 60
+    run = sipp(tmp_path, "signalling_call", balancer, calls=calls, extra=("-d", "1000", "-r", "20", "-l", "60"),
+               timeout_s=60)
+    # SIPp exits 0 only if each call was answered, acknowledged and hung up, or refused with 503:
+    # none accepted by a worker and then failed or left unanswered
+    finished(run, 90)
+    answered = len(re.findall(r"^answered ", run.logged(), re.MULTILINE))
+    assert calls // 4 <= answered < calls, f"the workers took what they could carry, the rest were refused: {answered}"
+    deadline = time.monotonic() + 10
+    while ((found := outcomes(pg_url)).total() < answered or found["open"]) and time.monotonic() < deadline:
+        time.sleep(0.3)  # each call's row, finished (the last ones may still be writing theirs)
+    assert outcomes(pg_url) == Counter({"caller_hangup": answered}), "every answered call completed and in the CRM"
+    # the workers' OPTIONS answers drove the rotation: a busy worker left it, and came back once idle
+    deadline = time.monotonic() + 5
+    while "worker_back_in_rotation" not in (kamailio_log := (tmp_path / "kamailio.log").read_text()):
+        assert time.monotonic() < deadline, kamailio_log[-3000:]
+        time.sleep(0.5)
+    assert "worker_out_of_rotation" in kamailio_log, kamailio_log[-3000:]

@@ -7,10 +7,11 @@ import re
 from contextlib import redirect_stderr
 from pathlib import Path
 
+import pytest
 import structlog
 from aiosipua import SipMessage
 
-from ivr.config import LimitsConfig
+from ivr.config import ConfigError, LimitsConfig, load_config
 from ivr.guard import Admission, SourceGuard, Verdict
 from ivr.logs import configure_logging
 from ivr.sanity import check_request
@@ -78,7 +79,8 @@ def test_a_lagging_event_loop_refuses_new_calls_and_a_draining_ivr_answers_optio
     assert not gate.admit(invite, ("192.0.2.1", 5060), accepting=True)
     assert answered == [(503, {"Retry-After": "2"})]
     gate.loop_lag = 0.0
-    assert gate.admit(invite, ("192.0.2.1", 5060), accepting=True)
+    later, _ = request(OK.replace("Call-ID: c1", "Call-ID: c-later"))
+    assert gate.admit(later, ("192.0.2.1", 5060), accepting=True), "the loop on time again: new calls are taken"
     options, _ = request(OK.replace("INVITE", "OPTIONS"))
     assert gate.admit(options, ("192.0.2.1", 5060), accepting=True)
     assert not gate.admit(options, ("192.0.2.1", 5060), accepting=False)
@@ -138,3 +140,77 @@ def test_typical_breakage_is_refused_with_the_rfc_status() -> None:
     for text, status in cases.items():
         refusal = check_request(*request(text))
         assert refusal is not None and refusal.status == status, (status, refusal, text.splitlines()[0])
+
+
+def loaded(limits: LimitsConfig, calls: list[int], max_calls: int = 10) -> tuple[Admission, list[tuple[int, dict[str, str]]]]:
+    answered: list[tuple[int, dict[str, str]]] = []
+    gate = Admission(SourceGuard(limits), lambda _r, _a, status, _reason, h: answered.append((status, h)),
+                     calls=lambda: calls[0], max_calls=max_calls)
+    return gate, answered
+
+
+def test_the_load_is_the_busiest_of_calls_invite_budget_and_loop_lag() -> None:
+    calls = [0]
+    gate, _ = loaded(LimitsConfig(max_invites_per_second=10, invite_per_second=1000), calls)
+    assert gate.load() == 0, "idle"
+    calls[0] = 4
+    assert gate.load() == 40, "4 of max_calls 10"
+    invite, _ = request(OK)
+    for _ in range(7):
+        assert gate.admit(invite, ("192.0.2.1", 5060), accepting=True)
+    assert gate.load() == 70, "7 of 10 INVITEs a second used"
+    for _ in range(5):
+        gate.admit(invite, ("192.0.2.1", 5060), accepting=True)
+    assert gate.load() == 100, "the budget used up: the refused INVITEs are not counted past it"
+    calls[0] = 25
+    assert gate.load() == 100, "never above 100"
+
+
+def test_a_lag_spike_counts_for_the_rest_of_its_second_and_the_next_only() -> None:
+    gate, _ = loaded(LimitsConfig(max_loop_lag_ms=100), [0])
+    gate.note_loop_lag(0.080, now=500.2)  # one late timer ...
+    gate.note_loop_lag(0.001, now=500.25)  # ... and the loop is on time again at the next sample
+    assert gate.load(now=500.3) == 80, "a probe later in the same second still sees the spike"
+    assert gate.load(now=501.9) == 80, "and in the next one, so a probe every second or two never misses it"
+    gate.note_loop_lag(0.001, now=502.1)
+    assert gate.load(now=502.2) == 1, "two seconds on, only the quiet samples count"
+    assert gate.load(now=504.0) == 1, "nothing measured since: the last sample"
+
+
+def test_a_busy_worker_answers_options_with_503_and_its_load_and_takes_calls_it_still_can() -> None:
+    calls = [8]
+    gate, answered = loaded(LimitsConfig(busy_load_percent=90, invite_per_second=1000), calls)
+    options, _ = request(OK.replace("INVITE", "OPTIONS"))
+    assert gate.admit(options, ("192.0.2.1", 5060), accepting=True), "80 %: the stack answers 200"
+    assert answered == []
+    calls[0] = 9
+    assert not gate.admit(options, ("192.0.2.1", 5060), accepting=True)
+    assert answered == [(503, {"Retry-After": "1", "X-Hotline-Load": "90"})], "busy: out of a balancer's rotation"
+    invite, _ = request(OK)
+    assert gate.admit(invite, ("192.0.2.1", 5060), accepting=True), "an INVITE still arriving is taken: max_calls decides"
+    calls[0] = 3
+    assert gate.admit(options, ("192.0.2.1", 5060), accepting=True), "below the mark again: back in rotation"
+
+
+def test_busy_load_percent_is_checked(tmp_path: Path) -> None:
+    conf = tmp_path / "sip.conf"
+    conf.write_text("[limits]\nbusy_load_percent = 0\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="busy_load_percent"):
+        load_config(conf)
+    conf.write_text("[limits]\nbusy_load_percent = 75\n", encoding="utf-8")
+    assert load_config(conf).limits.busy_load_percent == 75
+
+
+def test_a_retransmission_of_a_refused_invite_is_refused_again_even_once_the_budget_has_room() -> None:
+    gate, answered = admission(LimitsConfig(max_invites_per_second=1, invite_per_second=1000))
+    first, _ = request(OK)
+    assert gate.admit(first, ("192.0.2.1", 5060), accepting=True)
+    second, _ = request(OK.replace("Call-ID: c1", "Call-ID: c2").replace("branch=z9hG4bK1", "branch=z9hG4bK2"))
+    assert not gate.admit(second, ("192.0.2.1", 5060), accepting=True), "over the budget"
+    gate.guard._limiter.clear(gate.guard._calls, "*", "calls")  # the next second: room again
+    again, _ = request(OK.replace("Call-ID: c1", "Call-ID: c2").replace("branch=z9hG4bK1", "branch=z9hG4bK2"))
+    assert not gate.admit(again, ("192.0.2.1", 5060), accepting=True), (
+        "its retransmission gets the same 503: answered 200 now, after the caller took the 503, it would be lost")
+    assert answered == [(503, {"Retry-After": "2"})] * 2
+    third, _ = request(OK.replace("Call-ID: c1", "Call-ID: c3").replace("branch=z9hG4bK1", "branch=z9hG4bK3"))
+    assert gate.admit(third, ("192.0.2.1", 5060), accepting=True), "a new call is taken"

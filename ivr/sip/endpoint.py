@@ -244,6 +244,7 @@ class SipEndpoint:
         self.outbound: dict[ClientTransaction, OutboundCall] = {}
         self._udp: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.load_report: Callable[[], int] | None = None  # the owner's load, 0-100, for X-Hotline-Load
         self._timer_at: float | None = None
         self.request_line = ""
 
@@ -600,8 +601,10 @@ class SipEndpoint:
             cancelled.terminated()
             self.owner.on_cancel(cancelled)
         elif method == "OPTIONS":
-            self.respond(transaction, make_response(request, 200, "OK", headers=[
-                ("Allow", ALLOW), ("Accept", "application/sdp"), ("User-Agent", self.user_agent)]))
+            headers = [("Allow", ALLOW), ("Accept", "application/sdp"), ("User-Agent", self.user_agent)]
+            if self.load_report is not None:  # a balancer's probe reads how busy this worker is
+                headers.append(("X-Hotline-Load", str(self.load_report())))
+            self.respond(transaction, make_response(request, 200, "OK", headers=headers))
         elif method == "INFO":
             found = self._in_dialog(request, transaction, callers_only=True)
             if not isinstance(found, InboundCall):
