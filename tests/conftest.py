@@ -227,6 +227,21 @@ def start_ivr(tmp: Path, conf: Path, sip_port: int, db_url: str) -> IvrProcess:
 
 
 @pytest.fixture
+def namespaces_alone() -> Iterator[None]:
+    """One test at a time, across the suite's parallel workers, among those that make network or mount
+    namespaces, nftables rules or overlays (ip netns, unshare): run side by side they were seen to disturb
+    each other (a namespace's processes outliving it, audio not crossing a namespaced bridge)."""
+    import fcntl
+
+    with open(Path(tempfile.gettempdir()) / "hotline-tests-namespaces.lock", "w") as lock:  # noqa: SIM117
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture
 def ivr_factory(tmp_path: Path) -> Iterator:
     started: list[IvrProcess] = []
 

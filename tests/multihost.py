@@ -236,6 +236,8 @@ max_loop_lag_ms = 3000
 wrap_up_seconds = 0
 [survey]
 timeout_seconds = 2
+[recording]
+enabled = no
 [cluster]
 shared_agents = yes
 worker = ivr-{n}
@@ -419,10 +421,11 @@ def sip_messages(datagrams: list[Datagram]) -> list[SipMessage]:
     return messages
 
 
-def pcap_payloads(path: Path) -> set[bytes]:
-    """The RTP payloads of a classic pcap file of Ethernet frames (SIPp's g711a.pcap)."""
+def pcap_payloads(path: Path) -> list[bytes]:
+    """The RTP payloads of a classic pcap file of Ethernet frames (SIPp's g711a.pcap), in order."""
     data = path.read_bytes()
-    payloads, at = set(), 24
+    payloads: list[bytes] = []
+    at = 24
     while at + 16 <= len(data):
         length = struct.unpack("<I", data[at + 8:at + 12])[0]
         frame = data[at + 16:at + 16 + length]
@@ -431,7 +434,7 @@ def pcap_payloads(path: Path) -> set[bytes]:
             udp = 14 + (frame[14] & 0x0F) * 4
             payload = Datagram("", 0, "", 0, frame[udp + 8:]).rtp_payload
             if payload is not None and any(payload[1]):
-                payloads.add(payload[1])
+                payloads.append(payload[1])
     return payloads
 
 

@@ -28,7 +28,7 @@ import pytest
 from .conftest import ROOT, SCENARIOS, write_ivr_config
 from .lossy import Namespace, lossy_namespace_or_skip
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("namespaces_alone")]  # see conftest.namespaces_alone
 SHORT_CALLS, SILENT_CALLS = 150, 50
 
 

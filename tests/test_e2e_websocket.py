@@ -334,6 +334,7 @@ def test_wss_with_the_general_certificate_registers_and_answers_down_the_connect
     assert "event='agent_unregistered' agent='801' reason='WSS connection closed'" in ivr.log()
 
 
+@pytest.mark.usefixtures("namespaces_alone")  # an nftables rule (see conftest.namespaces_alone)
 def test_a_half_open_tcp_connection_is_found_by_the_keepalive_ping_and_its_agent_logged_out(  # type: ignore[no-untyped-def]
         ivr_factory, tmp_path: Path) -> None:
     """The phone's machine stops answering (its packets dropped on lo, the socket never closed): the IVR's

@@ -65,22 +65,29 @@ def test_a_call_lands_in_the_crm_with_either_writer(tmp_path: Path, writer: str)
     assert (calls, doubled) == (1, 0) and events >= 3
 
 
-def test_a_killed_writer_process_is_restarted_and_sigterm_drains_it_before_the_ivr_exits(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    ivr: IvrProcess = ivr_factory(ring_seconds=0)  # [database] writer defaults to process
-    (first,) = writer_pids(ivr)
-    assert parent_of(first) == ivr.proc.pid, "the writer is the IVR's child"
-    finished(sipp(tmp_path, "short_call", ivr.port, timeout_s=30), 40)
-    wait_for(lambda: rows(ivr.db_url)[0] == 1, 20, "the first call's row")
+def test_a_killed_writer_process_is_restarted_and_sigterm_drains_it_before_the_ivr_exits(tmp_path: Path) -> None:
+    port, db_url = free_port(), f"sqlite:///{tmp_path / 'crm.db'}"
+    conf = write_ivr_config(tmp_path, sip_port=port, db_url=db_url, ring_seconds=0)
+    conf.write_text(conf.read_text().replace("[database]\n", "[database]\nwriter = process\n"))
+    ivr: IvrProcess = start_ivr(tmp_path, conf, port, db_url)
+    try:
+        (first,) = writer_pids(ivr)
+        assert parent_of(first) == ivr.proc.pid, "the writer is the IVR's child"
+        finished(sipp(tmp_path, "short_call", ivr.port, timeout_s=30), 40)
+        wait_for(lambda: rows(ivr.db_url)[0] == 1, 20, "the first call's row")
 
-    os.kill(first, signal.SIGKILL)
-    wait_for(lambda: len(writer_pids(ivr)) == 2, 20, "a new writer process")
-    assert re.search(rf"crm_writer_process_died' pid={first} exit_code=-9", ivr.log())
-    finished(sipp(tmp_path, "short_call", ivr.port, calls=3, extra=("-r", "3"), timeout_s=30), 40)
-    wait_for(lambda: rows(ivr.db_url)[0] == 4, 20, "the later calls' rows")
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: len(writer_pids(ivr)) == 2, 20, "a new writer process")
+        assert re.search(rf"crm_writer_process_died' pid={first} exit_code=-9", ivr.log())
+        finished(sipp(tmp_path, "short_call", ivr.port, calls=3, extra=("-r", "3"), timeout_s=30), 40)
+        wait_for(lambda: rows(ivr.db_url)[0] == 4, 20, "the later calls' rows")
 
-    second = writer_pids(ivr)[1]
-    ivr.proc.send_signal(signal.SIGTERM)
-    assert ivr.proc.wait(60) == 0
+        second = writer_pids(ivr)[1]
+        ivr.proc.send_signal(signal.SIGTERM)
+        assert ivr.proc.wait(60) == 0
+    finally:
+        if ivr.proc.poll() is None:
+            ivr.stop()
     assert not alive(second), "the writer process exits before the IVR does"
     calls, events, doubled = rows(ivr.db_url)
     assert (calls, doubled) == (4, 0) and events >= 4 * 3

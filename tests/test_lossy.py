@@ -53,6 +53,8 @@ for t in threads:
 print(json.dumps(counts))
 """
 
+pytestmark = pytest.mark.usefixtures("namespaces_alone")  # see conftest.namespaces_alone
+
 
 def about(count: int, trials: int, keep: float) -> bool:
     """`count` successes of `trials` is within 5 standard deviations of the share `keep`."""

@@ -32,7 +32,7 @@ import pytest
 
 from tests.conftest import ROOT, free_port, sipp
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("namespaces_alone")]  # see conftest.namespaces_alone
 UNITS = ("hotline-ivr@.service", "hotline-desk.service", "hotline-report.service", "hotline-report.timer",
          "hotline-retention.service", "hotline-retention.timer", "hotline-backup.service", "hotline-backup.timer")
 
@@ -235,8 +235,13 @@ def service_venv(box: Sandbox) -> Path:
     made = box.run(python, "-m", "venv", "--without-pip", venv)
     assert made.returncode == 0, made.stderr
     site = next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix))
+    # a checkout under /tmp (CI's may be) would be hidden by the unit's private /tmp: show its
+    # packages at a path of their own in the sandbox's mount namespace, which the units see too
+    shown = "/opt/hotline-test-site-packages"
+    bound = box.run("sh", "-c", f"mkdir -p {shown} && mount --bind {shlex.quote(site)} {shown}")
+    assert bound.returncode == 0, bound.stderr
     pth = f"{venv}/lib/{minor}/site-packages/hotline-test.pth"
-    box.run("sh", "-c", f"echo {shlex.quote(site)} > {pth}")
+    box.run("sh", "-c", f"echo {shown} > {pth}")
     return Path(venv)
 
 

@@ -710,6 +710,7 @@ async def _lost_flight(session: WebRtcSession, port: int, offer: str) -> None:
     assert session.handshake_seconds is not None and session.handshake_seconds > 0.5  # one timer period went by
 
 
+@pytest.mark.usefixtures("namespaces_alone")  # its own network namespace (see conftest.namespaces_alone)
 def test_chromium_agent_hears_the_caller_and_is_heard() -> None:
     """The real thing: headless Chromium answers our offer, in a network namespace whose only interface is lo.
 
