@@ -506,6 +506,17 @@ def question_rows(report: DailyReport) -> list[list[str]]:
     ]
 
 
+
+def png(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (closed afterwards): the charts of the report and the scorecards."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
+
 def charts(report: DailyReport) -> dict[str, bytes]:
     """PNG charts: calls by seat group (answered/abandoned/other), survey scores by seat group, calls by hour."""
     import matplotlib
@@ -529,11 +540,7 @@ def charts(report: DailyReport) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
 
     def save(name: str, fig: Any) -> None:
-        buffer = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buffer, format="png", dpi=80)
-        plt.close(fig)
-        out[name] = buffer.getvalue()
+        out[name] = png(fig)
 
     groups = report.seat_groups
     names = [label(f) for f in groups]

@@ -33,7 +33,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from crm_bridge.models import OUTCOMES, AgentStateChange, Call, CallEvent, Evaluation, Survey, SurveyAnswer, Ticket
-from crm_bridge.report import aware, day_bounds
+from crm_bridge.report import aware, day_bounds, png
 
 Value = int | float | None
 REPEAT_WINDOW = timedelta(days=7)
@@ -500,11 +500,7 @@ def charts(cards: Scorecards, names: Iterable[str] = ("calls.png", "states.png",
     out: dict[str, bytes] = {}
 
     def save(name: str, fig: Any) -> None:
-        buffer = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buffer, format="png", dpi=80)
-        plt.close(fig)
-        out[name] = buffer.getvalue()
+        out[name] = png(fig)
 
     def stacked(name: str, keys: tuple[str, ...], colors: tuple[str, ...], title: str, scale: float = 1.0) -> None:
         fig, ax = plt.subplots(figsize=(6, height))

@@ -30,7 +30,7 @@ from aiosipua import build_sdp
 from crm_bridge.records import RecordAgentState
 from ivr.acd import AgentState, Offer, Seat, Waiting
 from ivr.agent_srtp import SrtpOffer, accept_answer, secure_offer, srtp_offer
-from ivr.callflow import CallFlow
+from ivr.callflow import CallFlow, State
 from ivr.config import AgentConfig, Config
 from ivr.events import AgentAnswered, AgentHungUp, AgentNoAnswer, AgentRinging, Event, WhisperFinished, utc_now
 from ivr.media import (
@@ -460,7 +460,7 @@ class Agents:
         agent_leg.caller.log.warning("agent_media_failed", agent=agent_leg.agent, reason=why)
         if not agent_leg.answered:
             self._no_answer(agent_leg, f"media: {why}")
-        elif agent_leg.caller.flow.state.value in ("announcing", "bridged"):
+        elif agent_leg.caller.flow.state in (State.ANNOUNCING, State.BRIDGED):
             self.end_leg(agent_leg, hang_up=True)
             agent_leg.caller.dispatch(AgentHungUp(utc_now()))
 

@@ -432,8 +432,8 @@ def start_ivr(work: Path, opts: argparse.Namespace, n: int) -> Ivr:
         f"[prompts]\ncache_dir = {ROOT / 'var' / 'prompts'}\n"
         f"[database]\nurl = sqlite:///{db}\noutbox_dir = {work / 'outbox'}\nwriter = {opts.writer}\n"
         f"[log]\nlevel = warning\n{desk}"
-        f"{getattr(opts, 'extra_conf', '')}"
-        + (followup_conf(opts.gateway.port) if getattr(opts, "gateway", None) is not None and n == 0 else ""),
+        f"{opts.extra_conf}"
+        + (followup_conf(opts.gateway.port) if opts.gateway is not None and n == 0 else ""),
         encoding="utf-8",
     )
     proc = subprocess.Popen(
@@ -1033,6 +1033,8 @@ def main() -> int:
                    help="the first worker's RTP range starts here, 10000 ports per worker (two benches at once on one "
                         "machine need ranges apart)")
     opts = p.parse_args()
+    # what the steps add to each IVR's sip.conf (--bridged), and the follow-ups' SIPp gateway (--followups)
+    opts.extra_conf, opts.gateway = "", None
     if opts.bridged:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         return bridged_main(opts)
