@@ -59,6 +59,7 @@ from crm_bridge.report import (
 from desk import qa_pages, queries, review, tickets
 from desk.auth import LoginLimiter, SignedIn, authenticate
 from desk.config import DeskConfig
+from desk.metrics import DeskMetrics
 from desk.quality import read_form
 from desk.timeline import timeline_for_call
 from desk.watcher import DeskWatcher, Pop
@@ -140,6 +141,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
     limiter = LoginLimiter(config.login_attempts_per_minute)
     poll_s = config.poll_ms / 1000
     watcher = DeskWatcher(engine, states, poll_s)
+    metrics = DeskMetrics(engine, lambda: len(watcher.subscriptions))
 
     async def db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         # SQLAlchemy is synchronous: keep the event loop (and every event stream) free while it runs
@@ -533,11 +535,15 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         need(request, "supervisor")
 
         async def stream() -> AsyncIterator[str]:
-            yield "retry: 1000\n\n"
-            while not await request.is_disconnected():
-                board = await current_board()
-                yield _sse("board", fragment(request, "_board.html", board=board, sl=config.service_level_seconds))
-                await asyncio.sleep(1 - poll_s if poll_s < 1 else 0.5)
+            metrics.wallboards.inc()
+            try:
+                yield "retry: 1000\n\n"
+                while not await request.is_disconnected():
+                    board = await current_board()
+                    yield _sse("board", fragment(request, "_board.html", board=board, sl=config.service_level_seconds))
+                    await asyncio.sleep(1 - poll_s if poll_s < 1 else 0.5)
+            finally:
+                metrics.wallboards.dec()
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
@@ -653,6 +659,12 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         }
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
+    async def metrics_page(request: Request) -> Response:
+        """desk.metrics: the CRM statements this process sent and the streams open (supervisors only)."""
+        need(request, "supervisor")
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4",
+                        headers={"Cache-Control": "no-store"})
+
     # --- errors ------------------------------------------------------------------------
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -693,6 +705,7 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         post("/monitor", monitor),
         post("/phone/credentials", phone_credentials),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+        Route("/metrics", metrics_page),
     ]
     # QA review (质检): the form is read and checked at start (FormError: file:line: reason), its version stored
     form = read_form(config.quality.form_path)
