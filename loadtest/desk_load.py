@@ -140,9 +140,10 @@ def write_conf(work: Path, opts: argparse.Namespace) -> Setup:
     agents = "".join(
         f"[{number}]\ntype = agent\nseat_group = junior\nhost = 127.0.0.1:{setup.pool_ports[i % opts.agent_pool]}\n"
         f"secret = {agent_password(number)}\n" for i, number in enumerate(agent_numbers(opts.agents)))
+    rtp_max = min(65535, opts.rtp_base + max(200, 4 * (opts.calls + opts.routed)))  # a caller's and an agent's legs
     setup.conf.write_text(
         f"[general]\nbind = 127.0.0.1\nport = {setup.sip_port}\nring_seconds = 0\nnumbers = 95000\n"
-        f"rtp_port_min = {opts.rtp_base}\nrtp_port_max = {opts.rtp_base + 4999}\nmax_calls = {opts.calls + 200}\n"
+        f"rtp_port_min = {opts.rtp_base}\nrtp_port_max = {rtp_max}\nmax_calls = {opts.calls + 200}\n"
         f"status_file = {work / 'status.json'}\n"
         f"[limits]\ntrusted = 127.0.0.1\nmax_invites_per_second = 300\n"
         f"[metrics]\nport = {setup.metrics_port}\n"
@@ -288,7 +289,8 @@ class Sampler:
 
     def sample(self) -> Sample:
         desk = prometheus(self.client.get("/metrics").text)
-        calls, pacer, ivr_cpu = 0, {}, 0.0
+        calls, ivr_cpu = 0, 0.0
+        pacer: dict[str, float] = {}
         if self.ivr is not None and self.ivr.poll() is None:
             ivr = prometheus(urllib.request.urlopen(
                 f"http://127.0.0.1:{self.setup.metrics_port}/metrics", timeout=5).read().decode())
@@ -315,7 +317,8 @@ def rate_of(samples: list[Sample], key: str) -> float | None:
     """Per second between the first and last sample of a window (a counter), None without two samples."""
     if len(samples) < 2 or samples[-1].t <= samples[0].t:
         return None
-    return round((getattr(samples[-1], key) - getattr(samples[0], key)) / (samples[-1].t - samples[0].t), 2)
+    used = float(getattr(samples[-1], key)) - float(getattr(samples[0], key))
+    return round(used / (samples[-1].t - samples[0].t), 2)
 
 
 def cpu_percent(samples: list[Sample], key: str) -> float | None:
@@ -568,8 +571,9 @@ def phase(name: str, setup: Setup, opts: argparse.Namespace, sampler: Sampler, c
         if streams is not None:
             # the CRM statements a second with one agent's stream, with every agent's, then with the wallboards too:
             # with one watcher for all pages the first two are the same
-            steps = (("one_agent_stream", streams.agents[:1], False), ("all_agent_streams", streams.agents[1:], False),
-                     ("and_wallboards", [], True))
+            steps: list[tuple[str, list[str], bool]] = [("one_agent_stream", streams.agents[:1], False),
+                                                        ("all_agent_streams", streams.agents[1:], False),
+                                                        ("and_wallboards", [], True)]
             for step, agents, wallboards in steps:
                 started = time.monotonic()
                 streams.open(agents, wallboards=wallboards, timeout=60 + len(agents) / 10)
@@ -613,8 +617,9 @@ def phase(name: str, setup: Setup, opts: argparse.Namespace, sampler: Sampler, c
         })
         rings = {k: v for k, v in rings_after(setup.db, first_event).items() if v[1] <= end_wall}
         out["agents_rung"] = len(rings)
+        out["agents_rung_per_s_steady"] = round(
+            sum(1 for _, at in rings.values() if at >= end_wall - opts.seconds) / opts.seconds, 2)
         out["_rings"] = rings  # matched with the pops by the caller, then dropped
-        out["_window_wall"] = (end_wall - (end - load_started), end_wall)
     finally:
         out["ivr_exit"] = stop_ivr(ivr)
         sampler.ivr = None
@@ -648,6 +653,13 @@ def pop_figures(streams: Streams, rings: dict[int, tuple[str, float]], opened_at
     }
 
 
+def per_ring(loaded: dict[str, Any]) -> float | None:
+    """The desk's statements a second under load above its idle rate with every stream open, per ring a second."""
+    busy, idle = loaded["desk_statements_per_s_under_load"], loaded["desk_statements_per_s_no_calls_and_wallboards"]
+    rings = loaded["agents_rung_per_s_steady"]
+    return round((busy - idle) / rings, 1) if busy is not None and idle is not None and rings else None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--agents", type=int, default=300, help="agents logged in, each with its desk's event stream open")
@@ -660,7 +672,9 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=50, help="new calls a second while the load ramps up")
     p.add_argument("--idle-seconds", type=float, default=8, help="each phase's quiet time before its calls")
     p.add_argument("--agent-pool", type=int, default=10, help="SIPp UAS processes the agents' phones share")
-    p.add_argument("--rtp-base", type=int, default=44000, help="the IVR's RTP ports: this and the 4999 above")
+    p.add_argument("--rtp-base", type=int, default=25000,
+                   help="the IVR's RTP ports start here (4 a call, at least 200); the default stays below the "
+                        "ephemeral ports and apart from bench.py's 30000 and up")
     p.add_argument("--start-seconds", type=float, default=300,
                    help="the IVR's start at most (the first renders each agent's greeting into var/prompts)")
     p.add_argument("--report", type=Path, help="JSON path (default loadtest/reports/desk-load-<time>.json)")
@@ -671,6 +685,8 @@ def main() -> int:
         p.error("--routed is 1..--calls, and --calls at most 2000")
     if not 5 <= opts.seconds <= 1800 or not 1 <= opts.talk_seconds <= 600 or not 1 <= opts.rate <= 300:
         p.error("--seconds is 5..1800, --talk-seconds 1..600, --rate 1..300")
+    if not 1024 <= opts.rtp_base <= 65335:
+        p.error("--rtp-base is 1024..65335")
     if not 1 <= opts.agent_pool <= min(50, opts.agents):
         p.error("--agent-pool is 1..50 and at most --agents")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: the finally below still stops everything
@@ -694,11 +710,10 @@ def main() -> int:
         streams.login()
         report["logins_seconds"] = streams.login_seconds
         baseline = phase("baseline", setup, opts, sampler, callers, None)
-        baseline.pop("_rings"), baseline.pop("_window_wall")
+        baseline.pop("_rings")
         print(f"baseline (no desk streams): {json.dumps(baseline)}", flush=True)
         with_streams = phase("streams", setup, opts, sampler, callers, streams)
         rings = with_streams.pop("_rings")
-        with_streams.pop("_window_wall")
         print(f"with {opts.agents} + {opts.wallboards} streams: {json.dumps(with_streams)}", flush=True)
         report["phases"] = {"baseline": baseline, "streams": with_streams}
         report["pops"] = pop_figures(streams, rings, streams.opened_at)
@@ -738,6 +753,9 @@ def main() -> int:
             "idle_all_agent_streams": loaded["desk_statements_per_s_no_calls_all_agent_streams"],
             "idle_all_streams_and_wallboards": loaded["desk_statements_per_s_no_calls_and_wallboards"],
             "load_with_streams": loaded["desk_statements_per_s_under_load"],
+            # under load the rest follows the rings: each pop reads its call for the page it goes to
+            "per_ring_under_load": per_ring(loaded),
+            "if_each_agent_page_polled": round(opts.agents * 1000 / 250, 1),  # every [desk] poll_ms (250)
             "target": "flat in the number of streams (one watcher, not a poll per page)"},
         "media_clock_lateness_ms": {
             "baseline_p99_max": [base["media_clock_lateness_ms_p99"], base["media_clock_lateness_ms_max"]],
