@@ -614,6 +614,7 @@ def phase(name: str, setup: Setup, opts: argparse.Namespace, sampler: Sampler, c
             "desk_cpu_percent_of_one_core": cpu_percent(window, "desk_cpu"),
             **lateness(window),
             "steady_seconds": round(end - steady, 1),
+            "loadavg_at_end": os.getloadavg(),  # other work on the machine shows up as lateness
         })
         rings = {k: v for k, v in rings_after(setup.db, first_event).items() if v[1] <= end_wall}
         out["agents_rung"] = len(rings)
