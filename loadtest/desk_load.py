@@ -128,6 +128,7 @@ class Setup:
     pool_ports: list[int]
     db: Path
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)  # every process started here, to stop
+    phones: list[subprocess.Popen[Any]] = field(default_factory=list)  # the agents' SIPp UASes (in procs too)
 
     @property
     def desk_url(self) -> str:
@@ -219,15 +220,16 @@ def start_agent_pool(setup: Setup, timeout: float, calls: int) -> None:
     """The agents' phones: SIPp UASes answering and speaking, each for the agents whose `host` is its port."""
     for i, port in enumerate(setup.pool_ports):
         # media ports below the ephemeral range the SIP ports come from, and apart from bench.py's (21000 +)
-        setup.procs.append(subprocess.Popen(
+        setup.phones.append(subprocess.Popen(
             ["sipp", "-sf", str(SCENARIOS / "talking_agent_uas.xml"), "-i", "127.0.0.1", "-p", str(port),
              "-mi", "127.0.0.1", "-mp", str(23000 + 8 * i), "-m", str(calls), "-nostdin",
              "-timeout", f"{int(timeout)}s", "-trace_stat", "-stf", str(setup.work / f"agents-{port}.csv"),
              "-fd", "1"],
             cwd=setup.work, stdout=subprocess.DEVNULL,
             stderr=open(setup.work / f"agents-{port}.err", "w")))  # noqa: SIM115
+    setup.procs += setup.phones
     time.sleep(1.0)
-    dead = [p for p in setup.procs[-len(setup.pool_ports):] if p.poll() is not None]
+    dead = [p for p in setup.phones if p.poll() is not None]
     if dead:
         raise SystemExit("an agent UAS (SIPp) did not start: " + (setup.work / f"agents-{setup.pool_ports[0]}.err")
                          .read_text()[-2000:])
@@ -253,6 +255,8 @@ class Sample:
     wallboard_streams: float
     ivr_cpu: float
     desk_cpu: float
+    clients_cpu: float  # this process: the agents' and wallboards' stream clients (and this sampler)
+    sipp_cpu: float  # the SIPp callers and agent phones
 
 
 def prometheus(text: str) -> dict[str, float]:
@@ -273,6 +277,7 @@ class Sampler:
     def __init__(self, setup: Setup, desk: subprocess.Popen[bytes]) -> None:
         self.setup, self.desk = setup, desk
         self.ivr: subprocess.Popen[str] | None = None
+        self.sipp: list[subprocess.Popen[Any]] = []
         self.samples: list[Sample] = []
         self.client = httpx.Client(base_url=setup.desk_url, timeout=5)
         login_sync(self.client, SUPERVISOR, SUPERVISOR_PW)
@@ -302,7 +307,8 @@ class Sampler:
             ivr_cpu = cpu_seconds(self.ivr.pid)
         return Sample(time.monotonic(), calls, pacer, desk["desk_crm_statements_total"],
                       desk.get('desk_event_streams_open{kind="agent"}', 0.0),
-                      desk.get('desk_event_streams_open{kind="wallboard"}', 0.0), ivr_cpu, cpu_seconds(self.desk.pid))
+                      desk.get('desk_event_streams_open{kind="wallboard"}', 0.0), ivr_cpu, cpu_seconds(self.desk.pid),
+                      cpu_seconds(os.getpid()), sum(cpu_seconds(p.pid) for p in self.sipp if p.poll() is None))
 
     def window(self, t0: float, t1: float) -> list[Sample]:
         return [s for s in list(self.samples) if t0 <= s.t <= t1]
@@ -579,8 +585,10 @@ def phase(name: str, setup: Setup, opts: argparse.Namespace, sampler: Sampler, c
                 streams.open(agents, wallboards=wallboards, timeout=60 + len(agents) / 10)
                 opened = time.monotonic()
                 time.sleep(opts.idle_seconds)
-                out[f"desk_statements_per_s_no_calls_{step}"] = rate_of(sampler.window(opened, time.monotonic()),
-                                                                       "statements")
+                quiet = sampler.window(opened, time.monotonic())
+                out[f"desk_statements_per_s_no_calls_{step}"] = rate_of(quiet, "statements")
+                out[f"desk_cpu_percent_no_calls_{step}"] = cpu_percent(quiet, "desk_cpu")
+                out[f"stream_clients_cpu_percent_no_calls_{step}"] = cpu_percent(quiet, "clients_cpu")
                 out[f"streams_opened_seconds_{step}"] = round(opened - started, 1)
         else:
             t0 = time.monotonic()
@@ -589,6 +597,7 @@ def phase(name: str, setup: Setup, opts: argparse.Namespace, sampler: Sampler, c
         first_event = last_event_id(setup.db)
         ramp = opts.calls / opts.rate
         load = start_load(setup, opts, callers, ramp + opts.seconds + 5)
+        sampler.sipp = setup.phones + [proc for proc, _ in load.runs.values()]
         try:
             load_started = time.monotonic()
             steady, end = load_started + ramp + 3, load_started + ramp + 3 + opts.seconds
@@ -612,6 +621,8 @@ def phase(name: str, setup: Setup, opts: argparse.Namespace, sampler: Sampler, c
             "sipp_failed": sum(c[1] for c in counts.values()),
             "ivr_cpu_percent_of_one_core": cpu_percent(window, "ivr_cpu"),
             "desk_cpu_percent_of_one_core": cpu_percent(window, "desk_cpu"),
+            "stream_clients_cpu_percent_of_one_core": cpu_percent(window, "clients_cpu"),
+            "sipp_cpu_percent_of_one_core": cpu_percent(window, "sipp_cpu"),
             **lateness(window),
             "steady_seconds": round(end - steady, 1),
             "loadavg_at_end": os.getloadavg(),  # other work on the machine shows up as lateness
