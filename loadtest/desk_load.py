@@ -430,16 +430,16 @@ class Streams:
         last = time.monotonic()
         try:
             async with client.stream("GET", "/wallboard/events") as stream:
-                pending = False
+                pending, seen = False, 0
                 async for line in stream.aiter_lines():
                     if line.startswith("data:"):
                         pending = True
                     elif not line and pending:
                         now, pending = time.monotonic(), False
                         self.board_updates += 1
-                        if self.board_updates > self.wallboards:  # from the second update of the boards on
+                        if seen:  # between two updates of this board (not from the connection to its first)
                             self.board_gaps.append(now - last)
-                        last = now
+                        seen, last = seen + 1, now
         except asyncio.CancelledError:
             raise
         except Exception as exc:
