@@ -18,8 +18,8 @@ def test_desk_load_measures_each_pop_from_the_ivr_ring_to_the_agent_stream_and_t
         tmp_path: Path) -> None:
     report = tmp_path / "desk-load.json"
     done = subprocess.run([sys.executable, str(ROOT / "loadtest" / "desk_load.py"), "--agents", "20",
-                           "--wallboards", "2", "--calls", "8", "--routed", "4", "--seconds", "10",
-                           "--idle-seconds", "3", "--agent-pool", "2", "--rtp-base", "61000", "--report", str(report)],
+                           "--wallboards", "2", "--calls", "8", "--routed", "4", "--talk-seconds", "2", "--seconds", "8",
+                           "--idle-seconds", "2", "--agent-pool", "2", "--rtp-base", "61000", "--report", str(report)],
                           capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     data = json.loads(report.read_text())
