@@ -15,16 +15,18 @@ concurrent callers with media: `--routed` of them press 9 and 1
 callers (silent_caller.xml: greeting, prompts, VAD listening). Each routed
 call rings one agent, so pops keep coming for the whole phase.
 
-Phases, each `--seconds` of steady load after the ramp (`--rate` calls/s),
+Two phases, each `--seconds` of steady load after the ramp (`--rate` calls/s),
 each with a fresh IVR process (its media clock's statistics then belong to
 that phase alone; the CRM, the desk and the agents' sessions stay):
 
-1. idle: the desk with no stream open and no calls;
-2. baseline: the load, no desk stream open;
-3. streams: `--agents` agents log in with their password (the desk's real
-   login), load their desk page and open its event stream
-   (`/desk/events?after=<the page's last event>`, as desk.js does), and
-   `--wallboards` supervisors follow `/wallboard/events`; then the same load.
+1. baseline: `--idle-seconds` with no calls, then the load; no desk stream
+   is open;
+2. streams: the agents (logged in with their password before the first
+   phase: the desk's real login) load their desk page and open its event
+   stream (`/desk/events?after=<the page's last event>`, as desk.js does) —
+   one agent's first, then the others', then `--wallboards` supervisors
+   follow `/wallboard/events`, `--idle-seconds` with no calls after each
+   step — then the same load.
 
 Measured:
 
