@@ -401,7 +401,8 @@ def sipp(work: Path, target: str, args: list[str], timeout: float) -> dict[str, 
     stat = work / f"sipp-{time.monotonic_ns()}.csv"
     cmd = ["sipp", target, "-i", "127.0.0.1", "-p", str(free_port()), "-nostdin", "-timeout", f"{int(timeout)}s",
            "-timeout_error", "-trace_stat", "-stf", str(stat), "-fd", "1", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=work, timeout=timeout + 30)
+    # bytes, not text: only its exit status is read, and under overload SIPp may print bytes that are not UTF-8
+    done = subprocess.run(cmd, capture_output=True, cwd=work, timeout=timeout + 30)
     return sipp_counts(stat, done.returncode)
 
 
