@@ -37,9 +37,10 @@ silence, so the file keeps the call's timing; each span is a
 
 After a file is complete, every function in `RecordingWriter.completed_hooks`
 is called with its `Finished` description, in the writer thread: the place
-for the conversation characteristics (`crm_bridge.characteristics
-.compute_and_store`) and anything else that needs the finished file. A hook
-that raises is logged; the others still run.
+for the conversation characteristics (`run_ivr.Analyser` hands the file to a
+child process) and anything else that needs the finished file. A hook must
+return quickly (it delays the next files' writing); one that raises is
+logged, the others still run.
 
 At start-up, `recover_interrupted` marks this worker's rows still
 `recording` (the process died while writing) `interrupted`; their `.part`
