@@ -11,17 +11,20 @@ the line dead behind a quiet caller.
 What a party said stays G.711 as it came off the wire: each session hands its
 audio payloads straight to the bridge (`payload_sink`, `ivr.media`), not
 decoded, and a frame goes to the other side unchanged (or through a 256-byte
-table when one side speaks µ-law and the other A-law, which loses nothing
-G.711 keeps). Decoding to PCM happens only for what needs samples: taps, and
-a side that hears an injection (its frame is mixed and encoded again).
+table when one side speaks µ-law and the other A-law: the conversion a
+transcoding gateway does). Decoding to PCM happens only for what needs
+samples: PCM taps, and a side that hears an injection (its frame is mixed and
+encoded again).
 
 Between receiving and sending sit two seams, in the manner of Asterisk's
 audiohooks (spy, whisper) and FreeSWITCH's media bugs:
 
-- **taps** see both parties' frames of the same tick as 16-bit PCM, in step,
-  before any injection: the caller's and the agent's own voices (a recorder
-  writes them as the left and right channels; a supervisor listening hears
-  their mix);
+- **taps** see both parties' frames of the same tick, in step, before any
+  injection: the caller's and the agent's own voices. A PCM tap (a
+  supervisor listening hears their mix) gets 16-bit PCM; a µ-law tap (the
+  recorder, which writes them as the left and right channels) gets both as
+  µ-law, so nothing is decoded on the clock for it: its writer thread
+  decodes a second at a time;
 - **injections** add audio to what one side hears, or both: a supervisor's
   voice to the agent alone (whisper) or to both (barge), a beep.
 
@@ -57,6 +60,7 @@ log = structlog.get_logger("ivr.bridge")
 FRAME_BYTES = 320  # 20 ms of 8 kHz 16-bit mono PCM: 160 samples
 G711_FRAME = 160  # ... and of G.711: a byte a sample
 SILENCE_PCM = bytes(FRAME_BYTES)
+ULAW_SILENCE = SILENCE_FRAMES[0]  # µ-law's code for 0: digital silence
 MAX_BUFFERED_FRAMES = 4  # 80 ms of received audio waiting for the clock; older audio is dropped
 REORDER_WINDOW = 64  # a packet this many sequence numbers behind the last is late, farther back a new stream
 
@@ -94,6 +98,18 @@ class Tap(Protocol):
 
     def frame(self, caller: bytes, agent: bytes) -> None:
         """One tick: what the caller and the agent said (silence where a side sent nothing). Return at once."""
+        ...
+
+    def close(self) -> None:
+        """The bridge ended (hang-up, transfer): no more frames."""
+        ...
+
+
+class UlawTap(Protocol):
+    """Sees both parties' audio of each tick, in step, as µ-law (160 bytes each, `ULAW_SILENCE` where quiet)."""
+
+    def frame(self, caller: bytes, agent: bytes) -> None:
+        """One tick: what the caller and the agent said. Return at once."""
         ...
 
     def close(self) -> None:
@@ -163,7 +179,7 @@ class _Inbound:
 class _Side:
     """What the bridge sends one party: its payload type's tables, codec and silence, worked out once."""
 
-    __slots__ = ("party", "silence", "decode", "encode", "from_other")
+    __slots__ = ("party", "silence", "decode", "encode", "from_other", "to_ulaw")
 
     def __init__(self, party: Party, other: Party) -> None:
         self.party = party
@@ -173,6 +189,12 @@ class _Side:
         self.decode: Callable[[bytes], bytes] = codec.decode  # what this party said, as PCM
         self.encode: Callable[[bytes], bytes] = codec.encode  # PCM to send this party
         self.from_other = _transcoding_table(other.payload_type, pt)  # the other's G.711 into this party's
+        self.to_ulaw = _transcoding_table(pt, 0)  # what this party said, for µ-law taps
+
+    def said_in_ulaw(self, payload: bytes | None) -> bytes:
+        if payload is None:
+            return ULAW_SILENCE
+        return payload if self.to_ulaw is None else payload.translate(self.to_ulaw)
 
     def send(self, payload: bytes | None) -> None:
         """Send the other party's frame (G.711 of the other's payload type), or silence for None."""
@@ -205,6 +227,7 @@ class MediaBridge:
         self.to_caller = _Side(caller, agent)
         self.to_agent = _Side(agent, caller)
         self.taps: list[Tap] = []
+        self.ulaw_taps: list[UlawTap] = []
         self.injections: dict[Injection, Hears] = {}
         self.closed = False
         self.ticks = 0
@@ -221,10 +244,14 @@ class MediaBridge:
     def add_tap(self, tap: Tap) -> None:
         self.taps.append(tap)
 
-    def remove_tap(self, tap: Tap) -> None:
-        if tap in self.taps:
-            self.taps.remove(tap)
-            tap.close()
+    def add_ulaw_tap(self, tap: UlawTap) -> None:
+        self.ulaw_taps.append(tap)
+
+    def remove_tap(self, tap: Tap | UlawTap) -> None:
+        for taps in (self.taps, self.ulaw_taps):
+            if tap in taps:
+                taps.remove(tap)
+                tap.close()
 
     def inject(self, source: Injection, hears: Hears) -> None:
         """Mix `source` into what `hears` hears from the next tick on (again with another `hears`: switch)."""
@@ -241,12 +268,13 @@ class MediaBridge:
         for party in (self.caller, self.agent):
             if party.rtp is not None:
                 party.rtp.payload_sink = None
-        for tap in self.taps:
+        for tap in (*self.taps, *self.ulaw_taps):
             try:
                 tap.close()
             except Exception:
                 self.log.exception("bridge_tap_failed", tap=type(tap).__name__)
         self.taps.clear()
+        self.ulaw_taps.clear()
         self.injections.clear()
         self.log.info("bridge_closed", ticks=self.ticks,
                       caller_frames=self.from_caller.frames, caller_silent=self.from_caller.underruns,
@@ -263,6 +291,15 @@ class MediaBridge:
         self.ticks += 1
         said_by_caller = self.from_caller.take()
         said_by_agent = self.from_agent.take()
+        if self.ulaw_taps:
+            caller_ulaw = self.to_caller.said_in_ulaw(said_by_caller)
+            agent_ulaw = self.to_agent.said_in_ulaw(said_by_agent)
+            for ulaw_tap in tuple(self.ulaw_taps):
+                try:
+                    ulaw_tap.frame(caller_ulaw, agent_ulaw)
+                except Exception:  # a broken recorder must not break the call
+                    self.log.exception("bridge_tap_failed", tap=type(ulaw_tap).__name__)
+                    self.ulaw_taps.remove(ulaw_tap)
         if self.taps or self.injections:
             self._tick_in_pcm(said_by_caller, said_by_agent)
         else:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from aiortp.codecs import get_codec
 
-from ivr.bridge import FRAME_BYTES, MAX_BUFFERED_FRAMES, SILENCE_PCM, Hears, MediaBridge, mix
+from ivr.bridge import FRAME_BYTES, MAX_BUFFERED_FRAMES, SILENCE_PCM, ULAW_SILENCE, Hears, MediaBridge, mix
 from ivr.media import SILENCE_FRAMES
 
 
@@ -230,3 +230,26 @@ def test_mixing_clips_instead_of_wrapping_around() -> None:
     assert mix(tone(30000), tone(10000)) == tone(32767)
     assert mix(tone(-30000), tone(-10000)) == tone(-32768)
     assert mix(None, tone(3)) == tone(3)
+
+
+def test_a_ulaw_tap_gets_both_sides_in_ulaw_with_digital_silence_and_nothing_is_decoded_for_it() -> None:
+    bridge, caller, agent = bridged(0, 8)  # a µ-law caller, an A-law agent
+    seen: list[tuple[bytes, bytes]] = []
+
+    class Recorder:
+        def frame(self, caller_ulaw: bytes, agent_ulaw: bytes) -> None:
+            seen.append((caller_ulaw, agent_ulaw))
+
+        def close(self) -> None:
+            pass
+
+    bridge.add_ulaw_tap(Recorder())
+    caller.say(tone(700))
+    bridge.send_next_frame(1)
+    agent.say(tone(900))
+    bridge.send_next_frame(2)
+    assert seen[0] == (encode(tone(700), 0), ULAW_SILENCE)
+    assert seen[1][0] == ULAW_SILENCE and decode(seen[1][1], 0) == g711(g711(tone(900), 8), 0)
+    assert decode(ULAW_SILENCE, 0) == SILENCE_PCM  # silence in the file is digital zero
+    assert not bridge.taps  # the PCM path stays off: frames are forwarded as they came
+    assert agent.rtp.sent[-2][1] == encode(decode(encode(tone(700), 0), 0), 8)
