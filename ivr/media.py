@@ -16,6 +16,7 @@ binding then moves on to the next free port instead of refusing the call.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import struct
 import sys
 import time
@@ -481,6 +482,10 @@ class WebRtcSession(SrtpRtpSession):
         self._remote_addr = self._remote_rtcp_addr = remote_addr  # placeholder until ICE selects one
         transport = _MuxTransport(self)
         await loop.create_datagram_endpoint(lambda: transport, local_addr=local_addr)
+        try:
+            self._loopback_only = ipaddress.ip_address(local_addr[0]).is_loopback
+        except ValueError:  # a host name: resolved by the socket, not a loopback literal
+            self._loopback_only = False
         self._rtp_transport = self._rtcp_transport = transport  # rtcp-mux: one socket for both
         transport.send = self._protecting(transport.send)  # type: ignore[method-assign]
         self.peer = WebRtcPeer(local_certificate(), transport.send_raw)
@@ -542,6 +547,12 @@ class WebRtcSession(SrtpRtpSession):
             else:
                 self._handle_rtp(data, addr)
         elif kind == "stun":
+            if self._loopback_only and not ipaddress.ip_address(addr[0]).is_loopback:
+                # Media bound to a loopback address serves a browser on this host. Chromium there also
+                # checks from its other host candidates (the machine's LAN address); answering would
+                # run the call's media over that address instead of the loopback pair it also checks.
+                self.stray += 1
+                return
             self.peer.stun(data, addr)
             if self.peer.selected is not None and self._srtp is not None:
                 self._remote_addr = self._remote_rtcp_addr = self.peer.selected  # the browser re-nominated
