@@ -14,10 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import multiprocessing
+import os
 import signal
 import socket
 import sys
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -29,7 +32,7 @@ from sqlalchemy import Engine as SqlEngine
 from sqlalchemy.exc import SQLAlchemyError
 
 from crm_bridge.agent_commands import take_pending
-from crm_bridge.characteristics import characteristics
+from crm_bridge.characteristics import Characteristics, characteristics
 from crm_bridge.customers import CallerDirectory, senior_names
 from crm_bridge.db import make_engine, migrate, reconcile_interrupted, sync_seat_groups
 from crm_bridge.outbox import Outbox, OutboxError
@@ -178,7 +181,7 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     desk_commands = partial(take_pending, db, taken_by=worker or "ivr", agents=own_agents)
     engine = Engine(config, prompts, writer, greeter, directory=directory, acd=acd, desk=desk,
                     desk_commands=desk_commands, music=music, followup_db=db, worker=worker)
-    recorder = start_recorder(config, db, writer, engine, worker if clustered else None)
+    recorder, analyser = start_recorder(config, db, writer, engine, worker if clustered else None)
     if not clustered:  # one IVR owns the callbacks a previous run did not finish; workers would each dial them
         engine.dialler.restore(await asyncio.to_thread(open_callbacks, db))
     await engine.start()
@@ -229,6 +232,8 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     await engine.stop()
     if recorder is not None:  # every bridge is closed: finish the files (off the loop), then their rows (on it)
         await asyncio.to_thread(recorder.writer.close)
+        if analyser is not None:  # the last files' characteristics, before the CRM writer closes
+            await asyncio.to_thread(analyser.close)
         recorder.close()
     await directory.close()
     unwritten = await asyncio.to_thread(writer.close)
@@ -243,37 +248,65 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
 
 
 def start_recorder(config: Config, db: Any, writer: CrmWriter, engine: Engine, worker: str | None
-                   ) -> Recorder | None:
+                   ) -> tuple[Recorder | None, Analyser | None]:
     """[recording]: mark what a previous run left unfinished, then record bridged calls (ivr.recording)."""
     rec = config.recording
     marked = recover_interrupted(db, rec.directory, worker)
     if marked:
         log.warning("recordings_interrupted", count=marked, directory=str(rec.directory))
     if not rec.enabled:
-        return None
+        return None, None
     recorder = Recorder(rec, writer.submit, worker=writer.worker, metrics=engine.metrics,
                         call_soon_threadsafe=asyncio.get_running_loop().call_soon_threadsafe)
     engine.metrics.recording_queue_depth.set_function(lambda: recorder.writer.depth)
     engine.bridge_hooks.append(recorder.attach)
-    recorder.writer.completed_hooks.append(partial(_analyse, writer.submit))
+    analyser = Analyser(writer.submit)
+    recorder.writer.completed_hooks.append(analyser)
     for command in ("pause_recording", "resume_recording"):
         engine.agent_command_hooks[command] = partial(_desk_recording_command, recorder, command)
     recorder.start()
     log.info("recording", directory=str(rec.directory), format=rec.format,
              seat_groups=sorted(rec.seat_groups) or "all", services=sorted(rec.services) or "all")
-    return recorder
+    return recorder, analyser
 
 
-def _analyse(submit: Callable[[RecordCharacteristics], None], done: Finished) -> None:
-    """A finished recording's conversation characteristics (talk, silences, over-talk), stored with its row.
+class Analyser:
+    """Finished recordings' conversation characteristics (talk, silences, over-talk), stored with their rows.
 
-    Runs in the recorder's writer thread, off the event loop; the row goes through the CRM writer after the
-    recording's own `complete` row, so the two land in order."""
-    found = characteristics(done.path)
-    submit(RecordCharacteristics(done.relative, found.to_json()))
-    log.info("recording_analysed", call_id=done.sip_call_id, path=done.relative,
-             caller_talk_s=found.caller_talk_s, agent_talk_s=found.agent_talk_s,
-             longest_silence_s=found.longest_silence_s, overtalk_count=found.overtalk_count)
+    Computed in a child process at low priority, one file at a time: the VAD
+    over a long file is seconds of CPU, which in the recorder's thread would
+    hold the GIL against the media clock (300 calls ending together: minutes
+    of it). Called in the recorder's writer thread with each finished file;
+    the row goes through the CRM writer after the recording's own `complete`
+    row, so the two land in order. A file whose analysis fails is logged and
+    left for `python -m crm_bridge characteristics --all-missing`.
+    """
+
+    def __init__(self, submit: Callable[[RecordCharacteristics], None]) -> None:
+        self.submit = submit
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __call__(self, done: Finished) -> None:
+        if self._pool is None:  # spawned, not forked: this process has threads
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=os.nice, initargs=(10,))
+        self._pool.submit(characteristics, done.path).add_done_callback(partial(self._store, done))
+
+    def _store(self, done: Finished, future: Future[Characteristics]) -> None:
+        try:
+            found = future.result()
+        except Exception as exc:  # noqa: BLE001 — a broken file or a killed child: the call's row stays without
+            log.warning("recording_analysis_failed", call_id=done.sip_call_id, path=done.relative, error=repr(exc))
+            return
+        self.submit(RecordCharacteristics(done.relative, found.to_json()))
+        log.info("recording_analysed", call_id=done.sip_call_id, path=done.relative,
+                 caller_talk_s=found.caller_talk_s, agent_talk_s=found.agent_talk_s,
+                 longest_silence_s=found.longest_silence_s, overtalk_count=found.overtalk_count)
+
+    def close(self) -> None:
+        """Wait for the files handed over so far, then stop the child."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 def _desk_recording_command(recorder: Recorder, command: str, agent: str, requested_by: str) -> None:

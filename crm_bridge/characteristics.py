@@ -27,9 +27,10 @@ left out of non-talk time and silences, and counted as `paused_s`.
 
 `characteristics(path)` returns a frozen `Characteristics`; `to_json()` is
 what `recordings.characteristics` holds (QA forms read those keys).
-`compute_and_store(...)` computes and stores it for one recording row: the
-IVR's recorder calls it in a thread once a file is complete, and
-`python -m crm_bridge characteristics --all-missing` catches up on the rest.
+The IVR computes `characteristics(path)` for each finished file in a child
+process (`run_ivr.Analyser`); `compute_and_store(...)` computes and stores it
+for one recording row, which `python -m crm_bridge characteristics
+--all-missing` does for the rest.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ binding then moves on to the next free port instead of refusing the call.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import struct
 import sys
 import time
@@ -43,8 +44,18 @@ SILENCE_FRAMES = {0: b"\xff" * SAMPLES_PER_FRAME, 8: b"\xd5" * SAMPLES_PER_FRAME
 TICK_SWITCH_INTERVAL_S = 0.05  # other threads wait for a media tick (see MediaClock._run)
 BIND_ATTEMPTS = 32  # ports tried before a call is refused for want of media
 
-RtpSession = aiortp.RTPSession
 _RTP_HEADER = struct.Struct("!BBHII")  # V=2 P X CC, M PT, sequence, timestamp, SSRC (RFC 3550 §5.1)
+_SEQ_TS_SSRC = struct.Struct("!HII")  # the same header from its third byte on
+PayloadSink = Callable[[bytes, int], None]  # a received packet's payload as it came, and its sequence number
+
+
+class _Seen:
+    """The two fields of a received packet that aiortp's receive statistics read; one per session, reused."""
+
+    __slots__ = ("sequence_number", "timestamp")
+
+    def __init__(self) -> None:
+        self.sequence_number = self.timestamp = 0
 
 
 def _closed_transport(_data: bytes, _addr: tuple[str, int]) -> None:
@@ -61,6 +72,40 @@ class CycleFreeRtpSession(aiortp.RTPSession):
     call leg its on_audio/on_dtmf name, every object of the call. The IVR runs
     that collection only when no call is up (ivr.gcpolicy), so cut the knot here.
     """
+
+    payload_sink: PayloadSink | None = None
+    """Set by a bridge (`ivr.bridge`): each plain audio packet's payload goes there, undecoded; see _handle_rtp."""
+    _seen: _Seen | None = None
+
+    def _handle_rtp(self, data: bytes, addr: tuple[str, int]) -> None:
+        """A bridged leg's audio packets straight to the bridge: no packet object, no jitter buffer, no decoding.
+
+        aiortp 0.8.0 turns every received packet into an RtpPacket, passes it
+        through its jitter buffer and decodes it to PCM: for a bridge carrying
+        G.711 from one phone to another that is most of the call's CPU (600
+        streams: a quarter of a core), and the PCM was encoded again to send.
+        With a `payload_sink` set, a packet of the session's own payload type
+        with a plain 12-byte header (version 2, no padding, extension or CSRC)
+        gives the sink its payload and sequence number; receive statistics
+        (RTCP reports) and address latching are kept. Anything else (RFC 4733
+        digits, comfort noise, unusual headers) takes aiortp's full path.
+        Reordering is the sink's business (`ivr.bridge` drops late packets).
+        """
+        sink = self.payload_sink
+        if sink is None or data[0] != 0x80 or data[1] & 0x7F != self._payload_type or len(data) <= 12:
+            super()._handle_rtp(data, addr)
+            return
+        seq, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
+        if ssrc != self._remote_ssrc:
+            self._remote_ssrc_changed(ssrc)
+        if addr != self._remote_addr:
+            self._latch_rtp_addr(addr)
+        seen = self._seen
+        if seen is None:
+            seen = self._seen = _Seen()
+        seen.sequence_number, seen.timestamp = seq, timestamp
+        self._stream_stats.add(seen)  # type: ignore[union-attr, arg-type]  # set by _remote_ssrc_changed
+        sink(data[12:], seq)
 
     def send_audio(self, payload: bytes, timestamp: int) -> None:
         """aiortp's send_audio without building an RtpPacket object per packet.
@@ -89,7 +134,7 @@ class CycleFreeRtpSession(aiortp.RTPSession):
 
     async def close(self) -> None:
         await super().close()
-        self.on_audio = self.on_dtmf = None
+        self.on_audio = self.on_dtmf = self.payload_sink = None
         for transport in (self._rtp_transport, self._rtcp_transport):
             if transport is not None:
                 transport._on_rtp = transport._on_rtcp = _closed_transport
@@ -98,6 +143,9 @@ class CycleFreeRtpSession(aiortp.RTPSession):
         self._rtp_transport = self._rtcp_transport = None
         self._rtcp_task = None
         self._dtmf_receiver._on_dtmf = _closed_transport  # type: ignore[assignment]
+
+
+RtpSession = CycleFreeRtpSession  # every session the IVR opens is one (open_rtp, open_webrtc)
 
 
 class StrictRtpSession(CycleFreeRtpSession):
@@ -249,7 +297,7 @@ async def open_rtp(
     strict: bool = True,
     srtp: SrtpContext | None = None,
     secure: bool = False,
-) -> tuple[aiortp.RTPSession, int]:
+) -> tuple[RtpSession, int]:
     """Bind an RTP session on the next free port of the pool; returns it and its port.
 
     With `srtp`, the session speaks SRTP/SRTCP with those keys (SrtpRtpSession); with `secure`
@@ -257,7 +305,7 @@ async def open_rtp(
     Raises RuntimeError when the range is exhausted and OSError when no port
     of `BIND_ATTEMPTS` would bind.
     """
-    session_class: type[aiortp.RTPSession]
+    session_class: type[RtpSession]
     if srtp is not None or secure:
         session_class = StrictSrtpRtpSession if strict else SrtpRtpSession
     else:
@@ -277,6 +325,7 @@ async def open_rtp(
             error = exc
             log.info("rtp_port_busy", port=port, error=str(exc))
             continue
+        assert isinstance(session, CycleFreeRtpSession)  # aiortp's create is typed as returning its base class
         if isinstance(session, SrtpRtpSession) and srtp is not None:
             session.attach_srtp(srtp)
         return session, port
@@ -433,6 +482,10 @@ class WebRtcSession(SrtpRtpSession):
         self._remote_addr = self._remote_rtcp_addr = remote_addr  # placeholder until ICE selects one
         transport = _MuxTransport(self)
         await loop.create_datagram_endpoint(lambda: transport, local_addr=local_addr)
+        try:
+            self._loopback_only = ipaddress.ip_address(local_addr[0]).is_loopback
+        except ValueError:  # a host name: resolved by the socket, not a loopback literal
+            self._loopback_only = False
         self._rtp_transport = self._rtcp_transport = transport  # rtcp-mux: one socket for both
         transport.send = self._protecting(transport.send)  # type: ignore[method-assign]
         self.peer = WebRtcPeer(local_certificate(), transport.send_raw)
@@ -494,6 +547,12 @@ class WebRtcSession(SrtpRtpSession):
             else:
                 self._handle_rtp(data, addr)
         elif kind == "stun":
+            if self._loopback_only and not ipaddress.ip_address(addr[0]).is_loopback:
+                # Media bound to a loopback address serves a browser on this host. Chromium there also
+                # checks from its other host candidates (the machine's LAN address); answering would
+                # run the call's media over that address instead of the loopback pair it also checks.
+                self.stray += 1
+                return
             self.peer.stun(data, addr)
             if self.peer.selected is not None and self._srtp is not None:
                 self._remote_addr = self._remote_rtcp_addr = self.peer.selected  # the browser re-nominated

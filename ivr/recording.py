@@ -4,13 +4,14 @@ Theory of operation. When a caller and an agent are bridged (`ivr.bridge`),
 `Recorder.attach` (one of `Engine.bridge_hooks`) adds a `RecordingTap` to the
 bridge if the call flow says the call is recorded (`[recording]`,
 `ivr.callflow.RecordingRule`). The tap runs on the 20 ms media clock: every
-tick it gets both parties' frames in step, silence where a side sent
+tick it gets both parties' frames in step as µ-law (`ivr.bridge.UlawTap`:
+what the phones sent, not decoded on the clock), silence where a side sent
 nothing, so a 5-minute talk is a 5-minute file. It only appends them to two
 byte buffers and, once a second, hands the second of audio to the writer's
 queue; it never touches a file.
 
 One writer thread per process (`RecordingWriter`), not one per call, drains
-that queue: it interleaves the two channels, encodes (PCM 16-bit, G.711
+that queue: it decodes and interleaves the two channels, encodes (PCM 16-bit, G.711
 A-law or µ-law WAV, or FLAC through `soundfile`) and writes. Each file is
 written under a temporary name (`….wav.part`); when the bridge ends the
 header gets its sizes, the SHA-256 of the finished bytes is computed in that
@@ -37,9 +38,10 @@ silence, so the file keeps the call's timing; each span is a
 
 After a file is complete, every function in `RecordingWriter.completed_hooks`
 is called with its `Finished` description, in the writer thread: the place
-for the conversation characteristics (`crm_bridge.characteristics
-.compute_and_store`) and anything else that needs the finished file. A hook
-that raises is logged; the others still run.
+for the conversation characteristics (`run_ivr.Analyser` hands the file to a
+child process) and anything else that needs the finished file. A hook must
+return quickly (it delays the next files' writing); one that raises is
+logged, the others still run.
 
 At start-up, `recover_interrupted` marks this worker's rows still
 `recording` (the process died while writing) `interrupted`; their `.part`
@@ -68,7 +70,7 @@ from sqlalchemy.orm import Session
 
 from crm_bridge.models import Recording
 from crm_bridge.records import RecordRecording, RecordRecordingPause
-from ivr.bridge import FRAME_BYTES, SILENCE_PCM
+from ivr.bridge import G711_FRAME, ULAW_SILENCE
 
 if TYPE_CHECKING:
     from ivr.config import RecordingConfig
@@ -80,9 +82,11 @@ log = structlog.get_logger("ivr.recording")
 SAMPLE_RATE = 8000
 FRAME_SECONDS = 0.020
 CHUNK_FRAMES = 50  # the tap hands the writer one second of a call at a time
-QUEUE_SECONDS = 3000  # seconds of audio (all calls) the writer may be behind: 300 calls x 10 s, about 96 MB
+QUEUE_SECONDS = 3000  # seconds of audio (all calls) the writer may be behind: 300 calls x 10 s, about 48 MB
 EXTENSIONS = {"wav-pcm16": ".wav", "wav-alaw": ".wav", "wav-ulaw": ".wav", "flac": ".flac"}
-_SILENT_SECOND = bytes(CHUNK_FRAMES * FRAME_BYTES)
+_SILENT_SECOND = ULAW_SILENCE * CHUNK_FRAMES
+# µ-law byte -> 16-bit sample: the writer decodes a second of a side with one numpy lookup
+_ULAW_PCM = np.frombuffer(get_codec(0).decode(bytes(range(256))), "<i2")
 _WAV_TAGS = {"wav-pcm16": (1, 16), "wav-alaw": (6, 8), "wav-ulaw": (7, 8)}  # WAVE format tag, bits per sample
 _G711_PAYLOAD = {"wav-alaw": 8, "wav-ulaw": 0}  # the RTP codec whose encoder does it (aiortp)
 
@@ -159,12 +163,13 @@ class RecordingTap:
     # --- the media clock -------------------------------------------------------------
 
     def frame(self, caller: bytes, agent: bytes) -> None:
+        """One tick of both sides in µ-law (`ivr.bridge.UlawTap`)."""
         if self.pause is not None:
-            caller = agent = SILENCE_PCM  # the paused span is silence: the file keeps the call's timing
+            caller = agent = ULAW_SILENCE  # the paused span is silence: the file keeps the call's timing
         self.caller += caller
         self.agent += agent
         self.frames += 1
-        if len(self.caller) >= CHUNK_FRAMES * FRAME_BYTES:
+        if len(self.caller) >= CHUNK_FRAMES * G711_FRAME:
             self._hand_over()
 
     def _hand_over(self, last: bool = False) -> None:
@@ -312,9 +317,9 @@ class RecordingWriter:
     def _write(self, tap: RecordingTap, caller: bytes, agent: bytes) -> None:
         if tap.error is not None:
             return  # failed already: the rest of the call is not recorded
-        samples = np.empty((len(caller) // 2, 2), dtype="<i2")
-        samples[:, 0] = np.frombuffer(caller, "<i2")  # left: the caller
-        samples[:, 1] = np.frombuffer(agent, "<i2")  # right: the agent
+        samples = np.empty((len(caller), 2), dtype="<i2")
+        samples[:, 0] = _ULAW_PCM[np.frombuffer(caller, np.uint8)]  # left: the caller
+        samples[:, 1] = _ULAW_PCM[np.frombuffer(agent, np.uint8)]  # right: the agent
         try:
             if tap.sound is not None:
                 tap.sound.write(samples)
@@ -440,7 +445,7 @@ class Recorder:
         self.submit(row)  # journaled before the file exists: a crash finds the row and marks it
         tap = RecordingTap(self.writer, row, self._closed)
         self.writer.open(tap)
-        bridge.add_tap(tap)
+        bridge.add_ulaw_tap(tap)
         self.active[agent.agent] = tap
         leg.log.info("recording_started", path=row.path, agent=agent.agent, n=n)
         if agent.rtp is not None:

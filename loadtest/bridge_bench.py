@@ -15,8 +15,8 @@ take turns for `--rounds` rounds and the medians are reported:
 - `relay`: each decoded packet is re-encoded and sent to the other side as
   it arrives (how bridges worked before the media clock carried them);
 - `bridge`: `ivr.bridge.MediaBridge` on the shared `MediaClock`, no tap;
-- `bridge_tap`: the same with a tap taking both sides' frames each tick (what
-  a recorder's tap does on the clock: a bounded queue put).
+- `bridge_tap`: the same with a µ-law tap taking both sides' frames each tick
+  (what a recorder's tap does on the clock: a bounded queue put).
 
 Printed and written as JSON: CPU seconds per wall second per mode (median), the cost
 per call above the floor, and the ratio bridge/relay of those costs. Only
@@ -63,7 +63,7 @@ class Party:
 
 
 class NullTap:
-    """A recorder's share of the clock: both frames onto a bounded queue, nothing else."""
+    """A recorder's share of the clock: both µ-law frames onto a bounded queue, nothing else."""
 
     def __init__(self) -> None:
         self.queue: deque[tuple[bytes, bytes]] = deque(maxlen=256)
@@ -129,7 +129,7 @@ async def run(opts: argparse.Namespace) -> dict[str, object]:
                 bridge = MediaBridge(caller, agent)
                 bridge.connect()
                 if mode == "bridge_tap":
-                    bridge.add_tap(NullTap())
+                    bridge.add_ulaw_tap(NullTap())
                 clock.serve(bridge)
                 bridges.append(bridge)
         await phones_talk(1.0)  # settle

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import ROOT, SCENARIOS, free_port  # noqa: E402  (loadtest/, run by path)
+from bench_common import ROOT, SCENARIOS, free_port  # noqa: E402  (loadtest/, run by path)
 
 # where a sample is in the CRM write path: the journal append (on the event loop in both modes) and the
 # batches applied to the database (the writer thread's, or the writer process's)

@@ -49,10 +49,11 @@ def strength(samples: np.ndarray, hz: float, rate: int = 8000) -> float:
 class RtpPeer:
     """A party's RTP: learns the IVR's address from its first packet, then sends a tone back from the same port.
 
-    Sending from the port its SDP named keeps a strict IVR (`rtp_strict`) taking its audio.
+    Sending from the port its SDP named keeps a strict IVR (`rtp_strict`) taking its audio. `sound` is the
+    tone's frequency, or 8 kHz samples (known speech) to loop instead.
     """
 
-    def __init__(self, hz: float) -> None:
+    def __init__(self, sound: float | np.ndarray) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", free_port(even=True)))
         self.sock.settimeout(0.1)
@@ -60,7 +61,8 @@ class RtpPeer:
         self.remote: tuple[str, int] | None = None
         self.received: list[tuple[float, bytes]] = []  # (arrival, decoded PCM)
         self.talking = threading.Event()
-        self.frames = tone(hz, 1.0).tobytes()
+        samples = tone(sound, 1.0) if isinstance(sound, float) else np.asarray(sound, "<i2")
+        self.frames = np.concatenate((samples, np.zeros(-len(samples) % 160, "<i2"))).tobytes()  # whole frames
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._receive, daemon=True),
                          threading.Thread(target=self._send, daemon=True)]

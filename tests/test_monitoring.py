@@ -22,7 +22,8 @@ from ivr.callflow import State
 from ivr.config import ConfigError, MonitoringConfig, load_config
 from ivr.monitoring import BEEP, FeatureCode, Mode, Monitor, parse_feature_code, refusal
 
-from .test_bridge import FakeParty, tone
+from .test_bridge import FakeParty, g711, tone
+from .test_bridge import decode as g711_decode
 
 SETTINGS = MonitoringConfig(supervisors=frozenset({"880", "881"}))
 
@@ -164,15 +165,22 @@ def monitored(mode: Mode = Mode.LISTEN, beep: bool = False
     return monitor, bridge, caller, agent, rtp, owner, leg
 
 
+C, A, S = 988, 1980, 4092  # what the caller, the agent and the supervisor say: levels µ-law carries exactly
+
+
+def q(level: int) -> bytes:
+    """A level mixed on the bridge as a phone hears it: through G.711."""
+    return g711(tone(level))
+
+
 def tick(bridge: MediaBridge, caller: FakeParty, agent: FakeParty, supervisor: FakeRtp,
-         said: tuple[int, int, int] = (1000, 2000, 4000)) -> tuple[bytes, bytes, bytes]:
+         said: tuple[int, int, int] = (C, A, S)) -> tuple[bytes, bytes, bytes]:
     """One tick in which the caller, the agent and the supervisor each say a constant level: what each one heard."""
     for rtp in (caller.rtp, agent.rtp):
         rtp.sent.clear()
     supervisor.sent.clear()
-    assert caller.rtp.on_audio is not None and agent.rtp.on_audio is not None
-    caller.rtp.on_audio(tone(said[0]), 0)
-    agent.rtp.on_audio(tone(said[1]), 0)
+    caller.say(tone(said[0]))
+    agent.say(tone(said[1]))
     if supervisor.on_audio is not None:  # listen: not even decoded
         supervisor.on_audio(tone(said[2]), 0)
     bridge.send_next_frame(1)
@@ -181,7 +189,7 @@ def tick(bridge: MediaBridge, caller: FakeParty, agent: FakeParty, supervisor: F
         if not sent:
             return b""  # sent nothing at all
         kind, payload = sent[-1][0], sent[-1][1]
-        return payload if kind == "pcm" else SILENCE_PCM
+        return payload if kind == "pcm" else g711_decode(payload, 0)  # to a phone: G.711 (both parties µ-law here)
 
     return heard(caller.rtp.sent), heard(agent.rtp.sent), heard(supervisor.sent)
 
@@ -189,8 +197,8 @@ def tick(bridge: MediaBridge, caller: FakeParty, agent: FakeParty, supervisor: F
 def test_a_listening_supervisor_hears_the_mix_of_both_sides_and_nobody_hears_them() -> None:
     monitor, bridge, caller, agent, supervisor, _, _ = monitored(Mode.LISTEN)
     to_caller, to_agent, to_supervisor = tick(bridge, caller, agent, supervisor)
-    assert to_supervisor == tone(3000)  # caller 1000 + agent 2000
-    assert (to_caller, to_agent) == (tone(2000), tone(1000))  # each hears the other only
+    assert to_supervisor == tone(C + A)
+    assert (to_caller, to_agent) == (tone(A), tone(C))  # each hears the other only
     assert supervisor.on_audio is None and not bridge.injections
 
 
@@ -202,27 +210,27 @@ def test_the_mix_is_clipped_not_wrapped() -> None:
 def test_whisper_reaches_the_agent_alone() -> None:
     monitor, bridge, caller, agent, supervisor, _, _ = monitored(Mode.WHISPER)
     to_caller, to_agent, to_supervisor = tick(bridge, caller, agent, supervisor)
-    assert to_agent == tone(1000 + 4000)
-    assert to_caller == tone(2000)
-    assert to_supervisor == tone(3000)
+    assert to_agent == q(C + S)
+    assert to_caller == tone(A)
+    assert to_supervisor == tone(C + A)
 
 
 def test_barge_is_heard_by_both() -> None:
     monitor, bridge, caller, agent, supervisor, _, _ = monitored(Mode.BARGE)
     to_caller, to_agent, to_supervisor = tick(bridge, caller, agent, supervisor)
-    assert (to_caller, to_agent, to_supervisor) == (tone(2000 + 4000), tone(1000 + 4000), tone(3000))
+    assert (to_caller, to_agent, to_supervisor) == (q(A + S), q(C + S), tone(C + A))
 
 
 def test_keys_4_5_6_switch_modes_during_the_call_and_each_change_is_recorded() -> None:
     monitor, bridge, caller, agent, supervisor, owner, _ = monitored(Mode.LISTEN)
     monitor.on_digit("5", 160)
-    assert tick(bridge, caller, agent, supervisor)[:2] == (tone(2000), tone(5000))
+    assert tick(bridge, caller, agent, supervisor)[:2] == (tone(A), q(C + S))
     monitor.on_digit("6", 160)
-    assert tick(bridge, caller, agent, supervisor)[:2] == (tone(6000), tone(5000))
+    assert tick(bridge, caller, agent, supervisor)[:2] == (q(A + S), q(C + S))
     monitor.on_digit("9", 160)  # not a mode key: nothing changes
     monitor.on_digit("6", 160)  # the mode it is in: not recorded again
     monitor.on_digit("4", 160)
-    assert tick(bridge, caller, agent, supervisor)[:2] == (tone(2000), tone(1000))
+    assert tick(bridge, caller, agent, supervisor)[:2] == (tone(A), tone(C))
     assert supervisor.on_audio is None
     modes = [r.mode for r in owner.records if isinstance(r, RecordMonitoringMode)]
     assert modes == ["listen", "whisper", "barge", "listen"]
@@ -234,7 +242,7 @@ def test_keys_4_5_6_switch_modes_during_the_call_and_each_change_is_recorded() -
 def test_the_beep_reaches_the_agent_once_and_never_the_caller() -> None:
     monitor, bridge, caller, agent, supervisor, _, _ = monitored(Mode.LISTEN, beep=True)
     heard = [tick(bridge, caller, agent, supervisor, (0, 0, 0)) for _ in range(len(BEEP) + 3)]
-    assert [h[1] for h in heard[:len(BEEP)]] == list(BEEP)
+    assert [h[1] for h in heard[:len(BEEP)]] == [g711(frame) for frame in BEEP]
     assert all(h[1] == SILENCE_PCM for h in heard[len(BEEP):])
     assert all(h[0] == SILENCE_PCM for h in heard)
 
@@ -243,7 +251,7 @@ def test_hanging_up_takes_the_supervisor_off_the_bridge_and_records_the_end() ->
     monitor, bridge, caller, agent, supervisor, owner, _ = monitored(Mode.BARGE)
     monitor.end("supervisor hung up", hang_up=False)
     assert not bridge.taps and not bridge.injections
-    assert tick(bridge, caller, agent, supervisor) == (tone(2000), tone(1000), b"")
+    assert tick(bridge, caller, agent, supervisor) == (tone(A), tone(C), b"")
     last = owner.records[-1]
     assert isinstance(last, RecordMonitoring) and last.end_reason == "supervisor hung up" and last.ended_at
     assert owner.forgotten == [monitor] and monitor not in owner.pacer.served
@@ -380,9 +388,9 @@ def test_two_supervisors_monitor_one_call_each_in_their_own_mode() -> None:
     second.rtp = second_rtp  # type: ignore[assignment]
     second.attach(bridge)
     to_caller, to_agent, to_first = tick(bridge, caller, agent, supervisor)
-    assert (to_caller, to_agent, to_first) == (tone(2000), tone(5000), tone(3000))
-    assert second_rtp.sent == [("pcm", tone(3000))]  # the second listener hears the call, not the first's whisper
+    assert (to_caller, to_agent, to_first) == (tone(A), q(C + S), tone(C + A))
+    assert second_rtp.sent == [("pcm", tone(C + A))]  # the second listener hears the call, not the first's whisper
     second.on_digit("6", 160)
     assert second_rtp.on_audio is not None
     second_rtp.on_audio(tone(100), 0)
-    assert tick(bridge, caller, agent, supervisor)[:2] == (tone(2100), tone(5100))
+    assert tick(bridge, caller, agent, supervisor)[:2] == (q(A + 100), q(C + S + 100))

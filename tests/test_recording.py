@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import soundfile  # type: ignore[import-untyped]
 import structlog
+from aiortp.codecs import get_codec
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -26,6 +27,12 @@ from ivr.metrics import Metrics
 from ivr.recording import Recorder, file_name, recover_interrupted
 
 FRAME_SAMPLES = 160
+ULAW = get_codec(0)
+
+
+def through_ulaw(frames: list[bytes]) -> np.ndarray:  # type: ignore[type-arg]
+    """The samples of `frames` as a µ-law line carries them: what the file holds."""
+    return np.frombuffer(ULAW.decode(ULAW.encode(b"".join(frames))), "<i2")
 
 
 def tone(freq: float, frames: int, amplitude: int = 8000) -> list[bytes]:
@@ -45,12 +52,13 @@ class FakeBridge:
     def __init__(self) -> None:
         self.taps: list[Any] = []
 
-    def add_tap(self, tap: Any) -> None:
+    def add_ulaw_tap(self, tap: Any) -> None:
         self.taps.append(tap)
 
     def tick(self, caller: bytes, agent: bytes) -> None:
+        """One tick in which the caller and the agent said these 16-bit PCM frames (the tap gets µ-law)."""
         for tap in self.taps:
-            tap.frame(caller, agent)
+            tap.frame(ULAW.encode(caller), ULAW.encode(agent))
 
     def close(self) -> None:
         for tap in self.taps:
@@ -104,9 +112,9 @@ def test_a_bridge_is_one_stereo_file_caller_left_agent_right_in_step_with_silenc
     data, rate = soundfile.read(path, dtype="int16")
     assert rate == 8000 and data.shape == (150 * 160, 2)  # 3 s of talk is a 3 s file
     assert row.duration_s == 3.0 and row.channels == 2
-    assert np.array_equal(data[:, 0], np.frombuffer(b"".join(caller), "<i2"))
+    assert np.array_equal(data[:, 0], through_ulaw(caller))
     assert not data[: 50 * 160, 1].any()  # the agent's silence kept its place
-    assert np.array_equal(data[50 * 160:, 1], np.frombuffer(b"".join(agent[50:]), "<i2"))
+    assert np.array_equal(data[50 * 160:, 1], through_ulaw(agent[50:]))
     assert row.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert row.size_bytes == path.stat().st_size
     assert counter(metrics, "hotline_recordings_total", state="complete") == 1

@@ -829,3 +829,16 @@ async def _renomination(session: WebRtcSession, port: int, offer: str) -> None:
         browser.close()
         moved.close()
     assert session._remote_addr == new_address and heard  # and its audio from there is taken
+
+
+def test_media_bound_to_loopback_answers_only_loopback_checks() -> None:
+    with_leg(_loopback_only)
+
+
+async def _loopback_only(session: WebRtcSession, port: int, offer: str) -> None:
+    answered: list[tuple[str, int]] = []
+    session.peer._send = lambda _data, addr: answered.append(addr)  # noqa: SLF001 — nothing leaves the host
+    session._datagram(binding_request(session.peer.ufrag, session.peer.pwd), ("192.0.2.2", 5000))  # noqa: SLF001
+    assert answered == [] and session.stray == 1 and not session.peer.consented  # the host's LAN candidate
+    session._datagram(binding_request(session.peer.ufrag, session.peer.pwd), ("127.0.0.1", 5000))  # noqa: SLF001
+    assert answered == [("127.0.0.1", 5000)] and session.peer.selected == ("127.0.0.1", 5000)
