@@ -70,43 +70,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bench_common import free_port, free_sip_port, pct, proc_sample  # loadtest/, beside this script (run by path)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "loadtest" / "scenarios"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 FIRST_AGENT = 6001
 SUPERVISOR, SUPERVISOR_PW = "load-supervisor", "load-supervisor-pw"
 CALLER_SPEECH = "My card was charged twice for the same order last Tuesday, could you look into it please."
 AGENT_SPEECH = "Good morning, this is the service desk. Let me look at your account for a moment."
 
 
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_sip_port() -> int:
-    """A port free for UDP and TCP both (the IVR listens on both)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise SystemExit("no port free for both UDP and TCP on 127.0.0.1")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
-
-
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return proc_sample(pid)[0]
 
 
 def agent_numbers(n: int) -> list[str]:
