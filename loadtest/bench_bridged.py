@@ -33,6 +33,7 @@ from bench_common import (  # loadtest/, beside bench.py (run by path)
     RtpSink,
     cpu_between,
     free_port,
+    free_port_run,
     lateness,
     sipp,
     sipp_counts,
@@ -87,6 +88,7 @@ def run(opts: argparse.Namespace) -> int:
     try:
         # each UAS's media ports (audio, video: -mp and -mp + 2) below the ephemeral range the SIP ports come from,
         # and below the IVR's RTP range (30000+): a video port landing on another UAS's SIP port kills that UAS
+        media_base = free_port_run(8 * (len(pool_ports) + 1))
         for i, port in enumerate([*pool_ports, sink_agent_port]):
             calls = sum(1 for p in where.values() if p == port)
             scenario = "listening_agent_uas.xml" if port == sink_agent_port else "talking_agent_uas.xml"
@@ -94,7 +96,7 @@ def run(opts: argparse.Namespace) -> int:
             extra = ["-key", "sink_port", str(sink.port)] if port == sink_agent_port else []
             uases.append((subprocess.Popen(
                 ["sipp", "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1",
-                 "-mp", str(21000 + 8 * i), "-m", str(calls), "-nostdin", "-timeout", f"{timeout}s", "-trace_stat",
+                 "-mp", str(media_base + 8 * i), "-m", str(calls), "-nostdin", "-timeout", f"{timeout}s", "-trace_stat",
                  "-stf", str(stat), "-fd", "1", *extra],
                 cwd=work, stdout=subprocess.DEVNULL, stderr=open(work / f"uas-{port}.err", "w")), stat))  # noqa: SIM115
         time.sleep(1.5)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -54,6 +55,29 @@ def free_sip_port() -> int:
                 continue
         return port
     raise SystemExit("no port free for both UDP and TCP on 127.0.0.1")
+
+
+def free_port_run(count: int, first: int = 20000, last: int = 29999) -> int:
+    """The first of `count` consecutive ports free for UDP on 127.0.0.1, between `first` and `last`.
+
+    For SIPp UASes' media (`-mp` binds that port and the one 2 above): below the ephemeral range
+    the SIP ports come from and the IVR's RTP range, and never on ports a test or benchmark
+    running beside this one holds (fixed bases collided when two ran at once)."""
+    start = random.randrange(first, last - count)
+    for base in [*range(start, last - count, count), *range(first, start, count)]:
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise SystemExit(f"no {count} consecutive UDP ports free between {first} and {last}")
 
 
 def proc_sample(pid: int) -> tuple[float, int]:

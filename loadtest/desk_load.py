@@ -70,7 +70,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from bench_common import free_port, free_sip_port, pct, proc_sample  # loadtest/, beside this script (run by path)
+from bench_common import (  # loadtest/, beside this script (run by path)
+    free_port,
+    free_port_run,
+    free_sip_port,
+    pct,
+    proc_sample,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "loadtest" / "scenarios"
@@ -195,11 +201,11 @@ def start_desk(setup: Setup, timeout: float) -> subprocess.Popen[bytes]:
 
 def start_agent_pool(setup: Setup, timeout: float, calls: int) -> None:
     """The agents' phones: SIPp UASes answering and speaking, each for the agents whose `host` is its port."""
+    media_base = free_port_run(8 * len(setup.pool_ports))  # below the ephemeral range the SIP ports come from
     for i, port in enumerate(setup.pool_ports):
-        # media ports below the ephemeral range the SIP ports come from, and apart from bench.py's (21000 +)
         setup.phones.append(subprocess.Popen(
             ["sipp", "-sf", str(SCENARIOS / "talking_agent_uas.xml"), "-i", "127.0.0.1", "-p", str(port),
-             "-mi", "127.0.0.1", "-mp", str(23000 + 8 * i), "-m", str(calls), "-nostdin",
+             "-mi", "127.0.0.1", "-mp", str(media_base + 8 * i), "-m", str(calls), "-nostdin",
              "-timeout", f"{int(timeout)}s", "-trace_stat", "-stf", str(setup.work / f"agents-{port}.csv"),
              "-fd", "1"],
             cwd=setup.work, stdout=subprocess.DEVNULL,
