@@ -177,35 +177,39 @@ def test_desk_pops_the_senior_caller_walks_a_complaint_and_the_wallboard_counts_
         assert driver.title.startswith("来电")
         shot(driver, "desk.png")
 
+        def click(element_id: str) -> None:
+            """Click it once it is there and stays: the ticket panel is rendered again after each change."""
+            wait(5, lambda d: d.find_element("id", element_id).click() or True)  # a stale element is retried
+
         # during the call: a note with a wrap-up code, then a complaint ticket
         driver.find_element("id", "note").send_keys("客户询问理财产品,转账延迟")
         Select(driver.find_element("id", "wrap-up-code")).select_by_visible_text("转投诉")
-        driver.find_element("id", "note-save").click()
+        click("note-save")
         wait(5, lambda d: d.find_elements("id", "saved"))
         driver.find_element("id", "ticket-description").send_keys("转账三天未到账,客户要求尽快处理")
         Select(driver.find_element("id", "ticket-department")).select_by_visible_text("财务部")
-        driver.find_element("id", "ticket-open").click()
+        click("ticket-open")
 
         def status_is(label: str):  # type: ignore[no-untyped-def]
             return lambda d: d.find_element("id", "ticket-status").text == label
 
         wait(5, status_is("已登记"))
-        driver.find_element("id", "move-forwarded").click()
+        click("move-forwarded")
         wait(5, status_is("已转部门"))
         driver.find_element("id", "feedback-text").send_keys("已转财务部,今天内回复")
-        driver.find_element("id", "feedback-save").click()
+        click("feedback-save")
         wait(5, lambda d: "已转财务部,今天内回复" in d.find_element("id", "history").text)
         driver.find_element("id", "edit-result").send_keys("财务部已补发,资金已到账")
-        driver.find_element("id", "edit-save").click()
+        click("edit-save")
         wait(5, lambda d: d.find_elements("id", "move-result_received"))
-        driver.find_element("id", "move-result_received").click()
+        click("move-result_received")
         wait(5, status_is("已收到处理结果"))
         Select(driver.find_element("id", "edit-satisfied")).select_by_visible_text("满意")
-        driver.find_element("id", "edit-save").click()
+        click("edit-save")
         wait(5, lambda d: d.find_element("id", "ticket-satisfied").text == "满意")
-        driver.find_element("id", "move-caller_informed").click()
+        click("move-caller_informed")
         wait(5, status_is("已告知客户"))
-        driver.find_element("id", "move-closed").click()
+        click("move-closed")
         wait(5, status_is("已结案"))
         history = driver.find_elements("css selector", "#history tr.history-row")
         assert [r.find_elements("tag name", "td")[2].text for r in history] == [
