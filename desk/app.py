@@ -67,6 +67,7 @@ from ivr.phone_credentials import issue
 from ivr.service import SERVICES
 
 HERE = Path(__file__).parent
+DAY_FIGURES_SECONDS = 5.0  # the wallboard's day totals at most this old; waiting callers and seats are a second old
 T = TypeVar("T")
 ERRORS = {
     400: "输入有误",
@@ -513,15 +514,20 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
                       kinds=followups.KIND_LABELS, statuses=followups.STATUS_LABELS,
                       results=followups.RESULT_LABELS)
 
-    board_cache: dict[str, Any] = {"at": 0.0, "board": None}
+    board_cache: dict[str, Any] = {"at": 0.0, "board": None, "day_at": 0.0, "day": None}
     board_lock = asyncio.Lock()
 
     async def current_board() -> queries.Board:
-        # every open wallboard shares one computation a second
+        # every open wallboard shares one computation a second; the day's totals, a query over all of
+        # today's calls that grows through the day, are computed again every DAY_FIGURES_SECONDS
         async with board_lock:
             now = asyncio.get_running_loop().time()
             if board_cache["board"] is None or now - board_cache["at"] >= 0.9:
-                board_cache["board"] = await db(queries.wallboard, engine, config, states)
+                if board_cache["day"] is None or now - board_cache["day_at"] >= DAY_FIGURES_SECONDS:
+                    board_cache["day"] = await db(queries.day_figures, engine, config)
+                    board_cache["day_at"] = now
+                board_cache["board"] = await db(queries.wallboard, engine, config, states,
+                                                report=board_cache["day"])
                 board_cache["at"] = now
             board: queries.Board = board_cache["board"]
             return board

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from crm_bridge.customers import tier_of
 from crm_bridge.models import Agent, Call, CallEvent, CallNote, Customer, Ticket
 from crm_bridge.report import (
+    DailyReport,
     aware,
     daily_report,
     local_today,
@@ -348,13 +349,22 @@ def waiting_callers(engine: Engine, now: datetime) -> list[Waiting]:
     return [Waiting(c, g, max(0.0, (now - at).total_seconds())) for c, (g, at) in queued.items()]
 
 
-def wallboard(engine: Engine, config: DeskConfig, states: AgentStates, now: datetime | None = None) -> Board:
+def day_figures(engine: Engine, config: DeskConfig, now: datetime | None = None) -> DailyReport:
+    """Today's report in the hotline's timezone: the wallboard's day totals (a query over all of today's calls)."""
+    today = local_today(config.zone, now or datetime.now(UTC))
+    return daily_report(engine, today, config.zone, service_level_seconds=config.service_level_seconds)
+
+
+def wallboard(engine: Engine, config: DeskConfig, states: AgentStates, now: datetime | None = None,
+              report: DailyReport | None = None) -> Board:
+    """The live wallboard; `report` is today's `day_figures` if the caller has them (recomputed when not today's)."""
     from crm_bridge.report import SEAT_GROUP_LABELS
 
     now = now or datetime.now(UTC)
     zone = config.zone
     today = local_today(zone, now)
-    report = daily_report(engine, today, zone, service_level_seconds=config.service_level_seconds)
+    if report is None or report.day != today:
+        report = day_figures(engine, config, now)
     figures = {f.key: f for f in report.seat_groups}
     boards = {g: GroupBoard(g, label) for g, label in SEAT_GROUP_LABELS.items()}
     for w in waiting_callers(engine, now):

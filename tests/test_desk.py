@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -529,3 +530,26 @@ def test_the_wallboard_average_and_bad_ratings_read_the_questionnaire_answers(de
     bad = re.search(r'id="bad-ratings">(.*?)</ul>', board, re.S).group(1)  # type: ignore[union-attr]
     assert "不满意 坐席801 客户 13800000001" in bad and "坐席802" not in bad
     assert "after_sales" in client.get("/report").text  # the report's questionnaire table
+
+
+
+def test_the_wallboards_day_totals_are_reused_for_seconds_and_never_carried_into_the_next_day(
+    desk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from desk import queries
+
+    client, engine, _ = desk
+    counted: list[object] = []
+    real = queries.day_figures
+    monkeypatch.setattr(queries, "day_figures", lambda *a, **k: counted.append(a) or real(*a, **k))
+    assert login(client, "王经理", "supervisor-pw").status_code == 200  # a supervisor lands on the wallboard
+    for _ in range(3):  # a board a second for three seconds: the day's totals (all of today's calls) once
+        page = client.get("/wallboard")
+        assert page.status_code == 200, page.text[:300]
+        time.sleep(1.0)
+    assert len(counted) == 1
+    # a report computed just before midnight is not today's: the board counts today's calls again
+    config = load_desk_config(tmp_path / "sip.conf")
+    yesterday = real(engine, config, datetime.now(UTC) - timedelta(days=1))
+    board = queries.wallboard(engine, config, queries.AgentStates(config, engine), report=yesterday)
+    assert board.day == datetime.now(config.zone).date().isoformat() and board.total_calls == 2
