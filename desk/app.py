@@ -20,6 +20,7 @@ Security, all enforced here on the server:
 from __future__ import annotations
 
 import asyncio
+import hmac
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -666,8 +667,13 @@ def create_app(config: DeskConfig, engine: Engine, *, secret_key: str | None = N
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     async def metrics_page(request: Request) -> Response:
-        """desk.metrics: the CRM statements this process sent and the streams open (supervisors only)."""
-        need(request, "supervisor")
+        """desk.metrics: the CRM statements this process sent and the streams open.
+
+        For a supervisor's session, or a scraper sending `Authorization: Bearer <[desk] metrics_token>`."""
+        token = config.metrics_token
+        offered = request.headers.get("authorization", "")
+        if not (token and hmac.compare_digest(offered.encode(), f"Bearer {token}".encode())):
+            need(request, "supervisor")
         return Response(metrics.render(), media_type="text/plain; version=0.0.4",
                         headers={"Cache-Control": "no-store"})
 

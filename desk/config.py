@@ -103,6 +103,12 @@ def _signing_key(key: str) -> str:
     return key
 
 
+def _metrics_token(token: str) -> str:
+    if token and len(token) < 32:
+        raise ValueError("needs 32 characters or more (it stands in for a supervisor's login)")
+    return token
+
+
 @section_model(config=SECTION, slots=True)
 class QualityConfig:
     """`[quality]`: QA review of recorded calls (质检), read by the desk."""
@@ -167,6 +173,8 @@ class DeskConfig:
     """Login attempts a minute per account; four times as many per client address."""
     poll_ms: Annotated[int, whole(50, 300)] = 250
     """How often the desk's one watcher asks the CRM for new pops, for all pages at once (ms; 300 or less: in 1 s)."""
+    metrics_token: Annotated[str, AfterValidator(_metrics_token)] = ""
+    """A bearer token that lets Prometheus read /metrics without a login (32+ characters); empty: supervisors only."""
     agents_hear_own_recordings: YesNo = False
     """An agent may play the recordings of their own calls (never another agent's); supervisors hear all."""
     # where the recorder writes ([recording] directory, relative to sip.conf); files are served from here only

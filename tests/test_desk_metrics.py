@@ -19,6 +19,7 @@ from desk.app import create_app
 from desk.auth import seed_agents, set_password
 from desk.config import load_desk_config
 from desk.metrics import DeskMetrics
+from ivr.config import ConfigError
 
 CONF = """[general]
 timezone = Asia/Shanghai
@@ -94,3 +95,25 @@ def test_agents_and_strangers_get_no_metrics(desk: TestClient) -> None:
     assert stranger.status_code == 303 and stranger.headers["location"] == "/login"
     login(desk, "801", "pw801-secret")
     assert desk.get("/metrics").status_code == 403
+
+
+def test_a_scraper_with_the_metrics_token_reads_them_without_a_login_and_a_wrong_token_does_not(
+    tmp_path: Path,
+) -> None:
+    token = "scrape-token-0123456789abcdef-0123456789"
+    conf = tmp_path / "sip.conf"
+    conf.write_text(CONF.replace("sqlite:///crm.db", f"sqlite:///{tmp_path / 'crm.db'}")
+                    + f"metrics_token = {token}\n", encoding="utf-8")
+    config = load_desk_config(conf)
+    engine = make_engine(config.database_url)
+    migrate(engine)
+    with TestClient(create_app(config, engine), base_url="https://testserver") as client:
+        scraped = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert scraped.status_code == 200 and "desk_crm_statements_total" in scraped.text
+        wrong = client.get("/metrics", headers={"Authorization": "Bearer " + "x" * 40}, follow_redirects=False)
+        assert wrong.status_code == 303  # as a stranger: to the login page
+    engine.dispose()
+    short = tmp_path / "short.conf"
+    short.write_text(CONF + "metrics_token = too-short\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="metrics_token"):
+        load_desk_config(short)
