@@ -79,6 +79,9 @@ def main() -> int:
                    help="the first media step also dials N follow-up calls (回访) through a SIPp UAS gateway that "
                         "answers and presses 1; one worker only")
     p.add_argument("--media-only", action="store_true", help="run the media steps only (no signalling, no overload)")
+    p.add_argument("--ivr-nice", type=int, default=0, metavar="N",
+                   help="start the IVR(s) at this niceness, e.g. -10 as the systemd unit runs it (negative: root); "
+                        "SIPp, the load, stays at 0")
     p.add_argument("--rtp-base", type=int, default=30000,
                    help="the first worker's RTP range starts here, 10000 ports per worker (two benches at once on one "
                         "machine need ranges apart)")

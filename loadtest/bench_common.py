@@ -404,8 +404,10 @@ def start_ivr(work: Path, opts: argparse.Namespace, n: int) -> Ivr:
         f"{opts.extra_conf}",  # the benchmark's own sections (--bridged: agents, recording; --followups: [followup])
         encoding="utf-8",
     )
+    nice = getattr(opts, "ivr_nice", 0)
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "run_ivr.py"), "--config", str(work / "sip.conf")],
+        [*(["nice", "-n", str(nice)] if nice else []),  # nice execs the IVR: the PID stays the IVR's
+         sys.executable, str(ROOT / "run_ivr.py"), "--config", str(work / "sip.conf")],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=open(work / "ivr.log", "w"), text=True,  # noqa: SIM115
     )
     assert proc.stdout is not None
