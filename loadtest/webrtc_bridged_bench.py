@@ -15,18 +15,23 @@ fresh IVR:
 
 1. `webrtc`: the agents are browser agents (`host = dynamic`) registered over the IVR's
    `[websocket]` by aiortc clients (tests/browser_agent.py, the e2e tests' browser), spread
-   over `--agent-processes` worker processes (this script with --agent-worker), so the
-   clients' own CPU is not one process. Each is rung with the IVR's DTLS-SRTP offer, answers
+   over `--agent-processes` worker processes (this script with --agent-worker, on uvloop), so
+   the clients' own CPU is not one process. Each is rung with the IVR's DTLS-SRTP offer, answers
    with aiortc's ICE and DTLS, speaks a 1500 Hz tone and counts the frames it hears. The
    handshake times are the IVR's own (`webrtc_connected ... handshake_ms=` in its log, answer
    taken to SRTP keys), the clients' (200 OK sent to aiortc's "connected") beside them;
 2. `plain`: the same with static agents answered by a pool of SIPp UASes
    (talking_agent_uas.xml, speech), as loadtest/bench_bridged.py runs them.
 
+The agents' processes (aiortc workers, SIPp UASes) run SCHED_IDLE: in the field they are on
+other machines, here they take only the CPU the IVR (and SIPp's callers) leave.
+
 It reports per phase the calls bridged (the CRM's `bridged` steps), failed calls, the RTP
 spacing at the sink, the media clock's lateness over the whole phase, the IVR's CPU idle (the
 agents registered, no call) and on the plateau (every call up), in microseconds of CPU per
-call-second above idle; the agents' and the whole machine's CPU on the plateau. The comparison
+call-second above idle; the agents' and the whole machine's CPU on the plateau, and how long
+the IVR's loop thread waited for a CPU while runnable (the kernel's run-queue delay: lateness
+with a long wait is the machine's, not the IVR's); a timeline every 2 s. The comparison
 puts a WebRTC agent leg against a plain one: a plain bridged call is two plain legs and the
 bridge, so a plain leg is taken as half a plain call, and a WebRTC leg as a WebRTC call less
 a plain leg.
@@ -76,7 +81,7 @@ BROWSER_HZ = 1500.0
 DESK = "https://desk.example.com"  # the page [websocket] origins allows; tests.browser_agent.WsPhone's default
 HANDSHAKE = re.compile(r"webrtc_connected\b.*?handshake_ms=([\d.]+)")
 LOUD = 300.0  # mean |sample| above which a frame the browser heard counts as sound (the caller's speech)
-AGENTS_NICE = 10  # the agents' processes (aiortc workers, SIPp UASes) run at this niceness, the IVR at 0
+UAS_MEDIA_INDEX = 250  # plain phase: the UASes' media ports from 21000 + 8 * 250, apart from bench_bridged's
 SETTLE_SECONDS = 4.0  # after every call is up: the last caller's menu keys, ringing and handshake
 TARGETS = {"rtp_spacing_p99_ms": 5.0, "media_clock_lateness_p99_ms": 5.0, "media_clock_lateness_max_ms": 20.0}
 
@@ -94,6 +99,13 @@ class _IvrAddress:
         return "(the IVR's log: ivr.log in the bench's work folder)"
 
 
+def idle_priority(pid: int = 0) -> None:
+    """SCHED_IDLE for a process (0: this one) and the threads it starts from now on: it runs when nothing else wants
+    the CPU. The agents' machines are not the IVR's; here they share its two cores. A niceness is not enough: a
+    worker's ~60 threads (aiortc's decoders and encoders, the WebSockets) outweigh the IVR's one loop thread."""
+    os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+
+
 def agent_worker(spec: dict[str, Any]) -> int:
     """Run spec["agents"] browser agents until each has taken one call and been hung up, or spec["seconds"].
 
@@ -107,6 +119,7 @@ def agent_worker(spec: dict[str, Any]) -> int:
 
     from tests.browser_agent import ToneTrack, WsPhone, browser_answer, header, loopback_ice, register, reply
 
+    idle_priority()  # before any thread starts, so they all inherit it
     loopback_ice()
     loop = uvloop.new_event_loop()  # the IVR's loop too; aiortc's per-packet work costs less CPU on it
     threading.Thread(target=loop.run_forever, daemon=True).start()
@@ -209,16 +222,20 @@ def machine_jiffies() -> tuple[int, int]:
 
 
 class Sampler:
-    """Every 0.5 s, on the IVR's sampler's time base: the whole machine's CPU and the agents' processes' CPU."""
+    """Every 0.5 s, on the IVR's sampler's time base: the whole machine's CPU, the agents' processes' CPU and how
+    long the IVR's event loop thread waited, runnable, for a CPU (/proc/PID/schedstat: the kernel's run-queue delay).
+    """
 
     def __init__(self, target: Target) -> None:
+        self.ivr_pid = target.workers[0].proc.pid
         deadline = time.monotonic() + 2.0
         seen = len(target.samples)
         while len(target.samples) == seen and time.monotonic() < deadline:
             time.sleep(0.01)
         self.origin = time.monotonic() - (target.samples[-1][0] if target.samples else 0.0)
         self.pids: list[int] = []
-        self.samples: list[tuple[float, int, int, float]] = []  # (t, machine busy, machine total, agents' CPU s)
+        # (t, machine busy, machine total, agents' CPU s, the IVR's main thread's run-queue wait s)
+        self.samples: list[tuple[float, int, int, float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -235,15 +252,20 @@ class Sampler:
                     used += proc_sample(pid)[0]
                 except (OSError, ValueError):
                     continue
-            self.samples.append((self.now(), busy, total, used))
+            try:
+                waited = int(Path(f"/proc/{self.ivr_pid}/schedstat").read_text().split()[1]) / 1e9
+            except (OSError, ValueError, IndexError):
+                waited = self.samples[-1][4] if self.samples else 0.0
+            self.samples.append((self.now(), busy, total, used, waited))
 
     def between(self, t0: float, t1: float) -> dict[str, float]:
         window = [s for s in self.samples if t0 <= s[0] <= t1]
         if len(window) < 2:
             return {}
-        (a, busy0, total0, used0), (b, busy1, total1, used1) = window[0], window[-1]
+        (a, busy0, total0, used0, wait0), (b, busy1, total1, used1, wait1) = window[0], window[-1]
         return {"machine_busy_percent_of_all_cores": round(100 * (busy1 - busy0) / max(1, total1 - total0), 1),
-                "agents_cpu_percent_of_one_core": round(100 * (used1 - used0) / (b - a), 1)}
+                "agents_cpu_percent_of_one_core": round(100 * (used1 - used0) / (b - a), 1),
+                "ivr_loop_runqueue_wait_ms_per_second": round(1000 * (wait1 - wait0) / (b - a), 1)}
 
     def stop(self) -> None:
         self._stop.set()
@@ -345,11 +367,11 @@ def run_phase(kind: str, opts: argparse.Namespace) -> dict[str, Any]:
         else:
             for i, port in enumerate(pool_ports):
                 calls = sum(1 for j in range(n) if j % pool == i)
-                uases.append(agent_uas(work, "talking_agent_uas.xml", port, i, calls, timeout, []))
+                uases.append(agent_uas(work, "talking_agent_uas.xml", port, UAS_MEDIA_INDEX + i, calls, timeout, []))
             sampler.pids = [proc.pid for proc, _ in uases]
             time.sleep(1.5)
         for pid in sampler.pids:  # the agents' machines are not the IVR's: here they yield the CPU to it
-            os.setpriority(os.PRIO_PROCESS, pid, AGENTS_NICE)
+            idle_priority(pid)
         idle0 = sampler.now()
         time.sleep(3.0)  # idle: the agents registered (or listening), no call yet
         idle1 = t0 = sampler.now()
@@ -418,6 +440,7 @@ def run_phase(kind: str, opts: argparse.Namespace) -> dict[str, Any]:
             **lateness(target, t0, t1, m),
             "rtp_sink": spacing,
             "loadavg_at_start": [round(x, 2) for x in load_start],
+            "timeline": timeline(target, sampler, t0, t1),
         })
     finally:
         sink.close()
@@ -429,6 +452,23 @@ def run_phase(kind: str, opts: argparse.Namespace) -> dict[str, Any]:
         report["ivr_exit"] = max(target.stop(), key=abs)
         report["ivr_log_tracebacks"] = target.tracebacks()
     return report
+
+
+def timeline(target: Target, sampler: Sampler, t0: float, t1: float) -> list[list[float]]:
+    """Every 2 s of the phase: [t, active calls, IVR CPU %, machine busy %, the IVR loop's run-queue wait (ms a
+    second), the clock's worst lateness so far (ms)].
+
+    The lateness is the status file's max over the clock's last 60 s: a jump dates a stall of the IVR's process.
+    """
+    rows = []
+    for t in range(int(t0), int(t1) + 1, 2):
+        calls = next((s[3] for s in target.samples if s[0] >= t), 0)
+        late = next((st.get("lateness_ms_max", 0.0) for at, st in target.pacer if at >= t), 0.0)
+        machine = sampler.between(t, t + 2)
+        rows.append([t - int(t0), calls, cpu_between(target.samples, t, t + 2),
+                     machine.get("machine_busy_percent_of_all_cores", 0.0),
+                     machine.get("ivr_loop_runqueue_wait_ms_per_second", 0.0), late])
+    return rows
 
 
 def healthy(phase: dict[str, Any]) -> bool:
