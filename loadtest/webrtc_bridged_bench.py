@@ -102,7 +102,7 @@ class _IvrAddress:
 def idle_priority(pid: int = 0) -> None:
     """SCHED_IDLE for a process (0: this one) and the threads it starts from now on: it runs when nothing else wants
     the CPU. The agents' machines are not the IVR's; here they share its two cores. A niceness is not enough: a
-    worker's ~60 threads (aiortc's decoders and encoders, the WebSockets) outweigh the IVR's one loop thread."""
+    worker's many threads (aiortc's decoder per call, its encoders, the WebSockets') outweigh the IVR's loop thread."""
     os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
 
 
