@@ -52,6 +52,7 @@ from aiosipua import SipRequest, parse_address, parse_auth
 
 from ivr.phone_credentials import Accepted, BrowserCredentials, NotAccepted
 from ivr.sip.dialogs import address_user
+from ivr.sip.endpoint import StreamAddress
 
 REALM = "hotline"
 NONCE_TTL_S = 300
@@ -211,7 +212,13 @@ class Registrar:
 
 def phone_address(source: tuple[str, int], contact: Any, trusted: Collection[str]) -> tuple[str, int]:
     """Where an agent's phone is: where its request came from (works through NAT, RFC 3581's
-    spirit) — unless it came through the balancer in front (`trusted`); then its Contact URI says."""
+    spirit) — unless it came through the balancer in front (`trusted`); then its Contact URI says.
+
+    A browser's WebSocket is the only way to it, trusted source or not: its Contact host is a made-up
+    `.invalid` name (RFC 7118 §5.2), and a trusted proxy in front of WSS (or loopback) must not turn it
+    into a UDP destination."""
+    if isinstance(source, StreamAddress) and source.transport in ("WS", "WSS"):
+        return source
     if source[0] in trusted and contact.host:
         return (contact.host, contact.port or 5060)
     return source

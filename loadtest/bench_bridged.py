@@ -53,6 +53,22 @@ def render_speech(work: Path) -> None:
         subprocess.run(["sox", str(raw), "-r", "8000", "-c", "1", "-e", "a-law", str(work / f"{name}.wav")], check=True)
 
 
+def agent_uas(work: Path, scenario: str, port: int, media_port: int, calls: int, timeout: float,
+              extra: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+    """One SIPp UAS of the agents' pool on `port` taking `calls` calls in turn; the process and its -trace_stat file.
+
+    Its media ports (audio, video: -mp and -mp + 2) start at `media_port`, from `free_port_run`: below the
+    ephemeral range the SIP ports come from and the IVR's RTP range (a video port landing on another UAS's SIP
+    port kills that UAS), and apart from any other benchmark's running beside this one.
+    """
+    stat = work / f"uas-{port}.csv"
+    return subprocess.Popen(
+        ["sipp", "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1",
+         "-mp", str(media_port), "-m", str(calls), "-nostdin", "-timeout", f"{int(timeout)}s", "-trace_stat",
+         "-stf", str(stat), "-fd", "1", *extra],
+        cwd=work, stdout=subprocess.DEVNULL, stderr=open(work / f"uas-{port}.err", "w")), stat  # noqa: SIM115
+
+
 def run(opts: argparse.Namespace) -> int:
     """`--bridged N`: N concurrent caller-agent talks, recorded (`--recording on`) or not; see the docstring."""
     n, on = opts.bridged, opts.recording == "on"
@@ -86,19 +102,12 @@ def run(opts: argparse.Namespace) -> int:
     timeout = int(talk_s + n / opts.bridged_rate + 120)
     report: dict[str, object] = {}
     try:
-        # each UAS's media ports (audio, video: -mp and -mp + 2) below the ephemeral range the SIP ports come from,
-        # and below the IVR's RTP range (30000+): a video port landing on another UAS's SIP port kills that UAS
-        media_base = free_port_run(8 * (len(pool_ports) + 1))
+        media_base = free_port_run(8 * (len(pool_ports) + 1))  # the UASes' media ports, 8 each
         for i, port in enumerate([*pool_ports, sink_agent_port]):
             calls = sum(1 for p in where.values() if p == port)
             scenario = "listening_agent_uas.xml" if port == sink_agent_port else "talking_agent_uas.xml"
-            stat = work / f"uas-{port}.csv"
             extra = ["-key", "sink_port", str(sink.port)] if port == sink_agent_port else []
-            uases.append((subprocess.Popen(
-                ["sipp", "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1",
-                 "-mp", str(media_base + 8 * i), "-m", str(calls), "-nostdin", "-timeout", f"{timeout}s", "-trace_stat",
-                 "-stf", str(stat), "-fd", "1", *extra],
-                cwd=work, stdout=subprocess.DEVNULL, stderr=open(work / f"uas-{port}.err", "w")), stat))  # noqa: SIM115
+            uases.append(agent_uas(work, scenario, port, media_base + 8 * i, calls, timeout, extra))
         time.sleep(1.5)
         threading.Thread(target=sample_queue, daemon=True).start()
         before = ivr.metrics()

@@ -386,6 +386,7 @@ def start_balancer(work: Path, workers: list[Ivr], max_cps: int = 0) -> Target:
 
 
 def start_ivr(work: Path, opts: argparse.Namespace, n: int) -> Ivr:
+    """One IVR on its own sip.conf; `opts.log_level` (default warning): info for per-call lines in ivr.log."""
     port, metrics_port = free_sip_port(), free_port(socket.SOCK_STREAM)
     desk_port = free_port(socket.SOCK_STREAM) if opts.desk and n == 0 else None
     desk = f"[desk]\nport = {desk_port}\ncookie_secure = no\nsecret_key = {os.urandom(24).hex()}\n" if desk_port else ""
@@ -400,7 +401,7 @@ def start_ivr(work: Path, opts: argparse.Namespace, n: int) -> Ivr:
         f"[metrics]\nport = {metrics_port}\n"
         f"[prompts]\ncache_dir = {ROOT / 'var' / 'prompts'}\n"
         f"[database]\nurl = sqlite:///{db}\noutbox_dir = {work / 'outbox'}\nwriter = {opts.writer}\n"
-        f"[log]\nlevel = warning\n{desk}"
+        f"[log]\nlevel = {getattr(opts, 'log_level', 'warning')}\n{desk}"
         f"{opts.extra_conf}",  # the benchmark's own sections (--bridged: agents, recording; --followups: [followup])
         encoding="utf-8",
     )

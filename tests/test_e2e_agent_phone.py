@@ -2,52 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
-import uuid
 from pathlib import Path
 
 import pytest
 
-from .conftest import IvrProcess, sipp
-from .test_e2e_retransmission import ScriptedPhone, status_line
+from .browser_agent import header_values, register
+from .conftest import sipp
+from .test_e2e_retransmission import ScriptedPhone
 from .test_e2e_routing import SENIOR, customers
 
 pytestmark = pytest.mark.e2e
-
-
-def header_values(text: str, name: str) -> list[str]:
-    return [line.split(":", 1)[1].strip() for line in text.split("\r\n") if line.lower().startswith(name.lower() + ":")]
-
-
-def register(phone: ScriptedPhone, ivr: IvrProcess, agent: str, contact_uri: str, *, algorithm: str = "SHA-256",
-             password: str = "pw801", uri: str | None = None, wait: float = 10) -> tuple[list[str], str]:
-    """REGISTER, answer the challenge; returns the challenges and the final status line."""
-    request_uri = f"sip:127.0.0.1:{ivr.port}"
-    call_id, tag = f"{uuid.uuid4().hex}@127.0.0.1", uuid.uuid4().hex[:8]
-
-    def send(cseq: int, authorization: str | None) -> str:
-        auth = f"Authorization: {authorization}\n" if authorization else ""
-        phone.send(f"REGISTER {request_uri} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{phone.port};branch=z9hG4bK{uuid.uuid4().hex}\n"
-                   f"Max-Forwards: 70\nFrom: <sip:{agent}@127.0.0.1>;tag={tag}\nTo: <sip:{agent}@127.0.0.1>\n"
-                   f"Call-ID: {call_id}\nCSeq: {cseq} REGISTER\nContact: <{contact_uri}>\nExpires: 300\n{auth}"
-                   f"Content-Length: 0\n\n")
-        got = phone.until(lambda t: t.startswith("SIP/2.0") and f"{cseq} REGISTER" in t, seconds=wait)
-        return next(t for _, t in got if t.startswith("SIP/2.0") and f"{cseq} REGISTER" in t)
-
-    first = send(1, None)
-    challenges = header_values(first, "WWW-Authenticate")
-    chosen = next(c for c in challenges if f"algorithm={algorithm}" in c)
-    realm = re.search(r'realm="([^"]+)"', chosen).group(1)
-    nonce = re.search(r'nonce="([^"]+)"', chosen).group(1)
-    h = (lambda s: hashlib.sha256(s.encode()).hexdigest()) if algorithm == "SHA-256" else (
-        lambda s: hashlib.md5(s.encode()).hexdigest())  # noqa: S324 — the RFC's MD5, for old phones
-    digest_uri = uri or request_uri
-    ha1, ha2 = h(f"{agent}:{realm}:{password}"), h(f"REGISTER:{digest_uri}")
-    response = h(f"{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}")
-    final = send(2, f'Digest username="{agent}", realm="{realm}", nonce="{nonce}", uri="{digest_uri}", '
-                    f'algorithm={algorithm}, qop=auth, nc=00000001, cnonce="c0ffee", response="{response}"')
-    return challenges, status_line(final)
 
 
 def test_digest_offers_sha256_first_and_checks_the_uri(ivr_factory) -> None:

@@ -20,14 +20,12 @@ import aioice.ice
 import numpy as np
 import pytest
 
+from .browser_agent import ToneTrack, WsPhone, browser_answer, header, register, reply
 from .conftest import sipp
-from .test_e2e_agent_phone import register
 from .test_e2e_monitoring import RtpPeer, strength, wait_for_log
 from .test_e2e_routing import customers
 from .test_e2e_sip import finished, wait_for_row
-from .test_e2e_tcp import header
-from .test_e2e_websocket import WsPhone, ws_ivr
-from .test_webrtc import ToneTrack, browser_answer
+from .test_e2e_websocket import ws_ivr
 
 pytestmark = pytest.mark.e2e
 
@@ -45,15 +43,6 @@ def browser_loop(monkeypatch: pytest.MonkeyPatch) -> Iterator[asyncio.AbstractEv
     yield loop
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
-
-
-def reply(request: str, status: str, *, to_tag: str, contact: str, body: str = "") -> str:
-    """A response to `request` as a phone writes it: its Via, From, Call-ID and CSeq, our To tag."""
-    echoed = "\r\n".join(line for line in request.split("\r\n\r\n")[0].split("\r\n")
-                         if line.lower().split(":")[0] in ("via", "from", "call-id", "cseq"))
-    typed = "Content-Type: application/sdp\r\n" if body else ""
-    return (f"SIP/2.0 {status}\r\n{echoed}\r\nTo: {header(request, 'To')};tag={to_tag}\r\nContact: <{contact}>\r\n"
-            f"{typed}Content-Length: {len(body.encode())}\r\n\r\n{body}")
 
 
 def test_an_aiortc_browser_agent_over_websocket_talks_with_a_caller_over_dtls_srtp(  # type: ignore[no-untyped-def]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from .browser_agent import header, register
 from .conftest import IvrProcess, free_port, sipp
-from .test_e2e_agent_phone import register
 from .test_e2e_hardening import mutate, seeds
 from .test_e2e_retransmission import cseq_of, status_line, to_tags
 from .test_e2e_routing import SENIOR, customers
@@ -139,11 +139,6 @@ class StreamPhone:
                 f"Max-Forwards: 70\nFrom: <sip:13800000001@127.0.0.1>;tag={self.from_tag}\n"
                 f"To: <sip:95000@127.0.0.1>;tag={self.to_tag}\nCall-ID: {self.call_id}\nCSeq: {cseq} {method}\n"
                 f"Content-Length: 0\n\n")
-
-
-def header(text: str, name: str) -> str:
-    return next((line.split(":", 1)[1].strip() for line in text.split("\r\n")
-                 if line.lower().startswith(name.lower() + ":")), "")
 
 
 def closed_within(sock: socket.socket, seconds: float) -> float:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import ssl
 import subprocess
 import time
 import uuid
@@ -21,65 +20,15 @@ from pathlib import Path
 
 import pytest
 from websockets.exceptions import InvalidStatus
-from websockets.sync.client import ClientConnection, connect
-from websockets.typing import Origin, Subprotocol
 
+from .browser_agent import DESK, WsPhone, header, register
 from .conftest import IvrProcess, free_port, sipp
-from .test_e2e_agent_phone import register
 from .test_e2e_retransmission import status_line
 from .test_e2e_routing import SENIOR, agent_uas, customers
 from .test_e2e_sip import crm_events, finished, wait_for_row
-from .test_e2e_tcp import StreamPhone, header, self_signed_certificate
+from .test_e2e_tcp import StreamPhone, self_signed_certificate
 
 pytestmark = pytest.mark.e2e
-
-DESK = "https://desk.example.com"
-
-
-class WsPhone:
-    """An agent's browser as JsSIP is one: SIP in WebSocket messages, a `.invalid` Via and Contact host.
-
-    It speaks like tests' ScriptedPhone (send/until/port), so `register` drives it.
-    """
-
-    def __init__(self, ivr: IvrProcess, ws_port: int, *, origin: str = DESK, path: str = "/sip",
-                 tls: bool = False) -> None:
-        self.ivr = ivr
-        self.host = f"{uuid.uuid4().hex[:12]}.invalid"
-        self.transport = "WSS" if tls else "WS"
-        context = None
-        if tls:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE  # the test's own self-signed certificate
-        self.ws: ClientConnection = connect(f"{self.transport.lower()}://127.0.0.1:{ws_port}{path}",
-                                            subprotocols=[Subprotocol("sip")], origin=Origin(origin), open_timeout=5,
-                                            ssl=context).__enter__()
-        self.port = self.ws.socket.getsockname()[1]
-        self.closed = False
-
-    def close(self) -> None:
-        self.ws.close()
-
-    def send(self, text: str) -> None:
-        text = text.replace("SIP/2.0/UDP 127.0.0.1", f"SIP/2.0/{self.transport} {self.host}")
-        self.ws.send(text.replace("\r\n", "\n").replace("\n", "\r\n"))
-
-    def until(self, predicate, seconds: float = 10) -> list[tuple[float, str]]:  # type: ignore[no-untyped-def]
-        got: list[tuple[float, str]] = []
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            try:
-                message = self.ws.recv(timeout=max(0.01, end - time.monotonic()))
-            except TimeoutError:
-                break
-            text = message if isinstance(message, str) else message.decode()
-            got.append((time.monotonic(), text))
-            if predicate(text):
-                return got
-        seen = [t.splitlines()[0] for _, t in got]
-        raise AssertionError(f"not seen in {seconds} s: {seen}\n{self.ivr.log()[-3000:]}")
-
 
 def ws_ivr(ivr_factory, tmp_path: Path, *, extra: str = "", **kwargs) -> tuple[IvrProcess, int]:  # type: ignore[no-untyped-def]
     ws_port = free_port(socket.SOCK_STREAM)

@@ -23,6 +23,7 @@ from ivr.registrar import (
     Registrar,
     phone_address,
 )
+from ivr.sip.endpoint import StreamAddress
 
 PHONE = ("127.0.0.1", 5090)
 URI = "sip:127.0.0.1:5060"
@@ -281,3 +282,11 @@ def test_a_phone_is_where_its_request_came_from_unless_a_trusted_balancer_sent_i
     contact = parse_address("<sip:801@192.0.2.7:5070>").uri
     assert phone_address(("198.51.100.9", 5062), contact, frozenset({"10.0.0.5"})) == ("198.51.100.9", 5062)
     assert phone_address(("10.0.0.5", 5060), contact, frozenset({"10.0.0.5"})) == ("192.0.2.7", 5070)
+
+
+def test_a_browser_is_reached_down_its_websocket_even_from_a_trusted_address() -> None:
+    browser = parse_address("<sip:801@df7jal23ls0d.invalid;transport=ws>").uri
+    for transport in ("WS", "WSS"):
+        connection = StreamAddress("127.0.0.1", 50123, transport)
+        where = phone_address(connection, browser, frozenset({"127.0.0.1"}))
+        assert where == ("127.0.0.1", 50123) and isinstance(where, StreamAddress) and where.transport == transport

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import gc
 import json
-import math
 import re
 import socket
 import struct
@@ -25,13 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import aioice.ice
-import av
 import numpy as np
 import pytest
 import structlog
 import structlog.testing
 from aioice import stun
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortp.codecs import get_codec
 
 from ivr.bridge import MediaBridge
@@ -46,16 +42,9 @@ from ivr.webrtc import (
     offer_sdp,
     parse_answer,
 )
+from tests.browser_agent import FRAME, RATE, ToneTrack, browser_answer, tone
 from tests.conftest import free_port
 from tests.lossy import lossy_namespace_or_skip
-
-RATE = 8000
-FRAME = 160
-
-
-def tone(freq: float, start: int, n: int = FRAME, amplitude: float = 8000.0) -> np.ndarray:
-    t = (np.arange(n) + start) / RATE
-    return (amplitude * np.sin(2 * math.pi * freq * t)).astype(np.int16)
 
 
 def energy_at(samples: np.ndarray, freq: float) -> float:
@@ -243,33 +232,6 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-class ToneTrack(MediaStreamTrack):
-    """An audio track of a sine tone in 20 ms frames, paced in real time."""
-
-    kind = "audio"
-
-    def __init__(self, freq: float) -> None:
-        super().__init__()
-        self.freq = freq
-        self.pts = 0
-        self.start: float | None = None
-
-    async def recv(self) -> av.AudioFrame:
-        loop = asyncio.get_running_loop()
-        if self.start is None:
-            self.start = loop.time()
-        wait = self.start + self.pts / RATE - loop.time()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        samples = tone(self.freq, self.pts)
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = RATE
-        frame.pts = self.pts
-        frame.time_base = fractions.Fraction(1, RATE)
-        self.pts += FRAME
-        return frame
-
-
 class Relay(asyncio.DatagramProtocol):
     """A UDP relay on 127.0.0.1 between the browser and the IVR that keeps every datagram it carries."""
 
@@ -296,31 +258,6 @@ class Relay(asyncio.DatagramProtocol):
             self.browser = addr
             self.seen.append(("to_ivr", data))
             self.transport.sendto(data, self.ivr)
-
-
-async def browser_answer(offer: str, track: MediaStreamTrack | None) -> tuple[RTCPeerConnection, str,
-                                                                               asyncio.Queue[av.AudioFrame]]:
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    frames: asyncio.Queue[av.AudioFrame] = asyncio.Queue()
-
-    @pc.on("track")
-    def on_track(remote: MediaStreamTrack) -> None:
-        async def pump() -> None:
-            while True:
-                try:
-                    frames.put_nowait(await remote.recv())
-                except Exception:
-                    return
-        asyncio.ensure_future(pump())
-
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-    if track is not None:
-        transceiver = pc.getTransceivers()[0]
-        transceiver.sender.replaceTrack(track)
-        transceiver.direction = "sendrecv"
-    answer = await pc.createAnswer()
-    await pc.setLocalDescription(answer)  # gathers (loopback), starts ICE and DTLS
-    return pc, pc.localDescription.sdp, frames
 
 
 def with_leg(body: Callable[[WebRtcSession, int, str], Awaitable[None]]) -> None:
