@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import soundfile  # type: ignore[import-untyped]
 
+from ivr.callflow import RECORDING_NOTICE_PROMPT, agent_prompt
+
 from .audio import RATE, RtpPeer, best_correlation, locate, render_speech, rms
 from .conftest import free_port, sipp
 from .test_e2e_monitoring import wait_for_log
@@ -27,9 +29,7 @@ from .test_e2e_sip import finished, ivr_prompts, wait_for_row
 pytestmark = pytest.mark.e2e
 
 AGENT_SAYS = "Good morning, this is the service desk. Your order was shipped on Wednesday by express."
-
-
-ONSET_WINDOW_S = 0.3
+ONSET_WINDOW_S = 0.3  # the agent's first words are looked for 0.3 s at a time
 
 
 def agent_onset(heard: np.ndarray, said: np.ndarray, step_s: float = 0.05) -> float | None:
@@ -73,7 +73,7 @@ def test_the_caller_hears_the_whole_recording_notice_before_the_first_word_of_th
 
     heard = caller_peer.stream()
     prompts = ivr_prompts(tmp_path)  # the IVR's rendered prompts, as it loaded them from the cache
-    notice, number = (np.frombuffer(prompts[p].pcm, "<i2") for p in ("recording_notice", "agent_801"))
+    notice, number = (np.frombuffer(prompts[p].pcm, "<i2") for p in (RECORDING_NOTICE_PROMPT, agent_prompt("801")))
     at, match = locate(notice, heard)
     notice_start, notice_end = at / RATE, (at + len(notice)) / RATE
     number_at, number_match = locate(number, heard)
@@ -83,7 +83,7 @@ def test_the_caller_hears_the_whole_recording_notice_before_the_first_word_of_th
     assert match > 0.95, f"the caller did not hear the recording notice whole (best correlation {match:.3f})"
     assert onset is not None, "the caller never heard the agent"
     assert notice_end <= onset, f"the agent was heard at {onset:.2f} s, before the notice ended at {notice_end:.2f} s"
-    # in between, whole and unmixed, "801号客服为您服务": the notice, the agent's number, then the agent (whose
+    # in between, whole and unmixed, "您好,八零一号客服为您服务": the notice, the number, then the agent (whose
     # onset is the start of the first 0.3 s window that is mostly the agent's speech: it may begin in the number's
     # last 0.3 s, quiet as it ends)
     assert number_match > 0.95 and notice_end <= number_at / RATE, (notice_end, number_at / RATE, number_match)
