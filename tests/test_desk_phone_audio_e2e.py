@@ -40,13 +40,14 @@ import pytest
 
 from ivr.config import load_config
 
+from .audio import RtpPeer, render_speech
 from .conftest import ROOT, IvrProcess, free_port, load_customers, sipp
 from .test_desk_e2e import login, start_desk
 from .test_desk_phone_e2e import chromium
 from .test_docs import cookie_header, desk_login
-from .test_e2e_monitoring import RtpPeer, wait_for_log
+from .test_e2e_monitoring import wait_for_log
 from .test_e2e_phones_secure import G711_FRAME, SRTP_TAG, open_capture
-from .test_e2e_recording import channel_matches, render_speech
+from .test_e2e_recording import channel_matches
 from .test_e2e_sip import crm_events, crm_rows, finished, ivr_prompts
 
 pytestmark = pytest.mark.e2e

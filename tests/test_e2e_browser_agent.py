@@ -20,9 +20,10 @@ import aioice.ice
 import numpy as np
 import pytest
 
+from .audio import RtpPeer, strength
 from .browser_agent import ToneTrack, WsPhone, browser_answer, header, register, reply
 from .conftest import sipp
-from .test_e2e_monitoring import RtpPeer, strength, wait_for_log
+from .test_e2e_monitoring import wait_for_log
 from .test_e2e_routing import customers
 from .test_e2e_sip import finished, wait_for_row
 from .test_e2e_websocket import ws_ivr

@@ -9,100 +9,24 @@ made here) 1000 Hz; the supervisor's phone records what it hears to a WAV.
 
 from __future__ import annotations
 
-import math
 import re
-import socket
 import sqlite3
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from aiortp.codecs import get_codec
 
+from .audio import RtpPeer, strength, tone
 from .conftest import ROOT, IvrProcess, free_port, sipp
 from .test_e2e_routing import agents_conf, customers
 
 pytestmark = pytest.mark.e2e
 
 CALLER_HZ, AGENT_HZ, SUPERVISOR_HZ = 500.0, 1500.0, 1000.0
-ULAW = get_codec(0)
-
-
-def tone(hz: float, seconds: float, rate: int = 8000, level: float = 0.25) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return (level * 32767 * np.sin(2 * math.pi * hz * t)).astype("<i2")
-
-
-def strength(samples: np.ndarray, hz: float, rate: int = 8000) -> float:
-    """The amplitude of `hz` in `samples` (a single-bin DFT), as a fraction of full scale."""
-    if len(samples) == 0:
-        return 0.0
-    t = np.arange(len(samples)) / rate
-    return float(abs(np.dot(samples.astype(np.float64), np.exp(-2j * math.pi * hz * t))) * 2 / len(samples) / 32767)
-
-
-class RtpPeer:
-    """A party's RTP: learns the IVR's address from its first packet, then sends a tone back from the same port.
-
-    Sending from the port its SDP named keeps a strict IVR (`rtp_strict`) taking its audio. `sound` is the
-    tone's frequency, or 8 kHz samples (known speech) to loop instead.
-    """
-
-    def __init__(self, sound: float | np.ndarray) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", free_port(even=True)))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.remote: tuple[str, int] | None = None
-        self.received: list[tuple[float, bytes]] = []  # (arrival, decoded PCM)
-        self.talking = threading.Event()
-        samples = tone(sound, 1.0) if isinstance(sound, float) else np.asarray(sound, "<i2")
-        self.frames = np.concatenate((samples, np.zeros(-len(samples) % 160, "<i2"))).tobytes()  # whole frames
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._receive, daemon=True),
-                         threading.Thread(target=self._send, daemon=True)]
-        for thread in self._threads:
-            thread.start()
-
-    def _receive(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, addr = self.sock.recvfrom(2048)
-            except (TimeoutError, OSError):
-                continue
-            if len(data) > 12 and data[1] & 0x7F == 0:
-                self.remote = self.remote or addr
-                self.received.append((time.monotonic(), ULAW.decode(data[12:])))
-
-    def _send(self) -> None:
-        seq, ts, offset = 1, 0, 0
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            if not self.talking.is_set() or self.remote is None:
-                time.sleep(0.02)
-                next_at = time.monotonic()
-                continue
-            pcm = self.frames[offset:offset + 320]
-            offset = (offset + 320) % len(self.frames)
-            header = struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, ts & 0xFFFFFFFF, 0x1234)
-            self.sock.sendto(header + ULAW.encode(pcm), self.remote)
-            seq, ts = seq + 1, ts + 160
-            next_at += 0.02
-            time.sleep(max(0.0, next_at - time.monotonic()))
-
-    def heard(self, start: float, end: float) -> np.ndarray:
-        return np.frombuffer(b"".join(pcm for at, pcm in self.received if start <= at < end), "<i2")
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-        self.sock.close()
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = 8000) -> None:

@@ -15,7 +15,6 @@ import random
 import signal
 import socket
 import sqlite3
-import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 import soundfile  # type: ignore[import-untyped]
 
+from .audio import best_correlation, render_speech
 from .conftest import ROOT, IvrProcess, free_port, sipp
 from .test_e2e_routing import agents_conf
 from .test_e2e_sip import crm_events, finished, wait_for_row
@@ -51,38 +51,11 @@ def media_port() -> tuple[str, str]:
         return "-mp", str(port)
 
 
-def render_speech(directory: Path, name: str, text: str, voice: str, pitch: int) -> np.ndarray:
-    """`name`.wav in `directory`: 8 kHz mono A-law as SIPp's rtp_stream plays it; returns its samples (int16)."""
-    raw, wav = directory / f"{name}-raw.wav", directory / f"{name}.wav"
-    subprocess.run(["espeak-ng", "-v", voice, "-p", str(pitch), "-s", "150", "-w", str(raw), text], check=True)
-    subprocess.run(["sox", str(raw), "-r", "8000", "-c", "1", "-e", "a-law", str(wav)], check=True)
-    samples, rate = soundfile.read(wav, dtype="int16")
-    assert rate == 8000
-    return np.asarray(samples)
-
-
 @pytest.fixture
 def speech(tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
     caller = render_speech(tmp_path, "caller_speech", CALLER_SAYS, "en", 40)
     agent = render_speech(tmp_path, "agent_speech", AGENT_SAYS, "en-us", 80)
     return caller, agent
-
-
-def best_correlation(window: np.ndarray, sent: np.ndarray) -> float:
-    """The highest normalised cross-correlation of `window` against the looped `sent` audio (any offset).
-
-    Its magnitude: aiortp's A-law decoder gives the opposite sign to libsndfile's (the polarity of
-    the whole signal, inaudible), so the same speech correlates at -1 or +1 depending on who decodes.
-    """
-    reference = np.tile(sent.astype(np.float64), 3)
-    w = window.astype(np.float64) - window.mean()
-    n = len(reference) + len(w)
-    size = 1 << (n - 1).bit_length()
-    corr = np.fft.irfft(np.fft.rfft(reference, size) * np.conj(np.fft.rfft(w, size)), size)[: len(reference) - len(w)]
-    energy = np.cumsum(np.concatenate(([0.0], reference**2)))
-    local = energy[len(w):len(reference)] - energy[: len(reference) - len(w)]
-    norm = np.sqrt(np.maximum(local, 1e-9) * float((w**2).sum()))
-    return float(np.abs(corr / norm).max())
 
 
 def channel_matches(channel: np.ndarray, sent: np.ndarray) -> list[float]:
