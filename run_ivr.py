@@ -32,7 +32,7 @@ from sqlalchemy import Engine as SqlEngine
 from sqlalchemy.exc import SQLAlchemyError
 
 from crm_bridge.agent_commands import take_pending
-from crm_bridge.characteristics import Characteristics, characteristics
+from crm_bridge.characteristics import Characteristics, Settings, characteristics
 from crm_bridge.customers import CallerDirectory, senior_names
 from crm_bridge.db import make_engine, migrate, reconcile_interrupted, sync_seat_groups
 from crm_bridge.outbox import Outbox, OutboxError
@@ -290,7 +290,8 @@ class Analyser:
         if self._pool is None:  # spawned, not forked: this process has threads
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=os.nice, initargs=(10,))
-        self._pool.submit(characteristics, done.path).add_done_callback(partial(self._store, done))
+        self._pool.submit(characteristics, done.path, Settings(), done.paused).add_done_callback(
+            partial(self._store, done))  # a paused span is neither talk nor silence
 
     def _store(self, done: Finished, future: Future[Characteristics]) -> None:
         try:

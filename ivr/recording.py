@@ -129,6 +129,7 @@ class Finished:
     duration_s: float
     size_bytes: int
     sha256: str
+    paused: tuple[tuple[float, float], ...] = ()  # spans paused for sensitive data: (start, end) seconds in the file
 
 
 @dataclass(slots=True)
@@ -358,8 +359,10 @@ class RecordingWriter:
             self._failed(tap, exc)
             self.report(tap, None)
             return
+        # the pauses are complete: the tap's close (on the loop) took the last one before queueing this finish
+        paused = tuple((p.offset_s, round(p.offset_s + p.duration_s, 3)) for p in tap.pauses)
         done = Finished(final, tap.row.path, tap.row.sip_call_id, tap.row.agent_number, self.format,
-                        round(tap.written_frames / SAMPLE_RATE, 3), size, digest.hexdigest())
+                        round(tap.written_frames / SAMPLE_RATE, 3), size, digest.hexdigest(), paused)
         self.files_complete += 1
         self.bytes_written += size
         if self.metrics is not None:

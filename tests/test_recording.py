@@ -151,6 +151,8 @@ def test_g711_and_flac_files_are_readable_stereo(tmp_path: Path) -> None:
 
 def test_a_paused_span_is_silence_in_the_file_and_a_pause_row(tmp_path: Path) -> None:
     recorder, rows, _ = make_recorder(tmp_path)
+    finished: list[Any] = []
+    recorder.completed_hooks.append(finished.append)
     leg = fake_leg()
     recorder.attach(leg)
     caller, agent = tone(440, 200), tone(1000, 200)
@@ -168,6 +170,7 @@ def test_a_paused_span_is_silence_in_the_file_and_a_pause_row(tmp_path: Path) ->
     assert data[:50 * 160, 0].any() and data[125 * 160:, 1].any()
     (pause,) = [r for r in rows if isinstance(r, RecordRecordingPause)]
     assert (pause.paused_by, pause.offset_s, pause.duration_s) == ("801", 1.0, 1.5)
+    assert finished[0].paused == ((1.0, 2.5),)  # for the characteristics: neither talk nor silence
 
 
 def test_the_agents_pause_code_toggles_the_pause_and_the_digits_still_reach_the_caller(tmp_path: Path) -> None:
