@@ -40,6 +40,7 @@ challenges only, so such a seat is challenged as `md5` asks (engine).
 
 from __future__ import annotations
 
+import ipaddress
 import hashlib
 import hmac
 import os
@@ -216,12 +217,21 @@ def phone_address(source: tuple[str, int], contact: Any, trusted: Collection[str
 
     A browser's WebSocket is the only way to it, trusted source or not: its Contact host is a made-up
     `.invalid` name (RFC 7118 §5.2), and a trusted proxy in front of WSS (or loopback) must not turn it
-    into a UDP destination."""
+    into a UDP destination. Nor does a Contact naming a host name (the IVR sends only to addresses: it
+    does no DNS on the call path): the balancer's own address is where the phone is reached then."""
     if isinstance(source, StreamAddress) and source.transport in ("WS", "WSS"):
         return source
-    if source[0] in trusted and contact.host:
-        return (contact.host, contact.port or 5060)
+    if source[0] in trusted and _is_address(contact.host):
+        return (contact.host.strip("[]"), contact.port or 5060)
     return source
+
+
+def _is_address(host: str | None) -> bool:
+    try:
+        ipaddress.ip_address((host or "").strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 class RegisterHandler:

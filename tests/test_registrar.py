@@ -282,6 +282,8 @@ def test_a_phone_is_where_its_request_came_from_unless_a_trusted_balancer_sent_i
     contact = parse_address("<sip:801@192.0.2.7:5070>").uri
     assert phone_address(("198.51.100.9", 5062), contact, frozenset({"10.0.0.5"})) == ("198.51.100.9", 5062)
     assert phone_address(("10.0.0.5", 5060), contact, frozenset({"10.0.0.5"})) == ("192.0.2.7", 5070)
+    named = parse_address("<sip:801@phone-801.example.com:5070>").uri  # no DNS on the call path: a name is no address
+    assert phone_address(("10.0.0.5", 5060), named, frozenset({"10.0.0.5"})) == ("10.0.0.5", 5060)
 
 
 def test_a_browser_is_reached_down_its_websocket_even_from_a_trusted_address() -> None:
