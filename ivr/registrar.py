@@ -40,9 +40,9 @@ challenges only, so such a seat is challenged as `md5` asks (engine).
 
 from __future__ import annotations
 
-import ipaddress
 import hashlib
 import hmac
+import ipaddress
 import os
 import time
 from collections.abc import Callable, Collection
