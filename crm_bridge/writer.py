@@ -59,6 +59,7 @@ from crm_bridge.models import (
 )
 from crm_bridge.outbox import Outbox, Record, shallow_fields
 from crm_bridge.records import (
+    CallRecord,
     OpenTicket,
     RecordAgentState,
     RecordCall,
@@ -380,8 +381,13 @@ class CrmWriter:
         recordings: dict[str, dict[str, object]] = {}  # by path: the latest row of each file
         pauses: list[RecordRecordingPause] = []
         analysed: dict[str, str] = {}  # characteristics by recording path
+        calls: dict[str, CallRecord] = {}  # by sip_call_id: the latest record of each call (a call sends ~4 a batch)
         for _, record in batch:
-            if isinstance(record, RecordAgentState):
+            if isinstance(record, RecordCall):
+                calls[record.record.sip_call_id] = record.record
+            elif isinstance(record, RecordEvent):
+                events.append(record)
+            elif isinstance(record, RecordAgentState):
                 agent_states.append({**shallow_fields(record), "at": _utc(record.at), "worker": self.worker})
             elif isinstance(record, RecordMonitoring):
                 row = shallow_fields(record)
@@ -401,14 +407,14 @@ class CrmWriter:
                 row = shallow_fields(record)
                 row["requested_at"], row["due_at"] = _utc(record.requested_at), _utc(record.due_at)
                 callbacks[record.request_key] = row
-            elif isinstance(record, RecordCall):
-                row = shallow_fields(record.record)
-                for key in ("started_at", "answered_at", "ended_at"):
-                    row[key] = _utc(row[key])  # type: ignore[arg-type]
-                row["ivr_worker"] = self.worker
-                rows[record.record.sip_call_id] = row
             else:
                 events.append(record)
+        for sip_call_id, call in calls.items():  # the row once per call, from its latest record only
+            row = shallow_fields(call)
+            for key in ("started_at", "answered_at", "ended_at"):
+                row[key] = _utc(row[key])  # type: ignore[arg-type]
+            row["ivr_worker"] = self.worker
+            rows[sip_call_id] = row
         finished: list[str] = []
         with self.engine.begin() as conn:
             if rows:
