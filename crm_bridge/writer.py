@@ -126,6 +126,8 @@ class CrmWriter:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()  # lists of (seq, record), or _STOP
         self._pending: list[Record] = []  # submitted in this loop iteration, not yet journaled
         self._flush_lock = threading.Lock()
+        self._unbatched = 0  # records queued for the writer thread, not yet in a batch (under _flush_lock)
+        self._full = threading.Event()  # set when those reach batch_max, and at close: the linger ends at once
         self._give_up = threading.Event()
         self._thread = threading.Thread(target=self._run, name="crm-writer", daemon=True)
         self._compiled_upserts: dict[tuple[int, tuple[str, ...]], TextClause | None] = {}  # see _upsert
@@ -165,6 +167,9 @@ class CrmWriter:
                 first = self._seq + 1
                 self._seq += len(records)
             self._queue.put(list(enumerate(records, first)))
+            self._unbatched += len(records)
+            if self._unbatched >= self.batch_max:
+                self._full.set()
 
     def recover(self) -> int:
         """Apply what the outbox holds past the CRM's checkpoint (at start-up, before `start`)."""
@@ -199,6 +204,7 @@ class CrmWriter:
         """Write everything queued, then stop. Returns the count left unwritten."""
         self.flush()
         self._queue.put(_STOP)
+        self._full.set()  # no linger for the last batch
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._give_up.set()
@@ -219,7 +225,13 @@ class CrmWriter:
         stopping = False
         while not stopping:
             item = self._queue.get()
-            deadline = time.monotonic() + self.linger
+            # Gather for up to `linger` seconds: under load that turns hundreds of tiny
+            # transactions a second into a few large ones (records are journaled already).
+            # The thread sleeps through the linger rather than waking for each loop
+            # iteration's records: every such wake-up took the GIL from the event loop,
+            # hundreds of times a second under load. `flush` ends it early at batch_max.
+            if item is not _STOP:
+                self._full.wait(self.linger)
             batch: list[tuple[int, Record]] = []
             while True:
                 if item is _STOP:
@@ -228,13 +240,14 @@ class CrmWriter:
                     batch.extend(item)  # type: ignore[arg-type]
                 if len(batch) >= self.batch_max or stopping:
                     break
-                # Gather for up to `linger` seconds: under load that turns hundreds of tiny
-                # transactions a second into a few large ones (records are journaled already).
-                wait = deadline - time.monotonic()
                 try:
-                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+            with self._flush_lock:
+                self._unbatched -= len(batch)
+                if self._unbatched < self.batch_max:
+                    self._full.clear()
             if batch:
                 self._apply_with_retry(batch)
 

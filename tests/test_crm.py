@@ -243,3 +243,30 @@ def test_the_sqlite_upserts_are_compiled_once_not_for_every_batch(tmp_path: Path
         started = conn.execute("SELECT started_at FROM calls WHERE sip_call_id = 'call-0'").fetchone()[0]
     assert started == "2026-11-25 02:00:00.000000"  # SQLAlchemy's SQLite DATETIME format, as before
     writer.outbox.close()  # type: ignore[union-attr]
+
+
+def test_the_writer_thread_lingers_asleep_but_batch_max_and_close_end_the_linger(tmp_path: Path) -> None:
+    """The writer thread sleeps through its linger instead of waking for every flush; reaching batch_max
+    records, or closing, still ends the wait at once (a linger of 60 s would otherwise hold them)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    migrate(engine)
+    writer = CrmWriter(engine, batch_max=6, linger=60.0)
+    batches: list[int] = []
+    apply = writer._apply
+
+    def counting(batch):  # type: ignore[no-untyped-def]
+        batches.append(len(batch))
+        apply(batch)
+
+    writer._apply = counting  # type: ignore[method-assign]
+    writer.start()
+    started = time.monotonic()
+    for record in call_records("call-a"):  # six records, each flushed on its own (no event loop)
+        writer.submit(record)
+    wait_until(lambda: writer.written == 6, timeout=10)
+    assert batches == [6]
+    writer.submit(call_records("call-b")[0])
+    assert writer.close(timeout=10) == 0
+    assert time.monotonic() - started < 10
+    assert batches == [6, 1]
+    assert counts(engine) == (2, 3)
