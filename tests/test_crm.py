@@ -211,3 +211,62 @@ def test_writer_survives_concurrent_submitters(tmp_path: Path, make_writer: Writ
         t.join()
     assert writer.close() == 0
     assert counts(engine) == (200, 600)
+
+
+def test_the_sqlite_upserts_are_compiled_once_not_for_every_batch(tmp_path: Path) -> None:
+    """SQLAlchemy caches no dialect INSERT … ON CONFLICT: the writer compiles each upsert once, and the
+    rows (the datetimes bound as before) and the outbox checkpoint still come out right batch after batch."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    migrate(engine)
+    writer = CrmWriter(engine, Outbox(tmp_path / "outbox"))
+    compiled: list[str] = []
+    make_compiler = engine.dialect.statement_compiler
+
+    def counting(dialect, statement, *args, **kw):  # type: ignore[no-untyped-def]
+        sql = getattr(statement, "text", None)  # the upserts run as text(); other statements name a table
+        table = getattr(statement, "table", None)
+        compiled.append(sql.split(" (")[0] if sql else f"INSERT INTO {table}" if table is not None else "")
+        return make_compiler(dialect, statement, *args, **kw)
+
+    engine.dialect.statement_compiler = counting  # type: ignore[method-assign]
+    for batch in range(3):
+        records = call_records(f"call-{batch}", T0 + timedelta(minutes=batch))
+        writer._apply(list(enumerate(records, 1 + 6 * batch)))
+    assert compiled.count("INSERT INTO calls") == 1  # the first batch; before, every batch
+    assert compiled.count("INSERT INTO outbox_checkpoints") == 1
+    with Session(engine) as s:
+        calls = s.scalars(select(Call).order_by(Call.sip_call_id)).all()
+        assert [(c.sip_call_id, c.outcome, c.ended_at.replace(tzinfo=UTC)) for c in calls] == [
+            (f"call-{n}", "silent", T0 + timedelta(minutes=n, seconds=40)) for n in range(3)]
+    with sqlite3.connect(tmp_path / "crm.db") as conn:
+        assert conn.execute("SELECT seq FROM outbox_checkpoints").fetchall() == [(18,)]
+        started = conn.execute("SELECT started_at FROM calls WHERE sip_call_id = 'call-0'").fetchone()[0]
+    assert started == "2026-11-25 02:00:00.000000"  # SQLAlchemy's SQLite DATETIME format, as before
+    writer.outbox.close()  # type: ignore[union-attr]
+
+
+def test_the_writer_thread_lingers_asleep_but_batch_max_and_close_end_the_linger(tmp_path: Path) -> None:
+    """The writer thread sleeps through its linger instead of waking for every flush; reaching batch_max
+    records, or closing, still ends the wait at once (a linger of 60 s would otherwise hold them)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    migrate(engine)
+    writer = CrmWriter(engine, batch_max=6, linger=60.0)
+    batches: list[int] = []
+    apply = writer._apply
+
+    def counting(batch):  # type: ignore[no-untyped-def]
+        batches.append(len(batch))
+        apply(batch)
+
+    writer._apply = counting  # type: ignore[method-assign]
+    writer.start()
+    started = time.monotonic()
+    for record in call_records("call-a"):  # six records, each flushed on its own (no event loop)
+        writer.submit(record)
+    wait_until(lambda: writer.written == 6, timeout=10)
+    assert batches == [6]
+    writer.submit(call_records("call-b")[0])
+    assert writer.close(timeout=10) == 0
+    assert time.monotonic() - started < 10
+    assert batches == [6, 1]
+    assert counts(engine) == (2, 3)
