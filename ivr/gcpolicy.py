@@ -12,8 +12,13 @@ policy once a second whether to run it now:
   collection: it costs no caller anything then;
 - while calls are up, never on time alone. Only the safety valve runs it: the
   process has grown by more than `valve_bytes` since the last full collection,
-  i.e. cyclic garbage that only a full collection frees is piling up, and a
-  stall is better than running out of memory. It is logged as a warning.
+  beyond what the calls up since then explain (`PER_CALL_BYTES` each), i.e.
+  cyclic garbage that only a full collection frees is piling up, and a stall
+  is better than running out of memory. It is logged as a warning. A valve
+  run that finds next to no garbage (the growth was live calls, pending
+  transactions under overload) doubles the valve for the next time, so a busy
+  worker is not stalled again and again for nothing; the idle collection
+  puts it back.
 
 The valve should stay shut in service: the call path makes no reference
 cycles of its own (ivr.media breaks aiortp's when a session closes;
@@ -35,6 +40,9 @@ log = structlog.get_logger("ivr.gcpolicy")
 
 IDLE_AFTER_S = 10.0
 VALVE_BYTES = 256 * 2**20  # growth since the last full collection that forces one, calls up or not
+PER_CALL_BYTES = 128 * 2**10  # growth a call up explains (a call holds 15-45 KB): live data, not garbage
+LITTLE_GARBAGE = 1000  # unreachable objects under which a valve run found the growth was live
+MAX_VALVE_BYTES = 4 * 2**30
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -69,6 +77,8 @@ class FullGcPolicy:
         self._idle_since: float | None = None
         self._last_run = now
         self._rss_after_last = rss()
+        self._calls_after_last = 0
+        self._valve = valve_bytes  # doubled after a valve run that found next to no garbage
         self.runs: list[FullCollection] = []  # the last few, for tests and the log
 
     def due(self, now: float, calls: int) -> str | None:
@@ -76,7 +86,8 @@ class FullGcPolicy:
         if calls:
             self._idle_since = None
             rss = self._rss()
-            if rss and self._rss_after_last and rss - self._rss_after_last > self.valve_bytes:
+            live = PER_CALL_BYTES * max(0, calls - self._calls_after_last)
+            if rss and self._rss_after_last and rss - self._rss_after_last > self._valve + live:
                 return "memory"
             return None
         if self._idle_since is None:
@@ -95,11 +106,16 @@ class FullGcPolicy:
         found = gc.collect()
         run = FullCollection(reason, found, round(1000 * (time.perf_counter() - started), 1), calls)
         self._rss_after_last = self._rss()
+        self._calls_after_last = calls
         self._last_run = now
         self.runs = [*self.runs[-9:], run]
+        if reason == "idle":
+            self._valve = self.valve_bytes
+        elif found < LITTLE_GARBAGE:  # the growth was live: do not stall the calls again for the same
+            self._valve = min(2 * self._valve, MAX_VALVE_BYTES)
         if reason == "memory":  # the media clock stalled for every call up: ops should know, and why
             log.warning("gc_full", reason=reason, unreachable=found, ms=run.ms, calls=calls,
-                        rss_mb=round(self._rss_after_last / 2**20, 1))
+                        rss_mb=round(self._rss_after_last / 2**20, 1), next_valve_mb=self._valve // 2**20)
         else:
             log.info("gc_full", reason=reason, unreachable=found, ms=run.ms, calls=calls)
         return run

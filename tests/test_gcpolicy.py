@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ivr.gcpolicy import FullGcPolicy
+from ivr.gcpolicy import PER_CALL_BYTES, FullGcPolicy
 from ivr.media import SILENCE_FRAMES, RtpPortPool, open_rtp
 from tests.conftest import free_port, sipp
 
@@ -51,12 +51,38 @@ def test_idle_without_young_collections_since_the_last_full_one_skips_it() -> No
 def test_the_memory_valve_collects_with_calls_up_once_the_process_grew_256_mb() -> None:
     memory = Memory()
     p = policy(memory)
-    memory.rss += 255 * MB
+    memory.rss += 255 * MB + 1000 * PER_CALL_BYTES  # beyond what the 1000 calls up explain
     assert p.due(1.0, calls=1000) is None
     memory.rss += 2 * MB
     run = p.tick(2.0, calls=1000)
     assert run is not None and run.reason == "memory" and run.calls == 1000
     assert p.due(3.0, calls=1000) is None, "measured again from the size after the collection"
+
+
+def test_growth_the_calls_up_explain_does_not_open_the_valve() -> None:
+    memory = Memory()
+    p = policy(memory)
+    memory.rss += 255 * MB + 1000 * PER_CALL_BYTES  # 1000 calls came up: live memory, not garbage
+    assert p.due(1.0, calls=1000) is None
+    memory.rss += 2 * MB
+    assert p.due(2.0, calls=1000) == "memory"
+
+
+def test_a_valve_run_that_finds_no_garbage_doubles_the_valve_and_the_idle_collection_restores_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    memory = Memory()
+    p = policy(memory)
+    monkeypatch.setattr(gc, "collect", lambda: 12)  # the growth was live
+    memory.rss += 257 * MB + 500 * PER_CALL_BYTES
+    assert p.tick(1.0, calls=500) is not None
+    memory.rss += 300 * MB  # more than 256 MB again, with no more calls: under the doubled valve
+    assert p.due(2.0, calls=500) is None
+    memory.rss += 300 * MB
+    assert p.due(3.0, calls=500) == "memory"
+    assert p.tick(100.0, calls=0) is None and p.tick(111.0, calls=0) is not None  # idle, 10 s on
+    memory.rss += 257 * MB
+    assert p.due(112.0, calls=1) == "memory"  # 256 MB again
 
 
 def test_unknown_memory_keeps_the_valve_shut() -> None:
