@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,14 +27,26 @@ PROMPT_CACHE = ROOT / "var" / ("prompts-" + os.environ["PYTEST_XDIST_WORKER"] if
                                else "prompts")
 
 
+FREE_PORTS = range(10000, 20000)  # below every RTP range tests and benchmarks configure and the ephemeral ports
+
+
 def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:
-    """A port on 127.0.0.1 that is free right now (UDP by default)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not even or port % 2 == 0:
-            return port
+    """A port on 127.0.0.1 free right now for UDP and TCP both (`kind` is kept for callers that name it).
+
+    Drawn at random from `FREE_PORTS`, not from the kernel's ephemeral range: there, anything binding
+    port 0 (SIPp, a browser, another test's sockets) or an IVR's RTP range in another test could take
+    it between this check and the IVR's bind, and the IVR would not start (seen in parallel runs)."""
+    del kind
+    for _ in range(500):
+        port = random.randrange(FREE_PORTS.start, FREE_PORTS.stop)
+        port -= port % 2 if even else 0
+        try:
+            for sock_kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                with socket.socket(socket.AF_INET, sock_kind) as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
     raise RuntimeError("no free port found")
 
 
