@@ -261,6 +261,7 @@ def start_recorder(config: Config, db: Any, writer: CrmWriter, engine: Engine, w
     engine.metrics.recording_queue_depth.set_function(lambda: recorder.writer.depth)
     engine.bridge_hooks.append(recorder.attach)
     analyser = Analyser(writer.submit)
+    analyser.start()
     recorder.writer.completed_hooks.append(analyser)
     for command in ("pause_recording", "resume_recording"):
         engine.agent_command_hooks[command] = partial(_desk_recording_command, recorder, command)
@@ -286,10 +287,18 @@ class Analyser:
         self.submit = submit
         self._pool: ProcessPoolExecutor | None = None
 
+    def start(self) -> None:
+        """Start the child now, before any call: starting it at the first finished recording forked a process
+        of the IVR's size in the middle of calls (a stall of tens of ms for the media clock)."""
+        # spawned, not forked: this process has threads
+        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=os.nice, initargs=(10,))
+        self._pool.submit(os.getpid).result(timeout=60)
+
     def __call__(self, done: Finished) -> None:
-        if self._pool is None:  # spawned, not forked: this process has threads
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=os.nice, initargs=(10,))
+        if self._pool is None:
+            self.start()
+        assert self._pool is not None
         self._pool.submit(characteristics, done.path, Settings(), done.paused).add_done_callback(
             partial(self._store, done))  # a paused span is neither talk nor silence
 
