@@ -69,6 +69,18 @@ def agent_uas(work: Path, scenario: str, port: int, media_port: int, calls: int,
         cwd=work, stdout=subprocess.DEVNULL, stderr=open(work / f"uas-{port}.err", "w")), stat  # noqa: SIM115
 
 
+def wait_uases(uases: list[tuple[subprocess.Popen[bytes], Path]]) -> list[dict[str, int]]:
+    """Each agent UAS's final counts, once it has ended (killed after 30 s more)."""
+    done = []
+    for proc, stat in uases:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        done.append(sipp_counts(stat, proc.returncode))
+    return done
+
+
 def run(opts: argparse.Namespace) -> int:
     """`--bridged N`: N concurrent caller-agent talks, recorded (`--recording on`) or not; see the docstring."""
     n, on = opts.bridged, opts.recording == "on"
@@ -117,13 +129,7 @@ def run(opts: argparse.Namespace) -> int:
             "-sf", str(SCENARIOS / "talking_caller.xml"), "-inf", str(SCENARIOS / "callers.csv"), "-s", "95000",
             "-m", str(n), "-r", str(opts.bridged_rate), "-l", str(n), "-d", str(int(talk_s * 1000)),
             "-mi", "127.0.0.1"], timeout=timeout)
-        agents_done = []
-        for proc, stat in uases:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            agents_done.append(sipp_counts(stat, proc.returncode))
+        agents_done = wait_uases(uases)
         t1 = ivr.samples[-1][0]
         jitter = sink.take()
         time.sleep(2.0)  # the last files and CRM rows

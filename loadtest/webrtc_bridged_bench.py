@@ -59,7 +59,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_bridged import agent_uas, render_speech  # loadtest/, beside this script (run by path)
+from bench_bridged import agent_uas, render_speech, wait_uases  # loadtest/, beside this script (run by path)
 from bench_common import (
     ROOT,
     SCENARIOS,
@@ -72,7 +72,6 @@ from bench_common import (
     pct,
     proc_sample,
     sipp,
-    sipp_counts,
     start_target,
     write_report,
 )
@@ -397,13 +396,7 @@ def run_phase(kind: str, opts: argparse.Namespace) -> dict[str, Any]:
         if kind == "webrtc":
             agents = browser_results(browsers)
         else:
-            agents_done = []
-            for proc, stat in uases:
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                agents_done.append(sipp_counts(stat, proc.returncode))
+            agents_done = wait_uases(uases)
             agents = {"agents": n, "uas_processes": pool, "failed": sum(max(0, a["failed"]) for a in agents_done)}
         time.sleep(2.0)  # the last CRM rows
         m = target.metrics()

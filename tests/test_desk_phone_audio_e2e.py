@@ -26,7 +26,6 @@ few seconds to settle, hence the measurement from SETTLE_SECONDS into the talk.
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -41,9 +40,10 @@ import pytest
 from ivr.config import load_config
 
 from .audio import RtpPeer, render_speech
-from .conftest import ROOT, IvrProcess, free_port, load_customers, sipp
+from .conftest import ROOT, IvrProcess, sipp
 from .test_desk_e2e import login, start_desk
 from .test_desk_phone_e2e import chromium
+from .test_desk_phone_ivr_e2e import NAME, browser_phone_ivr
 from .test_docs import cookie_header, desk_login
 from .test_e2e_monitoring import wait_for_log
 from .test_e2e_phones_secure import G711_FRAME, SRTP_TAG, open_capture
@@ -51,8 +51,6 @@ from .test_e2e_recording import channel_matches
 from .test_e2e_sip import crm_events, crm_rows, finished, ivr_prompts
 
 pytestmark = pytest.mark.e2e
-CUSTOMER, NAME = "13800000001", "赵丽华"  # the first number of loadtest/scenarios/callers.csv
-TOKEN_SECRET = "ivr-e2e-token-secret-0123456789abcdef0123456"
 SUPERVISOR, SUPERVISOR_PW = "王经理", "supervisor-pw"
 AGENT_SAYS = "您好,这里是客户服务中心,我是坐席张敏。您的理财产品已经到期,本金和收益会在三个工作日内到账。"
 CALLER_SAYS = "你好,我想问一下我上个月买的基金,为什么到现在还没有看到收益,麻烦帮我查一下。"
@@ -164,17 +162,7 @@ def test_the_desk_page_agent_and_a_caller_hear_each_other_over_srtp_and_the_call
         assert stats is not None, "the page has no RTCPeerConnection"
         return dict(stats)
 
-    db_url = f"sqlite:///{tmp_path / 'crm.db'}"
-    load_customers(tmp_path, db_url, f"phone,name,assets,volume\n{CUSTOMER},{NAME},9000000,0\n")
-    ws_port, desk_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
-    base = f"http://127.0.0.1:{desk_port}"
-    ivr = ivr_factory(db_url=db_url, extra=(
-        f"[websocket]\nenabled = yes\nport = {ws_port}\norigins = {base}\n"
-        f"[browser_phone]\nws_url = ws://127.0.0.1:{ws_port}/sip\ntoken_secret = {TOKEN_SECRET}\n"
-        "[801]\ntype = agent\nseat_group = senior\nhost = dynamic\nsecret = pw801-ivr-e2e\nname = 张敏\n"
-        "phone = browser\n[queues]\nwrap_up_seconds = 0\n[survey]\ntimeout_seconds = 2\n"
-        f"[desk]\nport = {desk_port}\nsecret_key = e2e-secret-key-0123456789abcdef0123456789\n"
-    ))
+    ivr, base, desk_port = browser_phone_ivr(ivr_factory, tmp_path)
     conf = tmp_path / "sip.conf"  # the IVR's file: one for both
     made = subprocess.run([sys.executable, "-m", "desk", "--config", str(conf), "add-supervisor", SUPERVISOR],
                           cwd=ROOT, input=f"{SUPERVISOR_PW}\n", capture_output=True, text=True, timeout=60, check=False)

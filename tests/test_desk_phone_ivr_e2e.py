@@ -37,6 +37,23 @@ def webrtc_browser() -> Iterator[Any]:
                         "--disable-features=WebRtcHideLocalIpsWithMdns")
 
 
+def browser_phone_ivr(ivr_factory: Any, tmp_path: Path) -> tuple[Any, str, int]:
+    """The IVR with the desk's page as agent 801's phone (WebSocket, derived credentials) and a senior customer;
+    the IVR, the desk's base URL and its port (the desk reads the same sip.conf)."""
+    db_url = f"sqlite:///{tmp_path / 'crm.db'}"
+    load_customers(tmp_path, db_url, f"phone,name,assets,volume\n{CUSTOMER},{NAME},9000000,0\n")
+    ws_port, desk_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
+    base = f"http://127.0.0.1:{desk_port}"
+    ivr = ivr_factory(db_url=db_url, extra=(
+        f"[websocket]\nenabled = yes\nport = {ws_port}\norigins = {base}\n"
+        f"[browser_phone]\nws_url = ws://127.0.0.1:{ws_port}/sip\ntoken_secret = {TOKEN_SECRET}\n"
+        "[801]\ntype = agent\nseat_group = senior\nhost = dynamic\nsecret = pw801-ivr-e2e\nname = 张敏\n"
+        "phone = browser\n[queues]\nwrap_up_seconds = 0\n[survey]\ntimeout_seconds = 2\n"
+        f"[desk]\nport = {desk_port}\nsecret_key = e2e-secret-key-0123456789abcdef0123456789\n"
+    ))
+    return ivr, base, desk_port
+
+
 def test_the_desk_page_registers_with_the_ivr_over_websocket_answers_a_routed_caller_and_hangs_up(
     ivr_factory, webrtc_browser: Any, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -51,17 +68,7 @@ def test_the_desk_page_registers_with_the_ivr_over_websocket_answers_a_routed_ca
     def text(element_id: str) -> str:
         return str(driver.find_element("id", element_id).text)
 
-    db_url = f"sqlite:///{tmp_path / 'crm.db'}"
-    load_customers(tmp_path, db_url, f"phone,name,assets,volume\n{CUSTOMER},{NAME},9000000,0\n")
-    ws_port, desk_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
-    base = f"http://127.0.0.1:{desk_port}"
-    ivr = ivr_factory(db_url=db_url, extra=(
-        f"[websocket]\nenabled = yes\nport = {ws_port}\norigins = {base}\n"
-        f"[browser_phone]\nws_url = ws://127.0.0.1:{ws_port}/sip\ntoken_secret = {TOKEN_SECRET}\n"
-        "[801]\ntype = agent\nseat_group = senior\nhost = dynamic\nsecret = pw801-ivr-e2e\nname = 张敏\n"
-        "phone = browser\n[queues]\nwrap_up_seconds = 0\n[survey]\ntimeout_seconds = 2\n"
-        f"[desk]\nport = {desk_port}\nsecret_key = e2e-secret-key-0123456789abcdef0123456789\n"
-    ))
+    ivr, base, desk_port = browser_phone_ivr(ivr_factory, tmp_path)
     desk = start_desk(tmp_path / "sip.conf", desk_port, tmp_path / "desk.log")  # the IVR's file: one for both
     caller = None
     try:
