@@ -261,14 +261,27 @@ def start_recorder(config: Config, db: Any, writer: CrmWriter, engine: Engine, w
     engine.metrics.recording_queue_depth.set_function(lambda: recorder.writer.depth)
     engine.bridge_hooks.append(recorder.attach)
     analyser = Analyser(writer.submit)
-    analyser.start()
-    recorder.writer.completed_hooks.append(analyser)
+    try:
+        analyser.start()
+    except Exception as exc:  # noqa: BLE001 — the calls and the files matter more than their analysis
+        log.warning("recording_analysis_unavailable", error=repr(exc),
+                    hint="python -m crm_bridge characteristics --all-missing computes them later")
+    else:
+        recorder.writer.completed_hooks.append(analyser)
     for command in ("pause_recording", "resume_recording"):
         engine.agent_command_hooks[command] = partial(_desk_recording_command, recorder, command)
     recorder.start()
     log.info("recording", directory=str(rec.directory), format=rec.format,
              seat_groups=sorted(rec.seat_groups) or "all", services=sorted(rec.services) or "all")
     return recorder, analyser
+
+
+def _lower_priority() -> None:
+    """The analysis process yields the CPU to the IVR (nice 10), where the system allows it."""
+    try:
+        os.nice(10)
+    except OSError:  # a service whose system-call filter refuses setpriority: at the IVR's priority, then
+        pass
 
 
 class Analyser:
@@ -292,7 +305,7 @@ class Analyser:
         of the IVR's size in the middle of calls (a stall of tens of ms for the media clock)."""
         # spawned, not forked: this process has threads
         self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=os.nice, initargs=(10,))
+                                         initializer=_lower_priority)
         self._pool.submit(os.getpid).result(timeout=60)
 
     def __call__(self, done: Finished) -> None:
