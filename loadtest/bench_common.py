@@ -39,18 +39,18 @@ KAMAILIO_SHM_MB = 512
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    """A port on 127.0.0.1 free right now, drawn from 10000-19999: below the RTP ranges the benchmarks
-    give the IVR and SIPp (20000 and up) and below the kernel's ephemeral ports, so a process binding
-    port 0 does not take it before its user binds it."""
+    """A port on 127.0.0.1 free right now, drawn from 6100-7999: below the RTP ranges the benchmarks
+    give the IVR and SIPp (20000 and up), baresip's RTP ports and the kernel's ephemeral ports, so a
+    process binding port 0 does not take it before its user binds it."""
     for _ in range(500):
-        port = random.randrange(10000, 20000)
+        port = random.randrange(6100, 8000)
         with socket.socket(socket.AF_INET, kind) as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
         return port
-    raise SystemExit("no free port between 10000 and 19999 on 127.0.0.1")
+    raise SystemExit("no free port between 6100 and 7999 on 127.0.0.1")
 
 
 def free_sip_port() -> int:

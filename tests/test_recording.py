@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -289,13 +290,19 @@ def test_the_writer_queue_is_bounded_and_a_lost_second_is_counted_and_silence_in
     real_write = recorder.writer._write
 
     def stuck_write(tap: Any, caller: bytes, agent: bytes) -> None:
-        gate.wait(10)
+        gate.wait(30)
         real_write(tap, caller, agent)
 
     recorder.writer._write = stuck_write  # type: ignore[method-assign]
     leg = fake_leg()
     recorder.attach(leg)
-    for c, a in zip(tone(440, 500), tone(1000, 500), strict=True):  # 10 s while the writer is stuck
+    ticks = list(zip(tone(440, 500), tone(1000, 500), strict=True))  # 10 s while the writer is stuck
+    for c, a in ticks[:50]:
+        leg.bridge.tick(c, a)
+    deadline = time.monotonic() + 10  # the writer took the first second and is stuck in it: the queue is empty
+    while recorder.writer.taken < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for c, a in ticks[50:]:  # seconds 2-4 fill the queue (3), 5-10 are lost, whatever the threads' timing
         leg.bridge.tick(c, a)
     dropped = recorder.writer.dropped
     assert dropped >= 6 and recorder.writer.max_depth == 3
