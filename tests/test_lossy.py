@@ -298,6 +298,54 @@ HANGUP_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
   <recv response="200"/>
 </scenario>
 """
+# Answers and waits for the caller's BYE. SIPp's built-in `uas` sends 180 and then 200 after the
+# INVITE; SIPp 3.6 resends only the one message sent right after a request, so when both are lost
+# the retransmitted INVITE finds the built-in UAS waiting for the ACK and ends the call as
+# "unexpected". One 200 after the INVITE lets a retransmitted INVITE be answered again.
+ANSWER_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="answer_uas">
+  <recv request="INVITE" crlf="true"/>
+  <send retrans="500">
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:ivr@[local_ip]:[local_port]>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=ivr 1 1 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+
+    ]]>
+  </send>
+  <recv request="ACK" optional="true"/>
+  <recv request="BYE"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <!-- a retransmitted BYE (its 200 lost) is answered again -->
+  <timewait milliseconds="4000"/>
+</scenario>
+"""
 CALLS = 10
 
 
@@ -305,12 +353,9 @@ def sipp_pair(tmp_path: Path, scenario: str, target: tuple[str, int], uas_ports:
               caller_ports: tuple[int, int]) -> tuple[list[str], list[str]]:
     """The UAS and caller command lines: the caller calls `target` (the UAS itself, or a relay to it).
     The ports are (SIP, media) for each."""
-    if scenario == "lossy_silent_caller":
-        uas_file = tmp_path / "hangup_uas.xml"
-        uas_file.write_text(HANGUP_UAS)
-        uas_scenario = ["-sf", str(uas_file)]
-    else:
-        uas_scenario = ["-sn", "uas"]
+    uas_file = tmp_path / "uas.xml"
+    uas_file.write_text(HANGUP_UAS if scenario == "lossy_silent_caller" else ANSWER_UAS)
+    uas_scenario = ["-sf", str(uas_file)]
     common = ["-m", str(CALLS), "-nostdin", "-timeout", "90s", "-timeout_error", "-bind_local", "-i", "127.0.0.1"]
     uas = ["sipp", *uas_scenario, "-p", str(uas_ports[0]), "-mp", str(uas_ports[1]), *common,
            "-trace_err", "-error_file", str(tmp_path / "uas.err")]
