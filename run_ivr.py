@@ -309,9 +309,7 @@ class Analyser:
         self._pool.submit(os.getpid).result(timeout=60)
 
     def __call__(self, done: Finished) -> None:
-        if self._pool is None:
-            self.start()
-        assert self._pool is not None
+        assert self._pool is not None, "hooked to the recorder only once started"
         self._pool.submit(characteristics, done.path, Settings(), done.paused).add_done_callback(
             partial(self._store, done))  # a paused span is neither talk nor silence
 
