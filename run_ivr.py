@@ -203,10 +203,15 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     # to the engine's ivr.gcpolicy: when no call is up, or when memory grows.
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, 1_000_000_000)
-    # The CRM writer, webhook and look-up threads hold the GIL for up to the
-    # switch interval (5 ms by default) before the event loop gets it back,
-    # which shows up directly as RTP send jitter. 0.5 ms bounds that.
-    sys.setswitchinterval(0.0005)
+    # The CRM writer, webhook, look-up and follow-up threads hold the GIL for up
+    # to the switch interval (5 ms by default) before the event loop gets it
+    # back, and uvloop gives the GIL up around every callback (each received
+    # packet): while such a thread is busy, the loop gets about one callback
+    # through per interval and the tick's timer falls behind the packets. At
+    # 0.5 ms, 400 callers beside 100 follow-ups had ticks up to 22-35 ms late
+    # (p99 9-15 ms); at 0.1 ms at most 2-7 ms (p99 2-5 ms), same CPU. 50 us
+    # was no better (max 10-11 ms).
+    sys.setswitchinterval(0.0001)
 
     drain, hurry = asyncio.Event(), asyncio.Event()
 
