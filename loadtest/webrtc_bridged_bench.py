@@ -520,8 +520,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
-        "config": {"calls": opts.calls, "rate": opts.rate, "agent_kind": opts.agent_kind, "talk_seconds": opts.talk_seconds or max(
-            30.0, opts.calls / opts.rate + 30), "agent_processes": opts.agent_processes,
+        "config": {"calls": opts.calls, "rate": opts.rate, "agent_kind": opts.agent_kind,
+                   "talk_seconds": opts.talk_seconds or max(30.0, opts.calls / opts.rate + 30),
+                   "agent_processes": opts.agent_processes if opts.agent_kind == "aiortc" else 1,
                    "agent_pool": opts.agent_pool, "phases": phases},
         "targets": TARGETS,
     }

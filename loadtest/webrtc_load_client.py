@@ -329,8 +329,9 @@ class Agent(asyncio.DatagramProtocol):
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await asyncio.shield(self.connected)
         except TimeoutError:
-            what = "the DTLS handshake" if self.ice_done else "ICE (no answer to our connectivity checks)"
-            self.fail(f"{what} did not complete within {CONNECT_SECONDS:g} s")
+            if self.transport is not None:  # still in the call (a BYE before the keys is no failure of ours)
+                what = "the DTLS handshake" if self.ice_done else "ICE (no answer to our connectivity checks)"
+                self.fail(f"{what} did not complete within {CONNECT_SECONDS:g} s")
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if not data:
@@ -480,6 +481,8 @@ class Agent(asyncio.DatagramProtocol):
 
     def stop_media(self) -> None:
         self.shared.sending.pop(id(self), None)
+        if not self.connected.done():  # the call ended before the keys: connect() stops waiting
+            self.connected.set_result(None)
         if self.dtls_timer is not None:
             self.dtls_timer.cancel()
             self.dtls_timer = None
