@@ -1,6 +1,9 @@
-"""End to end: the lean WebRTC load client (loadtest/webrtc_load_client.py) against the real IVR.
+"""The lean WebRTC load client (loadtest/webrtc_load_client.py): against the IVR's DTLS peer, then the real IVR.
 
-The bench's webrtc phase with its default agents, the lean client: three SIPp callers reach
+First, in one event loop, a lean agent's ICE checks and DTLS client handshake against the
+IVR's own ICE-lite/DTLS peer (ivr.webrtc.WebRtcPeer) on loopback UDP: the keys both sides
+export protect and unprotect each other's packets, and a certificate that does not match the
+offer's fingerprint is refused. Then end to end: the bench's webrtc phase with its default agents, the lean client: three SIPp callers reach
 three browser agents that live in one process, talk through DTLS-SRTP (the IVR offers PCMA,
 what SIPp's callers speak) and are hung up by the IVR. Then one lean agent alone, with a
 caller whose ears are measured: the caller hears the agent's 1500 Hz tone through the bridge
@@ -10,13 +13,19 @@ runs out in the call it sends the BYE itself, which the CRM records as the agent
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from ivr.srtp import SrtpContext
+from ivr.webrtc import PeerState, WebRtcAnswer, WebRtcPeer, classify, local_certificate
 
 from .audio import RtpPeer, strength
 from .conftest import ROOT, sipp
@@ -25,13 +34,81 @@ from .test_e2e_routing import customers
 from .test_e2e_sip import finished, wait_for_row
 from .test_e2e_websocket import ws_ivr
 
-pytestmark = pytest.mark.e2e
-
 BENCH = ROOT / "loadtest" / "webrtc_bridged_bench.py"
 CLIENT = ROOT / "loadtest" / "webrtc_load_client.py"
 CALLER_HZ, AGENT_HZ = 500.0, 1500.0
+_spec = importlib.util.spec_from_file_location("webrtc_load_client", CLIENT)
+assert _spec is not None and _spec.loader is not None
+lean = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(lean)
 
 
+class _IvrSide(asyncio.DatagramProtocol):
+    """The IVR's media socket in miniature: STUN and DTLS datagrams to its WebRtcPeer (the rest: ivr/media.py)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.peer = WebRtcPeer(local_certificate(), lambda data, addr: self.transport.sendto(data, addr)
+                               if self.transport is not None else None)
+        self.srtp: SrtpContext | None = None
+        self.peer.on_connected = lambda srtp, addr: setattr(self, "srtp", srtp)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a datagram endpoint's
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        kind = classify(data)
+        if kind == "stun":
+            self.peer.stun(data, addr)
+        elif kind == "dtls":
+            self.peer.dtls(data, addr)
+
+
+async def _lean_against_the_ivr_peer(*, fingerprint: str | None = None) -> tuple[Any, _IvrSide]:
+    loop = asyncio.get_running_loop()
+    ivr = _IvrSide()
+    await loop.create_datagram_endpoint(lambda: ivr, local_addr=("127.0.0.1", 0))
+    assert ivr.transport is not None
+    agent = lean.Agent(lean.Process(), "801", {})
+    agent.transport, _ = await loop.create_datagram_endpoint(lambda: agent, local_addr=("127.0.0.1", 0))
+    agent.remote = ivr.transport.get_extra_info("sockname")
+    agent.remote_ufrag, agent.remote_pwd = ivr.peer.ufrag, ivr.peer.pwd
+    agent.remote_fingerprint = fingerprint or local_certificate().fingerprint.split(" ", 1)[1]
+    ivr.peer.accept(WebRtcAnswer("sha-256", agent.shared.certificate.fingerprint.split(" ", 1)[1], agent.ufrag,
+                                 agent.pwd, "active", (0,)))
+    await agent.connect()
+    return agent, ivr
+
+
+def test_a_lean_agent_checks_and_handshakes_with_the_ivr_peer_and_their_srtp_keys_match() -> None:
+    async def run() -> None:
+        agent, ivr = await _lean_against_the_ivr_peer()
+        assert ivr.peer.state is PeerState.CONNECTED and ivr.srtp is not None, ivr.peer.failure
+        assert "error" not in agent.result and agent.result["connect_ms"] > 0, agent.result
+        # the ICE-lite peer took our check (our USERNAME, our MESSAGE-INTEGRITY with its pwd) and our nomination
+        assert ivr.peer.selected == agent.transport.get_extra_info("sockname")
+        rtp = bytes([0x80, 0, 0, 1]) + bytes(8) + b"\xff" * 160
+        assert ivr.srtp.unprotect(agent.outbound.protect(rtp)) == rtp
+        assert agent.inbound.unprotect(ivr.srtp.protect(rtp)) == rtp
+        agent.stop_media()
+        assert ivr.transport is not None
+        ivr.transport.close()
+
+    asyncio.run(run())
+
+
+def test_a_lean_agent_refuses_an_ivr_certificate_that_does_not_match_the_offers_fingerprint() -> None:
+    async def run() -> None:
+        agent, ivr = await _lean_against_the_ivr_peer(fingerprint=":".join(["AB"] * 32))
+        assert "does not match the a=fingerprint" in agent.result.get("error", ""), agent.result
+        assert agent.outbound is None and "connect_ms" not in agent.result
+        assert ivr.transport is not None
+        ivr.transport.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.e2e
 def test_the_webrtc_bench_with_lean_agents_bridges_every_call_with_audio_both_ways_and_handshake_times(
         tmp_path: Path) -> None:
     report = tmp_path / "webrtc-lean.json"
@@ -60,6 +137,7 @@ def test_the_webrtc_bench_with_lean_agents_bridges_every_call_with_audio_both_wa
     assert "agents_cpu_percent_of_one_core" in webrtc and "agents_cpu_us_per_call_second" in webrtc
 
 
+@pytest.mark.e2e
 def test_a_lean_agent_is_heard_by_its_caller_and_hangs_up_itself_when_its_time_runs_out(  # type: ignore[no-untyped-def]
         ivr_factory, tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'crm.db'}"
