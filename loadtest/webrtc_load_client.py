@@ -14,8 +14,9 @@ executor per call) want 1.75 cores:
   answered 200 OK with an SDP answer: UDP/TLS/RTP/SAVPF, the offered G.711 payload type (the
   IVR offers what the caller speaks, PCMU or PCMA), ice-ufrag/pwd of its own, one host
   candidate on 127.0.0.1, the process's certificate's `a=fingerprint:sha-256`,
-  `a=setup:active`, `a=rtcp-mux`. A BYE from the IVR is answered 200 OK; an agent whose
-  `seconds` run out in a call sends the BYE itself. OPTIONS get 200, a second INVITE 486.
+  `a=setup:active`, `a=rtcp-mux` (an offer without DTLS-SRTP, G.711 or ICE credentials gets
+  488). A BYE from the IVR is answered 200 OK; an agent whose `seconds` run out in a call
+  sends the BYE itself. OPTIONS get 200, a second INVITE 486.
 - ICE, as the controlling full agent towards the ICE-lite IVR: STUN Binding requests (aioice's
   `stun` messages) with USERNAME `ivrufrag:ourufrag`, PRIORITY, ICE-CONTROLLING, USE-CANDIDATE,
   MESSAGE-INTEGRITY with the IVR's pwd and FINGERPRINT, resent (50 ms doubling to 500 ms)
@@ -238,7 +239,12 @@ class Agent(asyncio.DatagramProtocol):
                 continue
             if method == "INVITE" and not self.invite:
                 self.invite = request
-                await self.answer(request)
+                try:
+                    await self.answer(request)
+                except ValueError as exc:  # an offer no browser could take: say so, as a browser does
+                    await self.send(reply(request, "488 Not Acceptable Here", to_tag="browser", contact=self.contact))
+                    self.result["error"] = f"the IVR's offer: {exc}"
+                    return
             elif method == "ACK":
                 self.result["acked"] = True
             elif method == "BYE":
