@@ -14,16 +14,23 @@ voice through the bridge) to an RTP sink, which measures its spacing. Two phases
 fresh IVR:
 
 1. `webrtc`: the agents are browser agents (`host = dynamic`) registered over the IVR's
-   `[websocket]` by aiortc clients (tests/browser_agent.py, the e2e tests' browser), spread
-   over `--agent-processes` worker processes (this script with --agent-worker, on uvloop), so
-   the clients' own CPU is not one process. Each is rung with the IVR's DTLS-SRTP offer, answers
-   with aiortc's ICE and DTLS, speaks a 1500 Hz tone and counts the frames it hears. The
-   handshake times are the IVR's own (`webrtc_connected ... handshake_ms=` in its log, answer
-   taken to SRTP keys), the clients' (200 OK sent to aiortc's "connected") beside them;
+   `[websocket]`. By default (`--agent-kind lean`) all of them live in ONE process,
+   loadtest/webrtc_load_client.py: per agent SIP over the WebSocket, ICE checks as the
+   controlling agent, a DTLS client handshake (pyOpenSSL) and SRTP (pylibsrtp) on one UDP
+   socket, one 20 ms timer for every agent's tone frames. That costs a few percent of a core for
+   a hundred, so the phase measures the IVR and not the clients, and the client process's CPU
+   per leg is reported beside the IVR's. `--agent-kind aiortc` runs aiortc clients instead
+   (tests/browser_agent.py, the e2e tests' independent browser), spread over
+   `--agent-processes` worker processes (this script with --agent-worker, on uvloop); a hundred
+   of those want about 1.75 cores, more than this 2-core machine leaves the IVR. Each agent is
+   rung with the IVR's DTLS-SRTP offer, answers it, speaks a 1500 Hz tone and counts the frames
+   it hears. The handshake times are the IVR's own (`webrtc_connected ... handshake_ms=` in
+   its log, answer taken to SRTP keys), the clients' (their 200 OK sent to their SRTP keys, or
+   to aiortc's "connected") beside them;
 2. `plain`: the same with static agents answered by a pool of SIPp UASes
    (talking_agent_uas.xml, speech), as loadtest/bench_bridged.py runs them.
 
-The agents' processes (aiortc workers, SIPp UASes) run SCHED_IDLE: in the field they are on
+The agents' processes (the lean client or aiortc workers, SIPp UASes) run SCHED_IDLE: in the field they are on
 other machines, here they take only the CPU the IVR (and SIPp's callers) leave.
 
 It reports per phase the calls bridged (the CRM's `bridged` steps), failed calls, the RTP
@@ -76,6 +83,7 @@ from bench_common import (
     write_report,
 )
 
+LOAD_CLIENT = ROOT / "loadtest" / "webrtc_load_client.py"
 FIRST_AGENT = 6001
 BROWSER_HZ = 1500.0
 DESK = "https://desk.example.com"  # the page [websocket] origins allows; tests.browser_agent.WsPhone's default
@@ -281,15 +289,18 @@ def agents_conf(opts: argparse.Namespace, kind: str, ports: list[int]) -> str:
 
 def start_browser_agents(work: Path, opts: argparse.Namespace, sip_port: int, ws_port: int,
                          seconds: float) -> list[tuple[subprocess.Popen[str], Path]]:
-    """`--agent-processes` workers sharing the agents; returns once every agent has tried to register."""
+    """The agents' processes: the lean client (one), or `--agent-processes` aiortc workers sharing the agents.
+
+    Returns once every agent has tried to register."""
     numbers = [str(FIRST_AGENT + i) for i in range(opts.calls)]
-    count = max(1, min(opts.agent_processes, len(numbers)))
+    count = 1 if opts.agent_kind == "lean" else max(1, min(opts.agent_processes, len(numbers)))
     workers = []
     for w in range(count):
         spec = {"agents": numbers[w::count], "sip_port": sip_port, "ws_port": ws_port, "seconds": seconds,
                 "result": str(work / f"agents-{w}.json")}
+        command = ([str(LOAD_CLIENT), "--spec"] if opts.agent_kind == "lean" else [__file__, "--agent-worker"])
         workers.append((subprocess.Popen(
-            [sys.executable, __file__, "--agent-worker", json.dumps(spec)], cwd=work, text=True,
+            [sys.executable, *command, json.dumps(spec)], cwd=work, text=True,
             stdout=subprocess.PIPE, stderr=open(work / f"agents-{w}.err", "w")), Path(spec["result"])))  # noqa: SIM115
     registered = 0
     for proc, _ in workers:
@@ -310,7 +321,7 @@ def handshakes(log: str) -> dict[str, Any]:
             "handshake_ms_max": round(max(ms, default=0.0), 1)}
 
 
-def browser_results(workers: list[tuple[subprocess.Popen[str], Path]]) -> dict[str, Any]:
+def browser_results(workers: list[tuple[subprocess.Popen[str], Path]], kind: str) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     for proc, path in workers:
         try:
@@ -321,13 +332,17 @@ def browser_results(workers: list[tuple[subprocess.Popen[str], Path]]) -> dict[s
             results += json.loads(path.read_text(encoding="utf-8"))
     connect = [r["connect_ms"] for r in results if "connect_ms" in r]
     heard = [r["frames_heard"] for r in results if r.get("hung_up")]
+    sent = [r["frames_sent"] for r in results if r.get("hung_up") and "frames_sent" in r]  # the lean client's
     return {
+        "client": kind,
+        "processes": len(workers),
         "agents": len(results),
         "hung_up_after_a_call": sum(1 for r in results if r.get("hung_up")),
         "failed": sum(1 for r in results if "error" in r or not r.get("hung_up")),
         "errors": sorted({r["error"] for r in results if "error" in r})[:5],
         "client_connect_ms_p50": round(pct(connect, 0.5), 1), "client_connect_ms_p99": round(pct(connect, 0.99), 1),
         "frames_heard_min": min(heard, default=0),
+        **({"frames_sent_min": min(sent, default=0)} if kind == "lean" else {}),
         "loud_share": round(sum(r["loud_frames"] for r in results)
                             / max(1, sum(r["frames_heard"] for r in results)), 3),  # the caller's speech, not silence
     }
@@ -394,7 +409,7 @@ def run_phase(kind: str, opts: argparse.Namespace) -> dict[str, Any]:
         t1 = sampler.now()
         spacing = sink.take()
         if kind == "webrtc":
-            agents = browser_results(browsers)
+            agents = browser_results(browsers, opts.agent_kind)
         else:
             agents_done = wait_uases(uases)
             agents = {"agents": n, "uas_processes": pool, "failed": sum(max(0, a["failed"]) for a in agents_done)}
@@ -429,7 +444,9 @@ def run_phase(kind: str, opts: argparse.Namespace) -> dict[str, Any]:
             "ivr_cpu_percent_of_one_core_idle": idle_cpu,
             "ivr_cpu_percent_of_one_core_plateau": plateau_cpu,
             "ivr_cpu_us_per_call_second_above_idle": round(1e4 * (plateau_cpu - idle_cpu) / max(1, peak), 1),
-            **sampler.between(*plateau),
+            **(machine := sampler.between(*plateau)),
+            "agents_cpu_us_per_call_second": round(
+                1e4 * machine.get("agents_cpu_percent_of_one_core", 0.0) / max(1, peak), 1),
             "rss_peak_mb": round(max((s[2] for s in step), default=0) / 2**20, 1),
             **lateness(target, t0, t1, m),
             "rtp_sink": spacing,
@@ -478,8 +495,12 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=5.0, help="new callers a second")
     p.add_argument("--talk-seconds", type=float, default=0,
                    help="each caller's time after the menu key (default: the ramp + 30 s, at least 30)")
+    p.add_argument("--agent-kind", choices=("lean", "aiortc"), default="lean",
+                   help="webrtc phase: the browser agents are the lean client (one process, loadtest/"
+                        "webrtc_load_client.py) or aiortc clients (tests/browser_agent.py) in worker processes")
     p.add_argument("--agent-processes", type=int, default=0,
-                   help="worker processes the browser agents are spread over (default: one per 20 agents, at most 8)")
+                   help="--agent-kind aiortc: worker processes the agents are spread over "
+                        "(default: one per 20 agents, at most 8)")
     p.add_argument("--agent-pool", type=int, default=10, help="plain phase: SIPp UAS processes the agents share")
     p.add_argument("--rtp-base", type=int, default=30000, help="the IVR's RTP range starts here (10000 ports)")
     p.add_argument("--report", type=Path, help="JSON path (default loadtest/reports/webrtc-bridged-<N>-<time>.json)")
@@ -499,8 +520,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
-        "config": {"calls": opts.calls, "rate": opts.rate, "talk_seconds": opts.talk_seconds or max(
-            30.0, opts.calls / opts.rate + 30), "agent_processes": opts.agent_processes,
+        "config": {"calls": opts.calls, "rate": opts.rate, "agent_kind": opts.agent_kind,
+                   "talk_seconds": opts.talk_seconds or max(30.0, opts.calls / opts.rate + 30),
+                   "agent_processes": opts.agent_processes if opts.agent_kind == "aiortc" else 1,
                    "agent_pool": opts.agent_pool, "phases": phases},
         "targets": TARGETS,
     }

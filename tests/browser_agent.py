@@ -6,7 +6,7 @@ so it imports nothing of pytest:
 
 - `WsPhone`: a WebSocket to the IVR's `[websocket]` listener, `.invalid` Via and Contact host;
 - `register`: REGISTER with the digest answer (RFC 7616, SHA-256 or MD5) over any such phone;
-- `reply`: a response to a request the IVR sent (the browser's 200 OK to the INVITE, to a BYE);
+- `reply`, `header`, `header_values`: SIP text (tests/sip_text.py, shared with the lean load client);
 - `browser_answer`: aiortc takes the IVR's DTLS-SRTP offer and answers it (ICE, DTLS on its own);
 - `ToneTrack`: the browser's microphone, a sine tone in real-time 20 ms frames;
 - `loopback_ice`: aiortc gathers host candidates on 127.0.0.1 only (aioice skips loopback by default).
@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
-import hashlib
 import math
-import re
 import ssl
 import time
 import uuid
@@ -31,6 +29,10 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin, Subprotocol
+
+from tests.sip_text import digest_authorization, header_values
+from tests.sip_text import header as header  # re-exported: the e2e tests import them from here
+from tests.sip_text import reply as reply
 
 RATE = 8000
 FRAME = 160
@@ -55,15 +57,6 @@ class Phone(Protocol):
     def until(self, predicate: Callable[[str], bool], seconds: float = 10) -> list[tuple[float, str]]: ...
 
 
-def header(text: str, name: str) -> str:
-    return next((line.split(":", 1)[1].strip() for line in text.split("\r\n")
-                 if line.lower().startswith(name.lower() + ":")), "")
-
-
-def header_values(text: str, name: str) -> list[str]:
-    return [line.split(":", 1)[1].strip() for line in text.split("\r\n") if line.lower().startswith(name.lower() + ":")]
-
-
 def register(phone: Phone, ivr: Ivr, agent: str, contact_uri: str, *, algorithm: str = "SHA-256",
              password: str = "pw801", uri: str | None = None, wait: float = 10) -> tuple[list[str], str]:
     """REGISTER, answer the challenge; returns the challenges and the final status line."""
@@ -82,15 +75,8 @@ def register(phone: Phone, ivr: Ivr, agent: str, contact_uri: str, *, algorithm:
     first = send(1, None)
     challenges = header_values(first, "WWW-Authenticate")
     chosen = next(c for c in challenges if f"algorithm={algorithm}" in c)
-    realm = re.search(r'realm="([^"]+)"', chosen).group(1)
-    nonce = re.search(r'nonce="([^"]+)"', chosen).group(1)
-    h = (lambda s: hashlib.sha256(s.encode()).hexdigest()) if algorithm == "SHA-256" else (
-        lambda s: hashlib.md5(s.encode()).hexdigest())  # noqa: S324 — the RFC's MD5, for old phones
-    digest_uri = uri or request_uri
-    ha1, ha2 = h(f"{agent}:{realm}:{password}"), h(f"REGISTER:{digest_uri}")
-    response = h(f"{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}")
-    final = send(2, f'Digest username="{agent}", realm="{realm}", nonce="{nonce}", uri="{digest_uri}", '
-                    f'algorithm={algorithm}, qop=auth, nc=00000001, cnonce="c0ffee", response="{response}"')
+    final = send(2, digest_authorization(chosen, username=agent, password=password, method="REGISTER",
+                                         uri=uri or request_uri, algorithm=algorithm))
     return challenges, final.split("\r\n", 1)[0]
 
 
@@ -137,19 +123,6 @@ class WsPhone:
                 return got
         seen = [t.splitlines()[0] for _, t in got]
         raise AssertionError(f"not seen in {seconds} s: {seen}\n{self.ivr.log()[-3000:]}")
-
-
-def reply(request: str, status: str, *, to_tag: str | None, contact: str, body: str = "") -> str:
-    """A response to `request` as a phone writes it: its Via, From, Call-ID and CSeq, our To tag.
-
-    `to_tag` None: the request is within the dialog (a BYE), its To already carries our tag.
-    """
-    echoed = "\r\n".join(line for line in request.split("\r\n\r\n")[0].split("\r\n")
-                         if line.lower().split(":")[0] in ("via", "from", "call-id", "cseq"))
-    typed = "Content-Type: application/sdp\r\n" if body else ""
-    to = header(request, "To") + (f";tag={to_tag}" if to_tag is not None else "")
-    return (f"SIP/2.0 {status}\r\n{echoed}\r\nTo: {to}\r\nContact: <{contact}>\r\n"
-            f"{typed}Content-Length: {len(body.encode())}\r\n\r\n{body}")
 
 
 def loopback_ice() -> None:

@@ -1,7 +1,9 @@
 """End to end: loadtest/webrtc_bridged_bench.py bridges callers to browser agents (aiortc over WebSocket), then to plain ones.
 
 Three SIPp callers reach three agents registered over the IVR's WebSocket by
-aiortc clients in a worker process of their own, talk through DTLS-SRTP, and
+aiortc clients (`--agent-kind aiortc`, the bench's independent browser; its
+default, the lean client, has tests/test_webrtc_load_client.py) in a worker
+process of their own, talk through DTLS-SRTP, and
 hang up; then the same with three SIPp agent phones. The report must count
 every call bridged, none failed, a handshake time per browser leg, audio at
 the browsers and at the sink, and the CPU comparison of the two phases.
@@ -26,7 +28,7 @@ BENCH = ROOT / "loadtest" / "webrtc_bridged_bench.py"
 def test_the_webrtc_bridged_bench_bridges_every_caller_to_a_browser_agent_then_to_a_plain_one(tmp_path: Path) -> None:
     report = tmp_path / "webrtc-bridged.json"
     done = subprocess.run([sys.executable, str(BENCH), "--calls", "3", "--talk-seconds", "8", "--rate", "3",
-                           "--rtp-base", "50000", "--report", str(report)],
+                           "--rtp-base", "50000", "--agent-kind", "aiortc", "--report", str(report)],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     data = json.loads(report.read_text())
@@ -39,6 +41,7 @@ def test_the_webrtc_bridged_bench_bridges_every_caller_to_a_browser_agent_then_t
     assert webrtc["legs_connected"] == 3 and webrtc["legs_failed"] == 0
     assert 0 < webrtc["handshake_ms_p50"] <= webrtc["handshake_ms_p99"] <= webrtc["handshake_ms_max"]
     agents = webrtc["agents"]
+    assert agents["client"] == "aiortc" and data["config"]["agent_kind"] == "aiortc"
     assert agents["hung_up_after_a_call"] == 3 and agents["client_connect_ms_p50"] > 0
     # audio both ways: the browsers heard the callers' speech, the listening caller the browser's tone
     assert agents["frames_heard_min"] > 100 and agents["loud_share"] > 0.1, agents
