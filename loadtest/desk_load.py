@@ -673,9 +673,9 @@ def main() -> int:
                         "ephemeral ports and apart from bench.py's 30000 and up")
     p.add_argument("--start-seconds", type=float, default=300,
                    help="the IVR's start at most (the first renders each agent's greeting into var/prompts)")
-    p.add_argument("--desk-nice", type=int, default=5, metavar="N",
-                   help="the desk's nice value (default 5): its systemd unit gives it a quarter of a worker's CPU "
-                        "weight on a shared host, which one process tree here can only mirror with nice; 0 = even")
+    p.add_argument("--desk-nice", type=int, default=0, metavar="N",
+                   help="the desk's nice value (default 0: even with the IVR); its systemd unit gives it a quarter "
+                        "of a worker's CPU weight on a shared host, which one process tree here mirrors with 5")
     p.add_argument("--report", type=Path, help="JSON path (default loadtest/reports/desk-load-<time>.json)")
     opts = p.parse_args()
     if not 1 <= opts.agents <= 2000 or not 0 <= opts.wallboards <= 100:
