@@ -250,19 +250,27 @@ class Agents:
         """A connection is gone: each agent registered over it is logged out now, and a call ringing
         there goes back to the head of its queue (a call in talk ends as if the agent hung up)."""
         for agent in [a for a, where in self.bound.items() if where == address]:
-            del self.bound[agent]
-            timer = self.registrations.pop(agent, None)
-            if timer is not None:
-                timer.cancel()
-            self.pool.logout(agent)
-            log.info("agent_unregistered", agent=agent, reason=f"{address.transport} connection closed")
-            for agent_leg in [leg for leg in self.legs_by_agent_call.values() if leg.agent == agent]:
-                if agent_leg.answered:
-                    self.end_leg(agent_leg, hang_up=False)
-                    agent_leg.caller.dispatch(AgentHungUp(utc_now()))
-                else:
-                    self._no_answer(agent_leg, "connection closed")
-            self.publish_states()
+            self._connection_gone(agent, f"{address.transport} connection closed")
+
+    def flow_closed(self, agent: str) -> None:
+        """The proxy in front lost the connection the agent registered over (Kamailio's un-REGISTER of a
+        closed WebSocket, ivr.registrar): as when our own connection closes (`connection_closed`)."""
+        self._connection_gone(agent, "proxy's connection closed")
+
+    def _connection_gone(self, agent: str, reason: str) -> None:
+        self.bound.pop(agent, None)
+        timer = self.registrations.pop(agent, None)
+        if timer is not None:
+            timer.cancel()
+        self.pool.logout(agent)
+        log.info("agent_unregistered", agent=agent, reason=reason)
+        for agent_leg in [leg for leg in self.legs_by_agent_call.values() if leg.agent == agent]:
+            if agent_leg.answered:
+                self.end_leg(agent_leg, hang_up=False)
+                agent_leg.caller.dispatch(AgentHungUp(utc_now()))
+            else:
+                self._no_answer(agent_leg, "connection closed")
+        self.publish_states()
 
     def _expire(self, agent: str) -> None:
         self.registrations.pop(agent, None)

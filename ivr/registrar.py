@@ -305,15 +305,18 @@ class RegisterHandler:
     def __init__(self, registrar: Registrar, trusted: Collection[str],
                  auth_failed: Callable[[str, int, str, str], None],
                  bind: Callable[[str, tuple[str, int] | None, int, str | None, tuple[str, ...]], None],
-                 bound_path: Callable[[str], tuple[str, ...]] = lambda agent: ()) -> None:
+                 bound_path: Callable[[str], tuple[str, ...]] = lambda agent: (),
+                 flow_closed: Callable[[str], None] | None = None) -> None:
         """`auth_failed(host, port, user, reason)`: the guard's count towards a ban; `bind(agent, where,
         expires, contact URI, path)`: the agent logged in at `where` (None: logged out), reached through
-        `path` (RFC 3327; () for none); `bound_path(agent)`: the Path the agent is bound with now."""
+        `path` (RFC 3327; () for none); `bound_path(agent)`: the Path the agent is bound with now;
+        `flow_closed(agent)`: the proxy lost that phone's connection (None: logged out as by `bind`)."""
         self.registrar = registrar
         self.trusted = trusted
         self.auth_failed = auth_failed
         self.bind = bind
         self.bound_path = bound_path
+        self.flow_closed = flow_closed
 
     def handle(self, request: SipRequest, addr: tuple[str, int]) -> tuple[int, str, list[tuple[str, str]]]:
         """The response to a REGISTER from `addr`. Retransmissions never get here: the transaction
@@ -339,7 +342,10 @@ class RegisterHandler:
             contact = first_hop(path, addr) if path else phone_address(addr, address.uri, self.trusted)
         user = address_user(request.get_header("to") or "")
         if params is None and path and expires == 0 and self._flow_closed(user, path):
-            self.bind(user, None, 0, None, ())
+            if self.flow_closed is not None:
+                self.flow_closed(user)  # a call ringing there goes back to the queue at once
+            else:
+                self.bind(user, None, 0, None, ())
             return 200, "OK", []
         decision = self.registrar.register(request.method, params, contact, expires, request_uri=request.uri,
                                            user=user)
