@@ -209,6 +209,14 @@ class Agents:
             await self.pool.refresh(utc_now())
         finally:
             self._refreshing = False
+        if self.pool.shared:
+            # A phone we ring was logged out by another worker meanwhile (the balancer's un-REGISTER of a
+            # closed WebSocket goes to the worker that took its REGISTER): it cannot answer, the caller goes
+            # back to the head of the queue now rather than at the end of the ring time.
+            for agent_leg in [leg for leg in self.legs_by_agent_call.values() if not leg.answered]:
+                seat = self.pool.seats.get(agent_leg.agent)
+                if seat is not None and seat.contact is None:
+                    self._no_answer(agent_leg, "unregistered")
         self.publish_states()
 
     def publish_states(self) -> None:

@@ -24,7 +24,9 @@ import fractions
 import hashlib
 import json
 import math
+import os
 import re
+import signal
 import ssl
 import sys
 import threading
@@ -299,6 +301,10 @@ def run_agent(args: argparse.Namespace) -> int:
              record_route=header_values(invite, "Record-Route"), contact=header(invite, "Contact"), offer=offer)
         tag = f"b{n}{uuid.uuid4().hex[:6]}"
         phone.ws.send(reply(invite, "180 Ringing", to_tag=tag, contact=contact))
+        if args.vanish:  # the browser crashes while it rings: no close frame, the kernel closes the socket
+            emit("vanishing", n=n)
+            out.close()
+            os.kill(os.getpid(), signal.SIGKILL)
         pc, answer, frames = run(browser_answer(offer, ToneTrack(args.tone)), 15)
         phone.ws.send(reply(invite, "200 OK", to_tag=tag, contact=contact, body=answer))
         inbox.wait_for(lambda t: t.startswith("ACK "), 10)
@@ -342,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--tone", type=float, default=1500.0, help="the browser's microphone, Hz")
     a.add_argument("--wait", type=float, default=90.0, help="seconds to wait for each INVITE")
     a.add_argument("--linger", type=float, default=1.0, help="seconds after the last call before closing")
+    a.add_argument("--vanish", action="store_true", help="killed (SIGKILL) once the first INVITE rings")
     a.add_argument("--out", required=True, help="JSON lines of what happened")
     args = p.parse_args(argv)
     return run_agent(args)

@@ -27,6 +27,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -42,6 +43,8 @@ from tests.audio import strength
 from tests.conftest import PROMPT_CACHE
 from tests.multihost import (
     BROWSER_AGENT,
+    WS_ORIGIN,
+    WS_PORT,
     Layout,
     LayoutUnavailable,
     browser_events,
@@ -57,6 +60,7 @@ from tests.multihost import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.usefixtures("namespaces_alone")]
 BROWSER_HZ = 1500.0
+REQUEUED_WITHIN_S = 3.0  # a caller ringing a browser that vanished, on the worker that did not take the REGISTER
 UNAVAILABLE_WITHIN_S = 2.0  # from the WebSocket's close to `logged_out` in the shared table (measured: 0.06 s)
 
 
@@ -201,3 +205,46 @@ def test_a_browser_agent_behind_kamailio_is_rung_by_either_worker_talks_directly
     assert [(r[0], r[1], r[2]) for r in rows] == [("completed", BROWSER_AGENT, "ivr-1"),
                                                   ("completed", BROWSER_AGENT, "ivr-2")], rows
     assert sip_messages(read_capture(caller_cap)), "the callers' SIP went over the layout"
+
+
+def test_a_foreign_page_is_refused_and_a_browser_that_vanishes_while_ringing_sends_its_caller_back_to_the_queue(
+        layout: Layout) -> None:
+    hosts, state = layout.hosts, layout.state
+    handshake = ("import sys; from websockets.sync.client import connect; from websockets.exceptions import InvalidStatus\n"
+                 "try:\n    connect(sys.argv[1], subprotocols=['sip'], origin=sys.argv[2], open_timeout=5).close()\n"
+                 "except InvalidStatus as e:\n    print(e.response.status_code)\nelse:\n    print('open')\n")
+    url = f"ws://{ip_of('balancer')}:{WS_PORT}/"
+    foreign = hosts["agents"].run(sys.executable, "-c", handshake, url, "https://evil.example.net")
+    assert foreign.stdout.strip() == "403", foreign.stderr
+    assert hosts["agents"].run(sys.executable, "-c", handshake, url, WS_ORIGIN).stdout.strip() == "open"
+
+    browser = start_browser_agent(hosts["agents"], state, calls=1, vanish=True)
+    callers = None
+    try:
+        assert wait_event(layout, "registered", 20, browser)["status"].startswith("SIP/2.0 200")
+        deadline = time.monotonic() + 5
+        while agent_row(layout)[0] != "available" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        callers = start_callers(hosts["caller"], state, calls=1, name="requeued")
+        vanished = wait_event(layout, "vanishing", 60, browser)["t"]
+        browser.wait(10)
+        seen: list[float] = []
+        watch_logout(layout, seen)
+        # the shared table says logged_out once the worker ringing it has given the caller back (below)
+        assert seen and seen[0] - vanished < REQUEUED_WITHIN_S, (seen, vanished, agent_row(layout))
+        logs = "".join((state / f"worker{n}" / "ivr.log").read_text() for n in (1, 2))
+        # the caller that rang there is back at the head of its queue, not left ringing a page that is gone: at
+        # once on the worker that took the REGISTER, at its next look at the shared table (1 s) on the other
+        requeued = re.search(rf"timestamp='([^']+)' level='info' event='agent_not_answering'[^\n]*"
+                             rf"agent='{BROWSER_AGENT}' reason='(connection closed|unregistered)'", logs)
+        assert requeued, logs[-3000:]
+        back = datetime.fromisoformat(requeued.group(1).replace("Z", "+00:00")).timestamp()
+        assert back - vanished < REQUEUED_WITHIN_S, "not at the end of the ring time (15 s)"
+        assert f"event='agent_unregistered' agent='{BROWSER_AGENT}' reason=\"proxy's connection closed\"" in logs
+        assert "browser_gone" in (state / "kamailio.log").read_text()
+        print(f"browser killed while ringing -> caller requeued after {back - vanished:.2f} s ({requeued.group(2)}), "
+              f"logged_out in the shared table seen after {seen[0] - vanished:.2f} s")
+    finally:
+        if callers is not None:
+            stop(callers)
+        stop(browser)
