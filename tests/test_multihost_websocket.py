@@ -186,7 +186,7 @@ def test_a_browser_agent_behind_kamailio_is_rung_by_either_worker_talks_directly
         assert strength(samples, BROWSER_HZ) > 0.02, f"the caller heard the browser's tone via {worker}"
 
     # --- the browser closes its WebSocket: the agent is gone within seconds, for every worker ---
-    closed = next(e for e in events if e["event"] == "ws_closed")["t"]
+    closed = next(e for e in events if e["event"] == "closing")["t"]  # just before it sent its close frame
     assert seen, agent_row(layout)
     out_at = seen[0]
     assert agent_row(layout)[1:] == ["", ""], "the Path and contact gone with the binding"
