@@ -558,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="build the hosts and start PostgreSQL, the desk, two workers, Kamailio, agents")
     up.add_argument("--prefix", default="hl", help="namespace names: PREFIX-caller, PREFIX-worker1, …")
     up.add_argument("--state", type=Path, default=ROOT / "var" / "multihost", help="configs and logs")
+    up.add_argument("--websocket", action="store_true",
+                    help=f"browsers at the balancer's WebSocket (ws://{ip_of('balancer')}:{WS_PORT}/), "
+                         f"agent [{BROWSER_AGENT}] instead of the SIPp phones")
     down = sub.add_parser("down", help="stop everything in the layout and delete its namespaces")
     down.add_argument("--prefix", default="hl")
     down.add_argument("--state", type=Path, default=ROOT / "var" / "multihost")
@@ -579,10 +582,13 @@ def main(argv: list[str] | None = None) -> int:
     if namespaces(args.prefix):
         print(f"multihost: {args.prefix} is up already (scripts/multihost.sh down first)", file=sys.stderr)
         return 1
-    layout = Layout(args.prefix, args.state, ROOT / "var" / "prompts")
+    layout = Layout(args.prefix, args.state, ROOT / "var" / "prompts", websocket=args.websocket)
     try:
         layout.up()
-        layout.others += start_agents(layout.hosts["agents"], args.state, calls=1000)
+        if args.websocket:  # one browser, two calls, then it closes its WebSocket (var/multihost/browser.jsonl)
+            layout.others.append(start_browser_agent(layout.hosts["agents"], args.state, calls=2))
+        else:
+            layout.others += start_agents(layout.hosts["agents"], args.state, calls=1000)
     except (LayoutUnavailable, RuntimeError) as exc:
         print(f"multihost: {exc}", file=sys.stderr)
         return 1
