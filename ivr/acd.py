@@ -54,6 +54,7 @@ class Seat:
     idle_since: datetime | None = None
     contact: tuple[str, int] | None = None
     contact_uri: str | None = None  # the Contact URI the phone registered: the Request-URI to ring it at
+    path: tuple[str, ...] = ()  # RFC 3327 Path it registered through: the Route set to ring it with
     call_id: str | None = None
     wrap_up_until: datetime | None = None
 
@@ -75,6 +76,7 @@ class Offer:
     seat_group: str
     contact: tuple[str, int]
     contact_uri: str | None = None
+    path: tuple[str, ...] = ()  # the pre-loaded Route set (the Path the phone registered through)
 
 
 @dataclass
@@ -95,16 +97,17 @@ class Acd:
     # --- agents -------------------------------------------------------------------
 
     def login(self, number: str, contact: tuple[str, int], at: datetime, until: datetime | None = None,
-              uri: str | None = None) -> None:
-        """The agent's phone is reachable at `contact` (until `until`, when it registered, as `uri`)."""
+              uri: str | None = None, path: tuple[str, ...] = ()) -> None:
+        """The agent's phone is reachable at `contact` (until `until`, when it registered, as `uri`, through `path`)."""
         seat = self.seats[number]
-        seat.contact, seat.contact_uri = contact, uri
+        seat.contact, seat.contact_uri, seat.path = contact, uri, path
         if seat.state is AgentState.LOGGED_OUT:
             seat.state, seat.idle_since = AgentState.AVAILABLE, at
 
     def logout(self, number: str) -> None:
         seat = self.seats[number]
         seat.contact = seat.contact_uri = None
+        seat.path = ()
         if seat.state in (AgentState.AVAILABLE, AgentState.PAUSED, AgentState.WRAP_UP):
             seat.state = AgentState.LOGGED_OUT
         # a ringing or talking agent finishes that call; released() logs them out then
@@ -194,7 +197,8 @@ class Acd:
             self.queues[waiting.seat_group].remove(waiting)
             seat.state, seat.call_id = AgentState.RINGING, waiting.call_id
             self._ringing[waiting.call_id] = waiting
-            offers.append(Offer(waiting.call_id, seat.number, seat.seat_group, seat.contact, seat.contact_uri))
+            offers.append(Offer(waiting.call_id, seat.number, seat.seat_group, seat.contact, seat.contact_uri,
+                                seat.path))
         return offers
 
     def _groups_for(self, waiting: Waiting, at: datetime) -> list[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -68,7 +69,7 @@ class AgentPool(Protocol):
     async def claim(self, at: datetime) -> list[Offer]: ...
     async def set_paused(self, number: str, paused: bool, at: datetime) -> str: ...
     def login(self, number: str, contact: tuple[str, int], at: datetime, until: datetime | None = None,
-              uri: str | None = None) -> None: ...
+              uri: str | None = None, path: tuple[str, ...] = ()) -> None: ...
     def logout(self, number: str) -> None: ...
     def answered(self, number: str) -> None: ...
     def no_answer(self, number: str, at: datetime) -> Waiting | None: ...
@@ -208,6 +209,14 @@ class Agents:
             await self.pool.refresh(utc_now())
         finally:
             self._refreshing = False
+        if self.pool.shared:
+            # A phone we ring was logged out by another worker meanwhile (the balancer's un-REGISTER of a
+            # closed WebSocket goes to the worker that took its REGISTER): it cannot answer, the caller goes
+            # back to the head of the queue now rather than at the end of the ring time.
+            for agent_leg in [leg for leg in self.legs_by_agent_call.values() if not leg.answered]:
+                seat = self.pool.seats.get(agent_leg.agent)
+                if seat is not None and seat.contact is None:
+                    self._no_answer(agent_leg, "unregistered")
         self.publish_states()
 
     def publish_states(self) -> None:
@@ -225,8 +234,10 @@ class Agents:
 
     # --- phones: registration and pause ------------------------------------------------
 
-    def bind(self, agent: str, contact: tuple[str, int] | None, expires: int, uri: str | None = None) -> None:
-        """A REGISTER from the agent's phone: logged in at `contact` for `expires` s (None: logged out)."""
+    def bind(self, agent: str, contact: tuple[str, int] | None, expires: int, uri: str | None = None,
+             path: tuple[str, ...] = ()) -> None:
+        """A REGISTER from the agent's phone: logged in at `contact` for `expires` s (None: logged out),
+        reached through the proxies of `path` (RFC 3327)."""
         old = self.registrations.pop(agent, None)
         if old is not None:
             old.cancel()
@@ -238,7 +249,7 @@ class Agents:
             log.info("agent_unregistered", agent=agent)
             self.publish_states()
             return
-        self.pool.login(agent, contact, utc_now(), until=utc_now() + timedelta(seconds=expires), uri=uri)
+        self.pool.login(agent, contact, utc_now(), until=utc_now() + timedelta(seconds=expires), uri=uri, path=path)
         self.registrations[agent] = asyncio.get_running_loop().call_later(expires, self._expire, agent)
         log.info("agent_registered", agent=agent, contact=f"{contact[0]}:{contact[1]}", expires=expires)
         self.assign()
@@ -247,19 +258,27 @@ class Agents:
         """A connection is gone: each agent registered over it is logged out now, and a call ringing
         there goes back to the head of its queue (a call in talk ends as if the agent hung up)."""
         for agent in [a for a, where in self.bound.items() if where == address]:
-            del self.bound[agent]
-            timer = self.registrations.pop(agent, None)
-            if timer is not None:
-                timer.cancel()
-            self.pool.logout(agent)
-            log.info("agent_unregistered", agent=agent, reason=f"{address.transport} connection closed")
-            for agent_leg in [leg for leg in self.legs_by_agent_call.values() if leg.agent == agent]:
-                if agent_leg.answered:
-                    self.end_leg(agent_leg, hang_up=False)
-                    agent_leg.caller.dispatch(AgentHungUp(utc_now()))
-                else:
-                    self._no_answer(agent_leg, "connection closed")
-            self.publish_states()
+            self._connection_gone(agent, f"{address.transport} connection closed")
+
+    def flow_closed(self, agent: str) -> None:
+        """The proxy in front lost the connection the agent registered over (Kamailio's un-REGISTER of a
+        closed WebSocket, ivr.registrar): as when our own connection closes (`connection_closed`)."""
+        self._connection_gone(agent, "proxy's connection closed")
+
+    def _connection_gone(self, agent: str, reason: str) -> None:
+        self.bound.pop(agent, None)
+        timer = self.registrations.pop(agent, None)
+        if timer is not None:
+            timer.cancel()
+        self.pool.logout(agent)
+        log.info("agent_unregistered", agent=agent, reason=reason)
+        for agent_leg in [leg for leg in self.legs_by_agent_call.values() if leg.agent == agent]:
+            if agent_leg.answered:
+                self.end_leg(agent_leg, hang_up=False)
+                agent_leg.caller.dispatch(AgentHungUp(utc_now()))
+            else:
+                self._no_answer(agent_leg, "connection closed")
+        self.publish_states()
 
     def _expire(self, agent: str) -> None:
         self.registrations.pop(agent, None)
@@ -267,6 +286,11 @@ class Agents:
         self.pool.logout(agent)
         self.publish_states()
         log.info("agent_registration_expired", agent=agent)
+
+    def bound_path(self, agent: str) -> tuple[str, ...]:
+        """The Path (RFC 3327) the agent's phone is registered through now; () for none or no such agent."""
+        seat = self.pool.seats.get(agent)
+        return seat.path if seat is not None else ()
 
     def agent_at(self, phone: tuple[str, int]) -> str | None:
         return next((s.number for s in self.pool.seats.values() if s.contact == phone), None)
@@ -362,7 +386,9 @@ class Agents:
     async def _ring_agent(self, agent_leg: AgentLeg) -> None:
         caller, offer = agent_leg.caller, agent_leg.offer
         g = self.config.general
-        browser = isinstance(offer.contact, StreamAddress) and offer.contact.transport in ("WS", "WSS")
+        # a page on our own WebSocket, or behind a proxy's (its Contact names the ws transport, RFC 7118 §5.2)
+        browser = (isinstance(offer.contact, StreamAddress) and offer.contact.transport in ("WS", "WSS")) or (
+            re.search(r";\s*transport\s*=\s*wss?\b", offer.contact_uri or "", re.I) is not None)
         agent_leg.srtp = None if browser else srtp_offer(self.srtp_modes.get(offer.agent, "off"))
         try:
             if browser:  # a page registered over a WebSocket: DTLS-SRTP with ICE-lite, what browsers speak
@@ -414,6 +440,7 @@ class Agents:
             # RFC 3261 §10.2.1: a registered phone is reached at the Contact URI it registered
             request_uri=offer.contact_uri or f"sip:{offer.agent}@{offer.contact[0]}:{offer.contact[1]}",
             destination=offer.contact, sdp=secure_offer(sdp, agent_leg.srtp), body=agent_leg.webrtc_offer,
+            route=offer.path,  # RFC 3327: through the proxy the phone registered through (destination: its first hop)
         )
 
     def _answered(self, agent_leg: AgentLeg) -> None:

@@ -145,7 +145,8 @@ class Engine:
         digest = Registrar({a.number: a.secret for a in config.agents if a.secret}, key=secret,
                            policies={a.number: a.digest_policy for a in config.agents},
                            browser=browser if phones.token_secret and browser_seats else None)
-        self.registrar = RegisterHandler(digest, config.limits.trusted, self.guard.auth_failed, self.agents.bind)
+        self.registrar = RegisterHandler(digest, config.limits.trusted, self.guard.auth_failed, self.agents.bind,
+                                         self.agents.bound_path, self.agents.flow_closed)
         self.dialler = Dialler(
             config, self.endpoint, CallbackScheduler(config.callbacks.max_attempts, config.callbacks.retry_seconds),
             writer, self.acd, self.ports, self.media_ip, self.legs, lambda call: Leg(self, call), self._spawn,

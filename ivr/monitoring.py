@@ -430,11 +430,11 @@ class Monitoring:
                         reason=why)
             return why
         assert seat is not None and seat.contact is not None and caller is not None
-        self.spawn(self._ring(supervisor, seat.contact, seat.contact_uri, agent, wanted, caller))
+        self.spawn(self._ring(supervisor, seat.contact, seat.contact_uri, agent, wanted, caller, seat.path))
         return None
 
     async def _ring(self, supervisor: str, contact: tuple[str, int], contact_uri: str | None, agent: str,
-                    mode: Mode, caller: Leg) -> None:
+                    mode: Mode, caller: Leg, path: tuple[str, ...] = ()) -> None:
         g = self.config.general
         try:
             rtp, port = await open_rtp(self.ports, g.bind, contact, caller.payload_type, strict=False)
@@ -445,6 +445,7 @@ class Monitoring:
         out = self.endpoint.invite(
             from_uri=f"sip:monitor-{agent}@{self.endpoint.host}:{g.port}", from_display=f"Monitor {agent}",
             request_uri=contact_uri or f"sip:{supervisor}@{contact[0]}:{contact[1]}", destination=contact, sdp=sdp,
+            route=path,
         )
         monitor = Monitor(self, out, supervisor, agent, mode, "desk", caller)
         monitor.rtp, monitor.rtp_port = rtp, port

@@ -36,6 +36,18 @@ derived username `801.<expiry>` whose password the desk handed the page
 (ivr.phone_credentials): the registrar derives that password itself, refuses
 it once expired, and binds the seat (801), not the username. JsSIP answers MD5
 challenges only, so such a seat is challenged as `md5` asks (engine).
+
+Path (RFC 3327): a proxy in front of phones it alone can reach (Kamailio holding
+browsers' WebSockets) adds a Path header to their REGISTER. From a trusted
+source the Path is stored with the binding, in order: the phone is rung with
+those entries as a pre-loaded Route set, sent to the first one, and the Contact
+as Request-URI. The 200 OK repeats the stored Path when the phone said
+`Supported: path` (§5.3; stored either way, as Kamailio's `lazy` mode does). A
+Path from an untrusted source is ignored: it would let a phone have the IVR
+send its INVITEs to any host. When the proxy loses such a phone's connection it
+un-REGISTERs it (Expires: 0, no credentials, the same Path): from a trusted
+source, for the flow the agent is bound to now, that logs the agent out — a
+phone that registered again over a new connection keeps its new binding.
 """
 
 from __future__ import annotations
@@ -45,11 +57,12 @@ import hmac
 import ipaddress
 import os
 import time
-from collections.abc import Callable, Collection
+import urllib.parse
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiosipua import SipRequest, parse_address, parse_auth
+from aiosipua import SipRequest, parse_address, parse_auth, parse_uri
 
 from ivr.phone_credentials import Accepted, BrowserCredentials, NotAccepted
 from ivr.sip.dialogs import address_user
@@ -234,18 +247,76 @@ def _is_address(host: str | None) -> bool:
     return True
 
 
+def first_hop(path: Sequence[str], source: tuple[str, int]) -> tuple[str, int]:
+    """Where a phone reached through `path` is sent to: the first Path entry's address (RFC 3261 §8.1.2
+    with a pre-loaded Route), or `source` when it names a host name (no DNS on the call path) or is unreadable."""
+    try:
+        uri = parse_uri(_uri_of(path[0]))
+    except Exception:  # noqa: BLE001 — a Path we cannot read: the proxy that sent it is the next hop
+        return source
+    if not _is_address(uri.host):
+        return source
+    return (uri.host.strip("[]"), uri.port or 5060)
+
+
+def path_flow(entry: str) -> str:
+    """The connection a proxy's Path entry stands for: its `received` parameter (Kamailio's
+    add_path_received, escaped or not), lowercased; "" when it names none."""
+    for param in _uri_of(entry).split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "received":
+            return urllib.parse.unquote(value.strip().strip('"')).lower()
+    return ""
+
+
+def _uri_of(entry: str) -> str:
+    entry = entry.strip()
+    return entry[entry.index("<") + 1: entry.index(">")] if "<" in entry and ">" in entry else entry
+
+
+def join_path(path: Sequence[str]) -> str | None:
+    """A Path as one header value (how the shared-agents table stores it); None for none."""
+    return ", ".join(path) or None
+
+
+def split_path(text: str | None) -> tuple[str, ...]:
+    """`join_path` undone: the entries split at the commas outside <…> and quotes."""
+    entries, current, depth, quoted = [], "", 0, False
+    for char in text or "":
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char == "<":
+            depth += 1
+        elif not quoted and char == ">":
+            depth -= 1
+        if char == "," and depth == 0 and not quoted:
+            entries.append(current.strip())
+            current = ""
+        else:
+            current += char
+    if current.strip():
+        entries.append(current.strip())
+    return tuple(entries)
+
+
 class RegisterHandler:
     """A REGISTER in, the response out: see the module docstring."""
 
     def __init__(self, registrar: Registrar, trusted: Collection[str],
                  auth_failed: Callable[[str, int, str, str], None],
-                 bind: Callable[[str, tuple[str, int] | None, int, str | None], None]) -> None:
+                 bind: Callable[[str, tuple[str, int] | None, int, str | None, tuple[str, ...]], None],
+                 bound_path: Callable[[str], tuple[str, ...]] = lambda agent: (),
+                 flow_closed: Callable[[str], None] | None = None) -> None:
         """`auth_failed(host, port, user, reason)`: the guard's count towards a ban; `bind(agent, where,
-        expires, contact URI)`: the agent logged in at `where` (None: logged out)."""
+        expires, contact URI, path)`: the agent logged in at `where` (None: logged out), reached through
+        `path` (RFC 3327; () for none); `bound_path(agent)`: the Path the agent is bound with now;
+        `flow_closed(agent)`: the proxy lost that phone's connection (None: logged out as by `bind`)."""
         self.registrar = registrar
         self.trusted = trusted
         self.auth_failed = auth_failed
         self.bind = bind
+        self.bound_path = bound_path
+        self.flow_closed = flow_closed
 
     def handle(self, request: SipRequest, addr: tuple[str, int]) -> tuple[int, str, list[tuple[str, str]]]:
         """The response to a REGISTER from `addr`. Retransmissions never get here: the transaction
@@ -257,6 +328,8 @@ class RegisterHandler:
         expires_raw = request.get_header("expires")
         contact: tuple[str, int] | None = None
         contact_raw = (request.get_header("contact") or "").strip()
+        # RFC 3327: honoured from the balancer in front only (see the module docstring)
+        path = tuple(request.headers.get("path")) if addr[0] in self.trusted else ()
         if contact_raw == "*":
             expires: int | None = 0
         else:
@@ -266,9 +339,16 @@ class RegisterHandler:
                 expires = int(raw) if raw else None
             except Exception:
                 return 400, "Bad Contact", []
-            contact = phone_address(addr, address.uri, self.trusted)
+            contact = first_hop(path, addr) if path else phone_address(addr, address.uri, self.trusted)
+        user = address_user(request.get_header("to") or "")
+        if params is None and path and expires == 0 and self._flow_closed(user, path):
+            if self.flow_closed is not None:
+                self.flow_closed(user)  # a call ringing there goes back to the queue at once
+            else:
+                self.bind(user, None, 0, None, ())
+            return 200, "OK", []
         decision = self.registrar.register(request.method, params, contact, expires, request_uri=request.uri,
-                                           user=address_user(request.get_header("to") or ""))
+                                           user=user)
         match decision:
             case Challenge(headers=challenges):
                 # RFC 7616 §3.7: one challenge per algorithm, the preferred (SHA-256) first
@@ -278,8 +358,16 @@ class RegisterHandler:
                 return 403, "Forbidden", []
             case Registered(agent=agent, contact=where, expires=granted):
                 uri = contact_raw[: contact_raw.index(">") + 1] if ">" in contact_raw else contact_raw.split(";")[0]
-                self.bind(agent, where, granted, uri.strip().removeprefix("<").removesuffix(">") or None)
+                self.bind(agent, where, granted, uri.strip().removeprefix("<").removesuffix(">") or None,
+                          path if where is not None else ())
                 if where is None:
                     return 200, "OK", []
-                return 200, "OK", [("Contact", f"{uri};expires={granted}")]
+                supported = {t.strip().lower() for v in request.headers.get("supported") for t in v.split(",")}
+                echoed = [("Path", entry) for entry in path] if "path" in supported else []  # RFC 3327 §5.3
+                return 200, "OK", [("Contact", f"{uri};expires={granted}"), *echoed]
         raise AssertionError(decision)
+
+    def _flow_closed(self, agent: str, path: tuple[str, ...]) -> bool:
+        """The trusted proxy's un-REGISTER of a connection it lost: it names the flow the agent is bound to now."""
+        bound = self.bound_path(agent)
+        return bool(bound) and path_flow(path[0]) != "" and path_flow(path[0]) == path_flow(bound[0])

@@ -45,6 +45,7 @@ from tenacity import Retrying, retry_if_exception, stop_when_event_set, wait_exp
 from crm_bridge.models import AcdWaiting, AcdWorker, Agent, table_of
 from ivr.acd import Acd, AgentState, Offer, Seat, Waiting
 from ivr.config import AgentConfig, QueueConfig
+from ivr.registrar import join_path, split_path
 
 log = structlog.get_logger("ivr.shared_acd")
 
@@ -167,20 +168,21 @@ class SharedAcd(Acd):
     # --- agents -------------------------------------------------------------------------
 
     def login(self, number: str, contact: tuple[str, int], at: datetime, until: datetime | None = None,
-              uri: str | None = None) -> None:
+              uri: str | None = None, path: tuple[str, ...] = ()) -> None:
         seat = self._seat(number)
-        seat.contact, seat.contact_uri = contact, uri
+        seat.contact, seat.contact_uri, seat.path = contact, uri, path
         if seat.state is AgentState.LOGGED_OUT:
             seat.state, seat.idle_since = AgentState.AVAILABLE, at
-        self._change(self._login_db, number, contact, at, until, uri)
+        self._change(self._login_db, number, contact, at, until, uri, path)
 
     @staticmethod
     def _login_db(conn: Connection, number: str, contact: tuple[str, int], at: datetime, until: datetime | None,
-                  uri: str | None) -> None:
+                  uri: str | None, path: tuple[str, ...] = ()) -> None:
         logged_out = agents.c.state == LOGGED_OUT
         conn.execute(
             update(agents).where(agents.c.number == number).values(
                 contact_host=contact[0], contact_port=contact[1], contact_uri=uri, registered_until=until,
+                contact_path=join_path(path),
                 state=case((logged_out, AVAILABLE), else_=agents.c.state),
                 idle_since=case((logged_out, at), else_=agents.c.idle_since),
                 state_changed_at=case((logged_out, at), else_=agents.c.state_changed_at),
@@ -197,7 +199,7 @@ class SharedAcd(Acd):
         idle = agents.c.state.in_((AVAILABLE, PAUSED, WRAP_UP))
         conn.execute(
             update(agents).where(agents.c.number == number).values(
-                contact_host=None, contact_port=None, contact_uri=None, registered_until=None,
+                contact_host=None, contact_port=None, contact_uri=None, contact_path=None, registered_until=None,
                 state=case((idle, LOGGED_OUT), else_=agents.c.state),  # ringing or talking: finish that call
             )
         )
@@ -345,7 +347,7 @@ class SharedAcd(Acd):
             return []
         offers = []
         by_call = {w.call_id: w for w in wanted}
-        for call_id, (number, group, host, port, uri) in claimed:
+        for call_id, (number, group, host, port, uri, path) in claimed:
             waiting = by_call[call_id]
             queue = self.queues[waiting.seat_group]
             if waiting not in queue:  # hung up while the claim ran: give the agent back
@@ -356,12 +358,12 @@ class SharedAcd(Acd):
             self._offered[number] = call_id
             seat = self._seat(number)
             seat.seat_group, seat.state, seat.call_id, seat.contact = group, AgentState.RINGING, call_id, (host, port)
-            seat.contact_uri = uri
-            offers.append(Offer(call_id, number, group, (host, port), uri))
+            seat.contact_uri, seat.path = uri, split_path(path)
+            offers.append(Offer(call_id, number, group, (host, port), uri, seat.path))
         return offers
 
     def _claim_db(self, asks: list[tuple[str, str, datetime, list[str]]],
-                  at: datetime) -> list[tuple[str, tuple[str, str, str, int, str | None]]]:
+                  at: datetime) -> list[tuple[str, tuple[str, str, str, int, str | None, str | None]]]:
         """One short transaction per claim, so a claim holds its row lock only for itself."""
         with self.db.begin() as conn:
             free = dict(conn.execute(
@@ -369,7 +371,7 @@ class SharedAcd(Acd):
                 .where(agents.c.state == AVAILABLE, agents.c.contact_host.is_not(None))
                 .group_by(agents.c.seat_group)
             ).tuples().all())
-        claimed: list[tuple[str, tuple[str, str, str, int, str | None]]] = []
+        claimed: list[tuple[str, tuple[str, str, str, int, str | None, str | None]]] = []
         alive_since = at - self.worker_timeout
         for call_id, home, joined, groups in asks:
             if not any(free.get(g, 0) > 0 for g in groups):
@@ -387,7 +389,7 @@ class SharedAcd(Acd):
                     free[group] -= 1
                     conn.execute(delete(waiting_table).where(waiting_table.c.call_id == call_id))
                     claimed.append((call_id, (row.number, row.seat_group, row.contact_host, row.contact_port,
-                                              row.contact_uri)))
+                                              row.contact_uri, row.contact_path)))
                     break
         return claimed
 
@@ -412,7 +414,7 @@ class SharedAcd(Acd):
             update(agents).where(agents.c.number == longest_idle, agents.c.state == AVAILABLE)
             .values(state=RINGING, call_id=call_id, worker=self.worker, state_changed_at=at)
             .returning(agents.c.number, agents.c.seat_group, agents.c.contact_host, agents.c.contact_port,
-                       agents.c.contact_uri)
+                       agents.c.contact_uri, agents.c.contact_path)
         )
 
     # --- every second -------------------------------------------------------------------
@@ -442,12 +444,13 @@ class SharedAcd(Acd):
         ran_out = agents.c.registered_until < at
         conn.execute(
             update(agents).where(ran_out).values(
-                contact_host=None, contact_port=None, contact_uri=None, registered_until=None,
+                contact_host=None, contact_port=None, contact_uri=None, contact_path=None, registered_until=None,
                 state=case((agents.c.state.in_((AVAILABLE, PAUSED, WRAP_UP)), LOGGED_OUT), else_=agents.c.state),
             )
         )
         return list(conn.execute(select(agents.c.number, agents.c.seat_group, agents.c.state, agents.c.contact_host,
-                                        agents.c.contact_port, agents.c.contact_uri, agents.c.call_id,
+                                        agents.c.contact_port, agents.c.contact_uri, agents.c.contact_path,
+                                        agents.c.call_id,
                                         agents.c.idle_since)))
 
     def apply_snapshot(self, rows: Iterable[Any]) -> None:
@@ -457,5 +460,6 @@ class SharedAcd(Acd):
             seat.state = AgentState(row.state)
             seat.contact = (row.contact_host, row.contact_port) if row.contact_host else None
             seat.contact_uri = row.contact_uri
+            seat.path = split_path(row.contact_path)
             seat.call_id = row.call_id
             seat.idle_since = row.idle_since

@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 # calls a service makes, against its unit's filter): the service install test
 # linux-perf: where the kernel's share of a worker's CPU goes (docs/load-testing.md, signalling throughput)
 APT_PACKAGES=(espeak-ng libespeak-ng1 sip-tester sox postgresql python3-venv kamailio chromium chromium-driver
-              fonts-wqy-microhei baresip iproute2 nftables sqlite3 libsndfile1 systemd util-linux strace linux-perf)
+              fonts-wqy-microhei baresip iproute2 nftables sqlite3 libsndfile1 systemd util-linux strace linux-perf
+              kamailio-websocket-modules kamailio-tls-modules)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -21,6 +21,12 @@ FILE`) records every UDP datagram the host sends or receives, SIP and RTP,
 through a packet socket, for tests that check what went over the wire
 without tcpdump.
 
+With `websocket=True` (tests/test_multihost_websocket.py) the balancer also
+holds browsers' WebSockets on 10.77.0.2:8088 (the cfg's WITH_WEBSOCKET, Origin
+`WS_ORIGIN` only) and the workers' one agent is [823], a browser that
+registers there (`start_browser_agent`: tests/browser_agent.py's program, in
+the agents' namespace), instead of the two SIPp phones.
+
 `Layout` builds and runs it for tests (tests/test_multihost.py); the command
 line does the same for a developer and leaves it running. The names of the
 namespaces carry a prefix (`hl` from the command line, `hl<pid>` per test
@@ -60,6 +66,9 @@ PG_PORT = 5432
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
 SCENARIOS = ROOT / "tests" / "sipp"
+WS_PORT = 8088  # the balancer's WebSocket for browser agents (websocket=True)
+WS_ORIGIN = "https://desk.example.com"  # the one page allowed to open it
+BROWSER_AGENT, BROWSER_PASSWORD = "823", "pw823-browser"
 
 
 class LayoutUnavailable(Exception):
@@ -205,8 +214,10 @@ def psql(host: Host, sql: str) -> list[list[str]]:
     return [line.split("|") for line in done.stdout.splitlines() if line]
 
 
-def worker_config(state: Path, n: int, db_url: str, prompt_cache: Path) -> Path:
-    """Worker n's sip.conf: the settings README.md lists for a worker behind Kamailio, on its own host."""
+def worker_config(state: Path, n: int, db_url: str, prompt_cache: Path, *, websocket: bool = False) -> Path:
+    """Worker n's sip.conf: the settings README.md lists for a worker behind Kamailio, on its own host.
+
+    `websocket`: the one agent is the browser [823], registering through the balancer's WebSocket."""
     home = state / f"worker{n}"
     home.mkdir(parents=True, exist_ok=True)
     me = ip_of(f"worker{n}")
@@ -214,6 +225,9 @@ def worker_config(state: Path, n: int, db_url: str, prompt_cache: Path) -> Path:
     binding = f"bind = {me}\n" if n == 1 else f"bind = 0.0.0.0\nadvertised_ip = {me}\n"
     agents = "".join(f"[{number}]\ntype = agent\nseat_group = junior\nname = 坐席{number}\n"
                      f"host = {ip_of('agents')}:{port}\n" for number, port in AGENT_PORTS.items())
+    if websocket:
+        agents = (f"[{BROWSER_AGENT}]\ntype = agent\nseat_group = junior\nname = 坐席{BROWSER_AGENT}\n"
+                  f"host = dynamic\nsecret = {BROWSER_PASSWORD}\n")
     conf = home / "sip.conf"
     conf.write_text(
         f"""[general]
@@ -271,14 +285,36 @@ def wait_ready(proc: subprocess.Popen[bytes], log: Path, marker: str, timeout: f
     raise RuntimeError(f"{log.parent.name} did not start ({marker!r} not seen):\n{log.read_text(errors='replace')}")
 
 
-def start_kamailio(host: Host, state: Path, workers: list[str]) -> subprocess.Popen[bytes]:
+def start_kamailio(host: Host, state: Path, workers: list[str], *, websocket: bool = False) -> subprocess.Popen[bytes]:
     if not os.path.exists(KAMAILIO):
         raise LayoutUnavailable("kamailio not installed (scripts/bootstrap.sh installs it)")
     dslist = state / "dispatcher.list"
     dslist.write_text("".join(f"1 sip:{w}:{SIP_PORT}\n" for w in workers))
+    ws: list[str] = []
+    if websocket:
+        if not os.path.exists(f"{KAMAILIO_MODULES}/websocket.so"):
+            raise LayoutUnavailable("Kamailio's websocket module missing (scripts/bootstrap.sh installs "
+                                    "kamailio-websocket-modules)")
+        ws = ["-A", "WITH_WEBSOCKET", "-A", f"WS_LISTEN=tcp:{host.ip}:{WS_PORT}", "-A", f'WS_ORIGINS="{WS_ORIGIN}"']
     return host.popen(KAMAILIO, "-DD", "-E", "-m", "64", "-f", str(ROOT / "loadtest/kamailio/kamailio.cfg"),
                       "-L", KAMAILIO_MODULES, "-A", f"LISTEN=udp:{host.ip}:{SIP_PORT}", "-A", f'DSLIST="{dslist}"',
-                      "-P", str(state / "kamailio.pid"), log=state / "kamailio.log")
+                      *ws, "-P", str(state / "kamailio.pid"), log=state / "kamailio.log")
+
+
+def start_browser_agent(host: Host, state: Path, calls: int, *, talk_s: float = 6.0, linger_s: float = 1.0,
+                        name: str = "browser", vanish: bool = False) -> subprocess.Popen[bytes]:
+    """[823]'s browser (tests/browser_agent.py agent): registers at the balancer's WebSocket, takes `calls` calls
+    with aiortc's WebRTC, hangs up each after `talk_s`, closes its WebSocket `linger_s` later; `name`.jsonl says."""
+    return host.popen(sys.executable, str(ROOT / "tests" / "browser_agent.py"), "agent", "--host", ip_of("balancer"),
+                      "--ws-port", str(WS_PORT), "--origin", WS_ORIGIN, "--agent", BROWSER_AGENT,
+                      "--password", BROWSER_PASSWORD, "--calls", str(calls), "--talk", str(talk_s),
+                      "--linger", str(linger_s), "--out", str(state / f"{name}.jsonl"),
+                      *(["--vanish"] if vanish else []), log=state / f"{name}.log")
+
+
+def browser_events(state: Path, name: str = "browser") -> list[dict[str, Any]]:
+    path = state / f"{name}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def start_agents(host: Host, state: Path, calls: int, talk_ms: int = 5000) -> list[subprocess.Popen[bytes]]:
@@ -452,6 +488,7 @@ class Layout:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     configs: list[Path] = field(default_factory=list)
     others: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    websocket: bool = False  # browsers at the balancer's WebSocket, agent [823] (see the module docstring)
 
     def up(self, *, desk: bool = True) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
@@ -459,7 +496,7 @@ class Layout:
         try:
             self.db_url, self.pg_base = start_postgres(self.hosts["db"])
             for n in (1, 2):  # one after the other: the first migrates the empty CRM
-                conf = worker_config(self.state, n, self.db_url, self.prompt_cache)
+                conf = worker_config(self.state, n, self.db_url, self.prompt_cache, websocket=self.websocket)
                 proc = start_worker(self.hosts[f"worker{n}"], conf)
                 wait_ready(proc, conf.parent / "ivr.log", "ready on")
                 self.workers.append(proc)
@@ -470,7 +507,8 @@ class Layout:
                                               log=log, cwd=ROOT)
                 self.others.append(proc)
                 wait_ready(proc, log, "desk: ready")
-            balancer = start_kamailio(self.hosts["balancer"], self.state, [ip_of("worker1"), ip_of("worker2")])
+            balancer = start_kamailio(self.hosts["balancer"], self.state, [ip_of("worker1"), ip_of("worker2")],
+                                      websocket=self.websocket)
             self.others.append(balancer)
             time.sleep(1.0)
             if balancer.poll() is not None:
@@ -501,9 +539,10 @@ class Layout:
 
 
 @contextlib.contextmanager
-def running_layout(state: Path, prompt_cache: Path, prefix: str | None = None) -> Iterator[Layout]:
-    layout = Layout(prefix or f"hl{os.getpid() % 100000}", state, prompt_cache)
-    layout.up()
+def running_layout(state: Path, prompt_cache: Path, prefix: str | None = None, *,
+                   websocket: bool = False) -> Iterator[Layout]:
+    layout = Layout(prefix or f"hl{os.getpid() % 100000}", state, prompt_cache, websocket=websocket)
+    layout.up(desk=not websocket)
     try:
         yield layout
     finally:
@@ -519,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="build the hosts and start PostgreSQL, the desk, two workers, Kamailio, agents")
     up.add_argument("--prefix", default="hl", help="namespace names: PREFIX-caller, PREFIX-worker1, …")
     up.add_argument("--state", type=Path, default=ROOT / "var" / "multihost", help="configs and logs")
+    up.add_argument("--websocket", action="store_true",
+                    help=f"browsers at the balancer's WebSocket (ws://{ip_of('balancer')}:{WS_PORT}/), "
+                         f"agent [{BROWSER_AGENT}] instead of the SIPp phones")
     down = sub.add_parser("down", help="stop everything in the layout and delete its namespaces")
     down.add_argument("--prefix", default="hl")
     down.add_argument("--state", type=Path, default=ROOT / "var" / "multihost")
@@ -540,10 +582,13 @@ def main(argv: list[str] | None = None) -> int:
     if namespaces(args.prefix):
         print(f"multihost: {args.prefix} is up already (scripts/multihost.sh down first)", file=sys.stderr)
         return 1
-    layout = Layout(args.prefix, args.state, ROOT / "var" / "prompts")
+    layout = Layout(args.prefix, args.state, ROOT / "var" / "prompts", websocket=args.websocket)
     try:
         layout.up()
-        layout.others += start_agents(layout.hosts["agents"], args.state, calls=1000)
+        if args.websocket:  # one browser, two calls, then it closes its WebSocket (var/multihost/browser.jsonl)
+            layout.others.append(start_browser_agent(layout.hosts["agents"], args.state, calls=2))
+        else:
+            layout.others += start_agents(layout.hosts["agents"], args.state, calls=1000)
     except (LayoutUnavailable, RuntimeError) as exc:
         print(f"multihost: {exc}", file=sys.stderr)
         return 1

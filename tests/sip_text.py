@@ -39,8 +39,9 @@ def reply(request: str, status: str, *, to_tag: str | None, contact: str, body: 
 
     `to_tag` None: the request is within the dialog (a BYE), its To already carries our tag.
     """
+    # RFC 3261 §12.1.1: a UAS copies Record-Route into its answer (a proxy's route set, Kamailio's)
     echoed = "\r\n".join(line for line in request.split("\r\n\r\n")[0].split("\r\n")
-                         if line.lower().split(":")[0] in ("via", "from", "call-id", "cseq"))
+                         if line.lower().split(":")[0] in ("via", "record-route", "from", "call-id", "cseq"))
     typed = "Content-Type: application/sdp\r\n" if body else ""
     to = header(request, "To") + (f";tag={to_tag}" if to_tag is not None else "")
     return (f"SIP/2.0 {status}\r\n{echoed}\r\nTo: {to}\r\nContact: <{contact}>\r\n"

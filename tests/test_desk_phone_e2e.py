@@ -58,7 +58,7 @@ class FakeSipWebSocket:
                               browser=BrowserCredentials(TOKEN_SECRET, ["801"], LIFETIME))
         self.handler = RegisterHandler(
             registrar, (), lambda host, port, user, reason: self.refusals.append(f"{user}: {reason}"),
-            lambda agent, where, expires, uri: self.bindings.append((agent, where)),
+            lambda agent, where, expires, uri, path: self.bindings.append((agent, where)),
         )
 
     def serve(self, ws: Any) -> None:

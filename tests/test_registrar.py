@@ -258,7 +258,7 @@ def register_request(contact: str, authorization: str | None = None) -> SipReque
 
 def test_the_handler_challenges_binds_and_reports_refusals() -> None:
     failed: list[tuple[str, int, str, str]] = []
-    bound: list[tuple[str, tuple[str, int] | None, int, str | None]] = []
+    bound: list[tuple[str, tuple[str, int] | None, int, str | None, tuple[str, ...]]] = []
     handler = RegisterHandler(Registrar({"801": "s3cret"}), frozenset({"10.0.0.5"}),
                               lambda *a: failed.append(a), lambda *a: bound.append(a))
     contact = "<sip:801@192.0.2.7:5070>;expires=300"
@@ -271,7 +271,7 @@ def test_the_handler_challenges_binds_and_reports_refusals() -> None:
     # through the trusted balancer in front: the phone is where its Contact says
     assert handler.handle(register_request(contact, authorization), ("10.0.0.5", 5060)) == (
         200, "OK", [("Contact", "<sip:801@192.0.2.7:5070>;expires=300")])
-    assert bound == [("801", ("192.0.2.7", 5070), 300, "sip:801@192.0.2.7:5070")]
+    assert bound == [("801", ("192.0.2.7", 5070), 300, "sip:801@192.0.2.7:5070", ())]
     wrong = authorization.replace(good["response"], "0" * 64)
     assert handler.handle(register_request(contact, wrong), ("198.51.100.9", 5062))[:2] == (403, "Forbidden")
     assert failed == [("198.51.100.9", 5062, "801", "wrong password")]
@@ -292,3 +292,139 @@ def test_a_browser_is_reached_down_its_websocket_even_from_a_trusted_address() -
         connection = StreamAddress("127.0.0.1", 50123, transport)
         where = phone_address(connection, browser, frozenset({"127.0.0.1"}))
         assert where == ("127.0.0.1", 50123) and isinstance(where, StreamAddress) and where.transport == transport
+
+
+# --- Path (RFC 3327): a browser behind Kamailio's WebSocket -------------------------------
+
+BALANCER = ("10.77.0.2", 5060)
+FLOW = "<sip:10.77.0.2:5060;lr;received=sip:10.77.0.20:40312%3Btransport%3Dws>"
+BROWSER = "<sip:801@df7jal23ls0d.invalid;transport=ws>;expires=300"
+
+
+def path_register(contact: str, *, path: tuple[str, ...] = (FLOW,), supported: str | None = "path, outbound",
+                  authorization: str | None = None, expires: str | None = None) -> SipRequest:
+    extra = "".join(f"Path: {entry}\r\n" for entry in path)
+    extra += f"Supported: {supported}\r\n" if supported else ""
+    extra += f"Expires: {expires}\r\n" if expires is not None else ""
+    return register_request(contact + "\r\n" + extra.rstrip("\r\n"), authorization)
+
+
+def authorized(handler: RegisterHandler, request: SipRequest) -> str:
+    """The Authorization header that answers the handler's challenge to `request` (nc 1, a fresh nonce)."""
+    _, _, headers = handler.handle(request, BALANCER)
+    good = answer(Challenge(tuple(value for _, value in headers)), "801", "s3cret")
+    return "Digest " + ", ".join(f"{k}={v}" if k in ("algorithm", "qop", "nc") else f'{k}="{v}"'
+                                 for k, v in good.items())
+
+
+def path_handler() -> tuple[RegisterHandler, list[tuple[object, ...]]]:
+    bound: list[tuple[object, ...]] = []
+    paths: dict[str, tuple[str, ...]] = {}
+
+    def bind(agent: str, where: object, expires: int, uri: object, path: tuple[str, ...]) -> None:
+        bound.append((agent, where, expires, uri, path))
+        paths[agent] = path
+
+    handler = RegisterHandler(Registrar({"801": "s3cret"}), frozenset({BALANCER[0]}), lambda *a: None, bind,
+                              lambda agent: paths.get(agent, ()))
+    return handler, bound
+
+
+def test_a_path_from_the_trusted_balancer_is_stored_echoed_when_supported_and_names_the_first_hop() -> None:
+    handler, bound = path_handler()
+    second = "<sip:192.0.2.50:5080;lr>"
+    request = path_register(BROWSER, path=(FLOW, second))
+    status, _, headers = handler.handle(path_register(BROWSER, path=(FLOW, second), authorization=authorized(
+        handler, request)), BALANCER)
+    assert status == 200
+    # §5.3: the stored Path, in order, back to a phone that supports it
+    assert headers == [("Contact", "<sip:801@df7jal23ls0d.invalid;transport=ws>;expires=300"),
+                       ("Path", FLOW), ("Path", second)]
+    # rung at its first hop (the balancer), the Contact as Request-URI, the whole Path as the Route set
+    assert bound == [("801", ("10.77.0.2", 5060), 300, "sip:801@df7jal23ls0d.invalid;transport=ws", (FLOW, second))]
+
+
+def test_a_path_is_stored_but_not_echoed_to_a_phone_that_does_not_say_it_supports_path() -> None:
+    handler, bound = path_handler()
+    request = path_register(BROWSER, supported=None)
+    status, _, headers = handler.handle(path_register(BROWSER, supported=None, authorization=authorized(
+        handler, request)), BALANCER)
+    assert status == 200 and [name for name, _ in headers] == ["Contact"]
+    assert bound[-1][4] == (FLOW,)
+
+
+def test_a_path_from_an_untrusted_source_is_ignored() -> None:
+    handler, bound = path_handler()
+    phone = ("198.51.100.9", 5062)
+    contact = "<sip:801@198.51.100.9:5062>;expires=300"
+    request = path_register(contact, path=("<sip:203.0.113.66;lr>",))
+    _, _, headers = handler.handle(request, phone)
+    good = answer(Challenge(tuple(value for _, value in headers)), "801", "s3cret")
+    authorization = "Digest " + ", ".join(f"{k}={v}" if k in ("algorithm", "qop", "nc") else f'{k}="{v}"'
+                                          for k, v in good.items())
+    status, _, headers = handler.handle(path_register(contact, path=("<sip:203.0.113.66;lr>",),
+                                                      authorization=authorization), phone)
+    assert status == 200 and "Path" not in dict(headers)
+    assert bound == [("801", phone, 300, "sip:801@198.51.100.9:5062", ())], "rung where it sent from, no Route"
+
+
+def test_the_balancers_unregister_of_a_closed_websocket_logs_out_only_the_binding_of_that_connection() -> None:
+    handler, bound = path_handler()
+    handler.handle(path_register(BROWSER, authorization=authorized(handler, path_register(BROWSER))), BALANCER)
+    # the page reloaded: a new WebSocket, a new flow, registered before the old connection's close is seen
+    new_flow = FLOW.replace("40312", "40999")
+    handler.handle(path_register(BROWSER, path=(new_flow,), authorization=authorized(
+        handler, path_register(BROWSER, path=(new_flow,)))), BALANCER)
+    closed_old = path_register("*", expires="0")  # no credentials: Kamailio does not know the password
+    assert handler.handle(closed_old, BALANCER)[0] == 401, "not the flow bound now: challenged as any REGISTER"
+    assert bound[-1][4] == (new_flow,)
+    closed_new = path_register("*", path=(new_flow.replace("%3b", "%3B"),), expires="0")
+    assert handler.handle(closed_new, BALANCER) == (200, "OK", [])
+    assert bound[-1] == ("801", None, 0, None, ())
+    # only the trusted balancer may say so
+    handler.handle(path_register(BROWSER, authorization=authorized(handler, path_register(BROWSER))), BALANCER)
+    assert handler.handle(path_register("*", expires="0"), ("198.51.100.9", 5062))[0] == 401
+    assert bound[-1][4] == (FLOW,)
+
+
+def test_path_helpers_split_what_they_join_and_find_the_flow() -> None:
+    from ivr.registrar import first_hop, join_path, path_flow, split_path
+
+    path = (FLOW, '<sip:"odd,host"@10.1.1.1;lr>', "<sip:10.1.1.2;lr>")
+    assert split_path(join_path(path)) == path and split_path(None) == () and join_path(()) is None
+    assert path_flow(FLOW) == "sip:10.77.0.20:40312;transport=ws" and path_flow("<sip:10.1.1.1;lr>") == ""
+    assert first_hop((FLOW,), ("10.9.9.9", 5060)) == ("10.77.0.2", 5060)
+    assert first_hop(("<sip:proxy.example.com;lr>",), ("10.9.9.9", 5060)) == ("10.9.9.9", 5060), "no DNS"
+    assert first_hop(("<sip:[2001:db8::2];lr>",), ("10.9.9.9", 5060)) == ("2001:db8::2", 5060)
+
+
+def test_an_invite_to_a_phone_with_a_path_carries_it_as_route_and_goes_to_its_first_hop() -> None:
+    import asyncio
+
+    from aiosipua.sdp import parse_sdp
+
+    from ivr.sip.endpoint import SipEndpoint
+
+    class Owner:
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(name)
+
+    async def place() -> tuple[SipRequest, object, SipRequest]:
+        endpoint = SipEndpoint("10.77.0.11", 5060, Owner(), user_agent="test")  # type: ignore[arg-type]
+        sdp = parse_sdp("v=0\r\no=- 1 1 IN IP4 10.77.0.11\r\ns=-\r\nc=IN IP4 10.77.0.11\r\nt=0 0\r\n"
+                        "m=audio 20000 RTP/AVP 8\r\n")
+        call = endpoint.invite(from_uri="sip:ivr@10.77.0.11:5060", from_display=None,
+                               request_uri="sip:801@df7jal23ls0d.invalid;transport=ws", destination=("10.77.0.2", 5060),
+                               sdp=sdp, route=(FLOW, "<sip:10.1.1.1;lr>"))
+        sent = call.invite
+        cancelled: list[SipRequest] = []
+        endpoint.send_request = lambda request, destination: cancelled.append(request)  # type: ignore[method-assign, assignment, return-value]
+        call.cancel()
+        await endpoint.stop()
+        return sent, call.destination, cancelled[0]
+
+    invite, destination, cancel = asyncio.run(place())
+    assert invite.uri == "sip:801@df7jal23ls0d.invalid;transport=ws", "the registered Contact is the Request-URI"
+    assert list(invite.headers.get("route")) == [FLOW, "<sip:10.1.1.1;lr>"], "the Path, in order, pre-loaded"
+    assert destination == ("10.77.0.2", 5060)
+    assert list(cancel.headers.get("route")) == [FLOW, "<sip:10.1.1.1;lr>"], "CANCEL takes the INVITE's route"

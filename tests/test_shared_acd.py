@@ -225,3 +225,24 @@ def test_metrics_show_shared_agent_changes_pending_and_failed_claims(tmp_path: P
     assert "hotline_shared_agent_changes_pending 3.0" in text
     assert "hotline_shared_agent_claims_failed_total 2.0" in text
     assert 'hotline_agents{seat_group="senior",state="available"} 1.0' in text
+
+
+def test_a_path_stored_by_one_worker_rings_the_agent_through_it_from_the_other(db: Engine) -> None:
+    """A browser behind Kamailio's WebSocket registered with w1: w2 claims it with the same Route set (RFC 3327)."""
+    w1, w2 = workers(db, AgentConfig("821", "junior", "pw", None))
+    path = ("<sip:10.77.0.2:5060;lr;received=sip:10.77.0.20:40312%3Btransport%3Dws>", "<sip:10.1.1.1;lr>")
+    w1.login("821", ("10.77.0.2", 5060), at(0), until=at(600), uri="sip:821@x1.invalid;transport=ws", path=path)
+    w2.join("caller-on-w2", "junior", "enquiry", at(1))
+    settle(w1, w2)
+    [offer] = claim(w2, 2)
+    assert (offer.contact, offer.contact_uri, offer.path) == (("10.77.0.2", 5060), "sip:821@x1.invalid;transport=ws",
+                                                              path)
+    asyncio.run(w1.refresh(at(2)))
+    assert w1.seats["821"].path == path, "every worker's copy of the table knows the Path"
+    w2.no_answer("821", at(3))
+    w1.logout("821")
+    settle(w1, w2)
+    asyncio.run(w2.refresh(at(4)))
+    assert w2.seats["821"].path == () and w2.seats["821"].state is AgentState.LOGGED_OUT
+    for acd in (w1, w2):
+        acd.close(at(5))

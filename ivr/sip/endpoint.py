@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -790,8 +790,13 @@ class SipEndpoint:
         self.send_request(dialog.create_request(method, via=self.via(destination)), destination)
 
     def invite(self, *, from_uri: str, from_display: str | None, request_uri: str, destination: Address,
-               sdp: SdpMessage, headers: dict[str, str] | None = None, body: str | None = None) -> OutboundCall:
+               sdp: SdpMessage, headers: dict[str, str] | None = None, body: str | None = None,
+               route: Sequence[str] = ()) -> OutboundCall:
         """Place a call (to an agent): INVITE with our SDP offer.
+
+        `route`: a pre-loaded Route set (RFC 3261 §8.1.2; the Path the phone registered through, RFC
+        3327), each a loose router; `destination` is then its first hop. CANCEL and the ACK of a failure
+        carry the same Route headers; the dialog's requests follow the Record-Route as ever.
 
         A `StreamAddress` destination is a phone reached over the connection it registered on
         (a WebSocket's `.invalid` host has no other way in): without that connection the call
@@ -805,6 +810,8 @@ class SipEndpoint:
         h = invite.headers
         h.append("Via", self.via(destination))
         h.set_single("Max-Forwards", "70")
+        for entry in route:
+            h.append("Route", entry)
         h.set_single("From", f"{from_display} <{from_uri}>;tag={new_tag()}" if from_display
                      else f"<{from_uri}>;tag={new_tag()}")
         h.set_single("To", f"<{request_uri}>")
