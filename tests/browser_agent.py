@@ -10,7 +10,7 @@ so it imports nothing of pytest:
 - `browser_answer`: aiortc takes the IVR's DTLS-SRTP offer and answers it (ICE, DTLS on its own);
 - `ToneTrack`: the browser's microphone, a sine tone in real-time 20 ms frames;
 - `loopback_ice`: aiortc gathers host candidates on 127.0.0.1 only (aioice skips loopback by default);
-- run as a program (`python tests/browser_agent.py agent …`), one browser agent on its own: registers over a
+- run as a program (`python -m tests.browser_agent agent …` from the repository's root), one browser agent on its own: registers over a
   WebSocket (Kamailio's in tests/test_multihost_websocket.py, inside the agents' network namespace), takes a
   number of calls with its tone, hangs up each after a talk time, then closes its WebSocket; what it saw goes
   to a file as JSON lines.

@@ -303,13 +303,14 @@ def start_kamailio(host: Host, state: Path, workers: list[str], *, websocket: bo
 
 def start_browser_agent(host: Host, state: Path, calls: int, *, talk_s: float = 6.0, linger_s: float = 1.0,
                         name: str = "browser", vanish: bool = False) -> subprocess.Popen[bytes]:
-    """[823]'s browser (tests/browser_agent.py agent): registers at the balancer's WebSocket, takes `calls` calls
+    """[823]'s browser (`python -m tests.browser_agent agent`): registers at the balancer's WebSocket, takes `calls` calls
     with aiortc's WebRTC, hangs up each after `talk_s`, closes its WebSocket `linger_s` later; `name`.jsonl says."""
-    return host.popen(sys.executable, str(ROOT / "tests" / "browser_agent.py"), "agent", "--host", ip_of("balancer"),
+    # a module of the repository's `tests` package (it imports tests.sip_text): run from the root
+    return host.popen(sys.executable, "-m", "tests.browser_agent", "agent", "--host", ip_of("balancer"),
                       "--ws-port", str(WS_PORT), "--origin", WS_ORIGIN, "--agent", BROWSER_AGENT,
                       "--password", BROWSER_PASSWORD, "--calls", str(calls), "--talk", str(talk_s),
                       "--linger", str(linger_s), "--out", str(state / f"{name}.jsonl"),
-                      *(["--vanish"] if vanish else []), log=state / f"{name}.log")
+                      *(["--vanish"] if vanish else []), log=state / f"{name}.log", cwd=ROOT)
 
 
 def browser_events(state: Path, name: str = "browser") -> list[dict[str, Any]]:
