@@ -52,6 +52,26 @@ def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:
     raise RuntimeError("no free port found")
 
 
+# SIPp's media ports: apart from the free ports (SIP, HTTP), baresip's RTP (10000-20000), the IVRs' RTP
+# (30000 and up), the ephemeral ports and 5060/6000 (SIP's and SIPp's defaults)
+SIPP_MEDIA_PORTS = range(2000, 5000)
+
+
+def sipp_media_port() -> int:
+    """`-mp P` for a SIPp: P even with P .. P + 3 free, as SIPp binds them all (RTP and RTCP, and its
+    rtp_stream video pair at P + 2: on another SIPp's SIP port that made one exit 254)."""
+    for _ in range(500):
+        port = random.randrange(SIPP_MEDIA_PORTS.start, SIPP_MEDIA_PORTS.stop - 4, 2)
+        try:
+            for p in range(port, port + 4):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free run of SIPp media ports found")
+
+
 # --- PostgreSQL ------------------------------------------------------------------
 
 
@@ -309,7 +329,7 @@ def sipp(tmp: Path, scenario: str, ivr_port: int, *, service: str = "95000", cal
     cmd = [
         "sipp", f"127.0.0.1:{ivr_port}", "-sf", str(SCENARIOS / f"{scenario}.xml"),
         "-inf", str(SCENARIOS / callers), "-s", service, "-m", str(calls),
-        "-i", local_ip, "-p", str(free_port()), "-mi", local_ip, "-mp", str(free_port(even=True)),
+        "-i", local_ip, "-p", str(free_port()), "-mi", local_ip, "-mp", str(sipp_media_port()),
         "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error",
         "-trace_logs", "-log_file", str(log_file), "-trace_err", "-error_file", str(err_file), *extra,
     ]

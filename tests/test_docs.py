@@ -27,7 +27,7 @@ from ivr.__main__ import main as ivr_main
 from ivr.config import SECTIONS, AgentConfig
 from run_ivr import parse_args as run_ivr_args
 
-from .conftest import PROMPT_CACHE, ROOT, free_port
+from .conftest import PROMPT_CACHE, ROOT, free_port, sipp_media_port
 
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
@@ -293,7 +293,7 @@ def test_the_readme_first_call_is_answered_and_recorded_and_its_demo_logins_open
     # the README's first call, on the ports of this run
     (call,) = [c for c in runnable_commands() if c.startswith("sipp ")]
     call = (call.replace("127.0.0.1:5060", f"127.0.0.1:{sip_port}").replace("-p 5071", f"-p {free_port()}")
-            .replace("-mp 6000", f"-mp {free_port(even=True)}"))
+            .replace("-mp 6000", f"-mp {sipp_media_port()}"))
     assert str(sip_port) in call
     done = subprocess.run(call.split(), cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=120)

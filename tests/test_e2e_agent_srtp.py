@@ -18,7 +18,7 @@ import pytest
 from pylibsrtp import Error as SrtpError
 from pylibsrtp import Policy, Session
 
-from .conftest import ROOT, IvrProcess, free_port, sipp
+from .conftest import ROOT, IvrProcess, free_port, sipp, sipp_media_port
 from .test_e2e_routing import agent_uas, customers
 from .test_e2e_sip import crm_events, finished, wait_for_row
 
@@ -32,7 +32,7 @@ def agent_phone(tmp: Path, scenario: str, port: int, rtp_port: int, proto: str, 
                 talk_ms: int = 3000) -> subprocess.Popen[str]:
     return subprocess.Popen(
         ["sipp", "-sf", str(ROOT / "tests" / "sipp" / f"{scenario}.xml"), "-i", "127.0.0.1", "-p", str(port),
-         "-mi", "127.0.0.1", "-mp", str(free_port(even=True)), "-m", "1", "-d", str(talk_ms), "-nostdin",
+         "-mi", "127.0.0.1", "-mp", str(sipp_media_port()), "-m", "1", "-d", str(talk_ms), "-nostdin",
          "-timeout", "90s", "-key", "agent_rtp_port", str(rtp_port), "-key", "agent_proto", proto,
          "-key", "agent_sdp_line", sdp_line, "-trace_msg", "-message_file", str(tmp / f"agent-{port}.msg"),
          "-trace_err", "-error_file", str(tmp / f"agent-{port}.err")],

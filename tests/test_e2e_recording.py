@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import signal
 import socket
 import sqlite3
@@ -24,7 +23,7 @@ import pytest
 import soundfile  # type: ignore[import-untyped]
 
 from .audio import best_correlation, render_speech
-from .conftest import ROOT, IvrProcess, free_port, sipp
+from .conftest import ROOT, IvrProcess, free_port, sipp, sipp_media_port
 from .test_e2e_routing import agents_conf
 from .test_e2e_sip import crm_events, finished, wait_for_row
 from .test_e2e_waiting import sipp_uas
@@ -37,18 +36,9 @@ TALKING_AGENT = ROOT / "loadtest" / "scenarios" / "talking_agent_uas.xml"
 
 
 def media_port() -> tuple[str, str]:
-    """`-mp P` for a SIPp that streams: P even, below the ephemeral range the other free ports come from (and the
-    IVR's RTP), P .. P + 3 free (rtp_stream binds video at P + 2: on another SIPp's SIP port it made SIPp exit).
-    Given after the helpers' own -mp, it is the one SIPp uses."""
-    while True:
-        port = random.randrange(12000, 19990, 2)  # the IVR's RTP ranges in tests start at 20000
-        try:
-            for p in range(port, port + 4):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                    s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return "-mp", str(port)
+    """`-mp P` for a SIPp that streams (tests.conftest.sipp_media_port); given after the helpers' own -mp,
+    it is the one SIPp uses."""
+    return "-mp", str(sipp_media_port())
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PROMPT_CACHE, ROOT, SCENARIOS, free_port
+from .conftest import PROMPT_CACHE, ROOT, SCENARIOS, free_port, sipp_media_port
 from .test_e2e_load import scrape
 
 pytestmark = pytest.mark.e2e
@@ -60,7 +60,7 @@ def test_two_workers_with_the_example_config_answer_and_record_two_bursts_of_twe
             subprocess.Popen(
                 ["sipp", f"127.0.0.1:{port}", "-sf", str(SCENARIOS / "lossy_caller.xml"), "-d", "3000",
                  "-inf", str(SCENARIOS / "callers.csv"), "-s", "95000", "-m", str(CALLS), "-r", str(CALLS),
-                 "-l", str(CALLS), "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port(even=True)),
+                 "-l", str(CALLS), "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(sipp_media_port()),
                  "-nostdin", "-timeout", "60s", "-timeout_error", "-trace_err", "-error_file",
                  str(tmp_path / f"burst-{n}.err")],
                 cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

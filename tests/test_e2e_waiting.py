@@ -22,7 +22,7 @@ import pytest
 
 from prompts.library import read_wav_8k
 
-from .conftest import ROOT, IvrProcess, free_port, sipp
+from .conftest import ROOT, IvrProcess, free_port, sipp, sipp_media_port
 from .test_e2e_routing import agents_conf, customers, softphone_agent, wait_line
 from .test_e2e_sip import crm_events, finished, ivr_prompts, wait_for_row
 from .test_e2e_softphone import ENVELOPE_MS, envelope
@@ -214,7 +214,7 @@ def sipp_uas(tmp: Path, scenario: Path, port: int, *, calls: int = 1, extra: tup
     """A SIPp UAS on 127.0.0.1:port standing in for the gateway and the customer's phone."""
     return subprocess.Popen(
         ["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1",
-         "-mp", str(free_port(even=True)), "-m", str(calls), "-nostdin", "-timeout", f"{timeout_s}s", "-trace_err",
+         "-mp", str(sipp_media_port()), "-m", str(calls), "-nostdin", "-timeout", f"{timeout_s}s", "-trace_err",
          "-error_file", str(tmp / f"uas-{port}.err"), *extra],
         cwd=tmp, stdout=subprocess.DEVNULL, stderr=open(tmp / f"uas-{port}.stderr", "w"), text=True,  # noqa: SIM115
     )

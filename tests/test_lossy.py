@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SCENARIOS, free_port
+from tests.conftest import SCENARIOS, free_port, sipp_media_port
 from tests.lossy import LossUnavailable, LossyRelay, Namespace, lossy_namespace, lossy_namespace_or_skip, running_relay
 
 DATAGRAMS = 1000
@@ -387,8 +387,8 @@ def test_the_lossy_scenarios_complete_through_a_lossy_relay(scenario: str, tmp_p
         pytest.fail("sipp not installed: scripts/bootstrap.sh installs Debian's sip-tester")
     uas_port = free_port()
     with running_relay(("127.0.0.1", uas_port), 10.0, seed=3) as relay:
-        uas_cmd, caller_cmd = sipp_pair(tmp_path, scenario, relay.address, (uas_port, free_port(even=True)),
-                                        (free_port(), free_port(even=True)))
+        uas_cmd, caller_cmd = sipp_pair(tmp_path, scenario, relay.address, (uas_port, sipp_media_port()),
+                                        (free_port(), sipp_media_port()))
         uas = subprocess.Popen(uas_cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
         time.sleep(0.3)
         caller = subprocess.Popen(caller_cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
