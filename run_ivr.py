@@ -210,7 +210,9 @@ async def serve(config: Config, prompts: PromptLibrary, desk: DeskLink | None = 
     # through per interval and the tick's timer falls behind the packets. At
     # 0.5 ms, 400 callers beside 100 follow-ups had ticks up to 22-35 ms late
     # (p99 9-15 ms); at 0.1 ms at most 2-7 ms (p99 2-5 ms), same CPU. 50 us
-    # was no better (max 10-11 ms).
+    # was no better (max 10-11 ms), 0.25 ms missed p99 in one run of three.
+    # The price: 300 recorded bridged calls, whose recorder thread is busy all
+    # along, take about 8 % of a core more (docs/load-testing.md).
     sys.setswitchinterval(0.0001)
 
     drain, hurry = asyncio.Event(), asyncio.Event()
