@@ -27,6 +27,7 @@ from .test_e2e_sip import crm_rows
 pytestmark = pytest.mark.e2e
 CUSTOMER, NAME = "13800000001", "赵丽华"  # the first number of loadtest/scenarios/callers.csv
 SCREENSHOT = ROOT / "var" / "screenshots" / "desk-phone.png"  # docs/screenshots/ has a copy
+RINGING_SCREENSHOT = SCREENSHOT.with_name("desk-phone-ringing.png")  # docs/screenshots/ too
 TOKEN_SECRET = "ivr-e2e-token-secret-0123456789abcdef0123456"
 
 
@@ -80,6 +81,8 @@ def test_the_desk_page_registers_with_the_ivr_over_websocket_answers_a_routed_ca
         caller = sipp(tmp_path, "survey_caller", ivr.port, extra=("-d", "30000"), timeout_s=120)
         wait(40, lambda d: text("phone-call").startswith("来电"))
         wait(5, lambda d: d.find_element("id", "pop-name").text == NAME)  # desk.js's screen-pop, as before
+        RINGING_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(RINGING_SCREENSHOT))  # ringing: 来电, the pop, 接听
         driver.find_element("id", "phone-answer").click()
         wait(15, lambda d: text("phone-call").startswith("通话中"))
         wait_for_log(ivr, r"event='webrtc_connected'")
