@@ -152,7 +152,7 @@ class Agent(Base):
     contact_host: Mapped[str | None] = mapped_column(String(64))  # where the agent's phone is reached
     contact_port: Mapped[int | None]
     contact_uri: Mapped[str | None] = mapped_column(String(255))  # the Contact URI the phone registered
-    # the Path (RFC 3327) it registered through, one header value: the Route set every worker rings it with
+    # the Path (RFC 3327) it registered through, an entry a line: the Route set every worker rings it with
     contact_path: Mapped[str | None] = mapped_column(String(1024))
     registered_until: Mapped[datetime | None]  # NULL for a static contact (host = … in sip.conf)
     idle_since: Mapped[datetime | None]  # longest idle is offered first

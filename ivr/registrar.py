@@ -275,28 +275,14 @@ def _uri_of(entry: str) -> str:
 
 
 def join_path(path: Sequence[str]) -> str | None:
-    """A Path as one header value (how the shared-agents table stores it); None for none."""
-    return ", ".join(path) or None
+    """A Path as the shared-agents table stores it: one entry a line (a header value holds no line break,
+    so the entries come back as they were, with no parsing of commas); None for none."""
+    return "\n".join(path) or None
 
 
 def split_path(text: str | None) -> tuple[str, ...]:
-    """`join_path` undone: the entries split at the commas outside <…> and quotes."""
-    entries, current, depth, quoted = [], "", 0, False
-    for char in text or "":
-        if char == '"':
-            quoted = not quoted
-        elif not quoted and char == "<":
-            depth += 1
-        elif not quoted and char == ">":
-            depth -= 1
-        if char == "," and depth == 0 and not quoted:
-            entries.append(current.strip())
-            current = ""
-        else:
-            current += char
-    if current.strip():
-        entries.append(current.strip())
-    return tuple(entries)
+    """`join_path` undone."""
+    return tuple(text.split("\n")) if text else ()
 
 
 class RegisterHandler:

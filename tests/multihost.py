@@ -301,6 +301,13 @@ def start_kamailio(host: Host, state: Path, workers: list[str], *, websocket: bo
                       *ws, "-P", str(state / "kamailio.pid"), log=state / "kamailio.log")
 
 
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """A process started with `Host.popen` (a session of its own) and its children: SIGTERM, then reaped."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+
+
 def start_browser_agent(host: Host, state: Path, calls: int, *, talk_s: float = 6.0, linger_s: float = 1.0,
                         name: str = "browser", vanish: bool = False) -> subprocess.Popen[bytes]:
     """[823]'s browser (`python -m tests.browser_agent agent`): registers at the balancer's WebSocket, takes `calls` calls

@@ -250,14 +250,8 @@ def test_the_relay_refuses_a_bad_share() -> None:
 
 # --- the lossy SIPp scenarios -------------------------------------------------------------------
 
-# Stands in for the IVR hanging up: answers, waits half a second, sends BYE (retransmitted).
-HANGUP_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="hangup_uas">
-  <recv request="INVITE" crlf="true" rrs="true">
-    <action><ereg regexp=".*" search_in="hdr" header="From:" assign_to="caller"/></action>
-  </recv>
-  <send retrans="500">
+# The 200 OK with SDP both UASes answer the INVITE with (retransmitted until the ACK)
+ANSWER_INVITE = """  <send retrans="500">
     <![CDATA[
       SIP/2.0 200 OK
       [last_Via:]
@@ -280,7 +274,16 @@ HANGUP_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 
     ]]>
   </send>
-  <recv request="ACK"/>
+"""
+
+# Stands in for the IVR hanging up: answers, waits half a second, sends BYE (retransmitted).
+HANGUP_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="hangup_uas">
+  <recv request="INVITE" crlf="true" rrs="true">
+    <action><ereg regexp=".*" search_in="hdr" header="From:" assign_to="caller"/></action>
+  </recv>
+""" + ANSWER_INVITE + """  <recv request="ACK"/>
   <pause milliseconds="500"/>
   <send retrans="500">
     <![CDATA[
@@ -306,29 +309,7 @@ ANSWER_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">
 <scenario name="answer_uas">
   <recv request="INVITE" crlf="true"/>
-  <send retrans="500">
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: <sip:ivr@[local_ip]:[local_port]>
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=ivr 1 1 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 0
-      a=rtpmap:0 PCMU/8000
-
-    ]]>
-  </send>
-  <recv request="ACK" optional="true"/>
+""" + ANSWER_INVITE + """  <recv request="ACK" optional="true"/>
   <recv request="BYE"/>
   <send>
     <![CDATA[

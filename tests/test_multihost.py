@@ -20,10 +20,7 @@ agent phone on the agents host. What must hold:
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -46,6 +43,7 @@ from tests.multihost import (
     start_agents,
     start_callers,
     start_sniffer,
+    stop_group,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.usefixtures("namespaces_alone")]  # see conftest.namespaces_alone
@@ -59,12 +57,6 @@ def layout(tmp_path: Path) -> Iterator[Layout]:
             yield running
     except LayoutUnavailable as exc:
         pytest.skip(f"multi-host layout unavailable: {exc}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
 
 
 def test_two_callers_through_the_balancer_reach_agents_on_other_hosts_with_no_address_leaked(
@@ -81,7 +73,7 @@ def test_two_callers_through_the_balancer_reach_agents_on_other_hosts_with_no_ad
         time.sleep(0.5)
     finally:
         for proc in sniffers:
-            stop(proc)
+            stop_group(proc)
     at_caller, at_agents = read_capture(caller_cap), read_capture(agents_cap)
     workers = {ip_of("worker1"): "ivr-1", ip_of("worker2"): "ivr-2"}
 

@@ -23,9 +23,7 @@ aiortc (tests/browser_agent.py) on the agents host. What must hold:
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -56,6 +54,7 @@ from tests.multihost import (
     start_browser_agent,
     start_callers,
     start_sniffer,
+    stop_group,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.usefixtures("namespaces_alone")]
@@ -71,12 +70,6 @@ def layout(tmp_path: Path) -> Iterator[Layout]:
             yield running
     except LayoutUnavailable as exc:
         pytest.skip(f"multi-host layout unavailable: {exc}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
 
 
 def agent_row(layout: Layout) -> list[str]:
@@ -144,9 +137,9 @@ def test_a_browser_agent_behind_kamailio_is_rung_by_either_worker_talks_directly
         watcher.join(20)
         time.sleep(0.5)
     finally:
-        stop(browser)
+        stop_group(browser)
         for proc in sniffers:
-            stop(proc)
+            stop_group(proc)
     events = browser_events(state)
 
     # --- the INVITEs: down the browser's WebSocket through the balancer, from both workers ---
@@ -246,5 +239,5 @@ def test_a_foreign_page_is_refused_and_a_browser_that_vanishes_while_ringing_sen
               f"logged_out in the shared table seen after {seen[0] - vanished:.2f} s")
     finally:
         if callers is not None:
-            stop(callers)
-        stop(browser)
+            stop_group(callers)
+        stop_group(browser)
