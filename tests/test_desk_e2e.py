@@ -88,13 +88,18 @@ def start_desk(conf: Path, port: int, log: Path) -> subprocess.Popen[str]:
 
 
 def login(driver, base: str, username: str, password: str) -> None:  # type: ignore[no-untyped-def]
+    from selenium.common.exceptions import TimeoutException, WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
     driver.get(base + "/login")
+    try:
+        WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,)).until(
+            lambda d: d.find_element("id", "username"))
+    except TimeoutException:  # say what the browser shows instead of the form
+        raise AssertionError(f"no login form at {driver.current_url}: {driver.page_source[:600]}") from None
     driver.find_element("id", "username").send_keys(username)
     driver.find_element("id", "password").send_keys(password)
     driver.find_element("id", "login-submit").click()
-    from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.support.ui import WebDriverWait
-
     # the next page load must not overtake the login's POST (it would find the browser logged out);
     # asked mid-navigation, Chromium may answer with an inspector error: ask again
     WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,)).until(

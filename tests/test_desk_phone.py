@@ -144,7 +144,7 @@ def test_a_supervisor_or_a_stranger_gets_no_credentials(client: TestClient) -> N
 def test_the_browser_agents_desk_carries_the_phone_and_lets_it_reach_the_websocket(client: TestClient) -> None:
     login(client, "801", "pw801-secret")
     page = client.get("/desk")
-    assert 'id="phone-online">上线<' in page.text and 'id="phone-state"' in page.text
+    assert 'id="phone-online" disabled>上线<' in page.text and 'id="phone-state"' in page.text
     assert '<script src="/static/vendor/jssip/jssip.min.js"' in page.text
     assert "connect-src 'self' wss://ivr.example.com:8089;" in page.headers["content-security-policy"]
     assert client.get("/static/phone.js").status_code == 200

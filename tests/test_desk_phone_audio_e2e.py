@@ -42,7 +42,7 @@ from ivr.config import load_config
 from .audio import RtpPeer, render_speech
 from .conftest import ROOT, IvrProcess, sipp
 from .test_desk_e2e import login, start_desk
-from .test_desk_phone_e2e import chromium
+from .test_desk_phone_e2e import chromium, go_online
 from .test_desk_phone_ivr_e2e import NAME, browser_phone_ivr
 from .test_docs import cookie_header, desk_login
 from .test_e2e_monitoring import wait_for_log
@@ -179,8 +179,7 @@ def test_the_desk_page_agent_and_a_caller_hear_each_other_over_srtp_and_the_call
 
         # the agent goes online: registered over the WebSocket, and the supervisor sees the seat free
         login(driver, base, "801", "pw801-ivr-e2e")
-        driver.find_element("id", "phone-online").click()
-        wait(20, lambda d: text("phone-state") == "已注册")
+        go_online(driver, registered_within=20)
         wait_for_log(ivr, r"event='agent_registered' agent='801'")
         wait_until(10, "801 空闲 on the wallboard", lambda: seat_on_the_wallboard(base, supervisor, "801") == "空闲")
 

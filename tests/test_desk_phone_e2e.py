@@ -190,6 +190,29 @@ def browser_that_blocks_the_microphone() -> Iterator[Any]:
     yield from chromium("--deny-permission-prompts")
 
 
+def go_online(driver: Any, registered_within: float = 15) -> None:
+    """Click 上线 once phone.js has enabled it (a click before would do nothing) and wait for 已注册."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def wait(timeout: float, condition: Any, what: str) -> None:
+        WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=(WebDriverException,)).until(
+            condition, f"{what}; the phone shows {phone_seen(driver)}")
+
+    wait(10, lambda d: d.find_element("id", "phone-online").is_enabled(), "上线 never enabled")
+    driver.find_element("id", "phone-online").click()
+    if registered_within:
+        wait(registered_within, lambda d: d.find_element("id", "phone-state").text == "已注册", "never registered")
+
+
+def phone_seen(driver: Any) -> str:
+    """The phone's state and problem lines as the agent sees them: what a failed wait reports."""
+    try:
+        return repr((driver.find_element("id", "phone-state").text, driver.find_element("id", "phone-problem").text))
+    except Exception as exc:  # noqa: BLE001 - a report of what could be seen, never the failure itself
+        return f"nothing ({exc.__class__.__name__})"
+
+
 def desk_with_browser_seat(fake: FakeSipWebSocket, tmp_path: Path, auto_answer: str = "no") -> tuple[Any, str]:
     desk_port = free_port(socket.SOCK_STREAM)
     conf = tmp_path / "sip.conf"
@@ -225,8 +248,7 @@ def test_the_browser_agent_goes_online_registers_with_issued_credentials_and_log
         wait(5, lambda d: "801号 张敏" in d.page_source)
         assert phone_state() == "离线" and not fake.answers  # nothing registers before the click
         started = time.time()
-        driver.find_element("id", "phone-online").click()
-        wait(15, lambda d: phone_state() == "已注册")
+        go_online(driver)
 
         assert fake.origins == [base]  # what an Origin allow-list on the IVR's WebSocket sees
         assert fake.subprotocols == ["sip"]
@@ -275,8 +297,7 @@ def test_an_offered_call_rings_in_the_page_is_answered_muted_timed_and_hung_up(
 
     try:
         login(driver, base, "801", "pw801-phone-e2e")
-        button("phone-online").click()
-        wait(15, lambda d: text("phone-state") == "已注册")
+        go_online(driver)
         fake.invite("赵丽华", "13800000001")
         wait(5, lambda d: text("phone-call") == "来电:赵丽华")
         assert [r.status_code for r in fake.responses][-1] == 180  # the page rings: 180 Ringing
@@ -311,16 +332,12 @@ def test_an_offered_call_rings_in_the_page_is_answered_muted_timed_and_hung_up(
 def test_an_auto_answer_seat_answers_without_a_click(
     sip_websocket: FakeSipWebSocket, phone_browser: Any, tmp_path: Path
 ) -> None:
-    from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.support.ui import WebDriverWait
 
     driver, fake = phone_browser, sip_websocket
     desk, base = desk_with_browser_seat(fake, tmp_path, auto_answer="yes")
     try:
         login(driver, base, "801", "pw801-phone-e2e")
-        driver.find_element("id", "phone-online").click()
-        WebDriverWait(driver, 15, ignored_exceptions=(WebDriverException,)).until(
-            lambda d: d.find_element("id", "phone-state").text == "已注册")
+        go_online(driver)
         fake.invite("赵丽华", "13800000001")
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not any(r.status_code == 200 for r in fake.responses):
@@ -341,7 +358,7 @@ def test_a_blocked_microphone_is_explained_in_chinese_and_the_seat_stays_offline
     desk, base = desk_with_browser_seat(fake, tmp_path)
     try:
         login(driver, base, "801", "pw801-phone-e2e")
-        driver.find_element("id", "phone-online").click()
+        go_online(driver, registered_within=0)
         WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,)).until(
             lambda d: d.find_element("id", "phone-problem").is_displayed())
         assert driver.find_element("id", "phone-problem").text.startswith("请允许浏览器使用麦克风")
@@ -357,17 +374,13 @@ def test_a_refused_registration_is_retried_once_with_fresh_credentials(
     sip_websocket: FakeSipWebSocket, phone_browser: Any, tmp_path: Path
 ) -> None:
     """A laptop that slept past its credential's expiry gets 403: the page asks the desk for a fresh one."""
-    from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.support.ui import WebDriverWait
 
     driver, fake = phone_browser, sip_websocket
     fake.refuse_once = True
     desk, base = desk_with_browser_seat(fake, tmp_path)
     try:
         login(driver, base, "801", "pw801-phone-e2e")
-        driver.find_element("id", "phone-online").click()
-        WebDriverWait(driver, 15, ignored_exceptions=(WebDriverException,)).until(
-            lambda d: d.find_element("id", "phone-state").text == "已注册")
+        go_online(driver)
         assert fake.answers == [401, 403, 401, 200]
         assert not driver.find_element("id", "phone-problem").is_displayed()
     finally:

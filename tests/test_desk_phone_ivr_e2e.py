@@ -20,7 +20,7 @@ import pytest
 
 from .conftest import ROOT, free_port, load_customers, sipp
 from .test_desk_e2e import login, start_desk
-from .test_desk_phone_e2e import chromium
+from .test_desk_phone_e2e import chromium, go_online
 from .test_e2e_monitoring import wait_for_log
 from .test_e2e_sip import crm_rows
 
@@ -74,8 +74,7 @@ def test_the_desk_page_registers_with_the_ivr_over_websocket_answers_a_routed_ca
     caller = None
     try:
         login(driver, base, "801", "pw801-ivr-e2e")
-        driver.find_element("id", "phone-online").click()
-        wait(15, lambda d: text("phone-state") == "已注册")
+        go_online(driver, registered_within=15)
         wait_for_log(ivr, r"event='agent_registered' agent='801'")
 
         caller = sipp(tmp_path, "survey_caller", ivr.port, extra=("-d", "30000"), timeout_s=120)

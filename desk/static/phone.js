@@ -5,8 +5,14 @@
 (function () {
   "use strict";
   var box = document.getElementById("phone");
-  if (!box || !window.JsSIP) return;
+  if (!box) return;
   function $(id) { return document.getElementById(id); }
+  if (!window.JsSIP) {  // the page loaded without its SIP library: 上线 stays disabled, and says why
+    var missing = $("phone-problem");
+    missing.textContent = "网页电话组件没有加载:请刷新页面,仍不行请联系班长。";
+    missing.hidden = false;
+    return;
+  }
   var stateEl = $("phone-state"), callEl = $("phone-call"), timerEl = $("phone-timer"), problemEl = $("phone-problem");
   var onlineBtn = $("phone-online"), offlineBtn = $("phone-offline");
   var answerBtn = $("phone-answer"), hangupBtn = $("phone-hangup"), muteBtn = $("phone-mute");
@@ -221,4 +227,5 @@
       setTimeout(done, 1000);  // do not keep the agent waiting on an IVR that does not answer
     });
   }
+  onlineBtn.disabled = false;  // ready: the template renders 上线 disabled until this line
 })();
