@@ -19,6 +19,8 @@ import os
 import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import replace
@@ -283,12 +285,21 @@ def start_recorder(config: Config, db: Any, writer: CrmWriter, engine: Engine, w
     return recorder, analyser
 
 
-def _lower_priority() -> None:
-    """The analysis process yields the CPU to the IVR (nice 10), where the system allows it."""
+def _analysis_child(ivr: int) -> None:
+    """The analysis process yields the CPU to the IVR (nice 10), where the system allows it, and ends with it."""
     try:
         os.nice(10)
     except OSError:  # a service whose system-call filter refuses setpriority: at the IVR's priority, then
         pass
+    # An IVR killed outright (kill -9, the OOM killer) never shuts the pool down, and the child, holding
+    # both ends of its task queue, would wait for work forever: it watches its parent instead.
+    threading.Thread(target=_exit_without, args=(ivr,), name="exit-with-ivr", daemon=True).start()
+
+
+def _exit_without(ivr: int) -> None:
+    while os.getppid() == ivr:
+        time.sleep(1)
+    os._exit(0)
 
 
 class Analyser:
@@ -312,7 +323,7 @@ class Analyser:
         of the IVR's size in the middle of calls (a stall of tens of ms for the media clock)."""
         # spawned, not forked: this process has threads
         self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_lower_priority)
+                                         initializer=_analysis_child, initargs=(os.getpid(),))
         self._pool.submit(os.getpid).result(timeout=60)
 
     def __call__(self, done: Finished) -> None:

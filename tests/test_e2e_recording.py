@@ -283,6 +283,27 @@ def test_an_unwritable_recording_directory_fails_the_recording_not_the_call(  # 
     assert "recording_write_failed" in ivr.log()
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whoever reaps in this container)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_a_kill_9_while_recording_is_marked_interrupted_at_the_next_start(  # type: ignore[no-untyped-def]
     ivr_factory, tmp_path: Path, speech: tuple[np.ndarray, np.ndarray]
 ) -> None:
@@ -293,8 +314,14 @@ def test_a_kill_9_while_recording_is_marked_interrupted_at_the_next_start(  # ty
     call_id = f"1-{caller.proc.pid}@127.0.0.1"
     wait_log(ivr, "recording_started")
     time.sleep(3)  # a few seconds written
+    kids = children(ivr.proc.pid)  # the conversation characteristics' child (and multiprocessing's tracker)
+    assert kids
     os.kill(ivr.proc.pid, signal.SIGKILL)
     ivr.proc.wait(10)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(map(running, kids)):
+        time.sleep(0.1)
+    assert not any(map(running, kids)), "the IVR's child processes outlived it"
     caller.proc.kill()
     agent.kill()
     parts = list((tmp_path / "recordings").rglob("*.part"))
