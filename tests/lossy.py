@@ -74,6 +74,7 @@ class Namespace:
     name: str
     loss_percent: float
     method: str  # "netem" or "nftables"
+    started: list[subprocess.Popen[str]] = field(default_factory=list)  # stopped with the namespace
 
     def command(self, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", self.name, *argv]
@@ -85,7 +86,9 @@ class Namespace:
 
     def popen(self, *argv: str, **kwargs: Any) -> subprocess.Popen[str]:
         kwargs.setdefault("text", True)
-        return subprocess.Popen(self.command(*argv), **kwargs)
+        process = subprocess.Popen(self.command(*argv), **kwargs)
+        self.started.append(process)
+        return process
 
     def dropped(self) -> int:
         """Packets the loss has dropped so far (netem's qdisc statistics, or the nftables rule's counter)."""
@@ -132,8 +135,16 @@ def _apply_nftables(name: str, loss_percent: float) -> str | None:
     return None if done.returncode == 0 else f"nft: {done.stderr.strip()}"
 
 
-def _stop_everything_in(name: str) -> None:
-    """Stop the processes still running in our namespace (started by the test through it)."""
+def _stop_everything_in(name: str, started: list[subprocess.Popen[str]]) -> None:
+    """Stop the processes still running in our namespace (started by the test through it).
+
+    What `popen` started is killed by its pid whether or not it is in the namespace yet: `ip netns
+    exec` that has not entered it is not among `ip netns pids`, and would enter it after the
+    listing (its namespace then outlives the name) and run on."""
+    for process in started:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
     listed = _ip("netns", "pids", name)
     pids = [int(p) for p in listed.stdout.split() if p.isdigit()]
     for pid in pids:
@@ -153,6 +164,7 @@ def lossy_namespace(loss_percent: float = 10.0, *, method: str | None = None) ->
     if shutil.which("ip") is None:
         raise LossUnavailable("ip is not installed (Debian: iproute2)", permitted=False)
     name = f"hotline-lossy-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    namespace: Namespace | None = None
     created = _ip("netns", "add", name)
     if created.returncode != 0:
         raise LossUnavailable(f"ip netns add is not permitted here: {created.stderr.strip()}", permitted=False)
@@ -172,9 +184,10 @@ def lossy_namespace(loss_percent: float = 10.0, *, method: str | None = None) ->
             reasons.append(reason)
         if chosen is None:
             raise LossUnavailable("; ".join(reasons), permitted=True)
-        yield Namespace(name, loss_percent, chosen)
+        namespace = Namespace(name, loss_percent, chosen)
+        yield namespace
     finally:
-        _stop_everything_in(name)
+        _stop_everything_in(name, namespace.started if namespace is not None else [])
         deleted = _ip("netns", "del", name)
         if deleted.returncode != 0 and os.path.exists(os.path.join(NETNS_DIR, name)):
             raise RuntimeError(f"could not delete network namespace {name}: {deleted.stderr.strip()}")
