@@ -2,7 +2,7 @@
 
 Read from the same file as the IVR (`python -m desk --config sip.conf`):
 `[desk]` itself, described once by `DeskConfig`'s fields as the IVR's
-sections are (ivr/config.py), and of the IVR's settings only what the desk
+sections are (ivr/config/), and of the IVR's settings only what the desk
 needs — `[database] url`, `[general] timezone` and `status_file`, `[tiers]`,
 `[cluster] shared_agents` and the agent sections (seat number, group, name,
 and the SIP secret that seeds an agent's first desk password), read with the

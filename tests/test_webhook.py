@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 
 from crm_bridge.models import WebhookDeadLetter, WebhookDelivery
 from crm_bridge.outbox import Outbox
+from crm_bridge.settings import WebhookConfig
 from crm_bridge.webhook import WebhookPusher, retry_dead_letters, sign, verify
 from crm_bridge.writer import CrmWriter
-from ivr.config import WebhookConfig
 from tests.conftest import free_port
 from tests.test_crm import WriterFactory, call_records, db, make_writer, wait_until  # noqa: F401  (fixtures)
 
