@@ -35,8 +35,8 @@ from sqlalchemy.orm import Session
 
 from crm_bridge.customers import ImportError_, TierThresholds, import_customers, tier_of
 from crm_bridge.db import make_engine, migrate
-from crm_bridge.models import TIERS, Call, Customer, WebhookDeadLetter
-from crm_bridge.report import aware, local_today, low_scores, overdue_tickets
+from crm_bridge.models import TIERS, Call, Customer, WebhookDeadLetter, aware
+from crm_bridge.report import local_today, low_scores, overdue_tickets
 
 EXAMPLES = """examples:
   python -m crm_bridge --config sip.conf.example import-customers loadtest/customers.csv

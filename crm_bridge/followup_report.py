@@ -23,8 +23,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crm_bridge.followups import ACTOR, DIALLING, DISSATISFIED, DONE, KIND_LABELS, NOT_REACHED, SATISFIED
-from crm_bridge.models import FOLLOWUP_KINDS, Call, Followup, SurveyAnswer, Ticket, TicketHistory
-from crm_bridge.report import SURVEY_LABELS, aware
+from crm_bridge.models import (
+    FOLLOWUP_KINDS,
+    SURVEY_LABELS,
+    Call,
+    Followup,
+    SurveyAnswer,
+    Ticket,
+    TicketHistory,
+    aware,
+)
 
 
 @dataclass(frozen=True, slots=True)

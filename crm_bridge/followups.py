@@ -45,8 +45,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from crm_bridge.models import Call, CallNote, Customer, DoNotCall, Followup, Ticket, TicketHistory
-from crm_bridge.report import aware
+from crm_bridge.models import Call, CallNote, Customer, DoNotCall, Followup, Ticket, TicketHistory, aware
 from desk import tickets
 from ivr.callbacks import is_diallable
 from ivr.campaign import CallingWindow, retry_delay

@@ -7,7 +7,8 @@ changes go through an Alembic revision in `crm_bridge/migrations/versions`.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import overload
 
 from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, String, Table, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -20,6 +21,17 @@ OUTCOMES = (
     "callback_completed", "callback_no_answer", "callback_busy", "callback_declined", "callback_failed",
 )
 HANGUP_BY = ("caller", "ivr", "agent")
+
+
+@overload
+def aware(at: datetime) -> datetime: ...
+@overload
+def aware(at: None) -> None: ...
+def aware(at: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; everything is stored as UTC."""
+    if at is None:
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
@@ -506,6 +518,7 @@ class AgentStateChange(Base):
 
 
 SURVEY_STATUSES = ("complete", "partial", "skipped")  # crm_bridge.records.RecordSurveyRun
+SURVEY_LABELS = {1: "满意", 2: "一般", 3: "不满意"}  # survey_answers.score as the reports name it
 
 
 class SurveyAnswer(Base):

@@ -37,20 +37,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from crm_bridge.models import SURVEY_STATUSES, Call, SurveyAnswer, SurveyRun, Ticket, TicketHistory
-
-if TYPE_CHECKING:
-    from crm_bridge.followup_report import FollowupFigures
+from crm_bridge.followup_report import FollowupFigures, csv_text, followup_figures, html
+from crm_bridge.models import (
+    SURVEY_LABELS,
+    SURVEY_STATUSES,
+    Call,
+    SurveyAnswer,
+    SurveyRun,
+    Ticket,
+    TicketHistory,
+    aware,
+)
 
 SEAT_GROUP_LABELS = {"senior": "高级坐席组", "middle": "中级坐席组", "junior": "初级坐席组"}
-SURVEY_LABELS = {1: "满意", 2: "一般", 3: "不满意"}
 ABANDONED = ("abandoned_queue", "abandoned_ringing")
 FEEDBACK_EVERY = timedelta(days=1)  # [002] 坚持至少每天反馈一次
 
@@ -64,17 +70,6 @@ def day_bounds(day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
 
 def local_today(zone: ZoneInfo, now: datetime | None = None) -> date:
     return (now or datetime.now(UTC)).astimezone(zone).date()
-
-
-@overload
-def aware(at: datetime) -> datetime: ...
-@overload
-def aware(at: None) -> None: ...
-def aware(at: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; everything is stored as UTC."""
-    if at is None:
-        return None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def p90(values: Sequence[float]) -> float | None:
@@ -245,8 +240,6 @@ def daily_report(
             .where(Call.started_at >= start, Call.started_at < end)
             .group_by(SurveyRun.questionnaire, SurveyRun.status)
         ).all()
-        from crm_bridge.followup_report import followup_figures  # it imports this module
-
         followup = followup_figures(s, start, end)
         s.expunge_all()
     scores: dict[int, list[int]] = {}
@@ -487,8 +480,6 @@ def write_csv(report: DailyReport, directory: Path) -> list[Path]:
     path.write_text(buffer.getvalue(), encoding="utf-8-sig")
     written.append(path)
     if report.followups is not None:
-        from crm_bridge.followup_report import csv_text
-
         path = directory / f"followups-{report.day.isoformat()}.csv"
         path.write_text(csv_text(report.followups), encoding="utf-8-sig")
         written.append(path)
@@ -686,6 +677,4 @@ def followups_html(report: DailyReport, *, links: bool = True) -> str:
     `links`: the re-opened tickets link to the desk's pages (not in a standalone file)."""
     if report.followups is None:
         return ""
-    from crm_bridge.followup_report import html
-
     return html(report.followups, ZoneInfo(report.timezone), links=links)

@@ -32,8 +32,18 @@ from jinja2 import Environment
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from crm_bridge.models import OUTCOMES, AgentStateChange, Call, CallEvent, Evaluation, Survey, SurveyAnswer, Ticket
-from crm_bridge.report import aware, day_bounds, png
+from crm_bridge.models import (
+    OUTCOMES,
+    AgentStateChange,
+    Call,
+    CallEvent,
+    Evaluation,
+    Survey,
+    SurveyAnswer,
+    Ticket,
+    aware,
+)
+from crm_bridge.report import day_bounds, png
 
 Value = int | float | None
 REPEAT_WINDOW = timedelta(days=7)

@@ -45,10 +45,18 @@ from starlette.templating import Jinja2Templates
 
 from crm_bridge import followups, scorecards
 from crm_bridge.agent_commands import request_command
-from crm_bridge.models import AGENT_COMMANDS, MONITORING_MODES, Call, CallNote, Followup, Ticket, TicketHistory
+from crm_bridge.models import (
+    AGENT_COMMANDS,
+    MONITORING_MODES,
+    Call,
+    CallNote,
+    Followup,
+    Ticket,
+    TicketHistory,
+    aware,
+)
 from crm_bridge.report import (
     SEAT_GROUP_LABELS,
-    aware,
     charts,
     daily_report,
     followups_html,

@@ -16,10 +16,9 @@ from sqlalchemy import Engine, and_, func, select
 from sqlalchemy.orm import Session
 
 from crm_bridge.customers import tier_of
-from crm_bridge.models import Agent, Call, CallEvent, CallNote, Customer, Ticket
+from crm_bridge.models import Agent, Call, CallEvent, CallNote, Customer, Ticket, aware
 from crm_bridge.report import (
     DailyReport,
-    aware,
     daily_report,
     local_today,
     low_scores,

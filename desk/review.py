@@ -28,8 +28,8 @@ from crm_bridge.models import (
     EvaluationResponse,
     Recording,
     Ticket,
+    aware,
 )
-from crm_bridge.report import aware
 from desk.quality import NA, Form, characteristics_values, score
 
 DISSATISFIED = 3  # the survey key of 不满意

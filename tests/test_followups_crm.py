@@ -254,7 +254,7 @@ def test_the_daily_call_logs_the_feedback_and_moves_the_next_due_as_the_desk_doe
     followups.finish(db, claimed.id, "heard", RULES, evening + timedelta(minutes=1))
     t2, history = ticket(db, ticket_id)
     assert (history[-1].actor, history[-1].action) == ("回访", "feedback")
-    from crm_bridge.report import aware
+    from crm_bridge.models import aware
 
     assert aware(t2.next_feedback_due) == evening + timedelta(minutes=1) + tickets.FEEDBACK_EVERY
     assert followups.scan(db, RULES, evening + timedelta(minutes=5)) == 0  # one a day
