@@ -49,7 +49,8 @@ from ivr.media import (
 )
 from ivr.screenpop import DeskLink, desk_call_url, screen_pop
 from ivr.sip.calls import OutboundCall
-from ivr.sip.endpoint import ConnectionGone, SipEndpoint, StreamAddress
+from ivr.sip.connections import ConnectionGone, StreamAddress
+from ivr.sip.endpoint import SipEndpoint
 from ivr.srtp import SrtpRefused
 from ivr.waiting import SeatGroupLoad, WaitEstimator
 

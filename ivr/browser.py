@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ivr.config import Config
-from ivr.sip.endpoint import Address, StreamAddress
+from ivr.sip.connections import StreamAddress
+from ivr.sip.endpoint import Address
 from ivr.sip.websocket import WsSettings
 
 if TYPE_CHECKING:

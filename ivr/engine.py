@@ -62,8 +62,9 @@ from ivr.sanity import check_request
 from ivr.screenpop import DeskLink
 from ivr.service import SEAT_GROUPS
 from ivr.sip.calls import InboundCall, OutboundCall
+from ivr.sip.connections import StreamAddress
 from ivr.sip.dialogs import address_user
-from ivr.sip.endpoint import Address, Headers, SipEndpoint, StreamAddress
+from ivr.sip.endpoint import Address, Headers, SipEndpoint
 from ivr.srtp import SrtpRefused, negotiate_srtp
 from prompts.catalogue import salutation_prompt, senior_salutation
 from prompts.library import PromptLibrary

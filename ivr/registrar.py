@@ -65,8 +65,8 @@ from typing import Any
 from aiosipua import SipRequest, parse_address, parse_auth, parse_uri
 
 from ivr.phone_credentials import Accepted, BrowserCredentials, NotAccepted
+from ivr.sip.connections import StreamAddress
 from ivr.sip.dialogs import address_user
-from ivr.sip.endpoint import StreamAddress
 
 REALM = "hotline"
 NONCE_TTL_S = 300

@@ -14,7 +14,8 @@ from aiosipua.sdp import parse_sdp
 import ivr.browser
 from ivr.browser import browser_offer_refusal
 from ivr.config import ConfigError, load_config
-from ivr.sip.endpoint import ConnectionGone, SipEndpoint, StreamAddress
+from ivr.sip.connections import ConnectionGone, StreamAddress
+from ivr.sip.endpoint import SipEndpoint
 from ivr.sip.websocket import WsSettings
 
 

@@ -36,7 +36,6 @@ and TCP_USER_TIMEOUT close them when the peer's machine stops answering.
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
@@ -46,6 +45,7 @@ from aiosipua.message import SipMessage, SipRequest, SipResponse, missing_requir
 from aiosipua.sdp import SdpMessage, serialize_sdp
 
 from ivr.sip.calls import InboundCall, OutboundCall
+from ivr.sip.connections import ConnectionGone, StreamAddress, StreamConnection
 from ivr.sip.dialogs import Dialog, make_response, new_branch, new_call_id, new_tag
 from ivr.sip.stream import MESSAGE_SECONDS, PING, PONG, Broken, Framed, Ping, StreamFramer
 from ivr.sip.transactions import (
@@ -73,19 +73,7 @@ ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER"
 NOT_ALLOWED = {"MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "PRACK", "UPDATE"}
 DialogKey = tuple[str, str, str]
 Headers = list[tuple[str, str]]  # in order; a name may repeat (two WWW-Authenticate challenges)
-MAX_WRITE_BUFFER = 1024 * 1024  # bytes queued to a peer that does not read: it is dropped
 SWEEP_SECONDS = 1.0  # how often connections are checked against the idle and message deadlines
-
-
-class StreamAddress(tuple[str, int]):
-    """A peer's (host, port) on a TCP, TLS or WebSocket connection; equal to the plain pair, plus its transport."""
-
-    transport: str  # "TCP", "TLS", "WS" or "WSS"
-
-    def __new__(cls, host: str, port: int, transport: str) -> StreamAddress:
-        self = super().__new__(cls, (host, port))
-        self.transport = transport
-        return self
 
 
 class EndpointOwner(Protocol):
@@ -132,10 +120,6 @@ class EndpointOwner(Protocol):
         ...
 
 
-class ConnectionGone(Exception):
-    """A request for a peer reachable only over a connection that has closed (RFC 5626's flow is gone)."""
-
-
 def response_address(request: SipRequest, source: Address) -> Address:
     """Where a response to `request` goes (RFC 3261 §18.2.2, RFC 3581)."""
     if isinstance(source, StreamAddress):
@@ -160,58 +144,6 @@ class _Protocol(asyncio.DatagramProtocol):
         log.warning("sip_udp_error", error=str(exc))
 
 
-class _Connection(asyncio.Protocol):
-    """One TCP or TLS connection, accepted or opened by us: its framer and the peer at the other end."""
-
-    def __init__(self, endpoint: SipEndpoint, transport_name: str, address: StreamAddress | None = None) -> None:
-        self.endpoint = endpoint
-        self.transport_name = transport_name
-        self.transport: asyncio.Transport | None = None
-        self.outbound = address is not None  # we are connecting to `address`
-        self.address = address or StreamAddress("", 0, transport_name)
-        self.framer: StreamFramer | None = None
-        self.closing: str | None = None  # why we closed it
-        self.pending: list[bytes] = []  # written while our connect is under way
-        self.pinged = 0.0  # when we last sent a keep-alive ping
-
-    @property
-    def peer(self) -> str:
-        return f"{self.address[0]}:{self.address[1]}"
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        if not self.outbound:
-            peer = transport.get_extra_info("peername") or ("", 0)
-            self.address = StreamAddress(str(peer[0]), int(peer[1]), self.transport_name)
-            self.pinged = asyncio.get_running_loop().time()
-            _detect_half_open(transport.get_extra_info("socket"), self.endpoint.keepalive_seconds)
-        self.endpoint.connection_made(self)
-
-    def data_received(self, data: bytes) -> None:
-        self.endpoint.stream_received(self, data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.endpoint.connection_lost(self, exc)
-
-    def write(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None and self.outbound and self.closing is None:
-            self.pending.append(data)
-            return
-        if transport is None or transport.is_closing():
-            return
-        transport.write(data)
-        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
-            self.endpoint.close_connection(self, f"peer not reading ({MAX_WRITE_BUFFER} bytes queued)", abort=True)
-
-    def shut(self, abort: bool = False) -> None:
-        if self.transport is not None:
-            if abort:
-                self.transport.abort()
-            else:
-                self.transport.close()
-
-
 class SipEndpoint:
     """One SIP endpoint on UDP, TCP and TLS: see the module docstring."""
 
@@ -230,7 +162,7 @@ class SipEndpoint:
         self.tls_certificate, self.tls_key = tls_certificate, tls_key
         self.idle_seconds = idle_seconds
         self.max_connections = max_connections
-        self.connections: dict[Address, _Connection | WsConnection] = {}  # by the peer's plain (host, port)
+        self.connections: dict[Address, StreamConnection | WsConnection] = {}  # by the peer's plain (host, port)
         self.websocket = websocket
         self.keepalive_seconds = keepalive_seconds
         self._stopping = False
@@ -261,14 +193,14 @@ class SipEndpoint:
                 self._udp = transport
             if "tcp" in self.transports:
                 listener = f"SIP TCP {self.bind}:{self.port}"
-                self._servers.append(await loop.create_server(lambda: _Connection(self, "TCP"), self.bind, self.port,
-                                                              reuse_address=True))
+                self._servers.append(await loop.create_server(
+                    lambda: StreamConnection(self, "TCP"), self.bind, self.port, reuse_address=True))
             if "tls" in self.transports:
                 listener = f"SIP TLS {self.bind}:{self.tls_port}"
                 context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                 context.load_cert_chain(self.tls_certificate or "", self.tls_key)
                 self._servers.append(await loop.create_server(
-                    lambda: _Connection(self, "TLS"), self.bind, self.tls_port, ssl=context,
+                    lambda: StreamConnection(self, "TLS"), self.bind, self.tls_port, ssl=context,
                     ssl_handshake_timeout=MESSAGE_SECONDS, reuse_address=True))
             if self.websocket is not None:
                 ws = self.websocket
@@ -360,7 +292,7 @@ class SipEndpoint:
 
     # --- connections (TCP, TLS) ---------------------------------------------------------
 
-    def connection_made(self, connection: _Connection | WsConnection) -> None:
+    def connection_made(self, connection: StreamConnection | WsConnection) -> None:
         if isinstance(connection, WsConnection):
             self._accepted(connection)
             return
@@ -385,7 +317,7 @@ class SipEndpoint:
         connection.framer = StreamFramer(self._now(), idle_seconds=self.idle_seconds)
         self._accepted(connection)
 
-    def _accepted(self, connection: _Connection | WsConnection) -> None:
+    def _accepted(self, connection: StreamConnection | WsConnection) -> None:
         if isinstance(connection, WsConnection) and len(self.connections) >= self.max_connections:
             connection.closing = f"max_connections ({self.max_connections}) reached"
             log.warning("sip_connection_refused", transport=connection.transport_name, peer=connection.peer,
@@ -401,14 +333,14 @@ class SipEndpoint:
     def connect(self, destination: Address) -> None:
         """Open a TCP connection to `destination`; what is sent to it meanwhile waits for the connect."""
         address = StreamAddress(destination[0], destination[1], "TCP")
-        connection = _Connection(self, "TCP", address)
+        connection = StreamConnection(self, "TCP", address)
         connection.framer = StreamFramer(self._now(), idle_seconds=self.idle_seconds)
         self.connections[address] = connection
         task = asyncio.get_running_loop().create_task(self._connect(connection))
         self._connecting.add(task)
         task.add_done_callback(self._connecting.discard)
 
-    async def _connect(self, connection: _Connection) -> None:
+    async def _connect(self, connection: StreamConnection) -> None:
         host, port = connection.address
         try:
             await asyncio.wait_for(asyncio.get_running_loop().create_connection(lambda: connection, host, port),
@@ -416,14 +348,15 @@ class SipEndpoint:
         except (OSError, TimeoutError) as exc:
             self.close_connection(connection, f"connect failed: {exc or type(exc).__name__}"[:200])
 
-    def connection_lost(self, connection: _Connection | WsConnection, exc: Exception | None) -> None:
+    def connection_lost(self, connection: StreamConnection | WsConnection, exc: Exception | None) -> None:
         if connection.closing is None:
             connection.closing = "closed by peer" if exc is None else f"lost: {exc}"[:200]
             log.info("sip_connection_closed", transport=connection.transport_name, peer=connection.peer,
                      reason=connection.closing, messages=connection.framer.messages if connection.framer else 0)
         self._gone(connection)
 
-    def close_connection(self, connection: _Connection | WsConnection, reason: str, *, abort: bool = False) -> None:
+    def close_connection(self, connection: StreamConnection | WsConnection, reason: str, *,
+                         abort: bool = False) -> None:
         """Close a connection (after what is queued to it, unless `abort`), and log why."""
         if connection.closing is not None:
             return
@@ -433,7 +366,7 @@ class SipEndpoint:
         self._gone(connection)
         connection.shut(abort)
 
-    def _gone(self, connection: _Connection | WsConnection) -> None:
+    def _gone(self, connection: StreamConnection | WsConnection) -> None:
         """The connection no longer carries messages: the owner drops what was bound to it, at once."""
         if self.connections.get(connection.address) is not connection:
             return
@@ -475,7 +408,7 @@ class SipEndpoint:
         finally:
             self.flush()
 
-    def stream_received(self, connection: _Connection, data: bytes) -> None:
+    def stream_received(self, connection: StreamConnection, data: bytes) -> None:
         framer = connection.framer
         if framer is None or connection.closing is not None:
             return
@@ -494,7 +427,7 @@ class SipEndpoint:
         finally:
             self.flush()
 
-    def _answer_broken(self, connection: _Connection, broken: Broken) -> None:
+    def _answer_broken(self, connection: StreamConnection, broken: Broken) -> None:
         """A 400 to a message that cannot be framed, when its head is a request we can answer."""
         try:
             request = SipMessage.parse(broken.head + b"\r\n")
@@ -520,8 +453,8 @@ class SipEndpoint:
                 reason = connection.framer.expired(now, busy=connection.address in busy or connection.address in bound)
                 if reason is not None:
                     self.close_connection(connection, reason, abort=True)
-                elif (isinstance(connection, _Connection) and connection.address in bound and self.keepalive_seconds
-                      and now - connection.pinged >= self.keepalive_seconds):
+                elif (isinstance(connection, StreamConnection) and connection.address in bound
+                      and self.keepalive_seconds and now - connection.pinged >= self.keepalive_seconds):
                     # RFC 5626 §4.4.1's ping, from our side: the phone may pong or ignore it (RFC 3261 §7.5),
                     # but its machine must acknowledge the bytes within TCP_USER_TIMEOUT or the kernel
                     # drops the connection, which unbinds the agent (a half-open connection is found)
@@ -836,23 +769,6 @@ class SipEndpoint:
 
     def forget_dialog(self, dialog: Dialog) -> None:
         self.dialogs.pop(dialog.key, None)
-
-
-def _detect_half_open(sock: Any, seconds: float) -> None:
-    """Kernel keep-alives on an accepted connection, and a bound on unacknowledged data (Linux's
-    TCP_USER_TIMEOUT): a peer that vanished without a FIN is found in about `seconds`, not hours."""
-    if sock is None or not seconds:
-        return
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if hasattr(socket, "TCP_KEEPIDLE"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(seconds)))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(seconds) // 3))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-        if hasattr(socket, "TCP_USER_TIMEOUT"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
-    except OSError as exc:
-        log.warning("sip_keepalive_unavailable", error=str(exc))
 
 
 def _dialog_key(request: SipRequest) -> DialogKey:

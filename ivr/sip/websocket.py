@@ -29,15 +29,14 @@ import asyncio
 import ssl
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-if TYPE_CHECKING:
-    from ivr.sip.endpoint import SipEndpoint, StreamAddress
+from ivr.sip.connections import StreamAddress
 
 log = structlog.get_logger("ivr.sip")
 
@@ -106,10 +105,22 @@ class WsConnection:
         await self.socket.close(1000, self.closing or "")
 
 
-async def start_listener(endpoint: SipEndpoint, settings: WsSettings) -> Server:
-    """Listen for SIP over WebSocket; each accepted connection is served until it closes."""
-    from ivr.sip.endpoint import StreamAddress  # noqa: PLC0415 — the endpoint imports this module
+class WsOwner(Protocol):
+    """What the listener asks of the endpoint (ivr.sip.endpoint.SipEndpoint), and tells it."""
 
+    def ws_admit(self, source: tuple[str, int], origin: str | None, path: str) -> tuple[int, str] | None:
+        """None to accept the handshake, or the (status, reason) to refuse it with."""
+        ...
+
+    def connection_made(self, connection: WsConnection) -> None: ...
+
+    def ws_message(self, connection: WsConnection, data: bytes) -> None: ...
+
+    def connection_lost(self, connection: WsConnection, exc: Exception | None) -> None: ...
+
+
+async def start_listener(endpoint: WsOwner, settings: WsSettings) -> Server:
+    """Listen for SIP over WebSocket; each accepted connection is served until it closes."""
     def admit(socket: ServerConnection, request: Request) -> Response | None:
         peer = socket.remote_address
         refusal = endpoint.ws_admit((str(peer[0]), int(peer[1])), request.headers.get("Origin"),
