@@ -270,3 +270,32 @@ def test_twice_the_workers_capacity_is_refused_at_the_edge_and_no_accepted_call_
         assert time.monotonic() < deadline, kamailio_log[-3000:]
         time.sleep(0.5)
     assert "worker_out_of_rotation" in kamailio_log, kamailio_log[-3000:]
+
+
+def test_the_balancer_relays_in_dialog_requests_only_from_or_to_its_workers(workers, balancer) -> None:  # type: ignore[no-untyped-def]
+    """Not an open relay: a stranger's in-dialog request to anyone but a worker gets 403 and goes nowhere."""
+
+    def bye(sock: socket.socket, target: str, route: bool, n: int) -> str:
+        port = sock.getsockname()[1]
+        sock.sendto((
+            f"BYE {target} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK-relay-{n}\r\n"
+            + (f"Route: <sip:127.0.0.1:{balancer};lr>\r\n" if route else "")
+            + f"From: <sip:stranger@127.0.0.1:{port}>;tag=s{n}\r\nTo: <sip:someone@127.0.0.1>;tag=t{n}\r\n"
+            f"Call-ID: relay-{n}\r\nCSeq: 1 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ).encode(), ("127.0.0.1", balancer))
+        return sock.recv(4096).decode()
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as victim:
+        for s in (stranger, victim):
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(5)
+        elsewhere = f"sip:victim@127.0.0.1:{victim.getsockname()[1]}"
+        assert bye(stranger, elsewhere, route=True, n=1).startswith("SIP/2.0 403 ")  # loose-routed
+        assert bye(stranger, elsewhere, route=False, n=2).startswith("SIP/2.0 403 ")  # Record-Route ignored
+        victim.settimeout(1)
+        with pytest.raises(TimeoutError):
+            victim.recv(4096)  # nothing was relayed to it
+        # to a worker it goes on (a caller's BYE): the worker answers, for a dialog it does not know, 481
+        answer = bye(stranger, f"sip:ivr@127.0.0.1:{workers[0].port}", route=True, n=3)
+        assert answer.startswith("SIP/2.0 481 "), answer
