@@ -36,9 +36,9 @@ from ivr.service import SEAT_GROUPS
 from ivr.sipconf import (
     GIVEN,
     SECTION,
+    BrowserPort,
     IPAddress,
     OptionalPath,
-    Port,
     SipConf,
     YesNo,
     known_keys,
@@ -149,7 +149,7 @@ class DeskConfig:
     # [desk]
     bind: IPAddress = "127.0.0.1"
     """Address the desk listens on; loopback by default: put a TLS reverse proxy in front for other machines."""
-    port: Port = 8080
+    port: BrowserPort = 8080
     """Port the desk listens on."""
     secret_key: Annotated[str, AfterValidator(_signing_key)] = ""
     """32+ random characters that sign the session cookies; empty: a new key per start (everyone logs in again)."""

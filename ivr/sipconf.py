@@ -173,8 +173,27 @@ def _path_in(path: Path | None, folder: Path) -> Path | None:
     return None if path is None else folder / path
 
 
+# The Fetch standard's "bad ports" (fetch.spec.whatwg.org/#bad-port): Chromium and Firefox refuse to open a page or
+# WebSocket on them (ERR_UNSAFE_PORT), so a desk or a browser-phone listener there reaches no agent at all.
+BROWSER_BLOCKED_PORTS = frozenset({
+    1, 7, 9, 11, 13, 15, 17, 19, 20, 21, 22, 23, 25, 37, 42, 43, 53, 69, 77, 79, 87, 95, 101, 102, 103, 104, 109, 110,
+    111, 113, 115, 117, 119, 123, 135, 137, 139, 143, 161, 179, 389, 427, 465, 512, 513, 514, 515, 526, 530, 531, 532,
+    540, 548, 554, 556, 563, 587, 601, 636, 989, 990, 993, 995, 1719, 1720, 1723, 2049, 3659, 4045, 4190, 5060, 5061,
+    6000, 6566, 6665, 6666, 6667, 6668, 6669, 6679, 6697, 10080,
+})
+
+
+def _browser_port(raw: str) -> int:
+    port = int(_between(int, 1, 65535)(raw))
+    if port in BROWSER_BLOCKED_PORTS:
+        raise ValueError("Chromium and Firefox refuse to open it, ERR_UNSAFE_PORT; choose another, e.g. 8080")
+    return port
+
+
 YesNo = Annotated[bool, text("yes or no", _yes_no, allowed="yes, no")]
 Port = Annotated[int, whole(1, 65535)]
+BrowserPort = Annotated[int, text("a port from 1 to 65535 that browsers open", _browser_port,
+                                  allowed="1 to 65535, except ports browsers block")]
 TimeZone = Annotated[str, text("a time zone such as Asia/Shanghai", _zone)]
 IPAddress = Annotated[str, text("an IP address", ip_address)]
 # Paths are relative to sip.conf. Validate their defaults (Field(validate_default=True)) to make those relative too.

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from ivr.sipconf import BROWSER_BLOCKED_PORTS
+
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "loadtest" / "scenarios"
 # One prompt cache per pytest-xdist worker: IVRs started at the same moment in two workers
@@ -42,6 +44,8 @@ def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:
     for _ in range(500):
         port = random.randrange(FREE_PORTS.start, FREE_PORTS.stop)
         port -= port % 2 if even else 0
+        if port in BROWSER_BLOCKED_PORTS:  # 6566 and 6665-6697 are in range: a desk there is an error page
+            continue
         try:
             for sock_kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
                 with socket.socket(socket.AF_INET, sock_kind) as s:

@@ -67,6 +67,7 @@ def config_with(tmp_path: Path, text: str) -> Path:
         ("[hours]\n\n12345 = 08:00-22:00\n", 3, "[hours] 12345", "not a hotline number"),
         ("[callbacks]\nmax_attempts = 0\n", 2, "[callbacks] max_attempts", "from 1 to 10"),
         ("[callbacks]\nretry_seconds = 5\n", 2, "[callbacks] retry_seconds", "from 30 to 86400"),
+        ("[websocket]\nenabled = yes\nport = 6667\n", 3, "[websocket] port", "Chromium and Firefox refuse to open it"),
         ("[tiers]\ngreet_senior_by_name = sometimes\n", 2, "[tiers] greet_senior_by_name", "write yes or no"),
         ("[801]\ntype = agent\nseat_group = senior\nsecret = pw\ndigest = none\n", 5, "[801] digest",
          "choose strict, md5, legacy"),

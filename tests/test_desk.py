@@ -429,7 +429,8 @@ def test_supervisor_sees_wallboard_report_and_every_ticket(desk) -> None:  # typ
     ("line", "error"),
     [
         ("colour = blue", r"sip.conf:\d+: \[desk\] colour: unknown key"),
-        ("port = 99999", r"sip.conf:\d+: \[desk\] port: '99999' is not a whole number"),
+        ("port = 99999", r"sip.conf:\d+: \[desk\] port: '99999' is not a port from 1 to 65535"),
+        ("port = 6669", r"\[desk\] port: '6669' is not a port .* that browsers open \(Chromium and Firefox refuse"),
         ("bind = localhost", r"\[desk\] bind: 'localhost' is not an IP address"),
         ("secret_key = short", r"\[desk\] secret_key: needs 32 characters"),
         ("display_name = {name.__class__}", r"\[desk\] display_name: .*unknown field"),

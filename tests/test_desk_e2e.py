@@ -95,8 +95,9 @@ def login(driver, base: str, username: str, password: str) -> None:  # type: ign
     try:
         WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,)).until(
             lambda d: d.find_element("id", "username"))
-    except TimeoutException:  # say what the browser shows instead of the form
-        raise AssertionError(f"no login form at {driver.current_url}: {driver.page_source[:600]}") from None
+    except TimeoutException:  # say what the browser shows instead of the form (its text: an error page's code)
+        shown = driver.find_element("tag name", "body").text.strip() or driver.page_source
+        raise AssertionError(f"no login form at {driver.current_url}: {shown[:600]}") from None
     driver.find_element("id", "username").send_keys(username)
     driver.find_element("id", "password").send_keys(password)
     driver.find_element("id", "login-submit").click()

@@ -16,6 +16,7 @@ from ivr.config import keys
 from ivr.config.keys import CODECS, DEFAULT_DATABASE_URL
 from ivr.sipconf import (
     SECTION,
+    BrowserPort,
     FilePath,
     IPAddress,
     OptionalPath,
@@ -263,7 +264,7 @@ class WebSocketConfig:
     """Listen for SIP over WebSocket (WS, or WSS with tls = yes)."""
     bind: IPAddress = "127.0.0.1"
     """Address of the WebSocket listener; loopback unless a browser elsewhere must reach it (then use tls)."""
-    port: Port = 8088
+    port: BrowserPort = 8088
     """TCP port of the WebSocket listener."""
     path: Annotated[str, text("a URL path", keys.ws_path)] = "/sip"
     """URL path browsers connect to (wss://host:port/sip); any other path is refused 404."""
