@@ -230,11 +230,21 @@ class AgentStates:
 
     The status file has no time of the last change, so the desk notes when it
     first saw each state; with shared agents `state_changed_at` is exact.
+
+    The IVR rewrites the file once a second, so for up to a second after it
+    rings an agent the file still says available while the page already shows
+    the screen-pop. `rung(agent, at)` (from the watcher's `agent_rung` events)
+    lets the view say ringing until the file is newer than the ring.
     """
 
     def __init__(self, config: DeskConfig, engine: Engine) -> None:
         self.config, self.engine = config, engine
         self._seen: dict[str, tuple[str, datetime]] = {}
+        self._rung: dict[str, datetime] = {}  # agent: when the IVR last rang its phone, until the file is newer
+
+    def rung(self, agent: str, at: datetime) -> None:
+        """The IVR rang `agent`'s phone at `at` (an agent_rung event)."""
+        self._rung[agent] = max(at, self._rung.get(agent, at))
 
     def read(self, now: datetime | None = None) -> dict[str, AgentView]:
         now = now or datetime.now(UTC)
@@ -249,10 +259,17 @@ class AgentStates:
                         )
         else:
             status = self._status_file(now)
+            written = aware(datetime.fromisoformat(status["written_at"])) if status else None
             for entry in status.get("agents", []) if status else []:
                 number = entry.get("agent")
                 if number in agents:
                     state = str(entry.get("state"))
+                    rung = self._rung.get(number)
+                    if rung is not None and written is not None:
+                        if written >= rung:
+                            del self._rung[number]  # the file has caught up with the ring
+                        elif state == "available":
+                            state = "ringing"  # written before the ring: its available is stale
                     views[number] = AgentView(
                         number,
                         agents[number].name,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -29,7 +30,7 @@ import structlog
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from crm_bridge.models import CallEvent
+from crm_bridge.models import CallEvent, aware
 from desk.queries import AgentStates, AgentView
 
 log = structlog.get_logger("desk.watcher")
@@ -70,14 +71,16 @@ class Subscription:
         self.queue.put_nowait(item)
 
 
-def agent_rung_since(engine: Engine, after_id: int, agent: str | None = None) -> list[tuple[int, int, str]]:
-    """(event id, call id, agent) of each `agent_rung` event after `after_id`: of one agent or all."""
-    query = select(CallEvent.id, CallEvent.call_id, CallEvent.detail).where(
+def agent_rung_since(engine: Engine, after_id: int,
+                     agent: str | None = None) -> list[tuple[int, int, str, datetime]]:
+    """(event id, call id, agent, when) of each `agent_rung` event after `after_id`: of one agent or all."""
+    query = select(CallEvent.id, CallEvent.call_id, CallEvent.detail, CallEvent.at).where(
         CallEvent.id > after_id, CallEvent.kind == "agent_rung")
     if agent is not None:
         query = query.where(CallEvent.detail == f"agent={agent}")
     with Session(engine) as s:
-        return [(r[0], r[1], r[2].removeprefix("agent=")) for r in s.execute(query.order_by(CallEvent.id)).all()]
+        return [(r[0], r[1], r[2].removeprefix("agent="), aware(r[3]))
+                for r in s.execute(query.order_by(CallEvent.id)).all()]
 
 
 def last_event_id(engine: Engine) -> int:
@@ -132,12 +135,14 @@ class DeskWatcher:
         for subscription in [s for s in self.subscriptions if not s.caught_up]:
             subscription.caught_up = True
             if subscription.after < cursor:  # rung between its page's rendering and now: once, for that page
-                for event_id, call_id, _ in await self._db(agent_rung_since, self.engine, subscription.after,
-                                                           subscription.agent):
+                for event_id, call_id, _, _ in await self._db(agent_rung_since, self.engine, subscription.after,
+                                                              subscription.agent):
                     if event_id <= cursor:
                         subscription.put(Pop(event_id, call_id))
-        for event_id, call_id, agent in await self._db(agent_rung_since, self.engine, cursor):
+        for event_id, call_id, agent, at in await self._db(agent_rung_since, self.engine, cursor):
             self.cursor = max(self.cursor, event_id)
+            self.states.rung(agent, at)
+            self._next_state = 0.0  # the card says ringing with the pop, not up to a second later
             for subscription in self.subscriptions:
                 if subscription.agent == agent:
                     subscription.put(Pop(event_id, call_id))

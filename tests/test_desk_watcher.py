@@ -4,6 +4,7 @@ arrive within a second, in order, to the pages of the agent rung (and only to th
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from crm_bridge.db import make_engine, migrate
 from crm_bridge.models import Call, CallEvent
 from desk.config import load_desk_config
 from desk.queries import AgentStates
-from desk.watcher import DeskWatcher, Pop
+from desk.watcher import DeskWatcher, Pop, State
 
 CONF = """[general]
 timezone = Asia/Shanghai
@@ -125,3 +126,52 @@ def test_a_pop_reaches_every_page_of_the_agent_rung_within_a_second_and_no_other
             watcher.unsubscribe(page)
 
     asyncio.run(run())
+
+
+def status_file(path: Path, written_at: datetime, **states: str) -> None:
+    """What the IVR writes once a second: each agent's state and when it wrote them."""
+    agents = [{"agent": number.removeprefix("a"), "seat_group": "senior", "state": state, "call_id": None}
+              for number, state in states.items()]
+    path.write_text(json.dumps({"written_at": written_at.isoformat(), "agents": agents, "queues": {}}),
+                    encoding="utf-8")
+
+
+def test_the_card_says_ringing_with_the_pop_though_the_status_file_was_written_before_the_ring(
+        crm: tuple[Any, Any, list[str]], tmp_path: Path) -> None:
+    config, engine, _ = crm
+    status = tmp_path / "var" / "ivr-status.json"
+    assert config.status_file == status
+    status.parent.mkdir(parents=True, exist_ok=True)
+
+    async def run() -> None:
+        watcher = DeskWatcher(engine, AgentStates(config, engine), TICK_S)
+        page, other = watcher.subscribe("801", 0), watcher.subscribe("802", 0)
+        status_file(status, datetime.now(UTC), a801="available", a802="available")
+        await asyncio.sleep(TICK_S * 3)
+        assert latest_state(page) == "available"
+        status_file(status, datetime.now(UTC), a801="available", a802="available")  # the IVR's last write
+        await asyncio.to_thread(ring, engine, "801")  # then it rings 801: the file says available for a while
+        item = await asyncio.wait_for(page.queue.get(), 1.0)
+        while not isinstance(item, Pop):
+            item = await asyncio.wait_for(page.queue.get(), 1.0)
+        state = await asyncio.wait_for(page.queue.get(), TICK_S)  # in the same tick as the pop
+        assert isinstance(state, State) and state.view.state == "ringing"
+        assert latest_state(other) == "available"  # 802 was not rung
+        status_file(status, datetime.now(UTC), a801="talking", a802="available")  # the file catches up
+        watcher._next_state = 0.0
+        await asyncio.sleep(TICK_S * 3)
+        assert latest_state(page) == "talking"
+        status_file(status, datetime.now(UTC), a801="available", a802="available")  # after the call: available
+        watcher._next_state = 0.0
+        await asyncio.sleep(TICK_S * 3)
+        assert latest_state(page) == "available", "a ring older than the file no longer counts"
+        watcher.unsubscribe(page)
+        watcher.unsubscribe(other)
+
+    asyncio.run(run())
+
+
+def latest_state(subscription: Any) -> str | None:
+    states = [i.view.state for i in list(subscription.queue._queue) if isinstance(i, State)]
+    subscription.queue._queue.clear()
+    return states[-1] if states else None
