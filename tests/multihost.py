@@ -68,6 +68,7 @@ KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
 SCENARIOS = ROOT / "tests" / "sipp"
 WS_PORT = 8088  # the balancer's WebSocket for browser agents (websocket=True)
 WS_ORIGIN = "https://desk.example.com"  # the one page allowed to open it
+WS_AUTH_FAILURES = 3  # foreign pages (or failed logins) from one address that bar it at the balancer
 BROWSER_AGENT, BROWSER_PASSWORD = "823", "pw823-browser"
 
 
@@ -295,7 +296,8 @@ def start_kamailio(host: Host, state: Path, workers: list[str], *, websocket: bo
         if not os.path.exists(f"{KAMAILIO_MODULES}/websocket.so"):
             raise LayoutUnavailable("Kamailio's websocket module missing (scripts/bootstrap.sh installs "
                                     "kamailio-websocket-modules)")
-        ws = ["-A", "WITH_WEBSOCKET", "-A", f"WS_LISTEN=tcp:{host.ip}:{WS_PORT}", "-A", f'WS_ORIGINS="{WS_ORIGIN}"']
+        ws = ["-A", "WITH_WEBSOCKET", "-A", f"WS_LISTEN=tcp:{host.ip}:{WS_PORT}", "-A", f'WS_ORIGINS="{WS_ORIGIN}"',
+              "-A", f"AUTH_FAILURES={WS_AUTH_FAILURES}"]
     return host.popen(KAMAILIO, "-DD", "-E", "-m", "64", "-f", str(ROOT / "loadtest/kamailio/kamailio.cfg"),
                       "-L", KAMAILIO_MODULES, "-A", f"LISTEN=udp:{host.ip}:{SIP_PORT}", "-A", f'DSLIST="{dslist}"',
                       *ws, "-P", str(state / "kamailio.pid"), log=state / "kamailio.log")

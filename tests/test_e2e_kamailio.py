@@ -9,6 +9,7 @@ rotation, and twice what the workers carry is refused at the edge, none lost.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from .conftest import ROOT, IvrProcess, free_port, sipp, start_ivr, write_ivr_config
+from .sip_text import digest_authorization, header
 from .test_e2e_faults import outcomes
 from .test_e2e_routing import softphone_agent, wait_line
 from .test_e2e_sip import finished
@@ -69,7 +71,12 @@ def max_cps() -> int:
 
 
 @pytest.fixture
-def balancer(tmp_path: Path, workers: list[IvrProcess], max_cps: int) -> Iterator[int]:
+def kamailio_defines() -> tuple[str, ...]:
+    return ()  # more -A NAME=value for kamailio.cfg
+
+
+@pytest.fixture
+def balancer(tmp_path: Path, workers: list[IvrProcess], max_cps: int, kamailio_defines: tuple[str, ...]) -> Iterator[int]:
     if not os.path.exists(KAMAILIO):
         if os.environ.get("CI"):
             pytest.fail("kamailio not installed: scripts/bootstrap.sh installs Debian's kamailio")
@@ -81,7 +88,7 @@ def balancer(tmp_path: Path, workers: list[IvrProcess], max_cps: int) -> Iterato
     proc = subprocess.Popen(
         [KAMAILIO, "-DD", "-E", "-f", str(ROOT / "loadtest" / "kamailio" / "kamailio.cfg"), "-L", MODULES,
          "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DSLIST="{dslist}"', "-A", f"MAX_CPS={max_cps}",
-         "-P", str(tmp_path / "kamailio.pid")],
+         *(arg for define in kamailio_defines for arg in ("-A", define)), "-P", str(tmp_path / "kamailio.pid")],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     time.sleep(3)  # up, and a first OPTIONS round to the workers
@@ -299,3 +306,55 @@ def test_the_balancer_relays_in_dialog_requests_only_from_or_to_its_workers(work
         # to a worker it goes on (a caller's BYE): the worker answers, for a dialog it does not know, 481
         answer = bye(stranger, f"sip:ivr@127.0.0.1:{workers[0].port}", route=True, n=3)
         assert answer.startswith("SIP/2.0 481 "), answer
+
+
+@pytest.mark.parametrize(("worker_settings", "kamailio_defines"), [(REGISTERING, ("AUTH_FAILURES=3", "AUTH_BAN_SECONDS=5"))])
+def test_the_balancer_bars_an_address_that_keeps_failing_logins_though_the_workers_trust_it(  # type: ignore[no-untyped-def]
+        workers, balancer, tmp_path: Path) -> None:
+    """The workers see only the balancer (trusted, never banned): the balancer counts each 403 against the phone."""
+    uri = f"sip:127.0.0.1:{balancer}"
+
+    def register(sock: socket.socket, n: int, authorization: str = "") -> str:
+        port = sock.getsockname()[1]
+        sock.sendto((
+            f"REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.9:{port};rport;branch=z9hG4bK-guess-{n}\r\n"
+            f"From: <sip:822@127.0.0.1>;tag=g{n}\r\nTo: <sip:822@127.0.0.1>\r\nCall-ID: guess@127.0.0.9\r\n"
+            f"CSeq: {n} REGISTER\r\nContact: <sip:822@127.0.0.9:{port}>\r\nExpires: 60\r\nMax-Forwards: 70\r\n"
+            + (f"Authorization: {authorization}\r\n" if authorization else "") + "Content-Length: 0\r\n\r\n"
+        ).encode(), ("127.0.0.1", balancer))
+        return sock.recv(4096).decode()
+
+    def login(sock: socket.socket, n: int, password: str) -> str:
+        challenge = register(sock, 2 * n)
+        assert challenge.startswith("SIP/2.0 401 "), challenge
+        return register(sock, 2 * n + 1, digest_authorization(
+            header(challenge, "WWW-Authenticate"), username="822", password=password, method="REGISTER", uri=uri))
+
+    guesser = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    guesser.bind(("127.0.0.9", 0))
+    guesser.settimeout(5)
+    with guesser:
+        for n in range(3):  # AUTH_FAILURES=3 wrong passwords, each refused by the worker
+            answer = login(guesser, n, f"guess{n}")
+            assert answer.startswith("SIP/2.0 403 "), answer
+        barred = time.monotonic()
+        guesser.settimeout(2)
+        with pytest.raises(TimeoutError):  # barred now: even its first REGISTER gets no answer
+            register(guesser, 10)
+        kamailio_log = (tmp_path / "kamailio.log").read_text()
+        assert "auth_banned source 127.0.0.9 for 5 s" in kamailio_log, kamailio_log[-2000:]
+        assert sum(w.log().count("event='auth_failed'") for w in workers) == 3, "the barred REGISTER reached no worker"
+        # another address logs in as ever
+        phone = softphone_agent(balancer, "822", "pw822", talk=1, calls=0)
+        try:
+            assert wait_line(phone, "registered") == "registered 200"
+        finally:
+            phone.kill()
+        # AUTH_BAN_SECONDS later (htable's expiry timer runs every few seconds) the address is heard again
+        guesser.settimeout(0.5)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                if register(guesser, 20).startswith("SIP/2.0 401 "):
+                    break
+            assert time.monotonic() - barred < 5 + 15, "still barred long after AUTH_BAN_SECONDS"
+        assert time.monotonic() - barred >= 5

@@ -41,6 +41,7 @@ from tests.audio import strength
 from tests.conftest import PROMPT_CACHE
 from tests.multihost import (
     BROWSER_AGENT,
+    WS_AUTH_FAILURES,
     WS_ORIGIN,
     WS_PORT,
     Layout,
@@ -209,6 +210,12 @@ def test_a_foreign_page_is_refused_and_a_browser_that_vanishes_while_ringing_sen
     url = f"ws://{ip_of('balancer')}:{WS_PORT}/"
     foreign = hosts["agents"].run(sys.executable, "-c", handshake, url, "https://evil.example.net")
     assert foreign.stdout.strip() == "403", foreign.stderr
+    assert hosts["agents"].run(sys.executable, "-c", handshake, url, WS_ORIGIN).stdout.strip() == "open"
+    # a host that keeps trying from foreign pages is barred, even with the right Origin; the others are not
+    for _ in range(WS_AUTH_FAILURES):
+        assert hosts["caller"].run(sys.executable, "-c", handshake, url, "https://evil.example.net").stdout.strip() == "403"
+    assert hosts["caller"].run(sys.executable, "-c", handshake, url, WS_ORIGIN).stdout.strip() == "403"
+    assert f"auth_banned source {ip_of('caller')}" in (state / "kamailio.log").read_text()
     assert hosts["agents"].run(sys.executable, "-c", handshake, url, WS_ORIGIN).stdout.strip() == "open"
 
     browser = start_browser_agent(hosts["agents"], state, calls=1, vanish=True)
