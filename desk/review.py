@@ -56,6 +56,7 @@ STEP_LABELS = {
     "bridged": "接通",
     "transferred": "转接",
     "agent_bye": "坐席挂机",
+    "agent_gone": "坐席断线",
     "survey_prompt": "满意度评价",
     "survey_digit": "评价按键",
     "survey_no_input": "未评价",

@@ -31,6 +31,7 @@ from aiosipua import build_sdp
 from crm_bridge.records import RecordAgentState
 from ivr.acd import AgentState, Offer, Seat, Waiting
 from ivr.agent_srtp import SrtpOffer, accept_answer, secure_offer, srtp_offer
+from ivr.bridge import MediaBridge
 from ivr.callflow import CallFlow, State
 from ivr.config import AgentConfig, Config
 from ivr.events import AgentAnswered, AgentHungUp, AgentNoAnswer, AgentRinging, Event, WhisperFinished, utc_now
@@ -91,6 +92,7 @@ class Caller(Protocol):
     payload_type: int
     customer_name: str | None  # from the CRM, for the agent's screen-pop
     agent: AgentLeg | None  # the agent being rung for this caller, or talking
+    bridge: MediaBridge | None  # while the caller and the agent talk
     closed: bool
     log: Any  # the call's logger
 
@@ -119,6 +121,10 @@ class AgentLeg:
         self.whisper: tuple[bytes, ...] = ()
         self.whisper_index = 0
         self.on_whispered: Callable[[], None] | None = None
+        # the media watch (Agents.watch_media): on hold, frames heard at the last look, seconds with none since
+        self.held = False
+        self.heard = -1
+        self.quiet_s = 0
 
     @property
     def payload_type(self) -> int:
@@ -198,11 +204,35 @@ class Agents:
                     self.state_log(RecordAgentState(seat.number, "logged_out", now, seat.seat_group))
 
     def tick(self) -> None:
-        """The once-a-second pass: refresh shared state, and offer again (overflow grows with waiting)."""
+        """The once-a-second pass: refresh shared state, offer again (overflow grows with waiting), and
+        look for agents' phones gone silent."""
         if not self._refreshing:
             self.spawn(self._refresh())
         if self.pool.waiting():
             self.assign()
+        if self.config.media.agent_media_timeout > 0:
+            self.watch_media(self.config.media.agent_media_timeout)
+
+    def watch_media(self, timeout_s: float) -> None:
+        """Once a second: an agent's phone in talk that has sent no audio for `timeout_s` (not on hold) is
+        gone, powered off or its browser vanished without a BYE (its REGISTER may even have gone to another
+        worker, which alone heard its WebSocket close). The call ends as if the agent had hung up, and the
+        caller is asked the survey instead of waiting in dead air. Each look reads one counter per call."""
+        for agent_leg in list(self.legs_by_agent_call.values()):
+            bridge = agent_leg.caller.bridge
+            if agent_leg.ended or agent_leg.held or bridge is None or bridge.agent is not agent_leg:
+                agent_leg.heard, agent_leg.quiet_s = -1, 0
+                continue
+            heard = bridge.from_agent.frames
+            if heard != agent_leg.heard:
+                agent_leg.heard, agent_leg.quiet_s = heard, 0
+                continue
+            agent_leg.quiet_s += 1
+            if agent_leg.quiet_s >= timeout_s:
+                agent_leg.caller.log.warning("agent_media_timeout", agent=agent_leg.agent, silent_s=agent_leg.quiet_s)
+                self.end_leg(agent_leg, hang_up=True)
+                agent_leg.caller.dispatch(AgentHungUp(utc_now(), f"no audio from the agent's phone for "
+                                                                 f"{agent_leg.quiet_s} s"))
 
     async def _refresh(self) -> None:
         self._refreshing = True
@@ -490,7 +520,7 @@ class Agents:
             self._no_answer(agent_leg, f"media: {why}")
         elif agent_leg.caller.flow.state in (State.ANNOUNCING, State.BRIDGED):
             self.end_leg(agent_leg, hang_up=True)
-            agent_leg.caller.dispatch(AgentHungUp(utc_now()))
+            agent_leg.caller.dispatch(AgentHungUp(utc_now(), f"media: {why}"))
 
     def _answer_refused(self, agent_leg: AgentLeg, why: str) -> None:
         """The agent's phone answered in a way the leg cannot take (clear media on a secure seat):

@@ -611,8 +611,11 @@ class CallFlow:
         if self.playing:
             actions.append(StopPlayback())
         actions.append(Unbridge())
-        self._update(actions, talk_s=self._talk_s(event.at), hangup_by="agent")
-        self._step(actions, event.at, "agent_bye")
+        self._update(actions, talk_s=self._talk_s(event.at), hangup_by="agent" if not event.gone else "ivr")
+        if event.gone:
+            self._step(actions, event.at, "agent_gone", event.gone)  # the IVR ended a leg it heard nothing on
+        else:
+            self._step(actions, event.at, "agent_bye")
         # [000]/[003]: the caller stays on the line to rate the service
         self._start_survey(actions, event.at)
 
@@ -709,7 +712,11 @@ class CallFlow:
         actions.extend((CancelTimer(SURVEY_TIMER), StopPlayback()))
         self._step(actions, event.at, "caller_bye")
         self._end_survey(actions, event.at, finished=False)
-        self._end(actions, event.at, "completed", "agent")
+        self._end(actions, event.at, "completed", self._talk_ended_by())
+
+    def _talk_ended_by(self) -> str:
+        """Who ended the talk before the survey: the agent (a BYE), or the IVR (the agent's phone gone quiet)."""
+        return self.record.hangup_by if self.record is not None and self.record.hangup_by else "agent"
 
     def _close(self, actions: list[Action]) -> None:
         self.state = State.CLOSING
@@ -718,12 +725,12 @@ class CallFlow:
     def _on_thanks_finished(self, event: PromptFinished, actions: list[Action]) -> None:
         self.playing = False
         actions.append(HangUp())
-        self._end(actions, event.at, "completed", "agent")
+        self._end(actions, event.at, "completed", self._talk_ended_by())
 
     def _on_caller_bye_after_agent(self, event: HungUp, actions: list[Action]) -> None:
         actions.extend((CancelTimer(SURVEY_TIMER), StopPlayback()))
         self._step(actions, event.at, "caller_bye")
-        self._end(actions, event.at, "completed", "agent")
+        self._end(actions, event.at, "completed", self._talk_ended_by())
 
     def _on_caller_bye(self, event: HungUp, actions: list[Action]) -> None:
         actions.extend((CancelTimer(SILENCE_TIMER), CancelTimer(MENU_TIMER), Listen(False), StopPlayback()))

@@ -481,6 +481,7 @@ class Engine:
     def on_hold(self, call: OutboundCall, held: bool) -> None:
         agent_leg = self.agents.legs_by_agent_call.get(call.call_id)
         if agent_leg is not None and not agent_leg.ended:
+            agent_leg.held = held  # a phone on hold may send nothing: not gone (Agents.watch_media)
             agent_leg.caller.dispatch(AgentHold(utc_now(), agent_leg.agent, held))
 
     def on_cancel(self, call: InboundCall) -> None:

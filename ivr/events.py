@@ -147,6 +147,7 @@ class AgentHungUp:
     """The agent's leg ended (BYE from the agent, or its media failed)."""
 
     at: datetime
+    gone: str = ""  # why the IVR ended it: the agent's phone went silent, its browser's media failed; "": a BYE
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,7 +94,9 @@ def run(opts: argparse.Namespace) -> int:
     where = {number: pool_ports[i % pool] if i < n - sinks else sink_agent_port for i, number in enumerate(numbers)}
     agents = "".join(f"[{number}]\ntype = agent\nseat_group = junior\nhost = 127.0.0.1:{port}\nsecret = pw{number}\n"
                      for number, port in where.items())
-    opts.extra_conf = (f"[queues]\nwrap_up_seconds = 0\n[recording]\nenabled = {'yes' if on else 'no'}\n"
+    # the listening agents send the IVR no RTP at all: a talk past [media] agent_media_timeout would end early
+    opts.extra_conf = (f"[media]\nagent_media_timeout = 0\n"
+                       f"[queues]\nwrap_up_seconds = 0\n[recording]\nenabled = {'yes' if on else 'no'}\n"
                        f"directory = {work / 'recordings'}\nformat = {opts.format}\n{agents}")
     opts.workers, opts.desk, opts.smoke = 1, 0, False
     opts.start_seconds = 120 + n  # a first start renders each agent's "您好,6001号客服为您服务"

@@ -204,7 +204,7 @@ def test_srtp_is_optional_unless_media_says_otherwise(tmp_path: Path) -> None:
     [
         ("[general]\nport = 5070\n\n[media]\nsrtp = mandatory\n", 5, "[media] srtp", "choose off, optional"),
         ("[media]\nsrtp =\n", 2, "[media] srtp", "choose off, optional or required"),
-        ("[media]\nsrtp = off\nsdes = yes\n", 3, "[media] sdes", "unknown key; known keys are srtp"),
+        ("[media]\nsrtp = off\nsdes = yes\n", 3, "[media] sdes", "unknown key; known keys are agent_media_timeout, srtp"),
     ],
 )
 def test_bad_media_setting_names_file_line_key_and_reason(tmp_path: Path, text: str, line: int, key: str,

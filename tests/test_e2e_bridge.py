@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import threading
@@ -94,3 +95,25 @@ def test_an_agent_who_puts_the_caller_on_hold_and_back_keeps_the_call(ivr_factor
     assert (row["outcome"], row["hangup_by"], row["survey_score"]) == ("completed", "agent", 1)
     steps = [(kind, detail) for kind, detail in crm_events(ivr, row["sip_call_id"]) if kind in ("held", "resumed")]
     assert steps == [("held", "agent=801"), ("resumed", "agent=801")]
+
+
+def test_an_agent_phone_that_goes_quiet_in_talk_is_hung_up_and_the_caller_rates_the_call(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """No RTP and no BYE from the agent (powered off, a vanished browser): after [media] agent_media_timeout the
+    IVR hangs up on the phone and the caller goes on to the survey instead of waiting in dead air."""
+    agent_port, sink = free_port(), RtpSink()
+    db_url = f"sqlite:///{tmp_path / 'crm.db'}"
+    customers(tmp_path, db_url)
+    ivr = ivr_factory(db_url=db_url, extra="[media]\nagent_media_timeout = 3\n[queues]\nwrap_up_seconds = 0\n"
+                      + agents_conf(**{"801": ("senior", f"127.0.0.1:{agent_port}")}))
+    agent = sipp(tmp_path, "quiet_agent_uas", ivr.port,
+                 extra=("-p", str(agent_port), "-key", "sink_port", str(sink.port)), timeout_s=120)
+    caller = sipp(tmp_path, "survey_caller", ivr.port, extra=("-d", "11000"))
+    finished(caller)
+    finished(agent)  # it got the IVR's BYE (it never sends one)
+    sink.stop()
+    row = wait_for_row(ivr, f"1-{caller.proc.pid}@127.0.0.1")
+    assert (row["outcome"], row["agent_number"], row["hangup_by"]) == ("completed", "801", "ivr")
+    kinds = [kind for kind, _ in crm_events(ivr, row["sip_call_id"])]
+    assert kinds.index("bridged") < kinds.index("agent_gone") < kinds.index("survey_prompt"), kinds
+    assert "agent_bye" not in kinds
+    assert re.search(r"event='agent_media_timeout' call_id='[^']+' agent='801' silent_s=3 ", ivr.log())

@@ -137,12 +137,15 @@ class GeneralConfig:
 
 @section_model(config=SECTION, slots=True)
 class MediaConfig:
-    """Media security (`[media]`): whether calls may, or must, use SRTP with SDES keys (RFC 4568)."""
+    """Media (`[media]`): whether calls may, or must, use SRTP with SDES keys (RFC 4568), and how long an
+    agent's phone in talk may send nothing."""
 
     # The modes are ivr.srtp.SRTP_MODES, not imported: no libsrtp is needed to read a file.
     srtp: Annotated[str, choice(("off", "optional", "required"), "an SRTP mode", "choose off, optional or required",
                                 any_case=True)] = "optional"
     """SRTP (SDES keys, RFC 4568): off (SAVP offers get 488), optional (either), required (plain offers get 488)."""
+    agent_media_timeout: Annotated[float, number(0, 3600)] = 60.0
+    """Seconds an agent's phone in talk may send no RTP (not on hold) before it is taken as gone; 0: never."""
 
 
 @section_model(config=SECTION, slots=True)
