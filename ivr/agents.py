@@ -217,13 +217,15 @@ class Agents:
         """Once a second: an agent's phone in talk that has sent no audio for `timeout_s` (not on hold) is
         gone, powered off or its browser vanished without a BYE (its REGISTER may even have gone to another
         worker, which alone heard its WebSocket close). The call ends as if the agent had hung up, and the
-        caller is asked the survey instead of waiting in dead air. Each look reads one counter per call."""
+        caller is asked the survey instead of waiting in dead air. Each look reads one counter per call:
+        the packets the agent's RTP session took in, comfort noise included (a phone with silence
+        suppression sends that while its agent listens)."""
         for agent_leg in list(self.legs_by_agent_call.values()):
-            bridge = agent_leg.caller.bridge
-            if agent_leg.ended or agent_leg.held or bridge is None or bridge.agent is not agent_leg:
+            bridge, rtp = agent_leg.caller.bridge, agent_leg.rtp
+            if agent_leg.ended or agent_leg.held or rtp is None or bridge is None or bridge.agent is not agent_leg:
                 agent_leg.heard, agent_leg.quiet_s = -1, 0
                 continue
-            heard = bridge.from_agent.frames
+            heard = rtp.packets_heard
             if heard != agent_leg.heard:
                 agent_leg.heard, agent_leg.quiet_s = heard, 0
                 continue

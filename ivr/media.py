@@ -107,6 +107,13 @@ class CycleFreeRtpSession(aiortp.RTPSession):
         self._stream_stats.add(seen)  # type: ignore[union-attr, arg-type]  # set by _remote_ssrc_changed
         sink(data[12:], seq)
 
+    @property
+    def packets_heard(self) -> int:
+        """RTP packets taken in so far, audio, comfort noise (RFC 3389) and digits alike, on either path above:
+        what the media watch (`ivr.agents`) counts, so a phone with silence suppression is still heard."""
+        stats = self._stream_stats
+        return stats.packets_received if stats is not None else 0
+
     def send_audio(self, payload: bytes, timestamp: int) -> None:
         """aiortp's send_audio without building an RtpPacket object per packet.
 

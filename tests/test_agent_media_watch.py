@@ -15,13 +15,14 @@ from ivr.service import SEAT_GROUPS
 
 
 def talk(agent: str) -> tuple[AgentLeg, Any]:
-    """An answered agent leg bridged to its caller; the bridge's count of frames heard from the agent."""
+    """An answered agent leg bridged to its caller; its RTP session, whose count of packets heard the test sets."""
     caller = SimpleNamespace(events=[], log=SimpleNamespace(warning=lambda *a, **k: None), bridge=None)
     caller.dispatch = caller.events.append
     leg = AgentLeg(caller, Offer(f"call-{agent}", agent, "senior", ("127.0.0.1", 5070)))  # type: ignore[arg-type]
     leg.answered = True
-    heard = SimpleNamespace(frames=0)
-    caller.bridge = SimpleNamespace(agent=leg, from_agent=heard)
+    heard = SimpleNamespace(packets_heard=0)  # the agent's RTP session's count
+    leg.rtp = heard  # type: ignore[assignment]
+    caller.bridge = SimpleNamespace(agent=leg)
     return leg, heard
 
 
@@ -42,9 +43,9 @@ def test_only_the_agent_phone_quiet_for_the_timeout_and_not_on_hold_is_hung_up()
     for leg in (quiet, held, talking, late):
         agents.legs_by_agent_call[leg.offer.call_id] = leg
     for second in range(1, 6):
-        talking_heard.frames += 50  # a phone sending its 50 frames a second, silence or speech
+        talking_heard.packets_heard += 50  # a phone sending its 50 packets a second, speech, silence or CN
         if second == 3:
-            late_heard.frames += 50  # quiet 2 s, then heard: its count starts again
+            late_heard.packets_heard += 50  # quiet 2 s, then heard: its count starts again
         agents.watch_media(3)
         if second == 3:
             assert hung_up == [], "the first look only notes the count: 2 s quiet so far"
