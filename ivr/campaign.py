@@ -46,7 +46,9 @@ class CallingWindow:
 
     def allows(self, at: datetime) -> bool:
         local = at.astimezone(self.zone)
-        return self.start <= local.time() < self.end and self.calling_day(local.date())
+        # an end of time.max is 24:00, midnight itself: the day's last microsecond is in the window too
+        before_end = local.time() < self.end or self.end == time.max
+        return self.start <= local.time() and before_end and self.calling_day(local.date())
 
     def next_opening(self, at: datetime) -> datetime:
         """`at` itself when calls are allowed then, else the next moment they are (UTC)."""

@@ -99,7 +99,7 @@ def followup_conf(gateway_port: int) -> str:
     return (
         f"[followup]\nenabled = yes\ngateway = 127.0.0.1:{gateway_port}\ndelay_seconds = 0\nscan_seconds = 1\n"
         "on_wrap_up = no\non_daily = no\non_survey = no\n"
-        "calling_hours = 00:00-23:59\ncall_on_holidays = yes\ncall_on_weekends = yes\n"
+        "calling_hours = 00:00-24:00\ncall_on_holidays = yes\ncall_on_weekends = yes\n"
         # one attempt: a follow-up that fails is counted failed, not retried out of sight
         "min_gap_seconds = 0\nmax_attempts = 1\nring_seconds = 10\nanswer_seconds = 8\n"
         # the bench's queue callers (--music-share) would hold every follow-up back (inbound first): not measured here

@@ -54,6 +54,23 @@ def test_calling_hours_are_local_and_the_end_is_exclusive() -> None:
     assert window.next_opening(friday).astimezone(UTC) == datetime(2026, 11, 30, 1, tzinfo=UTC)
 
 
+def test_calling_hours_to_24_00_leave_no_minute_of_the_day_closed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ivr.config import load_config
+
+    from .test_config import config_with
+
+    config = load_config(config_with(tmp_path, "[followup]\ncalling_hours = 00:00-24:00\ncall_on_weekends = yes\n"))
+    start, end = config.followup.calling_hours
+    window = CallingWindow(start=start, end=end, zone=SHANGHAI, on_weekends=True)
+    sunday = datetime(2026, 12, 6, tzinfo=SHANGHAI)
+    for at in (sunday, sunday.replace(hour=23, minute=59, second=30), sunday.replace(hour=23, minute=59, second=59,
+                                                                                       microsecond=999_999)):
+        assert window.allows(at) and window.next_opening(at) == at, at
+    # 23:59 as the end closes the last minute (the end is exclusive), which the follow-up tests once fell into
+    closing = CallingWindow(start=time(0), end=time(23, 59), zone=SHANGHAI, on_weekends=True)
+    assert not closing.allows(sunday.replace(hour=23, minute=59, second=30))
+
+
 def test_followup_settings_are_checked_with_file_line_and_reason(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import pytest
 

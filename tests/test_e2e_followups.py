@@ -75,10 +75,10 @@ def customer_scenario(tmp: Path, key: str, after_ms: int = 2500, hang_up_after_m
 
 
 def followup_conf(gateway_port: int, **settings: object) -> str:
-    """[followup] with short delays, a calling window that is always open (the tests run any day and hour)."""
+    """[followup] with short delays, a calling window open at every hour (the tests run any day and hour)."""
     values: dict[str, object] = {
         "enabled": "yes", "gateway": f"127.0.0.1:{gateway_port}", "delay_seconds": 2, "scan_seconds": 1,
-        "calling_hours": "00:00-23:59", "call_on_holidays": "yes", "call_on_weekends": "yes",
+        "calling_hours": "00:00-24:00", "call_on_holidays": "yes", "call_on_weekends": "yes",
         "min_gap_seconds": 0, "retry_seconds": 3, "max_attempts": 2, "ring_seconds": 10, "answer_seconds": 4,
         "calls_per_second": 5, **settings,
     }

@@ -265,7 +265,8 @@ class FollowupConfig:
     """Local time after which an open complaint without feedback that day gets its status call."""
     calling_hours: Annotated[tuple[clock_time, clock_time], text("hours", keys.calling_hours)] = (
         clock_time(9, 0), clock_time(20, 0))
-    """When customers may be called, in [general] timezone: start-end like 09:00-20:00."""
+    """When customers may be called, in [general] timezone: start-end like 09:00-20:00, the end
+    exclusive; 00:00-24:00 calls at any hour."""
     call_on_holidays: YesNo = False
     """Call on public holidays too (the greeting's holiday calendar, 调休 rest days included)."""
     call_on_weekends: YesNo = False

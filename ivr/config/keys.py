@@ -185,10 +185,11 @@ def time_of_day(raw: str) -> clock_time:
 
 
 def calling_hours(raw: str) -> tuple[clock_time, clock_time]:
+    """start-end in local time, the end exclusive; an end of 24:00 is midnight (00:00-24:00: any hour)."""
     start, sep, end = raw.partition("-")
     if not sep:
-        raise ValueError("write start-end like 09:00-20:00")
-    hours = time_of_day(start), time_of_day(end)
+        raise ValueError("write start-end like 09:00-20:00 (00:00-24:00 for any hour)")
+    hours = time_of_day(start), clock_time.max if end.strip() == "24:00" else time_of_day(end)
     if hours[0] >= hours[1]:
         raise ValueError("the start must be before the end, within one day")
     return hours
