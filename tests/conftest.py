@@ -15,7 +15,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from datetime import time as clock_time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -32,6 +35,17 @@ PROMPT_CACHE = ROOT / "var" / ("prompts-" + os.environ["PYTEST_XDIST_WORKER"] if
 # below every RTP range tests and benchmarks configure, baresip's RTP ports (10000-20000), the ephemeral ports,
 # and apart from the example config's 5060, 8080 and 9102 and SIPp's default media port 6000
 FREE_PORTS = range(6100, 8000)
+
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")  # [general] timezone of the tests' configurations
+
+
+def earlier_today(minutes: float, zone: ZoneInfo = SHANGHAI) -> datetime:
+    """`minutes` ago (UTC), or the start of today in `zone` when that is later: a call "a few minutes ago" that the
+    pages of today's and this week's calls show even when the test runs just after midnight (16:00 UTC)."""
+    now = datetime.now(UTC)
+    midnight = datetime.combine(now.astimezone(zone).date(), clock_time(0), zone).astimezone(UTC)
+    return max(now - timedelta(minutes=minutes), midnight)
 
 
 def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:

@@ -35,6 +35,8 @@ from desk.config import load_desk_config
 from desk.queries import pop_for
 from ivr.config import ConfigError
 
+from .conftest import earlier_today
+
 CONF = """[general]
 timezone = Asia/Shanghai
 [database]
@@ -66,6 +68,7 @@ def desk(tmp_path: Path):  # type: ignore[no-untyped-def]
     seed_agents(engine, config)
     set_password(engine, "王经理", "supervisor-pw", role="supervisor")
     now = datetime.now(UTC)
+    started = earlier_today(5)  # today's calls for the wallboard, also at 00:01
     with Session(engine) as s, s.begin():
         s.add(Customer(phone="13800000001", name="赵丽华", assets=9_000_000, volume=0))
         for n, agent in enumerate(("801", "802"), start=1):
@@ -73,7 +76,7 @@ def desk(tmp_path: Path):  # type: ignore[no-untyped-def]
                 sip_call_id=f"call-{agent}",
                 caller=f"1380000000{n}",
                 callee="95000",
-                started_at=now - timedelta(minutes=5),
+                started_at=started,
                 seat_group="senior",
                 agent_number=agent,
                 tier="senior",
@@ -87,13 +90,13 @@ def desk(tmp_path: Path):  # type: ignore[no-untyped-def]
                 [
                     CallEvent(
                         call_id=call.id,
-                        at=now - timedelta(minutes=5),
+                        at=started,
                         kind="queued",
                         detail="seat_group=senior service=consulting",
                     ),
                     CallEvent(
                         call_id=call.id,
-                        at=now - timedelta(minutes=5) + timedelta(seconds=3),
+                        at=started + timedelta(seconds=3),
                         kind="agent_rung",
                         detail=f"agent={agent}",
                     ),

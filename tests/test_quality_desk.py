@@ -38,6 +38,8 @@ from desk.quality import DEFAULT_FORM, FATAL_CLEAR, FATAL_VIOLATED, read_form
 from desk.review import parse_week, review_queue, sample_rank, week_label, week_of
 from ivr.config import ConfigError
 
+from .conftest import earlier_today
+
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 CONF = """[general]
 timezone = Asia/Shanghai
@@ -140,7 +142,7 @@ def login(client: TestClient, username: str, password: str) -> None:
 def world(tmp_path: Path):  # type: ignore[no-untyped-def]
     """Two agents' calls of today with recordings: 801's rated 不满意, 802's; a deleted one; a missing file."""
     desk = Desk(tmp_path)
-    now = datetime.now(UTC) - timedelta(minutes=10)
+    now = earlier_today(10)
     ids: dict[str, int] = {}
     with Session(desk.engine) as s, s.begin():
         c1 = add_call(s, "call-801", "801", now, score=3)

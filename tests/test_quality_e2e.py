@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from crm_bridge.db import make_engine, migrate
 from desk.auth import set_password
 
-from .conftest import free_port
+from .conftest import earlier_today, free_port
 from .test_desk_e2e import browser, login, shot, start_desk  # noqa: F401  (browser is a fixture)
 from .test_quality_desk import add_call, add_recording, write_wav
 
@@ -56,7 +56,7 @@ def test_a_supervisor_plays_the_recording_scores_a_fatal_failure_and_the_agent_s
     engine = make_engine(f"sqlite:///{db}")
     migrate(engine)
     set_password(engine, "王经理", "supervisor-pw", role="supervisor")
-    now = datetime.now(UTC) - timedelta(minutes=30)
+    now = earlier_today(30)  # a call of this week's review queue, also just after midnight on a Monday
     with Session(engine) as s, s.begin():
         bad = add_call(s, "qa-e2e-bad", "801", now, score=3)
         write_wav(tmp_path / "recordings" / "2026" / "1.wav", 6)
