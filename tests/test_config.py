@@ -68,6 +68,10 @@ def config_with(tmp_path: Path, text: str) -> Path:
         ("[callbacks]\nmax_attempts = 0\n", 2, "[callbacks] max_attempts", "from 1 to 10"),
         ("[callbacks]\nretry_seconds = 5\n", 2, "[callbacks] retry_seconds", "from 30 to 86400"),
         ("[websocket]\nenabled = yes\nport = 6667\n", 3, "[websocket] port", "Chromium and Firefox refuse to open it"),
+        ("[general]\nport = 5070\n[801]\ntype = agent\nseat_group = junior\nhost = 127.0.0.1:5070\n", 6, "[801] host",
+         "is this IVR's own address"),
+        ("[general]\nbind = 0.0.0.0\nadvertised_ip = 10.0.0.5\n[801]\ntype = agent\nseat_group = junior\n"
+         "host = 127.0.0.1:5060\n", 7, "[801] host", "is this IVR's own address"),
         ("[tiers]\ngreet_senior_by_name = sometimes\n", 2, "[tiers] greet_senior_by_name", "write yes or no"),
         ("[801]\ntype = agent\nseat_group = senior\nsecret = pw\ndigest = none\n", 5, "[801] digest",
          "choose strict, md5, legacy"),

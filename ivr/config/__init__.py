@@ -207,6 +207,7 @@ def load_config(path: Path) -> Config:
     questionnaires = survey.questionnaire_set()
     monitoring = conf.section("monitoring", MonitoringConfig)
     _check_monitoring(conf, monitoring, agents, general)
+    _check_agent_hosts(conf, agents, general)
     browser_phone = conf.section("browser_phone", BrowserPhoneConfig)
     _check_browser_phone(conf, browser_phone, agents)
     return Config(
@@ -313,6 +314,15 @@ def _check_monitoring(conf: SipConf, monitoring: MonitoringConfig, agents: tuple
         raise conf.error("monitoring", "supervisors",
                          f"{', '.join(unknown)}: no agent section; a supervisor's phone is an agent peer "
                          "([880] type = agent)")
+
+
+def _check_agent_hosts(conf: SipConf, agents: tuple[AgentConfig, ...], general: GeneralConfig) -> None:
+    """An agent's phone at the IVR's own address would have the IVR ring itself for every caller."""
+    local = {general.bind} | ({"127.0.0.1", "localhost", "::1"} if general.bind in ("0.0.0.0", "::") else set())
+    for agent in agents:
+        if agent.host is not None and agent.host[0] in local and agent.host[1] == general.port:
+            raise conf.error(agent.number, "host", f"{agent.host[0]}:{agent.host[1]} is this IVR's own address "
+                                                   "([general] bind and port); write the agent's softphone's")
 
 
 def _check_browser_phone(conf: SipConf, browser: BrowserPhoneConfig, agents: tuple[AgentConfig, ...]) -> None:
