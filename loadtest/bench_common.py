@@ -38,17 +38,25 @@ KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
 KAMAILIO_SHM_MB = 512
 
 
+# Ports free_port handed out in this process. An agent UAS and the IVR once drew the same one (neither bound it
+# yet): the IVR's calls to that agent rang the IVR itself.
+_GIVEN: set[int] = set()
+
+
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
     """A port on 127.0.0.1 free right now, drawn from 6100-7999: below the RTP ranges the benchmarks
     give the IVR and SIPp (20000 and up), baresip's RTP ports and the kernel's ephemeral ports, so a
     process binding port 0 does not take it before its user binds it."""
     for _ in range(500):
         port = random.randrange(6100, 8000)
+        if port in _GIVEN:  # free now, but handed out already and maybe not bound yet (a UAS's, the IVR's)
+            continue
         with socket.socket(socket.AF_INET, kind) as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        _GIVEN.add(port)
         return port
     raise SystemExit("no free port between 6100 and 7999 on 127.0.0.1")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import glob
 import os
@@ -48,6 +49,9 @@ def earlier_today(minutes: float, zone: ZoneInfo = SHANGHAI) -> datetime:
     return max(now - timedelta(minutes=minutes), midnight)
 
 
+_GIVEN: collections.deque[int] = collections.deque(maxlen=400)  # the ports free_port handed out last
+
+
 def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:
     """A port on 127.0.0.1 free right now for UDP and TCP both (`kind` is kept for callers that name it).
 
@@ -58,14 +62,15 @@ def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:
     for _ in range(500):
         port = random.randrange(FREE_PORTS.start, FREE_PORTS.stop)
         port -= port % 2 if even else 0
-        if port in BROWSER_BLOCKED_PORTS:  # 6566 and 6665-6697 are in range: a desk there is an error page
-            continue
+        if port in BROWSER_BLOCKED_PORTS or port in _GIVEN:  # 6566, 6665-6697: a desk there is an error page
+            continue  # and a port handed out already may not be bound yet (an agent's SIPp, the IVR's port)
         try:
             for sock_kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
                 with socket.socket(socket.AF_INET, sock_kind) as s:
                     s.bind(("127.0.0.1", port))
         except OSError:
             continue
+        _GIVEN.append(port)
         return port
     raise RuntimeError("no free port found")
 
