@@ -186,12 +186,12 @@ class Acd:
     def waiting(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
-    def assign(self, at: datetime) -> list[Offer]:
-        """Match waiting callers, oldest first, to the longest-idle available agents."""
+    def assign(self, at: datetime, resting: frozenset[str] = frozenset()) -> list[Offer]:
+        """Match waiting callers, oldest first, to the longest-idle available agents not `resting`."""
         offers: list[Offer] = []
         everyone = sorted((w for q in self.queues.values() for w in q), key=lambda w: w.joined_at)
         for waiting in everyone:
-            seat = self._pick(waiting, at)
+            seat = self._pick(waiting, at, resting)
             if seat is None or seat.contact is None:
                 continue
             self.queues[waiting.seat_group].remove(waiting)
@@ -212,12 +212,14 @@ class Acd:
                 groups.append(group)
         return groups
 
-    def _pick(self, waiting: Waiting, at: datetime) -> Seat | None:
+    def _pick(self, waiting: Waiting, at: datetime, resting: frozenset[str]) -> Seat | None:
         if waiting.seat_group.startswith(AGENT_QUEUE):  # that agent or nobody: no overflow
             seat = self.seats.get(waiting.seat_group.removeprefix(AGENT_QUEUE))
-            return seat if seat is not None and seat.state is AgentState.AVAILABLE else None
+            free = seat is not None and seat.state is AgentState.AVAILABLE and seat.number not in resting
+            return seat if free else None
         for group in self._groups_for(waiting, at):
-            idle = [s for s in self.seats.values() if s.seat_group == group and s.state is AgentState.AVAILABLE]
+            idle = [s for s in self.seats.values()
+                    if s.seat_group == group and s.state is AgentState.AVAILABLE and s.number not in resting]
             if idle:
                 return min(idle, key=lambda s: (s.idle_since or at, s.number))
         return None
@@ -236,9 +238,9 @@ class Acd:
     async def refresh(self, at: datetime) -> None:
         """Once a second; in one process the seats are already the truth."""
 
-    async def claim(self, at: datetime) -> list[Offer]:
-        """Agents for the waiting callers, oldest first; the agents are now ringing."""
-        return self.assign(at)
+    async def claim(self, at: datetime, resting: frozenset[str] = frozenset()) -> list[Offer]:
+        """Agents for the waiting callers, oldest first, none of `resting`; the agents are now ringing."""
+        return self.assign(at, resting)
 
     async def set_paused(self, number: str, paused: bool, at: datetime) -> str:
         """Pause or resume; returns the agent's state afterwards."""

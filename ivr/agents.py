@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -68,7 +69,7 @@ class AgentPool(Protocol):
     def start(self, agents: tuple[AgentConfig, ...], at: datetime) -> None: ...  # blocking: run in a thread
     def close(self, at: datetime) -> None: ...  # blocking: run in a thread
     async def refresh(self, at: datetime) -> None: ...
-    async def claim(self, at: datetime) -> list[Offer]: ...
+    async def claim(self, at: datetime, resting: frozenset[str] = frozenset()) -> list[Offer]: ...
     async def set_paused(self, number: str, paused: bool, at: datetime) -> str: ...
     def login(self, number: str, contact: tuple[str, int], at: datetime, until: datetime | None = None,
               uri: str | None = None, path: tuple[str, ...] = ()) -> None: ...
@@ -112,6 +113,7 @@ class AgentLeg:
         self.rtp_port: int | None = None
         self.out: OutboundCall | None = None
         self.ring_timer: asyncio.TimerHandle | None = None
+        self.offered_at = time.monotonic()  # when the pool offered this caller to the agent
         self.answered = False
         self.answered_at: datetime | None = None
         self.ended = False
@@ -177,6 +179,7 @@ class Agents:
         # agents whose phone registered over a connection (TCP, TLS, WebSocket): bound to it until it closes
         self.bound: dict[str, StreamAddress] = {}
         self._wrap_up: dict[str, asyncio.TimerHandle] = {}
+        self._resting: dict[str, float] = {}  # agent -> until when (monotonic) no call is offered to them
         self._claiming = self._claim_again = self._refreshing = False
         self._states: dict[str, str] = {}
         self.dirty = True  # an agent's state changed since the status file was written
@@ -393,11 +396,18 @@ class Agents:
         self._claiming = True
         self.spawn(self._claim())
 
+    def resting(self) -> frozenset[str]:
+        """The agents whose phone refused a call at once, left out of the offers until their rest is over."""
+        now = time.monotonic()
+        for agent in [a for a, until in self._resting.items() if until <= now]:
+            del self._resting[agent]
+        return frozenset(self._resting)
+
     async def _claim(self) -> None:
         try:
             while True:
                 self._claim_again = False
-                self._ring(await self.pool.claim(utc_now()))
+                self._ring(await self.pool.claim(utc_now(), self.resting()))
                 if not self._claim_again:
                     break
         finally:
@@ -547,6 +557,13 @@ class Agents:
             return
         agent_leg.caller.log.info("agent_not_answering", agent=agent_leg.agent, reason=why)
         self.end_leg(agent_leg, hang_up=True, release=False)
+        # A phone that refuses at once (486 on do-not-disturb, 404, a media error) is offered no call until
+        # [queues] retry_seconds after it was rung (as Asterisk's queue retry): offered again at once, the
+        # only free agent was a loop of a thousand INVITEs a second and the media clock of every call fell
+        # behind. The caller goes back to the head of the queue now, for any other agent (or overflow).
+        rest = self.config.queues.retry_seconds - (time.monotonic() - agent_leg.offered_at)
+        if rest > 0:
+            self._resting[agent_leg.agent] = time.monotonic() + rest
         self.pool.no_answer(agent_leg.agent, utc_now())
         agent_leg.caller.dispatch(AgentNoAnswer(utc_now(), agent_leg.agent))
         self.assign()

@@ -61,6 +61,10 @@ AVAILABLE, RINGING, TALKING, WRAP_UP, PAUSED, LOGGED_OUT = (
 FREED = case((agents.c.contact_host.is_(None), LOGGED_OUT), else_=AVAILABLE)
 
 
+# a claimed agent's row: number, seat group, contact host and port, contact URI, Path
+ClaimedSeat = tuple[str, str, str, int, str | None, str | None]
+
+
 class SharedAcd(Acd):
     shared = True
 
@@ -329,18 +333,19 @@ class SharedAcd(Acd):
     def _unqueue_db(conn: Connection, call_id: str) -> None:
         conn.execute(delete(waiting_table).where(waiting_table.c.call_id == call_id))
 
-    def assign(self, at: datetime) -> list[Offer]:
+    def assign(self, at: datetime, resting: frozenset[str] = frozenset()) -> list[Offer]:
         raise TypeError("shared agents are claimed with `await claim(at)`")
 
-    async def claim(self, at: datetime) -> list[Offer]:
-        """Claim agents for this worker's waiting callers, oldest first; the agents are now ringing."""
+    async def claim(self, at: datetime, resting: frozenset[str] = frozenset()) -> list[Offer]:
+        """Claim agents for this worker's waiting callers, oldest first, none of `resting` (agents this worker
+        leaves out for now); the agents are now ringing."""
         wanted = sorted((w for q in self.queues.values() for w in q), key=lambda w: w.joined_at)
         if not wanted:
             return []
         asks = [(w.call_id, w.seat_group, w.joined_at, self._groups_for(w, at)) for w in wanted]
         loop = asyncio.get_running_loop()
         try:
-            claimed = await loop.run_in_executor(self._thread, self._claim_db, asks, at)
+            claimed = await loop.run_in_executor(self._thread, self._claim_db, asks, at, resting)
         except SQLAlchemyError as exc:
             self.claims_failed += 1
             log.warning("shared_acd_claim_failed", waiting=len(asks), error=str(exc).splitlines()[0])
@@ -362,8 +367,8 @@ class SharedAcd(Acd):
             offers.append(Offer(call_id, number, group, (host, port), uri, seat.path))
         return offers
 
-    def _claim_db(self, asks: list[tuple[str, str, datetime, list[str]]],
-                  at: datetime) -> list[tuple[str, tuple[str, str, str, int, str | None, str | None]]]:
+    def _claim_db(self, asks: list[tuple[str, str, datetime, list[str]]], at: datetime,
+                  resting: frozenset[str] = frozenset()) -> list[tuple[str, ClaimedSeat]]:
         """One short transaction per claim, so a claim holds its row lock only for itself."""
         with self.db.begin() as conn:
             free = dict(conn.execute(
@@ -371,7 +376,7 @@ class SharedAcd(Acd):
                 .where(agents.c.state == AVAILABLE, agents.c.contact_host.is_not(None))
                 .group_by(agents.c.seat_group)
             ).tuples().all())
-        claimed: list[tuple[str, tuple[str, str, str, int, str | None, str | None]]] = []
+        claimed: list[tuple[str, ClaimedSeat]] = []
         alive_since = at - self.worker_timeout
         for call_id, home, joined, groups in asks:
             if not any(free.get(g, 0) > 0 for g in groups):
@@ -382,7 +387,7 @@ class SharedAcd(Acd):
                 for group in groups:
                     if free.get(group, 0) <= 0:
                         continue
-                    row = conn.execute(self._claim_statement(conn, group, call_id, at)).first()
+                    row = conn.execute(self._claim_statement(conn, group, call_id, at, resting)).first()
                     if row is None:
                         free[group] = 0  # taken meanwhile by another worker
                         continue
@@ -402,10 +407,14 @@ class SharedAcd(Acd):
             ).limit(1)
         ).first() is not None
 
-    def _claim_statement(self, conn: Connection, group: str, call_id: str, at: datetime):  # type: ignore[no-untyped-def]
+    def _claim_statement(self, conn: Connection, group: str, call_id: str, at: datetime,  # type: ignore[no-untyped-def]
+                         resting: frozenset[str] = frozenset()):
+        idle = [agents.c.seat_group == group, agents.c.state == AVAILABLE, agents.c.contact_host.is_not(None)]
+        if resting:
+            idle.append(agents.c.number.not_in(sorted(resting)))
         longest_idle = (
             select(agents.c.number)
-            .where(agents.c.seat_group == group, agents.c.state == AVAILABLE, agents.c.contact_host.is_not(None))
+            .where(*idle)
             .order_by(agents.c.idle_since, agents.c.number).limit(1)
             .with_for_update(skip_locked=True)  # PostgreSQL: a row another worker is claiming is passed over
             .scalar_subquery()

@@ -72,6 +72,23 @@ def test_no_answer_skips_to_the_next_agent_and_keeps_the_callers_place() -> None
     assert (offer.call_id, offer.agent) == ("c1", "821")
 
 
+def test_a_resting_agent_is_passed_over_for_another_or_the_caller_waits() -> None:
+    d = acd(("821", "junior"), ("822", "junior"))
+    d.login("821", PHONE, at(0))
+    d.join("c1", "junior", "consulting", at(2))
+    [offer] = d.assign(at(3))
+    d.no_answer(offer.agent, at(3))  # 821's phone refused at once: the Agents layer lets it rest
+    assert d.assign(at(3), frozenset({"821"})) == [], "the only free agent rests: the caller waits"
+    assert d.position("c1") == 1
+    d.login("822", PHONE, at(4))
+    [offer] = d.assign(at(4), frozenset({"821"}))
+    assert (offer.call_id, offer.agent) == ("c1", "822"), "another agent, though 821 is longer idle"
+    # a caller waiting for a named agent waits out that agent's rest
+    d.join("c2", "agent:821", "transfer", at(5))
+    assert d.assign(at(5), frozenset({"821"})) == []
+    assert [o.agent for o in d.assign(at(6))] == ["821"]
+
+
 def test_overflow_to_the_next_group_after_the_wait_never_upward() -> None:
     d = acd(("801", "senior"), ("811", "middle"), overflow_after_seconds=60)
     d.login("811", PHONE, at(0))

@@ -68,6 +68,7 @@ def config_with(tmp_path: Path, text: str) -> Path:
         ("[callbacks]\nmax_attempts = 0\n", 2, "[callbacks] max_attempts", "from 1 to 10"),
         ("[callbacks]\nretry_seconds = 5\n", 2, "[callbacks] retry_seconds", "from 30 to 86400"),
         ("[websocket]\nenabled = yes\nport = 6667\n", 3, "[websocket] port", "Chromium and Firefox refuse to open it"),
+        ("[queues]\nretry_seconds = 61\n", 2, "[queues] retry_seconds", "from 0 to 60"),
         ("[general]\nport = 5070\n[801]\ntype = agent\nseat_group = junior\nhost = 127.0.0.1:5070\n", 6, "[801] host",
          "is this IVR's own address"),
         ("[general]\nbind = 0.0.0.0\nadvertised_ip = 10.0.0.5\n[801]\ntype = agent\nseat_group = junior\n"

@@ -103,6 +103,31 @@ def test_caller_who_hangs_up_in_the_queue_is_abandoned_queue(ivr_factory, tmp_pa
     assert "agent_rung" in kinds and "agent_no_answer" in kinds, "the silent agent was skipped after the ring time"
 
 
+@pytest.mark.parametrize("retry_seconds", [2, 0])
+def test_a_phone_on_do_not_disturb_is_offered_again_only_after_retry_seconds(
+        ivr_factory, tmp_path: Path, retry_seconds: float) -> None:  # type: ignore[no-untyped-def]
+    from .test_e2e_waiting import customer_gateway
+
+    db_url = f"sqlite:///{tmp_path / 'crm.db'}"
+    customers(tmp_path, db_url)
+    # the only senior agent's phone answers every INVITE with 486 at once; the caller waits 6 s, then hangs up
+    port, phone = customer_gateway(tmp_path, ROOT / "tests" / "sipp" / "agent_dnd_uas.xml", calls=10_000)
+    try:
+        ivr = ivr_factory(db_url=db_url, extra=f"[queues]\nretry_seconds = {retry_seconds}\n" + agents_conf(
+            **{"801": ("senior", f"127.0.0.1:{port}")}))
+        caller = sipp(tmp_path, "queue_abandon_caller", ivr.port, extra=("-d", "6000"))
+        finished(caller)
+        row = wait_for_row(ivr, f"1-{caller.proc.pid}@127.0.0.1")
+    finally:
+        phone.kill()
+    assert (row["outcome"], row["agent_number"]) == ("abandoned_queue", None)
+    refused = [k for k, _ in crm_events(ivr, row["sip_call_id"])].count("agent_no_answer")
+    if retry_seconds:  # rung about every 2 s (the next once-a-second offer after the rest) of the 6 s wait
+        assert 2 <= refused <= 5, refused
+    else:  # at once: the loop retry_seconds is there to stop (thousands in 6 s, as fast as SIPp refuses)
+        assert refused > 50, refused
+
+
 def test_ten_callers_two_agents_all_served_in_queue_order(ivr_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     a, b = free_port(), free_port()
     ivr = ivr_factory(extra="[queues]\nwrap_up_seconds = 0\n[survey]\ntimeout_seconds = 2\n" + agents_conf(

@@ -107,6 +107,22 @@ def test_an_agent_who_does_not_answer_goes_back_and_the_caller_keeps_their_place
         acd.close(at(40))
 
 
+def test_a_worker_passes_over_the_agents_it_lets_rest(db: Engine) -> None:
+    w1, w2 = workers(db, AgentConfig("821", "junior", "", PHONE), AgentConfig("822", "junior", "", ("127.0.0.1", 5072)))
+    w1.join("c1", "junior", "enquiry", at(1))
+    w1.join("c2", "junior", "enquiry", at(2))
+    settle(w1)
+    # 821 is first by idle order, but its phone refused at once: this worker leaves it out for now
+    [offer] = asyncio.run(w1.claim(at(3), frozenset({"821"})))
+    assert (offer.call_id, offer.agent) == ("c1", "822")
+    assert state(db, "821") == ("available", None, None) and w1.position("c2") == 1
+    assert asyncio.run(w1.claim(at(4), frozenset({"821"}))) == [], "the other free agent rests: c2 waits"
+    [offer] = claim(w1, 5)  # the rest is over
+    assert (offer.call_id, offer.agent) == ("c2", "821")
+    for acd in (w1, w2):
+        acd.close(at(40))
+
+
 def test_agents_held_by_a_silent_worker_are_freed_by_the_others(db: Engine) -> None:
     w1, w2 = workers(db, AgentConfig("801", "senior", "", PHONE))
     w1.join("on-w1", "senior", "enquiry", at(1))

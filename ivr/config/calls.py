@@ -172,6 +172,9 @@ class QueueConfig:
     """Seconds an agent's phone rings before the next agent is tried."""
     wrap_up_seconds: Annotated[float, number(0, 600)] = 10.0
     """Seconds after a call before the agent gets the next one."""
+    retry_seconds: Annotated[float, number(0, 60)] = 3.0
+    """An agent's phone that refuses a call sooner (busy, do-not-disturb, an error) is offered none until
+    this long after it was rung; the caller goes to the head of the queue at once. 0: offered again at once."""
     position_every_seconds: Annotated[float, number(5, 600)] = 30.0
     """How often waiting callers hear their position ("您前面还有N位客户…")."""
     overflow_after_seconds: Annotated[float, number(0, 3600)] = 60.0
