@@ -33,9 +33,20 @@ PROMPT_CACHE = ROOT / "var" / ("prompts-" + os.environ["PYTEST_XDIST_WORKER"] if
                                else "prompts")
 
 
+def worker_share(ports: range) -> range:
+    """This pytest-xdist worker's slice of `ports` (all of them without xdist): a port one worker found free
+    and has not bound yet (a SIPp about to start, an IVR's config) is never drawn by another."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count <= 1:
+        return ports
+    size = len(ports) // count
+    start = ports.start + int(worker[2:]) % count * size
+    return range(start, start + size)
+
+
 # below every RTP range tests and benchmarks configure, baresip's RTP ports (10000-20000), the ephemeral ports,
 # and apart from the example config's 5060, 8080 and 9102 and SIPp's default media port 6000
-FREE_PORTS = range(6100, 8000)
+FREE_PORTS = worker_share(range(6100, 8000))
 
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")  # [general] timezone of the tests' configurations
@@ -77,20 +88,25 @@ def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:
 
 # SIPp's media ports: apart from the free ports (SIP, HTTP), baresip's RTP (10000-20000), the IVRs' RTP
 # (30000 and up), the ephemeral ports and 5060/6000 (SIP's and SIPp's defaults)
-SIPP_MEDIA_PORTS = range(2000, 5000)
+SIPP_MEDIA_PORTS = worker_share(range(2000, 5000))
+_GIVEN_MEDIA: collections.deque[int] = collections.deque(maxlen=100)  # the runs sipp_media_port handed out last
 
 
 def sipp_media_port() -> int:
     """`-mp P` for a SIPp: P even with P .. P + 3 free, as SIPp binds them all (RTP and RTCP, and its
-    rtp_stream video pair at P + 2: on another SIPp's SIP port that made one exit 254)."""
+    rtp_stream video pair at P + 2: on another SIPp's SIP port that made one exit 254). Never a run handed
+    out lately: a test's two SIPps, started one after the other, once got overlapping runs (errno 98)."""
     for _ in range(500):
-        port = random.randrange(SIPP_MEDIA_PORTS.start, SIPP_MEDIA_PORTS.stop - 4, 2)
+        port = random.randrange(SIPP_MEDIA_PORTS.start + SIPP_MEDIA_PORTS.start % 2, SIPP_MEDIA_PORTS.stop - 4, 2)
+        if any(abs(port - given) < 4 for given in _GIVEN_MEDIA):
+            continue
         try:
             for p in range(port, port + 4):
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                     s.bind(("127.0.0.1", p))
         except OSError:
             continue
+        _GIVEN_MEDIA.append(port)
         return port
     raise RuntimeError("no free run of SIPp media ports found")
 
