@@ -561,9 +561,9 @@ class Agents:
         # [queues] retry_seconds after it was rung (as Asterisk's queue retry): offered again at once, the
         # only free agent was a loop of a thousand INVITEs a second and the media clock of every call fell
         # behind. The caller goes back to the head of the queue now, for any other agent (or overflow).
-        rest = self.config.queues.retry_seconds - (time.monotonic() - agent_leg.offered_at)
-        if rest > 0:
-            self._resting[agent_leg.agent] = time.monotonic() + rest
+        rest_until = agent_leg.offered_at + self.config.queues.retry_seconds
+        if rest_until > time.monotonic():
+            self._resting[agent_leg.agent] = rest_until
         self.pool.no_answer(agent_leg.agent, utc_now())
         agent_leg.caller.dispatch(AgentNoAnswer(utc_now(), agent_leg.agent))
         self.assign()

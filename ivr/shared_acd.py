@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, case, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from tenacity import Retrying, retry_if_exception, stop_when_event_set, wait_exponential
 
@@ -63,6 +63,14 @@ FREED = case((agents.c.contact_host.is_(None), LOGGED_OUT), else_=AVAILABLE)
 
 # a claimed agent's row: number, seat group, contact host and port, contact URI, Path
 ClaimedSeat = tuple[str, str, str, int, str | None, str | None]
+
+
+def _offerable(resting: frozenset[str]) -> list[ColumnElement[bool]]:
+    """The agents a call may be offered to: available, registered, and not resting on this worker."""
+    where = [agents.c.state == AVAILABLE, agents.c.contact_host.is_not(None)]
+    if resting:
+        where.append(agents.c.number.not_in(sorted(resting)))
+    return where
 
 
 class SharedAcd(Acd):
@@ -368,13 +376,11 @@ class SharedAcd(Acd):
         return offers
 
     def _claim_db(self, asks: list[tuple[str, str, datetime, list[str]]], at: datetime,
-                  resting: frozenset[str] = frozenset()) -> list[tuple[str, ClaimedSeat]]:
+                  resting: frozenset[str]) -> list[tuple[str, ClaimedSeat]]:
         """One short transaction per claim, so a claim holds its row lock only for itself."""
         with self.db.begin() as conn:
             free = dict(conn.execute(
-                select(agents.c.seat_group, func.count())
-                .where(agents.c.state == AVAILABLE, agents.c.contact_host.is_not(None))
-                .group_by(agents.c.seat_group)
+                select(agents.c.seat_group, func.count()).where(*_offerable(resting)).group_by(agents.c.seat_group)
             ).tuples().all())
         claimed: list[tuple[str, ClaimedSeat]] = []
         alive_since = at - self.worker_timeout
@@ -408,13 +414,10 @@ class SharedAcd(Acd):
         ).first() is not None
 
     def _claim_statement(self, conn: Connection, group: str, call_id: str, at: datetime,  # type: ignore[no-untyped-def]
-                         resting: frozenset[str] = frozenset()):
-        idle = [agents.c.seat_group == group, agents.c.state == AVAILABLE, agents.c.contact_host.is_not(None)]
-        if resting:
-            idle.append(agents.c.number.not_in(sorted(resting)))
+                         resting: frozenset[str]):
         longest_idle = (
             select(agents.c.number)
-            .where(*idle)
+            .where(agents.c.seat_group == group, *_offerable(resting))
             .order_by(agents.c.idle_since, agents.c.number).limit(1)
             .with_for_update(skip_locked=True)  # PostgreSQL: a row another worker is claiming is passed over
             .scalar_subquery()
